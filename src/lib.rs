@@ -1,0 +1,9 @@
+//! regferry: replicate container images between OCI / Docker registries,
+//! exactly (same digests, same media types), cheaply (digest-aware, mount
+//! before upload, streaming) and provably.
+//!
+//! Data flows one way: a scope (from the CLI or a policy) is turned into a
+//! [`engine::plan::Plan`] by discovery and diffing, the plan is executed by
+//! the [`engine`], and every task's fate is recorded in [`state`].
+
+pub mod registry;

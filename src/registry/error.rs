@@ -1,0 +1,201 @@
+//! Typed errors of the registry transport, with enough context (registry,
+//! method, path, status, the registry's own error code and message) for an
+//! operator to act on the one line they read.
+//!
+//! Errors carry request paths but never query strings (upload locations hold
+//! signed state) and never headers, so they cannot carry a credential.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::digest::{Digest, DigestError};
+use super::manifest::ManifestError;
+use super::name::NameError;
+
+/// One entry of a registry's `{"errors":[…]}` body.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ApiError {
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub detail: Option<serde_json::Value>,
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", if self.code.is_empty() { "UNKNOWN" } else { &self.code })?;
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        match &self.detail {
+            Some(serde_json::Value::Object(map)) if !map.is_empty() => {
+                let parts: Vec<String> = map
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+                        format!("{}={}", k.to_ascii_lowercase(), v)
+                    })
+                    .collect();
+                write!(f, " ({})", parts.join(", "))
+            }
+            Some(serde_json::Value::String(s)) if !s.is_empty() => write!(f, " ({s})"),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<ApiError>,
+}
+
+/// Parse a registry error body; a body that is not the usual JSON becomes a
+/// single entry holding (the start of) its text.
+pub fn parse_error_body(body: &[u8]) -> Vec<ApiError> {
+    if body.is_empty() {
+        return Vec::new();
+    }
+    if let Ok(b) = serde_json::from_slice::<ErrorBody>(body) {
+        if !b.errors.is_empty() {
+            return b.errors;
+        }
+    }
+    let text: String = String::from_utf8_lossy(body).chars().take(200).collect();
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.is_empty() { Vec::new() } else { vec![ApiError { code: String::new(), message: text, detail: None }] }
+}
+
+/// What went wrong talking to a registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry could not be reached at all (DNS, refused, TLS).
+    #[error("cannot reach {registry}: {message}")]
+    Connect { registry: String, message: String },
+
+    /// The connection broke or stalled during a request.
+    #[error("{method} {path} at {registry}: {message}")]
+    Transport { registry: String, method: String, path: String, message: String },
+
+    /// The registry answered with an unexpected status.
+    #[error("{method} {path} at {registry}: HTTP {status}{}", fmt_api_errors(errors))]
+    Status {
+        registry: String,
+        method: String,
+        path: String,
+        status: u16,
+        errors: Vec<ApiError>,
+        retry_after: Option<Duration>,
+    },
+
+    /// Credentials missing or refused, or a token that keeps being refused.
+    #[error("authentication to {registry} failed: {reason}")]
+    Auth { registry: String, reason: String, retryable: bool },
+
+    /// Bytes whose digest differs from the one asked for.
+    #[error("{what} at {registry}: content digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { registry: String, what: String, expected: Digest, actual: Digest },
+
+    /// A blob whose length differs from its descriptor.
+    #[error("{what} at {registry}: size mismatch: expected {expected} bytes, got {actual}")]
+    SizeMismatch { registry: String, what: String, expected: u64, actual: u64 },
+
+    /// A manifest that cannot be copied as it is.
+    #[error("manifest {repo}@{reference} at {registry}: {source}")]
+    Manifest { registry: String, repo: String, reference: String, source: ManifestError },
+
+    /// The registry broke the protocol (missing Location, unparsable JSON…).
+    #[error("{registry}: {message}")]
+    Protocol { registry: String, message: String },
+
+    #[error(transparent)]
+    Name(#[from] NameError),
+
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+}
+
+fn fmt_api_errors(errors: &[ApiError]) -> String {
+    if errors.is_empty() {
+        String::new()
+    } else {
+        let parts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        format!(" {}", parts.join("; "))
+    }
+}
+
+impl RegistryError {
+    /// HTTP status, if the registry answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            RegistryError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// True when the registry reported `code` among its errors.
+    pub fn has_code(&self, code: &str) -> bool {
+        matches!(self, RegistryError::Status { errors, .. } if errors.iter().any(|e| e.code == code))
+    }
+
+    /// Worth trying again after a pause: overload, gateway trouble, broken
+    /// connections, corrupted downloads, a refused token that may be renewed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Connect { .. } | RegistryError::Transport { .. } => true,
+            RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => true,
+            RegistryError::Auth { retryable, .. } => *retryable,
+            RegistryError::Status { status, .. } => {
+                matches!(status, 408 | 425 | 429 | 500 | 502 | 503 | 504)
+                    || self.has_code("BLOB_UPLOAD_UNKNOWN")
+                    || self.has_code("TOOMANYREQUESTS")
+            }
+            _ => false,
+        }
+    }
+
+    /// The pause the registry asked for (`Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RegistryError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registry_errors_verbatim() {
+        let errors = parse_error_body(
+            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{"Tag":"v1.6.32"}}]}"#,
+        );
+        let e = RegistryError::Status {
+            registry: "http://127.0.0.1:5001".into(),
+            method: "GET".into(),
+            path: "/v2/a/manifests/v1.6.32".into(),
+            status: 404,
+            errors,
+            retry_after: None,
+        };
+        assert_eq!(
+            e.to_string(),
+            "GET /v2/a/manifests/v1.6.32 at http://127.0.0.1:5001: HTTP 404 MANIFEST_UNKNOWN: manifest unknown (tag=v1.6.32)"
+        );
+        assert!(!e.is_transient());
+        assert!(e.has_code("MANIFEST_UNKNOWN"));
+    }
+
+    #[test]
+    fn non_json_bodies_are_kept_short() {
+        let errs = parse_error_body(b"<html>\n  <body>502 Bad Gateway</body></html>");
+        assert_eq!(errs[0].to_string(), "UNKNOWN: <html> <body>502 Bad Gateway</body></html>");
+        assert!(parse_error_body(b"").is_empty());
+    }
+}

@@ -1,0 +1,155 @@
+//! Manifest requests: `HEAD` (digest and media type without the body),
+//! `GET` (exact bytes, verified) and `PUT` (exact bytes, exact media type).
+//!
+//! This module never alters manifest bytes and never trusts a
+//! `Docker-Content-Digest` header over the bytes themselves.
+
+use bytes::Bytes;
+use reqwest::header::{self, HeaderMap};
+use reqwest::{Method, StatusCode};
+
+use super::auth::Scopes;
+use super::client::{Request, RegistryClient, read_limited};
+use super::digest::{Digest, digest_like};
+use super::error::RegistryError;
+use super::manifest::{ACCEPT, MAX_MANIFEST_BYTES, ManifestError, normalise_media_type};
+use super::name::{Reference, RepoName};
+
+/// What a `HEAD` tells about a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHead {
+    pub digest: Digest,
+    pub media_type: String,
+}
+
+/// A manifest's exact bytes with what the registry said about them.
+#[derive(Debug, Clone)]
+pub struct ManifestBody {
+    pub bytes: Bytes,
+    /// The `Content-Type` the registry served, normalised (may be generic).
+    pub content_type: String,
+    /// The digest of `bytes`.
+    pub digest: Digest,
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+impl RegistryClient {
+    fn manifest_url(&self, repo: &RepoName, reference: &Reference) -> url::Url {
+        self.endpoint_url(&format!("/v2/{repo}/manifests/{reference}"))
+    }
+
+    /// Digest and media type of `repo:reference`, or `None` when absent.
+    /// Costs one `HEAD` (plus a `GET` for registries that omit the digest).
+    pub async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        scopes: &Scopes,
+    ) -> Result<Option<ManifestHead>, RegistryError> {
+        let req = Request::new(Method::HEAD, self.manifest_url(repo, reference), scopes.clone())
+            .header(header::ACCEPT, ACCEPT)
+            .also_ok(&[404]);
+        let resp = self.send(&req).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let digest = header_str(resp.headers(), "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
+        let media_type = header_str(resp.headers(), "content-type").map(|c| normalise_media_type(&c));
+        match (digest, media_type) {
+            (Some(digest), Some(media_type)) if media_type != "application/json" => {
+                Ok(Some(ManifestHead { digest, media_type }))
+            }
+            _ => {
+                let body = self.get_manifest(repo, reference, scopes).await?;
+                let media_type = super::manifest::parse(&body.bytes, &body.content_type)
+                    .map(|p| p.media_type)
+                    .unwrap_or(body.content_type);
+                Ok(Some(ManifestHead { digest: body.digest, media_type }))
+            }
+        }
+    }
+
+    /// The exact bytes of `repo:reference`. A digest reference is verified
+    /// against the bytes; a `Docker-Content-Digest` header that disagrees
+    /// with them is reported and ignored.
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        scopes: &Scopes,
+    ) -> Result<ManifestBody, RegistryError> {
+        let url = self.manifest_url(repo, reference);
+        let req = Request::new(Method::GET, url, scopes.clone()).header(header::ACCEPT, ACCEPT);
+        let too_large = |size: usize| RegistryError::Manifest {
+            registry: self.name().to_string(),
+            repo: repo.to_string(),
+            reference: reference.to_string(),
+            source: ManifestError::TooLarge(size),
+        };
+        let resp = self.send(&req).await?;
+        if let Some(len) = resp.content_length().filter(|&l| l > MAX_MANIFEST_BYTES as u64) {
+            return Err(too_large(usize::try_from(len).unwrap_or(usize::MAX)));
+        }
+        let content_type = header_str(resp.headers(), "content-type").map(|c| normalise_media_type(&c)).unwrap_or_default();
+        let announced = header_str(resp.headers(), "docker-content-digest");
+        let bytes = read_limited(resp, MAX_MANIFEST_BYTES + 1).await?;
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(too_large(bytes.len()));
+        }
+        let digest = match reference {
+            Reference::Digest(expected) => {
+                let actual = digest_like(expected, &bytes);
+                if &actual != expected {
+                    return Err(RegistryError::DigestMismatch {
+                        registry: self.name().to_string(),
+                        what: format!("manifest {repo}@{expected}"),
+                        expected: expected.clone(),
+                        actual,
+                    });
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256_of(&bytes),
+        };
+        if let Some(announced) = announced.filter(|a| a.starts_with("sha256:") && *a != digest.as_str()) {
+            tracing::warn!(
+                registry = %self.name(), repository = %repo, reference = %reference,
+                header = %announced, actual = %digest,
+                "Docker-Content-Digest disagrees with the manifest bytes; using the digest of the bytes"
+            );
+        }
+        Ok(ManifestBody { bytes: Bytes::from(bytes), content_type, digest })
+    }
+
+    /// Push `bytes` as `repo:reference` with `media_type`, and check the
+    /// digest the registry reports (if any) against the bytes.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        bytes: Bytes,
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
+        let digest = Digest::sha256_of(&bytes);
+        let req = Request::new(Method::PUT, self.manifest_url(repo, reference), Scopes::push(repo))
+            .header(header::CONTENT_TYPE, media_type)
+            .body(bytes);
+        let resp = self.send(&req).await?;
+        if let Some(reported) = header_str(resp.headers(), "docker-content-digest") {
+            if let Ok(reported) = reported.parse::<Digest>() {
+                if reported != digest {
+                    return Err(RegistryError::DigestMismatch {
+                        registry: self.name().to_string(),
+                        what: format!("pushed manifest {repo}:{reference}"),
+                        expected: digest,
+                        actual: reported,
+                    });
+                }
+            }
+        }
+        Ok(digest)
+    }
+}
