@@ -4,6 +4,10 @@
 //!
 //! Data flows one way: a scope (from the CLI or a policy) is turned into a
 //! [`engine::plan::Plan`] by discovery and diffing, the plan is executed by
-//! the [`engine`], and every task's fate is recorded in [`state`].
+//! the [`engine`], and every task's fate is recorded in [`state`]. [`job`]
+//! wires those steps together for every command.
 
+pub mod engine;
+pub mod job;
 pub mod registry;
+pub mod state;

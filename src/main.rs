@@ -1,1 +1,38 @@
-fn main() {}
+//! The `regferry` binary: parse the command line, set up logging, run the
+//! command, and turn its outcome into output and an exit code. Nothing
+//! below this edge prints or exits.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    cli::logging::init(args.verbose, args.quiet, args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("regferry: cannot start the async runtime: {e}");
+            return ExitCode::from(cli::exit::FAILED);
+        }
+    };
+    let quiet = args.quiet;
+    let result = runtime.block_on(async move {
+        match args.command {
+            Command::Migrate(a) => cli::migrate::run(a, quiet).await,
+        }
+    });
+    // Do not wait for stray background tasks (signal watchers) on the way out.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("regferry: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}

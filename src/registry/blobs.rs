@@ -100,6 +100,23 @@ impl RegistryClient {
         Ok(())
     }
 
+    /// Send the whole blob as one streamed `PATCH` of unknown length
+    /// (chunked transfer encoding); returns the session's next location.
+    /// For blobs whose size nobody told us.
+    pub async fn patch_upload(&self, session: Url, scopes: &Scopes, body: reqwest::Body) -> Result<Url, RegistryError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        let resp = self.send_stream(Method::PATCH, session, scopes, headers, body).await?;
+        self.location(&resp, "upload PATCH")
+    }
+
+    /// Commit an upload session whose bytes were all sent by `PATCH`.
+    pub async fn finish_upload(&self, session: Url, digest: &Digest, scopes: &Scopes) -> Result<(), RegistryError> {
+        let mut url = session;
+        url.query_pairs_mut().append_pair("digest", digest.as_str());
+        self.send(&Request::new(Method::PUT, url, scopes.clone())).await.map(|_| ())
+    }
+
     /// Abandon an upload session (best effort: sessions also expire).
     pub async fn cancel_upload(&self, session: Url, scopes: &Scopes) {
         let req = Request::new(Method::DELETE, session, scopes.clone()).also_ok(&[404]);

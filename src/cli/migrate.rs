@@ -1,0 +1,109 @@
+//! `regferry migrate`: copy a registry (or part of it) once, resumably.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use regferry::engine::discover::{AllTags, RepoFilter, Scope};
+use regferry::engine::execute::{Cancel, ExecuteOptions};
+use regferry::engine::plan::RepoMapping;
+use regferry::engine::stats::Stats;
+use regferry::job::{Job, JobSpec};
+use regferry::registry::ClientOptions;
+use regferry::state::{ExecutionStatus, StateDb};
+
+use super::output;
+use super::progress::Progress;
+use super::{CliError, RegistryArgs, StateArgs, exit, signals};
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub registries: RegistryArgs,
+
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// Tags copied at once (also the number of blob streams open at once).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
+    pub concurrency: u16,
+
+    /// Only repositories matching GLOB (relative to the --from prefix; '*' stays within one
+    /// path component, '**' crosses them). Repeatable. Plain names also work on registries
+    /// that serve no catalog.
+    #[arg(long = "repo", value_name = "GLOB")]
+    pub repos: Vec<String>,
+
+    /// Print what would be copied and why (missing, digest differs), and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Attempts per tag within this run, with exponential backoff between them.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100), value_name = "N")]
+    pub attempts: u32,
+
+    /// Print the plan (with --dry-run) or the final summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
+    let (source, destination) = args.registries.endpoints()?;
+    let repos = RepoFilter::new(&args.repos, &[]).map_err(|e| CliError::usage(format!("--repo: {e}")))?;
+    let mapping = RepoMapping::new(source.url.prefix(), destination.url.prefix());
+    let concurrency = usize::from(args.concurrency);
+    let spec = JobSpec {
+        kind: "migrate".into(),
+        policy: None,
+        scope: Scope { mapping, repos, explicit: Vec::new(), tags: Arc::new(AllTags) },
+        scope_words: args.repos.clone(),
+        source,
+        destination,
+        overwrite: true,
+        execute: ExecuteOptions { concurrency, attempts: args.attempts, ..ExecuteOptions::default() },
+        client: ClientOptions::default(),
+    };
+    let (from, to) = (spec.source.url.to_string(), spec.destination.url.to_string());
+
+    let job = Job::connect(spec).await?;
+    let state = if args.dry_run { None } else { Some(StateDb::open(&args.state.state).await?) };
+
+    tracing::info!("planning: listing repositories and tags at {from}");
+    let plan = job.plan().await?;
+    tracing::info!(
+        repositories = plan.repositories,
+        tags = plan.items.len(),
+        to_copy = plan.count_copy(),
+        problems = plan.problems.len(),
+        "plan ready"
+    );
+
+    if args.dry_run {
+        if args.json {
+            println!("{}", output::plan_json(&plan));
+        } else {
+            print!("{}", output::plan_text(&plan, &from, &to));
+        }
+        return Ok(if plan.problems.is_empty() { exit::OK } else { exit::FAILED });
+    }
+
+    let stats = Arc::new(Stats::default());
+    let cancel = Cancel::default();
+    signals::watch(cancel.clone(), Duration::from_secs(30));
+    let progress = Progress::start(stats.clone(), quiet || args.json);
+    let report = job.run(&plan, state.as_ref(), &stats, &cancel).await;
+    progress.finish().await;
+    let report = report?;
+
+    if args.json {
+        println!("{}", output::report_json(&report));
+    } else {
+        print!("{}", output::report_text(&report, &format!("migrate {from} → {to}")));
+    }
+    Ok(match report.status {
+        ExecutionStatus::Succeeded => exit::OK,
+        ExecutionStatus::Canceled => exit::INTERRUPTED,
+        _ => exit::FAILED,
+    })
+}

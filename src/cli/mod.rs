@@ -1,0 +1,182 @@
+//! The command line: argument definitions, and the translation of library
+//! results into output and exit codes.
+//!
+//! This is the only place that prints for the user or picks an exit code;
+//! library modules return typed errors. Secrets given on the command line
+//! are taken from the environment when possible and never echoed.
+
+pub mod logging;
+pub mod migrate;
+pub mod output;
+pub mod progress;
+pub mod signals;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use regferry::registry::docker_config;
+use regferry::registry::{Credentials, Endpoint, RegistryUrl, Tls};
+
+/// Exit codes.
+pub mod exit {
+    /// Everything in scope succeeded.
+    pub const OK: u8 = 0;
+    /// The run happened but some tags failed, or a registry was unusable.
+    pub const FAILED: u8 = 1;
+    /// Bad input: flags, URLs, globs, files.
+    pub const USAGE: u8 = 2;
+    /// Stopped by Ctrl-C / SIGTERM.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// An error that ends the program: a message and an exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError { code: exit::USAGE, message: message.into() }
+    }
+
+    pub fn failed(message: impl Into<String>) -> CliError {
+        CliError { code: exit::FAILED, message: message.into() }
+    }
+}
+
+impl From<regferry::job::JobError> for CliError {
+    fn from(e: regferry::job::JobError) -> Self {
+        use regferry::engine::EngineError;
+        use regferry::job::JobError;
+        match &e {
+            JobError::Engine(EngineError::Input(_)) => CliError::usage(e.to_string()),
+            _ => CliError::failed(e.to_string()),
+        }
+    }
+}
+
+impl From<regferry::state::StateError> for CliError {
+    fn from(e: regferry::state::StateError) -> Self {
+        CliError::failed(e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// regferry replicates container images between OCI / Docker registries:
+/// same digests, same media types, every blob pullable at the destination.
+#[derive(Debug, Parser)]
+#[command(name = "regferry", version, propagate_version = true, max_term_width = 100)]
+#[command(after_help = "Log verbosity follows RUST_LOG (e.g. RUST_LOG=regferry=debug); -v and -q are shorthands.\n\
+Exit codes: 0 success, 1 some tags failed or a registry was unusable, 2 bad input, 130 interrupted.")]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors (and the final summary).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy every repository and tag (or those matching --repo) from one registry to another, once.
+    #[command(long_about = "Copy every repository and tag (or those matching --repo) from one registry to another, once.\n\n\
+Unchanged tags are recognised by one manifest HEAD per side and skipped; blobs already at the \
+destination are skipped, blobs held by another destination repository are mounted, the rest are \
+streamed and digest-checked. Every run is recorded in the state database; running the same command \
+again after a crash or a partial failure resumes the same execution.\n\n\
+Repository names: the --from path prefix is stripped, the --to path prefix is prepended\n\
+(--from http://a --to http://b/mirror copies a/team/app to b/mirror/team/app).")]
+    #[command(after_help = "Examples:\n  \
+regferry migrate --from http://127.0.0.1:5001 --to http://127.0.0.1:5002/mirror\n  \
+regferry migrate --from registry.old.example --to registry.new.example --repo 'team/**' --dry-run\n  \
+REGFERRY_TO_CREDS=admin:secret regferry migrate --from src.example --to dst.example --concurrency 16")]
+    Migrate(migrate::MigrateArgs),
+}
+
+/// Where the state database lives.
+#[derive(Debug, Args, Clone)]
+pub struct StateArgs {
+    /// SQLite state database (created if missing).
+    #[arg(long, env = "REGFERRY_STATE", default_value = "state/regferry.db", value_name = "PATH")]
+    pub state: PathBuf,
+}
+
+/// Source and destination registries with their credentials and TLS settings.
+#[derive(Debug, Args, Clone)]
+pub struct RegistryArgs {
+    /// Source registry: https://host[:port][/prefix] (https when no scheme), http:// for plain HTTP.
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+
+    /// Destination registry: https://host[:port][/prefix]; the prefix is prepended to repository names.
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+
+    /// Source credentials as USER:PASSWORD (default: docker config.json, else anonymous).
+    #[arg(long, env = "REGFERRY_FROM_CREDS", hide_env_values = true, value_name = "USER:PASS")]
+    pub from_creds: Option<String>,
+
+    /// Destination credentials as USER:PASSWORD (default: docker config.json, else anonymous).
+    #[arg(long, env = "REGFERRY_TO_CREDS", hide_env_values = true, value_name = "USER:PASS")]
+    pub to_creds: Option<String>,
+
+    /// Extra PEM CA bundle to trust for the source.
+    #[arg(long, value_name = "FILE")]
+    pub from_ca: Option<PathBuf>,
+
+    /// Extra PEM CA bundle to trust for the destination.
+    #[arg(long, value_name = "FILE")]
+    pub to_ca: Option<PathBuf>,
+
+    /// Do not verify the source's TLS certificate (dangerous).
+    #[arg(long)]
+    pub from_insecure: bool,
+
+    /// Do not verify the destination's TLS certificate (dangerous).
+    #[arg(long)]
+    pub to_insecure: bool,
+}
+
+/// Build an endpoint from a URL, optional USER:PASS, and TLS flags; fall back
+/// to docker's config.json for credentials.
+pub fn endpoint(url: &str, creds: Option<&str>, ca: Option<&PathBuf>, insecure: bool, flag: &str) -> Result<Endpoint, CliError> {
+    let url = RegistryUrl::parse(url).map_err(|e| CliError::usage(format!("--{flag}: {e}")))?;
+    let credentials = match creds {
+        Some(c) => Credentials::from_user_pass(c).map_err(|e| CliError::usage(format!("--{flag}-creds: {e}")))?,
+        None => match docker_config::default_path() {
+            Some(path) => docker_config::lookup(&path, &url.host_port()).map_err(|e| CliError::usage(e.to_string()))?,
+            None => Credentials::Anonymous,
+        },
+    };
+    if let Some(ca) = ca {
+        if !ca.is_file() {
+            return Err(CliError::usage(format!("--{flag}-ca: {} is not a readable file", ca.display())));
+        }
+    }
+    Ok(Endpoint { url, credentials, tls: Tls { insecure_skip_verify: insecure, ca_file: ca.cloned() } })
+}
+
+impl RegistryArgs {
+    pub fn endpoints(&self) -> Result<(Endpoint, Endpoint), CliError> {
+        let src = endpoint(&self.from, self.from_creds.as_deref(), self.from_ca.as_ref(), self.from_insecure, "from")?;
+        let dst = endpoint(&self.to, self.to_creds.as_deref(), self.to_ca.as_ref(), self.to_insecure, "to")?;
+        Ok((src, dst))
+    }
+}

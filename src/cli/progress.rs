@@ -1,0 +1,86 @@
+//! Progress while a job runs: a live bar on a terminal (repositories, tags,
+//! bytes), a plain log line every few seconds otherwise.
+//!
+//! Reads the engine's atomic counters only; it never slows a transfer.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use regferry::engine::stats::{Snapshot, Stats, human_bytes};
+
+use super::logging;
+
+/// A running progress display; [`Progress::finish`] removes it.
+pub struct Progress {
+    stop: CancellationToken,
+    handle: Option<JoinHandle<()>>,
+}
+
+fn line(s: &Snapshot) -> String {
+    format!(
+        "repos {}/{} · {} copied, {} skipped, {} failed · {} uploaded",
+        s.repos_done,
+        s.repos_total,
+        s.tags_copied,
+        s.tags_skipped,
+        s.tags_failed,
+        human_bytes(s.bytes_uploaded)
+    )
+}
+
+impl Progress {
+    /// Show progress of `stats` on stderr (nothing when `quiet`).
+    pub fn start(stats: Arc<Stats>, quiet: bool) -> Progress {
+        let stop = CancellationToken::new();
+        if quiet {
+            return Progress { stop, handle: None };
+        }
+        let token = stop.clone();
+        let handle = if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(8));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos}/{len} tags {wide_msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            logging::set_bar(bar.clone());
+            tokio::spawn(async move {
+                loop {
+                    let s = stats.snapshot();
+                    bar.set_length(s.tags_total);
+                    bar.set_position(s.tags_done());
+                    bar.set_message(line(&s));
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(150)) => {}
+                    }
+                }
+                logging::clear_bar();
+                bar.finish_and_clear();
+            })
+        } else {
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    }
+                    let s = stats.snapshot();
+                    tracing::info!("progress: {}/{} tags · {}", s.tags_done(), s.tags_total, line(&s));
+                }
+            })
+        };
+        Progress { stop, handle: Some(handle) }
+    }
+
+    pub async fn finish(mut self) {
+        self.stop.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Ctrl-C / SIGTERM handling: the first signal stops new work and lets
+//! in-flight tags finish (bounded by a grace period), the second aborts.
+//!
+//! Never exits the process itself: the command returns normally so the
+//! state database is closed cleanly.
+
+use std::time::Duration;
+
+use regferry::engine::execute::Cancel;
+
+/// Resolves on the next Ctrl-C or SIGTERM.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        Signals {
+            #[cfg(unix)]
+            term: match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM");
+                    None
+                }
+            },
+        }
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(t) = self.term.as_mut() {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = t.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Watch for signals in the background and drive `cancel`.
+pub fn watch(cancel: Cancel, grace: Duration) {
+    let mut signals = Signals::new();
+    tokio::spawn(async move {
+        signals.next().await;
+        tracing::warn!("stopping: no new tags are started; in-flight tags get {grace:?} to finish (signal again to abort now)");
+        cancel.stop.cancel();
+        tokio::select! {
+            _ = signals.next() => tracing::warn!("aborting in-flight tags"),
+            _ = tokio::time::sleep(grace) => tracing::warn!("grace period over: aborting in-flight tags"),
+        }
+        cancel.abort.cancel();
+    });
+}

@@ -1,0 +1,239 @@
+//! Getting one blob into one destination repository, as cheaply as
+//! possible: already there (`HEAD`) → mount from a repository known to hold
+//! it → streamed, digest-checked upload.
+//!
+//! One lock per digest makes concurrent tasks that need the same blob wait
+//! for each other, so a blob shared by many images crosses the wire at most
+//! once per run and is mounted everywhere else. This module never buffers a
+//! blob and never reports a blob present that the destination did not
+//! confirm.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use futures::future::BoxFuture;
+use tokio::sync::Semaphore;
+use url::Url;
+
+use super::events::{Event, EventSink};
+use super::stats::Stats;
+use super::verify_stream::{StreamFailure, VerifiedStream};
+use crate::registry::manifest::Descriptor;
+use crate::registry::{Digest, MountOutcome, RegistryClient, RegistryError, RepoName, Scopes};
+
+/// Where else at the destination a blob is known to live (from earlier runs).
+pub trait MountHints: Send + Sync {
+    fn holders<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Vec<RepoName>>;
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Destination repositories confirmed to hold the blob during this run.
+    holders: Vec<RepoName>,
+    /// Repositories earlier runs saw holding it (unconfirmed).
+    hinted: Vec<RepoName>,
+    hints_loaded: bool,
+}
+
+/// How a blob got to where it is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobOutcome {
+    Present,
+    Mounted,
+    Uploaded,
+    /// Foreign / non-distributable: clients fetch it elsewhere.
+    Foreign,
+}
+
+/// See the module documentation.
+pub struct BlobMover {
+    src: Arc<RegistryClient>,
+    dst: Arc<RegistryClient>,
+    slots: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<Slot>>>>,
+    hints: Option<Arc<dyn MountHints>>,
+    stats: Arc<Stats>,
+    streams: Semaphore,
+    events: EventSink,
+    attempts: u32,
+}
+
+impl BlobMover {
+    /// `streams` bounds the number of blob byte-streams open at once.
+    pub fn new(
+        src: Arc<RegistryClient>,
+        dst: Arc<RegistryClient>,
+        hints: Option<Arc<dyn MountHints>>,
+        stats: Arc<Stats>,
+        events: EventSink,
+        streams: usize,
+    ) -> BlobMover {
+        BlobMover {
+            src,
+            dst,
+            slots: Mutex::new(HashMap::new()),
+            hints,
+            stats,
+            streams: Semaphore::new(streams.max(1)),
+            events,
+            attempts: 3,
+        }
+    }
+
+    fn slot(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<Slot>> {
+        // A poisoned map only means another task panicked mid-insert; the
+        // map itself is still sound.
+        let mut map = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(digest.clone()).or_default().clone()
+    }
+
+    /// Make sure `dst_repo` holds the blob `desc` (read from `src_repo`).
+    pub async fn ensure(&self, src_repo: &RepoName, dst_repo: &RepoName, desc: &Descriptor) -> Result<BlobOutcome, RegistryError> {
+        if desc.foreign {
+            return Ok(BlobOutcome::Foreign);
+        }
+        let slot = self.slot(&desc.digest);
+        let mut slot = slot.lock().await;
+        if slot.holders.contains(dst_repo) {
+            Stats::add(&self.stats.blobs_skipped, 1);
+            return Ok(BlobOutcome::Present);
+        }
+        let mut attempt = 1;
+        loop {
+            match self.ensure_once(src_repo, dst_repo, desc, &mut slot).await {
+                Ok(outcome) => {
+                    slot.holders.push(dst_repo.clone());
+                    let counter = match outcome {
+                        BlobOutcome::Present | BlobOutcome::Foreign => &self.stats.blobs_skipped,
+                        BlobOutcome::Mounted => &self.stats.blobs_mounted,
+                        BlobOutcome::Uploaded => &self.stats.blobs_uploaded,
+                    };
+                    Stats::add(counter, 1);
+                    self.events.send(Event::BlobAt { digest: desc.digest.clone(), repo: dst_repo.clone() }).await;
+                    return Ok(outcome);
+                }
+                Err(e) if e.is_transient() && attempt < self.attempts => {
+                    let pause = Duration::from_millis(500 * 2u64.pow(attempt));
+                    tracing::warn!(blob = %desc.digest.short(), repository = %dst_repo, error = %e, "blob transfer failed; retrying in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn ensure_once(
+        &self,
+        src_repo: &RepoName,
+        dst_repo: &RepoName,
+        desc: &Descriptor,
+        slot: &mut Slot,
+    ) -> Result<BlobOutcome, RegistryError> {
+        let digest = &desc.digest;
+        if self.dst.blob_exists(dst_repo, digest, &Scopes::push(dst_repo)).await? {
+            return Ok(BlobOutcome::Present);
+        }
+        if !slot.hints_loaded {
+            if let Some(h) = &self.hints {
+                slot.hinted = h.holders(digest).await;
+            }
+            slot.hints_loaded = true;
+        }
+        let mut candidates: Vec<RepoName> = Vec::new();
+        for r in slot.holders.iter().chain(slot.hinted.iter()) {
+            if r != dst_repo && !candidates.contains(r) {
+                candidates.push(r.clone());
+            }
+        }
+        let mut session = None;
+        for from in candidates.into_iter().take(3) {
+            match self.dst.mount_blob(dst_repo, digest, &from).await {
+                Ok(MountOutcome::Mounted) => {
+                    tracing::debug!(blob = %digest.short(), from = %from, to = %dst_repo, "mounted");
+                    return Ok(BlobOutcome::Mounted);
+                }
+                Ok(MountOutcome::Session(url)) => {
+                    // Refused (202): upload into the session we were given.
+                    slot.hinted.retain(|r| r != &from);
+                    session = Some((url, Scopes::push(dst_repo).and_pull(&from)));
+                    break;
+                }
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    tracing::debug!(blob = %digest.short(), from = %from, error = %e, "mount refused");
+                    slot.hinted.retain(|r| r != &from);
+                }
+            }
+        }
+        self.upload(src_repo, dst_repo, desc, session).await?;
+        Ok(BlobOutcome::Uploaded)
+    }
+
+    async fn upload(
+        &self,
+        src_repo: &RepoName,
+        dst_repo: &RepoName,
+        desc: &Descriptor,
+        session: Option<(Url, Scopes)>,
+    ) -> Result<(), RegistryError> {
+        let digest = &desc.digest;
+        let _permit = self.streams.acquire().await.map_err(|_| RegistryError::Protocol {
+            registry: self.dst.name().to_string(),
+            message: "transfer pool closed".into(),
+        })?;
+        let resp = self.src.get_blob(src_repo, digest).await?;
+        let size = match (desc.size, resp.content_length()) {
+            (Some(expected), Some(actual)) if expected != actual => {
+                return Err(RegistryError::SizeMismatch {
+                    registry: self.src.name().to_string(),
+                    what: format!("blob {src_repo}@{digest}"),
+                    expected,
+                    actual,
+                });
+            }
+            (Some(s), _) | (None, Some(s)) => Some(s),
+            (None, None) => None,
+        };
+        let (session, scopes) = match session {
+            Some(s) => s,
+            None => (self.dst.start_upload(dst_repo).await?, Scopes::push(dst_repo)),
+        };
+        let bytes = resp.bytes_stream().map_err(|e| crate::registry::client::describe(&e));
+        let (stream, failure) = VerifiedStream::new(bytes, digest, size, self.stats.clone(), |s| &s.bytes_uploaded);
+        let body = reqwest::Body::wrap_stream(stream);
+        let result = match size {
+            Some(size) => self.dst.put_upload(session.clone(), digest, size, &scopes, body).await,
+            None => match self.dst.patch_upload(session.clone(), &scopes, body).await {
+                Ok(next) => self.dst.finish_upload(next, digest, &scopes).await,
+                Err(e) => Err(e),
+            },
+        };
+        let Err(e) = result else {
+            tracing::debug!(blob = %digest.short(), repository = %dst_repo, "uploaded");
+            return Ok(());
+        };
+        self.dst.cancel_upload(session, &scopes).await;
+        let failure = failure.lock().ok().and_then(|mut f| f.take());
+        let what = format!("blob {src_repo}@{digest}");
+        Err(match failure {
+            Some(StreamFailure::Source(message)) => RegistryError::Transport {
+                registry: self.src.name().to_string(),
+                method: "GET".into(),
+                path: format!("/v2/{src_repo}/blobs/{digest}"),
+                message,
+            },
+            Some(StreamFailure::Size { expected, actual }) => {
+                RegistryError::SizeMismatch { registry: self.src.name().to_string(), what, expected, actual }
+            }
+            Some(StreamFailure::Digest { actual }) => RegistryError::DigestMismatch {
+                registry: self.src.name().to_string(),
+                what,
+                expected: digest.clone(),
+                actual,
+            },
+            None => e,
+        })
+    }
+}

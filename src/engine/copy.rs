@@ -1,0 +1,129 @@
+//! Copying one tag: the manifest tree, children before parents, blobs
+//! before the manifests that reference them, the tag itself last — with the
+//! exact source bytes and media type, so digests are preserved.
+//!
+//! Invariant: a manifest is pushed only after everything it references was
+//! confirmed present at the destination. A tag therefore never points at
+//! missing content, whatever fails in between.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+
+use super::blobs::BlobMover;
+use super::plan::PlanItem;
+use super::stats::Stats;
+use crate::registry::manifest::{self, Descriptor, Kind, Parsed};
+use crate::registry::{Reference, RegistryClient, RegistryError, RepoName, Scopes};
+
+/// Deeper indexes than this are refused (real ones nest once, rarely twice).
+const MAX_DEPTH: usize = 4;
+
+/// Copies manifest trees from one registry to another.
+pub struct Copier {
+    src: Arc<RegistryClient>,
+    dst: Arc<RegistryClient>,
+    blobs: BlobMover,
+    stats: Arc<Stats>,
+    /// Blobs / child manifests of one manifest handled at once.
+    fan_out: usize,
+}
+
+impl Copier {
+    pub fn new(src: Arc<RegistryClient>, dst: Arc<RegistryClient>, blobs: BlobMover, stats: Arc<Stats>, fan_out: usize) -> Copier {
+        Copier { src, dst, blobs, stats, fan_out: fan_out.max(1) }
+    }
+
+    fn manifest_error(&self, repo: &RepoName, reference: &Reference, source: manifest::ManifestError) -> RegistryError {
+        RegistryError::Manifest {
+            registry: self.src.name().to_string(),
+            repo: repo.to_string(),
+            reference: reference.to_string(),
+            source,
+        }
+    }
+
+    /// Fetch `src_repo@digest` and parse it; `media_type` is what the
+    /// referrer (or the tag's `HEAD`) said it is.
+    async fn fetch(&self, src_repo: &RepoName, reference: &Reference, media_type: Option<&str>) -> Result<(Bytes, Parsed), RegistryError> {
+        let body = self.src.get_manifest(src_repo, reference, &Scopes::pull(src_repo)).await?;
+        let content_type = match media_type {
+            Some(m) if manifest::kind_of(m).is_some() => m.to_string(),
+            _ => body.content_type.clone(),
+        };
+        let parsed = manifest::parse(&body.bytes, &content_type).map_err(|e| self.manifest_error(src_repo, reference, e))?;
+        Ok((body.bytes, parsed))
+    }
+
+    /// Copy one planned tag. On success the destination resolves the tag
+    /// to the source digest.
+    pub async fn copy_tag(&self, item: &PlanItem) -> Result<(), RegistryError> {
+        let reference = Reference::Digest(item.source.digest.clone());
+        let (bytes, parsed) = self.fetch(&item.source_repo, &reference, Some(&item.source.media_type)).await?;
+        self.copy_references(&item.source_repo, &item.dest_repo, &parsed, 0).await?;
+        let pushed = self
+            .dst
+            .put_manifest(&item.dest_repo, &Reference::Tag(item.tag.clone()), bytes, &parsed.media_type)
+            .await?;
+        Stats::add(&self.stats.manifests_pushed, 1);
+        if item.source.digest.algorithm() == crate::registry::digest::Algorithm::Sha256 && pushed != item.source.digest {
+            return Err(RegistryError::DigestMismatch {
+                registry: self.dst.name().to_string(),
+                what: format!("manifest {}:{}", item.dest_repo, item.tag),
+                expected: item.source.digest.clone(),
+                actual: pushed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Make sure everything `parsed` references exists in `dst_repo`.
+    fn copy_references<'a>(
+        &'a self,
+        src_repo: &'a RepoName,
+        dst_repo: &'a RepoName,
+        parsed: &'a Parsed,
+        depth: usize,
+    ) -> BoxFuture<'a, Result<(), RegistryError>> {
+        async move {
+            // Boxed up front: a closure inside this boxed future trips the
+            // compiler's higher-ranked lifetime inference.
+            let work: Vec<BoxFuture<'a, Result<(), RegistryError>>> = match parsed.kind {
+                Kind::Image => parsed
+                    .blobs
+                    .iter()
+                    .map(|d| self.blobs.ensure(src_repo, dst_repo, d).map(|r| r.map(drop)).boxed())
+                    .collect(),
+                Kind::Index => {
+                    parsed.manifests.iter().map(|d| self.copy_child(src_repo, dst_repo, d, depth + 1).boxed()).collect()
+                }
+            };
+            futures::stream::iter(work).buffer_unordered(self.fan_out).try_collect::<Vec<()>>().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    /// Copy a manifest referenced by digest from an index.
+    async fn copy_child(&self, src_repo: &RepoName, dst_repo: &RepoName, desc: &Descriptor, depth: usize) -> Result<(), RegistryError> {
+        let reference = Reference::Digest(desc.digest.clone());
+        if depth > MAX_DEPTH {
+            return Err(RegistryError::Protocol {
+                registry: self.src.name().to_string(),
+                message: format!("{src_repo}@{}: indexes nested deeper than {MAX_DEPTH}", desc.digest),
+            });
+        }
+        // Present at the destination means its references are too: the
+        // destination accepted it, and we only ever push complete trees.
+        if self.dst.head_manifest(dst_repo, &reference, &Scopes::push(dst_repo)).await?.is_some() {
+            return Ok(());
+        }
+        let (bytes, parsed) = self.fetch(src_repo, &reference, desc.media_type.as_deref()).await?;
+        self.copy_references(src_repo, dst_repo, &parsed, depth).await?;
+        self.dst.put_manifest(dst_repo, &reference, bytes, &parsed.media_type).await?;
+        Stats::add(&self.stats.manifests_pushed, 1);
+        Ok(())
+    }
+}

@@ -1,0 +1,111 @@
+//! Diffing by digest: one manifest `HEAD` per tag on each side decides
+//! whether a tag is copied, and why.
+//!
+//! Never pulls a manifest body for an unchanged tag and never looks at
+//! blobs: steady state must cost listings plus two `HEAD`s per tag.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use super::discover::Discovered;
+use super::plan::{Action, CopyReason, Plan, PlanItem, Problem, SkipReason};
+use crate::registry::{ManifestHead, Reference, RegistryClient, RegistryError, RepoName, Scopes, Tag};
+
+/// How to compare.
+#[derive(Debug, Clone, Copy)]
+pub struct DiffOptions {
+    pub concurrency: usize,
+    /// Replace destination tags that differ (false: leave them, report them).
+    pub overwrite: bool,
+}
+
+/// A tag that was just listed may not be resolvable yet (replicas, caches):
+/// ask again a couple of times before calling it gone.
+async fn head_source(src: &RegistryClient, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestHead>, RegistryError> {
+    let reference = Reference::Tag(tag.clone());
+    let scopes = Scopes::pull(repo);
+    for pause in [Duration::from_millis(300), Duration::from_secs(1)] {
+        if let Some(head) = src.head_manifest(repo, &reference, &scopes).await? {
+            return Ok(Some(head));
+        }
+        tokio::time::sleep(pause).await;
+    }
+    src.head_manifest(repo, &reference, &scopes).await
+}
+
+fn decide(source: &ManifestHead, dest: Option<&ManifestHead>, overwrite: bool) -> Action {
+    let reason = match dest {
+        None => return Action::Copy(CopyReason::Missing),
+        Some(d) if d.digest != source.digest => CopyReason::DigestDiffers,
+        Some(d) if d.media_type != source.media_type => CopyReason::MediaTypeDiffers,
+        Some(_) => return Action::Skip(SkipReason::UpToDate),
+    };
+    if overwrite { Action::Copy(reason) } else { Action::Skip(SkipReason::OverwriteForbidden) }
+}
+
+/// Compare every discovered tag between `src` and `dst`.
+pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discovered, options: DiffOptions) -> Plan {
+    let repositories = discovered.repos.len();
+    let pairs = discovered
+        .repos
+        .into_iter()
+        .flat_map(|r| r.tags.into_iter().map(move |t| (r.source.clone(), r.dest.clone(), t)));
+
+    let results: Vec<Result<PlanItem, Problem>> = futures::stream::iter(pairs)
+        .map(|(source_repo, dest_repo, tag)| async move {
+            let problem = |error: String| Problem {
+                source_repo: source_repo.to_string(),
+                dest_repo: Some(dest_repo.to_string()),
+                tag: Some(tag.to_string()),
+                error,
+            };
+            let source = match head_source(src, &source_repo, &tag).await {
+                Ok(Some(h)) => h,
+                Ok(None) => return Err(problem(format!("tag {source_repo}:{tag} was listed but its manifest is unknown at {}", src.name()))),
+                Err(e) => return Err(problem(e.to_string())),
+            };
+            let dest = dst
+                .head_manifest(&dest_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&dest_repo))
+                .await
+                .map_err(|e| problem(e.to_string()))?;
+            let action = decide(&source, dest.as_ref(), options.overwrite);
+            Ok(PlanItem { source_repo, dest_repo, tag, source, dest, action })
+        })
+        .buffer_unordered(options.concurrency.max(1))
+        .collect()
+        .await;
+
+    let mut plan = Plan { repositories, problems: discovered.problems, ..Plan::default() };
+    for r in results {
+        match r {
+            Ok(item) => plan.items.push(item),
+            Err(p) => plan.problems.push(p),
+        }
+    }
+    // Stable order: by repository, images before their signature companions.
+    plan.items.sort_by(|a, b| {
+        (&a.source_repo, a.tag.is_signature_companion(), &a.tag).cmp(&(&b.source_repo, b.tag.is_signature_companion(), &b.tag))
+    });
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(d: &str, mt: &str) -> ManifestHead {
+        ManifestHead { digest: crate::registry::Digest::sha256_of(d.as_bytes()), media_type: mt.into() }
+    }
+
+    #[test]
+    fn decisions() {
+        let a = head("a", "x");
+        assert_eq!(decide(&a, None, true), Action::Copy(CopyReason::Missing));
+        assert_eq!(decide(&a, Some(&head("a", "x")), true), Action::Skip(SkipReason::UpToDate));
+        assert_eq!(decide(&a, Some(&head("b", "x")), true), Action::Copy(CopyReason::DigestDiffers));
+        assert_eq!(decide(&a, Some(&head("a", "y")), true), Action::Copy(CopyReason::MediaTypeDiffers));
+        assert_eq!(decide(&a, Some(&head("b", "x")), false), Action::Skip(SkipReason::OverwriteForbidden));
+        assert_eq!(decide(&a, None, false), Action::Copy(CopyReason::Missing));
+    }
+}

@@ -1,0 +1,226 @@
+//! Discovery: which source repositories and tags are in scope.
+//!
+//! Reads the catalog (or takes an explicit repository list), applies the
+//! repository globs and the tag selector, and lists tags. It only reads from
+//! the source; a name that breaks the grammar becomes a [`Problem`], never a
+//! request.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use super::EngineError;
+use super::plan::{Problem, RepoMapping};
+use crate::registry::{RegistryClient, RepoName, Tag};
+
+/// Chooses the tags of a repository to replicate (regexes, semver, newest N…).
+pub trait TagSelector: Send + Sync {
+    fn select(&self, repo: &RepoName, tags: Vec<Tag>) -> Vec<Tag>;
+}
+
+/// Every tag.
+pub struct AllTags;
+
+impl TagSelector for AllTags {
+    fn select(&self, _repo: &RepoName, tags: Vec<Tag>) -> Vec<Tag> {
+        tags
+    }
+}
+
+/// Repository globs: `*` stays within one path component, `**` crosses them.
+#[derive(Clone, Default)]
+pub struct RepoFilter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+    /// Include patterns without glob characters: names the user expects to exist.
+    literals: Vec<String>,
+}
+
+fn is_literal(pattern: &str) -> bool {
+    !pattern.contains(['*', '?', '[', ']', '{', '}'])
+}
+
+fn glob_set(patterns: &[String]) -> Result<Option<GlobSet>, EngineError> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        let glob = globset::GlobBuilder::new(p.trim_matches('/'))
+            .literal_separator(true)
+            .build()
+            .map_err(|e| EngineError::Input(format!("invalid repository glob {p:?}: {}", e.kind())))?;
+        b.add(glob);
+    }
+    b.build().map(Some).map_err(|e| EngineError::Input(format!("invalid repository globs: {e}")))
+}
+
+impl RepoFilter {
+    pub fn new(include: &[String], exclude: &[String]) -> Result<RepoFilter, EngineError> {
+        // validate each alone first, so the error names the culprit
+        for p in include.iter().chain(exclude) {
+            Glob::new(p).map_err(|e| EngineError::Input(format!("invalid repository glob {p:?}: {}", e.kind())))?;
+        }
+        Ok(RepoFilter {
+            include: glob_set(include)?,
+            exclude: glob_set(exclude)?,
+            literals: include.iter().filter(|p| is_literal(p)).map(|p| p.trim_matches('/').to_string()).collect(),
+        })
+    }
+
+    pub fn matches(&self, relative: &str) -> bool {
+        self.include.as_ref().is_none_or(|s| s.is_match(relative)) && !self.exclude.as_ref().is_some_and(|s| s.is_match(relative))
+    }
+
+    /// True when every include pattern is a plain name (so they can stand in
+    /// for a catalog the registry does not serve).
+    pub fn all_literal(&self) -> bool {
+        self.include.is_some() && self.literals.len() == self.include.as_ref().map_or(0, GlobSet::len)
+    }
+}
+
+/// What to replicate from a source.
+#[derive(Clone)]
+pub struct Scope {
+    pub mapping: RepoMapping,
+    pub repos: RepoFilter,
+    /// Repositories to take instead of the catalog (relative to the source prefix).
+    pub explicit: Vec<String>,
+    pub tags: Arc<dyn TagSelector>,
+}
+
+impl Scope {
+    pub fn everything(mapping: RepoMapping) -> Scope {
+        Scope { mapping, repos: RepoFilter::default(), explicit: Vec::new(), tags: Arc::new(AllTags) }
+    }
+}
+
+/// A source repository in scope with its selected tags.
+#[derive(Debug, Clone)]
+pub struct RepoTags {
+    pub source: RepoName,
+    pub dest: RepoName,
+    pub tags: Vec<Tag>,
+}
+
+/// The result of discovery.
+#[derive(Debug, Default)]
+pub struct Discovered {
+    pub repos: Vec<RepoTags>,
+    pub problems: Vec<Problem>,
+}
+
+fn repo_problem(source: &str, error: String) -> Problem {
+    Problem { source_repo: source.to_string(), dest_repo: None, tag: None, error }
+}
+
+/// The source repositories in scope (full names, prefix included).
+async fn repositories(src: &RegistryClient, scope: &Scope, problems: &mut Vec<Problem>) -> Result<Vec<RepoName>, EngineError> {
+    let prefix = &scope.mapping.source_prefix;
+    let full = |relative: &str| if prefix.is_empty() { relative.to_string() } else { format!("{prefix}/{relative}") };
+
+    let names: Vec<String> = if !scope.explicit.is_empty() {
+        scope.explicit.iter().map(|r| full(r.trim_matches('/'))).collect()
+    } else {
+        match src.catalog().await {
+            Ok(all) => {
+                for literal in &scope.repos.literals {
+                    let name = full(literal);
+                    if !all.contains(&name) {
+                        problems.push(repo_problem(&name, format!("repository {name} not found in the catalog of {}", src.name())));
+                    }
+                }
+                all
+            }
+            Err(e) if scope.repos.all_literal() => {
+                tracing::warn!(registry = %src.name(), error = %e, "catalog unavailable; using the repositories named on the command line");
+                scope.repos.literals.iter().map(|l| full(l)).collect()
+            }
+            Err(e) => return Err(EngineError::Catalog(e)),
+        }
+    };
+
+    let mut out = Vec::new();
+    for name in names {
+        match name.parse::<RepoName>() {
+            Ok(repo) => {
+                let Some(relative) = scope.mapping.relative(&repo) else { continue };
+                if scope.repos.matches(relative.as_str()) {
+                    out.push(repo);
+                }
+            }
+            Err(e) => problems.push(repo_problem(&name, e.to_string())),
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// List the repositories and tags in `scope`, `concurrency` listings at a time.
+pub async fn discover(src: &RegistryClient, scope: &Scope, concurrency: usize) -> Result<Discovered, EngineError> {
+    let mut problems = Vec::new();
+    let repos = repositories(src, scope, &mut problems).await?;
+
+    let listings: Vec<_> = futures::stream::iter(repos)
+        .map(|repo| async move {
+            let tags = src.tags(&repo).await;
+            (repo, tags)
+        })
+        .buffered(concurrency.max(1))
+        .collect()
+        .await;
+
+    let mut out = Discovered { repos: Vec::new(), problems };
+    for (source, listing) in listings {
+        let Some(dest) = scope.mapping.map(&source) else { continue };
+        let raw = match listing {
+            Ok(raw) => raw,
+            Err(e) if e.has_code("NAME_UNKNOWN") || e.status() == Some(404) => {
+                out.problems.push(repo_problem(source.as_str(), format!("repository {source} does not exist at {}: {e}", src.name())));
+                continue;
+            }
+            Err(e) => {
+                out.problems.push(repo_problem(source.as_str(), format!("cannot list tags of {source}: {e}")));
+                continue;
+            }
+        };
+        let mut tags = Vec::with_capacity(raw.len());
+        for t in raw {
+            match t.parse::<Tag>() {
+                Ok(tag) => tags.push(tag),
+                Err(e) => out.problems.push(Problem {
+                    source_repo: source.to_string(),
+                    dest_repo: Some(dest.to_string()),
+                    tag: Some(t.chars().take(128).collect()),
+                    error: e.to_string(),
+                }),
+            }
+        }
+        tags.sort();
+        tags.dedup();
+        let tags = scope.tags.select(&source, tags);
+        out.repos.push(RepoTags { source, dest, tags });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        let f = RepoFilter::new(&["frontend/**".into(), "library/*".into()], &["**/tmp-*".into()]).unwrap();
+        assert!(f.matches("frontend/a/b"));
+        assert!(f.matches("library/nginx"));
+        assert!(!f.matches("library/x/y"));
+        assert!(!f.matches("frontend/tmp-1"));
+        assert!(!f.all_literal());
+        assert!(RepoFilter::new(&["a/b".into()], &[]).unwrap().all_literal());
+        assert!(RepoFilter::default().matches("anything/at/all"));
+        let e = RepoFilter::new(&["a/[b".into()], &[]).err().unwrap().to_string();
+        assert!(e.contains("a/[b"), "{e}");
+    }
+}

@@ -1,0 +1,139 @@
+//! The plan: which tags of which repositories go where, and why.
+//!
+//! A plan is pure data produced by discovery and diffing and consumed by the
+//! executor, the dry-run printer and the state recorder. Building one costs
+//! listings and `HEAD`s; executing one is the only thing that writes.
+
+use std::fmt;
+
+use crate::registry::{ManifestHead, RepoName, Tag};
+
+/// How source repository names become destination names:
+/// strip `source_prefix/`, then prepend `dest_prefix/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepoMapping {
+    pub source_prefix: String,
+    pub dest_prefix: String,
+}
+
+impl RepoMapping {
+    pub fn new(source_prefix: &str, dest_prefix: &str) -> RepoMapping {
+        RepoMapping {
+            source_prefix: source_prefix.trim_matches('/').to_string(),
+            dest_prefix: dest_prefix.trim_matches('/').to_string(),
+        }
+    }
+
+    /// The name a source repository gets at the destination, or `None` when
+    /// it lies outside the source prefix.
+    pub fn map(&self, source: &RepoName) -> Option<RepoName> {
+        let relative = source.strip_prefix(&self.source_prefix)?;
+        relative.with_prefix(&self.dest_prefix).ok()
+    }
+
+    /// The name relative to the source prefix (what `--repo` globs match).
+    pub fn relative(&self, source: &RepoName) -> Option<RepoName> {
+        source.strip_prefix(&self.source_prefix)
+    }
+
+    /// The reverse mapping (for failover: destination becomes source).
+    pub fn reversed(&self) -> RepoMapping {
+        RepoMapping { source_prefix: self.dest_prefix.clone(), dest_prefix: self.source_prefix.clone() }
+    }
+}
+
+/// Why a tag is copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyReason {
+    Missing,
+    DigestDiffers,
+    MediaTypeDiffers,
+}
+
+/// Why a tag is left alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The destination already resolves the tag to the same digest.
+    UpToDate,
+    /// The destination tag differs and the policy forbids overwriting it.
+    OverwriteForbidden,
+}
+
+/// What to do with one tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Copy(CopyReason),
+    Skip(SkipReason),
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Copy(CopyReason::Missing) => "missing",
+            Action::Copy(CopyReason::DigestDiffers) => "digest differs",
+            Action::Copy(CopyReason::MediaTypeDiffers) => "media type differs",
+            Action::Skip(SkipReason::UpToDate) => "up to date",
+            Action::Skip(SkipReason::OverwriteForbidden) => "differs, overwrite disabled",
+        })
+    }
+}
+
+/// One tag of the plan.
+#[derive(Debug, Clone)]
+pub struct PlanItem {
+    pub source_repo: RepoName,
+    pub dest_repo: RepoName,
+    pub tag: Tag,
+    /// Digest and media type at the source when planned.
+    pub source: ManifestHead,
+    /// Digest and media type at the destination, if the tag exists there.
+    pub dest: Option<ManifestHead>,
+    pub action: Action,
+}
+
+/// Something that could not even be planned: a listing that failed, a name
+/// that breaks the grammar, a tag that vanished. Each counts as a failed tag.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub source_repo: String,
+    pub dest_repo: Option<String>,
+    pub tag: Option<String>,
+    pub error: String,
+}
+
+/// The outcome of discovery and diffing.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub items: Vec<PlanItem>,
+    pub problems: Vec<Problem>,
+    /// Repositories in scope.
+    pub repositories: usize,
+}
+
+impl Plan {
+    pub fn to_copy(&self) -> impl Iterator<Item = &PlanItem> {
+        self.items.iter().filter(|i| matches!(i.action, Action::Copy(_)))
+    }
+
+    pub fn count_copy(&self) -> usize {
+        self.to_copy().count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping_strips_and_prepends() {
+        let r = |s: &str| s.parse::<RepoName>().unwrap();
+        let m = RepoMapping::new("", "mirror");
+        assert_eq!(m.map(&r("bench/app")), Some(r("mirror/bench/app")));
+        let m = RepoMapping::new("team", "");
+        assert_eq!(m.map(&r("team/app")), Some(r("app")));
+        assert_eq!(m.map(&r("other/app")), None);
+        let m = RepoMapping::new("", "mirror").reversed();
+        assert_eq!(m.map(&r("mirror/team/app")), Some(r("team/app")));
+        assert_eq!(m.map(&r("team/app")), None);
+    }
+}

@@ -1,0 +1,93 @@
+//! Live counters of one replication run, shared between the workers that
+//! bump them and whoever displays progress or prints the summary.
+//!
+//! Only atomics: reading them never blocks a transfer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of one run. Every field only grows.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub repos_total: AtomicU64,
+    pub repos_done: AtomicU64,
+    pub tags_total: AtomicU64,
+    pub tags_copied: AtomicU64,
+    pub tags_skipped: AtomicU64,
+    pub tags_failed: AtomicU64,
+    pub blobs_uploaded: AtomicU64,
+    pub blobs_mounted: AtomicU64,
+    pub blobs_skipped: AtomicU64,
+    pub manifests_pushed: AtomicU64,
+    /// Blob bytes sent to the destination (counted as they stream).
+    pub bytes_uploaded: AtomicU64,
+}
+
+/// A point-in-time copy of [`Stats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub repos_total: u64,
+    pub repos_done: u64,
+    pub tags_total: u64,
+    pub tags_copied: u64,
+    pub tags_skipped: u64,
+    pub tags_failed: u64,
+    pub blobs_uploaded: u64,
+    pub blobs_mounted: u64,
+    pub blobs_skipped: u64,
+    pub manifests_pushed: u64,
+    pub bytes_uploaded: u64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            repos_total: g(&self.repos_total),
+            repos_done: g(&self.repos_done),
+            tags_total: g(&self.tags_total),
+            tags_copied: g(&self.tags_copied),
+            tags_skipped: g(&self.tags_skipped),
+            tags_failed: g(&self.tags_failed),
+            blobs_uploaded: g(&self.blobs_uploaded),
+            blobs_mounted: g(&self.blobs_mounted),
+            blobs_skipped: g(&self.blobs_skipped),
+            manifests_pushed: g(&self.manifests_pushed),
+            bytes_uploaded: g(&self.bytes_uploaded),
+        }
+    }
+}
+
+impl Snapshot {
+    /// Tags whose fate is decided.
+    pub fn tags_done(&self) -> u64 {
+        self.tags_copied + self.tags_skipped + self.tags_failed
+    }
+}
+
+/// `1.5 GiB`-style rendering of a byte count.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_render() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+}

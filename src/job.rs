@@ -1,0 +1,203 @@
+//! One replication job end to end: connect → plan → record → execute →
+//! close the execution. `migrate`, policy runs and the daemon all go
+//! through here, so they resume, record and summarise the same way.
+//!
+//! This module wires the engine to the state database; it never parses CLI
+//! flags or policy files and never prints (the caller renders the report).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::engine::blobs::{BlobMover, MountHints};
+use crate::engine::copy::Copier;
+use crate::engine::diff::{DiffOptions, diff};
+use crate::engine::discover::{Scope, discover};
+use crate::engine::events::EventSink;
+use crate::engine::execute::{Cancel, ExecuteOptions, TaskEnd, execute};
+use crate::engine::plan::{Action, Plan};
+use crate::engine::stats::{Snapshot, Stats};
+use crate::engine::EngineError;
+use crate::registry::{ClientOptions, Endpoint, RegistryClient, RegistryError};
+use crate::state::{ExecutionSpec, ExecutionStatus, Recorder, StateDb, StateError};
+
+/// Why a job could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("source {0}")]
+    Source(RegistryError),
+    #[error("destination {0}")]
+    Destination(RegistryError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// What to replicate, from where to where, and how.
+#[derive(Clone)]
+pub struct JobSpec {
+    /// `migrate` or `policy`.
+    pub kind: String,
+    pub policy: Option<String>,
+    pub source: Endpoint,
+    pub destination: Endpoint,
+    pub scope: Scope,
+    /// Words that, with the endpoints, identify the job for resuming
+    /// (e.g. the repository globs).
+    pub scope_words: Vec<String>,
+    pub overwrite: bool,
+    pub execute: ExecuteOptions,
+    pub client: ClientOptions,
+}
+
+impl JobSpec {
+    /// Runs with the same key are the same job.
+    pub fn scope_key(&self) -> String {
+        let mut words = self.scope_words.clone();
+        words.sort();
+        format!(
+            "{}|{}|{}|{}|{}",
+            self.kind,
+            self.policy.as_deref().unwrap_or(""),
+            self.source.url,
+            self.destination.url,
+            words.join(",")
+        )
+    }
+}
+
+/// A tag that did not make it, with the reason.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub repository: String,
+    pub tag: String,
+    pub error: String,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub execution: Option<i64>,
+    pub resumed: bool,
+    pub status: ExecutionStatus,
+    pub counts: Snapshot,
+    pub failures: Vec<Failure>,
+    pub elapsed: Duration,
+    pub source_requests: u64,
+    pub destination_requests: u64,
+}
+
+/// Connected clients for a job.
+pub struct Job {
+    pub spec: JobSpec,
+    pub src: Arc<RegistryClient>,
+    pub dst: Arc<RegistryClient>,
+}
+
+impl Job {
+    /// Build the clients and check that both registries answer and accept
+    /// our credentials, so a typo fails in one clear line.
+    pub async fn connect(spec: JobSpec) -> Result<Job, JobError> {
+        let src = Arc::new(RegistryClient::new(&spec.source, &spec.client).map_err(JobError::Source)?);
+        let dst = Arc::new(RegistryClient::new(&spec.destination, &spec.client).map_err(JobError::Destination)?);
+        let (a, b) = tokio::join!(src.ping(), dst.ping());
+        a.map_err(JobError::Source)?;
+        b.map_err(JobError::Destination)?;
+        Ok(Job { spec, src, dst })
+    }
+
+    /// Discover and diff: listings plus one `HEAD` per tag per side.
+    pub async fn plan(&self) -> Result<Plan, JobError> {
+        let concurrency = self.spec.execute.concurrency.max(4) * 2;
+        let found = discover(&self.src, &self.spec.scope, concurrency).await?;
+        let options = DiffOptions { concurrency, overwrite: self.spec.overwrite };
+        Ok(diff(&self.src, &self.dst, found, options).await)
+    }
+
+    /// Execute `plan`, recording into `state` when given. `stats` is shared
+    /// with whoever shows progress.
+    pub async fn run(&self, plan: &Plan, state: Option<&StateDb>, stats: &Arc<Stats>, cancel: &Cancel) -> Result<Report, JobError> {
+        let started = Instant::now();
+        let skipped = plan.items.iter().filter(|i| matches!(i.action, Action::Skip(_))).count();
+        Stats::add(&stats.repos_total, plan.repositories as u64);
+        Stats::add(&stats.tags_total, (plan.items.len() + plan.problems.len()) as u64);
+        Stats::add(&stats.tags_skipped, skipped as u64);
+        Stats::add(&stats.tags_failed, plan.problems.len() as u64);
+
+        let registry_key = self.dst.name().to_string();
+        let mut execution = None;
+        let mut resumed = false;
+        let (sink, recorder, hints): (EventSink, Option<Recorder>, Option<Arc<dyn MountHints>>) = match state {
+            Some(db) => {
+                let spec = ExecutionSpec {
+                    kind: self.spec.kind.clone(),
+                    policy: self.spec.policy.clone(),
+                    scope_key: self.spec.scope_key(),
+                    source: self.spec.source.url.to_string(),
+                    destination: self.spec.destination.url.to_string(),
+                };
+                let start = db.begin_execution(&spec).await?;
+                execution = Some(start.id);
+                resumed = start.resumed;
+                let ids = db.record_plan(start.id, plan).await?;
+                let (sink, recorder) = Recorder::spawn(db.clone(), ids, registry_key.clone());
+                (sink, Some(recorder), Some(Arc::new(db.hints(&registry_key))))
+            }
+            None => (EventSink::discard(), None, None),
+        };
+
+        let ends = {
+            let streams = self.spec.execute.concurrency.max(1);
+            let blobs = BlobMover::new(self.src.clone(), self.dst.clone(), hints, stats.clone(), sink.clone(), streams);
+            let copier = Copier::new(self.src.clone(), self.dst.clone(), blobs, stats.clone(), 4);
+            execute(&copier, plan, &self.spec.execute, stats, &sink, cancel).await
+        };
+        drop(sink);
+        if let Some(r) = recorder {
+            r.finish().await?;
+        }
+
+        let mut failures: Vec<Failure> = plan
+            .problems
+            .iter()
+            .map(|p| Failure {
+                repository: p.source_repo.clone(),
+                tag: p.tag.clone().unwrap_or_default(),
+                error: p.error.clone(),
+            })
+            .collect();
+        let mut canceled = 0;
+        for (index, end) in ends {
+            match end {
+                TaskEnd::Failed(error) => {
+                    let item = &plan.items[index];
+                    failures.push(Failure { repository: item.source_repo.to_string(), tag: item.tag.to_string(), error });
+                }
+                TaskEnd::Canceled => canceled += 1,
+                TaskEnd::Succeeded => {}
+            }
+        }
+        let status = if canceled > 0 {
+            ExecutionStatus::Canceled
+        } else if failures.is_empty() {
+            ExecutionStatus::Succeeded
+        } else {
+            ExecutionStatus::Failed
+        };
+        let counts = stats.snapshot();
+        if let (Some(db), Some(id)) = (state, execution) {
+            let error = (!failures.is_empty()).then(|| format!("{} tag(s) failed", failures.len()));
+            db.finish_execution(id, status, &counts, error.as_deref()).await?;
+        }
+        Ok(Report {
+            execution,
+            resumed,
+            status,
+            counts,
+            failures,
+            elapsed: started.elapsed(),
+            source_requests: self.src.request_count(),
+            destination_requests: self.dst.request_count(),
+        })
+    }
+}

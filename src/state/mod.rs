@@ -1,0 +1,305 @@
+//! Durable job state in SQLite: executions, one task per (repository, tag),
+//! and which destination repositories hold which blobs (for mounts).
+//!
+//! One connection (SQLite has one writer anyway), WAL journal, schema
+//! migrations embedded from `src/state/migrations`. Writes that come in
+//! bulk go in one transaction. This module stores registry URLs but never a
+//! credential, and never talks to a registry.
+
+mod recorder;
+pub mod status;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlStr};
+
+pub use recorder::Recorder;
+pub use status::{ExecutionStatus, TaskStatus};
+
+use crate::engine::blobs::MountHints;
+use crate::engine::plan::{Action, Plan};
+use crate::engine::stats::Snapshot;
+use crate::registry::{Digest, RepoName};
+
+/// What went wrong with the state database.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database {path}: {source}")]
+    Open { path: PathBuf, source: sqlx::Error },
+    #[error("state database {path}: cannot create its directory: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("state database {path}: schema migration failed: {message}")]
+    Migrate { path: PathBuf, message: String },
+    #[error("state database: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("state database holds an unknown status {0:?}")]
+    BadStatus(String),
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn migrator() -> Migrator {
+    let m = |version, description: &'static str, sql: &'static str| {
+        Migration::new(version, description.into(), MigrationType::Simple, SqlStr::from_static(sql), false)
+    };
+    Migrator::with_migrations(vec![m(1, "init", include_str!("migrations/0001_init.sql"))])
+}
+
+/// What an execution is about.
+#[derive(Debug, Clone)]
+pub struct ExecutionSpec {
+    /// `migrate` or `policy`.
+    pub kind: String,
+    pub policy: Option<String>,
+    /// Runs with the same key are the same job: an unfinished one is resumed.
+    pub scope_key: String,
+    pub source: String,
+    pub destination: String,
+}
+
+/// The execution a run records into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecutionStart {
+    pub id: i64,
+    /// True when an earlier, unfinished execution of the same job was taken over.
+    pub resumed: bool,
+}
+
+/// Handle to the state database (cheap to clone).
+#[derive(Clone)]
+pub struct StateDb {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl StateDb {
+    /// Open (creating if needed) the database at `path` and bring its schema
+    /// up to date.
+    pub async fn open(path: &Path) -> Result<StateDb, StateError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StateError::Dir { path: path.into(), source })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|source| StateError::Open { path: path.into(), source })?;
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| StateError::Migrate { path: path.into(), message: e.to_string() })?;
+        Ok(StateDb { pool, path: path.into() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Start recording a run: resume the latest execution of the same job if
+    /// it did not finish cleanly (tasks it left running are taken back),
+    /// else create a new one.
+    pub async fn begin_execution(&self, spec: &ExecutionSpec) -> Result<ExecutionStart, StateError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let latest = sqlx::query("SELECT id, status FROM executions WHERE scope_key = ? ORDER BY id DESC LIMIT 1")
+            .bind(&spec.scope_key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let unfinished = match &latest {
+            Some(row) => {
+                let status: String = row.try_get("status")?;
+                ExecutionStatus::from_str(&status).map_err(|_| StateError::BadStatus(status))? != ExecutionStatus::Succeeded
+            }
+            None => false,
+        };
+        let start = if let (Some(row), true) = (latest, unfinished) {
+            let id: i64 = row.try_get("id")?;
+            sqlx::query("UPDATE executions SET status = 'running', updated_at = ?, finished_at = NULL, error = NULL WHERE id = ?")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let taken = sqlx::query(
+                "UPDATE tasks SET status = 'pending', updated_at = ?, \
+                 last_error = COALESCE(last_error, 'interrupted: the previous run ended while this task was in flight') \
+                 WHERE execution_id = ? AND status IN ('running', 'retrying')",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            if taken.rows_affected() > 0 {
+                tracing::info!(execution = id, tasks = taken.rows_affected(), "took back tasks left running by an earlier run");
+            }
+            ExecutionStart { id, resumed: true }
+        } else {
+            let id = sqlx::query(
+                "INSERT INTO executions (kind, policy, scope_key, source, destination, status, started_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, 'running', ?, ?) RETURNING id",
+            )
+            .bind(&spec.kind)
+            .bind(&spec.policy)
+            .bind(&spec.scope_key)
+            .bind(&spec.source)
+            .bind(&spec.destination)
+            .bind(now)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("id")?;
+            ExecutionStart { id, resumed: false }
+        };
+        tx.commit().await?;
+        Ok(start)
+    }
+
+    /// Write the plan's tasks (and its problems, as failed tasks) into
+    /// `execution`, in one transaction. Returns the task id of each plan
+    /// item, in order. A task that already succeeded and is still up to
+    /// date keeps its `succeeded` status.
+    pub async fn record_plan(&self, execution: i64, plan: &Plan) -> Result<Vec<i64>, StateError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let mut ids = Vec::with_capacity(plan.items.len());
+        for item in &plan.items {
+            let status = match item.action {
+                Action::Copy(_) => TaskStatus::Pending,
+                Action::Skip(_) => TaskStatus::Skipped,
+            };
+            let id: i64 = sqlx::query(
+                "INSERT INTO tasks (execution_id, source_repo, dest_repo, tag, source_digest, media_type, reason, status, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (execution_id, source_repo, dest_repo, tag) DO UPDATE SET \
+                   status = CASE WHEN tasks.status = 'succeeded' AND excluded.status = 'skipped' \
+                                  AND tasks.source_digest = excluded.source_digest THEN 'succeeded' ELSE excluded.status END, \
+                   reason = CASE WHEN tasks.status = 'succeeded' AND excluded.status = 'skipped' \
+                                  AND tasks.source_digest = excluded.source_digest THEN tasks.reason ELSE excluded.reason END, \
+                   source_digest = excluded.source_digest, media_type = excluded.media_type, updated_at = excluded.updated_at \
+                 RETURNING id",
+            )
+            .bind(execution)
+            .bind(item.source_repo.as_str())
+            .bind(item.dest_repo.as_str())
+            .bind(item.tag.as_str())
+            .bind(item.source.digest.as_str())
+            .bind(&item.source.media_type)
+            .bind(item.action.to_string())
+            .bind(status.as_str())
+            .bind(now)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("id")?;
+            ids.push(id);
+        }
+        for p in &plan.problems {
+            sqlx::query(
+                "INSERT INTO tasks (execution_id, source_repo, dest_repo, tag, reason, status, attempts, last_error, created_at, updated_at, finished_at) \
+                 VALUES (?, ?, ?, ?, 'could not be planned', 'failed', 1, ?, ?, ?, ?) \
+                 ON CONFLICT (execution_id, source_repo, dest_repo, tag) DO UPDATE SET \
+                   status = 'failed', attempts = tasks.attempts + 1, last_error = excluded.last_error, \
+                   updated_at = excluded.updated_at, finished_at = excluded.finished_at",
+            )
+            .bind(execution)
+            .bind(&p.source_repo)
+            .bind(p.dest_repo.as_deref().unwrap_or(""))
+            .bind(p.tag.as_deref().unwrap_or(""))
+            .bind(&p.error)
+            .bind(now)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// Close an execution. Tasks the run never reached (no longer in scope)
+    /// are marked canceled unless the run itself was interrupted.
+    pub async fn finish_execution(
+        &self,
+        execution: i64,
+        status: ExecutionStatus,
+        summary: &Snapshot,
+        error: Option<&str>,
+    ) -> Result<(), StateError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        if status != ExecutionStatus::Canceled {
+            sqlx::query(
+                "UPDATE tasks SET status = 'canceled', last_error = 'no longer at the source or in scope', updated_at = ? \
+                 WHERE execution_id = ? AND status IN ('pending', 'running', 'retrying')",
+            )
+            .bind(now)
+            .bind(execution)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let summary = serde_json::to_string(summary).unwrap_or_default();
+        sqlx::query("UPDATE executions SET status = ?, finished_at = ?, updated_at = ?, summary = ?, error = ? WHERE id = ?")
+            .bind(status.as_str())
+            .bind(now)
+            .bind(now)
+            .bind(summary)
+            .bind(error)
+            .bind(execution)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Mount hints for the destination registry `registry`.
+    pub fn hints(&self, registry: &str) -> StateHints {
+        StateHints { db: self.clone(), registry: registry.to_string() }
+    }
+
+    /// Destination repositories of `registry` known to hold `digest`, newest first.
+    pub async fn blob_holders(&self, registry: &str, digest: &Digest) -> Result<Vec<RepoName>, StateError> {
+        let rows = sqlx::query("SELECT repo FROM blob_locations WHERE registry = ? AND digest = ? ORDER BY seen_at DESC LIMIT 5")
+            .bind(registry)
+            .bind(digest.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().filter_map(|r| r.try_get::<String, _>("repo").ok()?.parse().ok()).collect())
+    }
+}
+
+/// [`MountHints`] backed by the `blob_locations` table.
+pub struct StateHints {
+    db: StateDb,
+    registry: String,
+}
+
+impl MountHints for StateHints {
+    fn holders<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Vec<RepoName>> {
+        async move {
+            self.db.blob_holders(&self.registry, digest).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read mount hints");
+                Vec::new()
+            })
+        }
+        .boxed()
+    }
+}

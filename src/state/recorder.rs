@@ -1,0 +1,105 @@
+//! The recorder: drains the engine's [`Event`]s into the state database,
+//! many events per transaction.
+//!
+//! It must never block the engine for long (the channel is bounded, writes
+//! are batched) and never lose an event it received: a failed write is
+//! logged and reported when the recorder finishes.
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{StateDb, StateError, now_ms};
+use crate::engine::events::{Event, EventSink};
+
+/// Events written per transaction at most.
+const BATCH: usize = 512;
+
+/// A running recorder; call [`Recorder::finish`] after the engine is done
+/// and every [`EventSink`] clone is dropped.
+pub struct Recorder {
+    handle: JoinHandle<Result<(), StateError>>,
+}
+
+impl Recorder {
+    /// Start recording events of tasks whose ids are `task_ids` (indexed like
+    /// the plan's items); blob locations are filed under `registry`.
+    pub fn spawn(db: StateDb, task_ids: Vec<i64>, registry: String) -> (EventSink, Recorder) {
+        let (sink, rx) = EventSink::channel(1024);
+        let handle = tokio::spawn(run(db, task_ids, registry, rx));
+        (sink, Recorder { handle })
+    }
+
+    /// Wait until every event sent has been written.
+    pub async fn finish(self) -> Result<(), StateError> {
+        match self.handle.await {
+            Ok(r) => r,
+            Err(e) => Err(StateError::Query(sqlx::Error::Protocol(format!("recorder task failed: {e}")))),
+        }
+    }
+}
+
+async fn run(db: StateDb, task_ids: Vec<i64>, registry: String, mut rx: mpsc::Receiver<Event>) -> Result<(), StateError> {
+    let mut first_error = None;
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Some(event) = rx.recv().await {
+        batch.push(event);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = write(&db, &task_ids, &registry, &batch).await {
+            tracing::error!(error = %e, "cannot record progress in the state database");
+            first_error.get_or_insert(e);
+        }
+        batch.clear();
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn write(db: &StateDb, task_ids: &[i64], registry: &str, events: &[Event]) -> Result<(), StateError> {
+    let now = now_ms();
+    let mut tx = db.pool().begin().await?;
+    for event in events {
+        let id = |index: &usize| task_ids.get(*index).copied().unwrap_or(-1);
+        let query = match event {
+            Event::TaskStarted { index } => sqlx::query(
+                "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, ?1), updated_at = ?1 WHERE id = ?2",
+            )
+            .bind(now)
+            .bind(id(index)),
+            Event::TaskRetrying { index, error, .. } => sqlx::query(
+                "UPDATE tasks SET status = 'retrying', attempts = attempts + 1, last_error = ?1, updated_at = ?2 WHERE id = ?3",
+            )
+            .bind(error)
+            .bind(now)
+            .bind(id(index)),
+            Event::TaskSucceeded { index, .. } => sqlx::query(
+                "UPDATE tasks SET status = 'succeeded', last_error = NULL, finished_at = ?1, updated_at = ?1 WHERE id = ?2",
+            )
+            .bind(now)
+            .bind(id(index)),
+            Event::TaskFailed { index, error, .. } => sqlx::query(
+                "UPDATE tasks SET status = 'failed', last_error = ?1, finished_at = ?2, updated_at = ?2 WHERE id = ?3",
+            )
+            .bind(error)
+            .bind(now)
+            .bind(id(index)),
+            Event::TaskCanceled { index, .. } => {
+                sqlx::query("UPDATE tasks SET status = 'canceled', updated_at = ?1 WHERE id = ?2").bind(now).bind(id(index))
+            }
+            Event::BlobAt { digest, repo } => sqlx::query(
+                "INSERT INTO blob_locations (registry, digest, repo, seen_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (registry, digest, repo) DO UPDATE SET seen_at = excluded.seen_at",
+            )
+            .bind(registry)
+            .bind(digest.as_str())
+            .bind(repo.as_str())
+            .bind(now),
+        };
+        query.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
