@@ -1,0 +1,18 @@
+//! regferry's test and benchmark kit: real `docker-registry` processes,
+//! synthetic images and data sets, an independent registry client for
+//! checks, a token service, and (for fault tests) a fault-injecting proxy.
+//!
+//! Nothing here is used by regferry itself; it exists so tests talk to real
+//! registries on loopback and never to anything off the machine.
+
+pub mod client;
+pub mod dataset;
+pub mod image;
+pub mod proxy;
+pub mod registry;
+pub mod token;
+
+pub use client::{Access, Registry};
+pub use proxy::{FaultProxy, Faults};
+pub use registry::{Auth, Options, TestRegistry};
+pub use token::TokenServer;

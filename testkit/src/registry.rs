@@ -1,0 +1,213 @@
+//! Real `docker-registry` processes (the CNCF distribution registry, Debian
+//! package) on free loopback ports with temporary storage.
+//!
+//! Each [`TestRegistry`] kills its process when dropped, so tests never
+//! leave registries or ports behind. The access log is kept in a file so
+//! tests can count the requests a registry really received.
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How the registry authenticates clients.
+#[derive(Debug, Clone, Default)]
+pub enum Auth {
+    #[default]
+    None,
+    /// htpasswd basic auth with one user.
+    Htpasswd { user: String, password: String },
+    /// Bearer tokens from a token service (see [`crate::token::TokenServer`]).
+    Token { realm: String, service: String, issuer: String, cert_pem: String },
+}
+
+/// Registry settings beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub auth: Auth,
+    /// Send push/pull notifications to this URL.
+    pub notify_url: Option<String>,
+    /// Extra headers for notifications (e.g. Authorization).
+    pub notify_headers: Vec<(String, String)>,
+    /// Serve TLS with this certificate and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// A running registry.
+pub struct TestRegistry {
+    child: Child,
+    dir: TempDir,
+    pub port: u16,
+    /// `http://127.0.0.1:PORT` (or https with TLS).
+    pub url: String,
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free loopback port")
+}
+
+/// The path of the registry binary (Debian's `docker-registry`, or `registry`).
+pub fn registry_binary() -> PathBuf {
+    for candidate in ["/usr/bin/docker-registry", "/usr/local/bin/registry", "/usr/bin/registry"] {
+        if Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    panic!("docker-registry is not installed: run `apt-get install -y docker-registry` (the test script does this)");
+}
+
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("string serialises")
+}
+
+impl TestRegistry {
+    /// Start a registry with default settings (anonymous, plain HTTP).
+    pub fn start() -> TestRegistry {
+        TestRegistry::start_with(Options::default())
+    }
+
+    pub fn start_with(options: Options) -> TestRegistry {
+        let dir = tempfile::Builder::new().prefix("regferry-registry-").tempdir().expect("temp dir");
+        let port = free_port();
+        let data = dir.path().join("data");
+        fs::create_dir_all(&data).expect("data dir");
+
+        let mut config = format!(
+            "version: 0.1\n\
+             log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
+             storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n  \
+             maintenance:\n    uploadpurging:\n      enabled: false\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: regferry-test-secret\n",
+            data = yaml_str(&data.to_string_lossy())
+        );
+        if let Some((cert, key)) = &options.tls {
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                yaml_str(&cert.to_string_lossy()),
+                yaml_str(&key.to_string_lossy())
+            ));
+        }
+        match &options.auth {
+            Auth::None => {}
+            Auth::Htpasswd { user, password } => {
+                let hash = bcrypt::hash(password, 5).expect("bcrypt");
+                let path = dir.path().join("htpasswd");
+                fs::write(&path, format!("{user}:{hash}\n")).expect("htpasswd");
+                config.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: regferry-test\n    path: {}\n",
+                    yaml_str(&path.to_string_lossy())
+                ));
+            }
+            Auth::Token { realm, service, issuer, cert_pem } => {
+                let path = dir.path().join("token-ca.pem");
+                fs::write(&path, cert_pem).expect("token cert");
+                config.push_str(&format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    yaml_str(realm),
+                    yaml_str(service),
+                    yaml_str(issuer),
+                    yaml_str(&path.to_string_lossy())
+                ));
+            }
+        }
+        if let Some(url) = &options.notify_url {
+            config.push_str(&format!(
+                "notifications:\n  endpoints:\n    - name: regferry\n      url: {}\n      timeout: 2s\n      threshold: 5\n      backoff: 1s\n",
+                yaml_str(url)
+            ));
+            if !options.notify_headers.is_empty() {
+                config.push_str("      headers:\n");
+                for (k, v) in &options.notify_headers {
+                    config.push_str(&format!("        {}: [{}]\n", yaml_str(k), yaml_str(v)));
+                }
+            }
+        }
+        let config_path = dir.path().join("config.yml");
+        fs::write(&config_path, config).expect("registry config");
+        let log = fs::File::create(dir.path().join("registry.log")).expect("log file");
+        let log2 = log.try_clone().expect("log file");
+        let child = Command::new(registry_binary())
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let scheme = if options.tls.is_some() { "https" } else { "http" };
+        let mut registry = TestRegistry { child, dir, port, url: format!("{scheme}://127.0.0.1:{port}") };
+        registry.wait_ready();
+        registry
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("docker-registry exited early ({status}); log:\n{}", self.log());
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("docker-registry did not start listening on {}; log:\n{}", self.port, self.log());
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The registry's storage root (`docker/registry/v2/...` lives below).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Everything the registry logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// Access-log lines (`"METHOD /path HTTP/1.1" status`) received so far.
+    pub fn access_lines(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("\" ") && l.contains(" HTTP/1.1\"") && !l.contains("level="))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Requests received with `method` whose path contains `path_part`.
+    pub fn count(&self, method: &str, path_part: &str) -> usize {
+        let needle = format!("\"{method} ");
+        self.access_lines().iter().filter(|l| l.contains(&needle) && l.contains(path_part)).count()
+    }
+
+    /// Access-log lines whose user agent starts with `agent` (e.g. `regferry/`).
+    pub fn lines_by(&self, agent: &str) -> Vec<String> {
+        let needle = format!("\"{agent}");
+        self.access_lines().into_iter().filter(|l| l.contains(&needle)).collect()
+    }
+
+    /// Requests that change something (POST, PUT, PATCH, DELETE).
+    pub fn writes(&self) -> usize {
+        ["POST", "PUT", "PATCH", "DELETE"].iter().map(|m| self.count(m, "/v2/")).sum()
+    }
+
+    /// Stop the registry now.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,116 @@
+//! Helpers shared by the integration tests: run the binary, compare
+//! registries tag by tag and deeply.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+use testkit::Registry;
+
+/// What one `regferry` invocation did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout parsed as JSON (for `--json` runs).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+
+    pub fn assert_ok(&self) -> &Run {
+        assert_eq!(self.code, 0, "regferry failed\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+/// A scratch directory for a test's state database and config files.
+pub struct Scratch {
+    pub dir: TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch { dir: tempfile::Builder::new().prefix("regferry-test-").tempdir().expect("temp dir") }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn state(&self) -> String {
+        self.path("state/regferry.db").to_string_lossy().into_owned()
+    }
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_regferry")
+}
+
+/// Run `regferry args…` with `env`, isolated from the user's docker config.
+pub async fn regferry(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = tokio::process::Command::new(binary());
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("REGFERRY_STATE")
+        .env_remove("REGFERRY_FROM_CREDS")
+        .env_remove("REGFERRY_TO_CREDS")
+        .env("HOME", scratch.dir.path())
+        .env("DOCKER_CONFIG", scratch.path("no-docker-config"))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(600), cmd.output())
+        .await
+        .expect("regferry did not finish within 10 minutes")
+        .expect("run regferry");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `regferry migrate --from SRC --to DST --state … --json EXTRA…`
+pub async fn migrate(scratch: &Scratch, from: &str, to: &str, extra: &[&str]) -> Run {
+    let state = scratch.state();
+    let mut args = vec!["migrate", "--from", from, "--to", to, "--state", &state, "--json"];
+    args.extend_from_slice(extra);
+    regferry(scratch, &args, &[]).await
+}
+
+/// Every tag of every `repos` at `src` resolves at `dst` (under `prefix`)
+/// to the same digest and media type, and everything it references is
+/// there. Returns the number of tags compared.
+pub async fn assert_mirrored(src: &Registry, dst: &Registry, repos: &[String], prefix: &str) -> usize {
+    let mut compared = 0;
+    for repo in repos {
+        let dst_repo = if prefix.is_empty() { repo.clone() } else { format!("{prefix}/{repo}") };
+        let want = src.tag_map(repo).await;
+        let got = dst.tag_map(&dst_repo).await;
+        assert!(!want.is_empty(), "source repository {repo} has no tags");
+        assert_eq!(got, want, "tags of {dst_repo} differ from {repo} (tag → (digest, media type))");
+        for (tag, (digest, _)) in &want {
+            let missing = dst.missing_content(&dst_repo, digest).await;
+            assert!(missing.is_empty(), "{dst_repo}:{tag} is not pullable: {missing:?}");
+            compared += 1;
+        }
+    }
+    compared
+}
+
+/// Distinct source repositories of a data set.
+pub fn repos_of(items: &[testkit::dataset::Pushed]) -> Vec<String> {
+    let mut r: Vec<String> = items.iter().map(|p| p.repo.clone()).collect();
+    r.sort();
+    r.dedup();
+    r
+}
