@@ -131,7 +131,7 @@ async fn run_task(
         };
         match result {
             Ok(()) => {
-                tracing::info!(repository = %item.dest_repo, tag = %item.tag, digest = %item.source.digest.short(), "copied");
+                tracing::debug!(repository = %item.dest_repo, tag = %item.tag, digest = %item.source.digest.short(), "copied");
                 Stats::add(&stats.tags_copied, 1);
                 events.send(Event::TaskSucceeded { index, attempts: attempt }).await;
                 return TaskEnd::Succeeded;

@@ -297,7 +297,6 @@ impl RegistryClient {
 
     async fn send_authed(&self, req: &Request) -> Result<Response, RegistryError> {
         let auth = self.authorization(&req.scopes, false).await?;
-        let had_auth = auth.is_some();
         let resp = self.send_raw(req, auth).await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return self.check_status(req, resp).await;
@@ -315,16 +314,17 @@ impl RegistryClient {
         };
         let resp = self.send_raw(req, Some(auth)).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
+            // Either way the token just sent was issued a moment ago.
             let reason = match challenge {
                 Challenge::Basic => "username or password rejected".to_string(),
-                Challenge::Bearer { .. } if had_auth => format!(
-                    "{} {} refused a freshly issued token (scope {})",
-                    req.method,
-                    req.url.path(),
-                    req.scopes.key()
-                ),
                 Challenge::Bearer { .. } => {
-                    format!("{} {} refused the token (scope {})", req.method, req.url.path(), req.scopes.key())
+                    let scope = req.scopes.key();
+                    let scope = if scope.is_empty() { String::new() } else { format!(" (scope {scope})") };
+                    format!(
+                        "{} {} refused a freshly issued token{scope}; check the clocks and the registry's token settings",
+                        req.method,
+                        req.url.path()
+                    )
                 }
             };
             return Err(self.auth_error(&reason, false));

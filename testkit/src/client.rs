@@ -160,21 +160,35 @@ impl Registry {
     }
 
     pub async fn catalog(&self) -> Vec<String> {
-        let resp = self.auth("", self.http.get(self.url("/v2/_catalog?n=10000"))).send().await.expect("catalog");
-        let v: Value = resp.json().await.expect("catalog json");
-        v["repositories"].as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
+        self.list("", "/v2/_catalog?n=1000", "repositories").await
     }
 
     pub async fn tags(&self, repo: &str) -> Vec<String> {
-        let resp = self.auth(repo, self.http.get(self.url(&format!("/v2/{repo}/tags/list?n=10000")))).send().await.expect("tags");
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Vec::new();
-        }
-        let v: Value = resp.json().await.expect("tags json");
-        let mut tags: Vec<String> =
-            v["tags"].as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default();
+        let mut tags = self.list(repo, &format!("/v2/{repo}/tags/list?n=1000"), "tags").await;
         tags.sort();
         tags
+    }
+
+    /// Follow `Link: <next>; rel="next"` pages (registries cap `n` at 1000).
+    async fn list(&self, repo: &str, first: &str, field: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut next = Some(first.to_string());
+        while let Some(path) = next.take() {
+            let resp = self.auth(repo, self.http.get(self.url(&path))).send().await.expect("listing");
+            if resp.status() == StatusCode::NOT_FOUND {
+                break;
+            }
+            assert!(resp.status().is_success(), "listing {path}: {}", resp.status());
+            next = resp
+                .headers()
+                .get("link")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split(';').next())
+                .map(|l| l.trim().trim_start_matches('<').trim_end_matches('>').to_string());
+            let v: Value = resp.json().await.expect("listing json");
+            out.extend(v[field].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)));
+        }
+        out
     }
 
     /// Digest and media type of `repo:reference` by HEAD, or None.

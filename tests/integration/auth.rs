@@ -106,7 +106,7 @@ async fn short_lived_tokens_are_refreshed_and_expired_ones_replaced_once() {
     let d = Registry::new(&dst.url, Access::Token(tokens.clone()));
     let pushed = dataset::fill(&s, &Spec { repos: 3, tags_per_repo: 3, ..Spec::default() }).await;
     // Slow the destination down so the run outlives several tokens.
-    let slow = FaultProxy::start(&dst.url, Faults { latency: Duration::from_millis(40), ..Faults::default() });
+    let slow = FaultProxy::start(&dst.url, Faults { latency: Duration::from_millis(100), ..Faults::default() });
     let scratch = Scratch::new();
     let state = scratch.state();
     let creds = [("REGFERRY_FROM_CREDS", "ci:pw"), ("REGFERRY_TO_CREDS", "ci:pw")];
@@ -125,11 +125,13 @@ async fn short_lived_tokens_are_refreshed_and_expired_ones_replaced_once() {
     assert!(elapsed > 3.0, "the run must outlive the tokens to test refresh (took {elapsed:.1}s)");
     assert!(per_scope.values().any(|&n| n > 1), "no scope was ever refreshed in a {elapsed:.1}s run");
 
-    // Tokens that claim 300 s but die after 2 s: the registry's 401 makes
-    // regferry fetch a new token once and carry on.
+    // Tokens that claim 300 s but die within a second: the registry's 401
+    // makes regferry fetch a new token once and carry on. One tag at a time,
+    // so the run outlives many of them.
+    tokens.lifetime.store(1, Ordering::Relaxed);
     tokens.advertised.store(300, Ordering::Relaxed);
     let to = format!("{}/b", slow.url);
-    let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &to, "--state", &state, "--concurrency", "2", "--json"], &creds).await;
+    let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &to, "--state", &state, "--concurrency", "1", "--json"], &creds).await;
     run.assert_ok();
     assert_mirrored(&s, &d, &repos_of(&pushed), "b").await;
     let rejected = dst.lines_by("regferry/").iter().filter(|l| l.contains("/v2/b/") && l.contains("\" 401 ")).count();

@@ -7,18 +7,23 @@ use testkit::{Access, Registry, TestRegistry};
 
 use crate::support::{Scratch, binary};
 
-/// Peak resident set of a finished child, in KiB (wait4's ru_maxrss).
-fn wait_peak_rss(child: std::process::Child) -> (i32, i64) {
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data, zero is a valid value; wait4 fills it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our own child, status and usage are valid pointers.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4 failed");
-    std::mem::forget(child);
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
-    (code, usage.ru_maxrss)
+
+/// Peak resident set of a running child in KiB: its `VmHWM`, sampled until
+/// it exits. (wait4's `ru_maxrss` would not do: exec carries over the
+/// high-water mark of the test process the child was spawned from.)
+fn wait_peak_rss(mut child: std::process::Child) -> (i32, i64) {
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file) {
+            let hwm = text.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+            peak = peak.max(hwm.unwrap_or(0));
+        }
+        if let Some(status) = child.try_wait().expect("wait for regferry") {
+            return (status.code().unwrap_or(-1), peak);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
