@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: installs the registry if needed, then runs every test
+# (unit tests and the integration tests against real local registries).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked -- --test-threads="${REGFERRY_TEST_THREADS:-4}"
