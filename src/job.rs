@@ -46,6 +46,8 @@ pub struct JobSpec {
     /// (e.g. the repository globs).
     pub scope_words: Vec<String>,
     pub overwrite: bool,
+    /// A policy running in the reverse direction after a failover.
+    pub reversed: bool,
     pub execute: ExecuteOptions,
     pub client: ClientOptions,
 }
@@ -135,6 +137,8 @@ impl Job {
                     scope_key: self.spec.scope_key(),
                     source: self.spec.source.url.to_string(),
                     destination: self.spec.destination.url.to_string(),
+                    direction: if self.spec.reversed { "reversed" } else { "forward" }.into(),
+                    resume_failed: self.spec.kind == "migrate",
                 };
                 let start = db.begin_execution(&spec).await?;
                 execution = Some(start.id);
@@ -146,12 +150,20 @@ impl Job {
             None => (EventSink::discard(), None, None),
         };
 
+        // `regferry jobs cancel ID` from another process: checked every 2 s.
+        let watcher = match (state, execution) {
+            (Some(db), Some(id)) => Some(tokio::spawn(watch_cancel_request(db.clone(), id, cancel.clone()))),
+            _ => None,
+        };
         let ends = {
             let streams = self.spec.execute.concurrency.max(1);
             let blobs = BlobMover::new(self.src.clone(), self.dst.clone(), hints, stats.clone(), sink.clone(), streams);
             let copier = Copier::new(self.src.clone(), self.dst.clone(), blobs, stats.clone(), 4);
             execute(&copier, plan, &self.spec.execute, stats, &sink, cancel).await
         };
+        if let Some(w) = watcher {
+            w.abort();
+        }
         drop(sink);
         if let Some(r) = recorder {
             r.finish().await?;
@@ -199,5 +211,19 @@ impl Job {
             source_requests: self.src.request_count(),
             destination_requests: self.dst.request_count(),
         })
+    }
+}
+
+/// Stop `cancel` when an operator asks (via the state database) to cancel
+/// `execution`. Runs until aborted.
+async fn watch_cancel_request(db: StateDb, execution: i64, cancel: Cancel) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        if let Ok(true) = db.cancel_requested(execution).await {
+            tracing::warn!(execution, "canceled by an operator: no new tags are started");
+            cancel.stop.cancel();
+            return;
+        }
     }
 }

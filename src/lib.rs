@@ -7,7 +7,9 @@
 //! the [`engine`], and every task's fate is recorded in [`state`]. [`job`]
 //! wires those steps together for every command.
 
+pub mod daemon;
 pub mod engine;
 pub mod job;
+pub mod policy;
 pub mod registry;
 pub mod state;

@@ -24,6 +24,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match args.command {
             Command::Migrate(a) => cli::migrate::run(a, quiet).await,
+            Command::Policy(c) => cli::policy::run(c).await,
+            Command::Run(a) => cli::run::run(a).await,
+            Command::Daemon(a) => cli::daemon::run(a).await,
+            Command::Jobs(c) => cli::jobs::run(c).await,
         }
     });
     // Do not wait for stray background tasks (signal watchers) on the way out.

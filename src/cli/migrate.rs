@@ -61,6 +61,7 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
         source,
         destination,
         overwrite: true,
+        reversed: false,
         execute: ExecuteOptions { concurrency, attempts: args.attempts, ..ExecuteOptions::default() },
         client: ClientOptions::default(),
     };

@@ -5,10 +5,14 @@
 //! library modules return typed errors. Secrets given on the command line
 //! are taken from the environment when possible and never echoed.
 
+pub mod daemon;
+pub mod jobs;
 pub mod logging;
 pub mod migrate;
 pub mod output;
+pub mod policy;
 pub mod progress;
+pub mod run;
 pub mod signals;
 
 use std::path::PathBuf;
@@ -108,6 +112,29 @@ regferry migrate --from http://127.0.0.1:5001 --to http://127.0.0.1:5002/mirror\
 regferry migrate --from registry.old.example --to registry.new.example --repo 'team/**' --dry-run\n  \
 REGFERRY_TO_CREDS=admin:secret regferry migrate --from src.example --to dst.example --concurrency 16")]
     Migrate(migrate::MigrateArgs),
+
+    /// Validate policy files.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+
+    /// Run one pass of the policies (all, or those named) now, then exit.
+    #[command(after_help = "Examples:\n  regferry run --policies policies/\n  regferry run --policies policies/ prod-to-dr --json")]
+    Run(run::RunArgs),
+
+    /// Run the policies on their triggers until SIGTERM/SIGINT; serve /healthz, /readyz, /metrics.
+    #[command(long_about = "Run the policies on their triggers until SIGTERM/SIGINT.\n\n\
+Each policy runs on its trigger (interval or cron), never two passes of one policy at once, at most \
+--max-parallel passes overall. An unchanged source costs the tag listings and one manifest HEAD per \
+tag per side. Tags that fail are retried on later passes with exponential backoff (the policy's \
+`retry` section) and given up after `give_up_after` failed passes, with the error kept. SIGHUP or an \
+edited policy file reloads the policies (an invalid set is refused and the old one stays). \
+SIGTERM/SIGINT: no new tags are started, in-flight tags get --grace to finish, then the daemon exits 0.")]
+    #[command(after_help = "Example:\n  regferry daemon --policies policies/ --state /var/lib/regferry/state.db --listen 0.0.0.0:9095")]
+    Daemon(daemon::DaemonArgs),
+
+    /// Inspect and steer executions: list, show, retry, cancel, prune.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
 }
 
 /// Where the state database lives.

@@ -55,3 +55,18 @@ pub fn watch(cancel: Cancel, grace: Duration) {
         cancel.abort.cancel();
     });
 }
+
+/// Notify `hangup` on every SIGHUP (reload).
+pub fn watch_hangup(hangup: std::sync::Arc<tokio::sync::Notify>) {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut s) => {
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    hangup.notify_one();
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot watch SIGHUP"),
+    }
+}

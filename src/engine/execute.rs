@@ -85,7 +85,10 @@ pub async fn execute(
     let untouched = plan.repositories.saturating_sub(remaining.len());
     Stats::add(&stats.repos_done, untouched as u64);
 
-    let indices = plan.items.iter().enumerate().filter(|(_, i)| matches!(i.action, Action::Copy(_))).map(|(n, _)| n);
+    // Collected first: a lazy iterator of borrowing closures would keep the
+    // returned future from being `Send` for callers that spawn it.
+    let indices: Vec<usize> =
+        plan.items.iter().enumerate().filter(|(_, i)| matches!(i.action, Action::Copy(_))).map(|(n, _)| n).collect();
     futures::stream::iter(indices)
         .map(|index| {
             let remaining = &remaining;

@@ -57,6 +57,8 @@ pub enum SkipReason {
     UpToDate,
     /// The destination tag differs and the policy forbids overwriting it.
     OverwriteForbidden,
+    /// It failed on earlier passes and its next attempt is not due yet.
+    RetryDeferred,
 }
 
 /// What to do with one tag.
@@ -74,6 +76,7 @@ impl fmt::Display for Action {
             Action::Copy(CopyReason::MediaTypeDiffers) => "media type differs",
             Action::Skip(SkipReason::UpToDate) => "up to date",
             Action::Skip(SkipReason::OverwriteForbidden) => "differs, overwrite disabled",
+            Action::Skip(SkipReason::RetryDeferred) => "failed before, retry not due yet",
         })
     }
 }
@@ -117,6 +120,22 @@ impl Plan {
 
     pub fn count_copy(&self) -> usize {
         self.to_copy().count()
+    }
+
+    /// Drop signature companion tags (`sha256-<hex>.sig` …) whose image is
+    /// not itself in the plan: they travel with the tags a policy selects,
+    /// not on their own.
+    pub fn retain_companions_of_selected(&mut self) {
+        let selected: std::collections::HashSet<(RepoName, String)> = self
+            .items
+            .iter()
+            .filter(|i| !i.tag.is_signature_companion())
+            .map(|i| (i.source_repo.clone(), i.source.digest.as_str().replacen(':', "-", 1)))
+            .collect();
+        self.items.retain(|i| {
+            let Some(subject) = i.tag.as_str().rsplit_once('.').map(|(s, _)| s) else { return true };
+            !i.tag.is_signature_companion() || selected.contains(&(i.source_repo.clone(), subject.to_string()))
+        });
     }
 }
 

@@ -6,6 +6,8 @@
 //! bulk go in one transaction. This module stores registry URLs but never a
 //! credential, and never talks to a registry.
 
+pub mod backoff;
+pub mod jobs;
 mod recorder;
 pub mod status;
 
@@ -51,7 +53,10 @@ fn migrator() -> Migrator {
     let m = |version, description: &'static str, sql: &'static str| {
         Migration::new(version, description.into(), MigrationType::Simple, SqlStr::from_static(sql), false)
     };
-    Migrator::with_migrations(vec![m(1, "init", include_str!("migrations/0001_init.sql"))])
+    Migrator::with_migrations(vec![
+        m(1, "init", include_str!("migrations/0001_init.sql")),
+        m(2, "daemon", include_str!("migrations/0002_daemon.sql")),
+    ])
 }
 
 /// What an execution is about.
@@ -64,6 +69,11 @@ pub struct ExecutionSpec {
     pub scope_key: String,
     pub source: String,
     pub destination: String,
+    /// `forward`, or `reversed` after a failover.
+    pub direction: String,
+    /// Take over the latest execution even when it finished with failures
+    /// (`migrate` does; policy passes start afresh and back off per tag).
+    pub resume_failed: bool,
 }
 
 /// The execution a run records into.
@@ -121,20 +131,32 @@ impl StateDb {
     pub async fn begin_execution(&self, spec: &ExecutionSpec) -> Result<ExecutionStart, StateError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let latest = sqlx::query("SELECT id, status FROM executions WHERE scope_key = ? ORDER BY id DESC LIMIT 1")
-            .bind(&spec.scope_key)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let latest =
+            sqlx::query("SELECT id, status, retry_requested, cancel_requested FROM executions WHERE scope_key = ? ORDER BY id DESC LIMIT 1")
+                .bind(&spec.scope_key)
+                .fetch_optional(&mut *tx)
+                .await?;
         let unfinished = match &latest {
             Some(row) => {
                 let status: String = row.try_get("status")?;
-                ExecutionStatus::from_str(&status).map_err(|_| StateError::BadStatus(status))? != ExecutionStatus::Succeeded
+                let status = ExecutionStatus::from_str(&status).map_err(|_| StateError::BadStatus(status))?;
+                let retry: i64 = row.try_get("retry_requested")?;
+                let canceled_by_operator: i64 = row.try_get("cancel_requested")?;
+                match status {
+                    ExecutionStatus::Succeeded => false,
+                    ExecutionStatus::Running => true,
+                    ExecutionStatus::Canceled => canceled_by_operator == 0 || retry != 0,
+                    ExecutionStatus::Failed => spec.resume_failed || retry != 0,
+                }
             }
             None => false,
         };
         let start = if let (Some(row), true) = (latest, unfinished) {
             let id: i64 = row.try_get("id")?;
-            sqlx::query("UPDATE executions SET status = 'running', updated_at = ?, finished_at = NULL, error = NULL WHERE id = ?")
+            sqlx::query(
+                "UPDATE executions SET status = 'running', updated_at = ?, finished_at = NULL, error = NULL, \
+                 retry_requested = 0, cancel_requested = 0 WHERE id = ?",
+            )
                 .bind(now)
                 .bind(id)
                 .execute(&mut *tx)
@@ -154,14 +176,15 @@ impl StateDb {
             ExecutionStart { id, resumed: true }
         } else {
             let id = sqlx::query(
-                "INSERT INTO executions (kind, policy, scope_key, source, destination, status, started_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, 'running', ?, ?) RETURNING id",
+                "INSERT INTO executions (kind, policy, scope_key, source, destination, direction, status, started_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?) RETURNING id",
             )
             .bind(&spec.kind)
             .bind(&spec.policy)
             .bind(&spec.scope_key)
             .bind(&spec.source)
             .bind(&spec.destination)
+            .bind(&spec.direction)
             .bind(now)
             .bind(now)
             .fetch_one(&mut *tx)

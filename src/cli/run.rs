@@ -1,0 +1,100 @@
+//! `regferry run`: one pass of some or all policies now, then exit.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::json;
+
+use regferry::daemon::metrics::Metrics;
+use regferry::daemon::pass::{PassOutcome, run_pass};
+use regferry::engine::execute::Cancel;
+use regferry::state::StateDb;
+
+use super::output;
+use super::{CliError, StateArgs, exit, signals};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory of policy files (or one file).
+    #[arg(long, default_value = "policies", value_name = "PATH")]
+    pub policies: PathBuf,
+
+    /// Policies to run (default: all).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// Print the outcome as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn outcome_json(o: &PassOutcome) -> serde_json::Value {
+    json!({
+        "policy": o.policy,
+        "ok": o.ok(),
+        "destinations": o.destinations.iter().map(|d| json!({
+            "source": d.source,
+            "destination": d.destination,
+            "reversed": d.reversed,
+            "error": d.error,
+            "deferred": d.deferred,
+            "report": d.report.as_ref().map(output::report_json),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn outcome_text(o: &PassOutcome) -> String {
+    let mut out = String::new();
+    for d in &o.destinations {
+        let title = format!("{} {} → {}", o.policy, d.source, d.destination);
+        match (&d.error, &d.report) {
+            (Some(e), _) => out.push_str(&format!("{title}: failed: {e}\n")),
+            (None, Some(r)) => {
+                out.push_str(&output::report_text(r, &title));
+                if d.deferred > 0 {
+                    out.push_str(&format!("  deferred      {} tag(s) that failed before; retry not due yet\n", d.deferred));
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+pub async fn run(args: RunArgs) -> Result<u8, CliError> {
+    let set = super::policy::load(&args.policies)?;
+    let policies = set.select(&args.names).map_err(CliError::usage)?;
+    let state = StateDb::open(&args.state.state).await?;
+    let cancel = Cancel::default();
+    signals::watch(cancel.clone(), Duration::from_secs(30));
+    let metrics = Metrics::default();
+    let mut ok = true;
+    let mut all = Vec::new();
+    for p in &policies {
+        if cancel.stop.is_cancelled() {
+            break;
+        }
+        tracing::info!(policy = %p.name, "pass started");
+        let outcome = run_pass(p, &state, &cancel, &metrics, None).await;
+        ok &= outcome.ok();
+        if args.json {
+            all.push(outcome_json(&outcome));
+        } else {
+            print!("{}", outcome_text(&outcome));
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Array(all));
+    }
+    Ok(if cancel.stop.is_cancelled() {
+        exit::INTERRUPTED
+    } else if ok {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}

@@ -1,0 +1,115 @@
+//! Prometheus metrics of the daemon, per policy and destination, rendered
+//! in the text exposition format.
+//!
+//! In-memory counters fed by finished passes; rendering never touches the
+//! network or the state database. Label values are escaped; URLs in labels
+//! never carry credentials (endpoints refuse user info).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::pass::DestinationOutcome;
+
+#[derive(Debug, Default, Clone)]
+struct Series {
+    tags_copied: u64,
+    tags_skipped: u64,
+    tags_failed: u64,
+    blobs_uploaded: u64,
+    blobs_mounted: u64,
+    blobs_skipped: u64,
+    bytes_uploaded: u64,
+    passes: u64,
+    failed_passes: u64,
+    last_duration_seconds: f64,
+    last_pass_timestamp: f64,
+    last_success_timestamp: f64,
+    reversed: bool,
+}
+
+/// The daemon's metrics (cheap to share behind an `Arc`).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    series: Mutex<BTreeMap<(String, String), Series>>,
+    policies: Mutex<usize>,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// The number of policies loaded.
+    pub fn set_policies(&self, n: usize) {
+        if let Ok(mut p) = self.policies.lock() {
+            *p = n;
+        }
+    }
+
+    /// Add a finished pass at one destination.
+    pub fn record(&self, policy: &str, outcome: &DestinationOutcome) {
+        let Ok(mut all) = self.series.lock() else { return };
+        let s = all.entry((policy.to_string(), outcome.destination.clone())).or_default();
+        let now = unix_now();
+        s.passes += 1;
+        s.last_pass_timestamp = now;
+        s.reversed = outcome.reversed;
+        if let Some(r) = &outcome.report {
+            let c = &r.counts;
+            s.tags_copied += c.tags_copied;
+            s.tags_skipped += c.tags_skipped;
+            s.tags_failed += c.tags_failed;
+            s.blobs_uploaded += c.blobs_uploaded;
+            s.blobs_mounted += c.blobs_mounted;
+            s.blobs_skipped += c.blobs_skipped;
+            s.bytes_uploaded += c.bytes_uploaded;
+            s.last_duration_seconds = r.elapsed.as_secs_f64();
+        }
+        if outcome.ok() {
+            s.last_success_timestamp = now;
+        } else {
+            s.failed_passes += 1;
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let series = self.series.lock().map(|s| s.clone()).unwrap_or_default();
+        let policies = self.policies.lock().map(|p| *p).unwrap_or(0);
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP regferry_policies Policies loaded.\n# TYPE regferry_policies gauge\nregferry_policies {policies}");
+        type Get = fn(&Series) -> f64;
+        let families: [(&str, &str, &str, Get); 13] = [
+            ("regferry_tags_copied_total", "counter", "Tags copied.", |s| s.tags_copied as f64),
+            ("regferry_tags_skipped_total", "counter", "Tags left alone (up to date, deferred or not to be overwritten).", |s| {
+                s.tags_skipped as f64
+            }),
+            ("regferry_tags_failed_total", "counter", "Tags that failed.", |s| s.tags_failed as f64),
+            ("regferry_blobs_uploaded_total", "counter", "Blobs uploaded.", |s| s.blobs_uploaded as f64),
+            ("regferry_blobs_mounted_total", "counter", "Blobs mounted from another repository.", |s| s.blobs_mounted as f64),
+            ("regferry_blobs_skipped_total", "counter", "Blobs already present at the destination.", |s| s.blobs_skipped as f64),
+            ("regferry_bytes_uploaded_total", "counter", "Blob bytes uploaded.", |s| s.bytes_uploaded as f64),
+            ("regferry_passes_total", "counter", "Passes run.", |s| s.passes as f64),
+            ("regferry_failed_passes_total", "counter", "Passes with failures.", |s| s.failed_passes as f64),
+            ("regferry_execution_duration_seconds", "gauge", "Duration of the last execution.", |s| s.last_duration_seconds),
+            ("regferry_last_pass_timestamp_seconds", "gauge", "When the last pass ended (Unix time).", |s| s.last_pass_timestamp),
+            ("regferry_last_success_timestamp_seconds", "gauge", "When the last fully successful pass ended (Unix time, 0: never).", |s| {
+                s.last_success_timestamp
+            }),
+            ("regferry_policy_reversed", "gauge", "1 when the policy runs reversed after a failover.", |s| f64::from(u8::from(s.reversed))),
+        ];
+        for (name, kind, help, get) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for ((policy, destination), s) in &series {
+                let _ = writeln!(out, "{name}{{policy=\"{}\",destination=\"{}\"}} {}", escape(policy), escape(destination), get(s));
+            }
+        }
+        out
+    }
+}

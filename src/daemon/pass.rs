@@ -1,0 +1,226 @@
+//! One pass of one policy: for each destination on its own, connect, plan,
+//! hold back tags that are backing off, execute, and file the outcomes.
+//!
+//! A destination that fails (unreachable, wrong password) never stops the
+//! others. This module is shared by `regferry run` and the daemon; it never
+//! prints and never decides when a pass happens.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use crate::engine::execute::Cancel;
+use crate::engine::plan::{Action, Plan, Problem, SkipReason};
+use crate::engine::stats::Stats;
+use crate::job::{Job, JobSpec, Report};
+use crate::policy::Policy;
+use crate::state::backoff::Outcome;
+use crate::state::{StateDb, now_ms};
+
+use super::metrics::Metrics;
+
+/// What happened at one destination.
+#[derive(Debug)]
+pub struct DestinationOutcome {
+    /// Where the pass copied to (URL with prefix).
+    pub destination: String,
+    /// Where it copied from.
+    pub source: String,
+    pub reversed: bool,
+    /// The run's report, when the job got as far as running.
+    pub report: Option<Report>,
+    /// Why the job could not run at all.
+    pub error: Option<String>,
+    /// Tags held back because their retry is not due yet.
+    pub deferred: usize,
+}
+
+impl DestinationOutcome {
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.report.as_ref().is_some_and(|r| r.failures.is_empty() && r.status.as_str() == "succeeded")
+    }
+}
+
+/// What one pass of a policy did.
+#[derive(Debug)]
+pub struct PassOutcome {
+    pub policy: String,
+    pub destinations: Vec<DestinationOutcome>,
+}
+
+impl PassOutcome {
+    pub fn ok(&self) -> bool {
+        self.destinations.iter().all(DestinationOutcome::ok)
+    }
+}
+
+/// The jobs a pass of `policy` runs now: one per destination, or — after a
+/// failover — one from the first destination back to the source.
+pub async fn jobs_of(policy: &Policy, state: &StateDb) -> Result<Vec<JobSpec>, crate::state::StateError> {
+    Ok(if state.is_reversed(&policy.name).await? {
+        policy.destinations.first().map(|d| policy.reverse(d)).into_iter().collect()
+    } else {
+        policy.destinations.iter().map(|d| policy.forward(d)).collect()
+    })
+}
+
+/// Run one pass of `policy`. `only` limits it to these source repositories
+/// (names relative to the source prefix), e.g. for a push event.
+pub async fn run_pass(policy: &Policy, state: &StateDb, cancel: &Cancel, metrics: &Metrics, only: Option<&HashSet<String>>) -> PassOutcome {
+    let specs = match jobs_of(policy, state).await {
+        Ok(specs) => specs,
+        Err(e) => {
+            return PassOutcome {
+                policy: policy.name.clone(),
+                destinations: vec![DestinationOutcome {
+                    destination: String::new(),
+                    source: policy.source.url.to_string(),
+                    reversed: false,
+                    report: None,
+                    error: Some(e.to_string()),
+                    deferred: 0,
+                }],
+            };
+        }
+    };
+    let mut runs: Vec<BoxFuture<'_, DestinationOutcome>> = Vec::new();
+    for mut spec in specs {
+        if let Some(only) = only {
+            spec.scope.explicit = only.iter().cloned().collect();
+        }
+        runs.push(
+            async move {
+                let outcome = run_destination(policy, spec, state, cancel).await;
+                metrics.record(&policy.name, &outcome);
+                outcome
+            }
+            .boxed(),
+        );
+    }
+    let destinations = futures::future::join_all(runs).await;
+    PassOutcome { policy: policy.name.clone(), destinations }
+}
+
+async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel: &Cancel) -> DestinationOutcome {
+    let mut outcome = DestinationOutcome {
+        destination: spec.destination.url.to_string(),
+        source: spec.source.url.to_string(),
+        reversed: spec.reversed,
+        report: None,
+        error: None,
+        deferred: 0,
+    };
+    let scope_key = spec.scope_key();
+    let job = match Job::connect(spec).await {
+        Ok(job) => job,
+        Err(e) => {
+            outcome.error = Some(e.to_string());
+            return outcome;
+        }
+    };
+    let mut plan = match job.plan().await {
+        Ok(plan) => plan,
+        Err(e) => {
+            outcome.error = Some(e.to_string());
+            return outcome;
+        }
+    };
+    plan.retain_companions_of_selected();
+    match hold_back(&mut plan, state, &scope_key, policy.retry.give_up_after).await {
+        Ok(n) => outcome.deferred = n,
+        Err(e) => {
+            outcome.error = Some(e.to_string());
+            return outcome;
+        }
+    }
+    tracing::info!(
+        policy = %policy.name,
+        destination = %outcome.destination,
+        tags = plan.items.len(),
+        to_copy = plan.count_copy(),
+        deferred = outcome.deferred,
+        "pass planned"
+    );
+    let stats = Arc::new(Stats::default());
+    let report = match job.run(&plan, Some(state), &stats, cancel).await {
+        Ok(report) => report,
+        Err(e) => {
+            outcome.error = Some(e.to_string());
+            return outcome;
+        }
+    };
+    let retry = policy.retry;
+    let delay = move |failures: u32| -> Duration { retry.delay(failures) };
+    let outcomes = outcomes_of(&plan, &report);
+    if let Err(e) = state.record_outcomes(&scope_key, &outcomes, &delay).await {
+        tracing::error!(policy = %policy.name, error = %e, "cannot record retry state");
+    }
+    outcome.report = Some(report);
+    outcome
+}
+
+/// Hold back tags that failed on earlier passes: not yet due → skipped for
+/// now; failed too often with the same source digest → given up (recorded as
+/// failed, with the last error). Returns how many were deferred.
+async fn hold_back(plan: &mut Plan, state: &StateDb, scope_key: &str, give_up_after: u32) -> Result<usize, crate::state::StateError> {
+    let failing = state.failing_tags(scope_key).await?;
+    if failing.is_empty() {
+        return Ok(0);
+    }
+    let now = now_ms();
+    let mut deferred = 0;
+    let mut given_up = Vec::new();
+    plan.items.retain_mut(|item| {
+        if !matches!(item.action, Action::Copy(_)) {
+            return true;
+        }
+        let key = (item.source_repo.to_string(), item.tag.to_string());
+        let Some(f) = failing.get(&key) else { return true };
+        if f.source_digest.as_deref() != Some(item.source.digest.as_str()) {
+            return true; // the source changed: a fresh start
+        }
+        if f.failures >= give_up_after {
+            given_up.push(Problem {
+                source_repo: key.0,
+                dest_repo: Some(item.dest_repo.to_string()),
+                tag: Some(key.1),
+                error: format!(
+                    "gave up after {} failed passes (until the source tag changes or `regferry jobs retry`): {}",
+                    f.failures,
+                    f.last_error.as_deref().unwrap_or("unknown error")
+                ),
+            });
+            return false;
+        }
+        if f.next_attempt_at > now {
+            item.action = Action::Skip(SkipReason::RetryDeferred);
+            deferred += 1;
+        }
+        true
+    });
+    plan.problems.extend(given_up);
+    Ok(deferred)
+}
+
+/// Successes clear a tag's failure count; failures add to it. Given-up tags
+/// (plan problems) are left as they are.
+fn outcomes_of<'a>(plan: &'a Plan, report: &'a Report) -> Vec<Outcome<'a>> {
+    let failed: HashSet<(&str, &str)> = report.failures.iter().map(|f| (f.repository.as_str(), f.tag.as_str())).collect();
+    let mut out = Vec::new();
+    for item in &plan.items {
+        let (repo, tag) = (item.source_repo.as_str(), item.tag.as_str());
+        match item.action {
+            Action::Skip(SkipReason::RetryDeferred) => {}
+            _ if failed.contains(&(repo, tag)) => {
+                let error = report.failures.iter().find(|f| f.repository == repo && f.tag == tag).map_or("", |f| f.error.as_str());
+                out.push(Outcome::Failed { repo, tag, digest: Some(item.source.digest.as_str()), error });
+            }
+            Action::Copy(_) | Action::Skip(SkipReason::UpToDate) => out.push(Outcome::Succeeded { repo, tag }),
+            Action::Skip(_) => {}
+        }
+    }
+    out
+}

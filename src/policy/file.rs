@@ -1,0 +1,142 @@
+//! The policy file as written: YAML shapes with source positions.
+//!
+//! Only deserialization lives here — unknown fields are refused, and every
+//! value that is checked later keeps its line so that errors can point at
+//! it. Nothing here reads the environment or talks to a registry.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// A value with the line it was written on.
+pub type At<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub name: At<String>,
+    pub source: RawSource,
+    pub destinations: At<Vec<RawDestination>>,
+    #[serde(default)]
+    pub repositories: Option<RawRepositories>,
+    #[serde(default)]
+    pub tags: Option<RawTags>,
+    #[serde(default)]
+    pub signatures: Option<bool>,
+    #[serde(default)]
+    pub overwrite: Option<bool>,
+    #[serde(default)]
+    pub delete: Option<bool>,
+    #[serde(default)]
+    pub trigger: Option<RawTrigger>,
+    #[serde(default)]
+    pub retry: Option<RawRetry>,
+    #[serde(default)]
+    pub concurrency: Option<At<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub registry: At<String>,
+    #[serde(default)]
+    pub credentials: Option<At<RawCredentials>>,
+    #[serde(default)]
+    pub repositories: Option<Vec<At<String>>>,
+    #[serde(default)]
+    pub ca_file: Option<At<String>>,
+    #[serde(default)]
+    pub insecure: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDestination {
+    pub registry: At<String>,
+    #[serde(default)]
+    pub namespace: Option<At<String>>,
+    #[serde(default)]
+    pub credentials: Option<At<RawCredentials>>,
+    #[serde(default)]
+    pub ca_file: Option<At<String>>,
+    #[serde(default)]
+    pub insecure: Option<bool>,
+}
+
+/// Where a registry's credentials come from. Secrets are never written in
+/// a policy file itself: they come from the environment, a file or docker's
+/// `config.json`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredentials {
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub username_env: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<String>,
+    #[serde(default)]
+    pub docker_config: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRepositories {
+    #[serde(default)]
+    pub include: Vec<At<String>>,
+    #[serde(default)]
+    pub exclude: Vec<At<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTags {
+    #[serde(default)]
+    pub include: Vec<At<String>>,
+    #[serde(default)]
+    pub exclude: Vec<At<String>>,
+    #[serde(default)]
+    pub semver: Option<At<String>>,
+    #[serde(default)]
+    pub latest: Option<At<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrigger {
+    #[serde(default)]
+    pub interval: Option<At<String>>,
+    #[serde(default)]
+    pub cron: Option<At<String>>,
+}
+
+/// Retries: within a pass (`attempts`) and across passes (`backoff` doubling
+/// up to `max_backoff`, giving up after `give_up_after` failed passes).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    #[serde(default)]
+    pub attempts: Option<At<u32>>,
+    #[serde(default)]
+    pub backoff: Option<At<String>>,
+    #[serde(default)]
+    pub max_backoff: Option<At<String>>,
+    #[serde(default)]
+    pub give_up_after: Option<At<u32>>,
+}
+
+/// Parse one file's text. The error carries the line when the parser knows it.
+pub fn parse(text: &str) -> Result<RawPolicy, (Option<u64>, String)> {
+    serde_saphyr::from_str::<RawPolicy>(text).map_err(|e| {
+        let line = e.location().map(|l| l.line()).filter(|&l| l > 0);
+        (line, first_line(&e.to_string()))
+    })
+}
+
+/// The parser's message without its source excerpt.
+fn first_line(message: &str) -> String {
+    let line = message.lines().next().unwrap_or(message).trim();
+    // "line N column M: ..." prefixes repeat what we print ourselves.
+    line.trim_start_matches("error: ").to_string()
+}

@@ -1,0 +1,504 @@
+//! Policy files: what to replicate, from where to where, and when.
+//!
+//! Loading turns `policies/*.yaml` into checked [`Policy`] values and
+//! collects every mistake with its file, line and field, so that
+//! `policy check` and the daemon can refuse a broken set in one go. A policy
+//! becomes one [`JobSpec`] per destination; nothing here talks to a registry
+//! or to the state database.
+
+pub mod file;
+pub mod tags;
+pub mod trigger;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::discover::{RepoFilter, Scope};
+use crate::engine::execute::ExecuteOptions;
+use crate::engine::plan::RepoMapping;
+use crate::job::JobSpec;
+use crate::registry::{ClientOptions, Credentials, Endpoint, RegistryUrl, Secret, Tls, docker_config};
+use file::{At, RawCredentials, RawPolicy};
+pub use tags::TagFilter;
+pub use trigger::{Cron, Trigger};
+
+/// One mistake in a policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyIssue {
+    pub file: PathBuf,
+    pub line: Option<u64>,
+    /// The field, as a path (`tags.include[1]`); empty for the file as a whole.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Why a policy set could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("no policy files (*.yaml, *.yml) in {0}")]
+    Empty(PathBuf),
+    #[error("{} problem(s) in the policy files:\n{}", .0.len(), .0.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<PolicyIssue>),
+}
+
+/// Retry rules of a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts per tag within one pass.
+    pub attempts: u32,
+    /// Wait before retrying a failed tag on a later pass; doubles each time…
+    pub backoff: Duration,
+    /// …up to this.
+    pub max_backoff: Duration,
+    /// Failed passes after which a tag is given up (until its source changes).
+    pub give_up_after: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { attempts: 3, backoff: Duration::from_secs(60), max_backoff: Duration::from_secs(6 * 3600), give_up_after: 10 }
+    }
+}
+
+impl RetryPolicy {
+    /// How long to wait after the `failures`-th failed pass.
+    pub fn delay(&self, failures: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(30));
+        self.backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// One destination of a policy.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub endpoint: Endpoint,
+    /// Prefix for repository names at the destination ("" keeps names).
+    pub namespace: String,
+}
+
+impl Destination {
+    /// The destination as a URL with its namespace, e.g. `https://dr.example.com/mirror`.
+    pub fn url(&self) -> RegistryUrl {
+        let prefix = [self.endpoint.url.prefix(), &self.namespace].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("/");
+        self.endpoint.url.with_prefix(&prefix)
+    }
+}
+
+/// A checked policy.
+#[derive(Clone)]
+pub struct Policy {
+    pub name: String,
+    pub file: PathBuf,
+    pub source: Endpoint,
+    /// Repositories to take instead of the catalog.
+    pub source_repositories: Vec<String>,
+    pub destinations: Vec<Destination>,
+    pub repos: RepoFilter,
+    pub tags: Arc<TagFilter>,
+    pub overwrite: bool,
+    pub delete: bool,
+    pub trigger: Trigger,
+    pub retry: RetryPolicy,
+    pub concurrency: usize,
+    /// The words that make up the policy's scope (for the resume key).
+    scope_words: Vec<String>,
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy").field("name", &self.name).field("file", &self.file).finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    /// The job that replicates this policy from `source` to `destination`
+    /// (normally its own source and one of its destinations; reversed after a failover).
+    pub fn job_spec(&self, source: &Endpoint, source_prefix: &str, destination: &Endpoint, dest_prefix: &str) -> JobSpec {
+        let mapping = RepoMapping::new(source_prefix, dest_prefix);
+        let mut source = source.clone();
+        source.url = source.url.with_prefix(source_prefix);
+        let mut destination = destination.clone();
+        destination.url = destination.url.with_prefix(dest_prefix);
+        JobSpec {
+            kind: "policy".into(),
+            policy: Some(self.name.clone()),
+            source,
+            destination,
+            scope: Scope { mapping, repos: self.repos.clone(), explicit: self.source_repositories.clone(), tags: self.tags.clone() },
+            scope_words: self.scope_words.clone(),
+            overwrite: self.overwrite,
+            reversed: false,
+            execute: ExecuteOptions { concurrency: self.concurrency, attempts: self.retry.attempts, ..ExecuteOptions::default() },
+            client: ClientOptions::default(),
+        }
+    }
+
+    /// The job for one of the policy's destinations, in the policy's own direction.
+    pub fn forward(&self, destination: &Destination) -> JobSpec {
+        let dest_prefix = destination.url();
+        self.job_spec(&self.source, self.source.url.prefix(), &destination.endpoint, dest_prefix.prefix())
+    }
+
+    /// The job after a failover: from `destination` (the DR site) back to the
+    /// policy's source, names mapped back (`mirror/team/app` → `team/app`).
+    /// Repository and tag filters still apply, to the names relative to the prefixes.
+    pub fn reverse(&self, destination: &Destination) -> JobSpec {
+        let dest_prefix = destination.url();
+        let mut spec = self.job_spec(&destination.endpoint, dest_prefix.prefix(), &self.source, self.source.url.prefix());
+        spec.reversed = true;
+        spec.scope.explicit = Vec::new();
+        spec
+    }
+}
+
+/// Every policy of a directory, by name.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    pub policies: Vec<Policy>,
+}
+
+impl PolicySet {
+    pub fn get(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+
+    /// The policies named in `names` (all when empty); unknown names are an error.
+    pub fn select(&self, names: &[String]) -> Result<Vec<Policy>, String> {
+        if names.is_empty() {
+            return Ok(self.policies.clone());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.get(n).cloned().ok_or_else(|| {
+                    let known: Vec<&str> = self.policies.iter().map(|p| p.name.as_str()).collect();
+                    format!("no policy named {n:?} (known: {})", known.join(", "))
+                })
+            })
+            .collect()
+    }
+}
+
+/// The policy files at `path`: a directory's `*.yaml`/`*.yml`, or one file.
+pub fn files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+    let read = |source| PolicyError::Read { path: path.to_path_buf(), source };
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut out: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(read)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    out.sort();
+    if out.is_empty() {
+        return Err(PolicyError::Empty(path.to_path_buf()));
+    }
+    Ok(out)
+}
+
+/// Load and check every policy at `path`. `env` looks up environment
+/// variables (credentials); pass `|k| std::env::var(k).ok()`.
+pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<PolicySet, PolicyError> {
+    let mut issues = Vec::new();
+    let mut policies: Vec<Policy> = Vec::new();
+    let mut names: HashMap<String, (PathBuf, u64)> = HashMap::new();
+    for file in files(path)? {
+        let text = std::fs::read_to_string(&file).map_err(|source| PolicyError::Read { path: file.clone(), source })?;
+        let mut check = Checker { file: &file, issues: &mut issues, env };
+        let Some(policy) = check.policy(&text) else { continue };
+        let line = policy_line(&text, "name");
+        if let Some((other, other_line)) = names.get(&policy.name) {
+            check.issue(Some(line), "name", format!("policy name {:?} is already used by {}:{other_line}", policy.name, other.display()));
+            continue;
+        }
+        names.insert(policy.name.clone(), (file.clone(), line));
+        policies.push(policy);
+    }
+    if issues.is_empty() { Ok(PolicySet { policies }) } else { Err(PolicyError::Invalid(issues)) }
+}
+
+/// The line of a top-level key (for issues found after parsing).
+fn policy_line(text: &str, key: &str) -> u64 {
+    text.lines().position(|l| l.starts_with(&format!("{key}:"))).map_or(1, |i| i as u64 + 1)
+}
+
+/// Collects the issues of one file while building its policy.
+struct Checker<'a> {
+    file: &'a Path,
+    issues: &'a mut Vec<PolicyIssue>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+fn line<T>(v: &At<T>) -> Option<u64> {
+    Some(v.referenced.line()).filter(|&l| l > 0)
+}
+
+fn duration(v: &At<String>) -> Result<Duration, String> {
+    humantime::parse_duration(v.value.trim())
+        .map_err(|e| format!("{:?} is not a duration ({e}); write e.g. 90s, 10m, 6h", v.value))
+        .and_then(|d| if d.is_zero() { Err("must be longer than zero".into()) } else { Ok(d) })
+}
+
+impl Checker<'_> {
+    fn issue(&mut self, line: Option<u64>, field: &str, message: impl Into<String>) {
+        self.issues.push(PolicyIssue { file: self.file.to_path_buf(), line, field: field.into(), message: message.into() });
+    }
+
+    /// `Some(value)` when `result` is ok; records the issue otherwise.
+    fn ok<T, U>(&mut self, at: &At<U>, field: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|m| self.issue(line(at), field, m)).ok()
+    }
+
+    fn policy(&mut self, text: &str) -> Option<Policy> {
+        let raw: RawPolicy = match file::parse(text) {
+            Ok(raw) => raw,
+            Err((line, message)) => {
+                self.issue(line, "", message);
+                return None;
+            }
+        };
+        let before = self.issues.len();
+        let name = raw.name.value.trim().to_string();
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !name_ok {
+            self.issue(line(&raw.name), "name", format!("{name:?} is not a policy name (1-63 letters, digits, '-', '_', '.')"));
+        }
+
+        let source = self.endpoint(&raw.source.registry, raw.source.credentials.as_ref(), raw.source.ca_file.as_ref(), raw.source.insecure, "source");
+        let source_repositories: Vec<String> = raw
+            .source
+            .repositories
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let name = r.value.trim_matches('/').to_string();
+                let ok = name.parse::<crate::registry::RepoName>().map(|_| name).map_err(|e| e.to_string());
+                self.ok(r, &format!("source.repositories[{i}]"), ok)
+            })
+            .collect();
+
+        if raw.destinations.value.is_empty() {
+            self.issue(line(&raw.destinations), "destinations", "at least one destination is required");
+        }
+        let mut destinations = Vec::new();
+        for (i, d) in raw.destinations.value.iter().enumerate() {
+            let field = format!("destinations[{i}]");
+            let endpoint = self.endpoint(&d.registry, d.credentials.as_ref(), d.ca_file.as_ref(), d.insecure, &field);
+            let namespace = d.namespace.as_ref().map(|n| n.value.trim_matches('/').to_string()).unwrap_or_default();
+            if let Some(n) = &d.namespace {
+                if !namespace.is_empty() {
+                    let ok = namespace.parse::<crate::registry::RepoName>().map(|_| ()).map_err(|e| format!("bad namespace: {e}"));
+                    self.ok(n, &format!("{field}.namespace"), ok);
+                }
+            }
+            if let Some(endpoint) = endpoint {
+                destinations.push(Destination { endpoint, namespace });
+            }
+        }
+
+        let (include, exclude) = match &raw.repositories {
+            Some(r) => (r.include.as_slice(), r.exclude.as_slice()),
+            None => (&[][..], &[][..]),
+        };
+        for (list, kind) in [(include, "include"), (exclude, "exclude")] {
+            for (i, g) in list.iter().enumerate() {
+                let ok = globset::Glob::new(&g.value).map(|_| ()).map_err(|e| format!("bad glob {:?}: {}", g.value, e.kind()));
+                self.ok(g, &format!("repositories.{kind}[{i}]"), ok);
+            }
+        }
+        let values = |l: &[At<String>]| l.iter().map(|g| g.value.clone()).collect::<Vec<_>>();
+        let repos = RepoFilter::new(&values(include), &values(exclude)).ok();
+
+        let signatures = raw.signatures.unwrap_or(true);
+        let mut tags = TagFilter { signatures, ..TagFilter::default() };
+        if let Some(t) = &raw.tags {
+            for (list, kind, out) in [(&t.include, "include", &mut tags.include), (&t.exclude, "exclude", &mut tags.exclude)] {
+                for (i, r) in list.iter().enumerate() {
+                    let ok = tags::anchored(&r.value).map_err(|e| format!("bad regex {:?}: {}", r.value, one_line(&e.to_string())));
+                    if let Some(re) = self.ok(r, &format!("tags.{kind}[{i}]"), ok) {
+                        out.push(re);
+                    }
+                }
+            }
+            if let Some(s) = &t.semver {
+                let ok = semver::VersionReq::parse(&s.value).map_err(|e| format!("bad semver range {:?}: {e}", s.value));
+                tags.semver = self.ok(s, "tags.semver", ok);
+            }
+            if let Some(n) = &t.latest {
+                let ok = if n.value == 0 { Err("must be at least 1".to_string()) } else { Ok(n.value as usize) };
+                tags.latest = self.ok(n, "tags.latest", ok);
+            }
+        }
+
+        let trigger = match &raw.trigger {
+            Some(t) => match (&t.interval, &t.cron) {
+                (Some(i), None) => self.ok(i, "trigger.interval", duration(i)).map(Trigger::Interval),
+                (None, Some(c)) => self.ok(c, "trigger.cron", c.value.parse::<Cron>()).map(Trigger::Cron),
+                (Some(i), Some(_)) => {
+                    self.issue(line(i), "trigger", "give either interval or cron, not both");
+                    None
+                }
+                (None, None) => Some(Trigger::Interval(Duration::from_secs(3600))),
+            },
+            None => Some(Trigger::Interval(Duration::from_secs(3600))),
+        };
+
+        let mut retry = RetryPolicy::default();
+        if let Some(r) = &raw.retry {
+            if let Some(a) = &r.attempts {
+                let ok = if (1..=100).contains(&a.value) { Ok(a.value) } else { Err("must be between 1 and 100".to_string()) };
+                retry.attempts = self.ok(a, "retry.attempts", ok).unwrap_or(retry.attempts);
+            }
+            if let Some(b) = &r.backoff {
+                retry.backoff = self.ok(b, "retry.backoff", duration(b)).unwrap_or(retry.backoff);
+            }
+            if let Some(b) = &r.max_backoff {
+                retry.max_backoff = self.ok(b, "retry.max_backoff", duration(b)).unwrap_or(retry.max_backoff);
+            }
+            if let Some(g) = &r.give_up_after {
+                let ok = if g.value >= 1 { Ok(g.value) } else { Err("must be at least 1".to_string()) };
+                retry.give_up_after = self.ok(g, "retry.give_up_after", ok).unwrap_or(retry.give_up_after);
+            }
+        }
+        let concurrency = match &raw.concurrency {
+            Some(c) => {
+                let ok = if (1..=256).contains(&c.value) { Ok(c.value as usize) } else { Err("must be between 1 and 256".to_string()) };
+                self.ok(c, "concurrency", ok).unwrap_or(8)
+            }
+            None => 8,
+        };
+
+        if self.issues.len() > before {
+            return None;
+        }
+        let mut scope_words: Vec<String> = values(include).into_iter().map(|g| format!("+{g}")).collect();
+        scope_words.extend(values(exclude).into_iter().map(|g| format!("-{g}")));
+        Some(Policy {
+            name,
+            file: self.file.to_path_buf(),
+            source: source?,
+            source_repositories,
+            destinations,
+            repos: repos?,
+            tags: Arc::new(tags),
+            overwrite: raw.overwrite.unwrap_or(true),
+            delete: raw.delete.unwrap_or(false),
+            trigger: trigger?,
+            retry,
+            concurrency,
+            scope_words,
+        })
+    }
+
+    fn endpoint(
+        &mut self,
+        registry: &At<String>,
+        credentials: Option<&At<RawCredentials>>,
+        ca_file: Option<&At<String>>,
+        insecure: Option<bool>,
+        field: &str,
+    ) -> Option<Endpoint> {
+        let url = self.ok(registry, &format!("{field}.registry"), RegistryUrl::parse(&registry.value).map_err(|e| e.to_string()))?;
+        let credentials = match credentials {
+            Some(c) => self.credentials(c, &url, &format!("{field}.credentials"))?,
+            None => Credentials::Anonymous,
+        };
+        let ca = match ca_file {
+            Some(ca) => {
+                let path = PathBuf::from(&ca.value);
+                let ok = if path.is_file() { Ok(path) } else { Err(format!("{} is not a readable file", ca.value)) };
+                Some(self.ok(ca, &format!("{field}.ca_file"), ok)?)
+            }
+            None => None,
+        };
+        Some(Endpoint { url, credentials, tls: Tls { insecure_skip_verify: insecure.unwrap_or(false), ca_file: ca } })
+    }
+
+    fn credentials(&mut self, c: &At<RawCredentials>, url: &RegistryUrl, field: &str) -> Option<Credentials> {
+        let raw = &c.value;
+        let at = line(c);
+        if raw.docker_config == Some(true) {
+            if raw.username.is_some() || raw.username_env.is_some() || raw.password_env.is_some() || raw.password_file.is_some() {
+                self.issue(at, field, "docker_config: true cannot be combined with a username or password");
+                return None;
+            }
+            let Some(path) = docker_config::default_path() else {
+                return Some(Credentials::Anonymous);
+            };
+            return docker_config::lookup(&path, &url.host_port()).map_err(|e| self.issue(at, field, e.to_string())).ok();
+        }
+        let username = match (&raw.username, &raw.username_env) {
+            (Some(u), None) => Some(u.clone()),
+            (None, Some(var)) => match (self.env)(var) {
+                Some(v) if !v.is_empty() => Some(v),
+                _ => {
+                    self.issue(at, &format!("{field}.username_env"), format!("environment variable {var} is not set"));
+                    return None;
+                }
+            },
+            (Some(_), Some(_)) => {
+                self.issue(at, field, "give username or username_env, not both");
+                return None;
+            }
+            (None, None) => None,
+        };
+        let password = match (&raw.password_env, &raw.password_file) {
+            (Some(var), None) => match (self.env)(var) {
+                Some(v) => Some(v),
+                None => {
+                    self.issue(at, &format!("{field}.password_env"), format!("environment variable {var} is not set"));
+                    return None;
+                }
+            },
+            (None, Some(path)) => match std::fs::read_to_string(path) {
+                Ok(v) => Some(v.trim_end_matches(['\n', '\r']).to_string()),
+                Err(e) => {
+                    self.issue(at, &format!("{field}.password_file"), format!("cannot read {path}: {e}"));
+                    return None;
+                }
+            },
+            (Some(_), Some(_)) => {
+                self.issue(at, field, "give password_env or password_file, not both");
+                return None;
+            }
+            (None, None) => None,
+        };
+        match (username, password) {
+            (Some(username), Some(password)) => Some(Credentials::Basic { username, password: Secret::new(password) }),
+            (None, None) => {
+                self.issue(at, field, "say where the credentials come from: username/username_env with password_env/password_file, or docker_config: true");
+                None
+            }
+            _ => {
+                self.issue(at, field, "a username needs a password (password_env or password_file) and the other way round");
+                None
+            }
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
