@@ -126,6 +126,23 @@ impl Job {
         Stats::add(&stats.tags_skipped, skipped as u64);
         Stats::add(&stats.tags_failed, plan.problems.len() as u64);
 
+        // A policy pass that finds nothing to do does not pile up executions:
+        // the last successful one is marked as checked again.
+        if let (Some(db), "policy", 0, true) = (state, self.spec.kind.as_str(), plan.count_copy(), plan.problems.is_empty()) {
+            if let Some(id) = db.touch_if_succeeded(&self.spec.scope_key()).await? {
+                return Ok(Report {
+                    execution: Some(id),
+                    resumed: false,
+                    status: ExecutionStatus::Succeeded,
+                    counts: stats.snapshot(),
+                    failures: Vec::new(),
+                    elapsed: started.elapsed(),
+                    source_requests: self.src.request_count(),
+                    destination_requests: self.dst.request_count(),
+                });
+            }
+        }
+
         let registry_key = self.dst.name().to_string();
         let mut execution = None;
         let mut resumed = false;

@@ -137,8 +137,11 @@ fn list_text(rows: &[ExecutionRow]) -> String {
 
 fn show_text(e: &ExecutionRow, tasks: &[TaskRow]) -> String {
     let mut out = String::new();
-    let policy = e.policy.clone().unwrap_or_else(|| "-".into());
-    let _ = writeln!(out, "execution {} ({}, policy {policy}): {}", e.id, e.kind, e.status);
+    let what = match &e.policy {
+        Some(p) => format!("policy {p}"),
+        None => e.kind.clone(),
+    };
+    let _ = writeln!(out, "execution {} ({what}): {}", e.id, e.status);
     let _ = writeln!(out, "  route      {} → {}{}", e.source, e.destination, if e.direction == "reversed" { " (reversed)" } else { "" });
     let _ = writeln!(out, "  started    {}", when(e.started_at));
     if let Some(f) = e.finished_at {

@@ -136,7 +136,10 @@ pub fn parse(text: &str) -> Result<RawPolicy, (Option<u64>, String)> {
 
 /// The parser's message without its source excerpt.
 fn first_line(message: &str) -> String {
-    let line = message.lines().next().unwrap_or(message).trim();
-    // "line N column M: ..." prefixes repeat what we print ourselves.
-    line.trim_start_matches("error: ").to_string()
+    let line = message.lines().next().unwrap_or(message).trim().trim_start_matches("error: ");
+    // A "line N column M: " prefix repeats what we print ourselves.
+    match line.split_once(": ") {
+        Some((head, rest)) if head.starts_with("line ") && head.contains(" column ") => rest.to_string(),
+        _ => line.to_string(),
+    }
 }

@@ -196,6 +196,22 @@ impl StateDb {
         Ok(start)
     }
 
+    /// When the latest execution of `scope_key` succeeded, mark it as
+    /// checked now (`updated_at`) and return its id (a pass with nothing to do records no
+    /// new execution).
+    pub async fn touch_if_succeeded(&self, scope_key: &str) -> Result<Option<i64>, StateError> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "UPDATE executions SET updated_at = ? \
+             WHERE id = (SELECT MAX(id) FROM executions WHERE scope_key = ?) AND status = 'succeeded' RETURNING id",
+        )
+        .bind(now)
+        .bind(scope_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("id")).transpose()?)
+    }
+
     /// Write the plan's tasks (and its problems, as failed tasks) into
     /// `execution`, in one transaction. Returns the task id of each plan
     /// item, in order. A task that already succeeded and is still up to
