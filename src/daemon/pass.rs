@@ -39,8 +39,9 @@ pub struct DestinationOutcome {
 }
 
 impl DestinationOutcome {
+    /// Everything in scope is replicated (nothing failed, nothing held back).
     pub fn ok(&self) -> bool {
-        self.error.is_none() && self.report.as_ref().is_some_and(|r| r.failures.is_empty() && r.status.as_str() == "succeeded")
+        self.deferred == 0 && self.error.is_none() && self.report.as_ref().is_some_and(|r| r.failures.is_empty() && r.status.as_str() == "succeeded")
     }
 }
 

@@ -56,7 +56,7 @@ fn field(text: &str, name: &str, min: u32, max: u32) -> Result<u64, String> {
             None => (part, 1),
         };
         let number = |s: &str| {
-            s.parse::<u32>().ok().filter(|v| (min..=max).contains(v)).ok_or(format!("{s:?} is not a {name} ({min}-{max})"))
+            s.parse::<u32>().ok().filter(|v| (min..=max).contains(v)).ok_or(format!("{s:?} is out of range for the {name} field ({min}-{max})"))
         };
         let (lo, hi) = match range {
             "*" => (min, max),
@@ -196,7 +196,7 @@ mod tests {
     #[test]
     fn bad_expressions_say_why() {
         assert!("* * *".parse::<Cron>().unwrap_err().contains("5 fields"));
-        assert!("61 * * * *".parse::<Cron>().unwrap_err().contains("minute"));
+        assert!("61 * * * *".parse::<Cron>().unwrap_err().contains("minute field"));
         assert!("* 5-2 * * *".parse::<Cron>().unwrap_err().contains("backwards"));
         assert!("*/0 * * * *".parse::<Cron>().unwrap_err().contains("step"));
     }

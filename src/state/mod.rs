@@ -132,7 +132,11 @@ impl StateDb {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let latest =
-            sqlx::query("SELECT id, status, retry_requested, cancel_requested FROM executions WHERE scope_key = ? ORDER BY id DESC LIMIT 1")
+            // An execution an operator asked to retry comes first, then the latest.
+            sqlx::query(
+                "SELECT id, status, retry_requested, cancel_requested FROM executions WHERE scope_key = ? \
+                 ORDER BY retry_requested DESC, id DESC LIMIT 1",
+            )
                 .bind(&spec.scope_key)
                 .fetch_optional(&mut *tx)
                 .await?;

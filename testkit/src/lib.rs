@@ -14,5 +14,5 @@ pub mod token;
 
 pub use client::{Access, Registry};
 pub use proxy::{FaultProxy, Faults};
-pub use registry::{Auth, Options, TestRegistry};
+pub use registry::{Auth, Options, TestRegistry, free_port};
 pub use token::TokenServer;

@@ -7,3 +7,4 @@ mod auth;
 mod cli_errors;
 mod memory;
 mod migrate;
+mod policies;
