@@ -502,3 +502,50 @@ impl Checker<'_> {
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(files: &[(&str, &str)], env: &[(&str, &str)]) -> Result<PolicySet, PolicyError> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        load(dir.path(), &|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn a_full_policy_loads_with_defaults_filled_in() {
+        let text = "name: p\nsource:\n  registry: https://src.example.com/team\n  credentials: { username_env: U, password_env: P }\n\
+                    destinations:\n  - registry: https://dst.example.com/base\n    namespace: mirror\n\
+                    repositories: { include: ['**'] }\ntrigger: { cron: '0 */6 * * *' }\n";
+        let set = load_text(&[("p.yaml", text)], &[("U", "user"), ("P", "pw")]).unwrap();
+        let p = set.get("p").unwrap();
+        assert!(matches!(&p.source.credentials, Credentials::Basic { username, .. } if username == "user"));
+        assert_eq!(p.destinations[0].url().to_string(), "https://dst.example.com/base/mirror");
+        assert!(matches!(p.trigger, Trigger::Cron(_)));
+        assert_eq!((p.overwrite, p.delete, p.concurrency, p.retry), (true, false, 8, RetryPolicy::default()));
+        let spec = p.forward(&p.destinations[0]);
+        assert_eq!(spec.scope.mapping, RepoMapping::new("team", "base/mirror"));
+        let back = p.reverse(&p.destinations[0]);
+        assert_eq!(back.scope.mapping, RepoMapping::new("base/mirror", "team"));
+        assert!(back.reversed && back.scope_key() != spec.scope_key());
+    }
+
+    #[test]
+    fn secrets_do_not_leak_into_issues_or_debug_output() {
+        let text = "name: p\nsource:\n  registry: https://src.example.com\n  credentials: { username: u, password_env: P }\n\
+                    destinations:\n  - registry: 'https://dst.example.com'\n";
+        let set = load_text(&[("p.yaml", text)], &[("P", "hunter2-secret")]).unwrap();
+        assert!(!format!("{:?}", set.policies[0].source).contains("hunter2"));
+    }
+
+    #[test]
+    fn retry_delay_doubles_up_to_the_cap() {
+        let r = RetryPolicy { backoff: Duration::from_secs(60), max_backoff: Duration::from_secs(300), ..RetryPolicy::default() };
+        let delays: Vec<u64> = (1..=5).map(|n| r.delay(n).as_secs()).collect();
+        assert_eq!(delays, [60, 120, 240, 300, 300]);
+    }
+}
