@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 cargo build --workspace --all-targets --locked
-cargo test --workspace --locked -- --test-threads="${REGFERRY_TEST_THREADS:-4}"
+cargo test --workspace --locked
