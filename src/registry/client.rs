@@ -337,8 +337,11 @@ impl RegistryClient {
         if status.is_success() || req.also_ok.contains(&status.as_u16()) {
             return Ok(resp);
         }
-        if req.method == Method::HEAD && status.is_client_error() && status != StatusCode::NOT_FOUND {
-            // A HEAD has no body: ask again with GET to read the registry's reason.
+        // A HEAD has no body: for a lasting refusal, ask again with GET to
+        // read the registry's reason. Not for 408/429, which will be retried
+        // anyway (and whose Retry-After the HEAD already carries).
+        let transient = matches!(status.as_u16(), 408 | 425 | 429);
+        if req.method == Method::HEAD && status.is_client_error() && status != StatusCode::NOT_FOUND && !transient {
             let get = Request {
                 method: Method::GET,
                 url: req.url.clone(),

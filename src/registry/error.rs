@@ -165,6 +165,12 @@ impl RegistryError {
             _ => None,
         }
     }
+
+    /// How long to wait before trying again after this error: `backoff`,
+    /// or longer when the registry asked for it with `Retry-After`.
+    pub fn pause(&self, backoff: Duration) -> Duration {
+        self.retry_after().map_or(backoff, |asked| asked.max(backoff))
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +196,22 @@ mod tests {
         );
         assert!(!e.is_transient());
         assert!(e.has_code("MANIFEST_UNKNOWN"));
+    }
+
+    #[test]
+    fn pauses_honour_retry_after() {
+        let e = |retry_after| RegistryError::Status {
+            registry: "r".into(),
+            method: "PUT".into(),
+            path: "/v2/a/blobs/uploads/x".into(),
+            status: 429,
+            errors: Vec::new(),
+            retry_after,
+        };
+        let second = Duration::from_secs(1);
+        assert_eq!(e(None).pause(second), second);
+        assert_eq!(e(Some(Duration::from_secs(5))).pause(second), Duration::from_secs(5));
+        assert_eq!(e(Some(Duration::from_millis(10))).pause(second), second, "never shorter than the backoff");
     }
 
     #[test]

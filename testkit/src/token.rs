@@ -29,6 +29,8 @@ const REGISTRY_LEEWAY_SECS: u64 = 60;
 pub struct Issued {
     pub user: Option<String>,
     pub scopes: Vec<String>,
+    /// The token handed out (for tests that look for leaks).
+    pub token: String,
 }
 
 /// See the module documentation.
@@ -194,10 +196,10 @@ async fn issue(State(server): State<Arc<TokenServer>>, headers: HeaderMap, Query
             access.push((kind.to_string(), name.to_string(), granted.join(",")));
         }
     }
-    if let Ok(mut log) = server.issued.lock() {
-        log.push(Issued { user: user.clone(), scopes: scopes.clone() });
-    }
     let token = server.sign(user.as_deref(), access);
+    if let Ok(mut log) = server.issued.lock() {
+        log.push(Issued { user: user.clone(), scopes: scopes.clone(), token: token.clone() });
+    }
     let lifetime = server.lifetime.load(Ordering::Relaxed);
     let advertised = match server.advertised.load(Ordering::Relaxed) {
         0 => lifetime,

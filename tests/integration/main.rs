@@ -5,5 +5,7 @@ mod support;
 
 mod auth;
 mod cli_errors;
+mod crash;
+mod faults;
 mod memory;
 mod migrate;
