@@ -105,7 +105,7 @@ pub enum RegistryError {
     SizeMismatch { registry: String, what: String, expected: u64, actual: u64 },
 
     /// A manifest that cannot be copied as it is.
-    #[error("manifest {repo}@{reference} at {registry}: {source}")]
+    #[error("manifest {} at {registry}: {source}", name_ref(repo, reference))]
     Manifest { registry: String, repo: String, reference: String, source: ManifestError },
 
     /// The registry broke the protocol (missing Location, unparsable JSON…).
@@ -117,6 +117,11 @@ pub enum RegistryError {
 
     #[error(transparent)]
     Digest(#[from] DigestError),
+}
+
+/// `repo:tag` or `repo@digest`.
+fn name_ref(repo: &str, reference: &str) -> String {
+    if reference.contains(':') { format!("{repo}@{reference}") } else { format!("{repo}:{reference}") }
 }
 
 fn fmt_api_errors(errors: &[ApiError]) -> String {

@@ -4,6 +4,7 @@
 mod support;
 
 mod auth;
+mod bad_input;
 mod cli_errors;
 mod crash;
 mod faults;
