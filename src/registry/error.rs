@@ -77,6 +77,11 @@ pub enum RegistryError {
     #[error("cannot reach {registry}: {message}")]
     Connect { registry: String, message: String },
 
+    /// A TLS handshake that will not succeed by trying again: a
+    /// certificate we do not trust, or a server that does not speak TLS.
+    #[error("cannot reach {registry}: {message}")]
+    Tls { registry: String, message: String },
+
     /// The connection broke or stalled during a request.
     #[error("{method} {path} at {registry}: {message}")]
     Transport { registry: String, method: String, path: String, message: String },

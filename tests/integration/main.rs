@@ -10,3 +10,4 @@ mod crash;
 mod faults;
 mod memory;
 mod migrate;
+mod security;
