@@ -151,7 +151,7 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
         }
         current = err.source();
     }
-    if e.is_timeout() {
+    if e.is_timeout() && !parts.iter().any(|p| p.contains("timed out")) {
         parts.push("timed out".into());
     }
     parts.join(": ")

@@ -229,3 +229,14 @@ async fn a_docker_content_digest_that_disagrees_with_the_bytes_loses_to_the_byte
         .unwrap_or_else(|| panic!("no warning:\n{}", run.stderr));
     assert!(warning.contains(&two.digest) && warning.contains(&one.digest), "{warning}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_duration_is_refused_with_exit_code_2_and_names_the_flag() {
+    let scratch = Scratch::new();
+    for (value, reason) in [("5x", "unknown time unit"), ("0s", "at least 1s"), ("soon", "expected e.g. 30s")] {
+        let run = regferry(&scratch, &["migrate", "--from", "http://127.0.0.1:1", "--to", "http://127.0.0.1:1", "--stall-timeout", value], &[]).await;
+        assert_eq!(run.code, 2, "{value}: {}", run.stderr);
+        assert!(run.stderr.contains(&format!("invalid value '{value}' for '--stall-timeout <DURATION>'")), "{}", run.stderr);
+        assert!(run.stderr.contains(reason), "{value}: {}", run.stderr);
+    }
+}

@@ -236,3 +236,22 @@ async fn cut_corrupt_and_stalled_blob_bodies_are_never_committed_and_fetched_aga
     let uploaded = run.json()["counts"]["bytes_uploaded"].as_u64().unwrap_or(0);
     assert!(uploaded >= dataset::distinct_blob_bytes(&pushed), "bytes streamed count failed attempts too: {uploaded}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_that_stops_answering_mid_request_is_given_up_on_and_retried() {
+    let (src, dst, s, d) = registries();
+    let pushed = dataset::fill(&s, &Spec { repos: 1, tags_per_repo: 2, multi_arch_every: 0, signatures: false, ..Spec::default() }).await;
+    // The first blob upload and the first manifest push get no answer, ever.
+    let scratch = Scratch::new();
+    for (prefix, only) in [("blob", "/blobs/uploads/"), ("manifest", "/manifests/")] {
+        let dp = FaultProxy::start(&dst.url, Faults { hold: 1.0, limit: 1, only: vec!["PUT ".into(), only.into()], ..Faults::default() });
+        let started = std::time::Instant::now();
+        let run = migrate(&scratch, &src.url, &format!("{}/{prefix}", dp.url), &["--stall-timeout", "2s"]).await;
+        run.assert_ok();
+        assert_eq!(dp.counters.injected("hold"), 1, "{prefix}");
+        assert_mirrored(&s, &d, &repos_of(&pushed), prefix).await;
+        assert!(started.elapsed() < Duration::from_secs(30), "{prefix}: took {:?}", started.elapsed());
+        // Leave the held request held until the proxy goes.
+    }
+}
+
