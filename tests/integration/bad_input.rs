@@ -5,9 +5,9 @@
 
 use serde_json::{Value, json};
 use testkit::image::{self, Flavor, OCI_INDEX, OCI_MANIFEST};
-use testkit::{Access, Canned, FaultProxy, Faults, Registry, TestRegistry};
+use testkit::{Canned, FaultProxy, Faults};
 
-use crate::support::{Scratch, assert_mirrored, migrate, regferry};
+use crate::support::{Scratch, assert_mirrored, migrate, regferry, registries};
 
 /// `failures` of a JSON report as (repository, tag) → error.
 fn failures(report: &Value) -> std::collections::BTreeMap<(String, String), String> {
@@ -24,10 +24,7 @@ fn failures(report: &Value) -> std::collections::BTreeMap<(String, String), Stri
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_manifests_fail_their_tag_with_a_precise_reason_and_the_rest_is_copied() {
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
+    let (src, dst, s, d) = registries();
     let img = |name: &str| image::image(Flavor::Oci, name, vec![image::layer(Flavor::Oci, name, 1500)]);
     s.push("app/good", "v1", &img("good-1")).await;
     s.push("app/good", "v2", &img("good-2")).await;
@@ -139,10 +136,7 @@ async fn bad_manifests_fail_their_tag_with_a_precise_reason_and_the_rest_is_copi
 
 #[tokio::test(flavor = "multi_thread")]
 async fn names_that_break_the_grammar_are_refused_before_any_request() {
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
+    let (src, dst, s, d) = registries();
     s.push("good/app", "v1", &image::image(Flavor::Docker, "good", vec![image::layer(Flavor::Docker, "good", 800)])).await;
 
     // A source whose catalog and tag list name things no request may carry.
@@ -200,10 +194,7 @@ async fn names_that_break_the_grammar_are_refused_before_any_request() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_docker_content_digest_that_disagrees_with_the_bytes_loses_to_the_bytes() {
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
+    let (src, dst, s, d) = registries();
     let img = |name: &str| image::image(Flavor::Oci, name, vec![image::layer(Flavor::Oci, name, 1200)]);
     let (one, two, solo) = (img("one"), img("two"), img("solo"));
     s.push("lie/app", "v1", &one).await;

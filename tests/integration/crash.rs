@@ -11,9 +11,9 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, SqliteConnection};
 use testkit::dataset::{self, Spec};
 use testkit::image::{self, Flavor};
-use testkit::{Access, FaultProxy, Faults, Registry, TestRegistry};
+use testkit::{FaultProxy, Faults};
 
-use crate::support::{Scratch, assert_blobs_intact, assert_mirrored, command, migrate, migrate_args, repos_of, wait_until};
+use crate::support::{Scratch, assert_blobs_intact, assert_mirrored, command, migrate, migrate_args, registries, repos_of, wait_until};
 
 async fn open(db: &Path, read_only: bool) -> SqliteConnection {
     SqliteConnectOptions::new().filename(db).read_only(read_only).connect().await.expect("open the state database")
@@ -72,10 +72,7 @@ async fn run_and_kill(scratch: &Scratch, args: &[String], ready: impl AsyncFnMut
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_mid_transfer_then_the_same_command_resumes_and_finishes() {
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
+    let (src, dst, s, d) = registries();
     let pushed = dataset::fill(&s, &Spec { repos: 3, tags_per_repo: 2, multi_arch_every: 2, ..Spec::default() }).await;
     // An 8 MiB layer in the middle of the plan.
     const BIG: u64 = 8 << 20;

@@ -7,17 +7,9 @@ use std::time::Duration;
 use testkit::dataset::{self, Spec};
 use testkit::image::{self, Flavor};
 use testkit::proxy::Seen;
-use testkit::{Access, FaultProxy, Faults, Registry, TestRegistry};
+use testkit::{FaultProxy, Faults};
 
-use crate::support::{Scratch, assert_blobs_intact, assert_mirrored, migrate, repos_of};
-
-fn registries() -> (TestRegistry, TestRegistry, Registry, Registry) {
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
-    (src, dst, s, d)
-}
+use crate::support::{Scratch, assert_blobs_intact, assert_mirrored, migrate, plain_images, registries, repos_of};
 
 /// The first request after `seen[i]` with the same key (the retry of it).
 fn retry_of<'a>(seen: &'a [Seen], i: usize) -> Option<&'a Seen> {
@@ -85,7 +77,7 @@ async fn a_migrate_through_faulty_proxies_on_both_sides_ends_identical() {
 #[tokio::test(flavor = "multi_thread")]
 async fn too_many_requests_waits_as_long_as_retry_after_says() {
     let (src, dst, s, d) = registries();
-    let pushed = dataset::fill(&s, &Spec { repos: 1, tags_per_repo: 2, multi_arch_every: 0, signatures: false, ..Spec::default() }).await;
+    let pushed = dataset::fill(&s, &plain_images(1, 2)).await;
     let repos = repos_of(&pushed);
     let scratch = Scratch::new();
     // Streamed blob uploads, replayable manifest pushes and HEADs (which
@@ -124,7 +116,7 @@ async fn too_many_requests_waits_as_long_as_retry_after_says() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_upload_session_is_replaced_by_a_new_one() {
     let (src, dst, s, d) = registries();
-    let pushed = dataset::fill(&s, &Spec { repos: 2, tags_per_repo: 2, multi_arch_every: 0, signatures: false, ..Spec::default() }).await;
+    let pushed = dataset::fill(&s, &plain_images(2, 2)).await;
     // The first three upload writes find their session gone (S3-backed
     // registries: 404 BLOB_UPLOAD_UNKNOWN right after the POST).
     let dp = FaultProxy::start(&dst.url, Faults { upload_unknown: 1.0, limit: 3, ..Faults::default() });
@@ -190,7 +182,7 @@ async fn a_tag_unknown_right_after_listing_is_asked_again_then_reported() {
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_mounts_and_chunked_uploads_fall_back_to_plain_uploads() {
     let (src, dst, s, d) = registries();
-    let pushed = dataset::fill(&s, &Spec { repos: 3, tags_per_repo: 2, multi_arch_every: 0, signatures: false, ..Spec::default() }).await;
+    let pushed = dataset::fill(&s, &plain_images(3, 2)).await;
     let dp = FaultProxy::start(&dst.url, Faults { refuse_mount: 1.0, refuse_chunked: 1.0, ..Faults::default() });
     let scratch = Scratch::new();
     let run = migrate(&scratch, &src.url, &dp.url, &[]).await;
@@ -211,7 +203,7 @@ async fn refused_mounts_and_chunked_uploads_fall_back_to_plain_uploads() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cut_corrupt_and_stalled_blob_bodies_are_never_committed_and_fetched_again() {
     let (src, dst, s, d) = registries();
-    let pushed = dataset::fill(&s, &Spec { repos: 1, tags_per_repo: 3, multi_arch_every: 0, signatures: false, ..Spec::default() }).await;
+    let pushed = dataset::fill(&s, &plain_images(1, 3)).await;
     // The first two blob downloads are cut short, the next two corrupted
     // (same length, one byte flipped), the next two stall halfway.
     let sp = FaultProxy::start(&src.url, Faults { truncate: 1.0, corrupt: 1.0, stall: 1.0, limit: 2, ..Faults::default() });
@@ -240,7 +232,7 @@ async fn cut_corrupt_and_stalled_blob_bodies_are_never_committed_and_fetched_aga
 #[tokio::test(flavor = "multi_thread")]
 async fn a_destination_that_stops_answering_mid_request_is_given_up_on_and_retried() {
     let (src, dst, s, d) = registries();
-    let pushed = dataset::fill(&s, &Spec { repos: 1, tags_per_repo: 2, multi_arch_every: 0, signatures: false, ..Spec::default() }).await;
+    let pushed = dataset::fill(&s, &plain_images(1, 2)).await;
     // The first blob upload and the first manifest push get no answer, ever.
     let scratch = Scratch::new();
     for (prefix, only) in [("blob", "/blobs/uploads/"), ("manifest", "/manifests/")] {

@@ -8,7 +8,7 @@ use testkit::dataset::{self, Spec};
 use testkit::tls::Pki;
 use testkit::{Access, Auth, FaultProxy, Faults, Options, Registry, TestRegistry, TokenServer};
 
-use crate::support::{Run, Scratch, assert_mirrored, regferry, repos_of};
+use crate::support::{Run, Scratch, assert_mirrored, plain_images, regferry, repos_of};
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
@@ -160,7 +160,7 @@ async fn a_cross_host_redirect_never_carries_the_registry_authorization() {
     let dst = TestRegistry::start();
     let s = Registry::new(&src.url, Access::Basic("u".into(), PW.into()));
     let d = Registry::new(&dst.url, Access::Anonymous);
-    let pushed = dataset::fill(&s, &Spec { repos: 2, tags_per_repo: 2, multi_arch_every: 0, signatures: false, ..Spec::default() }).await;
+    let pushed = dataset::fill(&s, &plain_images(2, 2)).await;
     // Every blob download is redirected to "object storage" on another host.
     let sp = FaultProxy::start_with_storage(&src.url, Faults { redirect_blobs: 1.0, ..Faults::default() }, src.storage());
     let scratch = Scratch::new();

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
-use testkit::Registry;
+use testkit::dataset::Spec;
+use testkit::{Access, Registry, TestRegistry};
 
 /// What one `regferry` invocation did.
 #[derive(Debug)]
@@ -152,4 +153,20 @@ pub async fn wait_until(limit: Duration, what: &str, mut check: impl AsyncFnMut(
         assert!(std::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Two anonymous plain-HTTP registries, source and destination, with a
+/// test client for each.
+pub fn registries() -> (TestRegistry, TestRegistry, Registry, Registry) {
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let d = Registry::new(&dst.url, Access::Anonymous);
+    (src, dst, s, d)
+}
+
+/// `repos` × `tags` single-platform images with shared base layers, no
+/// indexes, no signatures: the smallest data set that still mounts.
+pub fn plain_images(repos: usize, tags: usize) -> Spec {
+    Spec { repos, tags_per_repo: tags, multi_arch_every: 0, signatures: false, ..Spec::default() }
 }
