@@ -461,10 +461,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         seen.len() - 1
     };
     let mark = |fault: &'static str| {
-        if let Ok(mut seen) = c.seen.lock() {
-            if let Some(s) = seen.get_mut(log_index) {
-                s.fault = Some(fault);
-            }
+        if let Some(s) = c.seen.lock().as_mut().ok().and_then(|seen| seen.get_mut(log_index)) {
+            s.fault = Some(fault);
         }
     };
     if !faults.latency.is_zero() {
@@ -607,7 +605,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             counters.bytes_down.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             Ok(Frame::data(chunk))
         });
-    Ok(out.body(BodyExt::boxed(StreamBody::new(stream))).map_err(std::io::Error::other)?)
+    out.body(BodyExt::boxed(StreamBody::new(stream))).map_err(std::io::Error::other)
 }
 
 /// The storage listener: `GET /blob/<digest>` from the registry's storage

@@ -12,7 +12,7 @@ use testkit::{FaultProxy, Faults};
 use crate::support::{Scratch, assert_blobs_intact, assert_mirrored, migrate, plain_images, registries, repos_of};
 
 /// The first request after `seen[i]` with the same key (the retry of it).
-fn retry_of<'a>(seen: &'a [Seen], i: usize) -> Option<&'a Seen> {
+fn retry_of(seen: &[Seen], i: usize) -> Option<&Seen> {
     seen[i + 1..].iter().find(|s| s.key == seen[i].key)
 }
 
@@ -32,7 +32,7 @@ async fn a_migrate_through_faulty_proxies_on_both_sides_ends_identical() {
             truncate: 0.06,
             corrupt: 0.06,
             stall: 0.04,
-            manifest_unknown: 0.05,
+            manifest_unknown: 0.08,
             ..Faults::default()
         },
     );
