@@ -495,34 +495,45 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     if roll("reset", faults.reset) {
         return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset"));
     }
-    if roll("server_error", faults.server_error) {
-        let status = [StatusCode::INTERNAL_SERVER_ERROR, StatusCode::BAD_GATEWAY, StatusCode::SERVICE_UNAVAILABLE]
-            [(c.requests.load(Ordering::Relaxed) % 3) as usize];
-        return Ok(full(status, "<html>injected failure</html>", &[("content-type", "text/html")]));
-    }
-    if roll("too_many_requests", faults.too_many_requests) {
-        let after = faults.retry_after_secs.max(1).to_string();
-        return Ok(full(
-            StatusCode::TOO_MANY_REQUESTS,
-            r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#,
-            &[("retry-after", &after)],
-        ));
-    }
-    let upload_write = kind == "upload" && (method == Method::PATCH || method == Method::PUT);
-    if upload_write && roll("upload_unknown", faults.upload_unknown) {
-        return Ok(registry_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry"));
-    }
-    if kind == "upload" && method == Method::PATCH && roll("refuse_chunked", faults.refuse_chunked) {
-        return Ok(registry_error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "chunked uploads are not supported"));
-    }
-    let by_tag = kind == "manifest" && !path.contains("/manifests/sha256:");
-    if by_tag && (method == Method::GET || method == Method::HEAD) && roll("manifest_unknown", faults.manifest_unknown) {
-        return Ok(registry_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown"));
-    }
-    if kind == "blob" && method == Method::GET && shared.storage_url.is_some() && roll("redirect", faults.redirect_blobs) {
-        let digest = path.rsplit('/').next().unwrap_or_default();
-        let location = format!("{}/blob/{digest}", shared.storage_url.as_deref().unwrap_or_default());
-        return Ok(full(StatusCode::TEMPORARY_REDIRECT, "", &[("location", &location)]));
+    // An injected answer is given after reading the request body, as a
+    // server that looked at the whole request would: the client then
+    // reliably sees the answer, not a connection closed under its upload.
+    let injected: Option<Response<Body>> = 'inject: {
+        if roll("server_error", faults.server_error) {
+            let status = [StatusCode::INTERNAL_SERVER_ERROR, StatusCode::BAD_GATEWAY, StatusCode::SERVICE_UNAVAILABLE]
+                [(c.requests.load(Ordering::Relaxed) % 3) as usize];
+            break 'inject Some(full(status, "<html>injected failure</html>", &[("content-type", "text/html")]));
+        }
+        if roll("too_many_requests", faults.too_many_requests) {
+            let after = faults.retry_after_secs.max(1).to_string();
+            break 'inject Some(full(
+                StatusCode::TOO_MANY_REQUESTS,
+                r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#,
+                &[("retry-after", &after)],
+            ));
+        }
+        let upload_write = kind == "upload" && (method == Method::PATCH || method == Method::PUT);
+        if upload_write && roll("upload_unknown", faults.upload_unknown) {
+            break 'inject Some(registry_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry"));
+        }
+        if kind == "upload" && method == Method::PATCH && roll("refuse_chunked", faults.refuse_chunked) {
+            break 'inject Some(registry_error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "chunked uploads are not supported"));
+        }
+        let by_tag = kind == "manifest" && !path.contains("/manifests/sha256:");
+        if by_tag && (method == Method::GET || method == Method::HEAD) && roll("manifest_unknown", faults.manifest_unknown) {
+            break 'inject Some(registry_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown"));
+        }
+        if kind == "blob" && method == Method::GET && shared.storage_url.is_some() && roll("redirect", faults.redirect_blobs) {
+            let digest = path.rsplit('/').next().unwrap_or_default();
+            let location = format!("{}/blob/{digest}", shared.storage_url.as_deref().unwrap_or_default());
+            break 'inject Some(full(StatusCode::TEMPORARY_REDIRECT, "", &[("location", &location)]));
+        }
+        None
+    };
+    if let Some(answer) = injected {
+        let mut body = req.into_body();
+        while let Some(Ok(_)) = body.frame().await {}
+        return Ok(answer);
     }
 
     // Forward.

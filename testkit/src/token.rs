@@ -135,8 +135,13 @@ impl TokenServer {
         let lifetime = self.lifetime.load(Ordering::Relaxed);
         let issued_at = now();
         // The registry tolerates 60 s past `exp`; take that back so the
-        // token really dies after `lifetime` seconds.
-        let exp = (issued_at + lifetime).saturating_sub(REGISTRY_LEEWAY_SECS);
+        // token really dies after `lifetime` seconds. Times are whole
+        // seconds, so add one: a token issued at x.9 s must not die 0.1 s
+        // later. A lifetime of 0 means dead on arrival.
+        let exp = match lifetime {
+            0 => issued_at.saturating_sub(REGISTRY_LEEWAY_SECS + 1),
+            n => (issued_at + n + 1).saturating_sub(REGISTRY_LEEWAY_SECS),
+        };
         let header = json!({ "typ": "JWT", "alg": "ES256", "x5c": [self.x5c] });
         let claims = json!({
             "iss": self.issuer,
