@@ -46,6 +46,20 @@ pub struct MigrateArgs {
     /// Print the plan (with --dry-run) or the final summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+
+    /// Give up on a request (and retry it) when no byte arrives for this long,
+    /// e.g. 30s or 2m. Not a deadline: a big layer takes as long as it takes.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub stall_timeout: Duration,
+}
+
+/// A humantime duration (`90s`, `2m`, `1h 30m`), at least one second.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 30s, 2m, 1h)"))?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
 }
 
 pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
@@ -63,7 +77,7 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
         overwrite: true,
         reversed: false,
         execute: ExecuteOptions { concurrency, attempts: args.attempts, ..ExecuteOptions::default() },
-        client: ClientOptions::default(),
+        client: ClientOptions { stall_timeout: args.stall_timeout, ..ClientOptions::default() },
     };
     let (from, to) = (spec.source.url.to_string(), spec.destination.url.to_string());
 

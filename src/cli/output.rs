@@ -93,6 +93,13 @@ pub fn report_text(report: &Report, title: &str) -> String {
         c.blobs_uploaded, c.blobs_mounted, c.blobs_skipped
     );
     let _ = writeln!(out, "  manifests     {} pushed", c.manifests_pushed);
+    if c.digest_mismatches > 0 {
+        let _ = writeln!(
+            out,
+            "  warnings      {} source manifest(s) whose Docker-Content-Digest disagreed with their bytes (the bytes were copied)",
+            c.digest_mismatches
+        );
+    }
     let _ = writeln!(out, "  bytes         {} uploaded", human_bytes(c.bytes_uploaded));
     let _ = writeln!(out, "  requests      {} to the source, {} to the destination", report.source_requests, report.destination_requests);
     let _ = writeln!(out, "  time          {secs:.1}s{rate}");

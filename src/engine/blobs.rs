@@ -114,7 +114,7 @@ impl BlobMover {
                     return Ok(outcome);
                 }
                 Err(e) if e.is_transient() && attempt < self.attempts => {
-                    let pause = Duration::from_millis(500 * 2u64.pow(attempt));
+                    let pause = e.pause(Duration::from_millis(500 * 2u64.pow(attempt)));
                     tracing::warn!(blob = %desc.digest.short(), repository = %dst_repo, error = %e, "blob transfer failed; retrying in {pause:?}");
                     tokio::time::sleep(pause).await;
                     attempt += 1;

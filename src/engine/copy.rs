@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
@@ -16,7 +15,7 @@ use super::blobs::BlobMover;
 use super::plan::PlanItem;
 use super::stats::Stats;
 use crate::registry::manifest::{self, Descriptor, Kind, Parsed};
-use crate::registry::{Reference, RegistryClient, RegistryError, RepoName, Scopes};
+use crate::registry::{ManifestBody, Reference, RegistryClient, RegistryError, RepoName, Scopes};
 
 /// Deeper indexes than this are refused (real ones nest once, rarely twice).
 const MAX_DEPTH: usize = 4;
@@ -45,37 +44,43 @@ impl Copier {
         }
     }
 
-    /// Fetch `src_repo@digest` and parse it; `media_type` is what the
-    /// referrer (or the tag's `HEAD`) said it is.
-    async fn fetch(&self, src_repo: &RepoName, reference: &Reference, media_type: Option<&str>) -> Result<(Bytes, Parsed), RegistryError> {
+    /// Fetch `src_repo:reference` and parse it; `media_type` is what the
+    /// referrer said it is (`None`: the response decides).
+    async fn fetch(&self, src_repo: &RepoName, reference: &Reference, media_type: Option<&str>) -> Result<(ManifestBody, Parsed), RegistryError> {
         let body = self.src.get_manifest(src_repo, reference, &Scopes::pull(src_repo)).await?;
+        if body.ignored_header.is_some() {
+            Stats::add(&self.stats.digest_mismatches, 1);
+        }
         let content_type = match media_type {
             Some(m) if manifest::kind_of(m).is_some() => m.to_string(),
             _ => body.content_type.clone(),
         };
         let parsed = manifest::parse(&body.bytes, &content_type).map_err(|e| self.manifest_error(src_repo, reference, e))?;
-        Ok((body.bytes, parsed))
+        Ok((body, parsed))
     }
 
     /// Copy one planned tag. On success the destination resolves the tag
-    /// to the source digest.
+    /// to the digest of the bytes the source serves for it.
+    ///
+    /// The manifest is fetched by tag, not by the digest planned from a
+    /// `HEAD`: the bytes decide what is copied. A registry whose
+    /// `Docker-Content-Digest` names some other manifest cannot make us
+    /// copy that one under this tag.
     pub async fn copy_tag(&self, item: &PlanItem) -> Result<(), RegistryError> {
-        let reference = Reference::Digest(item.source.digest.clone());
-        let (bytes, parsed) = self.fetch(&item.source_repo, &reference, Some(&item.source.media_type)).await?;
-        self.copy_references(&item.source_repo, &item.dest_repo, &parsed, 0).await?;
-        let pushed = self
-            .dst
-            .put_manifest(&item.dest_repo, &Reference::Tag(item.tag.clone()), bytes, &parsed.media_type)
-            .await?;
-        Stats::add(&self.stats.manifests_pushed, 1);
-        if item.source.digest.algorithm() == crate::registry::digest::Algorithm::Sha256 && pushed != item.source.digest {
-            return Err(RegistryError::DigestMismatch {
-                registry: self.dst.name().to_string(),
-                what: format!("manifest {}:{}", item.dest_repo, item.tag),
-                expected: item.source.digest.clone(),
-                actual: pushed,
-            });
+        let reference = Reference::Tag(item.tag.clone());
+        let (body, parsed) = self.fetch(&item.source_repo, &reference, None).await?;
+        if body.digest != item.source.digest && body.ignored_header.is_none() {
+            Stats::add(&self.stats.digest_mismatches, 1);
+            tracing::warn!(
+                repository = %item.source_repo, tag = %item.tag, planned = %item.source.digest, actual = %body.digest,
+                "the tag's manifest bytes do not hash to the digest planned from its HEAD (the tag moved, or the \
+                 registry's Docker-Content-Digest is wrong); copying the bytes"
+            );
         }
+        self.copy_references(&item.source_repo, &item.dest_repo, &parsed, 0).await?;
+        // put_manifest checks the digest the destination reports against the bytes.
+        self.dst.put_manifest(&item.dest_repo, &reference, body.bytes, &parsed.media_type).await?;
+        Stats::add(&self.stats.manifests_pushed, 1);
         Ok(())
     }
 
@@ -120,9 +125,9 @@ impl Copier {
         if self.dst.head_manifest(dst_repo, &reference, &Scopes::push(dst_repo)).await?.is_some() {
             return Ok(());
         }
-        let (bytes, parsed) = self.fetch(src_repo, &reference, desc.media_type.as_deref()).await?;
+        let (body, parsed) = self.fetch(src_repo, &reference, desc.media_type.as_deref()).await?;
         self.copy_references(src_repo, dst_repo, &parsed, depth).await?;
-        self.dst.put_manifest(dst_repo, &reference, bytes, &parsed.media_type).await?;
+        self.dst.put_manifest(dst_repo, &reference, body.bytes, &parsed.media_type).await?;
         Stats::add(&self.stats.manifests_pushed, 1);
         Ok(())
     }

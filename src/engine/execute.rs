@@ -140,7 +140,7 @@ async fn run_task(
                 return TaskEnd::Succeeded;
             }
             Err(e) if worth_retrying(&e) && attempt < options.attempts && !cancel.stop.is_cancelled() => {
-                let pause = backoff(options, attempt);
+                let pause = e.pause(backoff(options, attempt));
                 tracing::warn!(repository = %item.dest_repo, tag = %item.tag, attempt, error = %e, "copy failed; retrying in {pause:?}");
                 events.send(Event::TaskRetrying { index, attempt, error: e.to_string() }).await;
                 tokio::select! {

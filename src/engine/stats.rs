@@ -20,10 +20,14 @@ pub struct Stats {
     pub manifests_pushed: AtomicU64,
     /// Blob bytes sent to the destination (counted as they stream).
     pub bytes_uploaded: AtomicU64,
+    /// Source manifests whose `Docker-Content-Digest` (or the digest planned
+    /// from it) disagreed with their bytes; the bytes were copied.
+    pub digest_mismatches: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Snapshot {
     pub repos_total: u64,
     pub repos_done: u64,
@@ -36,6 +40,7 @@ pub struct Snapshot {
     pub blobs_skipped: u64,
     pub manifests_pushed: u64,
     pub bytes_uploaded: u64,
+    pub digest_mismatches: u64,
 }
 
 impl Stats {
@@ -57,6 +62,7 @@ impl Stats {
             blobs_skipped: g(&self.blobs_skipped),
             manifests_pushed: g(&self.manifests_pushed),
             bytes_uploaded: g(&self.bytes_uploaded),
+            digest_mismatches: g(&self.digest_mismatches),
         }
     }
 }

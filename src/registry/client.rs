@@ -151,10 +151,37 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
         }
         current = err.source();
     }
-    if e.is_timeout() {
+    if e.is_timeout() && !parts.iter().any(|p| p.contains("timed out")) {
         parts.push("timed out".into());
     }
     parts.join(": ")
+}
+
+/// Why a TLS handshake failed, when trying again cannot help.
+enum TlsFailure {
+    /// The server's certificate was refused.
+    Untrusted,
+    /// The server answered with something that is not TLS.
+    NotTls,
+}
+
+fn tls_failure(e: &reqwest::Error) -> Option<TlsFailure> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        // rustls errors travel inside (nested) io::Errors, whose `source`
+        // skips the error they wrap.
+        let mut inner: &(dyn std::error::Error + 'static) = err;
+        while let Some(wrapped) = inner.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            inner = wrapped;
+        }
+        match inner.downcast_ref::<rustls::Error>() {
+            Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => return Some(TlsFailure::Untrusted),
+            Some(rustls::Error::InvalidMessage(_)) => return Some(TlsFailure::NotTls),
+            _ => {}
+        }
+        current = err.source();
+    }
+    None
 }
 
 fn retry_after(headers: &HeaderMap, cap: Duration) -> Option<Duration> {
@@ -337,8 +364,11 @@ impl RegistryClient {
         if status.is_success() || req.also_ok.contains(&status.as_u16()) {
             return Ok(resp);
         }
-        if req.method == Method::HEAD && status.is_client_error() && status != StatusCode::NOT_FOUND {
-            // A HEAD has no body: ask again with GET to read the registry's reason.
+        // A HEAD has no body: for a lasting refusal, ask again with GET to
+        // read the registry's reason. Not for 408/429, which will be retried
+        // anyway (and whose Retry-After the HEAD already carries).
+        let transient = matches!(status.as_u16(), 408 | 425 | 429);
+        if req.method == Method::HEAD && status.is_client_error() && status != StatusCode::NOT_FOUND && !transient {
             let get = Request {
                 method: Method::GET,
                 url: req.url.clone(),
@@ -374,6 +404,20 @@ impl RegistryClient {
     pub(crate) fn transport_error(&self, method: &Method, url: &Url, e: &reqwest::Error) -> RegistryError {
         let message = describe(e);
         if e.is_connect() {
+            let hint = match tls_failure(e) {
+                Some(TlsFailure::Untrusted) => Some(
+                    "the registry's TLS certificate is not trusted: give its CA bundle (--from-ca/--to-ca, or a policy's \
+                     ca_file), or turn verification off for this registry explicitly (--from-insecure/--to-insecure, or \
+                     insecure: true)",
+                ),
+                Some(TlsFailure::NotTls) => {
+                    Some("the server does not speak TLS there; if it is a plain-HTTP registry, say so with an http:// URL")
+                }
+                None => None,
+            };
+            if let Some(hint) = hint {
+                return RegistryError::Tls { registry: self.name.clone(), message: format!("{message}; {hint}") };
+            }
             RegistryError::Connect { registry: self.name.clone(), message }
         } else {
             RegistryError::Transport {

@@ -77,6 +77,11 @@ pub enum RegistryError {
     #[error("cannot reach {registry}: {message}")]
     Connect { registry: String, message: String },
 
+    /// A TLS handshake that will not succeed by trying again: a
+    /// certificate we do not trust, or a server that does not speak TLS.
+    #[error("cannot reach {registry}: {message}")]
+    Tls { registry: String, message: String },
+
     /// The connection broke or stalled during a request.
     #[error("{method} {path} at {registry}: {message}")]
     Transport { registry: String, method: String, path: String, message: String },
@@ -105,7 +110,7 @@ pub enum RegistryError {
     SizeMismatch { registry: String, what: String, expected: u64, actual: u64 },
 
     /// A manifest that cannot be copied as it is.
-    #[error("manifest {repo}@{reference} at {registry}: {source}")]
+    #[error("manifest {} at {registry}: {source}", name_ref(repo, reference))]
     Manifest { registry: String, repo: String, reference: String, source: ManifestError },
 
     /// The registry broke the protocol (missing Location, unparsable JSON…).
@@ -117,6 +122,11 @@ pub enum RegistryError {
 
     #[error(transparent)]
     Digest(#[from] DigestError),
+}
+
+/// `repo:tag` or `repo@digest`.
+fn name_ref(repo: &str, reference: &str) -> String {
+    if reference.contains(':') { format!("{repo}@{reference}") } else { format!("{repo}:{reference}") }
 }
 
 fn fmt_api_errors(errors: &[ApiError]) -> String {
@@ -165,6 +175,12 @@ impl RegistryError {
             _ => None,
         }
     }
+
+    /// How long to wait before trying again after this error: `backoff`,
+    /// or longer when the registry asked for it with `Retry-After`.
+    pub fn pause(&self, backoff: Duration) -> Duration {
+        self.retry_after().map_or(backoff, |asked| asked.max(backoff))
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +206,22 @@ mod tests {
         );
         assert!(!e.is_transient());
         assert!(e.has_code("MANIFEST_UNKNOWN"));
+    }
+
+    #[test]
+    fn pauses_honour_retry_after() {
+        let e = |retry_after| RegistryError::Status {
+            registry: "r".into(),
+            method: "PUT".into(),
+            path: "/v2/a/blobs/uploads/x".into(),
+            status: 429,
+            errors: Vec::new(),
+            retry_after,
+        };
+        let second = Duration::from_secs(1);
+        assert_eq!(e(None).pause(second), second);
+        assert_eq!(e(Some(Duration::from_secs(5))).pause(second), Duration::from_secs(5));
+        assert_eq!(e(Some(Duration::from_millis(10))).pause(second), second, "never shorter than the backoff");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 
-use super::digest::Digest;
+use super::digest::{Digest, DigestError};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -46,8 +46,8 @@ pub enum ManifestError {
     MediaTypeConflict { field: String, header: String },
     #[error("manifest is {0} bytes, above the 4 MiB limit")]
     TooLarge(usize),
-    #[error("manifest references a malformed digest {0:?}")]
-    BadDigest(String),
+    #[error("manifest references a malformed digest {value:?}: {reason}")]
+    BadDigest { value: String, reason: &'static str },
     #[error("manifest is missing required field {0:?}")]
     MissingField(&'static str),
 }
@@ -131,9 +131,13 @@ fn is_generic(content_type: &str) -> bool {
     matches!(content_type, "" | "application/json" | "text/plain" | "application/octet-stream" | "binary/octet-stream")
 }
 
+fn bad_digest(e: DigestError) -> ManifestError {
+    ManifestError::BadDigest { value: e.value, reason: e.reason }
+}
+
 fn descriptor(raw: RawDescriptor) -> Result<Descriptor, ManifestError> {
     let digest_str = raw.digest.ok_or(ManifestError::MissingField("digest"))?;
-    let digest = digest_str.parse().map_err(|_| ManifestError::BadDigest(digest_str.chars().take(100).collect()))?;
+    let digest = digest_str.parse().map_err(bad_digest)?;
     let foreign = raw.urls.as_ref().is_some_and(|u| !u.is_empty())
         || raw.media_type.as_deref().is_some_and(|m| m.contains("foreign") || m.contains("nondistributable"));
     Ok(Descriptor { media_type: raw.media_type, digest, size: raw.size.and_then(|s| u64::try_from(s).ok()), foreign })
@@ -186,7 +190,7 @@ pub fn parse(bytes: &[u8], content_type: &str) -> Result<Parsed, ManifestError> 
         Kind::Image if schema1 => {
             for l in raw.fs_layers.ok_or(ManifestError::MissingField("fsLayers"))? {
                 let s = l.blob_sum.ok_or(ManifestError::MissingField("blobSum"))?;
-                let digest = s.parse().map_err(|_| ManifestError::BadDigest(s.chars().take(100).collect()))?;
+                let digest = s.parse().map_err(bad_digest)?;
                 parsed.blobs.push(Descriptor { media_type: None, digest, size: None, foreign: false });
             }
         }
@@ -239,7 +243,10 @@ mod tests {
             ManifestError::UnknownMediaType("application/x-weird".into())
         );
         let bad = format!(r#"{{"schemaVersion":2,"config":{{"digest":"sha256:zz"}},"layers":[]}}"#);
-        assert!(matches!(parse(bad.as_bytes(), OCI_MANIFEST), Err(ManifestError::BadDigest(_))));
+        assert_eq!(
+            parse(bad.as_bytes(), OCI_MANIFEST).unwrap_err().to_string(),
+            r#"manifest references a malformed digest "sha256:zz": encoded part must be lowercase hex of the algorithm's length"#
+        );
         let nov = format!(r#"{{"config":{{"digest":"{D1}"}},"layers":[]}}"#);
         assert_eq!(parse(nov.as_bytes(), OCI_MANIFEST).unwrap_err(), ManifestError::SchemaVersion(None));
         let big = vec![b' '; MAX_MANIFEST_BYTES + 1];

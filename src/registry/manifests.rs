@@ -30,6 +30,9 @@ pub struct ManifestBody {
     pub content_type: String,
     /// The digest of `bytes`.
     pub digest: Digest,
+    /// The registry's `Docker-Content-Digest`, when it disagreed with the
+    /// bytes (and was therefore ignored).
+    pub ignored_header: Option<String>,
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -114,14 +117,15 @@ impl RegistryClient {
             }
             Reference::Tag(_) => Digest::sha256_of(&bytes),
         };
-        if let Some(announced) = announced.filter(|a| a.starts_with("sha256:") && *a != digest.as_str()) {
+        let ignored_header = announced.filter(|a| a.starts_with("sha256:") && *a != digest.as_str());
+        if let Some(announced) = &ignored_header {
             tracing::warn!(
                 registry = %self.name(), repository = %repo, reference = %reference,
                 header = %announced, actual = %digest,
                 "Docker-Content-Digest disagrees with the manifest bytes; using the digest of the bytes"
             );
         }
-        Ok(ManifestBody { bytes: Bytes::from(bytes), content_type, digest })
+        Ok(ManifestBody { bytes: Bytes::from(bytes), content_type, digest, ignored_header })
     }
 
     /// Push `bytes` as `repo:reference` with `media_type`, and check the

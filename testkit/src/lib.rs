@@ -10,9 +10,10 @@ pub mod dataset;
 pub mod image;
 pub mod proxy;
 pub mod registry;
+pub mod tls;
 pub mod token;
 
 pub use client::{Access, Registry};
-pub use proxy::{FaultProxy, Faults};
+pub use proxy::{Canned, FaultProxy, Faults};
 pub use registry::{Auth, Options, TestRegistry, free_port};
 pub use token::TokenServer;

@@ -29,6 +29,8 @@ const REGISTRY_LEEWAY_SECS: u64 = 60;
 pub struct Issued {
     pub user: Option<String>,
     pub scopes: Vec<String>,
+    /// The token handed out (for tests that look for leaks).
+    pub token: String,
 }
 
 /// See the module documentation.
@@ -133,8 +135,13 @@ impl TokenServer {
         let lifetime = self.lifetime.load(Ordering::Relaxed);
         let issued_at = now();
         // The registry tolerates 60 s past `exp`; take that back so the
-        // token really dies after `lifetime` seconds.
-        let exp = (issued_at + lifetime).saturating_sub(REGISTRY_LEEWAY_SECS);
+        // token really dies after `lifetime` seconds. Times are whole
+        // seconds, so add one: a token issued at x.9 s must not die 0.1 s
+        // later. A lifetime of 0 means dead on arrival.
+        let exp = match lifetime {
+            0 => issued_at.saturating_sub(REGISTRY_LEEWAY_SECS + 1),
+            n => (issued_at + n + 1).saturating_sub(REGISTRY_LEEWAY_SECS),
+        };
         let header = json!({ "typ": "JWT", "alg": "ES256", "x5c": [self.x5c] });
         let claims = json!({
             "iss": self.issuer,
@@ -194,10 +201,10 @@ async fn issue(State(server): State<Arc<TokenServer>>, headers: HeaderMap, Query
             access.push((kind.to_string(), name.to_string(), granted.join(",")));
         }
     }
-    if let Ok(mut log) = server.issued.lock() {
-        log.push(Issued { user: user.clone(), scopes: scopes.clone() });
-    }
     let token = server.sign(user.as_deref(), access);
+    if let Ok(mut log) = server.issued.lock() {
+        log.push(Issued { user: user.clone(), scopes: scopes.clone(), token: token.clone() });
+    }
     let lifetime = server.lifetime.load(Ordering::Relaxed);
     let advertised = match server.advertised.load(Ordering::Relaxed) {
         0 => lifetime,

@@ -4,7 +4,11 @@
 mod support;
 
 mod auth;
+mod bad_input;
 mod cli_errors;
+mod crash;
+mod faults;
 mod memory;
 mod migrate;
 mod policies;
+mod security;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
-use testkit::Registry;
+use testkit::dataset::Spec;
+use testkit::{Access, Registry, TestRegistry};
 
 /// What one `regferry` invocation did.
 #[derive(Debug)]
@@ -52,8 +53,9 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_regferry")
 }
 
-/// Run `regferry args…` with `env`, isolated from the user's docker config.
-pub async fn regferry(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Run {
+/// `regferry args…` with `env`, isolated from the user's docker config and
+/// environment, killed if dropped.
+pub fn command(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(binary());
     cmd.args(args)
         .env_remove("RUST_LOG")
@@ -68,7 +70,12 @@ pub async fn regferry(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) ->
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = tokio::time::timeout(Duration::from_secs(600), cmd.output())
+    cmd
+}
+
+/// Run `regferry args…` with `env`, isolated from the user's docker config.
+pub async fn regferry(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let out = tokio::time::timeout(Duration::from_secs(600), command(scratch, args, env).output())
         .await
         .expect("regferry did not finish within 10 minutes")
         .expect("run regferry");
@@ -79,12 +86,17 @@ pub async fn regferry(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) ->
     }
 }
 
+/// The arguments of `regferry migrate --from SRC --to DST --state … --json EXTRA…`.
+pub fn migrate_args(scratch: &Scratch, from: &str, to: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["migrate", "--from", from, "--to", to, "--state", &scratch.state(), "--json"].map(String::from).to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// `regferry migrate --from SRC --to DST --state … --json EXTRA…`
 pub async fn migrate(scratch: &Scratch, from: &str, to: &str, extra: &[&str]) -> Run {
-    let state = scratch.state();
-    let mut args = vec!["migrate", "--from", from, "--to", to, "--state", &state, "--json"];
-    args.extend_from_slice(extra);
-    regferry(scratch, &args, &[]).await
+    let args = migrate_args(scratch, from, to, extra);
+    regferry(scratch, &args.iter().map(String::as_str).collect::<Vec<_>>(), &[]).await
 }
 
 /// Every tag of every `repos` at `src` resolves at `dst` (under `prefix`)
@@ -113,4 +125,48 @@ pub fn repos_of(items: &[testkit::dataset::Pushed]) -> Vec<String> {
     r.sort();
     r.dedup();
     r
+}
+
+/// Every blob a registry stores (under its storage root) hashes to the
+/// digest it is stored as: nothing corrupt was ever committed. Returns the
+/// number of blobs checked.
+pub fn assert_blobs_intact(storage: &std::path::Path) -> usize {
+    use sha2::Digest as _;
+    let root = storage.join("docker/registry/v2/blobs/sha256");
+    let mut checked = 0;
+    for prefix in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        for blob in std::fs::read_dir(prefix.path()).into_iter().flatten().flatten() {
+            let data = blob.path().join("data");
+            let Ok(bytes) = std::fs::read(&data) else { continue };
+            let name = blob.file_name().to_string_lossy().into_owned();
+            assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), name, "stored blob {} does not match its digest", data.display());
+            checked += 1;
+        }
+    }
+    checked
+}
+
+/// Poll `check` every 50 ms until it holds; panic with `what` after `limit`.
+pub async fn wait_until(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two anonymous plain-HTTP registries, source and destination, with a
+/// test client for each.
+pub fn registries() -> (TestRegistry, TestRegistry, Registry, Registry) {
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let d = Registry::new(&dst.url, Access::Anonymous);
+    (src, dst, s, d)
+}
+
+/// `repos` × `tags` single-platform images with shared base layers, no
+/// indexes, no signatures: the smallest data set that still mounts.
+pub fn plain_images(repos: usize, tags: usize) -> Spec {
+    Spec { repos, tags_per_repo: tags, multi_arch_every: 0, signatures: false, ..Spec::default() }
 }
