@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod cli_errors;
+mod dr;
 mod memory;
 mod migrate;
 mod policies;
