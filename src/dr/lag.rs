@@ -74,3 +74,48 @@ impl StateDb {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::plan::{Action, CopyReason, Plan, PlanItem};
+    use crate::registry::{Digest, ManifestHead};
+    use crate::state::{ExecutionSpec, StateDb};
+
+    #[tokio::test]
+    async fn lag_is_the_age_of_the_oldest_outstanding_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("s.db")).await.unwrap();
+        let lag = db.replication_lag("p").await.unwrap();
+        assert_eq!((lag.lag_seconds, lag.direction.as_str()), (None, "forward"), "never ran: unknown");
+
+        let spec = ExecutionSpec {
+            kind: "policy".into(),
+            policy: Some("p".into()),
+            scope_key: "k".into(),
+            source: "http://a".into(),
+            destination: "http://b".into(),
+            direction: "forward".into(),
+            resume_failed: false,
+        };
+        let start = db.begin_execution(&spec).await.unwrap();
+        let head = ManifestHead { digest: Digest::sha256_of(b"x"), media_type: "m".into() };
+        let item = PlanItem {
+            source_repo: "a/b".parse().unwrap(),
+            dest_repo: "a/b".parse().unwrap(),
+            tag: "v1".parse().unwrap(),
+            source: head,
+            dest: None,
+            action: Action::Copy(CopyReason::Missing),
+        };
+        db.record_plan(start.id, &Plan { items: vec![item], problems: Vec::new(), repositories: 1 }).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        let lag = db.replication_lag("p").await.unwrap();
+        assert_eq!(lag.outstanding_tags, 1);
+        assert!(lag.lag_seconds.is_some_and(|s| s > 0.0), "{lag:?}");
+
+        // Reversed: the forward backlog is not this direction's lag.
+        db.set_reversed("p", true).await.unwrap();
+        let lag = db.replication_lag("p").await.unwrap();
+        assert_eq!((lag.lag_seconds, lag.outstanding_tags, lag.direction.as_str()), (None, 0, "reversed"));
+    }
+}
