@@ -8,6 +8,7 @@
 //! wires those steps together for every command.
 
 pub mod daemon;
+pub mod dr;
 pub mod engine;
 pub mod job;
 pub mod policy;

@@ -28,6 +28,9 @@ fn main() -> ExitCode {
             Command::Run(a) => cli::run::run(a).await,
             Command::Daemon(a) => cli::daemon::run(a).await,
             Command::Jobs(c) => cli::jobs::run(c).await,
+            Command::Verify(a) => cli::verify::run(a).await,
+            Command::Failover(a) => cli::failover::run(a, regferry::dr::failover::Switch::Failover).await,
+            Command::Failback(a) => cli::failover::run(a, regferry::dr::failover::Switch::Failback).await,
         }
     });
     // Do not wait for stray background tasks (signal watchers) on the way out.

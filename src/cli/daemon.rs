@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 
 use regferry::daemon::{self, DaemonError, DaemonOptions};
 use regferry::engine::execute::Cancel;
+use regferry::registry::Secret;
 use regferry::state::StateDb;
 
 use super::{CliError, StateArgs, exit, signals};
@@ -38,6 +39,11 @@ pub struct DaemonArgs {
     /// On SIGTERM/SIGINT, in-flight tags get this long to finish before they are aborted.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub grace: Duration,
+
+    /// Shared secret for POST /events/distribution and /events/harbor: requests whose
+    /// Authorization header is not exactly this value get 401 (e.g. "Bearer s3cret").
+    #[arg(long, env = "REGFERRY_EVENTS_TOKEN", hide_env_values = true, value_name = "VALUE")]
+    pub events_token: Option<String>,
 }
 
 pub async fn run(args: DaemonArgs) -> Result<u8, CliError> {
@@ -54,6 +60,7 @@ pub async fn run(args: DaemonArgs) -> Result<u8, CliError> {
         max_parallel: usize::from(args.max_parallel),
         retention: args.retention,
         poll: Duration::from_secs(2),
+        events_token: args.events_token.filter(|t| !t.is_empty()).map(Secret::new),
     };
     match daemon::run(options, state, cancel, hangup).await {
         Ok(()) => Ok(exit::OK),

@@ -6,6 +6,7 @@
 //! are taken from the environment when possible and never echoed.
 
 pub mod daemon;
+pub mod failover;
 pub mod jobs;
 pub mod logging;
 pub mod migrate;
@@ -14,6 +15,7 @@ pub mod policy;
 pub mod progress;
 pub mod run;
 pub mod signals;
+pub mod verify;
 
 use std::path::PathBuf;
 
@@ -135,6 +137,31 @@ SIGTERM/SIGINT: no new tags are started, in-flight tags get --grace to finish, t
     /// Inspect and steer executions: list, show, retry, cancel, prune.
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
+
+    /// Prove that a destination is identical to its source (and, with --deep, pullable).
+    #[command(long_about = "Prove that a destination is identical to its source.\n\n\
+Every in-scope source tag is compared with the destination by digest and media type (one HEAD per \
+tag per side): identical, missing, digest differs, media type differs; destination tags the source \
+does not have are reported as only at destination. With --deep, every child manifest and every \
+blob of every tag is checked at the destination (each distinct blob once): tag lists can agree \
+while pulls fail. With --policies, each policy is verified in its current direction and its \
+replication lag (age of the oldest change not yet replicated) is read from the state database.\n\n\
+Exit 0 only when everything in scope is identical (and pullable with --deep), 1 otherwise, 2 for bad input.")]
+    #[command(after_help = "Examples:\n  \
+regferry verify --from https://registry.example.com --to https://dr.example.com/mirror --deep\n  \
+regferry verify --policies policies/ prod-to-dr --json")]
+    Verify(verify::VerifyArgs),
+
+    /// Fail a policy over to its DR registry (its first destination): sync, then reverse the direction.
+    #[command(long_about = "Fail a policy over to its DR registry (its first destination).\n\n\
+When the primary (the policy's source) still answers, a last pass copies primary → DR first; \
+then the direction is reversed in the state database (the policy file is not edited): `run` and \
+the daemon replicate DR → primary, names mapped back (mirror/team/app → team/app). Nothing is \
+deleted at the new destination unless the policy says `delete: true`.")]
+    Failover(failover::SwitchArgs),
+
+    /// Sync a failed-over policy's changes from DR back to the primary, then restore its direction.
+    Failback(failover::SwitchArgs),
 }
 
 /// Where the state database lives.

@@ -42,6 +42,7 @@ pub fn outcome_json(o: &PassOutcome) -> serde_json::Value {
             "reversed": d.reversed,
             "error": d.error,
             "deferred": d.deferred,
+            "deleted": d.prune.as_ref().map(|p| &p.deleted),
             "report": d.report.as_ref().map(output::report_json),
         })).collect::<Vec<_>>(),
     })
@@ -55,6 +56,17 @@ pub fn outcome_text(o: &PassOutcome) -> String {
             (Some(e), _) => out.push_str(&format!("{title}: failed: {e}\n")),
             (None, Some(r)) => {
                 out.push_str(&output::report_text(r, &title));
+                if let Some(p) = &d.prune {
+                    for t in &p.deleted {
+                        out.push_str(&format!("  deleted       {t} (no longer at the source)\n"));
+                    }
+                    for t in &p.kept {
+                        out.push_str(&format!("  not deleted   {t}\n"));
+                    }
+                    for e in &p.errors {
+                        out.push_str(&format!("  delete failed {e}\n"));
+                    }
+                }
                 if d.deferred > 0 {
                     out.push_str(&format!("  deferred      {} tag(s) that failed before; retry not due yet\n", d.deferred));
                 }

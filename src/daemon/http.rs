@@ -1,4 +1,5 @@
-//! The daemon's HTTP side: liveness, readiness and Prometheus metrics.
+//! The daemon's HTTP side: liveness, readiness, Prometheus metrics and
+//! registry push events.
 //!
 //! Handlers only read shared state and hand work to the scheduler; they
 //! never run a replication themselves and never echo request headers.
@@ -10,7 +11,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use super::Shared;
 
@@ -19,6 +20,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/events/distribution", post(super::events::distribution))
+        .route("/events/harbor", post(super::events::harbor))
         .with_state(shared)
 }
 

@@ -8,6 +8,7 @@
 //! state database every couple of seconds. It never parses CLI flags and
 //! never prints; the binary turns its errors into messages.
 
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod pass;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::execute::Cancel;
 use crate::policy::{self, Policy, PolicySet};
+use crate::registry::Secret;
 use crate::state::StateDb;
 use metrics::Metrics;
 use pass::{PassOutcome, run_pass};
@@ -50,6 +52,8 @@ pub struct DaemonOptions {
     pub retention: Duration,
     /// How often policy files and operator requests are checked.
     pub poll: Duration,
+    /// When set, `/events/*` requests must carry exactly this `Authorization` header value.
+    pub events_token: Option<Secret>,
 }
 
 /// What the HTTP handlers and the policy loops share.
@@ -59,6 +63,9 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// One handle per policy name, kept across reloads.
     handles: Mutex<HashMap<String, Arc<Handle>>>,
+    /// The policies in force (for matching push events).
+    policies: std::sync::RwLock<Arc<PolicySet>>,
+    events_token: Option<Secret>,
     parallel: Semaphore,
 }
 
@@ -94,6 +101,17 @@ impl Handle {
 impl Shared {
     async fn handle(&self, name: &str) -> Arc<Handle> {
         self.handles.lock().await.entry(name.to_string()).or_default().clone()
+    }
+
+    /// The policies in force.
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.policies.read().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    fn set_policies(&self, set: &PolicySet) {
+        if let Ok(mut p) = self.policies.write() {
+            *p = Arc::new(set.clone());
+        }
     }
 
     /// Ask `policy` for a pass soon (a push event, an operator's retry).
@@ -202,6 +220,8 @@ pub async fn run(options: DaemonOptions, state: StateDb, cancel: Cancel, hangup:
         metrics: Arc::new(Metrics::default()),
         ready: AtomicBool::new(false),
         handles: Mutex::new(HashMap::new()),
+        policies: std::sync::RwLock::new(Arc::new(set.clone())),
+        events_token: options.events_token.clone(),
         parallel: Semaphore::new(options.max_parallel.max(1)),
     });
     let server = {
@@ -244,6 +264,7 @@ pub async fn run(options: DaemonOptions, state: StateDb, cancel: Cancel, hangup:
                 Ok(new) => {
                     retire.cancel();
                     set = new;
+                    shared.set_policies(&set);
                     retire = spawn_loops(&shared, &set, &cancel, &mut tasks);
                 }
                 Err(e) => tracing::error!(error = %e, "policies not reloaded; the previous set stays in force"),

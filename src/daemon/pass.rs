@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
+use crate::dr::prune::{PruneReport, prune};
 use crate::engine::execute::Cancel;
 use crate::engine::plan::{Action, Plan, Problem, SkipReason};
 use crate::engine::stats::Stats;
@@ -36,12 +37,17 @@ pub struct DestinationOutcome {
     pub error: Option<String>,
     /// Tags held back because their retry is not due yet.
     pub deferred: usize,
+    /// Deletions mirrored at the destination (policies with `delete: true`).
+    pub prune: Option<PruneReport>,
 }
 
 impl DestinationOutcome {
     /// Everything in scope is replicated (nothing failed, nothing held back).
     pub fn ok(&self) -> bool {
-        self.deferred == 0 && self.error.is_none() && self.report.as_ref().is_some_and(|r| r.failures.is_empty() && r.status.as_str() == "succeeded")
+        self.deferred == 0
+            && self.error.is_none()
+            && self.prune.as_ref().is_none_or(|p| p.errors.is_empty())
+            && self.report.as_ref().is_some_and(|r| r.failures.is_empty() && r.status.as_str() == "succeeded")
     }
 }
 
@@ -83,6 +89,7 @@ pub async fn run_pass(policy: &Policy, state: &StateDb, cancel: &Cancel, metrics
                     report: None,
                     error: Some(e.to_string()),
                     deferred: 0,
+                    prune: None,
                 }],
             };
         }
@@ -113,6 +120,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
         report: None,
         error: None,
         deferred: 0,
+        prune: None,
     };
     let scope_key = spec.scope_key();
     let job = match Job::connect(spec).await {
@@ -158,6 +166,14 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     let outcomes = outcomes_of(&plan, &report);
     if let Err(e) = state.record_outcomes(&scope_key, &outcomes, &delay).await {
         tracing::error!(policy = %policy.name, error = %e, "cannot record retry state");
+    }
+    // Deletions only after a pass that ran to its end.
+    if policy.delete && report.status.as_str() != "canceled" && !cancel.stop.is_cancelled() {
+        let concurrency = policy.concurrency.max(4) * 2;
+        match prune(&job.src, &job.dst, &job.spec.scope, &policy.tags, concurrency).await {
+            Ok(p) => outcome.prune = Some(p),
+            Err(e) => outcome.prune = Some(PruneReport { errors: vec![format!("deletions not mirrored: {e}")], ..PruneReport::default() }),
+        }
     }
     outcome.report = Some(report);
     outcome

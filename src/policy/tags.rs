@@ -65,6 +65,16 @@ impl TagFilter {
     fn by_name(&self, tag: &str) -> bool {
         (self.include.is_empty() || self.include.iter().any(|r| r.is_match(tag))) && !self.exclude.iter().any(|r| r.is_match(tag))
     }
+
+    /// Whether a tag of this name is the policy's business (its name rules,
+    /// the semver range, signature companions when signatures travel). Used
+    /// for tags the source no longer has, so "the newest N" cannot apply.
+    pub fn covers(&self, tag: &str) -> bool {
+        if tag.parse::<Tag>().is_ok_and(|t| t.is_signature_companion()) {
+            return self.signatures;
+        }
+        self.by_name(tag) && version_of(tag).is_none_or(|v| self.semver.as_ref().is_none_or(|r| r.matches(&v)))
+    }
 }
 
 impl TagSelector for TagFilter {

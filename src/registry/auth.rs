@@ -31,6 +31,13 @@ impl Scopes {
         Scopes::none().and_push(repo)
     }
 
+    /// Deleting manifests of `repo` (token servers grant `delete` on its own).
+    pub fn delete(repo: &RepoName) -> Scopes {
+        let mut s = Scopes::none();
+        s.0.insert(format!("repository:{repo}:delete"));
+        s
+    }
+
     pub fn catalog() -> Scopes {
         let mut s = Scopes::none();
         s.0.insert("registry:catalog:*".to_string());

@@ -7,6 +7,7 @@ mod auth;
 mod bad_input;
 mod cli_errors;
 mod crash;
+mod dr;
 mod faults;
 mod memory;
 mod migrate;

@@ -8,7 +8,7 @@ use testkit::{Access, Registry, TestRegistry, free_port};
 
 use crate::support::{Scratch, binary, regferry};
 
-fn write(scratch: &Scratch, dir: &str, name: &str, text: &str) -> String {
+pub fn write(scratch: &Scratch, dir: &str, name: &str, text: &str) -> String {
     let dir = scratch.path(dir);
     std::fs::create_dir_all(&dir).expect("policy dir");
     std::fs::write(dir.join(name), text).expect("policy file");
@@ -16,7 +16,7 @@ fn write(scratch: &Scratch, dir: &str, name: &str, text: &str) -> String {
 }
 
 /// One small image per tag, distinct per `seed`.
-async fn push_tags(reg: &Registry, repo: &str, tags: &[&str], seed: &str) {
+pub async fn push_tags(reg: &Registry, repo: &str, tags: &[&str], seed: &str) {
     for tag in tags {
         let img = image::image(Flavor::Oci, &format!("{seed}-{tag}"), vec![image::layer(Flavor::Oci, &format!("{seed}-{tag}"), 300)]);
         reg.push(repo, tag, &img).await;

@@ -1,0 +1,98 @@
+//! `regferry failover` and `regferry failback`: reverse a policy's
+//! direction after a last sync pass, and restore it after syncing back.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::json;
+
+use regferry::dr::failover::{Switch, SwitchOptions, SwitchReport, switch};
+use regferry::engine::execute::Cancel;
+use regferry::state::StateDb;
+
+use super::run::{outcome_json, outcome_text};
+use super::{CliError, StateArgs, exit, signals};
+
+#[derive(Debug, Args)]
+pub struct SwitchArgs {
+    /// The policy to switch.
+    #[arg(long, value_name = "NAME")]
+    pub policy: String,
+
+    /// Directory of policy files (or one file).
+    #[arg(long, default_value = "policies", value_name = "PATH")]
+    pub policies: PathBuf,
+
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// Say what would happen (reachability, tags the sync pass would copy); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Switch even when the sync pass did not replicate everything (or, for failback, DR does not answer).
+    #[arg(long)]
+    pub force: bool,
+
+    /// Print the outcome as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn report_text(r: &SwitchReport, dry_run: bool) -> String {
+    let what = match r.switch {
+        Switch::Failover => "failover",
+        Switch::Failback => "failback",
+    };
+    let mut out = String::new();
+    if r.already {
+        out.push_str(&format!(
+            "{what} {}: nothing to do, the policy already runs {}\n",
+            r.policy,
+            if r.switch == Switch::Failover { "reversed" } else { "forward" }
+        ));
+        return out;
+    }
+    out.push_str(&format!("{what} {}: sync {} → {}", r.policy, r.from, r.to));
+    out.push_str(if r.from_reachable { "\n" } else { " skipped: the source does not answer\n" });
+    if let Some(sync) = &r.sync {
+        out.push_str(&outcome_text(sync));
+    }
+    if let Some(n) = r.would_copy {
+        out.push_str(&format!("  the sync pass would copy {n} tag(s)\n"));
+    }
+    if let Some(why) = &r.refused {
+        out.push_str(&format!("{what} {}: not switched: {why}\n", r.policy));
+    } else if r.switched {
+        let now = if r.switch == Switch::Failover { format!("{} → {}", r.to, r.from) } else { format!("{} → {}", r.to, r.from) };
+        out.push_str(&format!("{what} {}: done; `run` and the daemon now replicate {now}\n", r.policy));
+    } else if dry_run {
+        out.push_str(&format!("{what} {}: dry run, nothing changed\n", r.policy));
+    }
+    out
+}
+
+pub async fn run(args: SwitchArgs, which: Switch) -> Result<u8, CliError> {
+    let set = super::policy::load(&args.policies)?;
+    let policy = set.select(std::slice::from_ref(&args.policy)).map_err(CliError::usage)?.remove(0);
+    let state = StateDb::open(&args.state.state).await?;
+    let cancel = Cancel::default();
+    signals::watch(cancel.clone(), Duration::from_secs(30));
+    let options = SwitchOptions { dry_run: args.dry_run, force: args.force };
+    let report = switch(&policy, &state, which, options, &cancel).await.map_err(|e| CliError::usage(e.to_string()))?;
+    if args.json {
+        let mut v = serde_json::to_value(&report).unwrap_or_default();
+        v["sync"] = report.sync.as_ref().map(outcome_json).unwrap_or(serde_json::Value::Null);
+        println!("{}", json!(v));
+    } else {
+        print!("{}", report_text(&report, args.dry_run));
+    }
+    Ok(if cancel.stop.is_cancelled() {
+        exit::INTERRUPTED
+    } else if report.refused.is_some() {
+        exit::FAILED
+    } else {
+        exit::OK
+    })
+}

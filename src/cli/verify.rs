@@ -1,0 +1,242 @@
+//! `regferry verify`: prove that a destination holds every in-scope tag at
+//! the same digest and media type (and, with --deep, everything needed to
+//! pull it), for two registries given on the command line or for policies.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use serde_json::json;
+
+use regferry::daemon::pass::jobs_of;
+use regferry::dr::lag::Lag;
+use regferry::dr::verify::{VerifyOptions, VerifyReport, verify};
+use regferry::engine::discover::{AllTags, RepoFilter, Scope};
+use regferry::engine::plan::RepoMapping;
+use regferry::job::{Job, JobError};
+use regferry::registry::{ClientOptions, Endpoint, RegistryClient};
+use regferry::state::StateDb;
+
+use super::{CliError, StateArgs, endpoint, exit};
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Source registry: https://host[:port][/prefix] (https when no scheme), http:// for plain HTTP.
+    #[arg(long, value_name = "URL", requires = "to")]
+    pub from: Option<String>,
+
+    /// Destination registry: https://host[:port][/prefix]; the prefix is prepended to repository names.
+    #[arg(long, value_name = "URL", requires = "from")]
+    pub to: Option<String>,
+
+    /// Source credentials as USER:PASSWORD (default: docker config.json, else anonymous).
+    #[arg(long, env = "REGFERRY_FROM_CREDS", hide_env_values = true, value_name = "USER:PASS")]
+    pub from_creds: Option<String>,
+
+    /// Destination credentials as USER:PASSWORD (default: docker config.json, else anonymous).
+    #[arg(long, env = "REGFERRY_TO_CREDS", hide_env_values = true, value_name = "USER:PASS")]
+    pub to_creds: Option<String>,
+
+    /// Extra PEM CA bundle to trust for the source / the destination.
+    #[arg(long, value_name = "FILE")]
+    pub from_ca: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub to_ca: Option<PathBuf>,
+
+    /// Do not verify the source's / the destination's TLS certificate (dangerous).
+    #[arg(long)]
+    pub from_insecure: bool,
+    #[arg(long, hide = true)]
+    pub to_insecure: bool,
+
+    /// Verify the scope of the policies in this directory (or file) instead of --from/--to,
+    /// in each policy's current direction, with its replication lag from the state database.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["from", "to"])]
+    pub policies: Option<PathBuf>,
+
+    /// Policies to verify (default: all); only with --policies.
+    #[arg(value_name = "NAME", requires = "policies")]
+    pub names: Vec<String>,
+
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// Only repositories matching GLOB (relative to the --from prefix). Repeatable.
+    #[arg(long = "repo", value_name = "GLOB", conflicts_with = "policies")]
+    pub repos: Vec<String>,
+
+    /// Also prove pullability: every child manifest and every blob of every tag exists at
+    /// the destination (each distinct blob checked once).
+    #[arg(long)]
+    pub deep: bool,
+
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
+    pub concurrency: u16,
+
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One comparison: its report, or why it could not run.
+struct Outcome {
+    policy: Option<String>,
+    reversed: bool,
+    source: String,
+    destination: String,
+    result: Result<VerifyReport, String>,
+}
+
+fn short(d: Option<&str>) -> &str {
+    d.unwrap_or("-")
+}
+
+fn text(o: &Outcome) -> String {
+    let mut out = String::new();
+    let title = match &o.policy {
+        Some(p) => format!("{p}{} {} → {}", if o.reversed { " (reversed)" } else { "" }, o.source, o.destination),
+        None => format!("{} → {}", o.source, o.destination),
+    };
+    let r = match &o.result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(out, "verify {title}: failed: {e}");
+            return out;
+        }
+    };
+    let verdict = if r.ok() { "identical" } else { "DIFFERENT" };
+    let _ = writeln!(out, "verify {title}{}: {verdict}", if r.deep { " (deep)" } else { "" });
+    let _ = writeln!(
+        out,
+        "  {} repositories, {} tags: {} identical, {} missing, {} digest differs, {} media type differs, {} only at destination{}, {} errors",
+        r.repositories,
+        r.tags,
+        r.identical,
+        r.missing,
+        r.digest_differs,
+        r.media_type_differs,
+        r.only_at_destination,
+        if r.deep { format!(", {} not pullable", r.not_pullable) } else { String::new() },
+        r.errors
+    );
+    if r.deep {
+        let _ = writeln!(out, "  checked {} manifests and {} blobs at the destination", r.manifests_checked, r.blobs_checked);
+    }
+    for p in &r.problems {
+        let mut detail = Vec::new();
+        match p.kind {
+            regferry::dr::verify::ProblemKind::DigestDiffers => {
+                detail.push(format!("source {}, destination {}", short(p.source_digest.as_deref()), short(p.destination_digest.as_deref())));
+            }
+            regferry::dr::verify::ProblemKind::MediaTypeDiffers => detail.push(format!(
+                "source {}, destination {}",
+                short(p.source_media_type.as_deref()),
+                short(p.destination_media_type.as_deref())
+            )),
+            _ => {}
+        }
+        for m in &p.missing_manifests {
+            detail.push(format!("missing manifest {m}"));
+        }
+        for b in &p.missing_blobs {
+            detail.push(format!("missing blob {b}"));
+        }
+        if let Some(e) = &p.error {
+            detail.push(e.clone());
+        }
+        let detail = if detail.is_empty() { String::new() } else { format!("  ({})", detail.join("; ")) };
+        let _ = writeln!(out, "  {:<20} {}{detail}", p.kind.label(), p.name());
+    }
+    out
+}
+
+fn lag_text(l: &Lag) -> String {
+    let now = regferry::state::now_ms();
+    let ago = |t: i64| humantime::format_duration(std::time::Duration::from_secs(((now - t).max(0) / 1000) as u64)).to_string();
+    match l.lag_seconds {
+        None => format!("lag {} ({}): unknown, no pass recorded in this direction\n", l.policy, l.direction),
+        Some(s) => format!(
+            "lag {} ({}): {} ({} tag(s) outstanding{})\n",
+            l.policy,
+            l.direction,
+            humantime::format_duration(std::time::Duration::from_secs(s as u64)),
+            l.outstanding_tags,
+            l.last_pass_at.map(|t| format!(", last pass {} ago", ago(t))).unwrap_or_default()
+        ),
+    }
+}
+
+async fn run_one(source: &Endpoint, destination: &Endpoint, scope: &Scope, options: &VerifyOptions) -> Result<VerifyReport, String> {
+    let client = ClientOptions::default();
+    let src = RegistryClient::new(source, &client).map_err(|e| format!("source {e}"))?;
+    let dst = RegistryClient::new(destination, &client).map_err(|e| format!("destination {e}"))?;
+    let (a, b) = tokio::join!(src.ping(), dst.ping());
+    a.map_err(|e| format!("source {e}"))?;
+    b.map_err(|e| format!("destination {e}"))?;
+    verify(&src, &dst, scope, options).await.map_err(|e| JobError::from(e).to_string())
+}
+
+pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
+    let concurrency = usize::from(args.concurrency);
+    let mut outcomes = Vec::new();
+    let mut lags = Vec::new();
+    match (&args.from, &args.to, &args.policies) {
+        (Some(from), Some(to), None) => {
+            let source = endpoint(from, args.from_creds.as_deref(), args.from_ca.as_ref(), args.from_insecure, "from")?;
+            let destination = endpoint(to, args.to_creds.as_deref(), args.to_ca.as_ref(), args.to_insecure, "to")?;
+            let repos = RepoFilter::new(&args.repos, &[]).map_err(|e| CliError::usage(format!("--repo: {e}")))?;
+            let mapping = RepoMapping::new(source.url.prefix(), destination.url.prefix());
+            let scope = Scope { mapping, repos, explicit: Vec::new(), tags: Arc::new(AllTags) };
+            let options = VerifyOptions { deep: args.deep, concurrency, covers: None };
+            let result = run_one(&source, &destination, &scope, &options).await;
+            outcomes.push(Outcome { policy: None, reversed: false, source: source.url.to_string(), destination: destination.url.to_string(), result });
+        }
+        (None, None, Some(path)) => {
+            let set = super::policy::load(path)?;
+            let policies = set.select(&args.names).map_err(CliError::usage)?;
+            let state = StateDb::open(&args.state.state).await?;
+            for p in &policies {
+                let options = VerifyOptions { deep: args.deep, concurrency, covers: Some(p.tags.clone()) };
+                for spec in jobs_of(p, &state).await? {
+                    let (source, destination, reversed) = (spec.source.url.to_string(), spec.destination.url.to_string(), spec.reversed);
+                    let result = match Job::connect(spec).await {
+                        Ok(job) => verify(&job.src, &job.dst, &job.spec.scope, &options).await.map_err(|e| JobError::from(e).to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    outcomes.push(Outcome { policy: Some(p.name.clone()), reversed, source, destination, result });
+                }
+                lags.push(state.replication_lag(&p.name).await?);
+            }
+        }
+        _ => return Err(CliError::usage("give either --from URL --to URL, or --policies PATH")),
+    }
+
+    let ok = outcomes.iter().all(|o| o.result.as_ref().is_ok_and(VerifyReport::ok));
+    if args.json {
+        let results: Vec<_> = outcomes
+            .iter()
+            .map(|o| {
+                json!({
+                    "policy": o.policy,
+                    "reversed": o.reversed,
+                    "source": o.source,
+                    "destination": o.destination,
+                    "ok": o.result.as_ref().is_ok_and(VerifyReport::ok),
+                    "error": o.result.as_ref().err(),
+                    "report": o.result.as_ref().ok(),
+                })
+            })
+            .collect();
+        println!("{}", json!({ "ok": ok, "results": results, "lag": lags }));
+    } else {
+        for o in &outcomes {
+            print!("{}", text(o));
+        }
+        for l in &lags {
+            print!("{}", lag_text(l));
+        }
+    }
+    Ok(if ok { exit::OK } else { exit::FAILED })
+}

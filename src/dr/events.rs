@@ -1,0 +1,238 @@
+//! Registry push events: the distribution registry's notification envelope
+//! and Harbor's webhook payload, reduced to "this repository (and tag) of
+//! this registry changed", and matched against the policies whose current
+//! source covers it.
+//!
+//! Pure parsing and matching: no I/O. The daemon turns matches into
+//! (coalesced) pass requests.
+
+use serde::Deserialize;
+
+use crate::policy::Policy;
+use crate::registry::{RegistryUrl, RepoName};
+use crate::registry::manifest::kind_of;
+
+/// One change at a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoEvent {
+    /// `host[:port]` the change was made at, when the payload says.
+    pub host: Option<String>,
+    pub repository: String,
+    pub tag: Option<String>,
+    /// A deletion rather than a push.
+    pub delete: bool,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    events: Vec<DistributionEvent>,
+}
+
+#[derive(Deserialize)]
+struct DistributionEvent {
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    target: Target,
+    #[serde(default)]
+    request: RequestInfo,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Target {
+    #[serde(default)]
+    media_type: String,
+    #[serde(default)]
+    repository: String,
+    #[serde(default)]
+    url: String,
+    tag: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RequestInfo {
+    #[serde(default)]
+    host: String,
+}
+
+/// `host[:port]` of a URL (or of a bare `host/path` as Harbor writes them).
+fn host_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split('/').next()?.rsplit('@').next()?.to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
+/// The changes in a distribution notification envelope that matter for
+/// replication: tagged manifest pushes and deletions. Blob pushes, pulls
+/// and manifest pushes by digest only (the children of an index, pushed
+/// before its tag) are left out.
+pub fn parse_distribution(body: &[u8]) -> Result<Vec<RepoEvent>, String> {
+    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| format!("not a notification envelope: {e}"))?;
+    let mut out = Vec::new();
+    for e in envelope.events {
+        let t = &e.target;
+        if t.repository.is_empty() {
+            continue;
+        }
+        let manifest = t.url.contains("/manifests/") || kind_of(&crate::registry::manifest::normalise_media_type(&t.media_type)).is_some();
+        let tag = t.tag.clone().filter(|t| !t.is_empty());
+        let delete = match e.action.as_str() {
+            "push" if manifest && tag.is_some() => false,
+            "delete" if !t.url.contains("/blobs/") => true,
+            _ => continue,
+        };
+        let host = Some(e.request.host.to_ascii_lowercase()).filter(|h| !h.is_empty()).or_else(|| host_of(&t.url));
+        out.push(RepoEvent { host, repository: t.repository.clone(), tag, delete });
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct HarborPayload {
+    #[serde(rename = "type", default)]
+    kind: String,
+    event_data: Option<HarborData>,
+}
+
+#[derive(Deserialize)]
+struct HarborData {
+    #[serde(default)]
+    resources: Vec<HarborResource>,
+    repository: Option<HarborRepository>,
+}
+
+#[derive(Deserialize)]
+struct HarborResource {
+    tag: Option<String>,
+    resource_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HarborRepository {
+    repo_full_name: Option<String>,
+    name: Option<String>,
+    namespace: Option<String>,
+}
+
+/// The changes in a Harbor webhook payload (`PUSH_ARTIFACT`,
+/// `DELETE_ARTIFACT`); other event types give nothing.
+pub fn parse_harbor(body: &[u8]) -> Result<Vec<RepoEvent>, String> {
+    let p: HarborPayload = serde_json::from_slice(body).map_err(|e| format!("not a Harbor webhook payload: {e}"))?;
+    let delete = match p.kind.as_str() {
+        "PUSH_ARTIFACT" | "pushImage" => false,
+        "DELETE_ARTIFACT" | "deleteImage" => true,
+        _ => return Ok(Vec::new()),
+    };
+    let Some(data) = p.event_data else { return Ok(Vec::new()) };
+    let repository = data.repository.and_then(|r| {
+        r.repo_full_name.or_else(|| match (r.namespace, r.name) {
+            (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
+            (None, Some(n)) => Some(n),
+            _ => None,
+        })
+    });
+    let Some(repository) = repository else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for r in data.resources {
+        let tag = r.tag.filter(|t| !t.is_empty());
+        if tag.is_none() && !delete {
+            continue;
+        }
+        let host = r.resource_url.as_deref().and_then(host_of);
+        out.push(RepoEvent { host, repository: repository.clone(), tag, delete });
+    }
+    Ok(out)
+}
+
+/// Whether `host` names the registry at `url` (`host` and `host:443` are
+/// the same https registry).
+fn same_host(url: &RegistryUrl, host: &str) -> bool {
+    let ours = url.host_port().to_ascii_lowercase();
+    let default = if url.is_plain_http() { ":80" } else { ":443" };
+    let strip = |h: &str| h.strip_suffix(default).map(str::to_string).unwrap_or_else(|| h.to_string());
+    strip(&ours) == strip(&host.to_ascii_lowercase())
+}
+
+/// The repository name relative to the policy's current source prefix when
+/// `event` is in the policy's scope; `None` otherwise. `reversed`: the
+/// policy runs from its first destination back to its source.
+pub fn relative_in_scope(policy: &Policy, reversed: bool, event: &RepoEvent) -> Option<String> {
+    let source = if reversed { policy.destinations.first()?.url() } else { policy.source.url.clone() };
+    if let Some(host) = &event.host {
+        if !same_host(&source, host) {
+            return None;
+        }
+    }
+    let repo: RepoName = event.repository.parse().ok()?;
+    let relative = repo.strip_prefix(source.prefix())?;
+    if !policy.repos.matches(relative.as_str()) {
+        return None;
+    }
+    if !reversed && !policy.source_repositories.is_empty() && !policy.source_repositories.iter().any(|r| r == relative.as_str()) {
+        return None;
+    }
+    if let Some(tag) = &event.tag {
+        if !policy.tags.covers(tag) {
+            return None;
+        }
+    }
+    Some(relative.to_string())
+}
+
+/// Compare two secrets in time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distribution_envelope_keeps_tagged_manifest_pushes_and_deletes() {
+        let body = br#"{"events":[
+          {"action":"push","target":{"mediaType":"application/octet-stream","repository":"team/app","url":"http://r:5000/v2/team/app/blobs/sha256:aa","digest":"sha256:aa"},"request":{"host":"r:5000"}},
+          {"action":"push","target":{"mediaType":"application/vnd.oci.image.manifest.v1+json","repository":"team/app","url":"http://r:5000/v2/team/app/manifests/sha256:bb","digest":"sha256:bb"},"request":{"host":"r:5000"}},
+          {"action":"push","target":{"mediaType":"application/vnd.oci.image.index.v1+json","repository":"team/app","url":"http://r:5000/v2/team/app/manifests/sha256:cc","tag":"v1"},"request":{"host":"R:5000"}},
+          {"action":"pull","target":{"mediaType":"application/vnd.oci.image.index.v1+json","repository":"team/app","tag":"v1"}},
+          {"action":"delete","target":{"repository":"team/old","digest":"sha256:dd"},"request":{"host":"r:5000"}}
+        ]}"#;
+        let events = parse_distribution(body).unwrap();
+        assert_eq!(
+            events,
+            vec![
+                RepoEvent { host: Some("r:5000".into()), repository: "team/app".into(), tag: Some("v1".into()), delete: false },
+                RepoEvent { host: Some("r:5000".into()), repository: "team/old".into(), tag: None, delete: true },
+            ]
+        );
+        assert!(parse_distribution(b"not json").is_err());
+    }
+
+    #[test]
+    fn harbor_push_artifact() {
+        let body = br#"{"type":"PUSH_ARTIFACT","occur_at":1,"operator":"admin","event_data":{
+          "resources":[{"digest":"sha256:aa","tag":"v2","resource_url":"harbor.example.com/library/app:v2"}],
+          "repository":{"name":"app","namespace":"library","repo_full_name":"library/app","repo_type":"private"}}}"#;
+        let events = parse_harbor(body).unwrap();
+        assert_eq!(
+            events,
+            vec![RepoEvent { host: Some("harbor.example.com".into()), repository: "library/app".into(), tag: Some("v2".into()), delete: false }]
+        );
+        assert!(parse_harbor(br#"{"type":"PULL_ARTIFACT","event_data":{}}"#).unwrap().is_empty());
+    }
+
+    #[test]
+    fn hosts_and_secrets() {
+        let u = RegistryUrl::parse("https://reg.example.com/team").unwrap();
+        assert!(same_host(&u, "REG.example.com:443"));
+        assert!(!same_host(&u, "reg.example.com:5000"));
+        assert!(constant_time_eq(b"Bearer x", b"Bearer x"));
+        assert!(!constant_time_eq(b"Bearer x", b"Bearer y"));
+        assert!(!constant_time_eq(b"Bearer", b"Bearer x"));
+    }
+}

@@ -1,0 +1,456 @@
+//! Proving parity: every in-scope source tag resolves at the destination to
+//! the same digest and media type, and (deep) everything it references —
+//! child manifests and blobs — is there to be pulled.
+//!
+//! Only reads. Tag-level comparison reuses the diff (one `HEAD` per tag per
+//! side); the deep check fetches each distinct destination manifest once and
+//! `HEAD`s each distinct (repository, blob) once, with bounded concurrency.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::engine::EngineError;
+use crate::engine::diff::{DiffOptions, diff};
+use crate::engine::discover::{AllTags, Discovered, Scope, discover};
+use crate::engine::plan::{Action, CopyReason};
+use crate::policy::TagFilter;
+use crate::registry::manifest::{self, Kind};
+use crate::registry::{Digest, Reference, RegistryClient, RegistryError, RepoName, Scopes, Tag};
+
+/// How to verify.
+#[derive(Clone)]
+pub struct VerifyOptions {
+    /// Also prove that every child manifest and blob is present at the destination.
+    pub deep: bool,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Which destination-only tags count as "in scope" (a policy's name
+    /// filters); `None`: every tag.
+    pub covers: Option<Arc<TagFilter>>,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions { deep: false, concurrency: 8, covers: None }
+    }
+}
+
+/// What is wrong with one tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    Missing,
+    DigestDiffers,
+    MediaTypeDiffers,
+    OnlyAtDestination,
+    NotPullable,
+    Error,
+}
+
+impl ProblemKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            ProblemKind::Missing => "missing",
+            ProblemKind::DigestDiffers => "digest differs",
+            ProblemKind::MediaTypeDiffers => "media type differs",
+            ProblemKind::OnlyAtDestination => "only at destination",
+            ProblemKind::NotPullable => "not pullable",
+            ProblemKind::Error => "error",
+        }
+    }
+}
+
+/// One tag that is not identical (or not pullable).
+#[derive(Debug, Clone, Serialize)]
+pub struct TagProblem {
+    pub kind: ProblemKind,
+    pub source_repository: Option<String>,
+    pub destination_repository: Option<String>,
+    pub tag: Option<String>,
+    pub source_digest: Option<String>,
+    pub destination_digest: Option<String>,
+    pub source_media_type: Option<String>,
+    pub destination_media_type: Option<String>,
+    /// Deep: manifests referenced by the tag that the destination does not serve.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_manifests: Vec<String>,
+    /// Deep: blobs referenced by the tag that the destination does not serve.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_blobs: Vec<String>,
+    pub error: Option<String>,
+}
+
+impl TagProblem {
+    fn new(kind: ProblemKind) -> TagProblem {
+        TagProblem {
+            kind,
+            source_repository: None,
+            destination_repository: None,
+            tag: None,
+            source_digest: None,
+            destination_digest: None,
+            source_media_type: None,
+            destination_media_type: None,
+            missing_manifests: Vec::new(),
+            missing_blobs: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// `repo:tag` at the destination (or the source when there is none).
+    pub fn name(&self) -> String {
+        let repo = self.destination_repository.as_deref().or(self.source_repository.as_deref()).unwrap_or("?");
+        match &self.tag {
+            Some(t) => format!("{repo}:{t}"),
+            None => repo.to_string(),
+        }
+    }
+}
+
+/// Counts and problems of one verification.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    pub source: String,
+    pub destination: String,
+    pub deep: bool,
+    pub repositories: usize,
+    /// Source tags compared.
+    pub tags: usize,
+    pub identical: usize,
+    pub missing: usize,
+    pub digest_differs: usize,
+    pub media_type_differs: usize,
+    pub only_at_destination: usize,
+    pub not_pullable: usize,
+    pub errors: usize,
+    /// Deep: distinct manifests fetched and distinct (repository, blob) pairs checked.
+    pub manifests_checked: usize,
+    pub blobs_checked: usize,
+    pub problems: Vec<TagProblem>,
+}
+
+impl VerifyReport {
+    /// Everything in scope identical (and pullable, when deep).
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn push(&mut self, p: TagProblem) {
+        match p.kind {
+            ProblemKind::Missing => self.missing += 1,
+            ProblemKind::DigestDiffers => self.digest_differs += 1,
+            ProblemKind::MediaTypeDiffers => self.media_type_differs += 1,
+            ProblemKind::OnlyAtDestination => self.only_at_destination += 1,
+            ProblemKind::NotPullable => self.not_pullable += 1,
+            ProblemKind::Error => self.errors += 1,
+        }
+        self.problems.push(p);
+    }
+}
+
+fn is_not_found(e: &RegistryError) -> bool {
+    e.status() == Some(404) || e.has_code("MANIFEST_UNKNOWN") || e.has_code("NAME_UNKNOWN") || e.has_code("BLOB_UNKNOWN")
+}
+
+/// Whether a destination-only tag is one the scope would replicate.
+fn covered(options: &VerifyOptions, tag: &Tag) -> bool {
+    options.covers.as_ref().is_none_or(|f| f.covers(tag.as_str()))
+}
+
+/// Compare `scope` of `src` with `dst`.
+pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, options: &VerifyOptions) -> Result<VerifyReport, EngineError> {
+    let concurrency = options.concurrency.max(1);
+    let mut report = VerifyReport {
+        source: format!("{}", src.url().with_prefix(&scope.mapping.source_prefix)),
+        destination: format!("{}", dst.url().with_prefix(&scope.mapping.dest_prefix)),
+        deep: options.deep,
+        ..VerifyReport::default()
+    };
+
+    // Every source tag (for "only at destination"), then the scope's selection.
+    let all = Scope { tags: Arc::new(AllTags), ..scope.clone() };
+    let found = discover(src, &all, concurrency).await?;
+    let mut source_tags: HashMap<RepoName, HashSet<Tag>> = HashMap::new();
+    let mut selected = Discovered { repos: Vec::new(), problems: found.problems };
+    for mut r in found.repos {
+        source_tags.insert(r.dest.clone(), r.tags.iter().cloned().collect());
+        r.tags = scope.tags.select(&r.source, r.tags);
+        selected.repos.push(r);
+    }
+    report.repositories = selected.repos.len();
+    let dest_repos: Vec<(RepoName, RepoName)> = selected.repos.iter().map(|r| (r.source.clone(), r.dest.clone())).collect();
+
+    let plan = diff(src, dst, selected, DiffOptions { concurrency, overwrite: true }).await;
+    report.tags = plan.items.len();
+    for p in &plan.problems {
+        let mut t = TagProblem::new(ProblemKind::Error);
+        t.source_repository = Some(p.source_repo.clone());
+        t.destination_repository = p.dest_repo.clone();
+        t.tag = p.tag.clone();
+        t.error = Some(p.error.clone());
+        report.push(t);
+    }
+    let mut present: Vec<(RepoName, Tag, Digest)> = Vec::new();
+    for item in &plan.items {
+        let mut t = TagProblem::new(ProblemKind::Missing);
+        t.source_repository = Some(item.source_repo.to_string());
+        t.destination_repository = Some(item.dest_repo.to_string());
+        t.tag = Some(item.tag.to_string());
+        t.source_digest = Some(item.source.digest.to_string());
+        t.source_media_type = Some(item.source.media_type.clone());
+        if let Some(d) = &item.dest {
+            t.destination_digest = Some(d.digest.to_string());
+            t.destination_media_type = Some(d.media_type.clone());
+            present.push((item.dest_repo.clone(), item.tag.clone(), d.digest.clone()));
+        }
+        match item.action {
+            Action::Copy(CopyReason::Missing) => report.push(t),
+            Action::Copy(CopyReason::DigestDiffers) => report.push(TagProblem { kind: ProblemKind::DigestDiffers, ..t }),
+            Action::Copy(CopyReason::MediaTypeDiffers) => report.push(TagProblem { kind: ProblemKind::MediaTypeDiffers, ..t }),
+            Action::Skip(_) => report.identical += 1,
+        }
+    }
+
+    only_at_destination(dst, scope, options, &dest_repos, &source_tags, &mut report).await;
+
+    if options.deep && !present.is_empty() {
+        let identical: HashSet<(RepoName, Tag)> = plan
+            .items
+            .iter()
+            .filter(|i| matches!(i.action, Action::Skip(_)))
+            .map(|i| (i.dest_repo.clone(), i.tag.clone()))
+            .collect();
+        let deep = deep_check(dst, &present, concurrency).await;
+        report.manifests_checked = deep.manifests;
+        report.blobs_checked = deep.blobs;
+        for (repo, tag, digest) in &present {
+            let Some(missing) = deep.missing.get(&(repo.clone(), digest.clone())) else { continue };
+            if missing.is_empty() {
+                continue;
+            }
+            if !identical.contains(&(repo.clone(), tag.clone())) {
+                // Already reported as differing; add what is missing to that entry.
+                if let Some(p) = report.problems.iter_mut().find(|p| {
+                    p.destination_repository.as_deref() == Some(repo.as_str()) && p.tag.as_deref() == Some(tag.as_str())
+                }) {
+                    missing.fill(p);
+                }
+                continue;
+            }
+            report.identical -= 1;
+            let mut t = TagProblem::new(ProblemKind::NotPullable);
+            t.destination_repository = Some(repo.to_string());
+            t.tag = Some(tag.to_string());
+            t.destination_digest = Some(digest.to_string());
+            missing.fill(&mut t);
+            report.push(t);
+        }
+    }
+    report.problems.sort_by_key(|p| (p.destination_repository.clone(), p.tag.clone()));
+    Ok(report)
+}
+
+/// Destination tags (of repositories in scope) that the source does not have.
+async fn only_at_destination(
+    dst: &RegistryClient,
+    scope: &Scope,
+    options: &VerifyOptions,
+    dest_repos: &[(RepoName, RepoName)],
+    source_tags: &HashMap<RepoName, HashSet<Tag>>,
+    report: &mut VerifyReport,
+) {
+    let mut repos: Vec<(Option<RepoName>, RepoName)> = dest_repos.iter().map(|(s, d)| (Some(s.clone()), d.clone())).collect();
+    // Whole repositories that exist only at the destination (when it has a catalog).
+    if scope.explicit.is_empty() {
+        let back = scope.mapping.reversed();
+        match dst.catalog().await {
+            Ok(names) => {
+                let known: HashSet<&RepoName> = dest_repos.iter().map(|(_, d)| d).collect();
+                for name in names {
+                    let Ok(repo) = name.parse::<RepoName>() else { continue };
+                    let Some(relative) = back.relative(&repo) else { continue };
+                    if !known.contains(&repo) && scope.repos.matches(relative.as_str()) {
+                        repos.push((back.map(&repo), repo));
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(registry = %dst.name(), error = %e, "no destination catalog: repositories only at the destination are not looked for"),
+        }
+    }
+    let empty = HashSet::new();
+    let listings: Vec<_> = futures::stream::iter(repos)
+        .map(|(source, dest)| async move {
+            let tags = dst.tags(&dest).await;
+            (source, dest, tags)
+        })
+        .buffered(options.concurrency.max(1))
+        .collect()
+        .await;
+    for (source, dest, listing) in listings {
+        let tags = match listing {
+            Ok(t) => t,
+            Err(e) if is_not_found(&e) => continue,
+            Err(e) => {
+                let mut t = TagProblem::new(ProblemKind::Error);
+                t.destination_repository = Some(dest.to_string());
+                t.error = Some(format!("cannot list destination tags: {e}"));
+                report.push(t);
+                continue;
+            }
+        };
+        let have = source_tags.get(&dest).unwrap_or(&empty);
+        for tag in tags.iter().filter_map(|t| t.parse::<Tag>().ok()) {
+            if have.contains(&tag) || !covered(options, &tag) {
+                continue;
+            }
+            let mut t = TagProblem::new(ProblemKind::OnlyAtDestination);
+            t.source_repository = source.as_ref().map(ToString::to_string);
+            t.destination_repository = Some(dest.to_string());
+            t.tag = Some(tag.to_string());
+            report.push(t);
+        }
+    }
+}
+
+/// What a manifest tree at the destination lacks.
+#[derive(Debug, Clone, Default)]
+struct Missing {
+    manifests: BTreeSet<String>,
+    blobs: BTreeSet<String>,
+    errors: BTreeSet<String>,
+}
+
+impl Missing {
+    fn is_empty(&self) -> bool {
+        self.manifests.is_empty() && self.blobs.is_empty() && self.errors.is_empty()
+    }
+
+    fn fill(&self, p: &mut TagProblem) {
+        p.missing_manifests = self.manifests.iter().cloned().collect();
+        p.missing_blobs = self.blobs.iter().cloned().collect();
+        if !self.errors.is_empty() {
+            p.error = Some(self.errors.iter().cloned().collect::<Vec<_>>().join("; "));
+        }
+    }
+}
+
+struct Deep {
+    /// (repository, top manifest digest) → what its tree lacks.
+    missing: HashMap<(RepoName, Digest), Missing>,
+    manifests: usize,
+    blobs: usize,
+}
+
+/// One destination manifest as fetched.
+enum Node {
+    Absent,
+    Failed(String),
+    Tree { children: Vec<Digest>, blobs: Vec<Digest> },
+}
+
+/// Walk every manifest tree at the destination once per (repository,
+/// digest), then `HEAD` every distinct (repository, blob) once.
+async fn deep_check(dst: &RegistryClient, roots: &[(RepoName, Tag, Digest)], concurrency: usize) -> Deep {
+    let mut nodes: HashMap<(RepoName, Digest), Node> = HashMap::new();
+    let mut level: Vec<(RepoName, Digest)> = {
+        let set: BTreeSet<(RepoName, String)> = roots.iter().map(|(r, _, d)| (r.clone(), d.to_string())).collect();
+        set.into_iter().filter_map(|(r, d)| d.parse().ok().map(|d| (r, d))).collect()
+    };
+    while !level.is_empty() {
+        let fetched: Vec<((RepoName, Digest), Node)> = futures::stream::iter(level)
+            .map(|(repo, digest)| async move {
+                let node = match dst.get_manifest(&repo, &Reference::Digest(digest.clone()), &Scopes::pull(&repo)).await {
+                    Ok(body) => match manifest::parse(&body.bytes, &body.content_type) {
+                        Ok(p) => Node::Tree {
+                            children: if p.kind == Kind::Index { p.manifests.into_iter().map(|d| d.digest).collect() } else { Vec::new() },
+                            blobs: p.blobs.into_iter().filter(|b| !b.foreign).map(|b| b.digest).collect(),
+                        },
+                        Err(e) => Node::Failed(format!("manifest {digest}: {e}")),
+                    },
+                    Err(e) if is_not_found(&e) => Node::Absent,
+                    Err(e) => Node::Failed(e.to_string()),
+                };
+                ((repo, digest), node)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let mut next = Vec::new();
+        for (key, node) in fetched {
+            if let Node::Tree { children, .. } = &node {
+                for c in children {
+                    let k = (key.0.clone(), c.clone());
+                    if !nodes.contains_key(&k) && !next.contains(&k) {
+                        next.push(k);
+                    }
+                }
+            }
+            nodes.insert(key, node);
+        }
+        next.retain(|k| !nodes.contains_key(k));
+        level = next;
+    }
+
+    let blobs: BTreeSet<(RepoName, String)> = nodes
+        .iter()
+        .flat_map(|((repo, _), node)| match node {
+            Node::Tree { blobs, .. } => blobs.iter().map(|b| (repo.clone(), b.to_string())).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let checked = blobs.len();
+    let blob_state: HashMap<(RepoName, String), Result<bool, String>> = futures::stream::iter(blobs)
+        .map(|(repo, digest)| async move {
+            let state = match digest.parse::<Digest>() {
+                Ok(d) => dst.blob_exists(&repo, &d, &Scopes::pull(&repo)).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            ((repo, digest), state)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+
+    let mut missing = HashMap::new();
+    for (repo, _, digest) in roots {
+        let key = (repo.clone(), digest.clone());
+        if missing.contains_key(&key) {
+            continue;
+        }
+        let mut m = Missing::default();
+        let mut stack = vec![digest.clone()];
+        let mut seen = HashSet::new();
+        while let Some(d) = stack.pop() {
+            if !seen.insert(d.clone()) {
+                continue;
+            }
+            match nodes.get(&(repo.clone(), d.clone())) {
+                Some(Node::Absent) | None => {
+                    m.manifests.insert(d.to_string());
+                }
+                Some(Node::Failed(e)) => {
+                    m.errors.insert(e.clone());
+                }
+                Some(Node::Tree { children, blobs }) => {
+                    stack.extend(children.iter().cloned());
+                    for b in blobs {
+                        match blob_state.get(&(repo.clone(), b.to_string())) {
+                            Some(Ok(true)) => {}
+                            Some(Ok(false)) | None => {
+                                m.blobs.insert(b.to_string());
+                            }
+                            Some(Err(e)) => {
+                                m.errors.insert(format!("blob {b}: {e}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        missing.insert(key, m);
+    }
+    Deep { missing, manifests: nodes.len(), blobs: checked }
+}
