@@ -124,17 +124,33 @@ impl TokenServer {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Sign a token granting `access` entries of (type, name, actions).
+    /// Sign a token granting `access` entries of (type, name, actions), for
+    /// the tests' own client: it lives a few minutes whatever `lifetime` says
+    /// (the knob is for tokens regferry asks for), so checks made after a run
+    /// never stumble over a token of their own that died in flight.
     pub fn mint(&self, access: &[(&str, &str, &str)]) -> String {
-        self.sign(None, access.iter().map(|(t, n, a)| (t.to_string(), n.to_string(), a.to_string())).collect())
+        self.sign_for(None, access.iter().map(|(t, n, a)| (t.to_string(), n.to_string(), a.to_string())).collect(), 300)
     }
 
     fn sign(&self, user: Option<&str>, access: Vec<(String, String, String)>) -> String {
-        let lifetime = self.lifetime.load(Ordering::Relaxed);
+        self.sign_for(user, access, self.lifetime.load(Ordering::Relaxed))
+    }
+
+    fn sign_for(&self, user: Option<&str>, access: Vec<(String, String, String)>, lifetime: u64) -> String {
         let issued_at = now();
         // The registry tolerates 60 s past `exp`; take that back so the
-        // token really dies after `lifetime` seconds.
-        let exp = (issued_at + lifetime).saturating_sub(REGISTRY_LEEWAY_SECS);
+        // token really dies after `lifetime` seconds. `exp` has whole seconds
+        // and the registry compares it with the exact time: rounding to the
+        // nearest second makes a token live `lifetime` ± 0.5 s, never the few
+        // milliseconds truncation gives one issued late in a second (which a
+        // client behind a slow link then sees refused on first use). A
+        // lifetime of 0 stays dead on arrival.
+        let exact = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let exp = if lifetime == 0 {
+            issued_at.saturating_sub(REGISTRY_LEEWAY_SECS + 1)
+        } else {
+            ((exact + lifetime as f64).round() as u64).saturating_sub(REGISTRY_LEEWAY_SECS)
+        };
         let header = json!({ "typ": "JWT", "alg": "ES256", "x5c": [self.x5c] });
         let claims = json!({
             "iss": self.issuer,
