@@ -26,6 +26,9 @@
 #   BENCH_SCALE_SKOPEO=0                    1: also sync the scale set with skopeo (slow)
 #   BENCH_PROFILE=release                   cargo profile the binaries are built with
 #   BENCH_NO_BUILD=1                        use the binaries already built
+#   BENCH_TOOLS="raw regferry skopeo"       which contenders run (for quick iterations)
+#   BENCH_STORAGE=tmpfs                     where the registries keep their data: tmpfs
+#                                           (/dev/shm) or disk ($TMPDIR); see docs/performance.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -63,6 +66,8 @@ SCALE_REPOS=${BENCH_SCALE_REPOS:-100}
 SCALE_TAGS=${BENCH_SCALE_TAGS:-100}
 SCALE_SKOPEO=${BENCH_SCALE_SKOPEO:-0}
 PROFILE=${BENCH_PROFILE:-release}
+TOOLS=" ${BENCH_TOOLS:-raw regferry skopeo} "
+STORAGE=${BENCH_STORAGE:-tmpfs}
 
 scripts/deps.sh --bench
 if [ -z "${BENCH_NO_BUILD:-}" ]; then
@@ -77,6 +82,11 @@ stamp=$(date +%Y%m%d-%H%M%S)
 out="$root/bench/out/$stamp"
 mkdir -p "$out"
 work=$(mktemp -d /tmp/regferry-bench.XXXXXX)
+case "$STORAGE" in
+  tmpfs) storage=$(mktemp -d /dev/shm/regferry-bench.XXXXXX) ;;
+  disk) storage=$(mktemp -d "${TMPDIR:-/tmp}/regferry-bench-storage.XXXXXX") ;;
+  *) echo "BENCH_STORAGE must be tmpfs or disk" >&2; exit 2 ;;
+esac
 serve_pids=()
 
 stop_registries() {
@@ -91,7 +101,7 @@ stop_registries() {
 }
 cleanup() {
   stop_registries
-  rm -rf "$work"
+  rm -rf "$work" "$storage"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -100,7 +110,7 @@ trap 'exit 130' INT TERM
 # and storage are then ${NAME}_url[i], ${NAME}_log[i], ${NAME}_pid[i], ${NAME}_storage[i].
 start_registries() {
   local name=$1 count=$2 file="$work/$1.registries" i
-  "$kit" serve --count "$count" >"$file" 2>"$work/$name.serve.log" &
+  TMPDIR="$storage" "$kit" serve --count "$count" >"$file" 2>"$work/$name.serve.log" &
   serve_pids+=($!)
   for _ in $(seq 300); do grep -q '^READY=1' "$file" 2>/dev/null && break; sleep 0.1; done
   grep -q '^READY=1' "$file" || { cat "$work/$name.serve.log" >&2; echo "registries did not start" >&2; exit 1; }
@@ -179,19 +189,31 @@ run_set() {
   local skopeo_cmd=(skopeo sync --all --preserve-digests --src yaml --dest docker --dest-tls-verify=false "$yaml" "$(hostport "$kurl")/mirror")
   local regferry_cmd=("$regferry" -q migrate --from "$surl" --to "$rurl/mirror" --state "$state" --concurrency "$CONCURRENCY" --json)
 
-  measure "$scenario" "$rep" raw initial "$slog" "$spid" "$alog" "$apid" -- \
-    "$kit" rawcopy --from "$surl" --to "$aurl" --list "$out/$scenario.blobs.tsv" --concurrency "$CONCURRENCY"
-  measure "$scenario" "$rep" regferry initial "$slog" "$spid" "$rlog" "$rpid" -- "${regferry_cmd[@]}"
-  measure "$scenario" "$rep" skopeo initial "$slog" "$spid" "$klog" "$kpid" -- "${skopeo_cmd[@]}"
-  if [ "$noop" = 1 ]; then
+  if [[ $TOOLS == *" raw "* ]]; then
+    measure "$scenario" "$rep" raw initial "$slog" "$spid" "$alog" "$apid" -- \
+      "$kit" rawcopy --from "$surl" --to "$aurl" --list "$out/$scenario.blobs.tsv" --concurrency "$CONCURRENCY"
+  fi
+  if [[ $TOOLS == *" regferry "* ]]; then
+    measure "$scenario" "$rep" regferry initial "$slog" "$spid" "$rlog" "$rpid" -- "${regferry_cmd[@]}"
+  fi
+  if [[ $TOOLS == *" skopeo "* ]]; then
+    measure "$scenario" "$rep" skopeo initial "$slog" "$spid" "$klog" "$kpid" -- "${skopeo_cmd[@]}"
+  fi
+  if [ "$noop" = 1 ] && [[ $TOOLS == *" regferry "* ]]; then
     measure "$scenario" "$rep" regferry noop "$slog" "$spid" "$rlog" "$rpid" -- "${regferry_cmd[@]}"
+  fi
+  if [ "$noop" = 1 ] && [[ $TOOLS == *" skopeo "* ]]; then
     measure "$scenario" "$rep" skopeo noop "$slog" "$spid" "$klog" "$kpid" -- "${skopeo_cmd[@]}"
   fi
   # Untimed: prove each copy complete (every tag, same digest and media type).
-  "$kit" compare --from "$surl" --to "$rurl" --dest-prefix mirror >"$out/$scenario-$rep-regferry.compare" 2>&1 \
-    || { echo "regferry's copy differs from the source:" >&2; cat "$out/$scenario-$rep-regferry.compare" >&2; }
-  "$kit" compare --from "$surl" --to "$kurl" --dest-prefix mirror --basename >"$out/$scenario-$rep-skopeo.compare" 2>&1 \
-    || { echo "skopeo's copy differs from the source:" >&2; cat "$out/$scenario-$rep-skopeo.compare" >&2; }
+  if [[ $TOOLS == *" regferry "* ]]; then
+    "$kit" compare --from "$surl" --to "$rurl" --dest-prefix mirror >"$out/$scenario-$rep-regferry.compare" 2>&1 \
+      || { echo "regferry's copy differs from the source:" >&2; cat "$out/$scenario-$rep-regferry.compare" >&2; }
+  fi
+  if [[ $TOOLS == *" skopeo "* ]]; then
+    "$kit" compare --from "$surl" --to "$kurl" --dest-prefix mirror --basename >"$out/$scenario-$rep-skopeo.compare" 2>&1 \
+      || { echo "skopeo's copy differs from the source:" >&2; cat "$out/$scenario-$rep-skopeo.compare" >&2; }
+  fi
 }
 
 params="$out/params.env"
@@ -205,6 +227,7 @@ params="$out/params.env"
   echo "registry_version=$(/usr/bin/docker-registry --version 2>/dev/null | head -n 1)"
   echo "profile=$PROFILE"
   echo "concurrency=$CONCURRENCY"
+  echo "storage=$STORAGE ($(df --output=fstype "$storage" | tail -n 1 | tr -d ' ') at $storage)"
   echo "repeat=$REPEAT"
   echo "commit=$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo '+dirty')"
 } >"$params"
