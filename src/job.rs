@@ -148,8 +148,10 @@ impl Job {
 
         let ends = {
             let streams = self.spec.execute.concurrency.max(1);
-            let blobs = BlobMover::new(self.src.clone(), self.dst.clone(), hints, stats.clone(), sink.clone(), streams);
-            let copier = Copier::new(self.src.clone(), self.dst.clone(), blobs, stats.clone(), 4);
+            let new_repos = Arc::new(plan.new_repos.clone());
+            let blobs = BlobMover::new(self.src.clone(), self.dst.clone(), hints, stats.clone(), sink.clone(), streams)
+                .with_new_repos(new_repos.clone());
+            let copier = Copier::new(self.src.clone(), self.dst.clone(), blobs, stats.clone(), 4).with_new_repos(new_repos);
             execute(&copier, plan, &self.spec.execute, stats, &sink, cancel).await
         };
         drop(sink);

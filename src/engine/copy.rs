@@ -6,7 +6,8 @@
 //! confirmed present at the destination. A tag therefore never points at
 //! missing content, whatever fails in between.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -16,7 +17,7 @@ use super::blobs::BlobMover;
 use super::plan::PlanItem;
 use super::stats::Stats;
 use crate::registry::manifest::{self, Descriptor, Kind, Parsed};
-use crate::registry::{Reference, RegistryClient, RegistryError, RepoName, Scopes};
+use crate::registry::{Digest, Reference, RegistryClient, RegistryError, RepoName, Scopes};
 
 /// Deeper indexes than this are refused (real ones nest once, rarely twice).
 const MAX_DEPTH: usize = 4;
@@ -29,11 +30,29 @@ pub struct Copier {
     stats: Arc<Stats>,
     /// Blobs / child manifests of one manifest handled at once.
     fan_out: usize,
+    /// Destination repositories that did not exist when the run was planned.
+    new_repos: Arc<HashSet<RepoName>>,
+    /// Child manifests by destination repository: `true` once this run made
+    /// sure the child is there. The lock makes tags that share a child (two
+    /// tags of one index) wait for each other instead of both pushing it.
+    children: Mutex<HashMap<(RepoName, Digest), Arc<tokio::sync::Mutex<bool>>>>,
 }
 
 impl Copier {
     pub fn new(src: Arc<RegistryClient>, dst: Arc<RegistryClient>, blobs: BlobMover, stats: Arc<Stats>, fan_out: usize) -> Copier {
-        Copier { src, dst, blobs, stats, fan_out: fan_out.max(1) }
+        Copier { src, dst, blobs, stats, fan_out: fan_out.max(1), new_repos: Arc::default(), children: Mutex::default() }
+    }
+
+    /// See [`BlobMover::with_new_repos`]: in these repositories a child
+    /// manifest this run did not push is known to be missing.
+    pub fn with_new_repos(mut self, repos: Arc<HashSet<RepoName>>) -> Copier {
+        self.new_repos = repos;
+        self
+    }
+
+    fn child_slot(&self, repo: &RepoName, digest: &Digest) -> Arc<tokio::sync::Mutex<bool>> {
+        let mut map = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((repo.clone(), digest.clone())).or_default().clone()
     }
 
     fn manifest_error(&self, repo: &RepoName, reference: &Reference, source: manifest::ManifestError) -> RegistryError {
@@ -115,15 +134,25 @@ impl Copier {
                 message: format!("{src_repo}@{}: indexes nested deeper than {MAX_DEPTH}", desc.digest),
             });
         }
+        // (Digests cannot form cycles, so waiting on a child's lock while
+        // holding its parent's cannot deadlock.)
+        let slot = self.child_slot(dst_repo, &desc.digest);
+        let mut done = slot.lock().await;
+        if *done {
+            return Ok(());
+        }
         // Present at the destination means its references are too: the
         // destination accepted it, and we only ever push complete trees.
-        if self.dst.head_manifest(dst_repo, &reference, &Scopes::push(dst_repo)).await?.is_some() {
+        // A repository that did not exist holds only what this run pushed.
+        if !self.new_repos.contains(dst_repo) && self.dst.head_manifest(dst_repo, &reference, &Scopes::push(dst_repo)).await?.is_some() {
+            *done = true;
             return Ok(());
         }
         let (bytes, parsed) = self.fetch(src_repo, &reference, desc.media_type.as_deref()).await?;
         self.copy_references(src_repo, dst_repo, &parsed, depth).await?;
         self.dst.put_manifest(dst_repo, &reference, bytes, &parsed.media_type).await?;
         Stats::add(&self.stats.manifests_pushed, 1);
+        *done = true;
         Ok(())
     }
 }

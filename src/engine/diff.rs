@@ -2,8 +2,13 @@
 //! whether a tag is copied, and why.
 //!
 //! Never pulls a manifest body for an unchanged tag and never looks at
-//! blobs: steady state must cost listings plus two `HEAD`s per tag.
+//! blobs: steady state must cost listings plus two `HEAD`s per tag. The
+//! destination's tag list of each repository is read first: a tag it does
+//! not list is missing without a `HEAD`, and a repository it does not know
+//! at all is recorded in [`Plan::new_repos`], so the copy can skip asking
+//! that repository for blobs and manifests only this run can have put there.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -44,14 +49,56 @@ fn decide(source: &ManifestHead, dest: Option<&ManifestHead>, overwrite: bool) -
     if overwrite { Action::Copy(reason) } else { Action::Skip(SkipReason::OverwriteForbidden) }
 }
 
+/// What the destination's tag list says about one repository.
+enum DestTags {
+    /// The repository does not exist there (`404`).
+    Absent,
+    /// The tags it has.
+    Listed(HashSet<String>),
+    /// No usable answer (no permission to list, an odd registry): `HEAD` every tag.
+    Unknown,
+}
+
+impl DestTags {
+    /// False when the tag is certainly not at the destination.
+    fn may_have(&self, tag: &Tag) -> bool {
+        match self {
+            DestTags::Absent => false,
+            DestTags::Listed(tags) => tags.contains(tag.as_str()),
+            DestTags::Unknown => true,
+        }
+    }
+}
+
+async fn dest_tags(dst: &RegistryClient, repo: &RepoName) -> DestTags {
+    match dst.tags(repo).await {
+        Ok(tags) => DestTags::Listed(tags.into_iter().collect()),
+        Err(e) if e.status() == Some(404) || e.has_code("NAME_UNKNOWN") => DestTags::Absent,
+        Err(e) => {
+            tracing::debug!(registry = %dst.name(), repository = %repo, error = %e, "cannot list destination tags; checking each tag");
+            DestTags::Unknown
+        }
+    }
+}
+
 /// Compare every discovered tag between `src` and `dst`.
 pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discovered, options: DiffOptions) -> Plan {
     let repositories = discovered.repos.len();
+    let concurrency = options.concurrency.max(1);
+    // One listing per destination repository that has tags to compare.
+    let dest_listings: HashMap<RepoName, DestTags> = futures::stream::iter(discovered.repos.iter().filter(|r| !r.tags.is_empty()))
+        .map(|r| async move { (r.dest.clone(), dest_tags(dst, &r.dest).await) })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let new_repos: HashSet<RepoName> =
+        dest_listings.iter().filter(|(_, l)| matches!(l, DestTags::Absent)).map(|(r, _)| r.clone()).collect();
     let pairs = discovered
         .repos
         .into_iter()
         .flat_map(|r| r.tags.into_iter().map(move |t| (r.source.clone(), r.dest.clone(), t)));
 
+    let dest_listings = &dest_listings;
     let results: Vec<Result<PlanItem, Problem>> = futures::stream::iter(pairs)
         .map(|(source_repo, dest_repo, tag)| async move {
             let problem = |error: String| Problem {
@@ -65,18 +112,22 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
                 Ok(None) => return Err(problem(format!("tag {source_repo}:{tag} was listed but its manifest is unknown at {}", src.name()))),
                 Err(e) => return Err(problem(e.to_string())),
             };
-            let dest = dst
-                .head_manifest(&dest_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&dest_repo))
-                .await
-                .map_err(|e| problem(e.to_string()))?;
+            let at_destination = dest_listings.get(&dest_repo).is_none_or(|l| l.may_have(&tag));
+            let dest = if at_destination {
+                dst.head_manifest(&dest_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&dest_repo))
+                    .await
+                    .map_err(|e| problem(e.to_string()))?
+            } else {
+                None
+            };
             let action = decide(&source, dest.as_ref(), options.overwrite);
             Ok(PlanItem { source_repo, dest_repo, tag, source, dest, action })
         })
-        .buffer_unordered(options.concurrency.max(1))
+        .buffer_unordered(concurrency)
         .collect()
         .await;
 
-    let mut plan = Plan { repositories, problems: discovered.problems, ..Plan::default() };
+    let mut plan = Plan { repositories, problems: discovered.problems, new_repos, ..Plan::default() };
     for r in results {
         match r {
             Ok(item) => plan.items.push(item),

@@ -108,6 +108,10 @@ pub struct Plan {
     pub problems: Vec<Problem>,
     /// Repositories in scope.
     pub repositories: usize,
+    /// Destination repositories that did not exist when planned: whatever
+    /// they hold was put there by this run, so the copy need not ask them
+    /// for blobs or manifests it has not put there itself.
+    pub new_repos: std::collections::HashSet<RepoName>,
 }
 
 impl Plan {
