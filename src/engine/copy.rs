@@ -80,7 +80,14 @@ impl Copier {
     /// to the source digest.
     pub async fn copy_tag(&self, item: &PlanItem) -> Result<(), RegistryError> {
         let reference = Reference::Digest(item.source.digest.clone());
-        let (bytes, parsed) = self.fetch(&item.source_repo, &reference, Some(&item.source.media_type)).await?;
+        let (bytes, parsed) = match &item.source_body {
+            Some(bytes) => {
+                let parsed = manifest::parse(bytes, &item.source.media_type)
+                    .map_err(|e| self.manifest_error(&item.source_repo, &reference, e))?;
+                (bytes.clone(), parsed)
+            }
+            None => self.fetch(&item.source_repo, &reference, Some(&item.source.media_type)).await?,
+        };
         self.copy_references(&item.source_repo, &item.dest_repo, &parsed, 0).await?;
         let pushed = self
             .dst

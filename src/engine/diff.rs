@@ -7,6 +7,8 @@
 //! not list is missing without a `HEAD`, and a repository it does not know
 //! at all is recorded in [`Plan::new_repos`], so the copy can skip asking
 //! that repository for blobs and manifests only this run can have put there.
+//! For a tag the destination certainly lacks, the source manifest is fetched
+//! with `GET` instead of `HEAD` and kept for the copy (within a memory budget).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -15,7 +17,10 @@ use futures::StreamExt;
 
 use super::discover::Discovered;
 use super::plan::{Action, CopyReason, Plan, PlanItem, Problem, SkipReason};
-use crate::registry::{ManifestHead, Reference, RegistryClient, RegistryError, RepoName, Scopes, Tag};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::registry::manifest;
+use crate::registry::{ManifestBody, ManifestHead, Reference, RegistryClient, RegistryError, RepoName, Scopes, Tag};
 
 /// How to compare.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +43,37 @@ async fn head_source(src: &RegistryClient, repo: &RepoName, tag: &Tag) -> Result
     }
     src.head_manifest(repo, &reference, &scopes).await
 }
+
+/// Like [`head_source`], but with the body: for a tag the destination
+/// certainly lacks, whose manifest the copy needs anyway.
+async fn get_source(src: &RegistryClient, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestBody>, RegistryError> {
+    let reference = Reference::Tag(tag.clone());
+    let scopes = Scopes::pull(repo);
+    let unknown = |e: &RegistryError| e.status() == Some(404) || e.has_code("MANIFEST_UNKNOWN");
+    for pause in [Duration::from_millis(300), Duration::from_secs(1)] {
+        match src.get_manifest(repo, &reference, &scopes).await {
+            Ok(body) => return Ok(Some(body)),
+            Err(e) if unknown(&e) => tokio::time::sleep(pause).await,
+            Err(e) => return Err(e),
+        }
+    }
+    match src.get_manifest(repo, &reference, &scopes).await {
+        Ok(body) => Ok(Some(body)),
+        Err(e) if unknown(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What a `HEAD` would have said about a fetched manifest.
+fn head_of(body: &ManifestBody) -> ManifestHead {
+    let media_type = manifest::parse(&body.bytes, &body.content_type).map(|p| p.media_type).unwrap_or_else(|_| body.content_type.clone());
+    ManifestHead { digest: body.digest.clone(), media_type }
+}
+
+/// Manifest bodies a plan keeps for the copy, in bytes at most (beyond
+/// that the copy fetches them again): a bound on the memory a large first
+/// copy spends to save one request per tag.
+const KEPT_BODIES_BUDGET: usize = 8 * 1024 * 1024;
 
 fn decide(source: &ManifestHead, dest: Option<&ManifestHead>, overwrite: bool) -> Action {
     let reason = match dest {
@@ -99,6 +135,7 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
         .flat_map(|r| r.tags.into_iter().map(move |t| (r.source.clone(), r.dest.clone(), t)));
 
     let dest_listings = &dest_listings;
+    let budget = &AtomicUsize::new(KEPT_BODIES_BUDGET);
     let results: Vec<Result<PlanItem, Problem>> = futures::stream::iter(pairs)
         .map(|(source_repo, dest_repo, tag)| async move {
             let problem = |error: String| Problem {
@@ -107,12 +144,27 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
                 tag: Some(tag.to_string()),
                 error,
             };
-            let source = match head_source(src, &source_repo, &tag).await {
-                Ok(Some(h)) => h,
-                Ok(None) => return Err(problem(format!("tag {source_repo}:{tag} was listed but its manifest is unknown at {}", src.name()))),
-                Err(e) => return Err(problem(e.to_string())),
-            };
+            let unknown = || problem(format!("tag {source_repo}:{tag} was listed but its manifest is unknown at {}", src.name()));
             let at_destination = dest_listings.get(&dest_repo).is_none_or(|l| l.may_have(&tag));
+            let (source, source_body) = if at_destination {
+                match head_source(src, &source_repo, &tag).await {
+                    Ok(Some(h)) => (h, None),
+                    Ok(None) => return Err(unknown()),
+                    Err(e) => return Err(problem(e.to_string())),
+                }
+            } else {
+                // Certainly missing at the destination: the copy will need
+                // the body, so fetch it now instead of a HEAD now and a GET later.
+                match get_source(src, &source_repo, &tag).await {
+                    Ok(Some(body)) => {
+                        let len = body.bytes.len();
+                        let kept = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(len)).is_ok();
+                        (head_of(&body), kept.then_some(body.bytes))
+                    }
+                    Ok(None) => return Err(unknown()),
+                    Err(e) => return Err(problem(e.to_string())),
+                }
+            };
             let dest = if at_destination {
                 dst.head_manifest(&dest_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&dest_repo))
                     .await
@@ -121,7 +173,7 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
                 None
             };
             let action = decide(&source, dest.as_ref(), options.overwrite);
-            Ok(PlanItem { source_repo, dest_repo, tag, source, dest, action })
+            Ok(PlanItem { source_repo, dest_repo, tag, source, source_body, dest, action })
         })
         .buffer_unordered(concurrency)
         .collect()

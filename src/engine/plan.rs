@@ -86,6 +86,8 @@ pub struct PlanItem {
     pub tag: Tag,
     /// Digest and media type at the source when planned.
     pub source: ManifestHead,
+    /// The source manifest's exact bytes, when planning already fetched them.
+    pub source_body: Option<bytes::Bytes>,
     /// Digest and media type at the destination, if the tag exists there.
     pub dest: Option<ManifestHead>,
     pub action: Action,
