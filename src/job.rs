@@ -140,8 +140,9 @@ impl Job {
                 execution = Some(start.id);
                 resumed = start.resumed;
                 let ids = db.record_plan(start.id, plan).await?;
+                let hints = db.hints(&registry_key).await;
                 let (sink, recorder) = Recorder::spawn(db.clone(), ids, registry_key.clone());
-                (sink, Some(recorder), Some(Arc::new(db.hints(&registry_key))))
+                (sink, Some(recorder), Some(Arc::new(hints)))
             }
             None => (EventSink::discard(), None, None),
         };
