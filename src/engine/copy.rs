@@ -84,7 +84,7 @@ impl Copier {
             Some(bytes) => {
                 let parsed = manifest::parse(bytes, &item.source.media_type)
                     .map_err(|e| self.manifest_error(&item.source_repo, &reference, e))?;
-                (bytes.clone(), parsed)
+                (bytes.as_ref().clone(), parsed)
             }
             None => self.fetch(&item.source_repo, &reference, Some(&item.source.media_type)).await?,
         };

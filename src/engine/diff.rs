@@ -11,14 +11,13 @@
 //! with `GET` instead of `HEAD` and kept for the copy (within a memory budget).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
 
 use super::discover::Discovered;
 use super::plan::{Action, CopyReason, Plan, PlanItem, Problem, SkipReason};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use crate::registry::manifest;
 use crate::registry::{ManifestBody, ManifestHead, Reference, RegistryClient, RegistryError, RepoName, Scopes, Tag};
 
@@ -120,6 +119,7 @@ async fn dest_tags(dst: &RegistryClient, repo: &RepoName) -> DestTags {
 /// Compare every discovered tag between `src` and `dst`.
 pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discovered, options: DiffOptions) -> Plan {
     let repositories = discovered.repos.len();
+    let tags: usize = discovered.repos.iter().map(|r| r.tags.len()).sum();
     let concurrency = options.concurrency.max(1);
     // One listing per destination repository that has tags to compare.
     let dest_listings: HashMap<RepoName, DestTags> = futures::stream::iter(discovered.repos.iter().filter(|r| !r.tags.is_empty()))
@@ -136,7 +136,11 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
 
     let dest_listings = &dest_listings;
     let budget = &AtomicUsize::new(KEPT_BODIES_BUDGET);
-    let results: Vec<Result<PlanItem, Problem>> = futures::stream::iter(pairs)
+    let mut plan = Plan { repositories, problems: discovered.problems, new_repos, ..Plan::default() };
+    // Straight into the plan (no intermediate Vec of results): what a plan
+    // item costs is what a no-op pass over many tags holds in memory.
+    plan.items.reserve_exact(tags);
+    let plan = futures::stream::iter(pairs)
         .map(|(source_repo, dest_repo, tag)| async move {
             let problem = |error: String| Problem {
                 source_repo: source_repo.to_string(),
@@ -159,7 +163,7 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
                     Ok(Some(body)) => {
                         let len = body.bytes.len();
                         let kept = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(len)).is_ok();
-                        (head_of(&body), kept.then_some(body.bytes))
+                        (head_of(&body), kept.then(|| Box::new(body.bytes)))
                     }
                     Ok(None) => return Err(unknown()),
                     Err(e) => return Err(problem(e.to_string())),
@@ -173,21 +177,23 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
                 None
             };
             let action = decide(&source, dest.as_ref(), options.overwrite);
+            // Identical to the source: not worth a second copy in memory.
+            let dest = if action == Action::Skip(SkipReason::UpToDate) { None } else { dest.map(Box::new) };
             Ok(PlanItem { source_repo, dest_repo, tag, source, source_body, dest, action })
         })
         .buffer_unordered(concurrency)
-        .collect()
+        .fold(plan, |mut plan, r| async move {
+            match r {
+                Ok(item) => plan.items.push(item),
+                Err(p) => plan.problems.push(p),
+            }
+            plan
+        })
         .await;
-
-    let mut plan = Plan { repositories, problems: discovered.problems, new_repos, ..Plan::default() };
-    for r in results {
-        match r {
-            Ok(item) => plan.items.push(item),
-            Err(p) => plan.problems.push(p),
-        }
-    }
-    // Stable order: by repository, images before their signature companions.
-    plan.items.sort_by(|a, b| {
+    let mut plan = plan;
+    // Order: by repository, images before their signature companions (the
+    // keys are unique, so an unstable sort, which needs no buffer, is exact).
+    plan.items.sort_unstable_by(|a, b| {
         (&a.source_repo, a.tag.is_signature_companion(), &a.tag).cmp(&(&b.source_repo, b.tag.is_signature_companion(), &b.tag))
     });
     plan
