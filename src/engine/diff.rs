@@ -122,8 +122,14 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
     let tags: usize = discovered.repos.iter().map(|r| r.tags.len()).sum();
     let concurrency = options.concurrency.max(1);
     // One listing per destination repository that has tags to compare.
-    let dest_listings: HashMap<RepoName, DestTags> = futures::stream::iter(discovered.repos.iter().filter(|r| !r.tags.is_empty()))
-        .map(|r| async move { (r.dest.clone(), dest_tags(dst, &r.dest).await) })
+    // (Owned names, not a filtered iterator of references: a closure taking
+    // a reference inside the stream makes the future unprovably Send.)
+    let to_list: Vec<RepoName> = discovered.repos.iter().filter(|r| !r.tags.is_empty()).map(|r| r.dest.clone()).collect();
+    let dest_listings: HashMap<RepoName, DestTags> = futures::stream::iter(to_list)
+        .map(|repo| async move {
+            let listing = dest_tags(dst, &repo).await;
+            (repo, listing)
+        })
         .buffer_unordered(concurrency)
         .collect()
         .await;
