@@ -20,7 +20,7 @@
 #   BENCH_REPO_SIZE=2097152 BENCH_TAG_SIZE=524288 per-repository / per-tag layer bytes
 #   BENCH_MULTI_ARCH_EVERY=3                every n-th tag is a 2-platform index
 #   BENCH_CONCURRENCY=8                     regferry --concurrency and raw copy streams
-#   BENCH_REPEAT=1                          repetitions of the main scenario (medians reported)
+#   BENCH_REPEAT=3                          repetitions of the main scenario (medians reported)
 #   BENCH_BIG_SIZE=1073741824               the big layer
 #   BENCH_SCALE_REPOS=100 BENCH_SCALE_TAGS=100    the scale scenario's data set
 #   BENCH_SCALE_SKOPEO=0                    1: also sync the scale set with skopeo (slow)
@@ -50,7 +50,7 @@ done
 
 if [ "$quick" = 1 ]; then
   : "${BENCH_REPOS:=4}" "${BENCH_TAGS:=3}" "${BENCH_BASE_SIZE:=262144}" "${BENCH_REPO_SIZE:=131072}" "${BENCH_TAG_SIZE:=32768}"
-  : "${BENCH_BIG_SIZE:=134217728}" "${BENCH_SCALE_REPOS:=10}" "${BENCH_SCALE_TAGS:=100}"
+  : "${BENCH_BIG_SIZE:=134217728}" "${BENCH_SCALE_REPOS:=10}" "${BENCH_SCALE_TAGS:=100}" "${BENCH_REPEAT:=1}"
 fi
 REPOS=${BENCH_REPOS:-20}
 TAGS=${BENCH_TAGS:-10}
@@ -60,7 +60,7 @@ REPO_SIZE=${BENCH_REPO_SIZE:-2097152}
 TAG_SIZE=${BENCH_TAG_SIZE:-524288}
 MULTI_ARCH_EVERY=${BENCH_MULTI_ARCH_EVERY:-3}
 CONCURRENCY=${BENCH_CONCURRENCY:-8}
-REPEAT=${BENCH_REPEAT:-1}
+REPEAT=${BENCH_REPEAT:-3}
 BIG_SIZE=${BENCH_BIG_SIZE:-1073741824}
 SCALE_REPOS=${BENCH_SCALE_REPOS:-100}
 SCALE_TAGS=${BENCH_SCALE_TAGS:-100}

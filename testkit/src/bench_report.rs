@@ -229,7 +229,7 @@ pub fn report(dir: &Path) -> String {
         let _ = writeln!(
             out,
             "main data set: {} repositories × {} tags, {} shared base layers of {:.1} MiB, a {:.2} MiB layer per repository, \
-             a {:.2} MiB layer per tag (per platform), every {}th tag a 2-platform index, the first tag of each repository signed; \
+             a {:.2} MiB layer per tag (per platform), one tag in {} a 2-platform index, the first tag of each repository signed; \
              {} ({} distinct blobs, {:.1} MiB)",
             p("main_repos"),
             p("main_tags_per_repo"),
