@@ -125,11 +125,12 @@ impl Job {
         Stats::add(&stats.tags_total, (plan.items.len() + plan.problems.len()) as u64);
         Stats::add(&stats.tags_skipped, skipped as u64);
         Stats::add(&stats.tags_failed, plan.problems.len() as u64);
+        Stats::add(&stats.digest_mismatches, plan.digest_mismatches);
 
         // A policy pass that finds nothing to do does not pile up executions:
         // the last successful one is marked as checked again.
-        if let (Some(db), "policy", 0, true) = (state, self.spec.kind.as_str(), plan.count_copy(), plan.problems.is_empty()) {
-            if let Some(id) = db.touch_if_succeeded(&self.spec.scope_key()).await? {
+        if let (Some(db), "policy", 0, true) = (state, self.spec.kind.as_str(), plan.count_copy(), plan.problems.is_empty())
+            && let Some(id) = db.touch_if_succeeded(&self.spec.scope_key()).await? {
                 return Ok(Report {
                     execution: Some(id),
                     resumed: false,
@@ -141,7 +142,6 @@ impl Job {
                     destination_requests: self.dst.request_count(),
                 });
             }
-        }
 
         let registry_key = self.dst.name().to_string();
         let mut execution = None;
@@ -161,8 +161,9 @@ impl Job {
                 execution = Some(start.id);
                 resumed = start.resumed;
                 let ids = db.record_plan(start.id, plan).await?;
+                let hints = db.hints(&registry_key).await;
                 let (sink, recorder) = Recorder::spawn(db.clone(), ids, registry_key.clone());
-                (sink, Some(recorder), Some(Arc::new(db.hints(&registry_key))))
+                (sink, Some(recorder), Some(Arc::new(hints)))
             }
             None => (EventSink::discard(), None, None),
         };
@@ -174,8 +175,10 @@ impl Job {
         };
         let ends = {
             let streams = self.spec.execute.concurrency.max(1);
-            let blobs = BlobMover::new(self.src.clone(), self.dst.clone(), hints, stats.clone(), sink.clone(), streams);
-            let copier = Copier::new(self.src.clone(), self.dst.clone(), blobs, stats.clone(), 4);
+            let new_repos = Arc::new(plan.new_repos.clone());
+            let blobs = BlobMover::new(self.src.clone(), self.dst.clone(), hints, stats.clone(), sink.clone(), streams)
+                .with_new_repos(new_repos.clone());
+            let copier = Copier::new(self.src.clone(), self.dst.clone(), blobs, stats.clone(), 4).with_new_repos(new_repos);
             execute(&copier, plan, &self.spec.execute, stats, &sink, cancel).await
         };
         if let Some(w) = watcher {

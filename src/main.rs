@@ -13,7 +13,11 @@ use cli::{Cli, Command};
 fn main() -> ExitCode {
     let args = Cli::parse();
     cli::logging::init(args.verbose, args.quiet, args.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One thread runs everything (SQLite keeps its own): regferry waits on
+    // registries far more than it computes, and on the 2-core benchmark
+    // machine a multi-threaded runtime spent about a third more CPU on
+    // waking threads than this one, CPU the registries themselves need.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("regferry: cannot start the async runtime: {e}");

@@ -65,8 +65,8 @@ fn report_text(r: &SwitchReport, dry_run: bool) -> String {
     if let Some(why) = &r.refused {
         out.push_str(&format!("{what} {}: not switched: {why}\n", r.policy));
     } else if r.switched {
-        let now = if r.switch == Switch::Failover { format!("{} → {}", r.to, r.from) } else { format!("{} → {}", r.to, r.from) };
-        out.push_str(&format!("{what} {}: done; `run` and the daemon now replicate {now}\n", r.policy));
+        // Either way the synced pair swaps roles: replication now runs back.
+        out.push_str(&format!("{what} {}: done; `run` and the daemon now replicate {} → {}\n", r.policy, r.to, r.from));
     } else if dry_run {
         out.push_str(&format!("{what} {}: dry run, nothing changed\n", r.policy));
     }

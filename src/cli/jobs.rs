@@ -118,7 +118,7 @@ fn counts(row: &ExecutionRow) -> String {
 
 fn list_text(rows: &[ExecutionRow]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:>5}  {:<10} {:<16} {:<20} {:<10}  {}", "ID", "STATUS", "POLICY", "STARTED", "DURATION", "TASKS / ROUTE");
+    let _ = writeln!(out, "{:>5}  {:<10} {:<16} {:<20} {:<10}  TASKS / ROUTE", "ID", "STATUS", "POLICY", "STARTED", "DURATION");
     for r in rows {
         let duration = match r.finished_at {
             Some(f) => humantime::format_duration(Duration::from_secs(((f - r.started_at).max(0) / 1000) as u64)).to_string(),
@@ -152,7 +152,7 @@ fn show_text(e: &ExecutionRow, tasks: &[TaskRow]) -> String {
         let _ = writeln!(out, "  error      {err}");
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "{:<10} {:>3}  {:<50} {:<22} {}", "STATUS", "TRY", "REPOSITORY:TAG", "DIGEST", "REASON / LAST ERROR");
+    let _ = writeln!(out, "{:<10} {:>3}  {:<50} {:<22} REASON / LAST ERROR", "STATUS", "TRY", "REPOSITORY:TAG", "DIGEST");
     for t in tasks {
         let digest = t.source_digest.as_deref().map(|d| d.chars().take(19).collect::<String>()).unwrap_or_else(|| "-".into());
         let name = format!("{}:{}", t.dest_repo, t.tag);

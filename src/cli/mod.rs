@@ -219,11 +219,10 @@ pub fn endpoint(url: &str, creds: Option<&str>, ca: Option<&PathBuf>, insecure: 
             None => Credentials::Anonymous,
         },
     };
-    if let Some(ca) = ca {
-        if !ca.is_file() {
+    if let Some(ca) = ca
+        && !ca.is_file() {
             return Err(CliError::usage(format!("--{flag}-ca: {} is not a readable file", ca.display())));
         }
-    }
     Ok(Endpoint { url, credentials, tls: Tls { insecure_skip_verify: insecure, ca_file: ca.cloned() } })
 }
 

@@ -25,7 +25,7 @@ pub fn plan_text(plan: &Plan, source: &str, destination: &str) -> String {
         plan.problems.len()
     );
     for item in &plan.items {
-        let why = match (item.action, &item.dest) {
+        let why = match (item.action, item.dest_head()) {
             (Action::Copy(CopyReason::DigestDiffers), Some(d)) => {
                 format!("digest differs: {} → {}", d.digest.short(), item.source.digest.short())
             }
@@ -61,7 +61,7 @@ pub fn plan_json(plan: &Plan) -> serde_json::Value {
             "reason": i.action.to_string(),
             "source_digest": i.source.digest.as_str(),
             "source_media_type": i.source.media_type,
-            "destination_digest": i.dest.as_ref().map(|d| d.digest.as_str()),
+            "destination_digest": i.dest_head().map(|d| d.digest.as_str()),
         })).collect::<Vec<_>>(),
         "problems": plan.problems.iter().map(|p| json!({
             "repository": p.source_repo, "tag": p.tag, "error": p.error,

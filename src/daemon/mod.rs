@@ -186,11 +186,10 @@ async fn policy_loop(shared: Arc<Shared>, policy: Policy, retire: CancellationTo
         }
         let outcome = run_pass(&policy, &shared.state, &cancel, &shared.metrics, only.as_ref()).await;
         log_pass(&outcome);
-        if full {
-            if let Ok(mut l) = handle.last_full.lock() {
+        if full
+            && let Ok(mut l) = handle.last_full.lock() {
                 *l = Some(SystemTime::now());
             }
-        }
     }
 }
 

@@ -160,11 +160,10 @@ fn same_host(url: &RegistryUrl, host: &str) -> bool {
 /// policy runs from its first destination back to its source.
 pub fn relative_in_scope(policy: &Policy, reversed: bool, event: &RepoEvent) -> Option<String> {
     let source = if reversed { policy.destinations.first()?.url() } else { policy.source.url.clone() };
-    if let Some(host) = &event.host {
-        if !same_host(&source, host) {
+    if let Some(host) = &event.host
+        && !same_host(&source, host) {
             return None;
         }
-    }
     let repo: RepoName = event.repository.parse().ok()?;
     let relative = repo.strip_prefix(source.prefix())?;
     if !policy.repos.matches(relative.as_str()) {
@@ -173,11 +172,10 @@ pub fn relative_in_scope(policy: &Policy, reversed: bool, event: &RepoEvent) -> 
     if !reversed && !policy.source_repositories.is_empty() && !policy.source_repositories.iter().any(|r| r == relative.as_str()) {
         return None;
     }
-    if let Some(tag) = &event.tag {
-        if !policy.tags.covers(tag) {
+    if let Some(tag) = &event.tag
+        && !policy.tags.covers(tag) {
             return None;
         }
-    }
     Some(relative.to_string())
 }
 

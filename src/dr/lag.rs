@@ -104,10 +104,11 @@ mod tests {
             dest_repo: "a/b".parse().unwrap(),
             tag: "v1".parse().unwrap(),
             source: head,
+            source_body: None,
             dest: None,
             action: Action::Copy(CopyReason::Missing),
         };
-        db.record_plan(start.id, &Plan { items: vec![item], problems: Vec::new(), repositories: 1 }).await.unwrap();
+        db.record_plan(start.id, &Plan { items: vec![item], repositories: 1, ..Plan::default() }).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
         let lag = db.replication_lag("p").await.unwrap();
         assert_eq!(lag.outstanding_tags, 1);

@@ -201,7 +201,7 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
         t.tag = Some(item.tag.to_string());
         t.source_digest = Some(item.source.digest.to_string());
         t.source_media_type = Some(item.source.media_type.clone());
-        if let Some(d) = &item.dest {
+        if let Some(d) = item.dest_head() {
             t.destination_digest = Some(d.digest.to_string());
             t.destination_media_type = Some(d.media_type.clone());
             present.push((item.dest_repo.clone(), item.tag.clone(), d.digest.clone()));

@@ -8,7 +8,7 @@
 //! blob and never reports a blob present that the destination did not
 //! confirm.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +57,8 @@ pub struct BlobMover {
     streams: Semaphore,
     events: EventSink,
     attempts: u32,
+    /// Destination repositories that did not exist when the run was planned.
+    new_repos: Arc<HashSet<RepoName>>,
 }
 
 impl BlobMover {
@@ -78,7 +80,18 @@ impl BlobMover {
             streams: Semaphore::new(streams.max(1)),
             events,
             attempts: 3,
+            new_repos: Arc::default(),
         }
+    }
+
+    /// Destination repositories that did not exist when the run was planned
+    /// ([`super::plan::Plan::new_repos`]): such a repository holds only what
+    /// this run put there, so a blob it has not confirmed there is known to
+    /// be missing and is not asked for with a `HEAD`. (Should someone else
+    /// push into it meanwhile, the worst case is a redundant mount or upload.)
+    pub fn with_new_repos(mut self, repos: Arc<HashSet<RepoName>>) -> BlobMover {
+        self.new_repos = repos;
+        self
     }
 
     fn slot(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<Slot>> {
@@ -132,7 +145,7 @@ impl BlobMover {
         slot: &mut Slot,
     ) -> Result<BlobOutcome, RegistryError> {
         let digest = &desc.digest;
-        if self.dst.blob_exists(dst_repo, digest, &Scopes::push(dst_repo)).await? {
+        if !self.new_repos.contains(dst_repo) && self.dst.blob_exists(dst_repo, digest, &Scopes::push(dst_repo)).await? {
             return Ok(BlobOutcome::Present);
         }
         if !slot.hints_loaded {

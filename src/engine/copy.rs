@@ -6,7 +6,8 @@
 //! confirmed present at the destination. A tag therefore never points at
 //! missing content, whatever fails in between.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
@@ -15,7 +16,7 @@ use super::blobs::BlobMover;
 use super::plan::PlanItem;
 use super::stats::Stats;
 use crate::registry::manifest::{self, Descriptor, Kind, Parsed};
-use crate::registry::{ManifestBody, Reference, RegistryClient, RegistryError, RepoName, Scopes};
+use crate::registry::{Digest, ManifestBody, Reference, RegistryClient, RegistryError, RepoName, Scopes};
 
 /// Deeper indexes than this are refused (real ones nest once, rarely twice).
 const MAX_DEPTH: usize = 4;
@@ -28,11 +29,32 @@ pub struct Copier {
     stats: Arc<Stats>,
     /// Blobs / child manifests of one manifest handled at once.
     fan_out: usize,
+    /// Destination repositories that did not exist when the run was planned.
+    new_repos: Arc<HashSet<RepoName>>,
+    /// Child manifests by destination repository: `true` once this run made
+    /// sure the child is there. The lock makes tags that share a child (two
+    /// tags of one index) wait for each other instead of both pushing it.
+    children: Mutex<HashMap<(RepoName, Digest), ChildSlot>>,
 }
+
+/// `true` once a child manifest is known present at the destination.
+type ChildSlot = Arc<tokio::sync::Mutex<bool>>;
 
 impl Copier {
     pub fn new(src: Arc<RegistryClient>, dst: Arc<RegistryClient>, blobs: BlobMover, stats: Arc<Stats>, fan_out: usize) -> Copier {
-        Copier { src, dst, blobs, stats, fan_out: fan_out.max(1) }
+        Copier { src, dst, blobs, stats, fan_out: fan_out.max(1), new_repos: Arc::default(), children: Mutex::default() }
+    }
+
+    /// See [`BlobMover::with_new_repos`]: in these repositories a child
+    /// manifest this run did not push is known to be missing.
+    pub fn with_new_repos(mut self, repos: Arc<HashSet<RepoName>>) -> Copier {
+        self.new_repos = repos;
+        self
+    }
+
+    fn child_slot(&self, repo: &RepoName, digest: &Digest) -> ChildSlot {
+        let mut map = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((repo.clone(), digest.clone())).or_default().clone()
     }
 
     fn manifest_error(&self, repo: &RepoName, reference: &Reference, source: manifest::ManifestError) -> RegistryError {
@@ -68,18 +90,29 @@ impl Copier {
     /// copy that one under this tag.
     pub async fn copy_tag(&self, item: &PlanItem) -> Result<(), RegistryError> {
         let reference = Reference::Tag(item.tag.clone());
-        let (body, parsed) = self.fetch(&item.source_repo, &reference, None).await?;
-        if body.digest != item.source.digest && body.ignored_header.is_none() {
-            Stats::add(&self.stats.digest_mismatches, 1);
-            tracing::warn!(
-                repository = %item.source_repo, tag = %item.tag, planned = %item.source.digest, actual = %body.digest,
-                "the tag's manifest bytes do not hash to the digest planned from its HEAD (the tag moved, or the \
-                 registry's Docker-Content-Digest is wrong); copying the bytes"
-            );
-        }
+        let (bytes, parsed) = match &item.source_body {
+            // Planning already fetched the tag's bytes and took its digest from them.
+            Some(bytes) => {
+                let parsed = manifest::parse(bytes, &item.source.media_type)
+                    .map_err(|e| self.manifest_error(&item.source_repo, &reference, e))?;
+                (bytes.as_ref().clone(), parsed)
+            }
+            None => {
+                let (body, parsed) = self.fetch(&item.source_repo, &reference, None).await?;
+                if body.digest != item.source.digest && body.ignored_header.is_none() {
+                    Stats::add(&self.stats.digest_mismatches, 1);
+                    tracing::warn!(
+                        repository = %item.source_repo, tag = %item.tag, planned = %item.source.digest, actual = %body.digest,
+                        "the tag's manifest bytes do not hash to the digest planned from its HEAD (the tag moved, or the \
+                         registry's Docker-Content-Digest is wrong); copying the bytes"
+                    );
+                }
+                (body.bytes, parsed)
+            }
+        };
         self.copy_references(&item.source_repo, &item.dest_repo, &parsed, 0).await?;
         // put_manifest checks the digest the destination reports against the bytes.
-        self.dst.put_manifest(&item.dest_repo, &reference, body.bytes, &parsed.media_type).await?;
+        self.dst.put_manifest(&item.dest_repo, &reference, bytes, &parsed.media_type).await?;
         Stats::add(&self.stats.manifests_pushed, 1);
         Ok(())
     }
@@ -120,15 +153,25 @@ impl Copier {
                 message: format!("{src_repo}@{}: indexes nested deeper than {MAX_DEPTH}", desc.digest),
             });
         }
+        // (Digests cannot form cycles, so waiting on a child's lock while
+        // holding its parent's cannot deadlock.)
+        let slot = self.child_slot(dst_repo, &desc.digest);
+        let mut done = slot.lock().await;
+        if *done {
+            return Ok(());
+        }
         // Present at the destination means its references are too: the
         // destination accepted it, and we only ever push complete trees.
-        if self.dst.head_manifest(dst_repo, &reference, &Scopes::push(dst_repo)).await?.is_some() {
+        // A repository that did not exist holds only what this run pushed.
+        if !self.new_repos.contains(dst_repo) && self.dst.head_manifest(dst_repo, &reference, &Scopes::push(dst_repo)).await?.is_some() {
+            *done = true;
             return Ok(());
         }
         let (body, parsed) = self.fetch(src_repo, &reference, desc.media_type.as_deref()).await?;
         self.copy_references(src_repo, dst_repo, &parsed, depth).await?;
         self.dst.put_manifest(dst_repo, &reference, body.bytes, &parsed.media_type).await?;
         Stats::add(&self.stats.manifests_pushed, 1);
+        *done = true;
         Ok(())
     }
 }

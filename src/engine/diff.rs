@@ -2,15 +2,24 @@
 //! whether a tag is copied, and why.
 //!
 //! Never pulls a manifest body for an unchanged tag and never looks at
-//! blobs: steady state must cost listings plus two `HEAD`s per tag.
+//! blobs: steady state must cost listings plus two `HEAD`s per tag. The
+//! destination's tag list of each repository is read first: a tag it does
+//! not list is missing without a `HEAD`, and a repository it does not know
+//! at all is recorded in [`Plan::new_repos`], so the copy can skip asking
+//! that repository for blobs and manifests only this run can have put there.
+//! For a tag the destination certainly lacks, the source manifest is fetched
+//! with `GET` instead of `HEAD` and kept for the copy (within a memory budget).
 
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
 
 use super::discover::Discovered;
 use super::plan::{Action, CopyReason, Plan, PlanItem, Problem, SkipReason};
-use crate::registry::{ManifestHead, Reference, RegistryClient, RegistryError, RepoName, Scopes, Tag};
+use crate::registry::manifest;
+use crate::registry::{ManifestBody, ManifestHead, Reference, RegistryClient, RegistryError, RepoName, Scopes, Tag};
 
 /// How to compare.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +43,37 @@ async fn head_source(src: &RegistryClient, repo: &RepoName, tag: &Tag) -> Result
     src.head_manifest(repo, &reference, &scopes).await
 }
 
+/// Like [`head_source`], but with the body: for a tag the destination
+/// certainly lacks, whose manifest the copy needs anyway.
+async fn get_source(src: &RegistryClient, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestBody>, RegistryError> {
+    let reference = Reference::Tag(tag.clone());
+    let scopes = Scopes::pull(repo);
+    let unknown = |e: &RegistryError| e.status() == Some(404) || e.has_code("MANIFEST_UNKNOWN");
+    for pause in [Duration::from_millis(300), Duration::from_secs(1)] {
+        match src.get_manifest(repo, &reference, &scopes).await {
+            Ok(body) => return Ok(Some(body)),
+            Err(e) if unknown(&e) => tokio::time::sleep(pause).await,
+            Err(e) => return Err(e),
+        }
+    }
+    match src.get_manifest(repo, &reference, &scopes).await {
+        Ok(body) => Ok(Some(body)),
+        Err(e) if unknown(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What a `HEAD` would have said about a fetched manifest.
+fn head_of(body: &ManifestBody) -> ManifestHead {
+    let media_type = manifest::parse(&body.bytes, &body.content_type).map(|p| p.media_type).unwrap_or_else(|_| body.content_type.clone());
+    ManifestHead { digest: body.digest.clone(), media_type }
+}
+
+/// Manifest bodies a plan keeps for the copy, in bytes at most (beyond
+/// that the copy fetches them again): a bound on the memory a large first
+/// copy spends to save one request per tag.
+const KEPT_BODIES_BUDGET: usize = 8 * 1024 * 1024;
+
 fn decide(source: &ManifestHead, dest: Option<&ManifestHead>, overwrite: bool) -> Action {
     let reason = match dest {
         None => return Action::Copy(CopyReason::Missing),
@@ -44,15 +84,70 @@ fn decide(source: &ManifestHead, dest: Option<&ManifestHead>, overwrite: bool) -
     if overwrite { Action::Copy(reason) } else { Action::Skip(SkipReason::OverwriteForbidden) }
 }
 
+/// What the destination's tag list says about one repository.
+enum DestTags {
+    /// The repository does not exist there (`404`).
+    Absent,
+    /// The tags it has.
+    Listed(HashSet<String>),
+    /// No usable answer (no permission to list, an odd registry): `HEAD` every tag.
+    Unknown,
+}
+
+impl DestTags {
+    /// False when the tag is certainly not at the destination.
+    fn may_have(&self, tag: &Tag) -> bool {
+        match self {
+            DestTags::Absent => false,
+            DestTags::Listed(tags) => tags.contains(tag.as_str()),
+            DestTags::Unknown => true,
+        }
+    }
+}
+
+async fn dest_tags(dst: &RegistryClient, repo: &RepoName) -> DestTags {
+    match dst.tags(repo).await {
+        Ok(tags) => DestTags::Listed(tags.into_iter().collect()),
+        Err(e) if e.status() == Some(404) || e.has_code("NAME_UNKNOWN") => DestTags::Absent,
+        Err(e) => {
+            tracing::debug!(registry = %dst.name(), repository = %repo, error = %e, "cannot list destination tags; checking each tag");
+            DestTags::Unknown
+        }
+    }
+}
+
 /// Compare every discovered tag between `src` and `dst`.
 pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discovered, options: DiffOptions) -> Plan {
     let repositories = discovered.repos.len();
+    let tags: usize = discovered.repos.iter().map(|r| r.tags.len()).sum();
+    let concurrency = options.concurrency.max(1);
+    // One listing per destination repository that has tags to compare.
+    // (Owned names, not a filtered iterator of references: a closure taking
+    // a reference inside the stream makes the future unprovably Send.)
+    let to_list: Vec<RepoName> = discovered.repos.iter().filter(|r| !r.tags.is_empty()).map(|r| r.dest.clone()).collect();
+    let dest_listings: HashMap<RepoName, DestTags> = futures::stream::iter(to_list)
+        .map(|repo| async move {
+            let listing = dest_tags(dst, &repo).await;
+            (repo, listing)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let new_repos: HashSet<RepoName> =
+        dest_listings.iter().filter(|(_, l)| matches!(l, DestTags::Absent)).map(|(r, _)| r.clone()).collect();
     let pairs = discovered
         .repos
         .into_iter()
         .flat_map(|r| r.tags.into_iter().map(move |t| (r.source.clone(), r.dest.clone(), t)));
 
-    let results: Vec<Result<PlanItem, Problem>> = futures::stream::iter(pairs)
+    let dest_listings = &dest_listings;
+    let budget = &AtomicUsize::new(KEPT_BODIES_BUDGET);
+    let mismatches = &AtomicU64::new(0);
+    let mut plan = Plan { repositories, problems: discovered.problems, new_repos, ..Plan::default() };
+    // Straight into the plan (no intermediate Vec of results): what a plan
+    // item costs is what a no-op pass over many tags holds in memory.
+    plan.items.reserve_exact(tags);
+    let plan = futures::stream::iter(pairs)
         .map(|(source_repo, dest_repo, tag)| async move {
             let problem = |error: String| Problem {
                 source_repo: source_repo.to_string(),
@@ -60,31 +155,56 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
                 tag: Some(tag.to_string()),
                 error,
             };
-            let source = match head_source(src, &source_repo, &tag).await {
-                Ok(Some(h)) => h,
-                Ok(None) => return Err(problem(format!("tag {source_repo}:{tag} was listed but its manifest is unknown at {}", src.name()))),
-                Err(e) => return Err(problem(e.to_string())),
+            let unknown = || problem(format!("tag {source_repo}:{tag} was listed but its manifest is unknown at {}", src.name()));
+            let at_destination = dest_listings.get(&dest_repo).is_none_or(|l| l.may_have(&tag));
+            let (source, source_body) = if at_destination {
+                match head_source(src, &source_repo, &tag).await {
+                    Ok(Some(h)) => (h, None),
+                    Ok(None) => return Err(unknown()),
+                    Err(e) => return Err(problem(e.to_string())),
+                }
+            } else {
+                // Certainly missing at the destination: the copy will need
+                // the body, so fetch it now instead of a HEAD now and a GET later.
+                match get_source(src, &source_repo, &tag).await {
+                    Ok(Some(body)) => {
+                        if body.ignored_header.is_some() {
+                            mismatches.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let len = body.bytes.len();
+                        let kept = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(len)).is_ok();
+                        (head_of(&body), kept.then(|| Box::new(body.bytes)))
+                    }
+                    Ok(None) => return Err(unknown()),
+                    Err(e) => return Err(problem(e.to_string())),
+                }
             };
-            let dest = dst
-                .head_manifest(&dest_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&dest_repo))
-                .await
-                .map_err(|e| problem(e.to_string()))?;
+            let dest = if at_destination {
+                dst.head_manifest(&dest_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&dest_repo))
+                    .await
+                    .map_err(|e| problem(e.to_string()))?
+            } else {
+                None
+            };
             let action = decide(&source, dest.as_ref(), options.overwrite);
-            Ok(PlanItem { source_repo, dest_repo, tag, source, dest, action })
+            // Identical to the source: not worth a second copy in memory.
+            let dest = if action == Action::Skip(SkipReason::UpToDate) { None } else { dest.map(Box::new) };
+            Ok(PlanItem { source_repo, dest_repo, tag, source, source_body, dest, action })
         })
-        .buffer_unordered(options.concurrency.max(1))
-        .collect()
+        .buffer_unordered(concurrency)
+        .fold(plan, |mut plan, r| async move {
+            match r {
+                Ok(item) => plan.items.push(item),
+                Err(p) => plan.problems.push(p),
+            }
+            plan
+        })
         .await;
-
-    let mut plan = Plan { repositories, problems: discovered.problems, ..Plan::default() };
-    for r in results {
-        match r {
-            Ok(item) => plan.items.push(item),
-            Err(p) => plan.problems.push(p),
-        }
-    }
-    // Stable order: by repository, images before their signature companions.
-    plan.items.sort_by(|a, b| {
+    let mut plan = plan;
+    plan.digest_mismatches = mismatches.load(Ordering::Relaxed);
+    // Order: by repository, images before their signature companions (the
+    // keys are unique, so an unstable sort, which needs no buffer, is exact).
+    plan.items.sort_unstable_by(|a, b| {
         (&a.source_repo, a.tag.is_signature_companion(), &a.tag).cmp(&(&b.source_repo, b.tag.is_signature_companion(), &b.tag))
     });
     plan

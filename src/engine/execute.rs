@@ -95,11 +95,10 @@ pub async fn execute(
             async move {
                 let end = run_task(copier, plan, index, options, stats, events, cancel).await;
                 let item = &plan.items[index];
-                if let Some(left) = remaining.get(&item.source_repo) {
-                    if left.fetch_sub(1, Ordering::Relaxed) == 1 {
+                if let Some(left) = remaining.get(&item.source_repo)
+                    && left.fetch_sub(1, Ordering::Relaxed) == 1 {
                         Stats::add(&stats.repos_done, 1);
                     }
-                }
                 (index, end)
             }
         })

@@ -89,9 +89,27 @@ pub struct PlanItem {
     pub tag: Tag,
     /// Digest and media type at the source when planned.
     pub source: ManifestHead,
-    /// Digest and media type at the destination, if the tag exists there.
-    pub dest: Option<ManifestHead>,
+    /// The source manifest's exact bytes, when planning already fetched them
+    /// (boxed: most items have none, and a plan may hold many items).
+    pub source_body: Option<Box<bytes::Bytes>>,
+    /// Digest and media type at the destination when the tag exists there
+    /// and differs; `None` when it is missing or, for an up-to-date tag,
+    /// identical to `source` (not stored twice: a no-op pass over many tags
+    /// keeps every item, so it is boxed too). Read it with [`PlanItem::dest_head`].
+    pub dest: Option<Box<ManifestHead>>,
     pub action: Action,
+}
+
+impl PlanItem {
+    /// What the destination resolved the tag to when planned, `None` when it
+    /// did not have it.
+    pub fn dest_head(&self) -> Option<&ManifestHead> {
+        match (&self.dest, self.action) {
+            (Some(d), _) => Some(d.as_ref()),
+            (None, Action::Skip(SkipReason::UpToDate)) => Some(&self.source),
+            (None, _) => None,
+        }
+    }
 }
 
 /// Something that could not even be planned: a listing that failed, a name
@@ -111,6 +129,13 @@ pub struct Plan {
     pub problems: Vec<Problem>,
     /// Repositories in scope.
     pub repositories: usize,
+    /// Destination repositories that did not exist when planned: whatever
+    /// they hold was put there by this run, so the copy need not ask them
+    /// for blobs or manifests it has not put there itself.
+    pub new_repos: std::collections::HashSet<RepoName>,
+    /// Source manifests fetched while planning whose
+    /// `Docker-Content-Digest` disagreed with their bytes (the bytes won).
+    pub digest_mismatches: u64,
 }
 
 impl Plan {

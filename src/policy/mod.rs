@@ -307,12 +307,11 @@ impl Checker<'_> {
             let field = format!("destinations[{i}]");
             let endpoint = self.endpoint(&d.registry, d.credentials.as_ref(), d.ca_file.as_ref(), d.insecure, &field);
             let namespace = d.namespace.as_ref().map(|n| n.value.trim_matches('/').to_string()).unwrap_or_default();
-            if let Some(n) = &d.namespace {
-                if !namespace.is_empty() {
+            if let Some(n) = &d.namespace
+                && !namespace.is_empty() {
                     let ok = namespace.parse::<crate::registry::RepoName>().map(|_| ()).map_err(|e| format!("bad namespace: {e}"));
                     self.ok(n, &format!("{field}.namespace"), ok);
                 }
-            }
             if let Some(endpoint) = endpoint {
                 destinations.push(Destination { endpoint, namespace });
             }

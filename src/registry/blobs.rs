@@ -89,14 +89,13 @@ impl RegistryClient {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
         let resp = self.send_stream(Method::PUT, url, scopes, headers, body).await?;
-        if let Some(reported) = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
-            if reported.trim() != digest.as_str() {
+        if let Some(reported) = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok())
+            && reported.trim() != digest.as_str() {
                 return Err(RegistryError::Protocol {
                     registry: self.name().to_string(),
                     message: format!("upload of {digest} was committed as {}", reported.trim()),
                 });
             }
-        }
         Ok(())
     }
 

@@ -477,11 +477,10 @@ impl RegistryClient {
         };
         let key = scopes.key();
         let now = Instant::now();
-        if !refresh {
-            if let Some(t) = state.tokens.get(&key).filter(|t| t.valid_until > now) {
+        if !refresh
+            && let Some(t) = state.tokens.get(&key).filter(|t| t.valid_until > now) {
                 return Ok(bearer(&t.token));
             }
-        }
         let (token, lifetime) = self.fetch_token(&realm, service.as_deref(), scopes).await?;
         // Renew a little early so a token does not expire in flight.
         let margin = (lifetime / 5).min(Duration::from_secs(10));

@@ -130,6 +130,10 @@ impl Verifier {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The digest of everything seen so far, in the expected algorithm.
     pub fn actual(&self) -> Digest {
         let hex = match &self.state {

@@ -60,11 +60,10 @@ pub fn parse_error_body(body: &[u8]) -> Vec<ApiError> {
     if body.is_empty() {
         return Vec::new();
     }
-    if let Ok(b) = serde_json::from_slice::<ErrorBody>(body) {
-        if !b.errors.is_empty() {
+    if let Ok(b) = serde_json::from_slice::<ErrorBody>(body)
+        && !b.errors.is_empty() {
             return b.errors;
         }
-    }
     let text: String = String::from_utf8_lossy(body).chars().take(200).collect();
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if text.is_empty() { Vec::new() } else { vec![ApiError { code: String::new(), message: text, detail: None }] }

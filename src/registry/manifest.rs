@@ -242,7 +242,7 @@ mod tests {
             parse(br#"{"schemaVersion":2}"#, "application/x-weird").unwrap_err(),
             ManifestError::UnknownMediaType("application/x-weird".into())
         );
-        let bad = format!(r#"{{"schemaVersion":2,"config":{{"digest":"sha256:zz"}},"layers":[]}}"#);
+        let bad = r#"{"schemaVersion":2,"config":{"digest":"sha256:zz"},"layers":[]}"#.to_string();
         assert_eq!(
             parse(bad.as_bytes(), OCI_MANIFEST).unwrap_err().to_string(),
             r#"manifest references a malformed digest "sha256:zz": encoded part must be lowercase hex of the algorithm's length"#

@@ -142,9 +142,9 @@ impl RegistryClient {
             .header(header::CONTENT_TYPE, media_type)
             .body(bytes);
         let resp = self.send(&req).await?;
-        if let Some(reported) = header_str(resp.headers(), "docker-content-digest") {
-            if let Ok(reported) = reported.parse::<Digest>() {
-                if reported != digest {
+        if let Some(reported) = header_str(resp.headers(), "docker-content-digest")
+            && let Ok(reported) = reported.parse::<Digest>()
+                && reported != digest {
                     return Err(RegistryError::DigestMismatch {
                         registry: self.name().to_string(),
                         what: format!("pushed manifest {repo}:{reference}"),
@@ -152,8 +152,6 @@ impl RegistryClient {
                         actual: reported,
                     });
                 }
-            }
-        }
         Ok(digest)
     }
 }

@@ -22,9 +22,10 @@ pub enum NameError {
     Reference(String),
 }
 
-/// A repository name such as `library/nginx` or `team/app`.
+/// A repository name such as `library/nginx` or `team/app`. Shared, not
+/// copied, when cloned: every tag of a plan names its repositories.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RepoName(String);
+pub struct RepoName(std::sync::Arc<str>);
 
 fn component_ok(c: &str) -> bool {
     // [a-z0-9]+(?:(?:\.|_|__|[-]+)[a-z0-9]+)*
@@ -89,7 +90,7 @@ impl FromStr for RepoName {
         if s.is_empty() || s.len() > 255 || !s.split('/').all(component_ok) {
             return Err(NameError::Repository(s.chars().take(300).collect()));
         }
-        Ok(RepoName(s.to_string()))
+        Ok(RepoName(s.into()))
     }
 }
 

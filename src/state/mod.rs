@@ -313,9 +313,20 @@ impl StateDb {
         Ok(())
     }
 
-    /// Mount hints for the destination registry `registry`.
-    pub fn hints(&self, registry: &str) -> StateHints {
-        StateHints { db: self.clone(), registry: registry.to_string() }
+    /// Mount hints for the destination registry `registry`, from what runs
+    /// before this call recorded.
+    pub async fn hints(&self, registry: &str) -> StateHints {
+        let any = self.has_blob_locations(registry).await.unwrap_or(true);
+        StateHints { db: self.clone(), registry: registry.to_string(), any }
+    }
+
+    /// Whether any blob location is recorded for `registry`.
+    pub async fn has_blob_locations(&self, registry: &str) -> Result<bool, StateError> {
+        let row = sqlx::query("SELECT 1 FROM blob_locations WHERE registry = ? LIMIT 1")
+            .bind(registry)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
     }
 
     /// Destination repositories of `registry` known to hold `digest`, newest first.
@@ -333,11 +344,18 @@ impl StateDb {
 pub struct StateHints {
     db: StateDb,
     registry: String,
+    /// Whether earlier runs recorded anything for this registry: when they
+    /// did not (a first copy), there is nothing to look up per blob, and
+    /// what this run records the engine already knows.
+    any: bool,
 }
 
 impl MountHints for StateHints {
     fn holders<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Vec<RepoName>> {
         async move {
+            if !self.any {
+                return Vec::new();
+            }
             self.db.blob_holders(&self.registry, digest).await.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "cannot read mount hints");
                 Vec::new()

@@ -4,6 +4,12 @@
 //! It must never block the engine for long (the channel is bounded, writes
 //! are batched) and never lose an event it received: a failed write is
 //! logged and reported when the recorder finishes.
+//!
+//! A batch is whatever arrives within [`LINGER`] of its first event (up to
+//! [`BATCH`] events): events trickle in one at a time while blobs move, and
+//! committing each on its own costs a WAL write and a lock round per event.
+
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -13,6 +19,9 @@ use crate::engine::events::{Event, EventSink};
 
 /// Events written per transaction at most.
 const BATCH: usize = 512;
+
+/// How long a batch waits for more events before it is written.
+const LINGER: Duration = Duration::from_millis(100);
 
 /// A running recorder; call [`Recorder::finish`] after the engine is done
 /// and every [`EventSink`] clone is dropped.
@@ -43,10 +52,12 @@ async fn run(db: StateDb, task_ids: Vec<i64>, registry: String, mut rx: mpsc::Re
     let mut batch = Vec::with_capacity(BATCH);
     while let Some(event) = rx.recv().await {
         batch.push(event);
+        let deadline = tokio::time::Instant::now() + LINGER;
         while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(e)) => batch.push(e),
+                // closed (the run is over) or lingered long enough
+                Ok(None) | Err(_) => break,
             }
         }
         if let Err(e) = write(&db, &task_ids, &registry, &batch).await {

@@ -51,7 +51,7 @@ pub struct Pushed {
 }
 
 fn flavor_for(r: usize) -> Flavor {
-    if r % 2 == 0 { Flavor::Docker } else { Flavor::Oci }
+    if r.is_multiple_of(2) { Flavor::Docker } else { Flavor::Oci }
 }
 
 /// Build the manifests of `spec` (deterministic) without pushing them.
@@ -89,12 +89,35 @@ pub fn build(spec: &Spec) -> Vec<Pushed> {
 }
 
 /// Push `spec` to `registry`, a few repositories at a time.
+///
+/// Each repository's tags go one after the other, and the first repository
+/// goes alone: concurrent uploads of the same blob into one registry race
+/// in the distribution registry (a manifest push may then fail with
+/// `MANIFEST_BLOB_UNKNOWN`), and the shared layers are uploaded once that way.
 pub async fn fill(registry: &Registry, spec: &Spec) -> Vec<Pushed> {
     use futures::StreamExt;
     let items = build(spec);
-    futures::stream::iter(items.iter())
-        .for_each_concurrent(4, |p| async move { registry.push(&p.repo, &p.tag, &p.manifest).await })
-        .await;
+    let mut repos: Vec<&[Pushed]> = Vec::new();
+    let mut start = 0;
+    for i in 1..=items.len() {
+        if i == items.len() || items[i].repo != items[start].repo {
+            repos.push(&items[start..i]);
+            start = i;
+        }
+    }
+    let push_repo = |group: &[Pushed]| {
+        let group = group.to_vec();
+        async move {
+            for p in &group {
+                registry.push(&p.repo, &p.tag, &p.manifest).await;
+            }
+        }
+    };
+    let mut groups = repos.into_iter();
+    if let Some(first) = groups.next() {
+        push_repo(first).await;
+    }
+    futures::stream::iter(groups).for_each_concurrent(4, push_repo).await;
     items
 }
 

@@ -17,18 +17,18 @@ pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// A blob with its bytes.
+/// A blob with its bytes (shared, so images that reuse a layer do not copy it).
 #[derive(Debug, Clone)]
 pub struct Blob {
     pub media_type: String,
-    pub bytes: Vec<u8>,
+    pub bytes: bytes::Bytes,
     pub digest: String,
 }
 
 impl Blob {
     pub fn new(media_type: &str, bytes: Vec<u8>) -> Blob {
         let digest = sha256(&bytes);
-        Blob { media_type: media_type.to_string(), bytes, digest }
+        Blob { media_type: media_type.to_string(), bytes: bytes.into(), digest }
     }
 
     pub fn descriptor(&self) -> Value {

@@ -5,10 +5,12 @@
 //! Nothing here is used by regferry itself; it exists so tests talk to real
 //! registries on loopback and never to anything off the machine.
 
+pub mod bench_report;
 pub mod client;
 pub mod dataset;
 pub mod image;
 pub mod proxy;
+pub mod rawcopy;
 pub mod registry;
 pub mod tls;
 pub mod token;

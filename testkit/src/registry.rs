@@ -168,9 +168,19 @@ impl TestRegistry {
         self.dir.path().join("data")
     }
 
+    /// The file the registry logs to (access log included).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    /// The registry's process id (for reading its `/proc` counters).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the registry logged so far.
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+        fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// Access-log lines (`"METHOD /path HTTP/1.1" status`) received so far.

@@ -126,13 +126,19 @@ impl TokenServer {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Sign a token granting `access` entries of (type, name, actions).
+    /// Sign a token granting `access` entries of (type, name, actions), for
+    /// the tests' own client: it lives a few minutes whatever `lifetime` says
+    /// (the knob is for tokens regferry asks for), so checks made after a run
+    /// never stumble over a token of their own that died in flight.
     pub fn mint(&self, access: &[(&str, &str, &str)]) -> String {
-        self.sign(None, access.iter().map(|(t, n, a)| (t.to_string(), n.to_string(), a.to_string())).collect())
+        self.sign_for(None, access.iter().map(|(t, n, a)| (t.to_string(), n.to_string(), a.to_string())).collect(), 300)
     }
 
     fn sign(&self, user: Option<&str>, access: Vec<(String, String, String)>) -> String {
-        let lifetime = self.lifetime.load(Ordering::Relaxed);
+        self.sign_for(user, access, self.lifetime.load(Ordering::Relaxed))
+    }
+
+    fn sign_for(&self, user: Option<&str>, access: Vec<(String, String, String)>, lifetime: u64) -> String {
         let issued_at = now();
         // The registry tolerates 60 s past `exp`; take that back so the
         // token really dies after `lifetime` seconds. Times are whole
@@ -167,11 +173,10 @@ impl TokenServer {
 
 impl Drop for TokenServer {
     fn drop(&mut self) {
-        if let Ok(mut slot) = self.runtime.lock() {
-            if let Some(rt) = slot.take() {
+        if let Ok(mut slot) = self.runtime.lock()
+            && let Some(rt) = slot.take() {
                 rt.shutdown_background();
             }
-        }
     }
 }
 

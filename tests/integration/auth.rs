@@ -104,7 +104,9 @@ async fn short_lived_tokens_are_refreshed_and_expired_ones_replaced_once() {
     let dst = token_registry(&tokens);
     let s = Registry::new(&src.url, Access::Token(tokens.clone()));
     let d = Registry::new(&dst.url, Access::Token(tokens.clone()));
-    let pushed = dataset::fill(&s, &Spec { repos: 3, tags_per_repo: 3, ..Spec::default() }).await;
+    // Enough tags per repository that one repository's work (one token
+    // scope) outlives a 1-2 s token even when a first copy needs few requests.
+    let pushed = dataset::fill(&s, &Spec { repos: 3, tags_per_repo: 6, ..Spec::default() }).await;
     // Slow the destination down so the run outlives several tokens.
     let slow = FaultProxy::start(&dst.url, Faults { latency: Duration::from_millis(100), ..Faults::default() });
     let scratch = Scratch::new();

@@ -145,7 +145,8 @@ async fn kill_9_mid_transfer_then_the_same_command_resumes_and_finishes() {
     assert_intact(&db).await;
     assert_eq!(statuses(&db).await, [("succeeded".to_string(), total as i64)].into_iter().collect());
     let mut conn = open(&db, false).await;
-    let attempts: i64 = sqlx::query("SELECT attempts FROM tasks WHERE tag = 'v1.9-big'").fetch_one(&mut conn).await.expect("task").get(0);
-    assert_eq!(attempts, 2, "the task left running by the kill was taken back and run once more");
+    let row = sqlx::query("SELECT attempts, last_error FROM tasks WHERE tag = 'v1.9-big'").fetch_one(&mut conn).await.expect("task");
+    let (attempts, last_error): (i64, Option<String>) = (row.get(0), row.get(1));
+    assert_eq!(attempts, 2, "the task left running by the kill was taken back and run once more (last error: {last_error:?})");
     assert!(assert_blobs_intact(&dst.storage()) > 0);
 }

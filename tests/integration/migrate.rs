@@ -53,7 +53,8 @@ async fn copies_every_shape_exactly_and_a_rerun_is_a_no_op() {
     assert!(v["subject"]["digest"].as_str().is_some_and(|s| s.starts_with("sha256:")));
 
     // Second run on an unchanged source: nothing written, no blob touched,
-    // one manifest HEAD per tag per side (plus listings and a ping).
+    // one manifest HEAD per tag per side (plus listings — the source's and
+    // one tag list per destination repository — and a ping).
     let before_dst = dst.lines_by("regferry/").len();
     let before_src = src.lines_by("regferry/").len();
     let again = migrate(&scratch, &src.url, &format!("{}/mirror", dst.url), &[]).await;
@@ -64,8 +65,13 @@ async fn copies_every_shape_exactly_and_a_rerun_is_a_no_op() {
     let dst_new = since(dst.lines_by("regferry/"), before_dst);
     let src_new = since(src.lines_by("regferry/"), before_src);
     for line in &dst_new {
-        assert!(line.contains("\"HEAD /v2/mirror/") && line.contains("/manifests/") || line.contains("\"GET /v2/ "), "unexpected destination request on a no-op rerun: {line}");
+        let ok = (line.contains("\"HEAD /v2/mirror/") && line.contains("/manifests/"))
+            || (line.contains("\"GET /v2/mirror/") && line.contains("/tags/list"))
+            || line.contains("\"GET /v2/ ");
+        assert!(ok, "unexpected destination request on a no-op rerun: {line}");
     }
+    let listings = dst_new.iter().filter(|l| l.contains("/tags/list")).count();
+    assert_eq!(listings, repos.len(), "one destination tag list per repository");
     for line in &src_new {
         let ok = (line.contains("\"HEAD /v2/") && line.contains("/manifests/"))
             || line.contains("/tags/list")
@@ -171,4 +177,61 @@ async fn a_partial_failure_is_reported_and_resumed_by_the_next_run() {
     assert_eq!(r2["resumed"], true);
     assert_eq!(r2["counts"]["tags_copied"], 1);
     assert_mirrored(&s, &d, &["app/good".into(), "app/broken".into()], "").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_already_at_the_destination_is_neither_uploaded_nor_asked_for_twice() {
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let d = Registry::new(&dst.url, Access::Anonymous);
+    let base = image::layer(Flavor::Oci, "base", 40_000);
+    let web1 = image::image(Flavor::Oci, "web1", vec![base.clone(), image::layer(Flavor::Oci, "web1", 3000)]);
+    let web2 = image::image(Flavor::Oci, "web2", vec![base.clone(), image::layer(Flavor::Oci, "web2", 5000)]);
+    let api = image::index(
+        Flavor::Oci,
+        vec![
+            (image::image(Flavor::Oci, "api-amd64", vec![base.clone(), image::layer(Flavor::Oci, "api-amd64", 7000)]), "amd64"),
+            (image::image(Flavor::Oci, "api-arm64", vec![base.clone(), image::layer(Flavor::Oci, "api-arm64", 9000)]), "arm64"),
+        ],
+    );
+    s.push("app/a-web", "v1", &web1).await;
+    s.push("app/a-web", "v2", &web2).await;
+    s.push("app/b-api", "v1", &api).await;
+    s.push("app/b-api", "latest", &api).await;
+    // The destination already has app/a-web:v1 (from an earlier copy by any tool).
+    d.push("app/a-web", "v1", &web1).await;
+
+    let scratch = Scratch::new();
+    let before = dst.lines_by("regferry/").len();
+    // One tag at a time, in plan order (app/a-web first), so that the base
+    // layer is found in app/a-web before app/b-api needs it.
+    let run = migrate(&scratch, &src.url, &dst.url, &["--concurrency", "1"]).await;
+    run.assert_ok();
+    let report = run.json();
+    assert_eq!(report["counts"]["tags_copied"], 3, "app/a-web:v1 is up to date");
+    assert_eq!(report["counts"]["tags_skipped"], 1);
+    assert_mirrored(&s, &d, &["app/a-web".into(), "app/b-api".into()], "").await;
+
+    // Only what the destination lacked crossed the wire: web2's config and
+    // layer, api's children's configs and layers. The base layer was found in
+    // app/a-web (which existed) and mounted into app/b-api (which did not).
+    let mut lacked: Vec<&image::Blob> = web2.all_blobs().into_iter().filter(|b| b.digest != base.digest).collect();
+    lacked.extend(api.all_blobs().into_iter().filter(|b| b.digest != base.digest));
+    lacked.sort_by(|a, b| a.digest.cmp(&b.digest));
+    lacked.dedup_by(|a, b| a.digest == b.digest);
+    let lacked_bytes: u64 = lacked.iter().map(|b| b.bytes.len() as u64).sum();
+    assert_eq!(report["counts"]["bytes_uploaded"], lacked_bytes);
+    assert_eq!(report["counts"]["blobs_mounted"], 1);
+    let lines = since(dst.lines_by("regferry/"), before);
+    // app/b-api did not exist: nothing in it was asked for before it was
+    // written, and its two tags (same index) pushed each child manifest once.
+    assert!(
+        !lines.iter().any(|l| l.contains("\"HEAD /v2/app/b-api/")),
+        "no HEAD into a repository the run created: {lines:#?}"
+    );
+    let child_puts = lines.iter().filter(|l| l.contains("\"PUT /v2/app/b-api/manifests/sha256:")).count();
+    assert_eq!(child_puts, 2);
+    // app/a-web existed: its blobs were checked, not re-sent.
+    assert!(lines.iter().any(|l| l.contains("\"HEAD /v2/app/a-web/blobs/")));
 }

@@ -3,9 +3,13 @@
 //!
 //!   regferry-testkit serve --count 2       # prints REGISTRY_0=… lines, runs until SIGINT/SIGTERM
 //!   regferry-testkit fill --registry http://127.0.0.1:5001 --repos 20 --tags 10
+//!   regferry-testkit rawcopy-plan --from URL > blobs.tsv      # untimed: the distinct blobs
+//!   regferry-testkit rawcopy --from URL --to URL --list blobs.tsv   # the raw limit
+//!   regferry-testkit compare --from URL --to URL --dest-prefix mirror [--basename]
 
 use clap::{Parser, Subcommand};
 use testkit::dataset::{self, Spec};
+use testkit::rawcopy::{self, BlobRef, Naming};
 use testkit::{Access, Registry, TestRegistry};
 
 #[derive(Parser)]
@@ -52,6 +56,43 @@ enum Cmd {
         #[arg(long)]
         big_layer: Option<u64>,
     },
+    /// List every distinct blob reachable from the tags of a registry (repo, digest, size; tab-separated).
+    RawcopyPlan {
+        #[arg(long)]
+        from: String,
+    },
+    /// The raw limit: copy each blob of --list once (GET streamed into POST + PUT), nothing else.
+    Rawcopy {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// The output of rawcopy-plan.
+        #[arg(long)]
+        list: std::path::PathBuf,
+        /// Destination repositories are PREFIX/<source repository>.
+        #[arg(long, default_value = "raw")]
+        dest_prefix: String,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// Print the benchmark report of a bench/run.sh output directory.
+    BenchReport {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
+    /// Compare every source tag with the destination by digest and media type; exit 1 on any difference.
+    Compare {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value = "")]
+        dest_prefix: String,
+        /// Destination repositories are named by the source's last path component (skopeo sync).
+        #[arg(long)]
+        basename: bool,
+    },
 }
 
 #[tokio::main]
@@ -62,6 +103,8 @@ async fn main() {
             for (i, r) in registries.iter().enumerate() {
                 println!("REGISTRY_{i}={}", r.url);
                 println!("REGISTRY_{i}_STORAGE={}", r.storage().display());
+                println!("REGISTRY_{i}_LOG={}", r.log_path().display());
+                println!("REGISTRY_{i}_PID={}", r.pid());
             }
             println!("READY=1");
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -111,6 +154,33 @@ async fn main() {
                 spec.repos,
                 dataset::distinct_blob_bytes(&pushed)
             );
+        }
+        Cmd::RawcopyPlan { from } => {
+            let reg = Registry::new(&from, Access::Anonymous);
+            for b in rawcopy::plan(&reg).await {
+                println!("{}", b.to_line());
+            }
+        }
+        Cmd::Rawcopy { from, to, list, dest_prefix, concurrency } => {
+            let text = std::fs::read_to_string(&list).unwrap_or_else(|e| panic!("cannot read {}: {e}", list.display()));
+            let blobs: Vec<BlobRef> = text.lines().filter_map(BlobRef::from_line).collect();
+            let s = rawcopy::copy(&from, &to, &dest_prefix, &blobs, concurrency).await;
+            println!(
+                "{{\"blobs\":{},\"bytes\":{},\"requests\":{{\"source\":{},\"destination\":{}}},\"elapsed_seconds\":{:.3}}}",
+                s.blobs, s.bytes, s.requests_source, s.requests_destination, s.seconds
+            );
+        }
+        Cmd::BenchReport { dir } => print!("{}", testkit::bench_report::report(&dir)),
+        Cmd::Compare { from, to, dest_prefix, basename } => {
+            let naming = if basename { Naming::Basename } else { Naming::Full };
+            let (compared, diffs) = rawcopy::compare(&from, &to, &dest_prefix, naming).await;
+            for d in diffs.iter().take(20) {
+                eprintln!("differs: {d}");
+            }
+            println!("compared {compared} tags: {} differ", diffs.len());
+            if !diffs.is_empty() || compared == 0 {
+                std::process::exit(1);
+            }
         }
     }
 }

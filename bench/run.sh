@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# regferry's benchmark: regferry migrate vs `skopeo sync` vs the raw limit,
+# side by side, on real docker-registry processes on loopback.
+#
+#   bench/run.sh                 # the main data set (initial copy + no-op resync)
+#   bench/run.sh --quick         # a small main data set, for a smoke run
+#   bench/run.sh --big           # main + one 1 GiB layer
+#   bench/run.sh --scale         # main + a no-op pass over 10,000 tags
+#   bench/run.sh --all           # all three
+#   bench/run.sh --only big      # just one scenario (main|big|scale)
+#
+# Every initial copy goes to a fresh destination registry; each no-op
+# resync runs on the destination its tool just filled. Results (raw TSV,
+# the registries' access-log lines of every run, each tool's output and a
+# report) go to bench/out/<timestamp>/, the report also to stdout.
+#
+# Parameters (environment):
+#   BENCH_REPOS=20 BENCH_TAGS=10            repositories × tags per repository
+#   BENCH_BASE_LAYERS=2 BENCH_BASE_SIZE=4194304   shared base layers (bytes each)
+#   BENCH_REPO_SIZE=2097152 BENCH_TAG_SIZE=524288 per-repository / per-tag layer bytes
+#   BENCH_MULTI_ARCH_EVERY=3                every n-th tag is a 2-platform index
+#   BENCH_CONCURRENCY=8                     regferry --concurrency and raw copy streams
+#   BENCH_REPEAT=3                          repetitions of the main scenario (medians reported)
+#   BENCH_BIG_SIZE=1073741824               the big layer
+#   BENCH_SCALE_REPOS=100 BENCH_SCALE_TAGS=100    the scale scenario's data set
+#   BENCH_SCALE_SKOPEO=0                    1: also sync the scale set with skopeo (slow)
+#   BENCH_PROFILE=release                   cargo profile the binaries are built with
+#   BENCH_NO_BUILD=1                        use the binaries already built
+#   BENCH_TOOLS="raw regferry skopeo"       which contenders run (for quick iterations)
+#   BENCH_STORAGE=tmpfs                     where the registries keep their data: tmpfs
+#                                           (/dev/shm) or disk ($TMPDIR); see docs/performance.md
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+scenarios=(main)
+quick=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --big) scenarios+=(big) ;;
+    --scale) scenarios+=(scale) ;;
+    --all) scenarios=(main big scale) ;;
+    --only) shift; scenarios=("$1") ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [ "$quick" = 1 ]; then
+  : "${BENCH_REPOS:=4}" "${BENCH_TAGS:=3}" "${BENCH_BASE_SIZE:=262144}" "${BENCH_REPO_SIZE:=131072}" "${BENCH_TAG_SIZE:=32768}"
+  : "${BENCH_BIG_SIZE:=134217728}" "${BENCH_SCALE_REPOS:=10}" "${BENCH_SCALE_TAGS:=100}" "${BENCH_REPEAT:=1}"
+fi
+REPOS=${BENCH_REPOS:-20}
+TAGS=${BENCH_TAGS:-10}
+BASE_LAYERS=${BENCH_BASE_LAYERS:-2}
+BASE_SIZE=${BENCH_BASE_SIZE:-4194304}
+REPO_SIZE=${BENCH_REPO_SIZE:-2097152}
+TAG_SIZE=${BENCH_TAG_SIZE:-524288}
+MULTI_ARCH_EVERY=${BENCH_MULTI_ARCH_EVERY:-3}
+CONCURRENCY=${BENCH_CONCURRENCY:-8}
+REPEAT=${BENCH_REPEAT:-3}
+BIG_SIZE=${BENCH_BIG_SIZE:-1073741824}
+SCALE_REPOS=${BENCH_SCALE_REPOS:-100}
+SCALE_TAGS=${BENCH_SCALE_TAGS:-100}
+SCALE_SKOPEO=${BENCH_SCALE_SKOPEO:-0}
+PROFILE=${BENCH_PROFILE:-release}
+TOOLS=" ${BENCH_TOOLS:-raw regferry skopeo} "
+STORAGE=${BENCH_STORAGE:-tmpfs}
+
+scripts/deps.sh --bench
+if [ -z "${BENCH_NO_BUILD:-}" ]; then
+  echo "building regferry and the test kit (profile $PROFILE)…" >&2
+  cargo build --locked --profile "$PROFILE" --workspace --bins -q
+fi
+case "$PROFILE" in dev) bindir=target/debug ;; *) bindir=target/$PROFILE ;; esac
+regferry="$root/$bindir/regferry"
+kit="$root/$bindir/regferry-testkit"
+
+stamp=$(date +%Y%m%d-%H%M%S)
+out="$root/bench/out/$stamp"
+mkdir -p "$out"
+work=$(mktemp -d /tmp/regferry-bench.XXXXXX)
+case "$STORAGE" in
+  tmpfs) storage=$(mktemp -d /dev/shm/regferry-bench.XXXXXX) ;;
+  disk) storage=$(mktemp -d "${TMPDIR:-/tmp}/regferry-bench-storage.XXXXXX") ;;
+  *) echo "BENCH_STORAGE must be tmpfs or disk" >&2; exit 2 ;;
+esac
+serve_pids=()
+
+stop_registries() {
+  local pid
+  for pid in "${serve_pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${serve_pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  serve_pids=()
+}
+cleanup() {
+  stop_registries
+  rm -rf "$work" "$storage"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start_registries NAME COUNT: start COUNT registries; their URL, log, pid
+# and storage are then ${NAME}_url[i], ${NAME}_log[i], ${NAME}_pid[i], ${NAME}_storage[i].
+start_registries() {
+  local name=$1 count=$2 file="$work/$1.registries" i
+  TMPDIR="$storage" "$kit" serve --count "$count" >"$file" 2>"$work/$name.serve.log" &
+  serve_pids+=($!)
+  for _ in $(seq 300); do grep -q '^READY=1' "$file" 2>/dev/null && break; sleep 0.1; done
+  grep -q '^READY=1' "$file" || { cat "$work/$name.serve.log" >&2; echo "registries did not start" >&2; exit 1; }
+  for i in $(seq 0 $((count - 1))); do
+    eval "${name}_url[$i]=\$(sed -n 's/^REGISTRY_${i}=//p' \"\$file\")"
+    eval "${name}_log[$i]=\$(sed -n 's/^REGISTRY_${i}_LOG=//p' \"\$file\")"
+    eval "${name}_pid[$i]=\$(sed -n 's/^REGISTRY_${i}_PID=//p' \"\$file\")"
+    eval "${name}_storage[$i]=\$(sed -n 's/^REGISTRY_${i}_STORAGE=//p' \"\$file\")"
+  done
+}
+
+access_count() { grep -a -c -E '"(GET|HEAD|POST|PUT|PATCH|DELETE) [^"]* HTTP/1\.1" [0-9]{3} ' "$1" || true; }
+rchar() { awk '/^rchar:/ {print $2}' "/proc/$1/io"; }
+# CPU seconds (user+system) a process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hostport() { echo "${1#*://}"; }
+
+printf 'scenario\trep\ttool\tphase\texit\twall_s\tuser_s\tsys_s\trss_kib\treq_src\treq_dst\tbytes_to_dst\tsrc_cpu_s\tdst_cpu_s\n' >"$out/results.tsv"
+ticks=$(getconf CLK_TCK)
+
+# measure SCENARIO REP TOOL PHASE SRC_LOG SRC_PID DST_LOG DST_PID -- COMMAND...
+# Runs COMMAND under /usr/bin/time and records wall/CPU time, peak RSS, the
+# requests each registry logged meanwhile, the bytes the destination
+# registry read (its rchar: request bodies and headers) and registry CPU.
+measure() {
+  local scenario=$1 rep=$2 tool=$3 phase=$4 slog=$5 spid=$6 dlog=$7 dpid=$8
+  shift 9
+  local id="$scenario-$rep-$tool-$phase"
+  sync
+  sleep 0.5
+  local s0 d0 r0 sc0 dc0 code=0
+  s0=$(wc -l <"$slog"); d0=$(wc -l <"$dlog"); r0=$(rchar "$dpid")
+  sc0=$(cpu_ticks "$spid"); dc0=$(cpu_ticks "$dpid")
+  /usr/bin/time -f '%e %U %S %M' -o "$out/$id.time" "$@" >"$out/$id.stdout" 2>"$out/$id.stderr" || code=$?
+  sleep 0.3
+  tail -n +$((s0 + 1)) "$slog" >"$out/$id.src.log"
+  tail -n +$((d0 + 1)) "$dlog" >"$out/$id.dst.log"
+  local r1 sc1 dc1
+  r1=$(rchar "$dpid"); sc1=$(cpu_ticks "$spid"); dc1=$(cpu_ticks "$dpid")
+  # shellcheck disable=SC2046
+  set -- $(tail -n 1 "$out/$id.time")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$rep" "$tool" "$phase" "$code" "$1" "$2" "$3" "$4" \
+    "$(access_count "$out/$id.src.log")" "$(access_count "$out/$id.dst.log")" "$((r1 - r0))" \
+    "$(awk -v a="$sc0" -v b="$sc1" -v t="$ticks" 'BEGIN{printf "%.2f", (b-a)/t}')" \
+    "$(awk -v a="$dc0" -v b="$dc1" -v t="$ticks" 'BEGIN{printf "%.2f", (b-a)/t}')" >>"$out/results.tsv"
+  printf '  %-9s %-8s %-8s %6.2fs wall, exit %s\n' "$scenario" "$tool" "$phase" "$1" "$code" >&2
+  if [ "$code" != 0 ]; then
+    echo "  $tool $phase failed (exit $code); last lines of its stderr:" >&2
+    tail -n 5 "$out/$id.stderr" >&2
+  fi
+}
+
+# skopeo_yaml SRC_URL FILE [GLOB]: a `skopeo sync --src yaml` file naming every source repository.
+skopeo_yaml() {
+  local src=$1 file=$2
+  {
+    echo "$(hostport "$src"):"
+    echo "  tls-verify: false"
+    echo "  images:"
+    curl -fsS "$src/v2/_catalog?n=1000" | tr -d '{}[]"' | sed 's/^repositories://' | tr ',' '\n' | sed '/^$/d; s/^/    /; s/$/: []/'
+  } >"$file"
+}
+
+# run_set SCENARIO REP SRC DSTS NOOP: raw, regferry and skopeo onto the
+# fresh destinations ${DSTS}_*[0..2]; NOOP=1 adds the no-op resyncs.
+run_set() {
+  local scenario=$1 rep=$2 s=$3 d=$4 noop=$5
+  local surl slog spid
+  eval "surl=\${${s}_url[0]}; slog=\${${s}_log[0]}; spid=\${${s}_pid[0]}"
+  local rurl rlog rpid kurl klog kpid aurl alog apid
+  eval "rurl=\${${d}_url[0]}; rlog=\${${d}_log[0]}; rpid=\${${d}_pid[0]}"
+  eval "kurl=\${${d}_url[1]}; klog=\${${d}_log[1]}; kpid=\${${d}_pid[1]}"
+  eval "aurl=\${${d}_url[2]}; alog=\${${d}_log[2]}; apid=\${${d}_pid[2]}"
+  local state="$work/$scenario-$rep.db" yaml="$work/$scenario.skopeo.yaml"
+  skopeo_yaml "$surl" "$yaml"
+  local skopeo_cmd=(skopeo sync --all --preserve-digests --src yaml --dest docker --dest-tls-verify=false "$yaml" "$(hostport "$kurl")/mirror")
+  local regferry_cmd=("$regferry" -q migrate --from "$surl" --to "$rurl/mirror" --state "$state" --concurrency "$CONCURRENCY" --json)
+
+  if [[ $TOOLS == *" raw "* ]]; then
+    measure "$scenario" "$rep" raw initial "$slog" "$spid" "$alog" "$apid" -- \
+      "$kit" rawcopy --from "$surl" --to "$aurl" --list "$out/$scenario.blobs.tsv" --concurrency "$CONCURRENCY"
+  fi
+  if [[ $TOOLS == *" regferry "* ]]; then
+    measure "$scenario" "$rep" regferry initial "$slog" "$spid" "$rlog" "$rpid" -- "${regferry_cmd[@]}"
+  fi
+  if [[ $TOOLS == *" skopeo "* ]]; then
+    measure "$scenario" "$rep" skopeo initial "$slog" "$spid" "$klog" "$kpid" -- "${skopeo_cmd[@]}"
+  fi
+  if [ "$noop" = 1 ] && [[ $TOOLS == *" regferry "* ]]; then
+    measure "$scenario" "$rep" regferry noop "$slog" "$spid" "$rlog" "$rpid" -- "${regferry_cmd[@]}"
+  fi
+  if [ "$noop" = 1 ] && [[ $TOOLS == *" skopeo "* ]]; then
+    measure "$scenario" "$rep" skopeo noop "$slog" "$spid" "$klog" "$kpid" -- "${skopeo_cmd[@]}"
+  fi
+  # Untimed: prove each copy complete (every tag, same digest and media type).
+  if [[ $TOOLS == *" regferry "* ]]; then
+    "$kit" compare --from "$surl" --to "$rurl" --dest-prefix mirror >"$out/$scenario-$rep-regferry.compare" 2>&1 \
+      || { echo "regferry's copy differs from the source:" >&2; cat "$out/$scenario-$rep-regferry.compare" >&2; }
+  fi
+  if [[ $TOOLS == *" skopeo "* ]]; then
+    "$kit" compare --from "$surl" --to "$kurl" --dest-prefix mirror --basename >"$out/$scenario-$rep-skopeo.compare" 2>&1 \
+      || { echo "skopeo's copy differs from the source:" >&2; cat "$out/$scenario-$rep-skopeo.compare" >&2; }
+  fi
+}
+
+params="$out/params.env"
+{
+  echo "machine_cpus=$(nproc)"
+  echo "machine_cpu_model=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+  echo "machine_mem_mib=$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo)"
+  echo "loadavg_before=$(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "regferry_version=$("$regferry" --version)"
+  echo "skopeo_version=$(skopeo --version)"
+  echo "registry_version=$(/usr/bin/docker-registry --version 2>/dev/null | head -n 1)"
+  echo "profile=$PROFILE"
+  echo "concurrency=$CONCURRENCY"
+  echo "storage=$STORAGE ($(df --output=fstype "$storage" | tail -n 1 | tr -d ' ') at $storage)"
+  echo "repeat=$REPEAT"
+  echo "commit=$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo '+dirty')"
+} >"$params"
+
+for scenario in "${scenarios[@]}"; do
+  case "$scenario" in
+  main)
+    echo "== main: $REPOS repositories × $TAGS tags ==" >&2
+    start_registries msrc 1
+    "$kit" fill --registry "${msrc_url[0]}" --prefix bench --repos "$REPOS" --tags "$TAGS" --base-layers "$BASE_LAYERS" \
+      --base-size "$BASE_SIZE" --repo-size "$REPO_SIZE" --tag-size "$TAG_SIZE" --multi-arch-every "$MULTI_ARCH_EVERY" \
+      | tee "$out/main.fill" >&2
+    "$kit" rawcopy-plan --from "${msrc_url[0]}" >"$out/main.blobs.tsv"
+    {
+      echo "main_repos=$REPOS"; echo "main_tags_per_repo=$TAGS"; echo "main_base_layers=$BASE_LAYERS"
+      echo "main_base_size=$BASE_SIZE"; echo "main_repo_size=$REPO_SIZE"; echo "main_tag_size=$TAG_SIZE"
+      echo "main_multi_arch_every=$MULTI_ARCH_EVERY"
+      echo "main_fill=$(cat "$out/main.fill")"
+      echo "main_distinct_blobs=$(wc -l <"$out/main.blobs.tsv")"
+      echo "main_distinct_bytes=$(awk -F'\t' '{s += $3} END {print s + 0}' "$out/main.blobs.tsv")"
+    } >>"$params"
+    for rep in $(seq 1 "$REPEAT"); do
+      start_registries "mdst" 3
+      run_set main "$rep" msrc mdst 1
+      # stop this repetition's destinations (the source stays)
+      kill -TERM "${serve_pids[-1]}"; wait "${serve_pids[-1]}" 2>/dev/null || true; unset 'serve_pids[-1]'
+    done
+    stop_registries
+    ;;
+  big)
+    echo "== big: one $BIG_SIZE-byte layer ==" >&2
+    start_registries bsrc 1
+    "$kit" fill --registry "${bsrc_url[0]}" --prefix big --big-layer "$BIG_SIZE" | tee "$out/big.fill" >&2
+    "$kit" rawcopy-plan --from "${bsrc_url[0]}" >"$out/big.blobs.tsv"
+    { echo "big_size=$BIG_SIZE"; echo "big_distinct_bytes=$(awk -F'\t' '{s += $3} END {print s + 0}' "$out/big.blobs.tsv")"; } >>"$params"
+    start_registries bdst 3
+    run_set big 1 bsrc bdst 0
+    stop_registries
+    ;;
+  scale)
+    echo "== scale: $SCALE_REPOS repositories × $SCALE_TAGS tags ==" >&2
+    start_registries ssrc 1
+    start_registries sdst 2
+    "$kit" fill --registry "${ssrc_url[0]}" --prefix scale --repos "$SCALE_REPOS" --tags "$SCALE_TAGS" --base-layers 1 \
+      --base-size 4096 --repo-size 1024 --tag-size 512 --multi-arch-every 3 --no-signatures | tee "$out/scale.fill" >&2
+    { echo "scale_repos=$SCALE_REPOS"; echo "scale_tags_per_repo=$SCALE_TAGS"; echo "scale_fill=$(cat "$out/scale.fill")"; } >>"$params"
+    state="$work/scale.db"
+    src="${ssrc_url[0]}"
+    dst="${sdst_url[0]}"
+    rf=("$regferry" -q migrate --from "$src" --to "$dst/mirror" --state "$state" --concurrency "$CONCURRENCY" --json)
+    measure scale 1 regferry initial "${ssrc_log[0]}" "${ssrc_pid[0]}" "${sdst_log[0]}" "${sdst_pid[0]}" -- "${rf[@]}"
+    # 40% of the repositories, then all of them: the difference is what
+    # 60% more tags cost (both past the warm-up of SQLite's page cache).
+    part=()
+    for i in $(seq 0 $(( SCALE_REPOS * 2 / 5 - 1 ))); do part+=(--repo "scale/repo-$i"); done
+    if [ ${#part[@]} -gt 0 ]; then
+      measure scale 1 regferry noop-part "${ssrc_log[0]}" "${ssrc_pid[0]}" "${sdst_log[0]}" "${sdst_pid[0]}" -- "${rf[@]}" "${part[@]}"
+    fi
+    measure scale 1 regferry noop "${ssrc_log[0]}" "${ssrc_pid[0]}" "${sdst_log[0]}" "${sdst_pid[0]}" -- "${rf[@]}"
+    if [ "$SCALE_SKOPEO" = 1 ]; then
+      skopeo_yaml "$src" "$work/scale.skopeo.yaml"
+      sk=(skopeo sync --all --preserve-digests --src yaml --dest docker --dest-tls-verify=false "$work/scale.skopeo.yaml" "$(hostport "${sdst_url[1]}")/mirror")
+      measure scale 1 skopeo initial "${ssrc_log[0]}" "${ssrc_pid[0]}" "${sdst_log[1]}" "${sdst_pid[1]}" -- "${sk[@]}"
+      measure scale 1 skopeo noop "${ssrc_log[0]}" "${ssrc_pid[0]}" "${sdst_log[1]}" "${sdst_pid[1]}" -- "${sk[@]}"
+    fi
+    "$kit" compare --from "$src" --to "$dst" --dest-prefix mirror >"$out/scale-1-regferry.compare" 2>&1 \
+      || { echo "regferry's copy differs from the source:" >&2; cat "$out/scale-1-regferry.compare" >&2; }
+    stop_registries
+    ;;
+  *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+  esac
+done
+echo "loadavg_after=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$params"
+
+"$kit" bench-report --dir "$out" | tee "$out/report.txt"
+ln -sfn "$stamp" "$root/bench/out/latest"
+echo "raw results: bench/out/$stamp/ (also bench/out/latest)" >&2
