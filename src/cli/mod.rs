@@ -183,6 +183,13 @@ pub struct RegistryArgs {
     #[arg(long, value_name = "URL")]
     pub to: String,
 
+    #[command(flatten)]
+    pub access: AccessArgs,
+}
+
+/// Credentials and TLS settings for the `--from` and `--to` registries.
+#[derive(Debug, Args, Clone)]
+pub struct AccessArgs {
     /// Source credentials as USER:PASSWORD (default: docker config.json, else anonymous).
     #[arg(long, env = "REGFERRY_FROM_CREDS", hide_env_values = true, value_name = "USER:PASS")]
     pub from_creds: Option<String>,
@@ -208,9 +215,18 @@ pub struct RegistryArgs {
     pub to_insecure: bool,
 }
 
+impl AccessArgs {
+    /// The endpoints for source URL `from` and destination URL `to`.
+    pub fn endpoints(&self, from: &str, to: &str) -> Result<(Endpoint, Endpoint), CliError> {
+        let src = endpoint(from, self.from_creds.as_deref(), self.from_ca.as_ref(), self.from_insecure, "from")?;
+        let dst = endpoint(to, self.to_creds.as_deref(), self.to_ca.as_ref(), self.to_insecure, "to")?;
+        Ok((src, dst))
+    }
+}
+
 /// Build an endpoint from a URL, optional USER:PASS, and TLS flags; fall back
 /// to docker's config.json for credentials.
-pub fn endpoint(url: &str, creds: Option<&str>, ca: Option<&PathBuf>, insecure: bool, flag: &str) -> Result<Endpoint, CliError> {
+fn endpoint(url: &str, creds: Option<&str>, ca: Option<&PathBuf>, insecure: bool, flag: &str) -> Result<Endpoint, CliError> {
     let url = RegistryUrl::parse(url).map_err(|e| CliError::usage(format!("--{flag}: {e}")))?;
     let credentials = match creds {
         Some(c) => Credentials::from_user_pass(c).map_err(|e| CliError::usage(format!("--{flag}-creds: {e}")))?,
@@ -228,8 +244,6 @@ pub fn endpoint(url: &str, creds: Option<&str>, ca: Option<&PathBuf>, insecure: 
 
 impl RegistryArgs {
     pub fn endpoints(&self) -> Result<(Endpoint, Endpoint), CliError> {
-        let src = endpoint(&self.from, self.from_creds.as_deref(), self.from_ca.as_ref(), self.from_insecure, "from")?;
-        let dst = endpoint(&self.to, self.to_creds.as_deref(), self.to_ca.as_ref(), self.to_insecure, "to")?;
-        Ok((src, dst))
+        self.access.endpoints(&self.from, &self.to)
     }
 }

@@ -18,7 +18,7 @@ use regferry::job::{Job, JobError};
 use regferry::registry::{ClientOptions, Endpoint, RegistryClient};
 use regferry::state::StateDb;
 
-use super::{CliError, StateArgs, endpoint, exit};
+use super::{AccessArgs, CliError, StateArgs, exit};
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -30,25 +30,8 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "URL", requires = "from")]
     pub to: Option<String>,
 
-    /// Source credentials as USER:PASSWORD (default: docker config.json, else anonymous).
-    #[arg(long, env = "REGFERRY_FROM_CREDS", hide_env_values = true, value_name = "USER:PASS")]
-    pub from_creds: Option<String>,
-
-    /// Destination credentials as USER:PASSWORD (default: docker config.json, else anonymous).
-    #[arg(long, env = "REGFERRY_TO_CREDS", hide_env_values = true, value_name = "USER:PASS")]
-    pub to_creds: Option<String>,
-
-    /// Extra PEM CA bundle to trust for the source / the destination.
-    #[arg(long, value_name = "FILE")]
-    pub from_ca: Option<PathBuf>,
-    #[arg(long, value_name = "FILE", hide = true)]
-    pub to_ca: Option<PathBuf>,
-
-    /// Do not verify the source's / the destination's TLS certificate (dangerous).
-    #[arg(long)]
-    pub from_insecure: bool,
-    #[arg(long, hide = true)]
-    pub to_insecure: bool,
+    #[command(flatten)]
+    pub access: AccessArgs,
 
     /// Verify the scope of the policies in this directory (or file) instead of --from/--to,
     /// in each policy's current direction, with its replication lag from the state database.
@@ -184,8 +167,7 @@ pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
     let mut lags = Vec::new();
     match (&args.from, &args.to, &args.policies) {
         (Some(from), Some(to), None) => {
-            let source = endpoint(from, args.from_creds.as_deref(), args.from_ca.as_ref(), args.from_insecure, "from")?;
-            let destination = endpoint(to, args.to_creds.as_deref(), args.to_ca.as_ref(), args.to_insecure, "to")?;
+            let (source, destination) = args.access.endpoints(from, to)?;
             let repos = RepoFilter::new(&args.repos, &[]).map_err(|e| CliError::usage(format!("--repo: {e}")))?;
             let mapping = RepoMapping::new(source.url.prefix(), destination.url.prefix());
             let scope = Scope { mapping, repos, explicit: Vec::new(), tags: Arc::new(AllTags) };
