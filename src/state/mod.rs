@@ -25,7 +25,7 @@ pub use recorder::Recorder;
 pub use status::{ExecutionStatus, TaskStatus};
 
 use crate::engine::blobs::MountHints;
-use crate::engine::plan::{Action, Plan};
+use crate::engine::plan::{Action, Plan, SkipReason};
 use crate::engine::stats::Snapshot;
 use crate::registry::{Digest, RepoName};
 
@@ -229,14 +229,20 @@ impl StateDb {
                 Action::Copy(_) => TaskStatus::Pending,
                 Action::Skip(_) => TaskStatus::Skipped,
             };
+            // A resumed task found up to date with the digest it was
+            // planned with was copied by this execution before the process
+            // died (only its record was lost): it succeeded.
+            let resumed_done = item.action == Action::Skip(SkipReason::UpToDate);
             let id: i64 = sqlx::query(
                 "INSERT INTO tasks (execution_id, source_repo, dest_repo, tag, source_digest, media_type, reason, status, created_at, updated_at) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (execution_id, source_repo, dest_repo, tag) DO UPDATE SET \
-                   status = CASE WHEN tasks.status = 'succeeded' AND excluded.status = 'skipped' \
+                   status = CASE WHEN ? AND tasks.status IN ('succeeded', 'running', 'retrying', 'pending') \
                                   AND tasks.source_digest = excluded.source_digest THEN 'succeeded' ELSE excluded.status END, \
-                   reason = CASE WHEN tasks.status = 'succeeded' AND excluded.status = 'skipped' \
+                   reason = CASE WHEN ? AND tasks.status IN ('succeeded', 'running', 'retrying', 'pending') \
                                   AND tasks.source_digest = excluded.source_digest THEN tasks.reason ELSE excluded.reason END, \
+                   finished_at = CASE WHEN ? AND tasks.status IN ('running', 'retrying', 'pending') \
+                                  AND tasks.source_digest = excluded.source_digest THEN excluded.updated_at ELSE tasks.finished_at END, \
                    source_digest = excluded.source_digest, media_type = excluded.media_type, updated_at = excluded.updated_at \
                  RETURNING id",
             )
@@ -250,6 +256,9 @@ impl StateDb {
             .bind(status.as_str())
             .bind(now)
             .bind(now)
+            .bind(resumed_done)
+            .bind(resumed_done)
+            .bind(resumed_done)
             .fetch_one(&mut *tx)
             .await?
             .try_get("id")?;
@@ -362,5 +371,55 @@ impl MountHints for StateHints {
             })
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ExecutionSpec, StateDb};
+    use crate::engine::plan::{Action, CopyReason, Plan, PlanItem, SkipReason};
+    use crate::registry::{Digest, ManifestHead};
+
+    fn plan(action: Action, digest: &Digest) -> Plan {
+        let item = PlanItem {
+            source_repo: "a/b".parse().unwrap(),
+            dest_repo: "a/b".parse().unwrap(),
+            tag: "v1".parse().unwrap(),
+            source: ManifestHead { digest: digest.clone(), media_type: "m".into() },
+            source_body: None,
+            dest: None,
+            action,
+        };
+        Plan { items: vec![item], repositories: 1, ..Plan::default() }
+    }
+
+    /// A task left pending or running by a dead process, found up to date
+    /// with its planned digest on resume, was copied before the crash: it
+    /// is recorded as succeeded, not as skipped. A new digest stays skipped.
+    #[tokio::test]
+    async fn a_resumed_task_found_up_to_date_succeeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("s.db")).await.unwrap();
+        let spec = ExecutionSpec {
+            kind: "migrate".into(),
+            policy: None,
+            scope_key: "k".into(),
+            source: "http://a".into(),
+            destination: "http://b".into(),
+            direction: "forward".into(),
+            resume_failed: true,
+        };
+        let id = db.begin_execution(&spec).await.unwrap().id;
+        let (one, two) = (Digest::sha256_of(b"one"), Digest::sha256_of(b"two"));
+        db.record_plan(id, &plan(Action::Copy(CopyReason::Missing), &one)).await.unwrap();
+        assert_eq!(db.tasks(id).await.unwrap()[0].status, "pending");
+
+        db.record_plan(id, &plan(Action::Skip(SkipReason::UpToDate), &one)).await.unwrap();
+        let task = &db.tasks(id).await.unwrap()[0];
+        assert_eq!((task.status.as_str(), task.reason.as_deref()), ("succeeded", Some("missing")));
+
+        db.record_plan(id, &plan(Action::Copy(CopyReason::DigestDiffers), &two)).await.unwrap();
+        db.record_plan(id, &plan(Action::Skip(SkipReason::UpToDate), &one)).await.unwrap();
+        assert_eq!(db.tasks(id).await.unwrap()[0].status, "skipped", "planned with another digest");
     }
 }

@@ -151,6 +151,18 @@ impl Counters {
             *m.entry(fault).or_default() += 1;
         }
     }
+
+    /// Count `fault` unless `limit` (0: none) injections of it were already
+    /// counted; says whether it was counted.
+    fn note_within(&self, fault: &'static str, limit: u64) -> bool {
+        let Ok(mut m) = self.injected.lock() else { return false };
+        let n = m.entry(fault).or_default();
+        if limit > 0 && *n >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
 }
 
 /// A fixed answer for one path.
@@ -292,10 +304,9 @@ impl Shared {
         let h = Sha256::digest(format!("{}|{fault}|{key}|{n}", faults.seed).as_bytes());
         let x = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
         let hit = ((x >> 11) as f64 / (1u64 << 53) as f64) < p;
-        if hit {
-            self.counters.note(fault);
-        }
-        hit
+        // Check the limit and count the hit under one lock: concurrent
+        // requests must not both slip under it.
+        hit && self.counters.note_within(fault, faults.limit)
     }
 }
 
