@@ -84,6 +84,7 @@ pub struct Report {
     pub status: ExecutionStatus,
     pub counts: Snapshot,
     pub failures: Vec<Failure>,
+    /// Planning and copying.
     pub elapsed: Duration,
     pub source_requests: u64,
     pub destination_requests: u64,
@@ -110,10 +111,13 @@ impl Job {
 
     /// Discover and diff: listings plus one `HEAD` per tag per side.
     pub async fn plan(&self) -> Result<Plan, JobError> {
+        let started = Instant::now();
         let concurrency = self.spec.execute.concurrency.max(4) * 2;
         let found = discover(&self.src, &self.spec.scope, concurrency).await?;
         let options = DiffOptions { concurrency, overwrite: self.spec.overwrite };
-        Ok(diff(&self.src, &self.dst, found, options).await)
+        let mut plan = diff(&self.src, &self.dst, found, options).await;
+        plan.planning_time = started.elapsed();
+        Ok(plan)
     }
 
     /// Execute `plan`, recording into `state` when given. `stats` is shared
@@ -137,7 +141,7 @@ impl Job {
                     status: ExecutionStatus::Succeeded,
                     counts: stats.snapshot(),
                     failures: Vec::new(),
-                    elapsed: started.elapsed(),
+                    elapsed: plan.planning_time + started.elapsed(),
                     source_requests: self.src.request_count(),
                     destination_requests: self.dst.request_count(),
                 });
@@ -227,7 +231,7 @@ impl Job {
             status,
             counts,
             failures,
-            elapsed: started.elapsed(),
+            elapsed: plan.planning_time + started.elapsed(),
             source_requests: self.src.request_count(),
             destination_requests: self.dst.request_count(),
         })

@@ -136,6 +136,8 @@ pub struct Plan {
     /// Source manifests fetched while planning whose
     /// `Docker-Content-Digest` disagreed with their bytes (the bytes won).
     pub digest_mismatches: u64,
+    /// How long discovery and diffing took.
+    pub planning_time: std::time::Duration,
 }
 
 impl Plan {
