@@ -235,10 +235,9 @@ fn endpoint(url: &str, creds: Option<&str>, ca: Option<&PathBuf>, insecure: bool
             None => Credentials::Anonymous,
         },
     };
-    if let Some(ca) = ca
-        && !ca.is_file() {
-            return Err(CliError::usage(format!("--{flag}-ca: {} is not a readable file", ca.display())));
-        }
+    if let Some(ca) = ca {
+        Tls::check_ca_file(ca).map_err(|e| CliError::usage(format!("--{flag}-ca: {e}")))?;
+    }
     Ok(Endpoint { url, credentials, tls: Tls { insecure_skip_verify: insecure, ca_file: ca.cloned() } })
 }
 

@@ -427,7 +427,7 @@ impl Checker<'_> {
         let ca = match ca_file {
             Some(ca) => {
                 let path = PathBuf::from(&ca.value);
-                let ok = if path.is_file() { Ok(path) } else { Err(format!("{} is not a readable file", ca.value)) };
+                let ok = Tls::check_ca_file(&path).map(|()| path);
                 Some(self.ok(ca, &format!("{field}.ca_file"), ok)?)
             }
             None => None,

@@ -184,10 +184,18 @@ fn tls_failure(e: &reqwest::Error) -> Option<TlsFailure> {
     None
 }
 
+/// `Retry-After` as delay-seconds or as an HTTP date (RFC 9110 §10.2.3),
+/// at most `cap`; a date in the past means now.
 fn retry_after(headers: &HeaderMap, cap: Duration) -> Option<Duration> {
     let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    let secs: u64 = v.parse().ok()?;
-    Some(Duration::from_secs(secs).min(cap))
+    let wait = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = httpdate::parse_http_date(v).ok()?;
+            at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(cap))
 }
 
 impl RegistryClient {
@@ -567,5 +575,33 @@ pub(crate) async fn read_limited(mut resp: Response, limit: usize) -> Result<Vec
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    use super::retry_after;
+
+    fn with(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates_within_the_cap() {
+        let cap = Duration::from_secs(120);
+        assert_eq!(retry_after(&with("7"), cap), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&with("9999"), cap), Some(cap));
+        let in_30s = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let waited = retry_after(&with(&in_30s), cap).unwrap();
+        assert!(waited > Duration::from_secs(27) && waited <= Duration::from_secs(30), "{waited:?}");
+        assert_eq!(retry_after(&with("Wed, 21 Oct 2015 07:28:00 GMT"), cap), Some(Duration::ZERO));
+        assert_eq!(retry_after(&with("soon"), cap), None);
+        assert_eq!(retry_after(&HeaderMap::new(), cap), None);
     }
 }

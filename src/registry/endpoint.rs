@@ -169,6 +169,20 @@ pub struct Tls {
     pub ca_file: Option<PathBuf>,
 }
 
+impl Tls {
+    /// Check that `path` is a readable PEM bundle with at least one
+    /// certificate, so a wrong file is refused as bad input before any
+    /// request. The message names the file, never its content.
+    pub fn check_ca_file(path: &std::path::Path) -> Result<(), String> {
+        let pem = std::fs::read(path).map_err(|e| format!("{} is not a readable file: {e}", path.display()))?;
+        match reqwest::Certificate::from_pem_bundle(&pem) {
+            Ok(certs) if !certs.is_empty() => Ok(()),
+            Ok(_) => Err(format!("{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display())),
+            Err(e) => Err(format!("{} is not a PEM certificate bundle: {e}", path.display())),
+        }
+    }
+}
+
 /// Everything needed to reach one registry.
 #[derive(Clone, Debug)]
 pub struct Endpoint {

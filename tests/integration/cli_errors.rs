@@ -16,7 +16,14 @@ fn assert_one_clear_line(stderr: &str) {
 async fn bad_input_is_refused_with_exit_code_2() {
     let scratch = Scratch::new();
     let state = scratch.state();
+    // A CA bundle that is not PEM: refused before any request.
+    let not_pem = scratch.path("not-a-ca.pem");
+    std::fs::write(&not_pem, "this is not a certificate\n").expect("write");
+    let not_pem = not_pem.to_string_lossy().into_owned();
+    let missing = scratch.path("missing-ca.pem").to_string_lossy().into_owned();
     let cases: &[(&[&str], &str)] = &[
+        (&["migrate", "--from", "https://h", "--to", "http://127.0.0.1:1", "--from-ca", &not_pem], "holds no PEM certificate"),
+        (&["migrate", "--from", "https://h", "--to", "http://127.0.0.1:1", "--to-ca", &missing], "--to-ca"),
         (&["migrate", "--from", "http://exa mple.com", "--to", "http://127.0.0.1:1"], "--from"),
         (&["migrate", "--from", "ftp://x", "--to", "http://127.0.0.1:1"], "scheme"),
         (&["migrate", "--from", "http://h/../etc", "--to", "http://127.0.0.1:1"], "repository prefix"),
