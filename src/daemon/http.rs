@@ -36,5 +36,14 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], shared.metrics.render())
+    let mut body = shared.metrics.render();
+    let mut lags = Vec::new();
+    for policy in &shared.policies().policies {
+        match shared.state.replication_lag(&policy.name).await {
+            Ok(lag) => lags.push(lag),
+            Err(e) => tracing::warn!(policy = %policy.name, error = %e, "cannot read the replication lag for /metrics"),
+        }
+    }
+    body.push_str(&super::metrics::render_lag(&lags));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }

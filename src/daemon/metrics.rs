@@ -113,3 +113,28 @@ impl Metrics {
         out
     }
 }
+
+/// The replication lag families, from the state database's view of each
+/// policy in its current direction (a policy that never ran has no lag
+/// sample, only its outstanding count of 0).
+pub fn render_lag(lags: &[crate::dr::lag::Lag]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP regferry_replication_lag_seconds Age of the oldest source change not yet replicated (0: all caught up).\n\
+         # TYPE regferry_replication_lag_seconds gauge"
+    );
+    for lag in lags {
+        if let Some(secs) = lag.lag_seconds {
+            let _ = writeln!(out, "regferry_replication_lag_seconds{{policy=\"{}\",direction=\"{}\"}} {secs}", escape(&lag.policy), lag.direction);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP regferry_outstanding_tags Tags the latest passes have not replicated yet.\n# TYPE regferry_outstanding_tags gauge"
+    );
+    for lag in lags {
+        let _ = writeln!(out, "regferry_outstanding_tags{{policy=\"{}\",direction=\"{}\"}} {}", escape(&lag.policy), lag.direction, lag.outstanding_tags);
+    }
+    out
+}

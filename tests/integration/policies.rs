@@ -224,6 +224,9 @@ async fn daemon_replicates_pushes_serves_metrics_and_stops_cleanly() {
     assert_prometheus(&metrics);
     assert!(metrics.contains(&format!("regferry_tags_copied_total{{policy=\"live\",destination=\"{}/m\"}} 2", dst.url)), "{metrics}");
     assert!(metrics.contains("regferry_policies 1"));
+    // Caught up: no lag, nothing outstanding.
+    assert!(metrics.lines().any(|l| l == "regferry_replication_lag_seconds{policy=\"live\",direction=\"forward\"} 0"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "regferry_outstanding_tags{policy=\"live\",direction=\"forward\"} 0"), "{metrics}");
 
     // SIGTERM: exit 0, promptly.
     let pid = daemon.id().expect("pid") as libc::pid_t;
