@@ -1,6 +1,7 @@
-//! `kill -9` in the middle of a transfer, for real: the state database
-//! survives, the destination never holds a tag with missing content, and
-//! the same command again resumes the same execution and finishes it.
+//! `kill -9` of `migrate` and of the daemon in the middle of a transfer,
+//! for real: the state database survives, the destination never holds a tag
+//! with missing content, and the same command again resumes the same
+//! execution and finishes it.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -149,4 +150,83 @@ async fn kill_9_mid_transfer_then_the_same_command_resumes_and_finishes() {
     let (attempts, last_error): (i64, Option<String>) = (row.get(0), row.get(1));
     assert_eq!(attempts, 2, "the task left running by the kill was taken back and run once more (last error: {last_error:?})");
     assert!(assert_blobs_intact(&dst.storage()) > 0);
+}
+
+/// Status of the only execution, and how many there are.
+async fn executions(db: &Path) -> Vec<(i64, String)> {
+    let mut conn = open(db, true).await;
+    sqlx::query("SELECT id, status FROM executions ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .expect("executions")
+        .iter()
+        .map(|r| (r.get::<i64, _>(0), r.get::<String, _>(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_the_daemon_mid_pass_then_a_restart_finishes_the_same_execution() {
+    let (src, dst, s, d) = registries();
+    let pushed = dataset::fill(&s, &Spec { repos: 2, tags_per_repo: 2, ..Spec::default() }).await;
+    const BIG: u64 = 4 << 20;
+    let big = s.push_random_blob("bench/repo-1", "crash-big", BIG).await;
+    s.push("bench/repo-1", "v1.9-big", &image::image_with_external_layers(Flavor::Oci, "big", &[(big.clone(), BIG)])).await;
+    let mut repos = repos_of(&pushed);
+    repos.sort();
+    let total = pushed.len() + 1;
+
+    // The destination proxy holds the big layer's upload mid-body.
+    let dp = FaultProxy::start(
+        &dst.url,
+        Faults { hold: 1.0, only: vec!["PUT ".into(), big.trim_start_matches("sha256:").into()], ..Faults::default() },
+    );
+    let scratch = Scratch::new();
+    let policies = crate::policies::write(
+        &scratch,
+        "policies",
+        "dr.yaml",
+        &format!("name: dr\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\ntrigger: {{ interval: 1h }}\nconcurrency: 1\n", src.url, dp.url),
+    );
+    let db = scratch.path("state/regferry.db");
+    let listen = format!("127.0.0.1:{}", testkit::free_port());
+    let args: Vec<String> =
+        ["daemon", "--policies", &policies, "--state", &scratch.state(), "--listen", &listen].iter().map(|s| s.to_string()).collect();
+
+    run_and_kill(
+        &scratch,
+        &args,
+        async || dp.counters.injected("hold") >= 1 && task_status(&db, "bench/repo-1", "v1.9-big").await.as_deref() == Some("running"),
+        "the daemon's big upload to be in flight",
+    )
+    .await;
+    assert_intact(&db).await;
+    assert_eq!(executions(&db).await, [(1, "running".to_string())], "the killed pass is left running");
+    assert!(d.head("bench/repo-1", "v1.9-big").await.is_none());
+    assert!(!d.blob_exists("bench/repo-1", &big).await, "a half-sent blob must not be committed");
+
+    // The same command again: its first pass takes the killed execution back
+    // and finishes it.
+    dp.release();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut daemon = command(&scratch, &argv, &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(scratch.path("daemon.log")).expect("log file"))
+        .spawn()
+        .expect("restart the daemon");
+    wait_until(Duration::from_secs(60), "the restarted daemon to finish the killed pass", async || {
+        executions(&db).await.first().is_some_and(|(_, status)| status == "succeeded")
+    })
+    .await;
+    assert_eq!(executions(&db).await, [(1, "succeeded".to_string())], "one execution across the kill");
+    assert_eq!(statuses(&db).await, [("succeeded".to_string(), total as i64)].into_iter().collect());
+    assert_eq!(assert_mirrored(&s, &d, &repos, "").await, total);
+    assert!(assert_blobs_intact(&dst.storage()) > 0);
+
+    // SIGTERM: a clean stop, and the database is intact.
+    let pid = daemon.id().expect("daemon pid") as libc::pid_t;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(30), daemon.wait()).await.expect("daemon stops").expect("reap daemon");
+    assert_eq!(status.code(), Some(0), "{}", std::fs::read_to_string(scratch.path("daemon.log")).unwrap_or_default());
+    assert_intact(&db).await;
 }
