@@ -123,7 +123,7 @@ REGFERRY_TO_CREDS=admin:secret regferry migrate --from src.example --to dst.exam
     #[command(after_help = "Examples:\n  regferry run --policies policies/\n  regferry run --policies policies/ prod-to-dr --json")]
     Run(run::RunArgs),
 
-    /// Run the policies on their triggers until SIGTERM/SIGINT; serve /healthz, /readyz, /metrics.
+    /// Run the policies on their triggers until SIGTERM/SIGINT; serve /healthz, /readyz, /metrics and push events.
     #[command(long_about = "Run the policies on their triggers until SIGTERM/SIGINT.\n\n\
 Each policy runs on its trigger (interval or cron), never two passes of one policy at once, at most \
 --max-parallel passes overall. An unchanged source costs the tag listings and one manifest HEAD per \
