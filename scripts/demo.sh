@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
-cargo build --locked --bins -q
+cargo build --locked --workspace --bins -q
 bin=target/debug
 work=$(mktemp -d)
 serve_pid=""

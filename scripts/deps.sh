@@ -1,19 +1,32 @@
 #!/usr/bin/env bash
 # Install what regferry's demo, tests and benchmark need on Debian, when missing:
-# the CNCF distribution registry (package docker-registry) and, with --bench,
+# the CNCF distribution registry (package docker-registry), nginx (fronts:
+# TLS, body limits, redirects), moto's S3 server (pip) and, with --bench,
 # skopeo and GNU time (/usr/bin/time, for peak RSS and CPU time).
 set -euo pipefail
 want=()
 command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || want+=(docker-registry)
 command -v curl >/dev/null 2>&1 || want+=(curl)
+[ -x /usr/sbin/nginx ] || want+=(nginx-light)
 if [ "${1:-}" = "--bench" ]; then
   command -v skopeo >/dev/null 2>&1 || want+=(skopeo)
   [ -x /usr/bin/time ] || want+=(time)
 fi
-[ ${#want[@]} -eq 0 ] && exit 0
+# A local S3 server for registries on object storage (tests and benchmark).
+if ! command -v moto_server >/dev/null 2>&1; then
+  command -v pip3 >/dev/null 2>&1 || want+=(python3-pip)
+fi
+install_moto() {
+  command -v moto_server >/dev/null 2>&1 && return 0
+  echo "installing: moto[server] (pip)" >&2
+  pip3 install -q 'moto[server]' </dev/null 2>/dev/null \
+    || pip3 install -q --break-system-packages 'moto[server]' </dev/null
+}
+if [ ${#want[@]} -eq 0 ]; then install_moto; exit 0; fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 export DEBIAN_FRONTEND=noninteractive
 echo "installing: ${want[*]}" >&2
 $sudo apt-get install -y --no-install-recommends "${want[@]}" </dev/null \
   || { $sudo apt-get update </dev/null && $sudo apt-get install -y --no-install-recommends "${want[@]}" </dev/null; }
+install_moto

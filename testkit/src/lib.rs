@@ -9,6 +9,7 @@ pub mod bench_report;
 pub mod client;
 pub mod dataset;
 pub mod image;
+pub mod nginx;
 pub mod proxy;
 pub mod rawcopy;
 pub mod registry;
@@ -17,5 +18,6 @@ pub mod token;
 
 pub use client::{Access, Registry};
 pub use proxy::{Canned, FaultProxy, Faults};
+pub use nginx::{Front, Nginx};
 pub use registry::{Auth, Options, TestRegistry, free_port};
 pub use token::TokenServer;
