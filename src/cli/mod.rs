@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use regferry::registry::docker_config;
-use regferry::registry::{Credentials, Endpoint, RegistryUrl, Tls};
+use regferry::registry::{CredentialSource, Credentials, Endpoint, Proxy, RegistryUrl, Tls};
 
 /// Exit codes.
 pub mod exit {
@@ -213,32 +213,65 @@ pub struct AccessArgs {
     /// Do not verify the destination's TLS certificate (dangerous).
     #[arg(long)]
     pub to_insecure: bool,
+
+    /// Client certificate (PEM) for mutual TLS with the source; needs --from-key.
+    #[arg(long, value_name = "FILE")]
+    pub from_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --from-cert.
+    #[arg(long, value_name = "FILE")]
+    pub from_key: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS with the destination; needs --to-key.
+    #[arg(long, value_name = "FILE")]
+    pub to_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --to-cert.
+    #[arg(long, value_name = "FILE")]
+    pub to_key: Option<PathBuf>,
+
+    /// Credentials file (docker config.json or podman auth.json) to read instead of the default locations.
+    #[arg(long, env = "REGISTRY_AUTH_FILE", value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
 }
 
 impl AccessArgs {
     /// The endpoints for source URL `from` and destination URL `to`.
     pub fn endpoints(&self, from: &str, to: &str) -> Result<(Endpoint, Endpoint), CliError> {
-        let src = endpoint(from, self.from_creds.as_deref(), self.from_ca.as_ref(), self.from_insecure, "from")?;
-        let dst = endpoint(to, self.to_creds.as_deref(), self.to_ca.as_ref(), self.to_insecure, "to")?;
+        let mut src = endpoint(from, self.from_creds.as_deref(), self.authfile.as_ref(), self.from_ca.as_ref(), self.from_insecure, "from")?;
+        let mut dst = endpoint(to, self.to_creds.as_deref(), self.authfile.as_ref(), self.to_ca.as_ref(), self.to_insecure, "to")?;
+        src.tls.client_cert = self.from_cert.clone();
+        src.tls.client_key = self.from_key.clone();
+        dst.tls.client_cert = self.to_cert.clone();
+        dst.tls.client_key = self.to_key.clone();
+        for (e, flag) in [(&src, "from"), (&dst, "to")] {
+            match (&e.tls.client_cert, &e.tls.client_key) {
+                (Some(c), Some(k)) => Tls::check_client_identity(c, k).map_err(|m| CliError::usage(format!("--{flag}-cert: {m}")))?,
+                (None, None) => {}
+                _ => return Err(CliError::usage(format!("--{flag}-cert and --{flag}-key go together"))),
+            }
+        }
         Ok((src, dst))
     }
 }
 
 /// Build an endpoint from a URL, optional USER:PASS, and TLS flags; fall back
-/// to docker's config.json for credentials.
-fn endpoint(url: &str, creds: Option<&str>, ca: Option<&PathBuf>, insecure: bool, flag: &str) -> Result<Endpoint, CliError> {
+/// to docker's / podman's credential files (read when the registry asks).
+fn endpoint(url: &str, creds: Option<&str>, authfile: Option<&PathBuf>, ca: Option<&PathBuf>, insecure: bool, flag: &str) -> Result<Endpoint, CliError> {
     let url = RegistryUrl::parse(url).map_err(|e| CliError::usage(format!("--{flag}: {e}")))?;
     let credentials = match creds {
-        Some(c) => Credentials::from_user_pass(c).map_err(|e| CliError::usage(format!("--{flag}-creds: {e}")))?,
-        None => match docker_config::default_path() {
-            Some(path) => docker_config::lookup(&path, &url.host_port()).map_err(|e| CliError::usage(e.to_string()))?,
-            None => Credentials::Anonymous,
-        },
+        Some(c) => CredentialSource::Fixed(Credentials::from_user_pass(c).map_err(|e| CliError::usage(format!("--{flag}-creds: {e}")))?),
+        None => {
+            let files: Vec<PathBuf> = authfile.into_iter().cloned().collect();
+            docker_config::check(&files).map_err(|e| CliError::usage(e.to_string()))?;
+            CredentialSource::ConfigFiles { files }
+        }
     };
     if let Some(ca) = ca {
         Tls::check_ca_file(ca).map_err(|e| CliError::usage(format!("--{flag}-ca: {e}")))?;
     }
-    Ok(Endpoint { url, credentials, tls: Tls { insecure_skip_verify: insecure, ca_file: ca.cloned() } })
+    let tls = Tls { insecure_skip_verify: insecure, ca_file: ca.cloned(), ..Tls::default() };
+    Ok(Endpoint { url, credentials, tls, proxy: Proxy::Environment })
 }
 
 impl RegistryArgs {

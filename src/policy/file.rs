@@ -46,6 +46,15 @@ pub struct RawSource {
     pub ca_file: Option<At<String>>,
     #[serde(default)]
     pub insecure: Option<bool>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[serde(default)]
+    pub client_cert: Option<At<String>>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub client_key: Option<At<String>>,
+    /// `none`, or an http(s) proxy URL for this registry.
+    #[serde(default)]
+    pub proxy: Option<At<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +69,15 @@ pub struct RawDestination {
     pub ca_file: Option<At<String>>,
     #[serde(default)]
     pub insecure: Option<bool>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[serde(default)]
+    pub client_cert: Option<At<String>>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub client_key: Option<At<String>>,
+    /// `none`, or an http(s) proxy URL for this registry.
+    #[serde(default)]
+    pub proxy: Option<At<String>>,
 }
 
 /// Where a registry's credentials come from. Secrets are never written in
@@ -78,6 +96,10 @@ pub struct RawCredentials {
     pub password_file: Option<String>,
     #[serde(default)]
     pub docker_config: Option<bool>,
+    /// A docker config.json / podman auth.json to read instead of the
+    /// default locations (implies docker_config).
+    #[serde(default)]
+    pub auth_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,8 +20,16 @@ use crate::engine::discover::{RepoFilter, Scope};
 use crate::engine::execute::ExecuteOptions;
 use crate::engine::plan::RepoMapping;
 use crate::job::JobSpec;
-use crate::registry::{ClientOptions, Credentials, Endpoint, RegistryUrl, Secret, Tls, docker_config};
+use crate::registry::{ClientOptions, CredentialSource, Credentials, Endpoint, Proxy, RegistryUrl, Secret, Tls, docker_config};
 use file::{At, RawCredentials, RawPolicy};
+
+/// A registry's TLS and proxy fields in a policy file.
+struct TlsFields<'a> {
+    ca_file: Option<&'a At<String>>,
+    client_cert: Option<&'a At<String>>,
+    client_key: Option<&'a At<String>>,
+    proxy: Option<&'a At<String>>,
+}
 pub use tags::TagFilter;
 pub use trigger::{Cron, Trigger};
 
@@ -285,7 +293,9 @@ impl Checker<'_> {
             self.issue(line(&raw.name), "name", format!("{name:?} is not a policy name (1-63 letters, digits, '-', '_', '.')"));
         }
 
-        let source = self.endpoint(&raw.source.registry, raw.source.credentials.as_ref(), raw.source.ca_file.as_ref(), raw.source.insecure, "source");
+        let s = &raw.source;
+        let tls = TlsFields { ca_file: s.ca_file.as_ref(), client_cert: s.client_cert.as_ref(), client_key: s.client_key.as_ref(), proxy: s.proxy.as_ref() };
+        let source = self.endpoint(&s.registry, s.credentials.as_ref(), tls, s.insecure, "source");
         let source_repositories: Vec<String> = raw
             .source
             .repositories
@@ -305,7 +315,8 @@ impl Checker<'_> {
         let mut destinations = Vec::new();
         for (i, d) in raw.destinations.value.iter().enumerate() {
             let field = format!("destinations[{i}]");
-            let endpoint = self.endpoint(&d.registry, d.credentials.as_ref(), d.ca_file.as_ref(), d.insecure, &field);
+            let tls = TlsFields { ca_file: d.ca_file.as_ref(), client_cert: d.client_cert.as_ref(), client_key: d.client_key.as_ref(), proxy: d.proxy.as_ref() };
+            let endpoint = self.endpoint(&d.registry, d.credentials.as_ref(), tls, d.insecure, &field);
             let namespace = d.namespace.as_ref().map(|n| n.value.trim_matches('/').to_string()).unwrap_or_default();
             if let Some(n) = &d.namespace
                 && !namespace.is_empty() {
@@ -415,16 +426,32 @@ impl Checker<'_> {
         &mut self,
         registry: &At<String>,
         credentials: Option<&At<RawCredentials>>,
-        ca_file: Option<&At<String>>,
+        fields: TlsFields<'_>,
         insecure: Option<bool>,
         field: &str,
     ) -> Option<Endpoint> {
         let url = self.ok(registry, &format!("{field}.registry"), RegistryUrl::parse(&registry.value).map_err(|e| e.to_string()))?;
         let credentials = match credentials {
             Some(c) => self.credentials(c, &url, &format!("{field}.credentials"))?,
-            None => Credentials::Anonymous,
+            None => CredentialSource::Fixed(Credentials::Anonymous),
         };
-        let ca = match ca_file {
+        let (client_cert, client_key) = match (fields.client_cert, fields.client_key) {
+            (Some(c), Some(k)) => {
+                let (cert, key) = (PathBuf::from(&c.value), PathBuf::from(&k.value));
+                self.ok(c, &format!("{field}.client_cert"), Tls::check_client_identity(&cert, &key))?;
+                (Some(cert), Some(key))
+            }
+            (None, None) => (None, None),
+            (Some(at), None) | (None, Some(at)) => {
+                self.issue(line(at), field, "client_cert and client_key go together");
+                return None;
+            }
+        };
+        let proxy = match fields.proxy {
+            Some(p) => self.ok(p, &format!("{field}.proxy"), Proxy::parse(&p.value))?,
+            None => Proxy::Environment,
+        };
+        let ca = match fields.ca_file {
             Some(ca) => {
                 let path = PathBuf::from(&ca.value);
                 let ok = Tls::check_ca_file(&path).map(|()| path);
@@ -432,21 +459,22 @@ impl Checker<'_> {
             }
             None => None,
         };
-        Some(Endpoint { url, credentials, tls: Tls { insecure_skip_verify: insecure.unwrap_or(false), ca_file: ca } })
+        let tls = Tls { insecure_skip_verify: insecure.unwrap_or(false), ca_file: ca, client_cert, client_key };
+        Some(Endpoint { url, credentials, tls, proxy })
     }
 
-    fn credentials(&mut self, c: &At<RawCredentials>, url: &RegistryUrl, field: &str) -> Option<Credentials> {
+    fn credentials(&mut self, c: &At<RawCredentials>, _url: &RegistryUrl, field: &str) -> Option<CredentialSource> {
         let raw = &c.value;
         let at = line(c);
-        if raw.docker_config == Some(true) {
+        if raw.docker_config == Some(true) || raw.auth_file.is_some() {
             if raw.username.is_some() || raw.username_env.is_some() || raw.password_env.is_some() || raw.password_file.is_some() {
-                self.issue(at, field, "docker_config: true cannot be combined with a username or password");
+                self.issue(at, field, "docker_config / auth_file cannot be combined with a username or password");
                 return None;
             }
-            let Some(path) = docker_config::default_path() else {
-                return Some(Credentials::Anonymous);
-            };
-            return docker_config::lookup(&path, &url.host_port()).map_err(|e| self.issue(at, field, e.to_string())).ok();
+            // Read (and helpers run) when a client needs them, each pass;
+            // here only check that the files parse.
+            let files: Vec<PathBuf> = raw.auth_file.iter().map(PathBuf::from).collect();
+            return docker_config::check(&files).map(|()| CredentialSource::ConfigFiles { files }).map_err(|e| self.issue(at, field, e.to_string())).ok();
         }
         let username = match (&raw.username, &raw.username_env) {
             (Some(u), None) => Some(u.clone()),
@@ -485,7 +513,7 @@ impl Checker<'_> {
             (None, None) => None,
         };
         match (username, password) {
-            (Some(username), Some(password)) => Some(Credentials::Basic { username, password: Secret::new(password) }),
+            (Some(username), Some(password)) => Some(CredentialSource::Fixed(Credentials::Basic { username, password: Secret::new(password) })),
             (None, None) => {
                 self.issue(at, field, "say where the credentials come from: username/username_env with password_env/password_file, or docker_config: true");
                 None
@@ -522,7 +550,7 @@ mod tests {
                     repositories: { include: ['**'] }\ntrigger: { cron: '0 */6 * * *' }\n";
         let set = load_text(&[("p.yaml", text)], &[("U", "user"), ("P", "pw")]).unwrap();
         let p = set.get("p").unwrap();
-        assert!(matches!(&p.source.credentials, Credentials::Basic { username, .. } if username == "user"));
+        assert!(matches!(&p.source.credentials, CredentialSource::Fixed(Credentials::Basic { username, .. }) if username == "user"));
         assert_eq!(p.destinations[0].url().to_string(), "https://dst.example.com/base/mirror");
         assert!(matches!(p.trigger, Trigger::Cron(_)));
         assert_eq!((p.overwrite, p.delete, p.concurrency, p.retry), (true, false, 8, RetryPolicy::default()));

@@ -1,16 +1,15 @@
-//! The HTTP client for one registry: connection pool, authentication
-//! (anonymous, basic, bearer tokens per scope set, cached and refreshed) and
-//! retries with backoff that honour `Retry-After`.
+//! The HTTP client for one registry: connection pool, retries with backoff
+//! that honour `Retry-After`, and the calls into [`super::authn`] that
+//! authenticate each request.
 //!
 //! Every request to a registry goes through [`RegistryClient::send`] (or
 //! [`RegistryClient::send_stream`] for bodies that cannot be replayed). This
 //! module never follows a redirect on its own, never logs a header value and
 //! never puts a query string into an error.
 
-use std::collections::HashMap;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
@@ -18,8 +17,9 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
-use super::auth::{Challenge, Scopes, TokenResponse, parse_challenge};
-use super::endpoint::{Credentials, Endpoint, RegistryUrl, Secret};
+use super::auth::Scopes;
+use super::authn::Authenticator;
+use super::endpoint::{Endpoint, RegistryUrl};
 use super::error::{RegistryError, parse_error_body};
 
 /// How hard to retry transient failures of a single request.
@@ -100,17 +100,6 @@ impl Request {
     }
 }
 
-struct CachedToken {
-    token: Secret,
-    valid_until: Instant,
-}
-
-#[derive(Default)]
-struct AuthState {
-    challenge: Option<Challenge>,
-    tokens: HashMap<String, CachedToken>,
-}
-
 static CRYPTO: Once = Once::new();
 
 /// Install the process-wide rustls crypto provider (ring) once.
@@ -126,8 +115,7 @@ pub struct RegistryClient {
     http: reqwest::Client,
     url: RegistryUrl,
     name: String,
-    credentials: Credentials,
-    auth: tokio::sync::Mutex<AuthState>,
+    authn: Authenticator,
     retry: RetryConfig,
     requests: AtomicU64,
 }
@@ -214,6 +202,7 @@ impl RegistryClient {
         if endpoint.tls.insecure_skip_verify {
             builder = builder.danger_accept_invalid_certs(true);
         }
+        builder = endpoint.configure_transport(builder).map_err(|message| RegistryError::Protocol { registry: name.clone(), message })?;
         if let Some(ca) = &endpoint.tls.ca_file {
             let protocol = |message: String| RegistryError::Protocol { registry: name.clone(), message };
             let pem = std::fs::read(ca).map_err(|e| protocol(format!("cannot read CA bundle {}: {e}", ca.display())))?;
@@ -227,11 +216,10 @@ impl RegistryClient {
             .build()
             .map_err(|e| RegistryError::Protocol { registry: name.clone(), message: format!("HTTP client: {}", describe(&e)) })?;
         Ok(RegistryClient {
+            authn: Authenticator::new(endpoint, &name, http.clone(), options.retry.clone()),
             http,
             url: endpoint.url.clone(),
             name,
-            credentials: endpoint.credentials.clone(),
-            auth: tokio::sync::Mutex::new(AuthState::default()),
             retry: options.retry.clone(),
             requests: AtomicU64::new(0),
         })
@@ -248,7 +236,7 @@ impl RegistryClient {
 
     /// Requests sent so far (token requests included).
     pub fn request_count(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.requests.load(Ordering::Relaxed) + self.authn.request_count()
     }
 
     /// Check that the registry answers `/v2/` and accepts our credentials.
@@ -259,7 +247,7 @@ impl RegistryClient {
     /// `base` joined with an absolute path such as `/v2/x/tags/list`.
     pub fn endpoint_url(&self, path: &str) -> Url {
         let mut u = self.url.base().clone();
-        u.set_path(path);
+        u.set_path(&self.url.api_path(path));
         u
     }
 
@@ -304,7 +292,7 @@ impl RegistryClient {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let resp = builder.send().await.map_err(|e| self.transport_error(&method, &url, &e))?;
         if resp.status() == StatusCode::UNAUTHORIZED {
-            self.auth.lock().await.tokens.remove(&scopes.key());
+            self.authn.forget(scopes).await;
             return Err(RegistryError::Auth {
                 registry: self.name.clone(),
                 reason: format!("{method} {} was refused with 401 (token expired?)", url.path()),
@@ -331,40 +319,18 @@ impl RegistryClient {
     }
 
     async fn send_authed(&self, req: &Request) -> Result<Response, RegistryError> {
-        let auth = self.authorization(&req.scopes, false).await?;
-        let resp = self.send_raw(req, auth).await?;
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            return self.check_status(req, resp).await;
+        let mut auth = self.authorization(&req.scopes, false).await?;
+        let mut round = 0;
+        loop {
+            let resp = self.send_raw(req, auth.clone()).await?;
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                return self.check_status(req, resp).await;
+            }
+            // Gives up (with the reason) after a few rounds.
+            let next = self.authn.unauthorized(&req.scopes, auth.as_ref(), resp.headers(), round, &req.method, req.url.path()).await?;
+            auth = Some(next);
+            round += 1;
         }
-        let header = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let Some(challenge) = parse_challenge(header, self.url.base()) else {
-            return Err(self.auth_error("401 without a usable WWW-Authenticate challenge", false));
-        };
-        self.auth.lock().await.challenge = Some(challenge.clone());
-        let Some(auth) = self.authorization(&req.scopes, true).await? else {
-            return Err(self.auth_error(
-                "the registry requires credentials and none were given (use --from-creds/--to-creds, a policy's credentials, or docker login)",
-                false,
-            ));
-        };
-        let resp = self.send_raw(req, Some(auth)).await?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            // Either way the token just sent was issued a moment ago.
-            let reason = match challenge {
-                Challenge::Basic => "username or password rejected".to_string(),
-                Challenge::Bearer { .. } => {
-                    let scope = req.scopes.key();
-                    let scope = if scope.is_empty() { String::new() } else { format!(" (scope {scope})") };
-                    format!(
-                        "{} {} refused a freshly issued token{scope}; check the clocks and the registry's token settings",
-                        req.method,
-                        req.url.path()
-                    )
-                }
-            };
-            return Err(self.auth_error(&reason, false));
-        }
-        self.check_status(req, resp).await
     }
 
     async fn check_status(&self, req: &Request, resp: Response) -> Result<Response, RegistryError> {
@@ -453,103 +419,10 @@ impl RegistryClient {
         }
     }
 
-    fn auth_error(&self, reason: &str, retryable: bool) -> RegistryError {
-        RegistryError::Auth { registry: self.name.clone(), reason: reason.to_string(), retryable }
+    /// The `Authorization` header for `scopes` (see [`Authenticator`]).
+    async fn authorization(&self, scopes: &Scopes, _refresh: bool) -> Result<Option<HeaderValue>, RegistryError> {
+        self.authn.authorization(scopes).await
     }
-
-    fn basic_header(&self) -> Option<HeaderValue> {
-        use base64::Engine;
-        match &self.credentials {
-            Credentials::Anonymous => None,
-            Credentials::Basic { username, password } => {
-                let raw = format!("{username}:{}", password.expose());
-                let mut v = HeaderValue::from_str(&format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(raw)
-                ))
-                .ok()?;
-                v.set_sensitive(true);
-                Some(v)
-            }
-        }
-    }
-
-    /// The `Authorization` header for `scopes`, fetching a token when the
-    /// registry uses bearer auth and we hold none (or `refresh` is asked).
-    async fn authorization(&self, scopes: &Scopes, refresh: bool) -> Result<Option<HeaderValue>, RegistryError> {
-        let mut state = self.auth.lock().await;
-        let (realm, service) = match &state.challenge {
-            None => return Ok(None),
-            Some(Challenge::Basic) => return Ok(self.basic_header()),
-            Some(Challenge::Bearer { realm, service }) => (realm.clone(), service.clone()),
-        };
-        let key = scopes.key();
-        let now = Instant::now();
-        if !refresh
-            && let Some(t) = state.tokens.get(&key).filter(|t| t.valid_until > now) {
-                return Ok(bearer(&t.token));
-            }
-        let (token, lifetime) = self.fetch_token(&realm, service.as_deref(), scopes).await?;
-        // Renew a little early so a token does not expire in flight.
-        let margin = (lifetime / 5).min(Duration::from_secs(10));
-        let header = bearer(&token);
-        state.tokens.insert(key, CachedToken { token, valid_until: now + lifetime - margin });
-        Ok(header)
-    }
-
-    async fn fetch_token(
-        &self,
-        realm: &Url,
-        service: Option<&str>,
-        scopes: &Scopes,
-    ) -> Result<(Secret, Duration), RegistryError> {
-        let mut url = realm.clone();
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = service {
-                q.append_pair("service", s);
-            }
-            for s in scopes.iter() {
-                q.append_pair("scope", s);
-            }
-        }
-        let realm_name = format!("{}://{}", realm.scheme(), realm.host_str().unwrap_or_default());
-        let attempt = || async {
-            let mut builder = self.http.get(url.clone());
-            if let Some(h) = self.basic_header() {
-                builder = builder.header(header::AUTHORIZATION, h);
-            }
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            let resp = builder.send().await.map_err(|e| self.transport_error(&Method::GET, &url, &e))?;
-            match resp.status() {
-                s if s.is_success() => {}
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    let who = match self.credentials {
-                        Credentials::Anonymous => "anonymous access",
-                        Credentials::Basic { .. } => "the credentials",
-                    };
-                    return Err(self.auth_error(&format!("token service {realm_name} refused {who}"), false));
-                }
-                _ => return Err(self.status_error(&Method::GET, &url, resp).await),
-            }
-            let body = read_limited(resp, 1024 * 1024).await?;
-            let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| RegistryError::Protocol {
-                registry: self.name.clone(),
-                message: format!("token service {realm_name} answered with something that is not a token"),
-            })?;
-            parsed.into_parts().ok_or_else(|| RegistryError::Protocol {
-                registry: self.name.clone(),
-                message: format!("token service {realm_name} answered without a token"),
-            })
-        };
-        attempt.retry(self.backoff()).when(RegistryError::is_transient).await
-    }
-}
-
-fn bearer(token: &Secret) -> Option<HeaderValue> {
-    let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose())).ok()?;
-    v.set_sensitive(true);
-    Some(v)
 }
 
 /// Read at most `limit` bytes of a response body.

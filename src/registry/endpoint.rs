@@ -1,5 +1,12 @@
 //! Where a registry is and how to talk to it: URL (with an optional
-//! repository prefix), credentials and TLS settings.
+//! repository prefix), where its credentials come from, TLS settings
+//! (CA, client certificate) and proxy.
+//!
+//! Docker Hub is one registry under three names: `docker.io`,
+//! `index.docker.io` and `registry-1.docker.io` all mean
+//! `https://registry-1.docker.io` (where its API lives), its credentials are
+//! filed under `https://index.docker.io/v1/`, and a single-component
+//! repository name there means `library/NAME` (as `docker pull` does).
 //!
 //! Secrets live in [`Secret`], whose `Debug` prints `***` and which has no
 //! `Display`, so a credential can never be formatted into a log line or an
@@ -33,12 +40,48 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// How to authenticate to a registry.
+/// How to authenticate to a registry, at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Credentials {
     #[default]
     Anonymous,
     Basic { username: String, password: Secret },
+    /// An OAuth2 refresh token (`identitytoken` in a config file, or a
+    /// credential helper's answer with the user name `<token>`), exchanged at
+    /// the token service with `grant_type=refresh_token`.
+    IdentityToken { username: Option<String>, token: Secret },
+}
+
+/// Where a registry's credentials come from. Credentials that a config file
+/// or a credential helper provide are looked up when a client needs them
+/// (and again before they can go stale), never once for the life of the
+/// process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// Given once (command line, environment, policy).
+    Fixed(Credentials),
+    /// docker / podman config files: the explicit `files` when not empty,
+    /// else the default locations (see `docker_config::default_paths`).
+    ConfigFiles { files: Vec<PathBuf> },
+}
+
+impl Default for CredentialSource {
+    fn default() -> Self {
+        CredentialSource::Fixed(Credentials::Anonymous)
+    }
+}
+
+impl From<Credentials> for CredentialSource {
+    fn from(c: Credentials) -> Self {
+        CredentialSource::Fixed(c)
+    }
+}
+
+impl CredentialSource {
+    /// True when asking again may give other credentials.
+    pub fn can_change(&self) -> bool {
+        !matches!(self, CredentialSource::Fixed(_))
+    }
 }
 
 impl Credentials {
@@ -108,6 +151,11 @@ impl RegistryUrl {
         }
         let mut base = url.clone();
         base.set_path("/");
+        if is_docker_hub_host(base.host_str().unwrap_or_default()) && base.port().is_none() {
+            // The names docker.io and index.docker.io answer the API with a
+            // redirect to a web page; the API lives at registry-1.
+            base = Url::parse(&format!("{}://{DOCKER_HUB_API}/", base.scheme())).map_err(|e| err(&e.to_string()))?;
+        }
         Ok(RegistryUrl { base, prefix })
     }
 
@@ -134,6 +182,37 @@ impl RegistryUrl {
         }
     }
 
+    /// True for Docker Hub (under any of its names).
+    pub fn is_docker_hub(&self) -> bool {
+        self.base.port().is_none() && self.base.host_str() == Some(DOCKER_HUB_API)
+    }
+
+    /// The key credentials for this registry are filed under in docker's
+    /// config files and credential helpers: `https://index.docker.io/v1/`
+    /// for Docker Hub, `host[:port]` otherwise.
+    pub fn credential_key(&self) -> String {
+        if self.is_docker_hub() { DOCKER_HUB_CREDENTIAL_KEY.to_string() } else { self.host_port() }
+    }
+
+    /// The path to request for the API path `path` (`/v2/NAME/...`): on
+    /// Docker Hub a single-component repository name becomes
+    /// `library/NAME`; elsewhere the path is unchanged.
+    pub fn api_path(&self, path: &str) -> String {
+        if !self.is_docker_hub() {
+            return path.to_string();
+        }
+        match official_image_path(path) {
+            Some(p) => p,
+            None => path.to_string(),
+        }
+    }
+
+    /// A repository name as the registry knows it (`library/NAME` for a
+    /// single-component name on Docker Hub), for token scopes.
+    pub fn api_repository(&self, name: &str) -> String {
+        if self.is_docker_hub() && !name.is_empty() && !name.contains('/') { format!("library/{name}") } else { name.to_string() }
+    }
+
     /// The same registry with another prefix.
     pub fn with_prefix(&self, prefix: &str) -> RegistryUrl {
         RegistryUrl { base: self.base.clone(), prefix: prefix.trim_matches('/').to_string() }
@@ -145,6 +224,31 @@ impl fmt::Display for RegistryUrl {
         let b = self.base.as_str().trim_end_matches('/');
         if self.prefix.is_empty() { write!(f, "{b}") } else { write!(f, "{b}/{}", self.prefix) }
     }
+}
+
+/// Docker Hub's API host.
+pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
+/// The key Docker Hub credentials are filed under by `docker login`.
+pub const DOCKER_HUB_CREDENTIAL_KEY: &str = "https://index.docker.io/v1/";
+
+/// True for the names Docker Hub goes by.
+pub fn is_docker_hub_host(host: &str) -> bool {
+    matches!(host, "docker.io" | "index.docker.io" | "registry-1.docker.io")
+}
+
+/// `/v2/NAME/<kind>/...` with a single-component `NAME` rewritten to
+/// `/v2/library/NAME/...`; `None` when the path has another shape. The
+/// shapes are matched by their exact length so that a multi-component name
+/// whose second component happens to be `blobs` or `tags` is never taken
+/// for a single-component one.
+fn official_image_path(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/v2/")?;
+    let segs: Vec<&str> = rest.split('/').collect();
+    let fits = matches!(segs.as_slice(), [_, "manifests" | "tags" | "referrers" | "blobs", _] | [_, "blobs", "uploads", _]);
+    if !fits || segs[0].is_empty() {
+        return None;
+    }
+    Some(format!("/v2/library/{rest}"))
 }
 
 /// Remove `user:pass@` from something that looks like a URL, for messages.
@@ -167,9 +271,49 @@ pub struct Tls {
     pub insecure_skip_verify: bool,
     /// Extra PEM CA bundle to trust for this registry.
     pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM, leaf first) for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub client_key: Option<PathBuf>,
+}
+
+/// How to reach a registry through an HTTP(S) proxy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Proxy {
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` from the
+    /// environment (lower case too), as most tools read them.
+    #[default]
+    Environment,
+    /// No proxy, whatever the environment says.
+    Direct,
+    /// This proxy for every request to the registry (and its token service).
+    Url(Url),
+}
+
+impl Proxy {
+    /// Parse a policy's `proxy:` value: `none` or an `http://` / `https://`
+    /// URL. The error never repeats user info given in the URL.
+    pub fn parse(s: &str) -> Result<Proxy, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("none") || s.eq_ignore_ascii_case("direct") {
+            return Ok(Proxy::Direct);
+        }
+        let url = Url::parse(s).map_err(|e| format!("{} is not a proxy URL: {e}", redact_userinfo(s)))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("{} is not an http:// or https:// proxy URL", redact_userinfo(s)));
+        }
+        Ok(Proxy::Url(url))
+    }
 }
 
 impl Tls {
+    /// Check that a client certificate and key are readable PEM and belong
+    /// together as far as can be told without a handshake. Messages name the
+    /// files, never their content.
+    pub fn check_client_identity(cert: &std::path::Path, key: &std::path::Path) -> Result<(), String> {
+        client_identity(cert, key).map(|_| ())
+    }
+
     /// Check that `path` is a readable PEM bundle with at least one
     /// certificate, so a wrong file is refused as bad input before any
     /// request. The message names the file, never its content.
@@ -183,17 +327,55 @@ impl Tls {
     }
 }
 
+/// The `reqwest` identity for a client certificate and key (PEM files).
+pub fn client_identity(cert: &std::path::Path, key: &std::path::Path) -> Result<reqwest::Identity, String> {
+    let cert_pem = std::fs::read(cert).map_err(|e| format!("client certificate {} is not a readable file: {e}", cert.display()))?;
+    let key_pem = std::fs::read(key).map_err(|e| format!("client key {} is not a readable file: {e}", key.display()))?;
+    if !String::from_utf8_lossy(&cert_pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("client certificate {} holds no PEM certificate", cert.display()));
+    }
+    if !String::from_utf8_lossy(&key_pem).contains("PRIVATE KEY-----") {
+        return Err(format!("client key {} holds no PEM private key", key.display()));
+    }
+    let mut pem = cert_pem;
+    pem.push(b'\n');
+    pem.extend_from_slice(&key_pem);
+    reqwest::Identity::from_pem(&pem)
+        .map_err(|_| format!("client certificate {} and key {} are not a usable PEM pair", cert.display(), key.display()))
+}
+
 /// Everything needed to reach one registry.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub url: RegistryUrl,
-    pub credentials: Credentials,
+    pub credentials: CredentialSource,
     pub tls: Tls,
+    pub proxy: Proxy,
 }
 
 impl Endpoint {
-    pub fn new(url: RegistryUrl, credentials: Credentials) -> Endpoint {
-        Endpoint { url, credentials, tls: Tls::default() }
+    /// Put this registry's client certificate and proxy settings on a
+    /// client builder. Messages name files, never their content, and never
+    /// a proxy's user info.
+    pub fn configure_transport(&self, mut builder: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder, String> {
+        match (&self.tls.client_cert, &self.tls.client_key) {
+            (Some(cert), Some(key)) => builder = builder.identity(client_identity(cert, key)?),
+            (None, None) => {}
+            _ => return Err("a client certificate needs its key, and a key its certificate".into()),
+        }
+        match &self.proxy {
+            Proxy::Environment => {}
+            Proxy::Direct => builder = builder.no_proxy(),
+            Proxy::Url(u) => {
+                let proxy = reqwest::Proxy::all(u.as_str()).map_err(|e| format!("proxy {}: {e}", redact_userinfo(u.as_str())))?;
+                builder = builder.proxy(proxy);
+            }
+        }
+        Ok(builder)
+    }
+
+    pub fn new(url: RegistryUrl, credentials: impl Into<CredentialSource>) -> Endpoint {
+        Endpoint { url, credentials: credentials.into(), tls: Tls::default(), proxy: Proxy::default() }
     }
 }
 
@@ -225,6 +407,48 @@ mod tests {
         let e = RegistryUrl::parse("https://bob:hunter2@h.example").unwrap_err().to_string();
         assert!(!e.contains("hunter2"), "{e}");
         assert!(e.contains("***@h.example"), "{e}");
+    }
+
+    #[test]
+    fn docker_hub_is_one_registry() {
+        for name in ["docker.io", "index.docker.io", "https://registry-1.docker.io", "docker.io/library"] {
+            let u = RegistryUrl::parse(name).unwrap();
+            assert_eq!(u.base().as_str(), "https://registry-1.docker.io/", "{name}");
+            assert!(u.is_docker_hub());
+            assert_eq!(u.credential_key(), "https://index.docker.io/v1/");
+        }
+        assert_eq!(RegistryUrl::parse("docker.io/library").unwrap().prefix(), "library");
+        // another port is another registry
+        let other = RegistryUrl::parse("docker.io:5000").unwrap();
+        assert!(!other.is_docker_hub());
+        assert_eq!(other.credential_key(), "docker.io:5000");
+        assert_eq!(RegistryUrl::parse("ghcr.io").unwrap().credential_key(), "ghcr.io");
+    }
+
+    #[test]
+    fn official_images_get_library() {
+        let hub = RegistryUrl::parse("docker.io").unwrap();
+        assert_eq!(hub.api_path("/v2/nginx/manifests/latest"), "/v2/library/nginx/manifests/latest");
+        assert_eq!(hub.api_path("/v2/nginx/tags/list"), "/v2/library/nginx/tags/list");
+        assert_eq!(hub.api_path("/v2/nginx/blobs/sha256:ab"), "/v2/library/nginx/blobs/sha256:ab");
+        assert_eq!(hub.api_path("/v2/nginx/blobs/uploads/"), "/v2/library/nginx/blobs/uploads/");
+        assert_eq!(hub.api_path("/v2/bitnami/nginx/manifests/1"), "/v2/bitnami/nginx/manifests/1");
+        assert_eq!(hub.api_path("/v2/a/blobs/blobs/sha256:ab"), "/v2/a/blobs/blobs/sha256:ab");
+        assert_eq!(hub.api_path("/v2/"), "/v2/");
+        assert_eq!(hub.api_path("/v2/_catalog"), "/v2/_catalog");
+        assert_eq!(hub.api_repository("nginx"), "library/nginx");
+        assert_eq!(hub.api_repository("bitnami/nginx"), "bitnami/nginx");
+        let other = RegistryUrl::parse("quay.io").unwrap();
+        assert_eq!(other.api_path("/v2/nginx/manifests/latest"), "/v2/nginx/manifests/latest");
+        assert_eq!(other.api_repository("nginx"), "nginx");
+    }
+
+    #[test]
+    fn proxies() {
+        assert_eq!(Proxy::parse("none").unwrap(), Proxy::Direct);
+        assert!(matches!(Proxy::parse("http://127.0.0.1:3128").unwrap(), Proxy::Url(_)));
+        let e = Proxy::parse("socks9://u:hunter2@p").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The registry transport: everything regferry says to an OCI / Docker
 //! registry, and nothing about what to copy.
 //!
-//! Layout: [`endpoint`] (where and who), [`client`] (HTTP, auth, retries),
+//! Layout: [`endpoint`] (where and who), [`client`] (HTTP, retries),
+//! [`authn`] (challenges, credentials, tokens),
 //! [`listing`], [`manifests`] and [`blobs`] (the requests themselves), plus
 //! the pure data modules [`digest`], [`name`], [`manifest`], [`auth`] and
 //! [`error`]. This module must never decide replication policy and never log
 //! or return a credential.
 
 pub mod auth;
+pub mod authn;
 pub mod blobs;
 pub mod client;
 pub mod digest;
@@ -23,7 +25,7 @@ pub use auth::Scopes;
 pub use blobs::MountOutcome;
 pub use client::{ClientOptions, RegistryClient, RetryConfig};
 pub use digest::Digest;
-pub use endpoint::{Credentials, Endpoint, RegistryUrl, Secret, Tls};
+pub use endpoint::{CredentialSource, Credentials, Endpoint, Proxy, RegistryUrl, Secret, Tls};
 pub use error::RegistryError;
 pub use manifests::{ManifestBody, ManifestHead};
 pub use name::{Reference, RepoName, Tag};

@@ -1,5 +1,6 @@
 //! A throwaway private CA and a server certificate for `127.0.0.1` /
-//! `localhost`, written as PEM files, for registries served over TLS.
+//! `localhost`, plus a client certificate for mutual TLS, written as PEM
+//! files, for registries served over TLS.
 
 use std::fs;
 use std::path::PathBuf;
@@ -16,6 +17,9 @@ pub struct Pki {
     /// The server certificate and its key (what the registry serves).
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// A client certificate signed by the same CA and its key (mTLS).
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 impl Pki {
@@ -34,6 +38,12 @@ impl Pki {
         params.distinguished_name.push(DnType::CommonName, "regferry test registry");
         let cert = params.signed_by(&key, &issuer).expect("server certificate");
 
+        let client_key = KeyPair::generate().expect("client key");
+        let mut client_params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        client_params.distinguished_name.push(DnType::CommonName, "regferry test client");
+        client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client = client_params.signed_by(&client_key, &issuer).expect("client certificate");
+
         let write = |name: &str, pem: String| {
             let path = dir.path().join(name);
             fs::write(&path, pem).expect("write PEM");
@@ -42,7 +52,9 @@ impl Pki {
         let ca = write("ca.pem", ca_cert.pem());
         let cert_path = write("server.pem", cert.pem());
         let key_path = write("server.key", key.serialize_pem());
-        Pki { dir, ca, cert: cert_path, key: key_path }
+        let client_cert = write("client.pem", client.pem());
+        let client_key = write("client.key", client_key.serialize_pem());
+        Pki { dir, ca, cert: cert_path, key: key_path, client_cert, client_key }
     }
 
     /// A file in the PKI directory (for decoys such as an unrelated CA).

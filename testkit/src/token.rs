@@ -4,8 +4,12 @@
 //!
 //! Knobs make tokens short-lived (or lie about their lifetime) so refresh
 //! and re-authentication are tested for real; every request is recorded.
+//! Passwords can be changed while it runs (rotation), OAuth2 refresh tokens
+//! are exchanged on `POST /token` (`grant_type=refresh_token`), some
+//! repositories can be limited to pull (a robot account without push), and
+//! answers can be slowed down (a slow token service).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +19,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Form;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ring::rand::SystemRandom;
@@ -28,6 +33,8 @@ const REGISTRY_LEEWAY_SECS: u64 = 60;
 #[derive(Debug, Clone)]
 pub struct Issued {
     pub user: Option<String>,
+    /// `basic`, `anonymous` or `refresh_token` (the OAuth2 POST).
+    pub grant: String,
     pub scopes: Vec<String>,
     /// The token handed out (for tests that look for leaks).
     pub token: String,
@@ -42,7 +49,13 @@ pub struct TokenServer {
     pub cert_pem: String,
     key: EcdsaKeyPair,
     x5c: String,
-    users: HashMap<String, String>,
+    users: Mutex<HashMap<String, String>>,
+    refresh_tokens: Mutex<HashMap<String, String>>,
+    pull_only: Mutex<HashSet<String>>,
+    /// Milliseconds every answer is held back.
+    pub delay_ms: AtomicU64,
+    /// Token requests received (counted before the delay).
+    pub received: AtomicUsize,
     /// Seconds a token is really valid at the registry.
     pub lifetime: AtomicU64,
     /// `expires_in` announced to clients (0: the truth).
@@ -83,7 +96,11 @@ impl TokenServer {
             cert_pem: cert.pem(),
             key,
             x5c: STANDARD.encode(cert.der()),
-            users: users.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect(),
+            users: Mutex::new(users.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect()),
+            refresh_tokens: Mutex::new(HashMap::new()),
+            pull_only: Mutex::new(HashSet::new()),
+            delay_ms: AtomicU64::new(0),
+            received: AtomicUsize::new(0),
             lifetime: AtomicU64::new(300),
             advertised: AtomicU64::new(0),
             issued: Mutex::new(Vec::new()),
@@ -94,7 +111,7 @@ impl TokenServer {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
         let state = server.clone();
         runtime.spawn(async move {
-            let app = axum::Router::new().route("/token", get(issue)).with_state(state);
+            let app = axum::Router::new().route("/token", get(issue).post(exchange)).with_state(state);
             let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
             let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
         });
@@ -113,6 +130,27 @@ impl TokenServer {
             service: self.service.clone(),
             issuer: self.issuer.clone(),
             cert_pem: self.cert_pem.clone(),
+        }
+    }
+
+    /// Change (or add) a user's password; the old one is refused from now on.
+    pub fn set_password(&self, user: &str, password: &str) {
+        if let Ok(mut users) = self.users.lock() {
+            users.insert(user.into(), password.into());
+        }
+    }
+
+    /// Accept `token` as an OAuth2 refresh token for `user`.
+    pub fn add_refresh_token(&self, token: &str, user: &str) {
+        if let Ok(mut tokens) = self.refresh_tokens.lock() {
+            tokens.insert(token.into(), user.into());
+        }
+    }
+
+    /// Never grant more than pull on `repo` (whoever asks).
+    pub fn grant_pull_only(&self, repo: &str) {
+        if let Ok(mut set) = self.pull_only.lock() {
+            set.insert(repo.into());
         }
     }
 
@@ -180,35 +218,26 @@ impl Drop for TokenServer {
     }
 }
 
-async fn issue(State(server): State<Arc<TokenServer>>, headers: HeaderMap, Query(query): Query<Vec<(String, String)>>) -> Response {
-    let user = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| STANDARD.decode(b).ok())
-        .and_then(|raw| String::from_utf8(raw).ok());
-    let user = match user {
-        Some(pair) => match pair.split_once(':') {
-            Some((u, p)) if server.users.get(u).is_some_and(|expected| expected == p) => Some(u.to_string()),
-            _ => {
-                server.refused.fetch_add(1, Ordering::Relaxed);
-                return (StatusCode::UNAUTHORIZED, "invalid credentials").into_response();
-            }
-        },
-        None => None,
-    };
-    let scopes: Vec<String> = query.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.clone()).collect();
+/// The access granted to `user` (None: anonymous) for `scopes`.
+fn grant(server: &TokenServer, user: Option<&str>, scopes: &[String]) -> Vec<(String, String, String)> {
+    let pull_only = server.pull_only.lock().map(|s| s.clone()).unwrap_or_default();
     let mut access = Vec::new();
-    for s in &scopes {
+    for s in scopes {
         if let Some((kind, name, actions)) = split_scope(s) {
-            // Anonymous clients may only pull.
-            let granted: Vec<&str> = actions.split(',').filter(|a| user.is_some() || *a == "pull").collect();
+            // Anonymous clients, and everybody on a pull-only repository, may only pull.
+            let limited = user.is_none() || pull_only.contains(name);
+            let granted: Vec<&str> = actions.split(',').filter(|a| !limited || *a == "pull").collect();
             access.push((kind.to_string(), name.to_string(), granted.join(",")));
         }
     }
-    let token = server.sign(user.as_deref(), access);
+    access
+}
+
+fn answer(server: &TokenServer, user: Option<&str>, grant_kind: &str, scopes: Vec<String>) -> Response {
+    let access = grant(server, user, &scopes);
+    let token = server.sign(user, access);
     if let Ok(mut log) = server.issued.lock() {
-        log.push(Issued { user: user.clone(), scopes: scopes.clone(), token: token.clone() });
+        log.push(Issued { user: user.map(str::to_string), grant: grant_kind.into(), scopes, token: token.clone() });
     }
     let lifetime = server.lifetime.load(Ordering::Relaxed);
     let advertised = match server.advertised.load(Ordering::Relaxed) {
@@ -216,6 +245,56 @@ async fn issue(State(server): State<Arc<TokenServer>>, headers: HeaderMap, Query
         a => a,
     };
     axum::Json(json!({ "token": token, "access_token": token, "expires_in": advertised })).into_response()
+}
+
+async fn hold(server: &TokenServer) {
+    server.received.fetch_add(1, Ordering::Relaxed);
+    let delay = server.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+}
+
+async fn issue(State(server): State<Arc<TokenServer>>, headers: HeaderMap, Query(query): Query<Vec<(String, String)>>) -> Response {
+    hold(&server).await;
+    let user = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| STANDARD.decode(b).ok())
+        .and_then(|raw| String::from_utf8(raw).ok());
+    let user = match user {
+        Some(pair) => {
+            let users = server.users.lock().map(|u| u.clone()).unwrap_or_default();
+            match pair.split_once(':') {
+                Some((u, p)) if users.get(u).is_some_and(|expected| expected == p) => Some(u.to_string()),
+                _ => {
+                    server.refused.fetch_add(1, Ordering::Relaxed);
+                    return (StatusCode::UNAUTHORIZED, "invalid credentials").into_response();
+                }
+            }
+        }
+        None => None,
+    };
+    let scopes: Vec<String> = query.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.clone()).collect();
+    let kind = if user.is_some() { "basic" } else { "anonymous" };
+    answer(&server, user.as_deref(), kind, scopes)
+}
+
+/// `POST /token`: the OAuth2 refresh-token grant (space-separated `scope`).
+async fn exchange(State(server): State<Arc<TokenServer>>, Form(form): Form<Vec<(String, String)>>) -> Response {
+    hold(&server).await;
+    let get = |k: &str| form.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    if get("grant_type").as_deref() != Some("refresh_token") || get("client_id").is_none_or(|c| c.is_empty()) {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": "unsupported_grant_type" }))).into_response();
+    }
+    let tokens = server.refresh_tokens.lock().map(|t| t.clone()).unwrap_or_default();
+    let Some(user) = get("refresh_token").and_then(|t| tokens.get(&t).cloned()) else {
+        server.refused.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": "invalid_grant" }))).into_response();
+    };
+    let scopes: Vec<String> = get("scope").unwrap_or_default().split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    answer(&server, Some(&user), "refresh_token", scopes)
 }
 
 #[cfg(test)]
