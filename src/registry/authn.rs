@@ -254,6 +254,13 @@ impl Authenticator {
             Challenge::Basic => self.basic_after_401(sent, round).await,
             Challenge::Bearer { realm, service } => {
                 if round == 0 {
+                    // A token known to lack what the request needs will not
+                    // do better when fetched again.
+                    if sent.is_some()
+                        && let Some(reason) = self.diagnose_grants(scopes, sent, &realm).await
+                    {
+                        return Err(self.error(reason));
+                    }
                     // No token yet, or the one sent has expired or was revoked.
                     return self.token(scopes, &realm, service.as_deref(), sent, false).await;
                 }
@@ -311,16 +318,8 @@ impl Authenticator {
         realm: &Url,
     ) -> Option<String> {
         let service = origin_with_port(realm);
-        let grants = {
-            let slot = self.slot(scopes);
-            let guard = slot.lock().await;
-            guard.as_ref().filter(|t| Some(&t.header) == sent).and_then(|t| t.grants.clone())
-        };
-        if let Some(grants) = grants {
-            let api_scopes = self.api_scopes(scopes);
-            if let Some((repo, missing)) = missing_actions(&api_scopes, &grants).into_iter().next() {
-                return Some(refused_message(&service, &repo, &missing, &grants));
-            }
+        if let Some(reason) = self.diagnose_grants(scopes, sent, realm).await {
+            return Some(reason);
         }
         if error.as_deref() == Some("insufficient_scope") {
             let what = needed.clone().unwrap_or_else(|| scopes.key());
@@ -332,6 +331,18 @@ impl Authenticator {
             ));
         }
         None
+    }
+
+    /// The token `sent` (when it is the one cached for `scopes`) lacks an
+    /// action the request needs, as far as its grants are known.
+    async fn diagnose_grants(&self, scopes: &Scopes, sent: Option<&HeaderValue>, realm: &Url) -> Option<String> {
+        let grants = {
+            let slot = self.slot(scopes);
+            let guard = slot.lock().await;
+            guard.as_ref().filter(|t| Some(&t.header) == sent).and_then(|t| t.grants.clone())
+        }?;
+        let (repo, missing) = missing_actions(&self.api_scopes(scopes), &grants).into_iter().next()?;
+        Some(refused_message(&origin_with_port(realm), &repo, &missing, &grants))
     }
 
     /// `scopes` with repository names as the registry knows them.
@@ -575,6 +586,7 @@ mod tests {
 
     #[test]
     fn docker_hub_scopes_name_library() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let url = RegistryUrl::parse("docker.io").unwrap();
         let a = Authenticator::new(&Endpoint::new(url, Credentials::Anonymous), "x", reqwest::Client::new(), RetryConfig::default());
         assert_eq!(a.api_scope("repository:nginx:pull"), "repository:library/nginx:pull");

@@ -60,6 +60,8 @@ pub fn command(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> tokio:
     cmd.args(args)
         .env_remove("RUST_LOG")
         .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("XDG_CONFIG_HOME")
         .env_remove("REGFERRY_STATE")
         .env_remove("REGFERRY_FROM_CREDS")
         .env_remove("REGFERRY_TO_CREDS")

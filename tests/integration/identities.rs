@@ -1,0 +1,386 @@
+//! Every way users log in, against real registries: credential helpers
+//! that rotate and fail, OAuth2 refresh tokens (`identitytoken`), several
+//! challenges in one header, a `401` without a challenge, pull-only tokens,
+//! one token fetch for many waiting tasks, and mutual TLS through nginx.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use regferry::registry::client::Request;
+use regferry::registry::{ClientOptions, Credentials, Endpoint, RegistryClient, RegistryUrl, RepoName, Scopes};
+use reqwest::Method;
+use testkit::{Access, Front, Nginx, Options, Registry, TestRegistry, TokenServer};
+
+use crate::policies::push_tags;
+use crate::support::{Scratch, command, regferry, wait_until};
+
+fn token_registry(tokens: &TokenServer) -> TestRegistry {
+    TestRegistry::start_with(Options { auth: tokens.registry_auth(), ..Options::default() })
+}
+
+/// A credential helper `docker-credential-test` in `dir`: answers with the
+/// user and secret in `dir/user` and `dir/secret`, fails while `dir/fail`
+/// exists, and appends every key it is asked about to `dir/calls`.
+fn install_helper(dir: &Path, user: &str, secret: &str) {
+    std::fs::create_dir_all(dir).expect("helper dir");
+    let script = format!(
+        "#!/bin/sh\nd='{dir}'\nread -r key\necho \"$key\" >> \"$d/calls\"\n\
+         if [ -f \"$d/fail\" ]; then echo \"backend unreachable: vault sealed token=s3cr3t-in-stderr\" >&2; exit 1; fi\n\
+         printf '{{\"ServerURL\":\"%s\",\"Username\":\"%s\",\"Secret\":\"%s\"}}\\n' \"$key\" \"$(cat \"$d/user\")\" \"$(cat \"$d/secret\")\"\n",
+        dir = dir.display()
+    );
+    let path = dir.join("docker-credential-test");
+    std::fs::write(&path, script).expect("helper script");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod helper");
+    std::fs::write(dir.join("user"), user).expect("user");
+    std::fs::write(dir.join("secret"), secret).expect("secret");
+}
+
+fn helper_calls(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("calls")).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+fn path_with(dir: &Path) -> String {
+    format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default())
+}
+
+/// A docker config directory holding `config.json` = `json`.
+fn docker_config(scratch: &Scratch, json: &str) -> PathBuf {
+    let dir = scratch.path("docker");
+    std::fs::create_dir_all(&dir).expect("config dir");
+    std::fs::write(dir.join("config.json"), json).expect("config.json");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_helper_is_asked_again_each_pass_and_a_failing_helper_is_named() {
+    let tokens = TokenServer::start(&[("ci", "pw-one")]);
+    let src = token_registry(&tokens);
+    let dst = token_registry(&tokens);
+    let s = Registry::new(&src.url, Access::Token(tokens.clone()));
+    let d = Registry::new(&dst.url, Access::Token(tokens.clone()));
+    push_tags(&s, "app/web", &["v1"], "rot").await;
+
+    let scratch = Scratch::new();
+    let bin = scratch.path("bin");
+    install_helper(&bin, "ci", "pw-one");
+    let config = docker_config(
+        &scratch,
+        &format!(r#"{{"credHelpers":{{"{}":"test","{}":"test"}}}}"#, src.host(), dst.host()),
+    );
+    let policies = crate::policies::write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: rot\nsource: {{ registry: '{}', credentials: {{ docker_config: true }} }}\n\
+             destinations:\n  - registry: '{}'\n    credentials: {{ docker_config: true }}\ntrigger: {{ interval: 1s }}\n",
+            src.url, dst.url
+        ),
+    );
+    let listen = format!("127.0.0.1:{}", testkit::free_port());
+    let path = path_with(&bin);
+    let env = [("DOCKER_CONFIG", config.to_str().unwrap_or_default()), ("PATH", path.as_str())];
+    let mut daemon = command(&scratch, &["daemon", "--policies", &policies, "--state", &scratch.state(), "--listen", &listen], &env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(scratch.path("daemon.log")).expect("log file"))
+        .spawn()
+        .expect("start daemon");
+    let log = || std::fs::read_to_string(scratch.path("daemon.log")).unwrap_or_default();
+    wait_until(Duration::from_secs(30), "the first pass to copy v1", async || d.head("app/web", "v1").await.is_some()).await;
+    let calls_before = helper_calls(&bin).len();
+    assert!(calls_before >= 2, "the helper is asked for both registries: {:?}", helper_calls(&bin));
+    assert!(helper_calls(&bin).iter().all(|k| k == &src.host() || k == &dst.host()), "helpers are asked for host:port: {:?}", helper_calls(&bin));
+
+    // The password is rotated: the token service takes only the new one,
+    // and the helper already answers with it. No SIGHUP.
+    tokens.set_password("ci", "pw-two");
+    std::fs::write(bin.join("secret"), "pw-two").expect("rotate");
+    push_tags(&s, "app/web", &["v2"], "rot").await;
+    wait_until(Duration::from_secs(30), "a pass after the rotation to copy v2", async || d.head("app/web", "v2").await.is_some()).await;
+    assert!(helper_calls(&bin).len() > calls_before, "the helper was not asked again");
+    assert_eq!(d.head("app/web", "v2").await, s.head("app/web", "v2").await);
+
+    let pid = daemon.id().expect("daemon pid") as libc::pid_t;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(20), daemon.wait()).await.expect("daemon stops").expect("reap daemon");
+    assert_eq!(status.code(), Some(0), "{}", log());
+    assert!(!log().contains("pw-one") && !log().contains("pw-two"), "a password leaked into the daemon's log");
+
+    // A helper that fails: an error that names it and quotes it (filtered), not anonymous access.
+    std::fs::write(bin.join("fail"), "").expect("fail switch");
+    let state = scratch.state();
+    let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &format!("{}/x", dst.url), "--state", &state], &env).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("docker-credential-test"), "{}", run.stderr);
+    assert!(run.stderr.contains("backend unreachable"), "the helper's stderr is quoted: {}", run.stderr);
+    assert!(!run.stderr.contains("s3cr3t-in-stderr"), "secrets in the helper's stderr are filtered: {}", run.stderr);
+    assert!(!run.stderr.contains("requires credentials"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_tokens_use_the_oauth2_refresh_token_exchange() {
+    let tokens = TokenServer::start(&[]);
+    tokens.add_refresh_token("rt-from-config-6f1e2d", "ci");
+    tokens.add_refresh_token("rt-from-helper-9a8b7c", "ci");
+    let src = token_registry(&tokens);
+    let dst = token_registry(&tokens);
+    let s = Registry::new(&src.url, Access::Token(tokens.clone()));
+    let d = Registry::new(&dst.url, Access::Token(tokens.clone()));
+    push_tags(&s, "app/web", &["v1", "v2"], "idt").await;
+
+    // identitytoken in config.json (what `az acr login` writes)
+    let scratch = Scratch::new();
+    let config = docker_config(
+        &scratch,
+        &format!(
+            r#"{{"auths":{{"{}":{{"username":"00000000-0000-0000-0000-000000000000","identitytoken":"rt-from-config-6f1e2d"}},"{}":{{"identitytoken":"rt-from-config-6f1e2d"}}}}}}"#,
+            src.host(),
+            dst.host()
+        ),
+    );
+    let env = [("DOCKER_CONFIG", config.to_str().unwrap_or_default())];
+    let state = scratch.state();
+    let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &format!("{}/a", dst.url), "--state", &state], &env).await;
+    run.assert_ok();
+    assert_eq!(d.head("a/app/web", "v2").await, s.head("app/web", "v2").await);
+    let issued = tokens.issued();
+    assert!(!issued.is_empty());
+    assert!(issued.iter().all(|i| i.grant == "refresh_token" && i.user.as_deref() == Some("ci")), "{issued:?}");
+    assert!(issued.iter().any(|i| i.scopes.iter().any(|s| s == "repository:a/app/web:pull,push")), "{issued:?}");
+    assert!(!run.stderr.contains("rt-from-config"), "{}", run.stderr);
+
+    // A helper answering for the user `<token>`: the same exchange.
+    let bin = scratch.path("bin");
+    install_helper(&bin, "<token>", "rt-from-helper-9a8b7c");
+    std::fs::write(config.join("config.json"), r#"{"credsStore":"test"}"#).expect("config.json");
+    let before = tokens.issued().len();
+    let path = path_with(&bin);
+    let env = [("DOCKER_CONFIG", config.to_str().unwrap_or_default()), ("PATH", path.as_str())];
+    let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &format!("{}/b", dst.url), "--state", &state], &env).await;
+    run.assert_ok();
+    assert_eq!(d.head("b/app/web", "v1").await, s.head("app/web", "v1").await);
+    let issued: Vec<_> = tokens.issued().into_iter().skip(before).collect();
+    assert!(!issued.is_empty() && issued.iter().all(|i| i.grant == "refresh_token"), "{issued:?}");
+    assert!(!run.stderr.contains("rt-from-helper"), "{}", run.stderr);
+
+    // A refresh token the service does not know: refused, and said so.
+    std::fs::write(bin.join("secret"), "rt-unknown-000").expect("secret");
+    let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &format!("{}/c", dst.url), "--state", &state], &env).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("refused the identity token") && run.stderr.contains(&format!(":{}", tokens.port)), "{}", run.stderr);
+    assert!(!run.stderr.contains("rt-unknown-000"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn negotiate_beside_bearer_and_a_401_without_a_challenge() {
+    let tokens = TokenServer::start(&[("ci", "pw")]);
+    let src = token_registry(&tokens);
+    let dst = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Token(tokens.clone()));
+    let d = Registry::new(&dst.url, Access::Anonymous);
+    push_tags(&s, "app/web", &["v1"], "neg").await;
+    let upstream = format!("http://127.0.0.1:{}", src.port);
+
+    // One header with two challenges, the unusable one first.
+    let both = Nginx::start(
+        &upstream,
+        Front {
+            extra: format!(
+                "proxy_hide_header WWW-Authenticate;\n    add_header WWW-Authenticate 'Negotiate, Bearer realm=\"{}\",service=\"{}\"' always;\n",
+                tokens.realm(),
+                tokens.service
+            ),
+            ..Front::default()
+        },
+    );
+    let scratch = Scratch::new();
+    let state = scratch.state();
+    let creds = [("REGFERRY_FROM_CREDS", "ci:pw")];
+    let run = regferry(&scratch, &["migrate", "--from", &both.url, "--to", &format!("{}/n", dst.url), "--state", &state], &creds).await;
+    run.assert_ok();
+    assert_eq!(d.head("n/app/web", "v1").await, s.head("app/web", "v1").await);
+    assert!(both.count("GET", "/v2/", Some(401)) > 0, "the front must have challenged");
+
+    // Only `/v2/` carries a challenge; every other 401 comes bare. Tokens
+    // that claim 300 s but die after a second make the registry answer 401
+    // later, and the challenge the ping learnt is used again.
+    let bare = Nginx::start(
+        &upstream,
+        Front {
+            extra: format!(
+                "proxy_hide_header WWW-Authenticate;\n    location = /v2/ {{ proxy_hide_header X-Unused; proxy_pass {upstream}; }}\n"
+            ),
+            ..Front::default()
+        },
+    );
+    tokens.lifetime.store(1, Ordering::Relaxed);
+    tokens.advertised.store(300, Ordering::Relaxed);
+    let client = RegistryClient::new(
+        &Endpoint::new(RegistryUrl::parse(&bare.url).expect("url"), Credentials::from_user_pass("ci:pw").expect("creds")),
+        &ClientOptions::default(),
+    )
+    .expect("client");
+    client.ping().await.expect("ping learns the challenge");
+    let repo: RepoName = "app/web".parse().expect("repo");
+    let tags = || Request::new(Method::GET, client.endpoint_url("/v2/app/web/tags/list"), Scopes::pull(&repo));
+    client.send(&tags()).await.expect("tags with a fresh token");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    client.send(&tags()).await.expect("a bare 401 re-uses the known challenge");
+    assert!(bare.count("GET", "/v2/app/web/tags/list", Some(401)) >= 1, "the expired token must have been refused");
+    let lines = bare.access_lines();
+    assert!(!lines.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_without_push_says_so() {
+    let tokens = TokenServer::start(&[("robot", "robot-pw")]);
+    let src = TestRegistry::start();
+    let dst = token_registry(&tokens);
+    let s = Registry::new(&src.url, Access::Anonymous);
+    push_tags(&s, "app/web", &["v1"], "pull").await;
+    tokens.grant_pull_only("app/web");
+
+    let scratch = Scratch::new();
+    let state = scratch.state();
+    let run = regferry(
+        &scratch,
+        &["migrate", "--from", &src.url, "--to", &dst.url, "--state", &state, "--json"],
+        &[("REGFERRY_TO_CREDS", "robot:robot-pw")],
+    )
+    .await;
+    assert_ne!(run.code, 0);
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(all.contains(&format!("the token service http://127.0.0.1:{} granted pull only on app/web", tokens.port)), "{all}");
+    assert!(all.contains("lack push rights") && all.contains("library/NAME"), "{all}");
+    assert!(!all.contains("check the clocks"), "{all}");
+    assert!(!all.contains("robot-pw"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_whose_tokens_expired_together_wait_for_one_fetch() {
+    let tokens = TokenServer::start(&[("ci", "pw")]);
+    let reg = token_registry(&tokens);
+    let r = Registry::new(&reg.url, Access::Token(tokens.clone()));
+    push_tags(&r, "app/web", &["v1"], "one").await;
+    push_tags(&r, "app/other", &["v1"], "one").await;
+    // Tokens say they live one second (and really live five minutes).
+    tokens.advertised.store(1, Ordering::Relaxed);
+    let client = Arc::new(
+        RegistryClient::new(
+            &Endpoint::new(RegistryUrl::parse(&reg.url).expect("url"), Credentials::from_user_pass("ci:pw").expect("creds")),
+            &ClientOptions::default(),
+        )
+        .expect("client"),
+    );
+    client.ping().await.expect("ping");
+    let web: RepoName = "app/web".parse().expect("repo");
+    let other: RepoName = "app/other".parse().expect("repo");
+    let fetches = |scope: &str| tokens.issued().iter().filter(|i| i.scopes.iter().any(|s| s == scope)).count();
+    let burst = |repo: RepoName| {
+        let client = client.clone();
+        async move {
+            let tasks: Vec<_> = (0..16)
+                .map(|_| {
+                    let client = client.clone();
+                    let url = client.endpoint_url(&format!("/v2/{repo}/tags/list"));
+                    let scopes = Scopes::pull(&repo);
+                    tokio::spawn(async move { client.send(&Request::new(Method::GET, url, scopes)).await.map(|_| ()) })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("task").expect("request");
+            }
+        }
+    };
+    tokens.delay_ms.store(300, Ordering::Relaxed);
+    burst(web.clone()).await;
+    assert_eq!(fetches("repository:app/web:pull"), 1, "16 tasks, one token fetch");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    burst(web.clone()).await;
+    assert_eq!(fetches("repository:app/web:pull"), 2, "16 tasks whose token expired together, one more fetch");
+
+    // A slow token service does not stall requests that hold a token for
+    // other scopes.
+    tokens.advertised.store(300, Ordering::Relaxed);
+    burst(other.clone()).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await; // web's 1 s token is now stale
+    tokens.delay_ms.store(4000, Ordering::Relaxed);
+    let received = tokens.received.load(Ordering::Relaxed);
+    let slow = tokio::spawn(burst(web.clone()));
+    wait_until(Duration::from_secs(10), "the slow token request to arrive", async || tokens.received.load(Ordering::Relaxed) > received).await;
+    burst(other.clone()).await;
+    assert!(!slow.is_finished(), "requests for app/other must not wait for app/web's token");
+    slow.await.expect("slow burst");
+    assert_eq!(fetches("repository:app/web:pull"), 3);
+    assert_eq!(fetches("repository:app/other:pull"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_with_client_certificates() {
+    let pki = testkit::tls::Pki::new();
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let d = Registry::new(&dst.url, Access::Anonymous);
+    push_tags(&s, "app/web", &["v1"], "mtls").await;
+    let front = Nginx::start(
+        &format!("http://127.0.0.1:{}", src.port),
+        Front {
+            tls: Some((pki.cert.clone(), pki.key.clone())),
+            extra: format!("ssl_client_certificate {};\n    ssl_verify_client on;\n", pki.ca.display()),
+            ..Front::default()
+        },
+    );
+    let scratch = Scratch::new();
+    let state = scratch.state();
+    let (ca, cert, key) = (pki.ca.to_string_lossy(), pki.client_cert.to_string_lossy(), pki.client_key.to_string_lossy());
+
+    // Without a client certificate nginx refuses.
+    let run = regferry(&scratch, &["migrate", "--from", &front.url, "--to", &dst.url, "--state", &state, "--from-ca", &ca], &[]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+
+    let run = regferry(
+        &scratch,
+        &["migrate", "--from", &front.url, "--to", &dst.url, "--state", &state, "--from-ca", &ca, "--from-cert", &cert, "--from-key", &key],
+        &[],
+    )
+    .await;
+    run.assert_ok();
+    assert_eq!(d.head("app/web", "v1").await, s.head("app/web", "v1").await);
+    let key_pem = std::fs::read_to_string(&pki.client_key).expect("key");
+    let body = key_pem.lines().nth(1).unwrap_or("never");
+    assert!(!run.stderr.contains(body) && !run.stdout.contains(body), "the client key leaked");
+
+    // Half a pair, or a key that is not one: bad input, named.
+    let run = regferry(&scratch, &["migrate", "--from", &front.url, "--to", &dst.url, "--state", &state, "--from-cert", &cert], &[]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("--from-cert and --from-key go together"), "{}", run.stderr);
+    let run = regferry(
+        &scratch,
+        &["migrate", "--from", &front.url, "--to", &dst.url, "--state", &state, "--from-cert", &cert, "--from-key", &ca],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("holds no PEM private key"), "{}", run.stderr);
+
+    // The same from a policy.
+    let policies = crate::policies::write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: m\nsource:\n  registry: '{}'\n  ca_file: '{ca}'\n  client_cert: '{cert}'\n  client_key: '{key}'\n\
+             destinations:\n  - registry: '{}/pol'\n",
+            front.url, dst.url
+        ),
+    );
+    let run = regferry(&scratch, &["run", "--policies", &policies, "--state", &state], &[]).await;
+    run.assert_ok();
+    assert_eq!(d.head("pol/app/web", "v1").await, s.head("app/web", "v1").await);
+}
