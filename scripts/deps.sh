@@ -8,6 +8,8 @@ want=()
 command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || want+=(docker-registry)
 command -v curl >/dev/null 2>&1 || want+=(curl)
 [ -x /usr/sbin/nginx ] || want+=(nginx-light)
+# A forward HTTP proxy (per-registry proxy tests).
+[ -x /usr/bin/tinyproxy ] || want+=(tinyproxy)
 if [ "${1:-}" = "--bench" ]; then
   command -v skopeo >/dev/null 2>&1 || want+=(skopeo)
   [ -x /usr/bin/time ] || want+=(time)

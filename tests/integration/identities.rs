@@ -384,3 +384,166 @@ async fn mutual_tls_with_client_certificates() {
     run.assert_ok();
     assert_eq!(d.head("pol/app/web", "v1").await, s.head("app/web", "v1").await);
 }
+
+/// A real forward proxy (Debian's `tinyproxy`) on a free loopback port,
+/// logging every request; stopped when dropped.
+struct Tinyproxy {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Tinyproxy {
+    fn start() -> Tinyproxy {
+        let dir = tempfile::Builder::new().prefix("regferry-tinyproxy-").tempdir().expect("temp dir");
+        let port = testkit::free_port();
+        let conf = dir.path().join("tinyproxy.conf");
+        let user = if unsafe { libc::geteuid() } == 0 { "User root\nGroup root\n" } else { "" };
+        std::fs::write(
+            &conf,
+            format!(
+                "{user}Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 64\nLogLevel Info\nLogFile \"{log}\"\nAllow 127.0.0.1\n",
+                log = dir.path().join("access.log").display()
+            ),
+        )
+        .expect("tinyproxy config");
+        let binary = ["/usr/bin/tinyproxy", "/usr/sbin/tinyproxy"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("tinyproxy is not installed: run scripts/deps.sh");
+        let child = std::process::Command::new(binary)
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tinyproxy");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tinyproxy did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Tinyproxy { child, dir, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// Requests the proxy forwarded to `host` (`127.0.0.1:PORT`).
+    fn requests_to(&self, host: &str) -> usize {
+        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        log.lines().filter(|l| l.contains("Request (file descriptor") && l.contains(&format!("http://{host}/"))).count()
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxies_from_the_environment_and_per_registry() {
+    let proxy = Tinyproxy::start();
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let d = Registry::new(&dst.url, Access::Anonymous);
+    push_tags(&s, "app/web", &["v1"], "proxy").await;
+    let scratch = Scratch::new();
+    let state = scratch.state();
+
+    // HTTP_PROXY from the environment: every request goes through it.
+    let run = regferry(
+        &scratch,
+        &["migrate", "--from", &src.url, "--to", &format!("{}/env", dst.url), "--state", &state],
+        &[("HTTP_PROXY", proxy.url.as_str()), ("NO_PROXY", "")],
+    )
+    .await;
+    run.assert_ok();
+    assert_eq!(d.head("env/app/web", "v1").await, s.head("app/web", "v1").await);
+    assert!(proxy.requests_to(&src.host()) > 0 && proxy.requests_to(&dst.host()) > 0, "the proxy saw no request");
+
+    // A policy's proxy for the source only; `proxy: none` for the destination
+    // beats an environment proxy that leads nowhere.
+    let src_before = proxy.requests_to(&src.host());
+    let dst_before = proxy.requests_to(&dst.host());
+    let policies = crate::policies::write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: px\nsource:\n  registry: '{}'\n  proxy: '{}'\ndestinations:\n  - registry: '{}/pol'\n    proxy: none\n",
+            src.url, proxy.url, dst.url
+        ),
+    );
+    let run = regferry(&scratch, &["run", "--policies", &policies, "--state", &state], &[("HTTP_PROXY", "http://127.0.0.1:1")]).await;
+    run.assert_ok();
+    assert_eq!(d.head("pol/app/web", "v1").await, s.head("app/web", "v1").await);
+    assert!(proxy.requests_to(&src.host()) > src_before, "the source's proxy was not used");
+    assert_eq!(proxy.requests_to(&dst.host()), dst_before, "the destination must go direct");
+
+    // A proxy URL that is not one is bad input, without its password.
+    let policies = crate::policies::write(
+        &scratch,
+        "bad",
+        "p.yaml",
+        &format!("name: px\nsource:\n  registry: '{}'\n  proxy: 'socks9://u:hunter2@p'\ndestinations:\n  - registry: '{}'\n", src.url, dst.url),
+    );
+    let run = regferry(&scratch, &["run", "--policies", &policies, "--state", &state], &[]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("proxy") && !run.stderr.contains("hunter2"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn podman_auth_files_and_namespaced_keys() {
+    let src = TestRegistry::start_with(Options {
+        auth: testkit::Auth::Htpasswd { user: "team".into(), password: "team-pw".into() },
+        ..Options::default()
+    });
+    let dst = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Basic("team".into(), "team-pw".into()));
+    let d = Registry::new(&dst.url, Access::Anonymous);
+    push_tags(&s, "org-a/app", &["v1"], "podman").await;
+    let scratch = Scratch::new();
+    let state = scratch.state();
+    let enc = |s: &str| testkit::client::basic(s.split(':').next().unwrap_or(""), s.split(':').nth(1).unwrap_or("")).trim_start_matches("Basic ").to_string();
+    // The host-wide key holds a wrong password; the namespaced one the right one.
+    let json = format!(
+        r#"{{"auths":{{"{h}":{{"auth":"{wrong}"}},"{h}/org-a":{{"auth":"{right}"}},"{h}/org-a/app/deeper":{{"auth":"{wrong}"}},"{h}/org":{{"auth":"{wrong}"}}}}}}"#,
+        h = src.host(),
+        wrong = enc("team:wrong-pw"),
+        right = enc("team:team-pw")
+    );
+    let runtime = scratch.path("run");
+    std::fs::create_dir_all(runtime.join("containers")).expect("runtime dir");
+    std::fs::write(runtime.join("containers/auth.json"), &json).expect("auth.json");
+    let from = format!("{}/org-a", src.url);
+    let run = regferry(
+        &scratch,
+        &["migrate", "--from", &from, "--to", &format!("{}/p", dst.url), "--state", &state, "--repo", "app"],
+        &[("XDG_RUNTIME_DIR", runtime.to_str().unwrap_or_default())],
+    )
+    .await;
+    run.assert_ok();
+    assert_eq!(d.head("p/app", "v1").await, s.head("org-a/app", "v1").await);
+
+    // --authfile names the file; the host-wide key alone is the wrong password.
+    let file = scratch.path("elsewhere.json");
+    std::fs::write(&file, &json).expect("authfile");
+    let run = regferry(
+        &scratch,
+        &["migrate", "--from", &src.url, "--to", &format!("{}/q", dst.url), "--state", &state, "--authfile", file.to_str().unwrap_or_default(), "--repo", "org-a/app"],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("username or password rejected"), "{}", run.stderr);
+    let run = regferry(
+        &scratch,
+        &["migrate", "--from", &from, "--to", &format!("{}/q", dst.url), "--state", &state, "--authfile", file.to_str().unwrap_or_default(), "--repo", "app"],
+        &[],
+    )
+    .await;
+    run.assert_ok();
+}
