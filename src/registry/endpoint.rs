@@ -327,6 +327,41 @@ impl Tls {
     }
 }
 
+/// What docker's and podman's `certs.d/<host:port>/` directory holds for a
+/// registry: `*.crt` files are CAs to trust, a `NAME.cert` with its
+/// `NAME.key` is a client certificate. The directories looked at, in order:
+/// `/etc/containers/certs.d`, `/etc/docker/certs.d`,
+/// `~/.config/containers/certs.d`; the first with a directory for the
+/// registry counts.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CertsD {
+    pub cas: Vec<PathBuf>,
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl CertsD {
+    pub fn find(host_port: &str) -> CertsD {
+        let mut roots = vec![PathBuf::from("/etc/containers/certs.d"), PathBuf::from("/etc/docker/certs.d")];
+        if let Some(home) = std::env::var_os("HOME") {
+            roots.push(PathBuf::from(home).join(".config/containers/certs.d"));
+        }
+        roots.iter().map(|r| r.join(host_port)).find(|d| d.is_dir()).map(|d| CertsD::read(&d)).unwrap_or_default()
+    }
+
+    fn read(dir: &std::path::Path) -> CertsD {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        names.sort();
+        let ext = |p: &PathBuf, e: &str| p.extension().is_some_and(|x| x == e);
+        let cas = names.iter().filter(|p| ext(p, "crt")).cloned().collect();
+        let identity = names
+            .iter()
+            .filter(|p| ext(p, "cert"))
+            .map(|c| (c.clone(), c.with_extension("key")))
+            .find(|(_, k)| k.is_file());
+        CertsD { cas, identity }
+    }
+}
+
 /// The `reqwest` identity for a client certificate and key (PEM files).
 pub fn client_identity(cert: &std::path::Path, key: &std::path::Path) -> Result<reqwest::Identity, String> {
     let cert_pem = std::fs::read(cert).map_err(|e| format!("client certificate {} is not a readable file: {e}", cert.display()))?;
@@ -358,10 +393,22 @@ impl Endpoint {
     /// client builder. Messages name files, never their content, and never
     /// a proxy's user info.
     pub fn configure_transport(&self, mut builder: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder, String> {
+        let certs_d = CertsD::find(&self.url.host_port());
         match (&self.tls.client_cert, &self.tls.client_key) {
             (Some(cert), Some(key)) => builder = builder.identity(client_identity(cert, key)?),
-            (None, None) => {}
+            (None, None) => {
+                if let Some((cert, key)) = &certs_d.identity {
+                    builder = builder.identity(client_identity(cert, key)?);
+                }
+            }
             _ => return Err("a client certificate needs its key, and a key its certificate".into()),
+        }
+        for ca in &certs_d.cas {
+            let pem = std::fs::read(ca).map_err(|e| format!("cannot read CA bundle {}: {e}", ca.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("CA bundle {} is not PEM: {e}", ca.display()))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
         }
         match &self.proxy {
             Proxy::Environment => {}
@@ -441,6 +488,17 @@ mod tests {
         let other = RegistryUrl::parse("quay.io").unwrap();
         assert_eq!(other.api_path("/v2/nginx/manifests/latest"), "/v2/nginx/manifests/latest");
         assert_eq!(other.api_repository("nginx"), "nginx");
+    }
+
+    #[test]
+    fn certs_d_follows_dockers_convention() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.crt", "extra.crt", "client.cert", "client.key", "orphan.cert", "README"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let found = CertsD::read(dir.path());
+        assert_eq!(found.cas, vec![dir.path().join("ca.crt"), dir.path().join("extra.crt")]);
+        assert_eq!(found.identity, Some((dir.path().join("client.cert"), dir.path().join("client.key"))));
     }
 
     #[test]

@@ -33,7 +33,8 @@ const REGISTRY_LEEWAY_SECS: u64 = 60;
 #[derive(Debug, Clone)]
 pub struct Issued {
     pub user: Option<String>,
-    /// `basic`, `anonymous` or `refresh_token` (the OAuth2 POST).
+    /// `basic`, `anonymous`, `refresh_token` (the OAuth2 POST) or
+    /// `basic-refresh-token` (a refresh token as a Basic password on GET).
     pub grant: String,
     pub scopes: Vec<String>,
     /// The token handed out (for tests that look for leaks).
@@ -263,21 +264,23 @@ async fn issue(State(server): State<Arc<TokenServer>>, headers: HeaderMap, Query
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b| STANDARD.decode(b).ok())
         .and_then(|raw| String::from_utf8(raw).ok());
-    let user = match user {
+    let (user, kind) = match user {
         Some(pair) => {
             let users = server.users.lock().map(|u| u.clone()).unwrap_or_default();
+            let refresh = server.refresh_tokens.lock().map(|t| t.clone()).unwrap_or_default();
             match pair.split_once(':') {
-                Some((u, p)) if users.get(u).is_some_and(|expected| expected == p) => Some(u.to_string()),
+                Some((u, p)) if users.get(u).is_some_and(|expected| expected == p) => (Some(u.to_string()), "basic"),
+                // A refresh token as a Basic password (the GET fallback).
+                Some((_, p)) if refresh.contains_key(p) => (refresh.get(p).cloned(), "basic-refresh-token"),
                 _ => {
                     server.refused.fetch_add(1, Ordering::Relaxed);
                     return (StatusCode::UNAUTHORIZED, "invalid credentials").into_response();
                 }
             }
         }
-        None => None,
+        None => (None, "anonymous"),
     };
     let scopes: Vec<String> = query.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.clone()).collect();
-    let kind = if user.is_some() { "basic" } else { "anonymous" };
     answer(&server, user.as_deref(), kind, scopes)
 }
 

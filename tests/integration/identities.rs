@@ -143,7 +143,7 @@ async fn identity_tokens_use_the_oauth2_refresh_token_exchange() {
             dst.host()
         ),
     );
-    let env = [("DOCKER_CONFIG", config.to_str().unwrap_or_default())];
+    let env = [("DOCKER_CONFIG", config.to_str().unwrap_or_default()), ("RUST_LOG", "trace")];
     let state = scratch.state();
     let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &format!("{}/a", dst.url), "--state", &state], &env).await;
     run.assert_ok();
@@ -152,7 +152,11 @@ async fn identity_tokens_use_the_oauth2_refresh_token_exchange() {
     assert!(!issued.is_empty());
     assert!(issued.iter().all(|i| i.grant == "refresh_token" && i.user.as_deref() == Some("ci")), "{issued:?}");
     assert!(issued.iter().any(|i| i.scopes.iter().any(|s| s == "repository:a/app/web:pull,push")), "{issued:?}");
-    assert!(!run.stderr.contains("rt-from-config"), "{}", run.stderr);
+    assert!(!run.stderr.contains("rt-from-config"), "the refresh token leaked at trace level");
+    for i in &issued {
+        let signature = i.token.rsplit('.').next().unwrap_or("never");
+        assert!(!run.stderr.contains(signature), "an access token leaked at trace level");
+    }
 
     // A helper answering for the user `<token>`: the same exchange.
     let bin = scratch.path("bin");
@@ -167,6 +171,28 @@ async fn identity_tokens_use_the_oauth2_refresh_token_exchange() {
     let issued: Vec<_> = tokens.issued().into_iter().skip(before).collect();
     assert!(!issued.is_empty() && issued.iter().all(|i| i.grant == "refresh_token"), "{issued:?}");
     assert!(!run.stderr.contains("rt-from-helper"), "{}", run.stderr);
+
+    // A token service that does not take POST (nginx answers 405): GET,
+    // with the refresh token as a Basic password.
+    let no_post = Nginx::start(
+        &format!("http://127.0.0.1:{}", tokens.port),
+        Front { extra: "if ($request_method = POST) { return 405; }\n".into(), ..Front::default() },
+    );
+    let behind = TestRegistry::start_with(Options {
+        auth: testkit::Auth::Token {
+            realm: format!("{}/token", no_post.url),
+            service: tokens.service.clone(),
+            issuer: tokens.issuer.clone(),
+            cert_pem: tokens.cert_pem.clone(),
+        },
+        ..Options::default()
+    });
+    let before = tokens.issued().len();
+    let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &behind.url, "--state", &state, "--json"], &env).await;
+    run.assert_ok();
+    let issued: Vec<_> = tokens.issued().into_iter().skip(before).collect();
+    assert!(issued.iter().any(|i| i.grant == "basic-refresh-token"), "{issued:?}");
+    assert!(no_post.count("POST", "/token", Some(405)) > 0, "POST was tried first");
 
     // A refresh token the service does not know: refused, and said so.
     std::fs::write(bin.join("secret"), "rt-unknown-000").expect("secret");
@@ -369,6 +395,18 @@ async fn mutual_tls_with_client_certificates() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("holds no PEM private key"), "{}", run.stderr);
 
+    // docker's certs.d convention: ~/.config/containers/certs.d/HOST:PORT/
+    // with ca.crt, client.cert and client.key (HOME is the scratch directory).
+    let certs_d = scratch.path(&format!(".config/containers/certs.d/{}", front.host()));
+    std::fs::create_dir_all(&certs_d).expect("certs.d");
+    std::fs::copy(&pki.ca, certs_d.join("ca.crt")).expect("ca.crt");
+    std::fs::copy(&pki.client_cert, certs_d.join("client.cert")).expect("client.cert");
+    std::fs::copy(&pki.client_key, certs_d.join("client.key")).expect("client.key");
+    let run = regferry(&scratch, &["migrate", "--from", &front.url, "--to", &format!("{}/certsd", dst.url), "--state", &state], &[]).await;
+    run.assert_ok();
+    assert_eq!(d.head("certsd/app/web", "v1").await, s.head("app/web", "v1").await);
+    std::fs::remove_dir_all(&certs_d).expect("remove certs.d");
+
     // The same from a policy.
     let policies = crate::policies::write(
         &scratch,
@@ -546,4 +584,56 @@ async fn podman_auth_files_and_namespaced_keys() {
     )
     .await;
     run.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_http_realm_for_an_https_registry_is_refused_unless_insecure() {
+    let pki = testkit::tls::Pki::new();
+    let tokens = TokenServer::start(&[("ci", "pw")]);
+    let src = token_registry(&tokens);
+    let dst = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Token(tokens.clone()));
+    push_tags(&s, "app/web", &["v1"], "realm").await;
+    // HTTPS in front of a registry whose token service is plain HTTP.
+    let front = Nginx::start(&format!("http://127.0.0.1:{}", src.port), Front { tls: Some((pki.cert.clone(), pki.key.clone())), ..Front::default() });
+    let scratch = Scratch::new();
+    let state = scratch.state();
+    let ca = pki.ca.to_string_lossy();
+    let creds = [("REGFERRY_FROM_CREDS", "ci:pw")];
+    let run = regferry(&scratch, &["migrate", "--from", &front.url, "--to", &dst.url, "--state", &state, "--from-ca", &ca], &creds).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("the token service http://127.0.0.1:{} is not HTTPS", tokens.port)), "{}", run.stderr);
+    assert!(tokens.issued().is_empty(), "no credentials may travel to the plain-HTTP realm");
+    let run = regferry(&scratch, &["migrate", "--from", &front.url, "--to", &dst.url, "--state", &state, "--from-insecure"], &creds).await;
+    run.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_credentials_are_read_again_from_their_file_within_one_client() {
+    let tokens = TokenServer::start(&[("ci", "pw-one")]);
+    let reg = token_registry(&tokens);
+    let r = Registry::new(&reg.url, Access::Token(tokens.clone()));
+    push_tags(&r, "app/web", &["v1"], "reread").await;
+    let scratch = Scratch::new();
+    let file = scratch.path("auth.json");
+    let write = |pw: &str| {
+        std::fs::write(&file, format!(r#"{{"auths":{{"{}":{{"username":"ci","password":"{pw}"}}}}}}"#, reg.host())).expect("auth.json")
+    };
+    write("pw-one");
+    tokens.advertised.store(1, Ordering::Relaxed);
+    let mut endpoint = Endpoint::new(RegistryUrl::parse(&reg.url).expect("url"), Credentials::Anonymous);
+    endpoint.credentials = regferry::registry::CredentialSource::ConfigFiles { files: vec![file.clone()] };
+    let client = RegistryClient::new(&endpoint, &ClientOptions::default()).expect("client");
+    let repo: RepoName = "app/web".parse().expect("repo");
+    let tags = || Request::new(Method::GET, client.endpoint_url("/v2/app/web/tags/list"), Scopes::pull(&repo));
+    client.send(&tags()).await.expect("with the first password");
+
+    // Rotated at the token service and in the file; the cached token expires.
+    tokens.set_password("ci", "pw-two");
+    write("pw-two");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let refused = tokens.refused();
+    client.send(&tags()).await.expect("the file is read again after the refusal");
+    assert_eq!(tokens.refused(), refused + 1, "one refusal of the old password, then the new one");
+    assert_eq!(tokens.issued().last().and_then(|i| i.user.clone()).as_deref(), Some("ci"));
 }
