@@ -157,8 +157,8 @@ pub fn jwt_access(token: &str) -> Option<Vec<Grant>> {
 }
 
 /// The scopes of `wanted` whose actions `granted` lacks, as
-/// `(repository, missing actions)`.
-pub fn missing_actions(wanted: &Scopes, granted: &[Grant]) -> Vec<(String, Vec<String>)> {
+/// `(type, name, missing actions)`.
+pub fn missing_actions(wanted: &Scopes, granted: &[Grant]) -> Vec<(String, String, Vec<String>)> {
     let mut out = Vec::new();
     for scope in wanted.iter() {
         let mut parts = scope.rsplitn(2, ':');
@@ -172,7 +172,7 @@ pub fn missing_actions(wanted: &Scopes, granted: &[Grant]) -> Vec<(String, Vec<S
         let missing: Vec<String> =
             actions.split(',').filter(|a| !have.contains(a) && !have.contains(&"*")).map(str::to_string).collect();
         if !missing.is_empty() {
-            out.push((name.to_string(), missing));
+            out.push((kind.to_string(), name.to_string(), missing));
         }
     }
     out
@@ -256,7 +256,11 @@ mod tests {
         let token = format!("{}.{}.{}", enc(r#"{"alg":"ES256"}"#), enc(payload), enc("sig"));
         let grants = jwt_access(&token).unwrap();
         let repo: RepoName = "a/b".parse().unwrap();
-        assert_eq!(missing_actions(&Scopes::push(&repo), &grants), vec![("a/b".to_string(), vec!["push".to_string()])]);
+        assert_eq!(
+            missing_actions(&Scopes::push(&repo), &grants),
+            vec![("repository".to_string(), "a/b".to_string(), vec!["push".to_string()])]
+        );
+        assert_eq!(missing_actions(&Scopes::catalog(), &grants)[0].1, "catalog");
         assert!(missing_actions(&Scopes::pull(&repo), &grants).is_empty());
         assert_eq!(jwt_access("opaque-token"), None);
     }

@@ -341,8 +341,16 @@ impl Authenticator {
             let guard = slot.lock().await;
             guard.as_ref().filter(|t| Some(&t.header) == sent).and_then(|t| t.grants.clone())
         }?;
-        let (repo, missing) = missing_actions(&self.api_scopes(scopes), &grants).into_iter().next()?;
-        Some(refused_message(&origin_with_port(realm), &repo, &missing, &grants))
+        let (kind, name, missing) = missing_actions(&self.api_scopes(scopes), &grants).into_iter().next()?;
+        let service = origin_with_port(realm);
+        if kind != "repository" {
+            return Some(format!(
+                "the token service {service} did not grant {kind}:{name}:{} (for the catalog: the account may not list \
+                 every repository; name the repositories with --repo or a policy's source.repositories)",
+                missing.join(",")
+            ));
+        }
+        Some(refused_message(&service, &name, &missing, &grants))
     }
 
     /// `scopes` with repository names as the registry knows them.
