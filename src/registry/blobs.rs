@@ -55,7 +55,7 @@ impl RegistryClient {
     /// Ask the registry to link `digest` from `from` into `repo`.
     pub async fn mount_blob(&self, repo: &RepoName, digest: &Digest, from: &RepoName) -> Result<MountOutcome, RegistryError> {
         let mut url = self.endpoint_url(&format!("/v2/{repo}/blobs/uploads/"));
-        url.query_pairs_mut().append_pair("mount", digest.as_str()).append_pair("from", from.as_str());
+        url.query_pairs_mut().append_pair("mount", digest.as_str()).append_pair("from", &self.url().api_repository(from.as_str()));
         let req = Request::new(Method::POST, url, Scopes::push(repo).and_pull(from));
         let resp = self.send(&req).await?;
         if resp.status() == StatusCode::CREATED {

@@ -277,8 +277,9 @@ pub struct Tls {
     pub client_key: Option<PathBuf>,
 }
 
-/// How to reach a registry through an HTTP(S) proxy.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// How to reach a registry through an HTTP(S) proxy. `Debug` never shows a
+/// proxy's user info.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub enum Proxy {
     /// `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` from the
     /// environment (lower case too), as most tools read them.
@@ -288,6 +289,16 @@ pub enum Proxy {
     Direct,
     /// This proxy for every request to the registry (and its token service).
     Url(Url),
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Proxy::Environment => f.write_str("Environment"),
+            Proxy::Direct => f.write_str("Direct"),
+            Proxy::Url(u) => write!(f, "Url({})", redact_userinfo(u.as_str())),
+        }
+    }
 }
 
 impl Proxy {
@@ -507,6 +518,8 @@ mod tests {
         assert!(matches!(Proxy::parse("http://127.0.0.1:3128").unwrap(), Proxy::Url(_)));
         let e = Proxy::parse("socks9://u:hunter2@p").unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
+        let p = Proxy::parse("http://u:hunter2@proxy.example:3128").unwrap();
+        assert!(!format!("{p:?}").contains("hunter2"), "{p:?}");
     }
 
     #[test]
