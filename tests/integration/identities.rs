@@ -584,6 +584,28 @@ async fn podman_auth_files_and_namespaced_keys() {
     )
     .await;
     run.assert_ok();
+
+    // A policy's auth_file.
+    let policies = crate::policies::write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: pa
+source:
+  registry: '{from}'
+  credentials: {{ auth_file: '{}' }}
+  repositories: [app]
+destinations:
+  - registry: '{}/r'
+",
+            file.display(),
+            dst.url
+        ),
+    );
+    let run = regferry(&scratch, &["run", "--policies", &policies, "--state", &state], &[]).await;
+    run.assert_ok();
+    assert_eq!(d.head("r/app", "v1").await, s.head("org-a/app", "v1").await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
