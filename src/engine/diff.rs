@@ -35,12 +35,12 @@ async fn head_source(src: &RegistryClient, repo: &RepoName, tag: &Tag) -> Result
     let reference = Reference::Tag(tag.clone());
     let scopes = Scopes::pull(repo);
     for pause in [Duration::from_millis(300), Duration::from_secs(1)] {
-        if let Some(head) = src.head_manifest(repo, &reference, &scopes).await? {
+        if let Some(head) = src.head_listed_manifest(repo, &reference, &scopes).await? {
             return Ok(Some(head));
         }
         tokio::time::sleep(pause).await;
     }
-    src.head_manifest(repo, &reference, &scopes).await
+    src.head_listed_manifest(repo, &reference, &scopes).await
 }
 
 /// Like [`head_source`], but with the body: for a tag the destination
@@ -180,7 +180,7 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
                 }
             };
             let dest = if at_destination {
-                dst.head_manifest(&dest_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&dest_repo))
+                dst.head_listed_manifest(&dest_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&dest_repo))
                     .await
                     .map_err(|e| problem(e.to_string()))?
             } else {
