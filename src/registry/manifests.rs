@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use bytes::Bytes;
 use reqwest::header::{self, HeaderMap};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 
 use super::auth::Scopes;
 use super::client::{Request, RegistryClient, read_limited};
@@ -116,44 +116,7 @@ impl RegistryClient {
         reference: &Reference,
         scopes: &Scopes,
     ) -> Result<Option<ManifestHead>, RegistryError> {
-        if self.manifest_head.refused() {
-            return self.head_by_get(repo, reference, scopes).await;
-        }
-        let probe = self.manifest_head.probe().await;
-        if self.manifest_head.refused() {
-            return self.head_by_get(repo, reference, scopes).await;
-        }
-        let req = Request::new(Method::HEAD, self.manifest_url(repo, reference), scopes.clone())
-            .header(header::ACCEPT, ACCEPT)
-            .also_ok(&[404, 400, 405, 501]);
-        let resp = self.send(&req).await?;
-        if matches!(resp.status().as_u16(), 400 | 405 | 501) {
-            let status = resp.status().as_u16();
-            drop(resp);
-            let by_get = self.head_by_get(repo, reference, scopes).await;
-            // A GET refused the same way is a real error, not a HEAD refusal.
-            if !matches!(&by_get, Err(e) if e.status() == Some(status)) {
-                self.note_head_refused(&format!("HEAD answered {status}"));
-            }
-            drop(probe);
-            return by_get;
-        }
-        self.manifest_head.works();
-        drop(probe);
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let digest = header_str(resp.headers(), "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
-        let media_type = header_str(resp.headers(), "content-type").map(|c| normalise_media_type(&c));
-        match (digest, media_type) {
-            (Some(digest), Some(media_type)) if media_type != "application/json" => {
-                Ok(Some(ManifestHead { digest, media_type }))
-            }
-            _ => {
-                let body = self.get_manifest(repo, reference, scopes).await?;
-                Ok(Some(head_of_body(body)))
-            }
-        }
+        self.head_checked(repo, reference, scopes, false).await
     }
 
     /// Like [`RegistryClient::head_manifest`] for a reference the registry
@@ -166,16 +129,66 @@ impl RegistryClient {
         reference: &Reference,
         scopes: &Scopes,
     ) -> Result<Option<ManifestHead>, RegistryError> {
-        let by_get = self.manifest_head.refused();
-        match self.head_manifest(repo, reference, scopes).await? {
-            Some(head) => Ok(Some(head)),
-            None if by_get || self.manifest_head.refused() => Ok(None),
-            None => {
+        self.head_checked(repo, reference, scopes, true).await
+    }
+
+    async fn head_checked(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        scopes: &Scopes,
+        listed: bool,
+    ) -> Result<Option<ManifestHead>, RegistryError> {
+        if self.manifest_head.refused() {
+            return self.head_by_get(repo, reference, scopes).await;
+        }
+        // While nobody knows whether HEAD works, one HEAD (and the GET
+        // that confirms its answer) at a time.
+        let probe = self.manifest_head.probe().await;
+        if self.manifest_head.refused() {
+            return self.head_by_get(repo, reference, scopes).await;
+        }
+        let req = Request::new(Method::HEAD, self.manifest_url(repo, reference), scopes.clone())
+            .header(header::ACCEPT, ACCEPT)
+            .also_ok(&[404, 400, 405, 501]);
+        let resp = self.send(&req).await?;
+        let status = resp.status().as_u16();
+        if matches!(status, 400 | 405 | 501) {
+            drop(resp);
+            let by_get = self.head_by_get(repo, reference, scopes).await;
+            // A GET refused the same way is a real error, not a HEAD refusal.
+            if !matches!(&by_get, Err(e) if e.status() == Some(status)) {
+                self.note_head_refused(&format!("HEAD answered {status}"));
+            }
+            drop(probe);
+            return by_get;
+        }
+        if status == 404 {
+            drop(resp);
+            if listed {
                 let found = self.head_by_get(repo, reference, scopes).await?;
                 if found.is_some() {
                     self.note_head_refused("HEAD answered 404 for a listed tag that GET found");
+                } else {
+                    self.manifest_head.works();
                 }
-                Ok(found)
+                drop(probe);
+                return Ok(found);
+            }
+            self.manifest_head.works();
+            return Ok(None);
+        }
+        self.manifest_head.works();
+        drop(probe);
+        let digest = header_str(resp.headers(), "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
+        let media_type = header_str(resp.headers(), "content-type").map(|c| normalise_media_type(&c));
+        match (digest, media_type) {
+            (Some(digest), Some(media_type)) if media_type != "application/json" => {
+                Ok(Some(ManifestHead { digest, media_type }))
+            }
+            _ => {
+                let body = self.get_manifest(repo, reference, scopes).await?;
+                Ok(Some(head_of_body(body)))
             }
         }
     }

@@ -185,3 +185,27 @@ async fn fronts_that_refuse_manifest_head_are_asked_with_get_once_known() {
     assert!(dst_front.count("GET", "/manifests/", Some(200)) >= pushed.len(), "the destination's tags were read with GET");
     assert_eq!(dst.writes(), writes_before, "the second run wrote nothing");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_whose_manifest_head_says_404_for_listed_tags_is_read_with_get() {
+    let (src, dst, s, d) = crate::support::registries();
+    let pushed = dataset::fill(&s, &plain_images(2, 6)).await;
+    // A front (a cache, a CDN) whose manifest HEAD answers 404 for every tag its listing returns.
+    let extra = format!("location ~ ^/v2/.+/manifests/ {{ if ($request_method = HEAD) {{ return 404; }} proxy_pass {}; }}\n", src.url);
+    let front = Nginx::start(&src.url, Front { extra, ..Front::default() });
+    let scratch = Scratch::new();
+    migrate(&scratch, &front.url, &dst.url, &[]).await.assert_ok();
+    assert_eq!(assert_mirrored(&s, &d, &repos_of(&pushed), "").await, pushed.len());
+
+    // The rerun compares every tag: the first 404 is confirmed with GET, and
+    // from then on the source is asked with GET only.
+    let lied_before = front.count("HEAD", "/manifests/", Some(404));
+    let again = migrate(&scratch, &front.url, &dst.url, &[]).await;
+    again.assert_ok();
+    let report = again.json();
+    assert_eq!(report["counts"]["tags_skipped"], pushed.len() as u64, "{report}");
+    assert_eq!(report["counts"]["tags_failed"], 0, "{report}");
+    let lied = front.count("HEAD", "/manifests/", Some(404)) - lied_before;
+    assert_eq!(lied, 1, "one HEAD taught the client; {} tags", pushed.len());
+    assert!(again.stderr.contains("refuses HEAD on manifests"), "the operator is told once: {}", again.stderr);
+}
