@@ -30,17 +30,21 @@ pub struct DiffOptions {
 }
 
 /// A tag that was just listed may not be resolvable yet (replicas, caches):
-/// ask again a couple of times before calling it gone.
+/// ask again a couple of times before calling it gone. The first `404` is
+/// confirmed with a `GET` (a front whose `HEAD` lies is then known).
 async fn head_source(src: &RegistryClient, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestHead>, RegistryError> {
     let reference = Reference::Tag(tag.clone());
     let scopes = Scopes::pull(repo);
+    if let Some(head) = src.head_listed_manifest(repo, &reference, &scopes).await? {
+        return Ok(Some(head));
+    }
     for pause in [Duration::from_millis(300), Duration::from_secs(1)] {
+        tokio::time::sleep(pause).await;
         if let Some(head) = src.head_manifest(repo, &reference, &scopes).await? {
             return Ok(Some(head));
         }
-        tokio::time::sleep(pause).await;
     }
-    src.head_manifest(repo, &reference, &scopes).await
+    Ok(None)
 }
 
 /// Like [`head_source`], but with the body: for a tag the destination
@@ -180,7 +184,7 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
                 }
             };
             let dest = if at_destination {
-                dst.head_manifest(&dest_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&dest_repo))
+                dst.head_listed_manifest(&dest_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&dest_repo))
                     .await
                     .map_err(|e| problem(e.to_string()))?
             } else {

@@ -10,7 +10,7 @@ use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
 use super::auth::Scopes;
-use super::client::{Request, RegistryClient};
+use super::client::{Request, RegistryClient, same_origin};
 use super::digest::Digest;
 use super::error::RegistryError;
 use super::name::RepoName;
@@ -22,12 +22,6 @@ pub enum MountOutcome {
     Mounted,
     /// `202`: the registry opened an ordinary upload session instead.
     Session(Url),
-}
-
-const MAX_REDIRECTS: usize = 5;
-
-fn same_origin(a: &Url, b: &Url) -> bool {
-    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
 }
 
 impl RegistryClient {
@@ -45,9 +39,33 @@ impl RegistryClient {
         })
     }
 
-    /// Whether `repo` holds `digest` (`HEAD`).
+    /// Whether `repo` holds `digest` (`HEAD`, redirects followed).
+    ///
+    /// A registry on object storage answers `307` to a presigned storage
+    /// URL; the `HEAD` follows it (without credentials) and the storage
+    /// confirms. Storage that refuses the `HEAD` method on a URL presigned
+    /// for `GET` (`400`/`403`/`405`/`501` from another origin) still means
+    /// present: a registry only redirects to storage after finding the blob.
+    /// A registry (or front) that refuses `HEAD` itself is asked with `GET`,
+    /// whose body is not read.
     pub async fn blob_exists(&self, repo: &RepoName, digest: &Digest, scopes: &Scopes) -> Result<bool, RegistryError> {
-        let req = Request::new(Method::HEAD, self.blob_url(repo, digest), scopes.clone()).also_ok(&[404]);
+        const REFUSED: [u16; 4] = [400, 403, 405, 501];
+        let url = self.blob_url(repo, digest);
+        let req = Request::new(Method::HEAD, url.clone(), scopes.clone()).also_ok(&[404, 400, 403, 405, 501]);
+        let resp = self.send(&req).await?;
+        let status = resp.status();
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            return Ok(status.is_success());
+        }
+        let redirected = !same_origin(resp.url(), self.url().base());
+        if redirected && REFUSED.contains(&status.as_u16()) {
+            tracing::debug!(registry = %self.name(), %digest, status = status.as_u16(), "storage refused HEAD after the registry redirected: present");
+            return Ok(true);
+        }
+        drop(resp);
+        // The registry refuses HEAD (or refuses us: then the GET's error
+        // body says why): ask with GET and only look at the status.
+        let req = Request::new(Method::GET, url, scopes.clone()).also_ok(&[404]);
         let resp = self.send(&req).await?;
         Ok(resp.status().is_success())
     }
@@ -124,28 +142,10 @@ impl RegistryClient {
         }
     }
 
-    /// Start downloading `repo@digest`. Redirects are followed; the registry's
-    /// credentials are only sent to the registry itself.
+    /// Start downloading `repo@digest`. Redirects are followed (see
+    /// [`super::client`]); the registry's credentials are only sent to the
+    /// registry itself.
     pub async fn get_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Response, RegistryError> {
-        let req = Request::new(Method::GET, self.blob_url(repo, digest), Scopes::pull(repo))
-            .also_ok(&[301, 302, 303, 307, 308]);
-        let mut resp = self.send(&req).await?;
-        let origin = self.url().base().clone();
-        for _ in 0..MAX_REDIRECTS {
-            if !resp.status().is_redirection() {
-                return Ok(resp);
-            }
-            let target = self.location(&resp, "blob redirect")?;
-            resp = if same_origin(&target, &origin) {
-                self.send(&Request::new(Method::GET, target, Scopes::pull(repo)).also_ok(&[301, 302, 303, 307, 308]))
-                    .await?
-            } else {
-                self.send_foreign(target).await?
-            };
-        }
-        Err(RegistryError::Protocol {
-            registry: self.name().to_string(),
-            message: format!("GET blob {digest}: more than {MAX_REDIRECTS} redirects"),
-        })
+        self.send(&Request::new(Method::GET, self.blob_url(repo, digest), Scopes::pull(repo))).await
     }
 }

@@ -3,9 +3,14 @@
 //! authenticate each request.
 //!
 //! Every request to a registry goes through [`RegistryClient::send`] (or
-//! [`RegistryClient::send_stream`] for bodies that cannot be replayed). This
-//! module never follows a redirect on its own, never logs a header value and
-//! never puts a query string into an error.
+//! [`RegistryClient::send_stream`] for bodies that cannot be replayed).
+//! Redirects of `GET` and `HEAD` are followed by [`redirect`] (credentials
+//! stay on the registry's own origin); nothing else is ever redirected. This
+//! module never logs a header value and never puts a query string into an
+//! error.
+
+mod redirect;
+pub(crate) use redirect::same_origin;
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -118,6 +123,10 @@ pub struct RegistryClient {
     authn: Authenticator,
     retry: RetryConfig,
     requests: AtomicU64,
+    /// Auth state of the other origins redirects led to.
+    foreign: redirect::ForeignOrigins,
+    /// Whether the registry answers `HEAD` on manifests.
+    pub(super) manifest_head: super::manifests::HeadProbe,
 }
 
 /// Build the message of a reqwest error: its chain of causes, without URLs.
@@ -222,6 +231,8 @@ impl RegistryClient {
             name,
             retry: options.retry.clone(),
             requests: AtomicU64::new(0),
+            foreign: Default::default(),
+            manifest_head: Default::default(),
         })
     }
 
@@ -264,7 +275,7 @@ impl RegistryClient {
     /// `req.also_ok`; any other status becomes [`RegistryError::Status`].
     pub async fn send(&self, req: &Request) -> Result<Response, RegistryError> {
         let cap = self.retry.max_retry_after;
-        (|| self.send_authed(req))
+        (|| self.send_following(req))
             .retry(self.backoff())
             .when(RegistryError::is_transient)
             .adjust(move |e: &RegistryError, d| d.map(|d| e.retry_after().map(|r| r.min(cap)).unwrap_or(d)))
@@ -336,6 +347,9 @@ impl RegistryClient {
     async fn check_status(&self, req: &Request, resp: Response) -> Result<Response, RegistryError> {
         let status = resp.status();
         if status.is_success() || req.also_ok.contains(&status.as_u16()) {
+            return Ok(resp);
+        }
+        if redirect::is_redirect(status) && redirect::followable(&req.method) {
             return Ok(resp);
         }
         // A HEAD has no body: for a lasting refusal, ask again with GET to

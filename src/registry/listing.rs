@@ -83,7 +83,10 @@ impl RegistryClient {
         while let Some(url) = next.take() {
             pages += 1;
             let resp = self.send(&Request::new(Method::GET, url.clone(), scopes.clone())).await?;
-            let following = next_link(&resp, &url).filter(|n| *n != url);
+            // Relative to the URL that answered (the listing may have been
+            // redirected to another origin).
+            let answered = resp.url().clone();
+            let following = next_link(&resp, &answered).filter(|n| *n != url && *n != answered);
             let body = read_limited(resp, 64 * 1024 * 1024).await?;
             let items = parse(&body).map_err(|e| RegistryError::Protocol {
                 registry: self.name().to_string(),

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::s3::S3Storage;
+
 /// How the registry authenticates clients.
 #[derive(Debug, Clone, Default)]
 pub enum Auth {
@@ -34,12 +36,18 @@ pub struct Options {
     pub notify_headers: Vec<(String, String)>,
     /// Serve TLS with this certificate and key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Keep the data on S3 (a bucket on a local `moto_server`, see
+    /// [`crate::s3`]) instead of local disk: blob `HEAD`/`GET` then answer
+    /// `307` to a presigned storage URL.
+    pub s3: Option<S3Storage>,
 }
 
 /// A running registry.
 pub struct TestRegistry {
     child: Child,
     dir: TempDir,
+    /// Keeps the S3 server alive while the registry uses it.
+    _s3: Option<S3Storage>,
     pub port: u16,
     /// `http://127.0.0.1:PORT` (or https with TLS).
     pub url: String,
@@ -79,10 +87,13 @@ impl TestRegistry {
         let mut config = format!(
             "version: 0.1\n\
              log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
-             storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n  \
+             storage:\n{backend}  delete:\n    enabled: true\n  \
              maintenance:\n    uploadpurging:\n      enabled: false\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: regferry-test-secret\n",
-            data = yaml_str(&data.to_string_lossy())
+            backend = match &options.s3 {
+                Some(s3) => s3.yaml(),
+                None => format!("  filesystem:\n    rootdirectory: {}\n", yaml_str(&data.to_string_lossy())),
+            }
         );
         if let Some((cert, key)) = &options.tls {
             config.push_str(&format!(
@@ -130,7 +141,15 @@ impl TestRegistry {
         fs::write(&config_path, config).expect("registry config");
         let log = fs::File::create(dir.path().join("registry.log")).expect("log file");
         let log2 = log.try_clone().expect("log file");
-        let child = Command::new(registry_binary())
+        let mut command = Command::new(registry_binary());
+        // The S3 driver refuses to start with AWS_CA_BUNDLE set, and other
+        // AWS_* settings (profiles, real credentials) must not leak in.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("AWS_") {
+                command.env_remove(&key);
+            }
+        }
+        let child = command
             .arg("serve")
             .arg(&config_path)
             .stdout(Stdio::from(log))
@@ -139,7 +158,7 @@ impl TestRegistry {
             .spawn()
             .expect("start docker-registry");
         let scheme = if options.tls.is_some() { "https" } else { "http" };
-        let mut registry = TestRegistry { child, dir, port, url: format!("{scheme}://127.0.0.1:{port}") };
+        let mut registry = TestRegistry { child, dir, _s3: options.s3.clone(), port, url: format!("{scheme}://127.0.0.1:{port}") };
         registry.wait_ready();
         registry
     }

@@ -14,3 +14,4 @@ mod memory;
 mod migrate;
 mod policies;
 mod security;
+mod shapes_storage;
