@@ -209,3 +209,33 @@ async fn a_source_whose_manifest_head_says_404_for_listed_tags_is_read_with_get(
     assert_eq!(lied, 1, "one HEAD taught the client; {} tags", pushed.len());
     assert!(again.stderr.contains("refuses HEAD on manifests"), "the operator is told once: {}", again.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirects_are_bounded_and_a_password_is_never_sent_to_another_origin() {
+    // A front whose every /v2/ request redirects to itself, with a relative
+    // Location: resolved against the answering URL, given up after 8 hops.
+    let dst = TestRegistry::start();
+    let looping = Nginx::start(&dst.url, Front { extra: "absolute_redirect off;\n    location /v2/ { return 307 $request_uri; }\n".into(), ..Front::default() });
+    let scratch = Scratch::new();
+    let run = migrate(&scratch, &looping.url, &dst.url, &[]).await;
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(run.stderr.contains("more than 8 redirects"), "{}", run.stderr);
+    assert_eq!(looping.count("GET", "/v2/", Some(307)), 9, "the first request and 8 hops: {:?}", looping.access_lines());
+
+    // A front that sends everything to a registry wanting a password: the
+    // credentials given for the front are not offered there.
+    const USER: &str = "carol";
+    const PW: &str = "elsewhere-Pw-never-sent";
+    let b = TestRegistry::start_with(Options { auth: testkit::Auth::Htpasswd { user: USER.into(), password: PW.into() }, ..Options::default() });
+    let b_seen = FaultProxy::start(&b.url, Faults::default());
+    let front = Nginx::start(&b.url, Front { redirect_to: Some(b_seen.url.clone()), ..Front::default() });
+    let creds = format!("{USER}:{PW}");
+    let args = crate::support::migrate_args(&scratch, &front.url, &dst.url, &[]);
+    let run = regferry(&scratch, &args.iter().map(String::as_str).collect::<Vec<_>>(), &[("REGFERRY_FROM_CREDS", &creds)]).await;
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(run.stderr.contains("asks for a password"), "{}", run.stderr);
+    let seen = b_seen.counters.seen();
+    assert!(!seen.is_empty(), "the redirect was followed");
+    assert!(seen.iter().all(|r| r.authorization.is_none()), "credentials crossed to another origin: {seen:?}");
+    assert!(!run.stderr.contains(PW) && !run.stdout.contains(PW));
+}
