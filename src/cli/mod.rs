@@ -238,7 +238,7 @@ fn endpoint(url: &str, creds: Option<&str>, ca: Option<&PathBuf>, insecure: bool
     if let Some(ca) = ca {
         Tls::check_ca_file(ca).map_err(|e| CliError::usage(format!("--{flag}-ca: {e}")))?;
     }
-    Ok(Endpoint { url, credentials, tls: Tls { insecure_skip_verify: insecure, ca_file: ca.cloned() } })
+    Ok(Endpoint { url, credentials, tls: Tls { insecure_skip_verify: insecure, ca_file: ca.cloned() }, limits: Default::default() })
 }
 
 impl RegistryArgs {

@@ -46,6 +46,12 @@ pub struct RawSource {
     pub ca_file: Option<At<String>>,
     #[serde(default)]
     pub insecure: Option<bool>,
+    /// At most this many requests per second to the registry.
+    #[serde(default)]
+    pub requests_per_second: Option<At<f64>>,
+    /// At most this many blob bytes per second (`50MiB`, `800KiB`).
+    #[serde(default)]
+    pub bytes_per_second: Option<At<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +66,12 @@ pub struct RawDestination {
     pub ca_file: Option<At<String>>,
     #[serde(default)]
     pub insecure: Option<bool>,
+    /// At most this many requests per second to the registry.
+    #[serde(default)]
+    pub requests_per_second: Option<At<f64>>,
+    /// At most this many blob bytes per second (`50MiB`, `800KiB`).
+    #[serde(default)]
+    pub bytes_per_second: Option<At<String>>,
 }
 
 /// Where a registry's credentials come from. Secrets are never written in

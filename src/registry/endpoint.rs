@@ -189,11 +189,13 @@ pub struct Endpoint {
     pub url: RegistryUrl,
     pub credentials: Credentials,
     pub tls: Tls,
+    /// Optional request and byte rates for this registry.
+    pub limits: super::gate::Limits,
 }
 
 impl Endpoint {
     pub fn new(url: RegistryUrl, credentials: Credentials) -> Endpoint {
-        Endpoint { url, credentials, tls: Tls::default() }
+        Endpoint { url, credentials, tls: Tls::default(), limits: Default::default() }
     }
 }
 

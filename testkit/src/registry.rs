@@ -34,6 +34,9 @@ pub struct Options {
     pub notify_headers: Vec<(String, String)>,
     /// Serve TLS with this certificate and key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Maintenance read-only mode (`storage.maintenance.readonly`): reads
+    /// work, every upload and manifest push is refused.
+    pub read_only: bool,
 }
 
 /// A running registry.
@@ -80,9 +83,10 @@ impl TestRegistry {
             "version: 0.1\n\
              log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n  \
-             maintenance:\n    uploadpurging:\n      enabled: false\n\
+             maintenance:\n    uploadpurging:\n      enabled: false\n    readonly:\n      enabled: {read_only}\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: regferry-test-secret\n",
-            data = yaml_str(&data.to_string_lossy())
+            data = yaml_str(&data.to_string_lossy()),
+            read_only = options.read_only,
         );
         if let Some((cert, key)) = &options.tls {
             config.push_str(&format!(
