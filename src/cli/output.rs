@@ -109,12 +109,18 @@ pub fn report_text(report: &Report, title: &str) -> String {
         for c in &report.conditions {
             let _ = writeln!(out, "  {c}");
         }
+        let in_flight = report.failures.iter().filter(|f| report.conditions.contains(&f.error)).count();
+        if in_flight > 0 {
+            let _ = writeln!(out, "  {in_flight} tag(s) in flight failed with it");
+        }
         if report.not_attempted > 0 {
             let _ = writeln!(out, "  {} remaining tag(s) not attempted", report.not_attempted);
         }
     }
-    // Tags not attempted are counted above, not listed one by one.
-    let listed: Vec<_> = report.failures.iter().filter(|f| !f.error.starts_with(NOT_ATTEMPTED)).collect();
+    // Tags that failed because of a registry condition are counted above,
+    // not listed one by one.
+    let listed: Vec<_> =
+        report.failures.iter().filter(|f| !f.error.starts_with(NOT_ATTEMPTED) && !report.conditions.contains(&f.error)).collect();
     if !listed.is_empty() {
         let _ = writeln!(out, "failed tags:");
         for f in listed {
