@@ -197,3 +197,23 @@ async fn a_request_rate_limit_is_never_exceeded() {
     let least = Duration::from_secs_f64((seen.len() - 1) as f64 / 5.0 * 0.9);
     assert!(span >= least, "{} requests in {span:?}", seen.len());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_that_stays_throttled_costs_one_request_budget_not_one_per_level() {
+    let (src, dst, s, _d) = registries();
+    let pushed = dataset::fill(&s, &plain_images(1, 1)).await;
+    // One layer of the only tag is answered 429 for good.
+    let digest = pushed[0].manifest.blobs.last().expect("a layer").digest.clone();
+    let sp = FaultProxy::start(
+        &src.url,
+        Faults { too_many_requests: 1.0, retry_after_secs: 1, only: vec!["GET ".into(), format!("/blobs/{digest}")], ..Faults::default() },
+    );
+    let scratch = Scratch::new();
+    let run = migrate(&scratch, &sp.url, &dst.url, &[]).await;
+    assert_eq!(run.code, 1, "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    // The request's own budget (1 + 4 retries), not × 3 blob attempts × 3 tag attempts.
+    let asked = sp.counters.injected("too_many_requests");
+    assert_eq!(asked, 5, "the throttled blob was asked for {asked} times");
+    let error = run.json()["failures"][0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("HTTP 429") && error.contains("gave up after 5 attempts"), "{error}");
+}
