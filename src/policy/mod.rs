@@ -559,11 +559,13 @@ mod tests {
     #[test]
     fn registry_limits_load_with_human_sizes() {
         let text = "name: p\nsource:\n  registry: https://src.example.com\n  requests_per_second: 20\n\
-                    destinations:\n  - registry: https://dst.example.com\n    bytes_per_second: 50MiB\n";
+                    destinations:\n  - registry: https://dst.example.com\n    bytes_per_second: 50MiB\n\
+                    \x20 - registry: https://dst2.example.com\n    bytes_per_second: 1048576\n";
         let set = load_text(&[("p.yaml", text)], &[]).unwrap();
         let p = set.get("p").unwrap();
         assert_eq!(p.source.limits, Limits { requests_per_second: Some(20.0), bytes_per_second: None });
         assert_eq!(p.destinations[0].endpoint.limits.bytes_per_second, Some(50 * 1024 * 1024));
+        assert_eq!(p.destinations[1].endpoint.limits.bytes_per_second, Some(1024 * 1024), "a plain number is bytes");
         let bad = "name: p\nsource:\n  registry: https://s.example.com\n  bytes_per_second: lots\n\
                    destinations:\n  - registry: https://d.example.com\n    requests_per_second: 0\n";
         let e = load_text(&[("p.yaml", bad)], &[]).unwrap_err().to_string();

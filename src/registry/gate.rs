@@ -334,7 +334,7 @@ impl Gate {
                         }
                     }
                 }
-                let text = errors.iter().map(|e| format!("{} {}", e.code, e.message)).collect::<Vec<_>>().join(" ").to_ascii_lowercase();
+                let text = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ").to_ascii_lowercase();
                 let codes = errors.iter().map(|e| e.code.as_str()).filter(|c| !c.is_empty()).collect::<Vec<_>>().join(" ");
                 let what = format!("HTTP {status}{}{} on {method} {}", if codes.is_empty() { "" } else { " " }, codes, upload_path(path));
                 if write && *status == 405 && is_upload_or_manifest_write(method, path) {
@@ -343,7 +343,7 @@ impl Gate {
                         tracing::error!("{} is read-only (maintenance mode?): {what}; no more writes are sent to it", self.label);
                         s.condition = Some(Condition::ReadOnly(what));
                     }
-                } else if write && (*status == 507 || text.contains("no space left") || text.contains("insufficient storage")) {
+                } else if write && (*status == 507 || ["no space left", "insufficient storage", "quota exceeded", "quotaexceeded"].iter().any(|t| text.contains(t))) {
                     s.space_refusals += 1;
                     if s.space_refusals >= REFUSED_AFTER && s.condition.is_none() {
                         tracing::error!("{} is out of space: {what}; no more writes are sent to it", self.label);
@@ -531,6 +531,23 @@ mod tests {
         assert!(e.to_string().contains("read-only"), "{e}");
         assert!(gate.admit("HEAD").await.is_ok(), "reads still go");
         assert!(gate.halted(true).is_some() && gate.halted(false).is_none());
+    }
+
+    #[tokio::test]
+    async fn full_storage_stops_writes() {
+        let gate = Gate::new("destination http://d".into(), &Limits::default());
+        for _ in 0..REFUSED_AFTER {
+            let t = gate.admit("PUT").await.unwrap();
+            let mut e = status(500, None, "UNKNOWN");
+            if let RegistryError::Status { errors, method, .. } = &mut e {
+                errors[0].message = "write /var/lib/registry/x: no space left on device".into();
+                *method = "PUT".into();
+            }
+            t.observe("PUT", "/v2/a/blobs/uploads/abc", None, Some(&e));
+        }
+        let e = gate.admit("PUT").await.err().expect("writes are refused");
+        assert!(matches!(e, RegistryError::OutOfSpace { .. }), "{e}");
+        assert!(gate.admit("GET").await.is_ok());
     }
 
     #[tokio::test]

@@ -98,6 +98,7 @@ async fn a_source_that_dies_mid_run_fails_the_remaining_tags_at_once_with_one_me
     // `jobs show` names the condition too.
     let id = report["execution"].as_i64().expect("execution id").to_string();
     let show = regferry(&scratch, &["jobs", "show", &id, "--state", &scratch.state()], &[]).await;
+    eprintln!("after the source died ({elapsed:?}):\n{stderr}\n{}", show.stdout.lines().take(12).collect::<Vec<_>>().join("\n"));
     assert!(show.stdout.contains(&format!("source {source_url} is down")), "{}", show.stdout);
 }
 
