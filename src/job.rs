@@ -13,7 +13,7 @@ use crate::engine::copy::Copier;
 use crate::engine::diff::{DiffOptions, diff};
 use crate::engine::discover::{Scope, discover};
 use crate::engine::events::EventSink;
-use crate::engine::execute::{Cancel, ExecuteOptions, TaskEnd, execute};
+use crate::engine::execute::{Cancel, ExecuteOptions, NOT_ATTEMPTED, TaskEnd, execute};
 use crate::engine::plan::{Action, Plan};
 use crate::engine::stats::{Snapshot, Stats};
 use crate::engine::EngineError;
@@ -88,6 +88,11 @@ pub struct Report {
     pub elapsed: Duration,
     pub source_requests: u64,
     pub destination_requests: u64,
+    /// Conditions of the registries found during the run (down,
+    /// read-only, out of space, quota nearly used), one line each.
+    pub conditions: Vec<String>,
+    /// Tags not started because of such a condition.
+    pub not_attempted: usize,
 }
 
 /// Connected clients for a job.
@@ -101,8 +106,8 @@ impl Job {
     /// Build the clients and check that both registries answer and accept
     /// our credentials, so a typo fails in one clear line.
     pub async fn connect(spec: JobSpec) -> Result<Job, JobError> {
-        let src = Arc::new(RegistryClient::new(&spec.source, &spec.client).map_err(JobError::Source)?);
-        let dst = Arc::new(RegistryClient::new(&spec.destination, &spec.client).map_err(JobError::Destination)?);
+        let src = Arc::new(RegistryClient::new(&spec.source, &spec.client).map_err(JobError::Source)?.with_role("source"));
+        let dst = Arc::new(RegistryClient::new(&spec.destination, &spec.client).map_err(JobError::Destination)?.with_role("destination"));
         let (a, b) = tokio::join!(src.ping(), dst.ping());
         a.map_err(JobError::Source)?;
         b.map_err(JobError::Destination)?;
@@ -144,6 +149,8 @@ impl Job {
                     elapsed: plan.planning_time + started.elapsed(),
                     source_requests: self.src.request_count(),
                     destination_requests: self.dst.request_count(),
+                    conditions: Vec::new(),
+                    not_attempted: 0,
                 });
             }
 
@@ -221,8 +228,20 @@ impl Job {
             ExecutionStatus::Failed
         };
         let counts = stats.snapshot();
+        let not_attempted = failures.iter().filter(|f| f.error.starts_with(NOT_ATTEMPTED)).count();
+        let conditions: Vec<String> =
+            [self.src.gate().halted(true), self.dst.gate().halted(true)].into_iter().flatten().map(|e| e.to_string()).collect();
         if let (Some(db), Some(id)) = (state, execution) {
-            let error = (!failures.is_empty()).then(|| format!("{} tag(s) failed", failures.len()));
+            let error = (!failures.is_empty()).then(|| {
+                let mut error = format!("{} tag(s) failed", failures.len());
+                for c in &conditions {
+                    error.push_str(&format!("; {c}"));
+                }
+                if not_attempted > 0 {
+                    error.push_str(&format!("; {not_attempted} tag(s) not attempted"));
+                }
+                error
+            });
             db.finish_execution(id, status, &counts, error.as_deref()).await?;
         }
         Ok(Report {
@@ -234,6 +253,8 @@ impl Job {
             elapsed: plan.planning_time + started.elapsed(),
             source_requests: self.src.request_count(),
             destination_requests: self.dst.request_count(),
+            conditions,
+            not_attempted,
         })
     }
 }

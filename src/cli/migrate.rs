@@ -10,7 +10,7 @@ use regferry::engine::execute::{Cancel, ExecuteOptions};
 use regferry::engine::plan::RepoMapping;
 use regferry::engine::stats::Stats;
 use regferry::job::{Job, JobSpec};
-use regferry::registry::ClientOptions;
+use regferry::registry::{ClientOptions, Limits};
 use regferry::state::{ExecutionStatus, StateDb};
 
 use super::output;
@@ -51,6 +51,30 @@ pub struct MigrateArgs {
     /// e.g. 30s or 2m. Not a deadline: a big layer takes as long as it takes.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub stall_timeout: Duration,
+
+    /// At most N requests per second to the source.
+    #[arg(long, value_parser = parse_rate, value_name = "N")]
+    pub from_rps: Option<f64>,
+
+    /// At most N requests per second to the destination.
+    #[arg(long, value_parser = parse_rate, value_name = "N")]
+    pub to_rps: Option<f64>,
+
+    /// At most SIZE blob bytes per second from the source, e.g. 50MiB.
+    #[arg(long, value_parser = regferry::registry::gate::parse_size, value_name = "SIZE")]
+    pub from_bandwidth: Option<u64>,
+
+    /// At most SIZE blob bytes per second to the destination, e.g. 50MiB.
+    #[arg(long, value_parser = regferry::registry::gate::parse_size, value_name = "SIZE")]
+    pub to_bandwidth: Option<u64>,
+}
+
+/// A rate above zero (requests per second).
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!("{s:?} is not a rate above zero (requests per second, e.g. 20 or 0.5)")),
+    }
 }
 
 /// A humantime duration (`90s`, `2m`, `1h 30m`), at least one second.
@@ -63,7 +87,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
-    let (source, destination) = args.registries.endpoints()?;
+    let (mut source, mut destination) = args.registries.endpoints()?;
+    source.limits = Limits { requests_per_second: args.from_rps, bytes_per_second: args.from_bandwidth };
+    destination.limits = Limits { requests_per_second: args.to_rps, bytes_per_second: args.to_bandwidth };
     let repos = RepoFilter::new(&args.repos, &[]).map_err(|e| CliError::usage(format!("--repo: {e}")))?;
     let mapping = RepoMapping::new(source.url.prefix(), destination.url.prefix());
     let concurrency = usize::from(args.concurrency);

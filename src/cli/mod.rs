@@ -271,7 +271,7 @@ fn endpoint(url: &str, creds: Option<&str>, authfile: Option<&PathBuf>, ca: Opti
         Tls::check_ca_file(ca).map_err(|e| CliError::usage(format!("--{flag}-ca: {e}")))?;
     }
     let tls = Tls { insecure_skip_verify: insecure, ca_file: ca.cloned(), ..Tls::default() };
-    Ok(Endpoint { url, credentials, tls, proxy: Proxy::Environment })
+    Ok(Endpoint { url, credentials, tls, proxy: Proxy::Environment, limits: Default::default() })
 }
 
 impl RegistryArgs {

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
+use regferry::engine::execute::NOT_ATTEMPTED;
 use regferry::engine::plan::{Action, CopyReason, Plan, SkipReason};
 use regferry::engine::stats::human_bytes;
 use regferry::job::Report;
@@ -103,9 +104,26 @@ pub fn report_text(report: &Report, title: &str) -> String {
     let _ = writeln!(out, "  bytes         {} uploaded", human_bytes(c.bytes_uploaded));
     let _ = writeln!(out, "  requests      {} to the source, {} to the destination", report.source_requests, report.destination_requests);
     let _ = writeln!(out, "  time          {secs:.1}s{rate}");
-    if !report.failures.is_empty() {
+    if !report.conditions.is_empty() {
+        let _ = writeln!(out, "registry problems:");
+        for c in &report.conditions {
+            let _ = writeln!(out, "  {c}");
+        }
+        let in_flight = report.failures.iter().filter(|f| report.conditions.contains(&f.error)).count();
+        if in_flight > 0 {
+            let _ = writeln!(out, "  {in_flight} tag(s) in flight failed with it");
+        }
+        if report.not_attempted > 0 {
+            let _ = writeln!(out, "  {} remaining tag(s) not attempted", report.not_attempted);
+        }
+    }
+    // Tags that failed because of a registry condition are counted above,
+    // not listed one by one.
+    let listed: Vec<_> =
+        report.failures.iter().filter(|f| !f.error.starts_with(NOT_ATTEMPTED) && !report.conditions.contains(&f.error)).collect();
+    if !listed.is_empty() {
         let _ = writeln!(out, "failed tags:");
-        for f in &report.failures {
+        for f in listed {
             let tag = if f.tag.is_empty() { String::new() } else { format!(":{}", f.tag) };
             let _ = writeln!(out, "  {}{tag}: {}", f.repository, f.error);
         }
@@ -122,6 +140,8 @@ pub fn report_json(report: &Report) -> serde_json::Value {
         "counts": report.counts,
         "elapsed_seconds": report.elapsed.as_secs_f64(),
         "requests": { "source": report.source_requests, "destination": report.destination_requests },
+        "conditions": report.conditions,
+        "not_attempted": report.not_attempted,
         "failures": report.failures.iter().map(|f| json!({
             "repository": f.repository, "tag": f.tag, "error": f.error,
         })).collect::<Vec<_>>(),

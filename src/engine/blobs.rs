@@ -173,7 +173,7 @@ impl BlobMover {
                     session = Some((url, Scopes::push(dst_repo).and_pull(&from)));
                     break;
                 }
-                Err(e) if e.is_transient() => return Err(e),
+                Err(e) if e.is_transient() || e.gave_up() || e.is_registry_condition() => return Err(e),
                 Err(e) => {
                     tracing::debug!(blob = %digest.short(), from = %from, error = %e, "mount refused");
                     slot.hinted.retain(|r| r != &from);
@@ -214,6 +214,7 @@ impl BlobMover {
             None => (self.dst.start_upload(dst_repo).await?, Scopes::push(dst_repo)),
         };
         let bytes = resp.bytes_stream().map_err(|e| crate::registry::client::describe(&e));
+        let bytes = crate::registry::throttle::limit(bytes, [self.src.gate().bandwidth(), self.dst.gate().bandwidth()]);
         let (stream, failure) = VerifiedStream::new(bytes, digest, size, self.stats.clone(), |s| &s.bytes_uploaded);
         let body = reqwest::Body::wrap_stream(stream);
         let result = match size {

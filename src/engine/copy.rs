@@ -52,6 +52,12 @@ impl Copier {
         self
     }
 
+    /// Why no new tag should start: the source cannot be read, or the
+    /// destination cannot be written (down, read-only, out of space, quota).
+    pub fn halted(&self) -> Option<RegistryError> {
+        self.src.gate().halted(false).or_else(|| self.dst.gate().halted(true))
+    }
+
     fn child_slot(&self, repo: &RepoName, digest: &Digest) -> ChildSlot {
         let mut map = self.children.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((repo.clone(), digest.clone())).or_default().clone()

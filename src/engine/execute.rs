@@ -44,9 +44,15 @@ pub struct Cancel {
     pub abort: CancellationToken,
 }
 
-/// Worth another attempt of the whole tag.
+/// How the error of a tag that was never started because of its
+/// registry's condition begins.
+pub const NOT_ATTEMPTED: &str = "not attempted: ";
+
+/// Worth another attempt of the whole tag. Not a failure whose request
+/// already used up its retries: the retry budget is per request, and does
+/// not multiply with the levels above it.
 pub fn worth_retrying(e: &RegistryError) -> bool {
-    e.is_transient()
+    !e.gave_up() && e.is_transient()
         || ["MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "MANIFEST_BLOB_UNKNOWN", "BLOB_UPLOAD_INVALID"]
             .iter()
             .any(|c| e.has_code(c))
@@ -121,6 +127,9 @@ async fn run_task(
         events.send(Event::TaskCanceled { index, attempts: 0 }).await;
         return TaskEnd::Canceled;
     }
+    if let Some(e) = copier.halted() {
+        return not_attempted(index, &e, stats, events).await;
+    }
     events.send(Event::TaskStarted { index }).await;
     let mut attempt = 1;
     loop {
@@ -152,7 +161,12 @@ async fn run_task(
                 attempt += 1;
             }
             Err(e) => {
-                tracing::error!(repository = %item.dest_repo, tag = %item.tag, attempts = attempt, error = %e, "copy failed");
+                if e.is_registry_condition() {
+                    // Announced once by the registry's gate, not once per tag.
+                    tracing::debug!(repository = %item.dest_repo, tag = %item.tag, attempts = attempt, error = %e, "copy failed");
+                } else {
+                    tracing::error!(repository = %item.dest_repo, tag = %item.tag, attempts = attempt, error = %e, "copy failed");
+                }
                 Stats::add(&stats.tags_failed, 1);
                 let error = e.to_string();
                 events.send(Event::TaskFailed { index, attempts: attempt, error: error.clone() }).await;
@@ -160,6 +174,15 @@ async fn run_task(
             }
         }
     }
+}
+
+/// Record a tag that is not started because its registry is down,
+/// read-only, out of space or out of quota.
+async fn not_attempted(index: usize, e: &RegistryError, stats: &Stats, events: &EventSink) -> TaskEnd {
+    Stats::add(&stats.tags_failed, 1);
+    let error = format!("{NOT_ATTEMPTED}{e}");
+    events.send(Event::TaskFailed { index, attempts: 0, error: error.clone() }).await;
+    TaskEnd::Failed(error)
 }
 
 #[cfg(test)]

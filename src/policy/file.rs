@@ -55,6 +55,12 @@ pub struct RawSource {
     /// `none`, or an http(s) proxy URL for this registry.
     #[serde(default)]
     pub proxy: Option<At<String>>,
+    /// At most this many requests per second to the registry.
+    #[serde(default)]
+    pub requests_per_second: Option<At<f64>>,
+    /// At most this many blob bytes per second (`50MiB`, `800KiB`).
+    #[serde(default)]
+    pub bytes_per_second: Option<At<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +84,12 @@ pub struct RawDestination {
     /// `none`, or an http(s) proxy URL for this registry.
     #[serde(default)]
     pub proxy: Option<At<String>>,
+    /// At most this many requests per second to the registry.
+    #[serde(default)]
+    pub requests_per_second: Option<At<f64>>,
+    /// At most this many blob bytes per second (`50MiB`, `800KiB`).
+    #[serde(default)]
+    pub bytes_per_second: Option<At<String>>,
 }
 
 /// Where a registry's credentials come from. Secrets are never written in

@@ -20,7 +20,7 @@ use crate::engine::discover::{RepoFilter, Scope};
 use crate::engine::execute::ExecuteOptions;
 use crate::engine::plan::RepoMapping;
 use crate::job::JobSpec;
-use crate::registry::{ClientOptions, CredentialSource, Credentials, Endpoint, Proxy, RegistryUrl, Secret, Tls, docker_config};
+use crate::registry::{ClientOptions, CredentialSource, Credentials, Endpoint, Limits, Proxy, RegistryUrl, Secret, Tls, docker_config};
 use file::{At, RawCredentials, RawPolicy};
 
 /// A registry's TLS and proxy fields in a policy file.
@@ -296,6 +296,8 @@ impl Checker<'_> {
         let s = &raw.source;
         let tls = TlsFields { ca_file: s.ca_file.as_ref(), client_cert: s.client_cert.as_ref(), client_key: s.client_key.as_ref(), proxy: s.proxy.as_ref() };
         let source = self.endpoint(&s.registry, s.credentials.as_ref(), tls, s.insecure, "source");
+        let limits = self.limits(raw.source.requests_per_second.as_ref(), raw.source.bytes_per_second.as_ref(), "source");
+        let source = source.map(|e| Endpoint { limits, ..e });
         let source_repositories: Vec<String> = raw
             .source
             .repositories
@@ -317,6 +319,8 @@ impl Checker<'_> {
             let field = format!("destinations[{i}]");
             let tls = TlsFields { ca_file: d.ca_file.as_ref(), client_cert: d.client_cert.as_ref(), client_key: d.client_key.as_ref(), proxy: d.proxy.as_ref() };
             let endpoint = self.endpoint(&d.registry, d.credentials.as_ref(), tls, d.insecure, &field);
+            let limits = self.limits(d.requests_per_second.as_ref(), d.bytes_per_second.as_ref(), &field);
+            let endpoint = endpoint.map(|e| Endpoint { limits, ..e });
             let namespace = d.namespace.as_ref().map(|n| n.value.trim_matches('/').to_string()).unwrap_or_default();
             if let Some(n) = &d.namespace
                 && !namespace.is_empty() {
@@ -460,7 +464,18 @@ impl Checker<'_> {
             None => None,
         };
         let tls = Tls { insecure_skip_verify: insecure.unwrap_or(false), ca_file: ca, client_cert, client_key };
-        Some(Endpoint { url, credentials, tls, proxy })
+        Some(Endpoint { url, credentials, tls, proxy, limits: Limits::default() })
+    }
+
+    /// A registry entry's optional `requests_per_second` / `bytes_per_second`.
+    fn limits(&mut self, rps: Option<&At<f64>>, bps: Option<&At<String>>, field: &str) -> Limits {
+        let requests_per_second = rps.and_then(|r| {
+            let ok = if r.value > 0.0 && r.value.is_finite() { Ok(r.value) } else { Err("must be a number above zero".to_string()) };
+            self.ok(r, &format!("{field}.requests_per_second"), ok)
+        });
+        let bytes_per_second =
+            bps.and_then(|b| self.ok(b, &format!("{field}.bytes_per_second"), crate::registry::gate::parse_size(&b.value)));
+        Limits { requests_per_second, bytes_per_second }
     }
 
     fn credentials(&mut self, c: &At<RawCredentials>, _url: &RegistryUrl, field: &str) -> Option<CredentialSource> {
@@ -567,6 +582,22 @@ mod tests {
                     destinations:\n  - registry: 'https://dst.example.com'\n";
         let set = load_text(&[("p.yaml", text)], &[("P", "hunter2-secret")]).unwrap();
         assert!(!format!("{:?}", set.policies[0].source).contains("hunter2"));
+    }
+
+    #[test]
+    fn registry_limits_load_with_human_sizes() {
+        let text = "name: p\nsource:\n  registry: https://src.example.com\n  requests_per_second: 20\n\
+                    destinations:\n  - registry: https://dst.example.com\n    bytes_per_second: 50MiB\n\
+                    \x20 - registry: https://dst2.example.com\n    bytes_per_second: 1048576\n";
+        let set = load_text(&[("p.yaml", text)], &[]).unwrap();
+        let p = set.get("p").unwrap();
+        assert_eq!(p.source.limits, Limits { requests_per_second: Some(20.0), bytes_per_second: None });
+        assert_eq!(p.destinations[0].endpoint.limits.bytes_per_second, Some(50 * 1024 * 1024));
+        assert_eq!(p.destinations[1].endpoint.limits.bytes_per_second, Some(1024 * 1024), "a plain number is bytes");
+        let bad = "name: p\nsource:\n  registry: https://s.example.com\n  bytes_per_second: lots\n\
+                   destinations:\n  - registry: https://d.example.com\n    requests_per_second: 0\n";
+        let e = load_text(&[("p.yaml", bad)], &[]).unwrap_err().to_string();
+        assert!(e.contains("source.bytes_per_second") && e.contains("destinations[0].requests_per_second"), "{e}");
     }
 
     #[test]

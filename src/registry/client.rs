@@ -26,6 +26,7 @@ use super::auth::Scopes;
 use super::authn::Authenticator;
 use super::endpoint::{Endpoint, RegistryUrl};
 use super::error::{RegistryError, parse_error_body};
+use super::gate::{Gate, Ticket, Verdict};
 
 /// How hard to retry transient failures of a single request.
 #[derive(Debug, Clone)]
@@ -127,6 +128,8 @@ pub struct RegistryClient {
     foreign: redirect::ForeignOrigins,
     /// Whether the registry answers `HEAD` on manifests.
     pub(super) manifest_head: super::manifests::HeadProbe,
+    /// Shared by every task on this registry: pauses, rates, breaker.
+    gate: Gate,
 }
 
 /// Build the message of a reqwest error: its chain of causes, without URLs.
@@ -228,12 +231,39 @@ impl RegistryClient {
             authn: Authenticator::new(endpoint, &name, http.clone(), options.retry.clone()),
             http,
             url: endpoint.url.clone(),
-            name,
             retry: options.retry.clone(),
             requests: AtomicU64::new(0),
             foreign: Default::default(),
             manifest_head: Default::default(),
+            gate: Gate::new(name.clone(), &endpoint.limits),
+            name,
         })
+    }
+
+    /// Name the registry's role (`source`, `destination`) in the messages
+    /// about its condition.
+    pub fn with_role(mut self, role: &str) -> RegistryClient {
+        self.gate.relabel(format!("{role} {}", self.name));
+        self
+    }
+
+    /// The registry's gate: pauses, limits and condition (down, read-only…).
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Report a request's outcome to the gate, and run the `/v2/` probe
+    /// the breaker asks for.
+    async fn observe(&self, ticket: Ticket<'_>, method: &Method, url: &Url, result: &Result<Response, RegistryError>) {
+        let (headers, error) = match result {
+            Ok(r) => (Some(r.headers()), None),
+            Err(e) => (None, Some(e)),
+        };
+        if ticket.observe(method.as_str(), url.path(), headers, error) == Verdict::Probe {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let probe = self.http.get(self.endpoint_url("/v2/")).send().await;
+            self.gate.probe_result(probe.err().map(|e| describe(&e)));
+        }
     }
 
     /// `scheme://host[:port]`, for messages.
@@ -273,21 +303,55 @@ impl RegistryClient {
     /// Send a replayable request, authenticating as needed and retrying
     /// transient failures. Returns responses with a 2xx status or one of
     /// `req.also_ok`; any other status becomes [`RegistryError::Status`].
+    ///
+    /// Every attempt passes the registry's [`Gate`] first. A transient
+    /// failure that used up the retries comes back as
+    /// [`RegistryError::Exhausted`], which callers do not retry again.
     pub async fn send(&self, req: &Request) -> Result<Response, RegistryError> {
         let cap = self.retry.max_retry_after;
-        (|| self.send_following(req))
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
+        let attempt = || async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            let ticket = self.gate.admit(req.method.as_str()).await?;
+            let result = self.send_following(req).await;
+            self.observe(ticket, &req.method, &req.url, &result).await;
+            result
+        };
+        let result = attempt
             .retry(self.backoff())
             .when(RegistryError::is_transient)
             .adjust(move |e: &RegistryError, d| d.map(|d| e.retry_after().map(|r| r.min(cap)).unwrap_or(d)))
             .notify(|e, d| tracing::debug!(registry = %self.name, error = %e, "retrying in {d:?}"))
-            .await
+            .await;
+        // An upload session the registry lost is restarted by the caller, not given up.
+        result.map_err(|e| match e {
+            e if e.is_transient() && !e.has_code("BLOB_UPLOAD_UNKNOWN") => {
+                RegistryError::Exhausted { attempts: attempts.load(Ordering::Relaxed), source: Box::new(e) }
+            }
+            e => e,
+        })
     }
 
     /// Send a request whose body is a one-shot stream: one attempt, with the
     /// cached authorization (the caller has just authenticated with the same
     /// scopes). A `401` drops the cached token and comes back retryable, so
-    /// the caller can restart its whole operation.
+    /// the caller can restart its whole operation. The request passes the
+    /// registry's [`Gate`] first.
     pub async fn send_stream(
+        &self,
+        method: Method,
+        url: Url,
+        scopes: &Scopes,
+        headers: HeaderMap,
+        body: reqwest::Body,
+    ) -> Result<Response, RegistryError> {
+        let ticket = self.gate.admit(method.as_str()).await?;
+        let result = self.send_stream_once(method.clone(), url.clone(), scopes, headers, body).await;
+        self.observe(ticket, &method, &url, &result).await;
+        result
+    }
+
+    async fn send_stream_once(
         &self,
         method: Method,
         url: Url,

@@ -397,6 +397,8 @@ pub struct Endpoint {
     pub credentials: CredentialSource,
     pub tls: Tls,
     pub proxy: Proxy,
+    /// Optional request and byte rates for this registry.
+    pub limits: super::gate::Limits,
 }
 
 impl Endpoint {
@@ -433,7 +435,7 @@ impl Endpoint {
     }
 
     pub fn new(url: RegistryUrl, credentials: impl Into<CredentialSource>) -> Endpoint {
-        Endpoint { url, credentials: credentials.into(), tls: Tls::default(), proxy: Proxy::default() }
+        Endpoint { url, credentials: credentials.into(), tls: Tls::default(), proxy: Proxy::default(), limits: Default::default() }
     }
 }
 

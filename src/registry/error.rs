@@ -116,6 +116,28 @@ pub enum RegistryError {
     #[error("{registry}: {message}")]
     Protocol { registry: String, message: String },
 
+    /// The registry stopped answering (found by the breaker in
+    /// [`super::gate`]): the remaining work on it is not attempted.
+    #[error("{registry} is down: {reason}")]
+    Down { registry: String, reason: String },
+
+    /// The registry refuses every upload (`405`, e.g. maintenance mode).
+    #[error("{registry} is read-only (maintenance mode?): {reason}")]
+    ReadOnly { registry: String, reason: String },
+
+    /// The registry's storage is full.
+    #[error("{registry} is out of space: {reason}")]
+    OutOfSpace { registry: String, reason: String },
+
+    /// The registry's announced quota (`RateLimit-Remaining`) is nearly used up.
+    #[error("{registry} allows only {remaining} more requests{}; no new work is started on it", window.map(|w| format!(" in its {w}s rate-limit window")).unwrap_or_else(|| " under its rate limit".into()))]
+    QuotaLow { registry: String, remaining: u64, window: Option<u64> },
+
+    /// A transient failure that already used up its request's retries:
+    /// callers further up do not retry it again (one budget, not one per level).
+    #[error("{source} (gave up after {attempts} attempts)")]
+    Exhausted { attempts: usize, source: Box<RegistryError> },
+
     #[error(transparent)]
     Name(#[from] NameError),
 
@@ -142,13 +164,32 @@ impl RegistryError {
     pub fn status(&self) -> Option<u16> {
         match self {
             RegistryError::Status { status, .. } => Some(*status),
+            RegistryError::Exhausted { source, .. } => source.status(),
             _ => None,
         }
     }
 
     /// True when the registry reported `code` among its errors.
     pub fn has_code(&self, code: &str) -> bool {
-        matches!(self, RegistryError::Status { errors, .. } if errors.iter().any(|e| e.code == code))
+        match self {
+            RegistryError::Status { errors, .. } => errors.iter().any(|e| e.code == code),
+            RegistryError::Exhausted { source, .. } => source.has_code(code),
+            _ => false,
+        }
+    }
+
+    /// A transient failure whose request already used up its retries.
+    pub fn gave_up(&self) -> bool {
+        matches!(self, RegistryError::Exhausted { .. })
+    }
+
+    /// A condition of the whole registry (down, read-only, out of space,
+    /// quota): the rest of the work on it fails the same way.
+    pub fn is_registry_condition(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Down { .. } | RegistryError::ReadOnly { .. } | RegistryError::OutOfSpace { .. } | RegistryError::QuotaLow { .. }
+        )
     }
 
     /// Worth trying again after a pause: overload, gateway trouble, broken
@@ -171,6 +212,7 @@ impl RegistryError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             RegistryError::Status { retry_after, .. } => *retry_after,
+            RegistryError::Exhausted { source, .. } => source.retry_after(),
             _ => None,
         }
     }

@@ -40,6 +40,9 @@ pub struct Options {
     /// [`crate::s3`]) instead of local disk: blob `HEAD`/`GET` then answer
     /// `307` to a presigned storage URL.
     pub s3: Option<S3Storage>,
+    /// Maintenance read-only mode (`storage.maintenance.readonly`): reads
+    /// work, every upload and manifest push is refused.
+    pub read_only: bool,
 }
 
 /// A running registry.
@@ -88,12 +91,13 @@ impl TestRegistry {
             "version: 0.1\n\
              log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
              storage:\n{backend}  delete:\n    enabled: true\n  \
-             maintenance:\n    uploadpurging:\n      enabled: false\n\
+             maintenance:\n    uploadpurging:\n      enabled: false\n    readonly:\n      enabled: {read_only}\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: regferry-test-secret\n",
             backend = match &options.s3 {
                 Some(s3) => s3.yaml(),
                 None => format!("  filesystem:\n    rootdirectory: {}\n", yaml_str(&data.to_string_lossy())),
-            }
+            },
+            read_only = options.read_only,
         );
         if let Some((cert, key)) = &options.tls {
             config.push_str(&format!(

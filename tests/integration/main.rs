@@ -15,3 +15,4 @@ mod migrate;
 mod policies;
 mod security;
 mod shapes_storage;
+mod shapes_limits;

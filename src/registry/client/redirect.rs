@@ -8,7 +8,8 @@
 //! backing registry of a redirecting front) never carries the registry's
 //! `Authorization`: it is sent bare, and if that origin challenges (`401`
 //! with a bearer `WWW-Authenticate`), it gets an anonymous token of its own
-//! from its own token service, cached per origin. The registry's
+//! from its own token service, through an anonymous
+//! [`Authenticator`] per origin. The registry's
 //! credentials never go to another origin or to its token service.
 //!
 //! This module never follows a redirect of a `PUT`, `POST`, `PATCH` or
@@ -17,15 +18,16 @@
 //! message or a log.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
-use reqwest::header::{self, HeaderValue};
+use reqwest::header;
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
-use super::{AuthState, CachedToken, RegistryClient, Request, bearer, read_limited};
-use crate::registry::auth::{Challenge, Scopes, TokenResponse, parse_challenge};
+use super::{RegistryClient, Request, RetryConfig};
+use crate::registry::auth::{Challenge, Scopes, read_challenges};
+use crate::registry::authn::Authenticator;
+use crate::registry::endpoint::{Credentials, Endpoint, RegistryUrl};
 use crate::registry::error::RegistryError;
 use crate::registry::name::RepoName;
 
@@ -36,7 +38,7 @@ pub(crate) const MAX_HOPS: usize = 8;
 /// origin (`scheme://host:port`): their own challenges and token caches.
 #[derive(Default)]
 pub(super) struct ForeignOrigins {
-    origins: tokio::sync::Mutex<HashMap<String, AuthState>>,
+    origins: Mutex<HashMap<String, Arc<Authenticator>>>,
 }
 
 /// The statuses that are followed.
@@ -139,43 +141,35 @@ impl RegistryClient {
 
     /// A request to another origin: never the registry's `Authorization`;
     /// a bearer challenge there is answered with an anonymous token of
-    /// that origin's own token service.
+    /// that origin's own token service (its own [`Authenticator`]).
     async fn send_elsewhere(&self, req: &Request) -> Result<Response, RegistryError> {
         let origin = req.url.origin().ascii_serialization();
+        let authn = self.foreign.authenticator(&origin, &req.url, &self.http, &self.retry)?;
         let scopes = scopes_for(&req.url);
-        let auth = self.foreign_authorization(&origin, &scopes, false).await?;
-        let resp = self.send_raw(req, auth.clone()).await?;
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            return self.foreign_status(req, resp).await;
-        }
-        let value = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let refused = |reason: String| RegistryError::Auth { registry: self.name.clone(), reason, retryable: false };
-        match parse_challenge(value, &req.url) {
-            Some(challenge @ Challenge::Bearer { .. }) => {
-                self.foreign.origins.lock().await.entry(origin.clone()).or_default().challenge = Some(challenge);
+        let mut auth = authn.authorization(&scopes).await?;
+        let mut round = 0;
+        loop {
+            let resp = self.send_raw(req, auth.clone()).await?;
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                return self.foreign_status(req, resp).await;
             }
-            Some(Challenge::Basic) => {
-                return Err(refused(format!(
-                    "{} {} was redirected to {origin}, which asks for a password; regferry sends this registry's \
-                     credentials to no other host (point regferry at {origin} directly to use credentials there)",
-                    req.method,
-                    req.url.path()
-                )));
+            let values = resp.headers().get_all(header::WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+            if matches!(read_challenges(values, &req.url).chosen, Some(Challenge::Basic)) {
+                return Err(RegistryError::Auth {
+                    registry: self.name.clone(),
+                    reason: format!(
+                        "{} {} was redirected to {origin}, which asks for a password; regferry sends this registry's \
+                         credentials to no other host (point regferry at {origin} directly to use credentials there)",
+                        req.method,
+                        req.url.path()
+                    ),
+                    retryable: false,
+                });
             }
-            None => return Err(refused(format!("redirect target {origin} answered 401 without a usable challenge"))),
+            let next = authn.unauthorized(&scopes, auth.as_ref(), resp.headers(), round, &req.method, req.url.path()).await?;
+            auth = Some(next);
+            round += 1;
         }
-        // Another task may have fetched a token meanwhile: a fresh one only
-        // if the one just sent was refused.
-        let auth = self.foreign_authorization(&origin, &scopes, auth.is_some()).await?;
-        let resp = self.send_raw(req, auth).await?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            return Err(refused(format!(
-                "redirect target {origin} refused its own anonymous token for {} {}",
-                req.method,
-                req.url.path()
-            )));
-        }
-        self.foreign_status(req, resp).await
     }
 
     async fn foreign_status(&self, req: &Request, resp: Response) -> Result<Response, RegistryError> {
@@ -185,69 +179,29 @@ impl RegistryClient {
         }
         Err(self.status_error(&req.method, &req.url, resp).await)
     }
+}
 
-    /// The `Authorization` for `origin` (never one of the registry's own).
-    async fn foreign_authorization(
+impl ForeignOrigins {
+    /// The anonymous authenticator of `origin`, made on first use.
+    fn authenticator(
         &self,
         origin: &str,
-        scopes: &Scopes,
-        refresh: bool,
-    ) -> Result<Option<HeaderValue>, RegistryError> {
-        let mut origins = self.foreign.origins.lock().await;
-        let state = origins.entry(origin.to_string()).or_default();
-        let Some(Challenge::Bearer { realm, service }) = state.challenge.clone() else { return Ok(None) };
-        let key = scopes.key();
-        let now = Instant::now();
-        if !refresh
-            && let Some(t) = state.tokens.get(&key).filter(|t| t.valid_until > now)
-        {
-            return Ok(bearer(&t.token));
+        url: &Url,
+        http: &reqwest::Client,
+        retry: &RetryConfig,
+    ) -> Result<Arc<Authenticator>, RegistryError> {
+        let mut map = self.origins.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = map.get(origin) {
+            return Ok(a.clone());
         }
-        let (token, lifetime) = self.anonymous_token(origin, &realm, service.as_deref(), scopes).await?;
-        let margin = (lifetime / 5).min(Duration::from_secs(10));
-        let header = bearer(&token);
-        state.tokens.insert(key, CachedToken { token, valid_until: now + lifetime - margin });
-        Ok(header)
-    }
-
-    /// Ask a foreign origin's token service for an anonymous token.
-    async fn anonymous_token(
-        &self,
-        origin: &str,
-        realm: &Url,
-        service: Option<&str>,
-        scopes: &Scopes,
-    ) -> Result<(crate::registry::endpoint::Secret, Duration), RegistryError> {
-        let mut url = realm.clone();
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = service {
-                q.append_pair("service", s);
-            }
-            for s in scopes.iter() {
-                q.append_pair("scope", s);
-            }
-        }
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = self.http.get(url.clone()).send().await.map_err(|e| self.transport_error(&Method::GET, &url, &e))?;
-        let refused = |reason: String| RegistryError::Auth { registry: self.name.clone(), reason, retryable: false };
-        match resp.status() {
-            s if s.is_success() => {}
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Err(refused(format!(
-                    "redirect target {origin} wants credentials of its own (its token service refused anonymous access); \
-                     regferry sends this registry's credentials to no other host"
-                )));
-            }
-            _ => return Err(self.status_error(&Method::GET, &url, resp).await),
-        }
-        let body = read_limited(resp, 1024 * 1024).await?;
-        let not_a_token = || RegistryError::Protocol {
-            registry: self.name.clone(),
-            message: format!("the token service of redirect target {origin} answered without a token"),
-        };
-        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| not_a_token())?;
-        parsed.into_parts().ok_or_else(not_a_token)
+        let base = RegistryUrl::parse(&url.origin().ascii_serialization()).map_err(|e| RegistryError::Protocol {
+            registry: origin.to_string(),
+            message: format!("redirect target: {e}"),
+        })?;
+        let endpoint = Endpoint::new(base, Credentials::Anonymous);
+        let authn = Arc::new(Authenticator::new(&endpoint, origin, http.clone(), retry.clone()));
+        map.insert(origin.to_string(), authn.clone());
+        Ok(authn)
     }
 }
 
