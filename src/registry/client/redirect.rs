@@ -24,8 +24,9 @@ use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
-use super::{AuthState, CachedToken, RegistryClient, Request, bearer, read_limited};
+use super::{RegistryClient, Request, read_limited};
 use crate::registry::auth::{Challenge, Scopes, TokenResponse, parse_challenge};
+use crate::registry::endpoint::Secret;
 use crate::registry::error::RegistryError;
 use crate::registry::name::RepoName;
 
@@ -36,7 +37,21 @@ pub(crate) const MAX_HOPS: usize = 8;
 /// origin (`scheme://host:port`): their own challenges and token caches.
 #[derive(Default)]
 pub(super) struct ForeignOrigins {
-    origins: tokio::sync::Mutex<HashMap<String, AuthState>>,
+    origins: tokio::sync::Mutex<HashMap<String, OriginAuth>>,
+}
+
+/// One foreign origin's bearer challenge (realm, service) and its tokens
+/// by scope set, each with the instant it stops being used.
+#[derive(Default)]
+struct OriginAuth {
+    bearer: Option<(Url, Option<String>)>,
+    tokens: HashMap<String, (Secret, Instant)>,
+}
+
+fn bearer_header(token: &Secret) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose())).ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }
 
 /// The statuses that are followed.
@@ -151,8 +166,8 @@ impl RegistryClient {
         let value = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let refused = |reason: String| RegistryError::Auth { registry: self.name.clone(), reason, retryable: false };
         match parse_challenge(value, &req.url) {
-            Some(challenge @ Challenge::Bearer { .. }) => {
-                self.foreign.origins.lock().await.entry(origin.clone()).or_default().challenge = Some(challenge);
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                self.foreign.origins.lock().await.entry(origin.clone()).or_default().bearer = Some((realm, service));
             }
             Some(Challenge::Basic) => {
                 return Err(refused(format!(
@@ -195,18 +210,19 @@ impl RegistryClient {
     ) -> Result<Option<HeaderValue>, RegistryError> {
         let mut origins = self.foreign.origins.lock().await;
         let state = origins.entry(origin.to_string()).or_default();
-        let Some(Challenge::Bearer { realm, service }) = state.challenge.clone() else { return Ok(None) };
+        let Some((realm, service)) = state.bearer.clone() else { return Ok(None) };
         let key = scopes.key();
         let now = Instant::now();
         if !refresh
-            && let Some(t) = state.tokens.get(&key).filter(|t| t.valid_until > now)
+            && let Some((token, _)) = state.tokens.get(&key).filter(|(_, until)| *until > now)
         {
-            return Ok(bearer(&t.token));
+            return Ok(bearer_header(token));
         }
         let (token, lifetime) = self.anonymous_token(origin, &realm, service.as_deref(), scopes).await?;
+        // Renew a little early so a token does not expire in flight.
         let margin = (lifetime / 5).min(Duration::from_secs(10));
-        let header = bearer(&token);
-        state.tokens.insert(key, CachedToken { token, valid_until: now + lifetime - margin });
+        let header = bearer_header(&token);
+        state.tokens.insert(key, (token, now + lifetime - margin));
         Ok(header)
     }
 
@@ -217,7 +233,7 @@ impl RegistryClient {
         realm: &Url,
         service: Option<&str>,
         scopes: &Scopes,
-    ) -> Result<(crate::registry::endpoint::Secret, Duration), RegistryError> {
+    ) -> Result<(Secret, Duration), RegistryError> {
         let mut url = realm.clone();
         {
             let mut q = url.query_pairs_mut();
