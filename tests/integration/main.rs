@@ -11,5 +11,6 @@ mod dr;
 mod faults;
 mod memory;
 mod migrate;
+mod operations;
 mod policies;
 mod security;
