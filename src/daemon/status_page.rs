@@ -76,7 +76,7 @@ header p{margin:2px 0 0;color:#c8d3e0;font-size:12px}main{padding:16px 24px;max-
 section{background:#fff;border:1px solid #d8dde3;border-radius:6px;padding:12px 16px;margin:0 0 16px}\
 h2{margin:0 0 6px;font-size:17px}h3{margin:12px 0 4px;font-size:14px}\
 table{border-collapse:collapse;width:100%;margin:6px 0}th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #eceff2;vertical-align:top}\
-th{font-size:12px;color:#5a6470;font-weight:600}td.err{font-family:ui-monospace,monospace;font-size:12px;color:#8a1c1c;word-break:break-word}\
+th{font-size:12px;color:#5a6470;font-weight:600}.err{font-family:ui-monospace,monospace;font-size:12px;color:#8a1c1c;word-break:break-word}\
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}\
 .ok{background:#dcf3e3;color:#145a2c}.bad{background:#fbe0e0;color:#8a1c1c}.warn{background:#fff1cc;color:#6b4d00}.idle{background:#e6e9ed;color:#3d4650}\
 .dim{color:#7a848f;font-size:12px}dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:6px 0}dt{color:#5a6470}dd{margin:0}\

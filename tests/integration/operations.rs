@@ -383,6 +383,11 @@ async fn status_page_in_chromium_shows_failing_tags_and_reads_no_registry() {
     assert!(page.contains("Retry 1 failed task(s)") && page.contains("name=\"token\""), "a retry button for the admin token:\n{page}");
     let shot = std::env::var_os("REGFERRY_SCREENSHOT_DIR").map_or_else(|| scratch.path("status.png"), |d| PathBuf::from(d).join("status.png"));
     chromium_run(&scratch, &[&format!("--screenshot={}", shot.display()), "--window-size=1280,1100", &daemon.url("/")]).await;
+    if let Some(dir) = std::env::var_os("REGFERRY_SCREENSHOT_DIR") {
+        // For a person to look at: the execution page too.
+        let page = PathBuf::from(dir).join("execution.png");
+        chromium_run(&scratch, &[&format!("--screenshot={}", page.display()), "--window-size=1280,700", &daemon.url(&format!("/executions/{id}"))]).await;
+    }
     let png = std::fs::read(&shot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot ({} bytes)", png.len());
 
@@ -512,7 +517,7 @@ fn deployment_files_start_under_the_restricted_level() {
 
     // The image: numeric user, HEALTHCHECK, OCI labels, stripped binary.
     let dockerfile = repo_file("deploy/Dockerfile");
-    let user = dockerfile.lines().filter(|l| l.starts_with("USER ")).last().expect("a USER line");
+    let user = dockerfile.lines().rfind(|l| l.starts_with("USER ")).expect("a USER line");
     assert!(regex::Regex::new(r"^USER [1-9][0-9]*(:[0-9]+)?$").unwrap().is_match(user), "numeric non-root user: {user}");
     assert!(dockerfile.contains("\nHEALTHCHECK ") && dockerfile.contains("/healthz"));
     for label in ["title", "version", "revision", "licenses", "source"] {
