@@ -598,3 +598,40 @@ fn values_has_key(values: &Value, dotted: &str) -> bool {
     }
     true
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_and_success_are_notified_when_asked() {
+    let (src, dst, s, d) = registries();
+    push_tags(&s, "team/app", &["v1"], "app").await;
+    let hooks = Receiver::start().await;
+    let scratch = Scratch::new();
+    let policies = write(
+        &scratch,
+        "policies",
+        "dr.yaml",
+        &format!(
+            "name: dr\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    namespace: mirror\ntrigger: {{ interval: 1h }}\n\
+             notify:\n  - url: 'http://{}/all'\n    events: [success, failover]\n",
+            src.url, dst.url, hooks.addr
+        ),
+    );
+    let daemon = Daemon::start(&scratch, &policies, &[("REGFERRY_API_TOKEN", ADMIN)], &[]);
+    wait_until(Duration::from_secs(30), "the success notification", async || hooks.events("all") == ["success"]).await;
+    assert!(d.head("mirror/team/app", "v1").await.is_some());
+
+    // Fail over (another process, the same state database); the daemon's next
+    // pass runs reversed and says so.
+    let fo = regferry(&scratch, &["failover", "--policy", "dr", "--policies", &policies, "--state", &daemon.state], &[]).await;
+    fo.assert_ok();
+    assert_eq!(post(&daemon, "/api/v1/policies/dr/run", Some(ADMIN), None).await.0, 202);
+    wait_until(Duration::from_secs(30), "the failover notification", async || hooks.at("all").len() >= 3).await;
+    // Deliveries run concurrently: the two of one pass may arrive in either order.
+    let mut events = hooks.events("all");
+    events.sort();
+    assert_eq!(events, ["failover", "success", "success"]);
+    let failover = hooks.at("all").into_iter().find(|v| v["event"] == "failover").expect("failover");
+    assert_eq!(failover["direction"], "reversed", "{failover}");
+    assert_eq!(get(&daemon, "/api/v1/policies/dr", Some(ADMIN)).await.1["direction"], "reversed");
+    assert_eq!(get(&daemon, "/api/v1/policies/dr", None).await.0, 401, "with any API token set, reading needs one too");
+    daemon.stop().await;
+}
