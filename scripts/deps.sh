@@ -3,7 +3,8 @@
 # the CNCF distribution registry (package docker-registry), nginx (fronts:
 # TLS, body limits, redirects), moto's S3 server (pip), Chromium (the status
 # page test), promtool (alert rules), kubernetes-validate and
-# openapi-spec-validator (pip; deployment files and the OpenAPI document)
+# openapi-spec-validator and schemathesis (pip; deployment files, the OpenAPI
+# document, and the live API against it)
 # and, with --bench, skopeo and GNU time (/usr/bin/time, for peak RSS and CPU time).
 set -euo pipefail
 want=()
@@ -18,7 +19,7 @@ if [ "${1:-}" = "--bench" ]; then
 fi
 # A local S3 server for registries on object storage (tests and benchmark).
 if ! command -v moto_server >/dev/null 2>&1 || ! command -v kubernetes-validate >/dev/null 2>&1 \
-   || ! command -v openapi-spec-validator >/dev/null 2>&1; then
+   || ! command -v openapi-spec-validator >/dev/null 2>&1 || ! command -v schemathesis >/dev/null 2>&1; then
   command -v pip3 >/dev/null 2>&1 || want+=(python3-pip)
 fi
 pip_install() {
@@ -30,6 +31,7 @@ install_moto() {
   command -v moto_server >/dev/null 2>&1 || pip_install 'moto[server]'
   command -v kubernetes-validate >/dev/null 2>&1 || pip_install kubernetes-validate
   command -v openapi-spec-validator >/dev/null 2>&1 || pip_install openapi-spec-validator
+  command -v schemathesis >/dev/null 2>&1 || pip_install schemathesis
   return 0
 }
 if [ ${#want[@]} -eq 0 ]; then install_moto; exit 0; fi

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -213,28 +214,39 @@ struct ListQuery {
     limit: Option<u32>,
 }
 
-async fn list_executions(State(shared): State<Arc<Shared>>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
+async fn list_executions(State(shared): State<Arc<Shared>>, headers: HeaderMap, q: Result<Query<ListQuery>, QueryRejection>) -> Response {
     if let Err(d) = shared.tokens.check_read(&headers) {
         return d.json();
     }
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     if let Some(s) = &q.status
         && s.parse::<crate::state::ExecutionStatus>().is_err()
         && s.parse::<crate::state::TaskStatus>().is_err()
     {
         return error(StatusCode::BAD_REQUEST, format!("unknown status {s:?}"));
     }
-    let filter =
-        ExecutionFilter { policy: q.policy, status: q.status, repo: q.repo, since_ms: q.since, limit: q.limit.unwrap_or(50).clamp(1, 1000) };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000");
+    }
+    let filter = ExecutionFilter { policy: q.policy, status: q.status, repo: q.repo, since_ms: q.since, limit };
     match shared.state.list_executions(&filter).await {
         Ok(rows) => axum::Json(rows).into_response(),
         Err(e) => state_error(e),
     }
 }
 
-async fn show_execution(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+async fn show_execution(State(shared): State<Arc<Shared>>, headers: HeaderMap, id: Result<Path<i64>, PathRejection>) -> Response {
     if let Err(d) = shared.tokens.check_read(&headers) {
         return d.json();
     }
+    let id = match id {
+        Ok(Path(id)) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     match shared.state.execution(id).await {
         Ok(Some(row)) => axum::Json(row).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no execution {id}")),
@@ -247,10 +259,15 @@ struct TasksQuery {
     status: Option<String>,
 }
 
-async fn list_tasks(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<i64>, Query(q): Query<TasksQuery>) -> Response {
+async fn list_tasks(State(shared): State<Arc<Shared>>, headers: HeaderMap, id: Result<Path<i64>, PathRejection>, q: Result<Query<TasksQuery>, QueryRejection>) -> Response {
     if let Err(d) = shared.tokens.check_read(&headers) {
         return d.json();
     }
+    let (id, q) = match (id, q) {
+        (Ok(Path(id)), Ok(Query(q))) => (id, q),
+        (Err(e), _) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     if let Some(s) = &q.status
         && s.parse::<crate::state::TaskStatus>().is_err()
     {
@@ -282,10 +299,14 @@ pub async fn retry(shared: &Shared, id: i64) -> Result<Option<u64>, StateError> 
     Ok(queued)
 }
 
-async fn retry_execution(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+async fn retry_execution(State(shared): State<Arc<Shared>>, headers: HeaderMap, id: Result<Path<i64>, PathRejection>) -> Response {
     if let Err(d) = shared.tokens.check_admin(&headers) {
         return d.json();
     }
+    let id = match id {
+        Ok(Path(id)) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     match retry(&shared, id).await {
         Ok(Some(n)) => (StatusCode::ACCEPTED, axum::Json(json!({ "execution": id, "queued": n }))).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no execution {id}")),
@@ -293,10 +314,14 @@ async fn retry_execution(State(shared): State<Arc<Shared>>, headers: HeaderMap, 
     }
 }
 
-async fn cancel_execution(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+async fn cancel_execution(State(shared): State<Arc<Shared>>, headers: HeaderMap, id: Result<Path<i64>, PathRejection>) -> Response {
     if let Err(d) = shared.tokens.check_admin(&headers) {
         return d.json();
     }
+    let id = match id {
+        Ok(Path(id)) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     let outcome = match shared.state.request_cancel(id).await {
         Ok(Some(o)) => o,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no execution {id}")),

@@ -635,3 +635,40 @@ async fn failover_and_success_are_notified_when_asked() {
     assert_eq!(get(&daemon, "/api/v1/policies/dr", None).await.0, 401, "with any API token set, reading needs one too");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openapi_document_matches_the_live_api() {
+    // schemathesis generates requests from the document and checks every
+    // answer (status codes, content types, response schemas) against it.
+    // The push event endpoints take the registries' own payloads, which
+    // the document does not model, so they are left out.
+    let (src, dst, s, _d) = registries();
+    let (_aside, _data) = broken_source(&src, &s).await;
+    let scratch = Scratch::new();
+    let policies = write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!("name: st\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\ntrigger: {{ interval: 1h }}\nretry: {{ attempts: 1 }}\n", src.url, dst.url),
+    );
+    let daemon = Daemon::start(&scratch, &policies, &[("REGFERRY_API_TOKEN", ADMIN), ("REGFERRY_API_READ_TOKEN", READER)], &[]);
+    daemon.wait_passes(1, "the first pass").await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(240),
+        tokio::process::Command::new("schemathesis")
+            .args(["run", &daemon.url("/api/openapi.json"), "--checks", "all", "--max-examples", "15", "--seed", "1", "--no-color"])
+            .args(["--exclude-path-regex", "^/events", "-H", &format!("Authorization: Bearer {ADMIN}")])
+            .current_dir(scratch.dir.path())
+            .env("HOME", scratch.dir.path())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("schemathesis finishes within 4 minutes")
+    .expect("schemathesis is needed (scripts/deps.sh installs it)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the live API departs from its OpenAPI document:\n{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(report.contains("Tested: 9"), "every documented API operation was exercised:\n{report}");
+    daemon.stop().await;
+}
