@@ -672,3 +672,66 @@ async fn openapi_document_matches_the_live_api() {
     assert!(report.contains("Tested: 9"), "every documented API operation was exercised:\n{report}");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn completions_man_page_env_flags_and_no_color() {
+    let scratch = Scratch::new();
+    // Generated from the CLI definition: they know the daemon's new flags.
+    let bash = regferry(&scratch, &["completions", "bash"], &[]).await;
+    bash.assert_ok();
+    assert!(bash.stdout.contains("_regferry()") && bash.stdout.contains("--api-token"), "{}", &bash.stdout[..bash.stdout.len().min(400)]);
+    let man = regferry(&scratch, &["man"], &[]).await;
+    man.assert_ok();
+    assert!(man.stdout.contains(".TH regferry 1") && man.stdout.contains("daemon"), "{}", man.stdout);
+    let dir = scratch.path("man1");
+    regferry(&scratch, &["man", "--dir", &dir.to_string_lossy()], &[]).await.assert_ok();
+    let daemon_page = std::fs::read_to_string(dir.join("regferry-daemon.1")).expect("a page per subcommand");
+    assert!(daemon_page.contains("api\\-token\\-file") && daemon_page.contains("public\\-status"), "the daemon's page lists its flags");
+    let help = regferry(&scratch, &["daemon", "--help"], &[]).await;
+    for var in ["REGFERRY_POLICIES", "REGFERRY_LISTEN", "REGFERRY_API_TOKEN", "REGFERRY_API_READ_TOKEN_FILE", "REGFERRY_MAX_PARALLEL"] {
+        assert!(help.stdout.contains(&format!("[env: {var}")), "{var} in:\n{}", help.stdout);
+    }
+
+    // Token values in the environment never show in help or the man page.
+    let env = [("REGFERRY_API_TOKEN", ADMIN), ("REGFERRY_API_READ_TOKEN", READER)];
+    for args in [&["daemon", "--help"][..], &["man", "--dir", &dir.to_string_lossy()][..]] {
+        let run = regferry(&scratch, args, &env).await;
+        run.assert_ok();
+        assert!(!run.stdout.contains(ADMIN) && !run.stdout.contains(READER), "{args:?} shows a token");
+    }
+    let page = std::fs::read_to_string(dir.join("regferry-daemon.1")).unwrap_or_default();
+    assert!(!page.contains(ADMIN) && !page.contains(READER));
+
+    // The daemon's flags come from REGFERRY_* variables: a bad listen address is refused as such.
+    let policies = write(&scratch, "policies", "p.yaml", "name: p\nsource: { registry: 'http://127.0.0.1:1' }\ndestinations:\n  - registry: 'http://127.0.0.1:1'\n");
+    let bad = regferry(&scratch, &["daemon", "--state", &scratch.state()], &[("REGFERRY_POLICIES", &policies), ("REGFERRY_LISTEN", "not-an-address")]).await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("not-an-address"), "{}", bad.stderr);
+
+    // On a terminal, logs are coloured unless NO_COLOR is set.
+    let on_tty = |no_color: bool| {
+        let cmd = format!(
+            "{}timeout 1.5 {} -v run --policies {policies} --state {}",
+            if no_color { "NO_COLOR=1 " } else { "" },
+            binary(),
+            scratch.state()
+        );
+        let home = scratch.dir.path().to_path_buf();
+        async move {
+            let out = tokio::process::Command::new("script")
+                .args(["-qec", &cmd, "/dev/null"])
+                .env_remove("NO_COLOR")
+                .env_remove("RUST_LOG")
+                .env("HOME", home)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .expect("script(1) runs the command on a pseudo-terminal");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let coloured = on_tty(false).await;
+    assert!(coloured.contains("pass started") && coloured.contains("\x1b["), "a terminal gets colours:\n{coloured}");
+    let plain = on_tty(true).await;
+    assert!(plain.contains("pass started") && !plain.contains("\x1b["), "NO_COLOR: no escape codes:\n{plain}");
+}
