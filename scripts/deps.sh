@@ -3,8 +3,9 @@
 # the CNCF distribution registry (package docker-registry), nginx (fronts:
 # TLS, body limits, redirects), moto's S3 server (pip), Chromium (the status
 # page test), promtool (alert rules), kubernetes-validate and
-# openapi-spec-validator and schemathesis (pip; deployment files, the OpenAPI
-# document, and the live API against it)
+# openapi-spec-validator, schemathesis and helm-python-sdk (pip; deployment
+# files, the OpenAPI document, the live API against it, and the Helm chart
+# rendered by Helm's Go SDK)
 # and, with --bench, skopeo and GNU time (/usr/bin/time, for peak RSS and CPU time).
 set -euo pipefail
 want=()
@@ -19,7 +20,8 @@ if [ "${1:-}" = "--bench" ]; then
 fi
 # A local S3 server for registries on object storage (tests and benchmark).
 if ! command -v moto_server >/dev/null 2>&1 || ! command -v kubernetes-validate >/dev/null 2>&1 \
-   || ! command -v openapi-spec-validator >/dev/null 2>&1 || ! command -v schemathesis >/dev/null 2>&1; then
+   || ! command -v openapi-spec-validator >/dev/null 2>&1 || ! command -v schemathesis >/dev/null 2>&1 \
+   || ! python3 -c 'import helm_python' >/dev/null 2>&1; then
   command -v pip3 >/dev/null 2>&1 || want+=(python3-pip)
 fi
 pip_install() {
@@ -32,6 +34,7 @@ install_moto() {
   command -v kubernetes-validate >/dev/null 2>&1 || pip_install kubernetes-validate
   command -v openapi-spec-validator >/dev/null 2>&1 || pip_install openapi-spec-validator
   command -v schemathesis >/dev/null 2>&1 || pip_install schemathesis
+  python3 -c 'import helm_python' >/dev/null 2>&1 || pip_install helm-python-sdk
   return 0
 }
 if [ ${#want[@]} -eq 0 ]; then install_moto; exit 0; fi

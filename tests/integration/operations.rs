@@ -547,43 +547,49 @@ fn deployment_files_start_under_the_restricted_level() {
 }
 
 #[test]
-fn helm_chart_keeps_the_restricted_settings_and_its_values_exist() {
-    // helm cannot be installed here: the chart is not rendered. What can be
-    // checked without it: its YAML files parse, every `.Values.x.y` a
-    // template uses exists in values.yaml, and the Deployment template
-    // carries the restricted settings verbatim.
-    let chart: Value = serde_saphyr::from_str(&repo_file("deploy/helm/regferry/Chart.yaml")).expect("Chart.yaml");
-    assert_eq!((chart["apiVersion"].as_str(), chart["name"].as_str()), (Some("v2"), Some("regferry")));
+fn helm_chart_renders_and_lints_under_the_restricted_level() {
+    // The helm CLI cannot be installed here; Helm's Go SDK can (helm-python-sdk
+    // ships it as a library): tests/integration/helm_render.py renders the
+    // chart with it and runs a strict lint.
+    let out = tempfile::tempdir().expect("temp dir");
+    checker("python3", &["tests/integration/helm_render.py", "deploy/helm/regferry", &out.path().to_string_lossy()]);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).expect("report")).expect("JSON");
+    let lint = &report["lint"];
+    assert_eq!(lint["errors"], json!([]), "{lint}");
+    assert!(lint["messages"].as_array().into_iter().flatten().all(|m| m["severity"].as_i64() < Some(2)), "no lint warnings: {lint}");
+    for case in ["no image", "no policies"] {
+        assert!(report["must_fail"][case].is_string(), "the chart must refuse to render with {case}: {report}");
+    }
+    let rendered = |name: &str| -> Value {
+        let path = out.path().join("regferry/templates").join(name);
+        serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{name} not rendered: {e}"))).expect("rendered YAML")
+    };
+    let deploy = rendered("deployment.yaml");
+    assert_restricted(&deploy["spec"]["template"]["spec"], "helm chart");
+    assert_eq!(deploy["spec"]["replicas"], 1);
+    assert_eq!(rendered("pvc.yaml")["spec"]["accessModes"], json!(["ReadWriteOncePod"]));
+    assert_eq!(rendered("servicemonitor.yaml")["spec"]["endpoints"][0]["path"], "/metrics");
+    let templates = out.path().join("regferry/templates");
+    let core: Vec<String> =
+        ["deployment.yaml", "service.yaml", "configmap.yaml", "pvc.yaml", "secrets.yaml"].iter().map(|f| templates.join(f).to_string_lossy().into_owned()).collect();
+    let mut args = vec!["--strict", "--quiet"];
+    args.extend(core.iter().map(String::as_str));
+    checker("kubernetes-validate", &args);
+    // The PrometheusRule's groups pass promtool like deploy/prometheus does.
+    let rules = out.path().join("rules.yaml");
+    std::fs::write(&rules, serde_json::to_string(&rendered("prometheusrule.yaml")["spec"]).expect("JSON")).expect("write rules");
+    checker("promtool", &["check", "rules", &rules.to_string_lossy()]);
+
+    // Every `.Values.x.y` a template uses exists in values.yaml (a typo renders as empty).
     let values: Value = serde_saphyr::from_str(&repo_file("deploy/helm/regferry/values.yaml")).expect("values.yaml");
-    assert_eq!(values["persistence"]["accessModes"], json!(["ReadWriteOncePod"]));
     let reference = regex::Regex::new(r"\.Values((?:\.[A-Za-z0-9_]+)+)").unwrap();
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/regferry/templates");
-    let mut templates = 0;
     for entry in std::fs::read_dir(dir).expect("templates") {
         let path = entry.expect("entry").path();
         let text = std::fs::read_to_string(&path).expect("template");
-        templates += 1;
         for c in reference.captures_iter(&text) {
             assert!(values_has_key(&values, &c[1]), "{}: .Values{} is not in values.yaml", path.display(), &c[1]);
         }
-    }
-    assert!(templates >= 7, "templates: {templates}");
-    let deployment = repo_file("deploy/helm/regferry/templates/deployment.yaml");
-    for line in [
-        "runAsNonRoot: true",
-        "runAsUser: 10001",
-        "allowPrivilegeEscalation: false",
-        "readOnlyRootFilesystem: true",
-        "capabilities: { drop: [ALL] }",
-        "seccompProfile: { type: RuntimeDefault }",
-        "path: /healthz",
-        "path: /readyz",
-        "REGFERRY_API_TOKEN_FILE",
-    ] {
-        assert!(deployment.contains(line), "the chart's Deployment lacks {line:?}");
-    }
-    for t in ["servicemonitor.yaml", "prometheusrule.yaml", "secrets.yaml", "pvc.yaml", "configmap.yaml"] {
-        assert!(std::path::Path::new(dir).join(t).exists(), "{t}");
     }
 }
 
