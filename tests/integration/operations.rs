@@ -178,12 +178,8 @@ async fn api_tokens_errors_retry_run_now_and_notifications() {
     );
     let json_hook = format!("http://{}/json/{HOOK_SECRET}", hooks.addr);
     let slack_hook = format!("http://{}/slack/{HOOK_SECRET}", hooks.addr);
-    let daemon = Daemon::start(
-        &scratch,
-        &policies,
-        &[("REGFERRY_API_TOKEN", ADMIN), ("REGFERRY_API_READ_TOKEN", READER), ("HOOK_JSON", &json_hook), ("HOOK_SLACK", &slack_hook)],
-        &[],
-    );
+    let env = [("REGFERRY_API_TOKEN", ADMIN), ("REGFERRY_API_READ_TOKEN", READER), ("HOOK_JSON", json_hook.as_str()), ("HOOK_SLACK", slack_hook.as_str())];
+    let daemon = Daemon::start(&scratch, &policies, &env, &[]);
     daemon.wait_passes(1, "the first pass").await;
 
     // Tokens: none or a wrong one → 401; read-only may read but not act → 403; admin may act.
@@ -251,6 +247,14 @@ async fn api_tokens_errors_retry_run_now_and_notifications() {
     assert!(slack.as_object().is_some_and(|o| o.len() == 1), "Slack-shaped: just a text: {slack}");
     assert!(text.contains("ops is failing") && text.contains("svc/api:broken") && text.contains("BLOB_UNKNOWN"), "{text}");
 
+    // A restart keeps the streak (it lives in the state database): its first,
+    // still failing pass sends nothing new.
+    let first_log = daemon.stop().await;
+    let daemon = Daemon::start(&scratch, &policies, &env, &[]);
+    daemon.wait_passes(1, "the first pass after a restart").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(hooks.events("json"), ["failure"], "a restart must not notify the same failing streak again");
+
     // Fix the source, retry through the API: the same execution succeeds, and
     // the receivers hear of the recovery once.
     std::fs::rename(&aside, &data).expect("put the blob data back");
@@ -308,7 +312,7 @@ async fn api_tokens_errors_retry_run_now_and_notifications() {
     assert_eq!(hooks.events("json"), ["failure", "recovery"], "no more notifications than the streak's two");
     assert_eq!(hooks.events("slack").len(), 2);
     for secret in [ADMIN, READER, HOOK_SECRET] {
-        assert!(!log.contains(secret), "a secret leaked into the log:\n{log}");
+        assert!(!log.contains(secret) && !first_log.contains(secret), "a secret leaked into the log:\n{first_log}\n{log}");
     }
     assert!(log.contains("notification delivered"), "{log}");
 }
