@@ -3,12 +3,14 @@
 //! a recovery, a success or a failover, and deliver the webhooks.
 //!
 //! A failing policy notifies once per failing streak — across restarts too
-//! — and again when it recovers. Delivery happens on a worker behind a
-//! bounded queue: the pass only ever does a non-blocking `try_send`, so a
-//! slow or dead receiver never delays replication (when the queue is full
-//! the notification is dropped and logged). Each delivery is retried with
-//! exponential backoff. A receiver's URL is never logged: only its host.
+//! — and again when it recovers. Delivery happens on workers behind bounded
+//! queues: the pass only ever does a non-blocking `try_send`, so a slow or
+//! dead receiver never delays replication (when a queue is full the
+//! notification is dropped and logged). Each receiver gets its
+//! notifications in order, one at a time, each retried with exponential
+//! backoff. A receiver's URL is never logged: only its host.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +24,10 @@ use crate::state::StateDb;
 
 /// Notifications waiting for delivery, at most.
 const QUEUE: usize = 256;
-/// Deliveries in flight at once.
+/// Requests in flight at once (across receivers).
 const IN_FLIGHT: usize = 4;
+/// Notifications waiting per receiver, at most.
+const LANE: usize = 64;
 /// Tries per delivery (the first and the retries).
 const TRIES: u32 = 5;
 /// Wait before the first retry; doubles each time.
@@ -194,23 +198,40 @@ async fn deliver_all(mut rx: mpsc::Receiver<Delivery>) {
             return;
         }
     };
+    // One queue and one sender per receiver: a receiver hears its
+    // notifications in the order they were made (a failure before its
+    // recovery), and a slow or dead one only holds up its own queue.
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut lanes: HashMap<String, mpsc::Sender<Delivery>> = HashMap::new();
     while let Some(d) = rx.recv().await {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let client = client.clone();
-        tokio::spawn(async move {
-            deliver(&client, &d).await;
-            drop(permit);
+        let key = d.receiver.url.expose().to_string();
+        let lane = lanes.entry(key).or_insert_with(|| {
+            let (tx, lane_rx) = mpsc::channel(LANE);
+            tokio::spawn(deliver_lane(client.clone(), slots.clone(), lane_rx));
+            tx
         });
+        if let Err(mpsc::error::TrySendError::Full(d)) = lane.try_send(d) {
+            tracing::warn!(policy = %d.policy, event = %d.event, receiver = %d.receiver.host, "notification dropped: the receiver's queue is full");
+        }
+    }
+}
+
+/// Deliver one receiver's notifications, in order.
+async fn deliver_lane(client: reqwest::Client, slots: Arc<Semaphore>, mut rx: mpsc::Receiver<Delivery>) {
+    while let Some(d) = rx.recv().await {
+        deliver(&client, &slots, &d).await;
     }
 }
 
 /// Send one notification, retrying failures that may pass (network, 5xx,
 /// 408, 429) with doubling waits.
-async fn deliver(client: &reqwest::Client, d: &Delivery) {
+async fn deliver(client: &reqwest::Client, slots: &Semaphore, d: &Delivery) {
     let mut wait = FIRST_BACKOFF;
     for attempt in 1..=TRIES {
+        // A slot per request, not per delivery: waiting to retry holds none.
+        let Ok(permit) = slots.acquire().await else { return };
         let sent = client.post(d.receiver.url.expose()).json(&d.body).send().await;
+        drop(permit);
         let (retry, reason) = match sent {
             Ok(resp) if resp.status().is_success() => {
                 tracing::info!(policy = %d.policy, event = %d.event, receiver = %d.receiver.host, attempt, "notification delivered");
