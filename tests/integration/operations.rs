@@ -743,3 +743,54 @@ async fn completions_man_page_env_flags_and_no_color() {
     let plain = on_tty(true).await;
     assert!(plain.contains("pass started") && !plain.contains("\x1b["), "NO_COLOR: no escape codes:\n{plain}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_execution_is_canceled_through_the_api_and_the_daemon_goes_on() {
+    use testkit::image::{self, Flavor};
+    use testkit::{Front, Nginx};
+    let (src, dst, s, d) = registries();
+    let tags = ["t1", "t2", "t3", "t4", "t5", "t6"];
+    for tag in tags {
+        let img = image::image(Flavor::Oci, &format!("slow-{tag}"), vec![image::layer(Flavor::Oci, &format!("slow-{tag}"), 512 * 1024)]);
+        s.push("slow/app", tag, &img).await;
+    }
+    // Slow downloads (256 KiB/s; limit_rate needs proxy buffering): a pass
+    // takes many seconds, one tag at a time.
+    let slow = format!("location /v2/ {{ proxy_pass {}; proxy_buffering on; limit_rate 256k; }}\n", src.url);
+    let front = Nginx::start(&src.url, Front { extra: slow, ..Front::default() });
+    let scratch = Scratch::new();
+    let policies = write(
+        &scratch,
+        "policies",
+        "slow.yaml",
+        &format!("name: slow\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\ntrigger: {{ interval: 1h }}\nconcurrency: 1\n", front.url, dst.url),
+    );
+    let daemon = Daemon::start(&scratch, &policies, &[("REGFERRY_API_TOKEN", ADMIN)], &[]);
+    wait_until(Duration::from_secs(20), "the daemon to listen", async || reqwest::get(daemon.url("/healthz")).await.is_ok()).await;
+    let mut id = 0;
+    wait_until(Duration::from_secs(30), "a running execution", async || {
+        let (_, list) = get(&daemon, "/api/v1/executions?policy=slow&status=running", Some(ADMIN)).await;
+        id = list[0]["id"].as_i64().unwrap_or(0);
+        id > 0
+    })
+    .await;
+    let (code, reply) = post(&daemon, &format!("/api/v1/executions/{id}/cancel"), Some(ADMIN), None).await;
+    assert_eq!((code, reply["outcome"].as_str()), (202, Some("requested")), "{reply}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, e) = get(&daemon, &format!("/api/v1/executions/{id}"), Some(ADMIN)).await;
+        if e["status"] == "canceled" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the execution did not stop: {e}\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(d.tags("slow/app").await.len() < tags.len(), "a canceled execution stops starting tags");
+    // Canceling one execution is not stopping the daemon: it still answers and runs passes.
+    assert_eq!(get(&daemon, "/readyz", None).await.0, 200, "{}", daemon.log());
+    let before = daemon.passes();
+    assert_eq!(post(&daemon, "/api/v1/policies/slow/run", Some(ADMIN), None).await.0, 202);
+    daemon.wait_passes(before + 1, "a pass after the cancel").await;
+    let log = daemon.stop().await;
+    assert_eq!(log.matches("stopping: waiting for in-flight passes").count(), 1, "only SIGTERM stops the daemon:\n{log}");
+}
