@@ -1,34 +1,50 @@
 #!/usr/bin/env bash
-# Install what regferry's demo, tests and benchmark need on Debian, when missing:
-# the CNCF distribution registry (package docker-registry), nginx (fronts:
-# TLS, body limits, redirects), moto's S3 server (pip) and, with --bench,
-# skopeo and GNU time (/usr/bin/time, for peak RSS and CPU time).
+# Install what regferry's demo, tests and benchmark need on Debian, when missing.
+#   scripts/deps.sh          the demo: the CNCF distribution registry (package
+#                            docker-registry) and curl
+#   scripts/deps.sh --test   the tests as well: nginx (fronts: TLS, body limits,
+#                            redirects), tinyproxy (per-registry proxies),
+#                            Chromium (the status page), promtool (alert rules),
+#                            and from pip moto's S3 server (registries on object
+#                            storage), kubernetes-validate, openapi-spec-validator,
+#                            schemathesis and helm-python-sdk (deployment files,
+#                            the OpenAPI document and the live API against it, the
+#                            Helm chart rendered by Helm's Go SDK)
+#   scripts/deps.sh --bench  the benchmark: nginx, moto, skopeo and GNU time
+#                            (/usr/bin/time, for peak RSS and CPU time)
 set -euo pipefail
+mode="${1:-}"
 want=()
+pips=()
 command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || want+=(docker-registry)
 command -v curl >/dev/null 2>&1 || want+=(curl)
-[ -x /usr/sbin/nginx ] || want+=(nginx-light)
-# A forward HTTP proxy (per-registry proxy tests).
-[ -x /usr/bin/tinyproxy ] || want+=(tinyproxy)
-if [ "${1:-}" = "--bench" ]; then
+if [ "$mode" = "--test" ] || [ "$mode" = "--bench" ]; then
+  [ -x /usr/sbin/nginx ] || want+=(nginx-light)
+  command -v moto_server >/dev/null 2>&1 || pips+=('moto[server]')
+fi
+if [ "$mode" = "--test" ]; then
+  [ -x /usr/bin/tinyproxy ] || want+=(tinyproxy)
+  command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || want+=(chromium)
+  command -v promtool >/dev/null 2>&1 || want+=(prometheus)
+  command -v kubernetes-validate >/dev/null 2>&1 || pips+=(kubernetes-validate)
+  command -v openapi-spec-validator >/dev/null 2>&1 || pips+=(openapi-spec-validator)
+  command -v schemathesis >/dev/null 2>&1 || pips+=(schemathesis)
+  python3 -c 'import helm_python' >/dev/null 2>&1 || pips+=(helm-python-sdk)
+fi
+if [ "$mode" = "--bench" ]; then
   command -v skopeo >/dev/null 2>&1 || want+=(skopeo)
   [ -x /usr/bin/time ] || want+=(time)
 fi
-# A local S3 server for registries on object storage (tests and benchmark).
-if ! command -v moto_server >/dev/null 2>&1; then
-  command -v pip3 >/dev/null 2>&1 || want+=(python3-pip)
+[ ${#pips[@]} -gt 0 ] && ! command -v pip3 >/dev/null 2>&1 && want+=(python3-pip)
+if [ ${#want[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  echo "installing: ${want[*]}" >&2
+  $sudo apt-get install -y --no-install-recommends "${want[@]}" </dev/null \
+    || { $sudo apt-get update </dev/null && $sudo apt-get install -y --no-install-recommends "${want[@]}" </dev/null; }
 fi
-install_moto() {
-  command -v moto_server >/dev/null 2>&1 && return 0
-  echo "installing: moto[server] (pip)" >&2
-  pip3 install -q 'moto[server]' </dev/null 2>/dev/null \
-    || pip3 install -q --break-system-packages 'moto[server]' </dev/null
-}
-if [ ${#want[@]} -eq 0 ]; then install_moto; exit 0; fi
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-export DEBIAN_FRONTEND=noninteractive
-echo "installing: ${want[*]}" >&2
-$sudo apt-get install -y --no-install-recommends "${want[@]}" </dev/null \
-  || { $sudo apt-get update </dev/null && $sudo apt-get install -y --no-install-recommends "${want[@]}" </dev/null; }
-install_moto
+for p in ${pips[@]+"${pips[@]}"}; do
+  echo "installing: $p (pip)" >&2
+  pip3 install -q "$p" </dev/null 2>/dev/null || pip3 install -q --break-system-packages "$p" </dev/null
+done

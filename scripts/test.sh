@@ -3,6 +3,6 @@
 # (unit tests and the integration tests against real local registries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh
+scripts/deps.sh --test
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked

@@ -35,6 +35,8 @@ fn main() -> ExitCode {
             Command::Verify(a) => cli::verify::run(a).await,
             Command::Failover(a) => cli::failover::run(a, regferry::dr::failover::Switch::Failover).await,
             Command::Failback(a) => cli::failover::run(a, regferry::dr::failover::Switch::Failback).await,
+            Command::Completions(a) => cli::docs::completions(a),
+            Command::Man(a) => cli::docs::man(a),
         }
     });
     // Do not wait for stray background tasks (signal watchers) on the way out.

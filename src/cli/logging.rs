@@ -55,6 +55,12 @@ impl<'a> MakeWriter<'a> for StderrAroundBar {
     }
 }
 
+/// Colour only on a terminal, and never when `NO_COLOR` is set to anything
+/// (https://no-color.org).
+pub fn color_allowed() -> bool {
+    std::io::IsTerminal::is_terminal(&io::stderr()) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Install the global subscriber.
 pub fn init(verbose: u8, quiet: bool, format: LogFormat) {
     let default = if quiet {
@@ -74,7 +80,7 @@ pub fn init(verbose: u8, quiet: bool, format: LogFormat) {
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(StderrAroundBar).with_target(false);
     let result = match format {
-        LogFormat::Human => builder.with_ansi(std::io::IsTerminal::is_terminal(&io::stderr())).try_init(),
+        LogFormat::Human => builder.with_ansi(color_allowed()).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
     if let Err(e) = result {

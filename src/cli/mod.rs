@@ -6,6 +6,7 @@
 //! are taken from the environment when possible and never echoed.
 
 pub mod daemon;
+pub mod docs;
 pub mod failover;
 pub mod jobs;
 pub mod logging;
@@ -123,7 +124,7 @@ REGFERRY_TO_CREDS=admin:secret regferry migrate --from src.example --to dst.exam
     #[command(after_help = "Examples:\n  regferry run --policies policies/\n  regferry run --policies policies/ prod-to-dr --json")]
     Run(run::RunArgs),
 
-    /// Run the policies on their triggers until SIGTERM/SIGINT; serve /healthz, /readyz, /metrics and push events.
+    /// Run the policies on their triggers until SIGTERM/SIGINT; serve a status page, an API, /metrics and push events.
     #[command(long_about = "Run the policies on their triggers until SIGTERM/SIGINT.\n\n\
 Each policy runs on its trigger (interval or cron), never two passes of one policy at once, at most \
 --max-parallel passes overall. An unchanged source costs the tag listings and one manifest HEAD per \
@@ -162,6 +163,14 @@ deleted at the new destination unless the policy says `delete: true`.")]
 
     /// Sync a failed-over policy's changes from DR back to the primary, then restore its direction.
     Failback(failover::SwitchArgs),
+
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Example:\n  regferry completions bash > /etc/bash_completion.d/regferry")]
+    Completions(docs::CompletionsArgs),
+
+    /// Print the man page (or write one per subcommand with --dir).
+    #[command(after_help = "Example:\n  regferry man --dir /usr/local/share/man/man1")]
+    Man(docs::ManArgs),
 }
 
 /// Where the state database lives.

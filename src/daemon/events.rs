@@ -2,30 +2,25 @@
 //! events become (coalesced) passes of the policies whose current source
 //! covers the pushed repository, limited to the repositories pushed.
 //!
-//! Replies at once (202) and never waits for a pass. With a configured
-//! token, a request whose `Authorization` header is not exactly that value
-//! gets 401; the header is never logged.
+//! Replies at once (202) and never waits for a pass. With any token
+//! configured, a request without a read-only or admin API token, or exactly
+//! the events token, gets 401; the header is never logged.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Shared;
-use crate::dr::events::{RepoEvent, constant_time_eq, parse_distribution, parse_harbor, relative_in_scope};
+use crate::dr::events::{RepoEvent, parse_distribution, parse_harbor, relative_in_scope};
 
-fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    let Some(token) = &shared.events_token else { return true };
-    let given = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
-    constant_time_eq(given, token.expose().as_bytes())
-}
 
 async fn accept(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, parse: fn(&[u8]) -> Result<Vec<RepoEvent>, String>, kind: &str) -> Response {
-    if !authorized(&shared, &headers) {
+    if shared.tokens.check_event(&headers).is_err() {
         tracing::warn!(kind, "event refused: missing or wrong Authorization");
         return (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response();
     }

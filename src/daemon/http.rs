@@ -1,5 +1,5 @@
-//! The daemon's HTTP side: liveness, readiness, Prometheus metrics and
-//! registry push events.
+//! The daemon's HTTP side: liveness, readiness, Prometheus metrics,
+//! registry push events, the JSON API and the status page.
 //!
 //! Handlers only read shared state and hand work to the scheduler; they
 //! never run a replication themselves and never echo request headers.
@@ -22,6 +22,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/events/distribution", post(super::events::distribution))
         .route("/events/harbor", post(super::events::harbor))
+        .merge(super::api::routes())
+        .merge(super::status_page::routes())
         .with_state(shared)
 }
 

@@ -8,10 +8,14 @@
 //! state database every couple of seconds. It never parses CLI flags and
 //! never prints; the binary turns its errors into messages.
 
+pub mod api;
+pub mod auth;
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod pass;
+pub mod status_page;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -25,7 +29,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::execute::Cancel;
 use crate::policy::{self, Policy, PolicySet};
-use crate::registry::Secret;
 use crate::state::StateDb;
 use metrics::Metrics;
 use pass::{PassOutcome, run_pass};
@@ -52,8 +55,8 @@ pub struct DaemonOptions {
     pub retention: Duration,
     /// How often policy files and operator requests are checked.
     pub poll: Duration,
-    /// When set, `/events/*` requests must carry exactly this `Authorization` header value.
-    pub events_token: Option<Secret>,
+    /// API tokens (read-only, admin) and the events token.
+    pub tokens: auth::Tokens,
 }
 
 /// What the HTTP handlers and the policy loops share.
@@ -65,8 +68,9 @@ pub struct Shared {
     handles: Mutex<HashMap<String, Arc<Handle>>>,
     /// The policies in force (for matching push events).
     policies: std::sync::RwLock<Arc<PolicySet>>,
-    events_token: Option<Secret>,
+    pub tokens: auth::Tokens,
     parallel: Semaphore,
+    notifier: notify::Notifier,
 }
 
 /// Per policy name: how to wake its loop, and what keeps passes apart.
@@ -186,6 +190,10 @@ async fn policy_loop(shared: Arc<Shared>, policy: Policy, retire: CancellationTo
         }
         let outcome = run_pass(&policy, &shared.state, &cancel, &shared.metrics, only.as_ref()).await;
         log_pass(&outcome);
+        // A pass cut short by shutdown says nothing about the policy's health.
+        if !cancel.stop.is_cancelled() {
+            shared.notifier.pass_finished(&policy, &outcome, full).await;
+        }
         if full
             && let Ok(mut l) = handle.last_full.lock() {
                 *l = Some(SystemTime::now());
@@ -220,8 +228,9 @@ pub async fn run(options: DaemonOptions, state: StateDb, cancel: Cancel, hangup:
         ready: AtomicBool::new(false),
         handles: Mutex::new(HashMap::new()),
         policies: std::sync::RwLock::new(Arc::new(set.clone())),
-        events_token: options.events_token.clone(),
+        tokens: options.tokens.clone(),
         parallel: Semaphore::new(options.max_parallel.max(1)),
+        notifier: notify::Notifier::start(state.clone()),
     });
     let server = {
         let app = http::router(shared.clone());

@@ -113,6 +113,10 @@ pub async fn run_pass(policy: &Policy, state: &StateDb, cancel: &Cancel, metrics
 }
 
 async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel: &Cancel) -> DestinationOutcome {
+    // This execution's own tokens: stopping the process stops it, but an
+    // operator canceling the execution (`jobs cancel`, the API) stops only
+    // it — not the daemon, nor the other destinations and policies.
+    let cancel = &Cancel { stop: cancel.stop.child_token(), abort: cancel.abort.child_token() };
     let mut outcome = DestinationOutcome {
         destination: spec.destination.url.to_string(),
         source: spec.source.url.to_string(),

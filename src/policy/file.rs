@@ -32,6 +32,9 @@ pub struct RawPolicy {
     pub retry: Option<RawRetry>,
     #[serde(default)]
     pub concurrency: Option<At<u32>>,
+    /// Webhook receivers of this policy's notifications.
+    #[serde(default)]
+    pub notify: Option<Vec<At<super::notify::RawReceiver>>>,
 }
 
 #[derive(Debug, Deserialize)]

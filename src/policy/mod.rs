@@ -7,6 +7,7 @@
 //! or to the state database.
 
 pub mod file;
+pub mod notify;
 pub mod tags;
 pub mod trigger;
 
@@ -126,6 +127,8 @@ pub struct Policy {
     pub trigger: Trigger,
     pub retry: RetryPolicy,
     pub concurrency: usize,
+    /// Where notifications go.
+    pub notify: Vec<notify::Receiver>,
     /// The words that make up the policy's scope (for the resume key).
     scope_words: Vec<String>,
 }
@@ -404,6 +407,17 @@ impl Checker<'_> {
             None => 8,
         };
 
+        let mut receivers = Vec::new();
+        for (i, r) in raw.notify.iter().flatten().enumerate() {
+            match notify::check(&r.value, self.env) {
+                Ok(receiver) => receivers.push(receiver),
+                Err((field, message)) => {
+                    let field = if field.is_empty() { format!("notify[{i}]") } else { format!("notify[{i}].{field}") };
+                    self.issue(line(r), &field, message);
+                }
+            }
+        }
+
         if self.issues.len() > before {
             return None;
         }
@@ -422,6 +436,7 @@ impl Checker<'_> {
             trigger: trigger?,
             retry,
             concurrency,
+            notify: receivers,
             scope_words,
         })
     }

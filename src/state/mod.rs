@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod jobs;
+pub mod overview;
 mod recorder;
 pub mod status;
 
@@ -56,6 +57,7 @@ fn migrator() -> Migrator {
     Migrator::with_migrations(vec![
         m(1, "init", include_str!("migrations/0001_init.sql")),
         m(2, "daemon", include_str!("migrations/0002_daemon.sql")),
+        m(3, "health", include_str!("migrations/0003_health.sql")),
     ])
 }
 

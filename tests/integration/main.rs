@@ -12,6 +12,7 @@ mod identities;
 mod faults;
 mod memory;
 mod migrate;
+mod operations;
 mod policies;
 mod security;
 mod shapes_storage;

@@ -1,0 +1,37 @@
+"""Render and lint deploy/helm/regferry with Helm's own Go SDK (through
+helm-python-sdk's libhelm_c; no helm binary or cluster needed), for the
+Rust test `helm_chart_renders_...` in operations.rs.
+
+Usage: helm_render.py CHART_DIR OUT_DIR. Writes one file per rendered
+template under OUT_DIR, and OUT_DIR/report.json with the strict lint report
+and the errors of renders that must fail.
+"""
+import json
+import os
+import sys
+
+from helm_python.chart import Chart, lint
+
+chart_dir, out_dir = sys.argv[1], sys.argv[2]
+values = {
+    "image": {"repository": "registry.example.com/regferry"},
+    "policies": {"p.yaml": "name: p\nsource: { registry: https://a.example.com }\ndestinations:\n  - registry: https://b.example.com\n"},
+    "credentials": {"dockerConfigJson": "{\"auths\": {}}", "envFromSecret": "regferry-env"},
+    "serviceMonitor": {"enabled": True},
+    "prometheusRule": {"enabled": True},
+}
+chart = Chart.load(chart_dir)
+report = {"lint": lint(chart_dir, values, strict=True), "must_fail": {}}
+for name, files in chart.render(values, name="rf", namespace="ops", is_install=True).items():
+    path = os.path.join(out_dir, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(files)
+for case, broken in [("no image", {**values, "image": {"repository": ""}}), ("no policies", {**values, "policies": {}})]:
+    try:
+        chart.render(broken, name="rf", namespace="ops", is_install=True)
+        report["must_fail"][case] = None
+    except Exception as e:  # the SDK's HelmRenderError
+        report["must_fail"][case] = str(e)
+with open(os.path.join(out_dir, "report.json"), "w") as f:
+    json.dump(report, f, indent=1)
