@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::json;
 
-use regferry::daemon::metrics::Metrics;
-use regferry::daemon::pass::{PassOutcome, run_pass};
+use regferry::pass::metrics::Metrics;
+use regferry::pass::{PassOutcome, run_pass};
 use regferry::engine::execute::Cancel;
 use regferry::state::StateDb;
 

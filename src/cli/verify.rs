@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::Args;
 use serde_json::json;
 
-use regferry::daemon::pass::jobs_of;
+use regferry::pass::jobs_of;
 use regferry::dr::lag::Lag;
 use regferry::dr::verify::{VerifyOptions, VerifyReport, verify};
 use regferry::engine::discover::{AllTags, RepoFilter, Scope};

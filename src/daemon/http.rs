@@ -46,6 +46,6 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             Err(e) => tracing::warn!(policy = %policy.name, error = %e, "cannot read the replication lag for /metrics"),
         }
     }
-    body.push_str(&super::metrics::render_lag(&lags));
+    body.push_str(&crate::pass::metrics::render_lag(&lags));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }

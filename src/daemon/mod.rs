@@ -12,9 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod events;
 pub mod http;
-pub mod metrics;
 pub mod notify;
-pub mod pass;
 pub mod status_page;
 
 use std::collections::{HashMap, HashSet};
@@ -30,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::execute::Cancel;
 use crate::policy::{self, Policy, PolicySet};
 use crate::state::StateDb;
-use metrics::Metrics;
-use pass::{PassOutcome, run_pass};
+use crate::pass::metrics::Metrics;
+use crate::pass::{PassOutcome, run_pass};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::pass::PassOutcome;
+use crate::pass::PassOutcome;
 use crate::policy::Policy;
 use crate::policy::notify::{Event, Format, Receiver};
 use crate::state::StateDb;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::daemon::metrics::Metrics;
-use crate::daemon::pass::{PassOutcome, run_pass};
+use crate::pass::metrics::Metrics;
+use crate::pass::{PassOutcome, run_pass};
 use crate::engine::execute::Cancel;
 use crate::job::Job;
 use crate::policy::Policy;

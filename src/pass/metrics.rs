@@ -1,5 +1,5 @@
-//! Prometheus metrics of the daemon, per policy and destination, rendered
-//! in the text exposition format.
+//! Prometheus metrics of passes, per policy and destination, rendered in
+//! the text exposition format (the daemon serves them on `/metrics`).
 //!
 //! In-memory counters fed by finished passes; rendering never touches the
 //! network or the state database. Label values are escaped; URLs in labels
@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::pass::DestinationOutcome;
+use super::DestinationOutcome;
 
 #[derive(Debug, Default, Clone)]
 struct Series {

@@ -2,8 +2,9 @@
 //! hold back tags that are backing off, execute, and file the outcomes.
 //!
 //! A destination that fails (unreachable, wrong password) never stops the
-//! others. This module is shared by `regferry run` and the daemon; it never
-//! prints and never decides when a pass happens.
+//! others. This module is shared by `regferry run`, the daemon and
+//! `failover` (so it sits below all three and never reaches up into any of
+//! them); it never prints and never decides when a pass happens.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,7 +22,9 @@ use crate::policy::Policy;
 use crate::state::backoff::Outcome;
 use crate::state::{StateDb, now_ms};
 
-use super::metrics::Metrics;
+pub mod metrics;
+
+use metrics::Metrics;
 
 /// What happened at one destination.
 #[derive(Debug)]
