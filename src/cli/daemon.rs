@@ -13,7 +13,7 @@ use regferry::engine::execute::Cancel;
 use regferry::registry::Secret;
 use regferry::state::StateDb;
 
-use super::{CliError, StateArgs, exit, signals};
+use super::{CliError, StateArgs, TimeoutArgs, exit, signals};
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
@@ -23,6 +23,9 @@ pub struct DaemonArgs {
 
     #[command(flatten)]
     pub state: StateArgs,
+
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
 
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, default_value = "127.0.0.1:9095", value_name = "ADDR")]
@@ -61,6 +64,7 @@ pub async fn run(args: DaemonArgs) -> Result<u8, CliError> {
         retention: args.retention,
         poll: Duration::from_secs(2),
         events_token: args.events_token.filter(|t| !t.is_empty()).map(Secret::new),
+        timeouts: args.timeouts.overrides(),
     };
     match daemon::run(options, state, cancel, hangup).await {
         Ok(()) => Ok(exit::OK),

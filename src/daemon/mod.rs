@@ -54,6 +54,8 @@ pub struct DaemonOptions {
     pub poll: Duration,
     /// When set, `/events/*` requests must carry exactly this `Authorization` header value.
     pub events_token: Option<Secret>,
+    /// Timeouts from the command line, over the policies' own.
+    pub timeouts: policy::TimeoutOverrides,
 }
 
 /// What the HTTP handlers and the policy loops share.
@@ -207,7 +209,7 @@ fn spawn_loops(shared: &Arc<Shared>, set: &PolicySet, cancel: &Cancel, tasks: &m
 /// Run the daemon until `cancel.stop` fires; in-flight passes then finish
 /// their tags (until `cancel.abort`), and it returns.
 pub async fn run(options: DaemonOptions, state: StateDb, cancel: Cancel, hangup: Arc<Notify>) -> Result<(), DaemonError> {
-    let mut set = load(&options.policies)?;
+    let mut set = load(&options.policies)?.with_timeouts(&options.timeouts);
     let listener =
         tokio::net::TcpListener::bind(options.listen).await.map_err(|source| DaemonError::Listen { addr: options.listen, source })?;
     let pruned = state.prune(crate::state::now_ms() - options.retention.as_millis() as i64).await?;
@@ -259,7 +261,7 @@ pub async fn run(options: DaemonOptions, state: StateDb, cancel: Cancel, hangup:
             }
         };
         if reload {
-            match load(&options.policies) {
+            match load(&options.policies).map(|set| set.with_timeouts(&options.timeouts)) {
                 Ok(new) => {
                     retire.cancel();
                     set = new;

@@ -32,6 +32,12 @@ pub struct RawPolicy {
     pub retry: Option<RawRetry>,
     #[serde(default)]
     pub concurrency: Option<At<u32>>,
+    /// A transfer fails when no byte moves for this long.
+    #[serde(default)]
+    pub stall_timeout: Option<At<String>>,
+    /// How long a registry may take to answer after an upload's last byte.
+    #[serde(default)]
+    pub commit_timeout: Option<At<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +52,9 @@ pub struct RawSource {
     pub ca_file: Option<At<String>>,
     #[serde(default)]
     pub insecure: Option<bool>,
+    /// Upload blobs to this registry in chunks of this size (e.g. `8MiB`).
+    #[serde(default)]
+    pub chunk_size: Option<At<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +69,9 @@ pub struct RawDestination {
     pub ca_file: Option<At<String>>,
     #[serde(default)]
     pub insecure: Option<bool>,
+    /// Upload blobs to this registry in chunks of this size (e.g. `8MiB`).
+    #[serde(default)]
+    pub chunk_size: Option<At<String>>,
 }
 
 /// Where a registry's credentials come from. Secrets are never written in

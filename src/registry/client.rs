@@ -6,14 +6,23 @@
 //! [`RegistryClient::send_stream`] for bodies that cannot be replayed). This
 //! module never follows a redirect on its own, never logs a header value and
 //! never puts a query string into an error.
+//!
+//! Timeouts are about progress, never a deadline on a whole transfer: an
+//! ordinary request fails when no response (or no byte of its body) arrives
+//! for the stall timeout; a streamed upload fails when the registry takes no
+//! byte of the body for the stall timeout, or gives no answer within the
+//! commit wait after the last byte.
 
 use std::collections::HashMap;
-use std::sync::Once;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
+use futures::Stream;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
@@ -48,18 +57,36 @@ impl Default for RetryConfig {
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub retry: RetryConfig,
-    /// A request fails when no byte arrives for this long (not a deadline on
-    /// the whole request: multi-GiB layers take as long as they take).
+    /// A request fails when no byte moves for this long: no response, no
+    /// byte of a download, no byte of an upload taken by the registry. Not a
+    /// deadline on the whole request: multi-GiB layers take as long as they
+    /// take.
     pub stall_timeout: Duration,
+    /// How long the registry may take to answer after the last byte of an
+    /// upload (it may be verifying and moving a large blob in its storage).
+    /// Never shorter than `stall_timeout`.
+    pub commit_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_idle_per_host: usize,
+}
+
+impl ClientOptions {
+    /// The default stall timeout.
+    pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// The default commit wait for a stall timeout: five minutes, or the
+    /// stall timeout when that is longer.
+    pub fn default_commit_timeout(stall: Duration) -> Duration {
+        stall.max(Duration::from_secs(300))
+    }
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             retry: RetryConfig::default(),
-            stall_timeout: Duration::from_secs(60),
+            stall_timeout: ClientOptions::STALL_TIMEOUT,
+            commit_timeout: ClientOptions::default_commit_timeout(ClientOptions::STALL_TIMEOUT),
             connect_timeout: Duration::from_secs(10),
             max_idle_per_host: 64,
         }
@@ -123,7 +150,21 @@ fn ensure_crypto_provider() {
 
 /// A client for one registry.
 pub struct RegistryClient {
+    /// Ordinary requests: the stall timeout bounds the wait for the
+    /// response and for each byte of its body.
     http: reqwest::Client,
+    /// Streamed uploads: no read timeout (the registry answers only after
+    /// the whole body); [`RegistryClient::send_stream`] watches progress.
+    upload_http: reqwest::Client,
+    stall_timeout: Duration,
+    commit_timeout: Duration,
+    /// Upload `PATCH` chunk size set for this registry (`None`: monolithic).
+    chunk_size: Option<u64>,
+    /// The registry refused a monolithic upload (`413`): upload in chunks.
+    monolithic_refused: AtomicBool,
+    /// The largest chunk the registry (or its front) accepted after refusing
+    /// a bigger one; 0 while none was refused.
+    chunk_limit: AtomicU64,
     url: RegistryUrl,
     name: String,
     credentials: Credentials,
@@ -203,31 +244,44 @@ impl RegistryClient {
     pub fn new(endpoint: &Endpoint, options: &ClientOptions) -> Result<RegistryClient, RegistryError> {
         ensure_crypto_provider();
         let name = endpoint.url.base().as_str().trim_end_matches('/').to_string();
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("regferry/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(options.connect_timeout)
-            .read_timeout(options.stall_timeout)
-            .pool_max_idle_per_host(options.max_idle_per_host)
-            .pool_idle_timeout(Duration::from_secs(50))
-            .tcp_nodelay(true);
-        if endpoint.tls.insecure_skip_verify {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-        if let Some(ca) = &endpoint.tls.ca_file {
-            let protocol = |message: String| RegistryError::Protocol { registry: name.clone(), message };
-            let pem = std::fs::read(ca).map_err(|e| protocol(format!("cannot read CA bundle {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| protocol(format!("CA bundle {} is not PEM: {e}", ca.display())))?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
+        let protocol = |message: String| RegistryError::Protocol { registry: name.clone(), message };
+        let roots = match &endpoint.tls.ca_file {
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| protocol(format!("cannot read CA bundle {}: {e}", ca.display())))?;
+                reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| protocol(format!("CA bundle {} is not PEM: {e}", ca.display())))?
             }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| RegistryError::Protocol { registry: name.clone(), message: format!("HTTP client: {}", describe(&e)) })?;
+            None => Vec::new(),
+        };
+        let build = |read_timeout: Option<Duration>| {
+            let mut builder = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("regferry/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(options.connect_timeout)
+                .pool_max_idle_per_host(options.max_idle_per_host)
+                .pool_idle_timeout(Duration::from_secs(50))
+                .tcp_nodelay(true);
+            if let Some(t) = read_timeout {
+                builder = builder.read_timeout(t);
+            }
+            if endpoint.tls.insecure_skip_verify {
+                builder = builder.danger_accept_invalid_certs(true);
+            }
+            for cert in &roots {
+                builder = builder.add_root_certificate(cert.clone());
+            }
+            builder.build().map_err(|e| protocol(format!("HTTP client: {}", describe(&e))))
+        };
+        let http = build(Some(options.stall_timeout))?;
+        let upload_http = build(None)?;
         Ok(RegistryClient {
             http,
+            upload_http,
+            stall_timeout: options.stall_timeout,
+            commit_timeout: options.commit_timeout.max(options.stall_timeout),
+            chunk_size: endpoint.chunk_size,
+            monolithic_refused: AtomicBool::new(false),
+            chunk_limit: AtomicU64::new(0),
             url: endpoint.url.clone(),
             name,
             credentials: endpoint.credentials.clone(),
@@ -249,6 +303,43 @@ impl RegistryClient {
     /// Requests sent so far (token requests included).
     pub fn request_count(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The stall timeout this client applies.
+    pub fn stall_timeout(&self) -> Duration {
+        self.stall_timeout
+    }
+
+    /// Whether blobs go to this registry in `PATCH` chunks, and how big:
+    /// the size set for it, or (once it refused a monolithic upload) the
+    /// default; never above a size it refused.
+    pub fn upload_chunk_size(&self) -> Option<u64> {
+        let wanted = match self.chunk_size {
+            Some(n) => n,
+            None if self.monolithic_refused.load(Ordering::Relaxed) => DEFAULT_CHUNK_SIZE,
+            None => return None,
+        };
+        let limit = self.chunk_limit.load(Ordering::Relaxed);
+        Some(if limit > 0 { wanted.min(limit) } else { wanted })
+    }
+
+    /// Remember that the registry refused a monolithic upload as too large.
+    pub fn note_monolithic_refused(&self) {
+        if !self.monolithic_refused.swap(true, Ordering::Relaxed) {
+            tracing::info!(registry = %self.name, "the registry refuses large monolithic uploads (413); uploading in chunks from now on");
+        }
+    }
+
+    /// Remember that chunks of `refused` bytes are too large for the
+    /// registry; returns the next size to try, if any above `min`.
+    pub fn note_chunk_refused(&self, refused: u64, min: u64) -> Option<u64> {
+        let next = (refused / 2).max(MIN_CHUNK_SIZE);
+        if next >= refused || next < min {
+            return None;
+        }
+        self.chunk_limit.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| Some(if cur == 0 { next } else { cur.min(next) })).ok();
+        tracing::info!(registry = %self.name, "the registry refuses {refused}-byte chunks (413); trying {next}");
+        Some(next)
     }
 
     /// Check that the registry answers `/v2/` and accepts our credentials.
@@ -288,21 +379,48 @@ impl RegistryClient {
     /// cached authorization (the caller has just authenticated with the same
     /// scopes). A `401` drops the cached token and comes back retryable, so
     /// the caller can restart its whole operation.
+    ///
+    /// It fails (retryably) when the registry takes no byte of the body for
+    /// the stall timeout while bytes are ready, or gives no answer within
+    /// the commit wait after the last byte; waiting for the body's own
+    /// source is not the registry's stall.
     pub async fn send_stream(
         &self,
         method: Method,
         url: Url,
         scopes: &Scopes,
         headers: HeaderMap,
-        body: reqwest::Body,
+        body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     ) -> Result<Response, RegistryError> {
         let auth = self.authorization(scopes, false).await?;
-        let mut builder = self.http.request(method.clone(), url.clone()).headers(headers).body(body);
+        // The HTTP stack stops asking for more once it has the promised
+        // length: that is the last byte handed over.
+        let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let (body, progress) = Watched::new(body, length);
+        let mut builder =
+            self.upload_http.request(method.clone(), url.clone()).headers(headers).body(reqwest::Body::wrap_stream(body));
         if let Some(a) = auth {
             builder = builder.header(header::AUTHORIZATION, a);
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = builder.send().await.map_err(|e| self.transport_error(&method, &url, &e))?;
+        let sent = builder.send();
+        tokio::pin!(sent);
+        let tick = (self.stall_timeout / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let resp = loop {
+            tokio::select! {
+                r = &mut sent => break r.map_err(|e| self.transport_error(&method, &url, &e))?,
+                _ = tokio::time::sleep(tick) => {
+                    if let Some(message) = Progress::stalled(&progress, self.stall_timeout, self.commit_timeout) {
+                        return Err(RegistryError::Transport {
+                            registry: self.name.clone(),
+                            method: method.to_string(),
+                            path: url.path().to_string(),
+                            message,
+                        });
+                    }
+                }
+            }
+        };
         if resp.status() == StatusCode::UNAUTHORIZED {
             self.auth.lock().await.tokens.remove(&scopes.key());
             return Err(RegistryError::Auth {
@@ -312,17 +430,34 @@ impl RegistryClient {
             });
         }
         if resp.status().is_success() {
-            Ok(resp)
-        } else {
-            Err(self.status_error(&method, &url, resp).await)
+            return Ok(resp);
+        }
+        // No read timeout on this client: bound the wait for the error body.
+        let status = resp.status().as_u16();
+        match tokio::time::timeout(self.stall_timeout, self.status_error(&method, &url, resp)).await {
+            Ok(e) => Err(e),
+            Err(_) => Err(RegistryError::Status {
+                registry: self.name.clone(),
+                method: method.to_string(),
+                path: url.path().to_string(),
+                status,
+                errors: Vec::new(),
+                retry_after: None,
+            }),
         }
     }
 
     /// Send a request to a URL outside the registry (a blob storage
     /// redirect): no `Authorization` header, no retries.
     pub async fn send_foreign(&self, url: Url) -> Result<Response, RegistryError> {
+        self.send_foreign_with(url, HeaderMap::new()).await
+    }
+
+    /// [`RegistryClient::send_foreign`] with extra (non-secret) headers, such as `Range`.
+    pub async fn send_foreign_with(&self, url: Url, headers: HeaderMap) -> Result<Response, RegistryError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = self.http.get(url.clone()).send().await.map_err(|e| self.transport_error(&Method::GET, &url, &e))?;
+        let resp =
+            self.http.get(url.clone()).headers(headers).send().await.map_err(|e| self.transport_error(&Method::GET, &url, &e))?;
         if resp.status().is_success() || resp.status().is_redirection() {
             Ok(resp)
         } else {
@@ -543,6 +678,89 @@ impl RegistryClient {
             })
         };
         attempt.retry(self.backoff()).when(RegistryError::is_transient).await
+    }
+}
+
+/// The chunk size used once a registry refused a monolithic upload and no
+/// size was set for it.
+pub const DEFAULT_CHUNK_SIZE: u64 = 8 << 20;
+
+/// The smallest chunk regferry sends (but the last one of a blob).
+pub const MIN_CHUNK_SIZE: u64 = 256 << 10;
+
+/// How far a streamed request body has got, for the stall watchdog of
+/// [`RegistryClient::send_stream`].
+#[derive(Debug)]
+struct Progress {
+    /// When the HTTP stack last asked for more of the body.
+    last_asked: Instant,
+    /// It asked and the body's own source has not delivered yet.
+    waiting_on_source: bool,
+    /// When the last byte was handed over.
+    finished: Option<Instant>,
+    /// Bytes handed over so far, and how many make the whole body (when known).
+    sent: u64,
+    length: Option<u64>,
+}
+
+impl Progress {
+    /// Why the request counts as stalled, if it does.
+    fn stalled(progress: &Mutex<Progress>, stall: Duration, commit: Duration) -> Option<String> {
+        let p = progress.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match p.finished {
+            Some(at) if now.duration_since(at) >= commit => Some(format!(
+                "no answer within {} after the last byte was sent (commit timeout)",
+                humantime::format_duration(commit)
+            )),
+            Some(_) => None,
+            None if !p.waiting_on_source && now.duration_since(p.last_asked) >= stall => Some(format!(
+                "the registry took no byte for {} (stall timeout)",
+                humantime::format_duration(stall)
+            )),
+            None => None,
+        }
+    }
+}
+
+/// A request body that records its progress.
+struct Watched<S> {
+    inner: Pin<Box<S>>,
+    progress: Arc<Mutex<Progress>>,
+}
+
+impl<S> Watched<S> {
+    fn new(inner: S, length: Option<u64>) -> (Watched<S>, Arc<Mutex<Progress>>) {
+        let now = Instant::now();
+        let finished = (length == Some(0)).then_some(now);
+        let progress = Arc::new(Mutex::new(Progress { last_asked: now, waiting_on_source: false, finished, sent: 0, length }));
+        (Watched { inner: Box::pin(inner), progress: progress.clone() }, progress)
+    }
+}
+
+impl<S: Stream<Item = Result<Bytes, std::io::Error>>> Stream for Watched<S> {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        p.last_asked = now;
+        match &polled {
+            Poll::Pending => p.waiting_on_source = true,
+            Poll::Ready(Some(Ok(chunk))) => {
+                p.waiting_on_source = false;
+                p.sent += chunk.len() as u64;
+                if p.length.is_some_and(|l| p.sent >= l) {
+                    p.finished.get_or_insert(now);
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                p.waiting_on_source = false;
+                p.finished.get_or_insert(now);
+            }
+        }
+        polled
     }
 }
 

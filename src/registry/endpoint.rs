@@ -1,5 +1,5 @@
 //! Where a registry is and how to talk to it: URL (with an optional
-//! repository prefix), credentials and TLS settings.
+//! repository prefix), credentials, TLS settings and how to upload to it.
 //!
 //! Secrets live in [`Secret`], whose `Debug` prints `***` and which has no
 //! `Display`, so a credential can never be formatted into a log line or an
@@ -189,12 +189,32 @@ pub struct Endpoint {
     pub url: RegistryUrl,
     pub credentials: Credentials,
     pub tls: Tls,
+    /// Upload blobs to it in `PATCH` chunks of this many bytes (`None`:
+    /// one streamed `PUT`, chunks only after it refused one with `413`).
+    pub chunk_size: Option<u64>,
 }
 
 impl Endpoint {
     pub fn new(url: RegistryUrl, credentials: Credentials) -> Endpoint {
-        Endpoint { url, credentials, tls: Tls::default() }
+        Endpoint { url, credentials, tls: Tls::default(), chunk_size: None }
     }
+}
+
+/// Parse a byte size such as `8MiB`, `512KiB`, `8M` or `1048576` (units
+/// are binary; `k`/`m`/`g` and `KB`/`MB`/`GB` are read as KiB/MiB/GiB).
+pub fn parse_size(input: &str) -> Result<u64, String> {
+    let s = input.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{input:?} is not a size (write e.g. 8MiB, 512KiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("{input:?} has an unknown unit (write e.g. 8MiB, 512KiB)")),
+    };
+    number.checked_mul(1 << shift).ok_or_else(|| format!("{input:?} is too large"))
 }
 
 #[cfg(test)]
@@ -225,6 +245,18 @@ mod tests {
         let e = RegistryUrl::parse("https://bob:hunter2@h.example").unwrap_err().to_string();
         assert!(!e.contains("hunter2"), "{e}");
         assert!(e.contains("***@h.example"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("8m"), Ok(8 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["", "MiB", "8 furlongs", "-1M", "99999999999999999999G"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
