@@ -86,7 +86,8 @@ pub struct Faults {
 /// Paces bytes through one direction of a capped link shared by every
 /// connection: each piece of `n` bytes is released when the link would have
 /// finished sending everything before it plus those `n` bytes. An idle link
-/// saves up no burst.
+/// saves up no more than [`PACE_SLACK`] of burst (which makes up for timer
+/// wake-ups that come late, so the average rate is the one asked for).
 #[derive(Debug)]
 struct Link {
     next_free: Mutex<Instant>,
@@ -95,6 +96,9 @@ struct Link {
 /// Bodies are paced in pieces of at most this size, so the rate is smooth
 /// even when the transport hands over large chunks.
 const PACE_PIECE: usize = 16 * 1024;
+
+/// How far behind the schedule the link may fall before it stops catching up.
+const PACE_SLACK: Duration = Duration::from_millis(20);
 
 impl Link {
     fn new() -> Link {
@@ -110,7 +114,8 @@ impl Link {
         let cost = Duration::from_secs_f64(n as f64 / bandwidth as f64);
         let until = {
             let mut next = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
-            let start = (*next).max(Instant::now());
+            let now = Instant::now();
+            let start = (*next).max(now.checked_sub(PACE_SLACK).unwrap_or(now));
             *next = start + cost;
             *next
         };
