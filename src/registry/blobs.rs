@@ -231,10 +231,10 @@ impl RegistryClient {
     /// `Range`: the whole blob); the caller checks which.
     pub async fn get_blob_from(&self, repo: &RepoName, digest: &Digest, offset: u64) -> Result<Response, RegistryError> {
         let mut headers = HeaderMap::new();
-        if offset > 0 {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes={offset}-")) {
-                headers.insert(header::RANGE, v);
-            }
+        if offset > 0
+            && let Ok(v) = HeaderValue::from_str(&format!("bytes={offset}-"))
+        {
+            headers.insert(header::RANGE, v);
         }
         self.get_blob_with(repo, digest, headers).await
     }
