@@ -113,8 +113,20 @@ pub async fn upload(
             Err(e) => return Err(e.into()),
         }
     }
-    dst.finish_upload(location.clone(), digest, scopes).await?;
-    Ok(())
+    // Close the session; the bytes are all there, so a transient failure
+    // of this one request is worth a few more tries of it alone.
+    let mut tries = 0;
+    loop {
+        match dst.finish_upload(location.clone(), digest, scopes).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && !e.has_code("BLOB_UPLOAD_UNKNOWN") && tries < 2 => {
+                tries += 1;
+                tracing::info!(blob = %digest.short(), error = %e, "closing the upload failed; trying again");
+                tokio::time::sleep(Duration::from_millis(500 * tries)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Read the next chunk of `len` bytes (fewer at the end) from `body`,
