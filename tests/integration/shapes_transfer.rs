@@ -195,6 +195,21 @@ async fn a_source_body_cut_mid_way_is_resumed_with_range_and_still_verified() {
         assert_mirrored(&s, &d, &["cut/app".to_string()], prefix).await;
         assert!(assert_blobs_intact(&dst.storage()) >= 2);
     }
+
+    // A source front that ignores Range (answers 200 with the whole blob):
+    // the stream starts again from byte 0 and the bytes already passed on
+    // are dropped, without a new upload.
+    let front = Nginx::start(&src.url, Front { extra: "proxy_set_header Range \"\";\n    max_ranges 0;\n".into(), ..Front::default() });
+    let sp = FaultProxy::start(&front.url, Faults { truncate: 1.0, limit: 1, only: vec!["GET ".into(), layer.clone()], ..Faults::default() });
+    let run = migrate(&Scratch::new(), &sp.url, &format!("{}/no-range", dst.url), &[]).await;
+    run.assert_ok();
+    assert!(run.stderr.contains("ignores Range"), "{}", run.stderr);
+    assert_mirrored(&s, &d, &["cut/app".to_string()], "no-range").await;
+    assert!(assert_blobs_intact(&dst.storage()) >= 2);
+    let seen = sp.counters.seen();
+    assert_eq!(requests(&seen, "GET", &layer).len(), 2, "cut once, read again once: {seen:#?}");
+    assert_eq!(front.count("GET", &layer, Some(200)), 2, "{:#?}", front.access_lines());
+    assert!(sp.counters.bytes_down.load(Ordering::Relaxed) > SIZE, "the whole blob came again");
 }
 
 #[tokio::test(flavor = "multi_thread")]
