@@ -121,7 +121,7 @@ async fn a_front_with_a_body_limit_gets_chunks_after_one_413() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn chunks_by_setting_from_the_flag_and_from_a_policy() {
+async fn chunks_by_setting_from_the_flag_a_policy_and_the_registrys_minimum() {
     const SIZE: u64 = 5 * MIB / 2;
     let (src, dst, s, d) = registries();
     let layer = big_image(&s, "chunky/app", "chunk-size", &[SIZE]).await.remove(0);
@@ -152,6 +152,14 @@ async fn chunks_by_setting_from_the_flag_and_from_a_policy() {
     assert_mirrored(&s, &d, &["chunky/app".to_string()], "policy").await;
     let seen = dp.counters.seen();
     assert_eq!(requests(&seen, "PATCH", "/v2/policy/chunky/app/blobs/uploads/").len(), 4, "{seen:#?}");
+
+    // A registry that wants bigger chunks says so (OCI-Chunk-Min-Length):
+    // 2 MiB chunks although 1 MiB was asked for.
+    let front = Nginx::start(&dst.url, Front { extra: "add_header OCI-Chunk-Min-Length 2097152 always;\n".into(), ..Front::default() });
+    migrate(&Scratch::new(), &src.url, &format!("{}/min", front.url), &["--to-chunk-size", "1MiB"]).await.assert_ok();
+    assert_mirrored(&s, &d, &["chunky/app".to_string()], "min").await;
+    // 2 MiB + ½ MiB for the layer, one for the config blob.
+    assert_eq!(front.count("PATCH", "/v2/min/chunky/app/blobs/uploads/", Some(202)), 3, "{:#?}", front.access_lines());
 }
 
 #[tokio::test(flavor = "multi_thread")]
