@@ -162,8 +162,8 @@ pub struct RegistryClient {
     chunk_size: Option<u64>,
     /// The registry refused a monolithic upload (`413`): upload in chunks.
     monolithic_refused: AtomicBool,
-    /// The largest chunk the registry (or its front) accepted after refusing
-    /// a bigger one; 0 while none was refused.
+    /// The chunk size to stay within since the registry (or its front)
+    /// refused a bigger chunk with `413`; 0 while none was refused.
     chunk_limit: AtomicU64,
     url: RegistryUrl,
     name: String,
