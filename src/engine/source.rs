@@ -3,7 +3,11 @@
 //! after N bytes, it is continued with `Range: bytes=N-`, accepted only as a
 //! `206` whose `Content-Range` starts at N (and agrees with the size);
 //! a registry that ignores `Range` (`200`) is read again from the start and
-//! the first N bytes are dropped. The number of resumes is bounded.
+//! the first N bytes are dropped. Resumes are bounded: a few in a row
+//! without a byte gained, and a total per blob. (A body left unread for
+//! longer than the stall timeout — while a slow destination takes a chunk —
+//! may time out too; it is continued the same way, which is why progress
+//! resets the count in a row.)
 //!
 //! This module only moves bytes in order: checking them against the digest
 //! is the job of [`super::verify_stream`], which sees the one continuous
@@ -19,8 +23,12 @@ use reqwest::{Response, StatusCode, header};
 
 use crate::registry::{Digest, RegistryClient, RegistryError, RepoName};
 
-/// How often one blob download may be continued after a break.
+/// How often one blob download may be continued after a break without a
+/// byte gained in between.
 pub const MAX_RESUMES: u32 = 5;
+
+/// How often one blob download may be continued after a break at all.
+pub const MAX_TOTAL_RESUMES: u32 = 100;
 
 /// A blob's bytes as they arrive (errors as messages, for
 /// [`super::verify_stream::VerifiedStream`]).
@@ -58,6 +66,7 @@ pub async fn open(
         offset: 0,
         skip: 0,
         resumes: 0,
+        in_a_row: 0,
         done: false,
     };
     Ok((Box::pin(futures::stream::unfold(state, State::next)), size))
@@ -74,7 +83,9 @@ struct State {
     offset: u64,
     /// Bytes still to drop from the current body (a `200` to a `Range`).
     skip: u64,
+    /// Resumes so far, and since a byte was last gained.
     resumes: u32,
+    in_a_row: u32,
     done: bool,
 }
 
@@ -113,6 +124,7 @@ impl State {
                             }
                         }
                         self.offset += chunk.len() as u64;
+                        self.in_a_row = 0;
                         return Some((Ok(chunk), self));
                     }
                     Ok(Ok(None)) if self.skip == 0 && self.size.is_none_or(|s| self.offset >= s) => {
@@ -135,16 +147,17 @@ impl State {
     /// Replace the broken body with one that continues at `offset`.
     async fn resume(&mut self, broke: &str) -> Result<(), String> {
         let mut last = broke.to_string();
-        while self.resumes < MAX_RESUMES {
+        while self.in_a_row < MAX_RESUMES && self.resumes < MAX_TOTAL_RESUMES {
             self.resumes += 1;
+            self.in_a_row += 1;
             tracing::info!(
                 blob = %self.digest.short(),
                 error = %last,
-                "source download broke after {} bytes; continuing from there (resume {} of {MAX_RESUMES})",
+                "source download broke after {} bytes; continuing from there (resume {})",
                 self.offset,
                 self.resumes
             );
-            tokio::time::sleep(Duration::from_millis(100 * u64::from(self.resumes))).await;
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(self.in_a_row))).await;
             let resp = match self.client.get_blob_from(&self.repo, &self.digest, self.offset).await {
                 Ok(resp) => resp,
                 Err(e) => {
@@ -170,7 +183,7 @@ impl State {
             self.body = Some(resp);
             return Ok(());
         }
-        Err(format!("{last} (after {} resumed downloads)", self.resumes))
+        Err(format!("{last} (after {} resumed downloads, {} in a row without progress)", self.resumes, self.in_a_row))
     }
 }
 
