@@ -4,10 +4,10 @@
 //! `206` whose `Content-Range` starts at N (and agrees with the size);
 //! a registry that ignores `Range` (`200`) is read again from the start and
 //! the first N bytes are dropped. Resumes are bounded: a few in a row
-//! without a byte gained, and a total per blob. (A body left unread for
-//! longer than the stall timeout — while a slow destination takes a chunk —
-//! may time out too; it is continued the same way, which is why progress
-//! resets the count in a row.)
+//! without a byte gained, and a total per blob. The stall timeout runs only
+//! while this stream is asked for bytes: a body left unread while a slow
+//! destination takes a chunk is no stall. (The client downloads blobs
+//! without a read timeout of its own, see `registry::client`.)
 //!
 //! This module only moves bytes in order: checking them against the digest
 //! is the job of [`super::verify_stream`], which sees the one continuous

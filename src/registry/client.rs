@@ -153,8 +153,11 @@ pub struct RegistryClient {
     /// Ordinary requests: the stall timeout bounds the wait for the
     /// response and for each byte of its body.
     http: reqwest::Client,
-    /// Streamed uploads: no read timeout (the registry answers only after
-    /// the whole body); [`RegistryClient::send_stream`] watches progress.
+    /// Streamed bodies: no read timeout. Uploads: the registry answers only
+    /// after the whole body, [`RegistryClient::send_stream`] watches
+    /// progress. Blob downloads: the wait for the response is bounded here,
+    /// each wait for a body chunk by the reader (only while it reads, so a
+    /// reader busy elsewhere is no stall).
     upload_http: reqwest::Client,
     stall_timeout: Duration,
     commit_timeout: Duration,
@@ -432,19 +435,8 @@ impl RegistryClient {
         if resp.status().is_success() {
             return Ok(resp);
         }
-        // No read timeout on this client: bound the wait for the error body.
-        let status = resp.status().as_u16();
-        match tokio::time::timeout(self.stall_timeout, self.status_error(&method, &url, resp)).await {
-            Ok(e) => Err(e),
-            Err(_) => Err(RegistryError::Status {
-                registry: self.name.clone(),
-                method: method.to_string(),
-                path: url.path().to_string(),
-                status,
-                errors: Vec::new(),
-                retry_after: None,
-            }),
-        }
+        // (`status_error` bounds its wait for the error body itself.)
+        Err(self.status_error(&method, &url, resp).await)
     }
 
     /// Send a request to a URL outside the registry (a blob storage
@@ -456,8 +448,7 @@ impl RegistryClient {
     /// [`RegistryClient::send_foreign`] with extra (non-secret) headers, such as `Range`.
     pub async fn send_foreign_with(&self, url: Url, headers: HeaderMap) -> Result<Response, RegistryError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let resp =
-            self.http.get(url.clone()).headers(headers).send().await.map_err(|e| self.transport_error(&Method::GET, &url, &e))?;
+        let resp = self.send_download(self.upload_http.get(url.clone()).headers(headers), &Method::GET, &url).await?;
         if resp.status().is_success() || resp.status().is_redirection() {
             Ok(resp)
         } else {
@@ -530,7 +521,9 @@ impl RegistryClient {
     }
 
     async fn send_raw(&self, req: &Request, auth: Option<HeaderValue>) -> Result<Response, RegistryError> {
-        let mut builder = self.http.request(req.method.clone(), req.url.clone()).headers(req.headers.clone());
+        let download = is_blob_download(&req.method, &req.url);
+        let http = if download { &self.upload_http } else { &self.http };
+        let mut builder = http.request(req.method.clone(), req.url.clone()).headers(req.headers.clone());
         if let Some(a) = auth {
             builder = builder.header(header::AUTHORIZATION, a);
         }
@@ -541,7 +534,24 @@ impl RegistryClient {
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
         tracing::trace!(registry = %self.name, method = %req.method, path = req.url.path(), "request");
+        if download {
+            return self.send_download(builder, &req.method, &req.url).await;
+        }
         builder.send().await.map_err(|e| self.transport_error(&req.method, &req.url, &e))
+    }
+
+    /// Send a blob download on the client without a read timeout, bounding
+    /// the wait for the response by the stall timeout.
+    async fn send_download(&self, builder: reqwest::RequestBuilder, method: &Method, url: &Url) -> Result<Response, RegistryError> {
+        match tokio::time::timeout(self.stall_timeout, builder.send()).await {
+            Ok(sent) => sent.map_err(|e| self.transport_error(method, url, &e)),
+            Err(_) => Err(RegistryError::Transport {
+                registry: self.name.clone(),
+                method: method.to_string(),
+                path: url.path().to_string(),
+                message: format!("no response for {} (stall timeout)", humantime::format_duration(self.stall_timeout)),
+            }),
+        }
     }
 
     pub(crate) fn transport_error(&self, method: &Method, url: &Url, e: &reqwest::Error) -> RegistryError {
@@ -573,11 +583,16 @@ impl RegistryClient {
     }
 
     /// Turn an error response into [`RegistryError::Status`], reading (a
-    /// bounded amount of) its body for the registry's error codes.
+    /// bounded amount of) its body for the registry's error codes, waiting
+    /// for it at most the stall timeout.
     pub(crate) async fn status_error(&self, method: &Method, url: &Url, resp: Response) -> RegistryError {
         let status = resp.status().as_u16();
         let retry_after = retry_after(resp.headers(), self.retry.max_retry_after);
-        let body = read_limited(resp, 64 * 1024).await.unwrap_or_default();
+        let body = tokio::time::timeout(self.stall_timeout, read_limited(resp, 64 * 1024))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         RegistryError::Status {
             registry: self.name.clone(),
             method: method.to_string(),
@@ -679,6 +694,13 @@ impl RegistryClient {
         };
         attempt.retry(self.backoff()).when(RegistryError::is_transient).await
     }
+}
+
+/// A blob download (`GET /v2/<name>/blobs/<digest>`), whose body is read
+/// by a reader that bounds its own waits.
+fn is_blob_download(method: &Method, url: &Url) -> bool {
+    let path = url.path();
+    method == Method::GET && path.contains("/blobs/") && !path.contains("/blobs/uploads")
 }
 
 /// The chunk size used once a registry refused a monolithic upload and no

@@ -61,6 +61,16 @@ async fn a_layer_slower_than_the_stall_timeout_arrives_on_the_first_attempt() {
     assert_eq!(requests(&dst_seen, "PUT", &digest_param(&layer)).len(), 1, "{dst_seen:#?}");
     assert_eq!(requests(&dst_seen, "PATCH", "/blobs/uploads/").len(), 0, "a monolithic upload, not chunks");
     assert!(!run.stderr.contains("retrying"), "{}", run.stderr);
+
+    // In chunks that each take longer than the stall timeout: the source
+    // body waits unread meanwhile, which is no stall either.
+    let sp = FaultProxy::start(&src.url, Faults { bandwidth: 2 * MIB, ..Faults::default() });
+    let run = migrate(&Scratch::new(), &sp.url, &format!("{}/chunks", dp.url), &["--stall-timeout", "1s", "--to-chunk-size", "2MiB"]).await;
+    run.assert_ok();
+    assert_mirrored(&s, &d, &["slow/app".to_string()], "chunks").await;
+    assert_eq!(requests(&sp.counters.seen(), "GET", &layer).len(), 1, "no resumed download: {}", run.stderr);
+    assert_eq!(requests(&dp.counters.seen(), "PATCH", "/v2/chunks/slow/app/blobs/uploads/").len(), 3, "two chunks for the layer, one for the config");
+    assert!(!run.stderr.contains("retrying"), "{}", run.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]
