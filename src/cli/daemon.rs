@@ -14,7 +14,7 @@ use regferry::engine::execute::Cancel;
 use regferry::registry::Secret;
 use regferry::state::StateDb;
 
-use super::{CliError, StateArgs, exit, signals};
+use super::{CliError, StateArgs, TimeoutArgs, exit, signals};
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
@@ -24,6 +24,9 @@ pub struct DaemonArgs {
 
     #[command(flatten)]
     pub state: StateArgs,
+
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
 
     /// Address for the status page (/), the API (/api), /healthz, /readyz, /metrics and /events.
     #[arg(long, env = "REGFERRY_LISTEN", default_value = "127.0.0.1:9095", value_name = "ADDR")]
@@ -111,6 +114,7 @@ pub async fn run(args: DaemonArgs) -> Result<u8, CliError> {
         retention: args.retention,
         poll: Duration::from_secs(2),
         tokens,
+        timeouts: args.timeouts.overrides(),
     };
     match daemon::run(options, state, cancel, hangup).await {
         Ok(()) => Ok(exit::OK),

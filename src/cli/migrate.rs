@@ -10,12 +10,12 @@ use regferry::engine::execute::{Cancel, ExecuteOptions};
 use regferry::engine::plan::RepoMapping;
 use regferry::engine::stats::Stats;
 use regferry::job::{Job, JobSpec};
-use regferry::registry::{ClientOptions, Limits};
+use regferry::registry::Limits;
 use regferry::state::{ExecutionStatus, StateDb};
 
 use super::output;
 use super::progress::Progress;
-use super::{CliError, RegistryArgs, StateArgs, exit, signals};
+use super::{CliError, RegistryArgs, StateArgs, TimeoutArgs, exit, parse_chunk_size, signals};
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
@@ -47,10 +47,8 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Give up on a request (and retry it) when no byte arrives for this long,
-    /// e.g. 30s or 2m. Not a deadline: a big layer takes as long as it takes.
-    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
-    pub stall_timeout: Duration,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
 
     /// At most N requests per second to the source.
     #[arg(long, value_parser = parse_rate, value_name = "N")]
@@ -67,6 +65,12 @@ pub struct MigrateArgs {
     /// At most SIZE blob bytes per second to the destination, e.g. 50MiB.
     #[arg(long, value_parser = regferry::registry::gate::parse_size, value_name = "SIZE")]
     pub to_bandwidth: Option<u64>,
+
+    /// Upload blobs to the destination in PATCH chunks of SIZE (e.g. 8MiB) instead of one
+    /// streamed PUT each. Without it, regferry switches to 8MiB chunks by itself when the
+    /// destination refuses a whole blob as too large (413).
+    #[arg(long, value_parser = parse_chunk_size, value_name = "SIZE")]
+    pub to_chunk_size: Option<u64>,
 }
 
 /// A rate above zero (requests per second).
@@ -77,19 +81,11 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     }
 }
 
-/// A humantime duration (`90s`, `2m`, `1h 30m`), at least one second.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 30s, 2m, 1h)"))?;
-    if d < Duration::from_secs(1) {
-        return Err("must be at least 1s".into());
-    }
-    Ok(d)
-}
-
 pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
     let (mut source, mut destination) = args.registries.endpoints()?;
     source.limits = Limits { requests_per_second: args.from_rps, bytes_per_second: args.from_bandwidth };
     destination.limits = Limits { requests_per_second: args.to_rps, bytes_per_second: args.to_bandwidth };
+    destination.chunk_size = args.to_chunk_size;
     let repos = RepoFilter::new(&args.repos, &[]).map_err(|e| CliError::usage(format!("--repo: {e}")))?;
     let mapping = RepoMapping::new(source.url.prefix(), destination.url.prefix());
     let concurrency = usize::from(args.concurrency);
@@ -103,7 +99,7 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
         overwrite: true,
         reversed: false,
         execute: ExecuteOptions { concurrency, attempts: args.attempts, ..ExecuteOptions::default() },
-        client: ClientOptions { stall_timeout: args.stall_timeout, ..ClientOptions::default() },
+        client: args.timeouts.client_options(),
     };
     let (from, to) = (spec.source.url.to_string(), spec.destination.url.to_string());
 

@@ -19,11 +19,13 @@ pub mod signals;
 pub mod verify;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use regferry::policy::TimeoutOverrides;
 use regferry::registry::docker_config;
-use regferry::registry::{CredentialSource, Credentials, Endpoint, Proxy, RegistryUrl, Tls};
+use regferry::registry::{ClientOptions, CredentialSource, Credentials, Endpoint, Proxy, RegistryUrl, Tls};
 
 /// Exit codes.
 pub mod exit {
@@ -280,7 +282,49 @@ fn endpoint(url: &str, creds: Option<&str>, authfile: Option<&PathBuf>, ca: Opti
         Tls::check_ca_file(ca).map_err(|e| CliError::usage(format!("--{flag}-ca: {e}")))?;
     }
     let tls = Tls { insecure_skip_verify: insecure, ca_file: ca.cloned(), ..Tls::default() };
-    Ok(Endpoint { url, credentials, tls, proxy: Proxy::Environment, limits: Default::default() })
+    Ok(Endpoint { url, credentials, tls, proxy: Proxy::Environment, limits: Default::default(), chunk_size: None })
+}
+
+/// Transfer timeouts, for every command that talks to registries.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TimeoutArgs {
+    /// Give up on a transfer (and retry it) when no byte moves for this long: no response,
+    /// no byte of a download, no byte of an upload taken. Not a deadline: a big layer takes
+    /// as long as it takes. Default 60s (or a policy's stall_timeout).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub stall_timeout: Option<Duration>,
+
+    /// How long a registry may take to answer after the last byte of an upload (it may be
+    /// verifying and moving the blob). Default 5m, or the stall timeout when longer (or a
+    /// policy's commit_timeout).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub commit_timeout: Option<Duration>,
+}
+
+impl TimeoutArgs {
+    /// The timeouts given, to apply over a policy's own.
+    pub fn overrides(&self) -> TimeoutOverrides {
+        TimeoutOverrides { stall: self.stall_timeout, commit: self.commit_timeout }
+    }
+
+    /// Client settings: the defaults with the timeouts given.
+    pub fn client_options(&self) -> ClientOptions {
+        self.overrides().apply(&ClientOptions::default())
+    }
+}
+
+/// A humantime duration (`90s`, `2m`, `1h 30m`), at least one second.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 30s, 2m, 1h)"))?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
+}
+
+/// A chunk size such as `8MiB` (256KiB to 1GiB).
+pub fn parse_chunk_size(s: &str) -> Result<u64, String> {
+    regferry::registry::endpoint::parse_size(s).and_then(regferry::policy::check_chunk_size)
 }
 
 impl RegistryArgs {

@@ -12,7 +12,7 @@ use regferry::engine::execute::Cancel;
 use regferry::state::StateDb;
 
 use super::output;
-use super::{CliError, StateArgs, exit, signals};
+use super::{CliError, StateArgs, TimeoutArgs, exit, signals};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -26,6 +26,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub state: StateArgs,
+
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
 
     /// Print the outcome as JSON on stdout.
     #[arg(long)]
@@ -78,7 +81,7 @@ pub fn outcome_text(o: &PassOutcome) -> String {
 }
 
 pub async fn run(args: RunArgs) -> Result<u8, CliError> {
-    let set = super::policy::load(&args.policies)?;
+    let set = super::policy::load(&args.policies)?.with_timeouts(&args.timeouts.overrides());
     let policies = set.select(&args.names).map_err(CliError::usage)?;
     let state = StateDb::open(&args.state.state).await?;
     let cancel = Cancel::default();

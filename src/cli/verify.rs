@@ -18,7 +18,7 @@ use regferry::job::{Job, JobError};
 use regferry::registry::{ClientOptions, Endpoint, RegistryClient};
 use regferry::state::StateDb;
 
-use super::{AccessArgs, CliError, StateArgs, exit};
+use super::{AccessArgs, CliError, StateArgs, TimeoutArgs, exit};
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -44,6 +44,9 @@ pub struct VerifyArgs {
 
     #[command(flatten)]
     pub state: StateArgs,
+
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
 
     /// Only repositories matching GLOB (relative to the --from prefix). Repeatable.
     #[arg(long = "repo", value_name = "GLOB", conflicts_with = "policies")]
@@ -151,10 +154,15 @@ fn lag_text(l: &Lag) -> String {
     }
 }
 
-async fn run_one(source: &Endpoint, destination: &Endpoint, scope: &Scope, options: &VerifyOptions) -> Result<VerifyReport, String> {
-    let client = ClientOptions::default();
-    let src = RegistryClient::new(source, &client).map_err(|e| format!("source {e}"))?;
-    let dst = RegistryClient::new(destination, &client).map_err(|e| format!("destination {e}"))?;
+async fn run_one(
+    source: &Endpoint,
+    destination: &Endpoint,
+    scope: &Scope,
+    options: &VerifyOptions,
+    client: &ClientOptions,
+) -> Result<VerifyReport, String> {
+    let src = RegistryClient::new(source, client).map_err(|e| format!("source {e}"))?;
+    let dst = RegistryClient::new(destination, client).map_err(|e| format!("destination {e}"))?;
     let (a, b) = tokio::join!(src.ping(), dst.ping());
     a.map_err(|e| format!("source {e}"))?;
     b.map_err(|e| format!("destination {e}"))?;
@@ -172,11 +180,11 @@ pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
             let mapping = RepoMapping::new(source.url.prefix(), destination.url.prefix());
             let scope = Scope { mapping, repos, explicit: Vec::new(), tags: Arc::new(AllTags) };
             let options = VerifyOptions { deep: args.deep, concurrency, covers: None };
-            let result = run_one(&source, &destination, &scope, &options).await;
+            let result = run_one(&source, &destination, &scope, &options, &args.timeouts.client_options()).await;
             outcomes.push(Outcome { policy: None, reversed: false, source: source.url.to_string(), destination: destination.url.to_string(), result });
         }
         (None, None, Some(path)) => {
-            let set = super::policy::load(path)?;
+            let set = super::policy::load(path)?.with_timeouts(&args.timeouts.overrides());
             let policies = set.select(&args.names).map_err(CliError::usage)?;
             let state = StateDb::open(&args.state.state).await?;
             for p in &policies {

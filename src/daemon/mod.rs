@@ -55,6 +55,8 @@ pub struct DaemonOptions {
     pub poll: Duration,
     /// API tokens (read-only, admin) and the events token.
     pub tokens: auth::Tokens,
+    /// Timeouts from the command line, over the policies' own.
+    pub timeouts: policy::TimeoutOverrides,
 }
 
 /// What the HTTP handlers and the policy loops share.
@@ -213,7 +215,7 @@ fn spawn_loops(shared: &Arc<Shared>, set: &PolicySet, cancel: &Cancel, tasks: &m
 /// Run the daemon until `cancel.stop` fires; in-flight passes then finish
 /// their tags (until `cancel.abort`), and it returns.
 pub async fn run(options: DaemonOptions, state: StateDb, cancel: Cancel, hangup: Arc<Notify>) -> Result<(), DaemonError> {
-    let mut set = load(&options.policies)?;
+    let mut set = load(&options.policies)?.with_timeouts(&options.timeouts);
     let listener =
         tokio::net::TcpListener::bind(options.listen).await.map_err(|source| DaemonError::Listen { addr: options.listen, source })?;
     let pruned = state.prune(crate::state::now_ms() - options.retention.as_millis() as i64).await?;
@@ -266,7 +268,7 @@ pub async fn run(options: DaemonOptions, state: StateDb, cancel: Cancel, hangup:
             }
         };
         if reload {
-            match load(&options.policies) {
+            match load(&options.policies).map(|set| set.with_timeouts(&options.timeouts)) {
                 Ok(new) => {
                     retire.cancel();
                     set = new;

@@ -4,22 +4,26 @@
 //!
 //! One lock per digest makes concurrent tasks that need the same blob wait
 //! for each other, so a blob shared by many images crosses the wire at most
-//! once per run and is mounted everywhere else. This module never buffers a
-//! blob and never reports a blob present that the destination did not
-//! confirm.
+//! once per run and is mounted everywhere else. Uploads are one streamed
+//! `PUT`, or `PATCH` chunks ([`super::chunked`]) when the destination
+//! refused that (`413`) or is set to chunks. This module never buffers more
+//! than one chunk of a blob and never reports a blob present that the
+//! destination did not confirm.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 use url::Url;
 
+use super::chunked::{self, ChunkedError};
 use super::events::{Event, EventSink};
+use super::source::{self, ByteStream};
 use super::stats::Stats;
 use super::verify_stream::{StreamFailure, VerifiedStream};
+use crate::registry::blobs::UploadSession;
 use crate::registry::manifest::Descriptor;
 use crate::registry::{Digest, MountOutcome, RegistryClient, RegistryError, RepoName, Scopes};
 
@@ -191,35 +195,50 @@ impl BlobMover {
         desc: &Descriptor,
         session: Option<(Url, Scopes)>,
     ) -> Result<(), RegistryError> {
-        let digest = &desc.digest;
         let _permit = self.streams.acquire().await.map_err(|_| RegistryError::Protocol {
             registry: self.dst.name().to_string(),
             message: "transfer pool closed".into(),
         })?;
-        let resp = self.src.get_blob(src_repo, digest).await?;
-        let size = match (desc.size, resp.content_length()) {
-            (Some(expected), Some(actual)) if expected != actual => {
-                return Err(RegistryError::SizeMismatch {
-                    registry: self.src.name().to_string(),
-                    what: format!("blob {src_repo}@{digest}"),
-                    expected,
-                    actual,
-                });
+        let mut session = session;
+        if self.dst.upload_chunk_size().is_none() {
+            match self.upload_whole(src_repo, dst_repo, desc, session.take()).await {
+                // Too large for one request (a front's body limit): chunks,
+                // for this blob and every later one to this registry.
+                Err(e) if e.status() == Some(413) => self.dst.note_monolithic_refused(),
+                other => return other,
             }
-            (Some(s), _) | (None, Some(s)) => Some(s),
-            (None, None) => None,
-        };
+        }
+        let chunk = self.dst.upload_chunk_size().unwrap_or(crate::registry::client::DEFAULT_CHUNK_SIZE);
+        self.upload_chunked(src_repo, dst_repo, desc, session, chunk).await
+    }
+
+    /// The one place a source blob's byte stream is opened (a download that
+    /// resumes after breaks, see [`source`], paced by both registries' byte
+    /// limits); every upload reads from it through a [`VerifiedStream`].
+    async fn open_source(&self, src_repo: &RepoName, desc: &Descriptor) -> Result<(ByteStream, Option<u64>), RegistryError> {
+        let (bytes, size) = source::open(self.src.clone(), src_repo, &desc.digest, desc.size).await?;
+        let bytes = crate::registry::throttle::limit(bytes, [self.src.gate().bandwidth(), self.dst.gate().bandwidth()]);
+        Ok((bytes, size))
+    }
+
+    /// One streamed `PUT` with the whole blob.
+    async fn upload_whole(
+        &self,
+        src_repo: &RepoName,
+        dst_repo: &RepoName,
+        desc: &Descriptor,
+        session: Option<(Url, Scopes)>,
+    ) -> Result<(), RegistryError> {
+        let digest = &desc.digest;
+        let (bytes, size) = self.open_source(src_repo, desc).await?;
         let (session, scopes) = match session {
             Some(s) => s,
             None => (self.dst.start_upload(dst_repo).await?, Scopes::push(dst_repo)),
         };
-        let bytes = resp.bytes_stream().map_err(|e| crate::registry::client::describe(&e));
-        let bytes = crate::registry::throttle::limit(bytes, [self.src.gate().bandwidth(), self.dst.gate().bandwidth()]);
         let (stream, failure) = VerifiedStream::new(bytes, digest, size, self.stats.clone(), |s| &s.bytes_uploaded);
-        let body = reqwest::Body::wrap_stream(stream);
         let result = match size {
-            Some(size) => self.dst.put_upload(session.clone(), digest, size, &scopes, body).await,
-            None => match self.dst.patch_upload(session.clone(), &scopes, body).await {
+            Some(size) => self.dst.put_upload(session.clone(), digest, size, &scopes, stream).await,
+            None => match self.dst.patch_upload(session.clone(), &scopes, stream).await {
                 Ok(next) => self.dst.finish_upload(next, digest, &scopes).await,
                 Err(e) => Err(e),
             },
@@ -229,9 +248,55 @@ impl BlobMover {
             return Ok(());
         };
         self.dst.cancel_upload(session, &scopes).await;
+        Err(self.stream_error(src_repo, digest, &failure, e))
+    }
+
+    /// `PATCH` chunks of `chunk` bytes, resumed where the registry says.
+    async fn upload_chunked(
+        &self,
+        src_repo: &RepoName,
+        dst_repo: &RepoName,
+        desc: &Descriptor,
+        session: Option<(Url, Scopes)>,
+        chunk: u64,
+    ) -> Result<(), RegistryError> {
+        let digest = &desc.digest;
+        let (bytes, size) = self.open_source(src_repo, desc).await?;
+        let (session, scopes) = match session {
+            Some((location, scopes)) => (UploadSession { location, min_chunk: None }, scopes),
+            None => (self.dst.open_upload(dst_repo).await?, Scopes::push(dst_repo)),
+        };
+        let (stream, failure) = VerifiedStream::new(bytes, digest, size, self.stats.clone(), |s| &s.bytes_uploaded);
+        let mut location = session.location.clone();
+        let e = match chunked::upload(&self.dst, session, &mut location, &scopes, digest, stream, chunk).await {
+            Ok(()) => {
+                tracing::debug!(blob = %digest.short(), repository = %dst_repo, "uploaded in chunks");
+                return Ok(());
+            }
+            Err(ChunkedError::Registry(e)) => e,
+            Err(ChunkedError::Source) => RegistryError::Transport {
+                registry: self.src.name().to_string(),
+                method: "GET".into(),
+                path: format!("/v2/{src_repo}/blobs/{digest}"),
+                message: "the source stream failed".into(),
+            },
+        };
+        self.dst.cancel_upload(location, &scopes).await;
+        Err(self.stream_error(src_repo, digest, &failure, e))
+    }
+
+    /// The error of a failed upload: what went wrong with the source bytes
+    /// when something did, else the destination's error `e`.
+    fn stream_error(
+        &self,
+        src_repo: &RepoName,
+        digest: &Digest,
+        failure: &Arc<Mutex<Option<StreamFailure>>>,
+        e: RegistryError,
+    ) -> RegistryError {
         let failure = failure.lock().ok().and_then(|mut f| f.take());
         let what = format!("blob {src_repo}@{digest}");
-        Err(match failure {
+        match failure {
             Some(StreamFailure::Source(message)) => RegistryError::Transport {
                 registry: self.src.name().to_string(),
                 method: "GET".into(),
@@ -248,6 +313,6 @@ impl BlobMover {
                 actual,
             },
             None => e,
-        })
+        }
     }
 }

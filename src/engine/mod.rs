@@ -8,12 +8,14 @@
 //! CLI flags or policy files: it is handed a scope and clients.
 
 pub mod blobs;
+pub mod chunked;
 pub mod copy;
 pub mod diff;
 pub mod discover;
 pub mod events;
 pub mod execute;
 pub mod plan;
+pub mod source;
 pub mod stats;
 pub mod verify_stream;
 

@@ -32,6 +32,12 @@ pub struct RawPolicy {
     pub retry: Option<RawRetry>,
     #[serde(default)]
     pub concurrency: Option<At<u32>>,
+    /// A transfer fails when no byte moves for this long.
+    #[serde(default)]
+    pub stall_timeout: Option<At<String>>,
+    /// How long a registry may take to answer after an upload's last byte.
+    #[serde(default)]
+    pub commit_timeout: Option<At<String>>,
     /// Webhook receivers of this policy's notifications.
     #[serde(default)]
     pub notify: Option<Vec<At<super::notify::RawReceiver>>>,
@@ -64,6 +70,9 @@ pub struct RawSource {
     /// At most this many blob bytes per second (`50MiB`, `800KiB`).
     #[serde(default)]
     pub bytes_per_second: Option<At<String>>,
+    /// Upload blobs to this registry in chunks of this size (e.g. `8MiB`).
+    #[serde(default)]
+    pub chunk_size: Option<At<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +102,9 @@ pub struct RawDestination {
     /// At most this many blob bytes per second (`50MiB`, `800KiB`).
     #[serde(default)]
     pub bytes_per_second: Option<At<String>>,
+    /// Upload blobs to this registry in chunks of this size (e.g. `8MiB`).
+    #[serde(default)]
+    pub chunk_size: Option<At<String>>,
 }
 
 /// Where a registry's credentials come from. Secrets are never written in

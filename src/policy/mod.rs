@@ -21,6 +21,7 @@ use crate::engine::discover::{RepoFilter, Scope};
 use crate::engine::execute::ExecuteOptions;
 use crate::engine::plan::RepoMapping;
 use crate::job::JobSpec;
+use crate::registry::endpoint::parse_size;
 use crate::registry::{ClientOptions, CredentialSource, Credentials, Endpoint, Limits, Proxy, RegistryUrl, Secret, Tls, docker_config};
 use file::{At, RawCredentials, RawPolicy};
 
@@ -129,6 +130,8 @@ pub struct Policy {
     pub concurrency: usize,
     /// Where notifications go.
     pub notify: Vec<notify::Receiver>,
+    /// Transport settings (the stall and commit timeouts).
+    pub client: ClientOptions,
     /// The words that make up the policy's scope (for the resume key).
     scope_words: Vec<String>,
 }
@@ -158,7 +161,7 @@ impl Policy {
             overwrite: self.overwrite,
             reversed: false,
             execute: ExecuteOptions { concurrency: self.concurrency, attempts: self.retry.attempts, ..ExecuteOptions::default() },
-            client: ClientOptions::default(),
+            client: self.client.clone(),
         }
     }
 
@@ -186,7 +189,38 @@ pub struct PolicySet {
     pub policies: Vec<Policy>,
 }
 
+/// Timeouts given on the command line: they win over the policies' own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeoutOverrides {
+    pub stall: Option<Duration>,
+    pub commit: Option<Duration>,
+}
+
+impl TimeoutOverrides {
+    /// `client` with these overrides applied. A stall timeout given alone
+    /// also moves the default commit wait with it (never below the stall).
+    pub fn apply(&self, client: &ClientOptions) -> ClientOptions {
+        let mut c = client.clone();
+        if let Some(stall) = self.stall {
+            c.stall_timeout = stall;
+            c.commit_timeout = c.commit_timeout.max(stall);
+        }
+        if let Some(commit) = self.commit {
+            c.commit_timeout = commit;
+        }
+        c
+    }
+}
+
 impl PolicySet {
+    /// Every policy with `overrides` applied to its timeouts.
+    pub fn with_timeouts(mut self, overrides: &TimeoutOverrides) -> PolicySet {
+        for p in &mut self.policies {
+            p.client = overrides.apply(&p.client);
+        }
+        self
+    }
+
     pub fn get(&self, name: &str) -> Option<&Policy> {
         self.policies.iter().find(|p| p.name == name)
     }
@@ -301,6 +335,7 @@ impl Checker<'_> {
         let source = self.endpoint(&s.registry, s.credentials.as_ref(), tls, s.insecure, "source");
         let limits = self.limits(raw.source.requests_per_second.as_ref(), raw.source.bytes_per_second.as_ref(), "source");
         let source = source.map(|e| Endpoint { limits, ..e });
+        let source = source.and_then(|e| self.chunk_size(e, raw.source.chunk_size.as_ref(), "source"));
         let source_repositories: Vec<String> = raw
             .source
             .repositories
@@ -324,6 +359,7 @@ impl Checker<'_> {
             let endpoint = self.endpoint(&d.registry, d.credentials.as_ref(), tls, d.insecure, &field);
             let limits = self.limits(d.requests_per_second.as_ref(), d.bytes_per_second.as_ref(), &field);
             let endpoint = endpoint.map(|e| Endpoint { limits, ..e });
+            let endpoint = endpoint.and_then(|e| self.chunk_size(e, d.chunk_size.as_ref(), &field));
             let namespace = d.namespace.as_ref().map(|n| n.value.trim_matches('/').to_string()).unwrap_or_default();
             if let Some(n) = &d.namespace
                 && !namespace.is_empty() {
@@ -418,6 +454,19 @@ impl Checker<'_> {
             }
         }
 
+        let mut client = ClientOptions::default();
+        if let Some(t) = &raw.stall_timeout
+            && let Some(stall) = self.ok(t, "stall_timeout", duration(t).and_then(at_least_a_second))
+        {
+            client.stall_timeout = stall;
+            client.commit_timeout = ClientOptions::default_commit_timeout(stall);
+        }
+        if let Some(t) = &raw.commit_timeout
+            && let Some(commit) = self.ok(t, "commit_timeout", duration(t).and_then(at_least_a_second))
+        {
+            client.commit_timeout = commit.max(client.stall_timeout);
+        }
+
         if self.issues.len() > before {
             return None;
         }
@@ -437,8 +486,18 @@ impl Checker<'_> {
             retry,
             concurrency,
             notify: receivers,
+            client,
             scope_words,
         })
+    }
+
+    /// `endpoint` with the registry entry's `chunk_size`, if it gives one.
+    fn chunk_size(&mut self, mut endpoint: Endpoint, size: Option<&At<String>>, field: &str) -> Option<Endpoint> {
+        if let Some(size) = size {
+            let ok = parse_size(&size.value).and_then(check_chunk_size);
+            endpoint.chunk_size = Some(self.ok(size, &format!("{field}.chunk_size"), ok)?);
+        }
+        Some(endpoint)
     }
 
     fn endpoint(
@@ -479,7 +538,7 @@ impl Checker<'_> {
             None => None,
         };
         let tls = Tls { insecure_skip_verify: insecure.unwrap_or(false), ca_file: ca, client_cert, client_key };
-        Some(Endpoint { url, credentials, tls, proxy, limits: Limits::default() })
+        Some(Endpoint { url, credentials, tls, proxy, limits: Limits::default(), chunk_size: None })
     }
 
     /// A registry entry's optional `requests_per_second` / `bytes_per_second`.
@@ -556,6 +615,20 @@ impl Checker<'_> {
     }
 }
 
+fn at_least_a_second(d: Duration) -> Result<Duration, String> {
+    if d < Duration::from_secs(1) { Err("must be at least 1s".into()) } else { Ok(d) }
+}
+
+/// A chunk size regferry is willing to use: at least 256 KiB (the smallest
+/// chunk it sends), at most 1 GiB (one chunk is held in memory).
+pub fn check_chunk_size(size: u64) -> Result<u64, String> {
+    use crate::registry::client::MIN_CHUNK_SIZE;
+    if !(MIN_CHUNK_SIZE..=1 << 30).contains(&size) {
+        return Err("a chunk size must be between 256KiB and 1GiB".into());
+    }
+    Ok(size)
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -589,6 +662,35 @@ mod tests {
         let back = p.reverse(&p.destinations[0]);
         assert_eq!(back.scope.mapping, RepoMapping::new("base/mirror", "team"));
         assert!(back.reversed && back.scope_key() != spec.scope_key());
+    }
+
+    #[test]
+    fn timeouts_and_chunk_sizes_come_from_the_policy_and_yield_to_the_command_line() {
+        let text = "name: p\nsource:\n  registry: https://src.example.com\n  chunk_size: 4MiB\n\
+                    destinations:\n  - registry: https://dst.example.com\n    chunk_size: 8MiB\n  - registry: https://dr2.example.com\n\
+                    stall_timeout: 2m\n";
+        let set = load_text(&[("p.yaml", text)], &[]).unwrap();
+        let p = set.get("p").unwrap();
+        assert_eq!(p.source.chunk_size, Some(4 << 20));
+        assert_eq!(p.destinations[0].endpoint.chunk_size, Some(8 << 20));
+        assert_eq!(p.destinations[1].endpoint.chunk_size, None);
+        let spec = p.forward(&p.destinations[0]);
+        assert_eq!((spec.client.stall_timeout, spec.client.commit_timeout), (Duration::from_secs(120), Duration::from_secs(300)));
+        assert_eq!(spec.destination.chunk_size, Some(8 << 20));
+        assert_eq!(p.reverse(&p.destinations[0]).destination.chunk_size, Some(4 << 20), "after a failover the source is written to");
+
+        let set = set.with_timeouts(&TimeoutOverrides { stall: Some(Duration::from_secs(600)), commit: None });
+        let c = &set.get("p").unwrap().client;
+        assert_eq!((c.stall_timeout, c.commit_timeout), (Duration::from_secs(600), Duration::from_secs(600)));
+
+        let bad = "name: p\nsource:\n  registry: https://src.example.com\n  chunk_size: 1KiB\n\
+                   destinations:\n  - registry: https://dst.example.com\n    chunk_size: lots\nstall_timeout: 10ms\ncommit_timeout: soon\n";
+        let issues = match load_text(&[("p.yaml", bad)], &[]) {
+            Err(PolicyError::Invalid(issues)) => issues,
+            other => panic!("{other:?}"),
+        };
+        let fields: Vec<&str> = issues.iter().map(|i| i.field.as_str()).collect();
+        assert_eq!(fields, ["source.chunk_size", "destinations[0].chunk_size", "stall_timeout", "commit_timeout"], "{issues:?}");
     }
 
     #[test]

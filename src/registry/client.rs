@@ -8,16 +8,24 @@
 //! stay on the registry's own origin); nothing else is ever redirected. This
 //! module never logs a header value and never puts a query string into an
 //! error.
+//!
+//! Timeouts are about progress, never a deadline on a whole transfer: an
+//! ordinary request fails when no response (or no byte of its body) arrives
+//! for the stall timeout; a streamed upload fails when the registry takes no
+//! byte of the body for the stall timeout, or gives no answer within the
+//! commit wait after the last byte (see [`progress`]).
 
+mod progress;
 mod redirect;
 pub(crate) use redirect::same_origin;
 
 use std::sync::Once;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
+use futures::Stream;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
@@ -27,6 +35,7 @@ use super::authn::Authenticator;
 use super::endpoint::{Endpoint, RegistryUrl};
 use super::error::{RegistryError, parse_error_body};
 use super::gate::{Gate, Ticket, Verdict};
+use progress::{Progress, Watched};
 
 /// How hard to retry transient failures of a single request.
 #[derive(Debug, Clone)]
@@ -54,18 +63,36 @@ impl Default for RetryConfig {
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub retry: RetryConfig,
-    /// A request fails when no byte arrives for this long (not a deadline on
-    /// the whole request: multi-GiB layers take as long as they take).
+    /// A request fails when no byte moves for this long: no response, no
+    /// byte of a download, no byte of an upload taken by the registry. Not a
+    /// deadline on the whole request: multi-GiB layers take as long as they
+    /// take.
     pub stall_timeout: Duration,
+    /// How long the registry may take to answer after the last byte of an
+    /// upload (it may be verifying and moving a large blob in its storage).
+    /// Never shorter than `stall_timeout`.
+    pub commit_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_idle_per_host: usize,
+}
+
+impl ClientOptions {
+    /// The default stall timeout.
+    pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// The default commit wait for a stall timeout: five minutes, or the
+    /// stall timeout when that is longer.
+    pub fn default_commit_timeout(stall: Duration) -> Duration {
+        stall.max(Duration::from_secs(300))
+    }
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             retry: RetryConfig::default(),
-            stall_timeout: Duration::from_secs(60),
+            stall_timeout: ClientOptions::STALL_TIMEOUT,
+            commit_timeout: ClientOptions::default_commit_timeout(ClientOptions::STALL_TIMEOUT),
             connect_timeout: Duration::from_secs(10),
             max_idle_per_host: 64,
         }
@@ -81,11 +108,17 @@ pub struct Request {
     pub body: Option<Bytes>,
     /// Statuses besides 2xx the caller handles itself (e.g. 404 on HEAD).
     pub also_ok: &'static [u16],
+    /// A blob download (`GET /v2/<name>/blobs/<digest>`, and every hop of
+    /// its redirects), whose body is read by a reader that bounds its own
+    /// waits: sent without a read timeout.
+    pub download: bool,
 }
 
 impl Request {
     pub fn new(method: Method, url: Url, scopes: Scopes) -> Request {
-        Request { method, url, scopes, headers: HeaderMap::new(), body: None, also_ok: &[] }
+        let path = url.path();
+        let download = method == Method::GET && path.contains("/blobs/") && !path.contains("/blobs/uploads");
+        Request { method, url, scopes, headers: HeaderMap::new(), body: None, also_ok: &[], download }
     }
 
     pub fn header(mut self, name: header::HeaderName, value: &str) -> Request {
@@ -118,7 +151,24 @@ fn ensure_crypto_provider() {
 
 /// A client for one registry.
 pub struct RegistryClient {
+    /// Ordinary requests: the stall timeout bounds the wait for the
+    /// response and for each byte of its body.
     http: reqwest::Client,
+    /// Streamed bodies: no read timeout. Uploads: the registry answers only
+    /// after the whole body, [`RegistryClient::send_stream`] watches
+    /// progress. Blob downloads: the wait for the response is bounded here,
+    /// each wait for a body chunk by the reader (only while it reads, so a
+    /// reader busy elsewhere is no stall).
+    upload_http: reqwest::Client,
+    stall_timeout: Duration,
+    commit_timeout: Duration,
+    /// Upload `PATCH` chunk size set for this registry (`None`: monolithic).
+    chunk_size: Option<u64>,
+    /// The registry refused a monolithic upload (`413`): upload in chunks.
+    monolithic_refused: AtomicBool,
+    /// The chunk size to stay within since the registry (or its front)
+    /// refused a bigger chunk with `413`; 0 while none was refused.
+    chunk_limit: AtomicU64,
     url: RegistryUrl,
     name: String,
     authn: Authenticator,
@@ -203,33 +253,46 @@ impl RegistryClient {
     pub fn new(endpoint: &Endpoint, options: &ClientOptions) -> Result<RegistryClient, RegistryError> {
         ensure_crypto_provider();
         let name = endpoint.url.base().as_str().trim_end_matches('/').to_string();
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("regferry/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(options.connect_timeout)
-            .read_timeout(options.stall_timeout)
-            .pool_max_idle_per_host(options.max_idle_per_host)
-            .pool_idle_timeout(Duration::from_secs(50))
-            .tcp_nodelay(true);
-        if endpoint.tls.insecure_skip_verify {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-        builder = endpoint.configure_transport(builder).map_err(|message| RegistryError::Protocol { registry: name.clone(), message })?;
-        if let Some(ca) = &endpoint.tls.ca_file {
-            let protocol = |message: String| RegistryError::Protocol { registry: name.clone(), message };
-            let pem = std::fs::read(ca).map_err(|e| protocol(format!("cannot read CA bundle {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| protocol(format!("CA bundle {} is not PEM: {e}", ca.display())))?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
+        let protocol = |message: String| RegistryError::Protocol { registry: name.clone(), message };
+        let roots = match &endpoint.tls.ca_file {
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| protocol(format!("cannot read CA bundle {}: {e}", ca.display())))?;
+                reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| protocol(format!("CA bundle {} is not PEM: {e}", ca.display())))?
             }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| RegistryError::Protocol { registry: name.clone(), message: format!("HTTP client: {}", describe(&e)) })?;
+            None => Vec::new(),
+        };
+        let build = |read_timeout: Option<Duration>| {
+            let mut builder = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("regferry/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(options.connect_timeout)
+                .pool_max_idle_per_host(options.max_idle_per_host)
+                .pool_idle_timeout(Duration::from_secs(50))
+                .tcp_nodelay(true);
+            if let Some(t) = read_timeout {
+                builder = builder.read_timeout(t);
+            }
+            if endpoint.tls.insecure_skip_verify {
+                builder = builder.danger_accept_invalid_certs(true);
+            }
+            builder = endpoint.configure_transport(builder).map_err(protocol)?;
+            for cert in &roots {
+                builder = builder.add_root_certificate(cert.clone());
+            }
+            builder.build().map_err(|e| protocol(format!("HTTP client: {}", describe(&e))))
+        };
+        let http = build(Some(options.stall_timeout))?;
+        let upload_http = build(None)?;
         Ok(RegistryClient {
             authn: Authenticator::new(endpoint, &name, http.clone(), options.retry.clone()),
             http,
+            upload_http,
+            stall_timeout: options.stall_timeout,
+            commit_timeout: options.commit_timeout.max(options.stall_timeout),
+            chunk_size: endpoint.chunk_size,
+            monolithic_refused: AtomicBool::new(false),
+            chunk_limit: AtomicU64::new(0),
             url: endpoint.url.clone(),
             retry: options.retry.clone(),
             requests: AtomicU64::new(0),
@@ -278,6 +341,43 @@ impl RegistryClient {
     /// Requests sent so far (token requests included).
     pub fn request_count(&self) -> u64 {
         self.requests.load(Ordering::Relaxed) + self.authn.request_count()
+    }
+
+    /// The stall timeout this client applies.
+    pub fn stall_timeout(&self) -> Duration {
+        self.stall_timeout
+    }
+
+    /// Whether blobs go to this registry in `PATCH` chunks, and how big:
+    /// the size set for it, or (once it refused a monolithic upload) the
+    /// default; never above a size it refused.
+    pub fn upload_chunk_size(&self) -> Option<u64> {
+        let wanted = match self.chunk_size {
+            Some(n) => n,
+            None if self.monolithic_refused.load(Ordering::Relaxed) => DEFAULT_CHUNK_SIZE,
+            None => return None,
+        };
+        let limit = self.chunk_limit.load(Ordering::Relaxed);
+        Some(if limit > 0 { wanted.min(limit) } else { wanted })
+    }
+
+    /// Remember that the registry refused a monolithic upload as too large.
+    pub fn note_monolithic_refused(&self) {
+        if !self.monolithic_refused.swap(true, Ordering::Relaxed) {
+            tracing::info!(registry = %self.name, "the registry refuses large monolithic uploads (413); uploading in chunks from now on");
+        }
+    }
+
+    /// Remember that chunks of `refused` bytes are too large for the
+    /// registry; returns the next size to try, if any above `min`.
+    pub fn note_chunk_refused(&self, refused: u64, min: u64) -> Option<u64> {
+        let next = (refused / 2).max(MIN_CHUNK_SIZE);
+        if next >= refused || next < min {
+            return None;
+        }
+        self.chunk_limit.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| Some(if cur == 0 { next } else { cur.min(next) })).ok();
+        tracing::info!(registry = %self.name, "the registry refuses {refused}-byte chunks (413); trying {next}");
+        Some(next)
     }
 
     /// Check that the registry answers `/v2/` and accepts our credentials.
@@ -337,13 +437,18 @@ impl RegistryClient {
     /// scopes). A `401` drops the cached token and comes back retryable, so
     /// the caller can restart its whole operation. The request passes the
     /// registry's [`Gate`] first.
+    ///
+    /// It fails (retryably) when the registry takes no byte of the body for
+    /// the stall timeout while bytes are ready, or gives no answer within
+    /// the commit wait after the last byte; waiting for the body's own
+    /// source is not the registry's stall.
     pub async fn send_stream(
         &self,
         method: Method,
         url: Url,
         scopes: &Scopes,
         headers: HeaderMap,
-        body: reqwest::Body,
+        body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     ) -> Result<Response, RegistryError> {
         let ticket = self.gate.admit(method.as_str()).await?;
         let result = self.send_stream_once(method.clone(), url.clone(), scopes, headers, body).await;
@@ -357,15 +462,37 @@ impl RegistryClient {
         url: Url,
         scopes: &Scopes,
         headers: HeaderMap,
-        body: reqwest::Body,
+        body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     ) -> Result<Response, RegistryError> {
         let auth = self.authorization(scopes, false).await?;
-        let mut builder = self.http.request(method.clone(), url.clone()).headers(headers).body(body);
+        // The HTTP stack stops asking for more once it has the promised
+        // length: that is the last byte handed over.
+        let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let (body, progress) = Watched::new(body, length);
+        let mut builder =
+            self.upload_http.request(method.clone(), url.clone()).headers(headers).body(reqwest::Body::wrap_stream(body));
         if let Some(a) = auth {
             builder = builder.header(header::AUTHORIZATION, a);
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = builder.send().await.map_err(|e| self.transport_error(&method, &url, &e))?;
+        let sent = builder.send();
+        tokio::pin!(sent);
+        let tick = (self.stall_timeout / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let resp = loop {
+            tokio::select! {
+                r = &mut sent => break r.map_err(|e| self.transport_error(&method, &url, &e))?,
+                _ = tokio::time::sleep(tick) => {
+                    if let Some(message) = Progress::stalled(&progress, self.stall_timeout, self.commit_timeout) {
+                        return Err(RegistryError::Transport {
+                            registry: self.name.clone(),
+                            method: method.to_string(),
+                            path: url.path().to_string(),
+                            message,
+                        });
+                    }
+                }
+            }
+        };
         if resp.status() == StatusCode::UNAUTHORIZED {
             self.authn.forget(scopes).await;
             return Err(RegistryError::Auth {
@@ -375,22 +502,10 @@ impl RegistryClient {
             });
         }
         if resp.status().is_success() {
-            Ok(resp)
-        } else {
-            Err(self.status_error(&method, &url, resp).await)
+            return Ok(resp);
         }
-    }
-
-    /// Send a request to a URL outside the registry (a blob storage
-    /// redirect): no `Authorization` header, no retries.
-    pub async fn send_foreign(&self, url: Url) -> Result<Response, RegistryError> {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = self.http.get(url.clone()).send().await.map_err(|e| self.transport_error(&Method::GET, &url, &e))?;
-        if resp.status().is_success() || resp.status().is_redirection() {
-            Ok(resp)
-        } else {
-            Err(self.status_error(&Method::GET, &url, resp).await)
-        }
+        // (`status_error` bounds its wait for the error body itself.)
+        Err(self.status_error(&method, &url, resp).await)
     }
 
     async fn send_authed(&self, req: &Request) -> Result<Response, RegistryError> {
@@ -428,6 +543,7 @@ impl RegistryClient {
                 headers: req.headers.clone(),
                 body: None,
                 also_ok: &[],
+                download: false,
             };
             let auth = self.authorization(&req.scopes, false).await?;
             let resp = self.send_raw(&get, auth).await?;
@@ -439,7 +555,8 @@ impl RegistryClient {
     }
 
     async fn send_raw(&self, req: &Request, auth: Option<HeaderValue>) -> Result<Response, RegistryError> {
-        let mut builder = self.http.request(req.method.clone(), req.url.clone()).headers(req.headers.clone());
+        let http = if req.download { &self.upload_http } else { &self.http };
+        let mut builder = http.request(req.method.clone(), req.url.clone()).headers(req.headers.clone());
         if let Some(a) = auth {
             builder = builder.header(header::AUTHORIZATION, a);
         }
@@ -450,7 +567,24 @@ impl RegistryClient {
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
         tracing::trace!(registry = %self.name, method = %req.method, path = req.url.path(), "request");
+        if req.download {
+            return self.send_download(builder, &req.method, &req.url).await;
+        }
         builder.send().await.map_err(|e| self.transport_error(&req.method, &req.url, &e))
+    }
+
+    /// Send a blob download on the client without a read timeout, bounding
+    /// the wait for the response by the stall timeout.
+    async fn send_download(&self, builder: reqwest::RequestBuilder, method: &Method, url: &Url) -> Result<Response, RegistryError> {
+        match tokio::time::timeout(self.stall_timeout, builder.send()).await {
+            Ok(sent) => sent.map_err(|e| self.transport_error(method, url, &e)),
+            Err(_) => Err(RegistryError::Transport {
+                registry: self.name.clone(),
+                method: method.to_string(),
+                path: url.path().to_string(),
+                message: format!("no response for {} (stall timeout)", humantime::format_duration(self.stall_timeout)),
+            }),
+        }
     }
 
     pub(crate) fn transport_error(&self, method: &Method, url: &Url, e: &reqwest::Error) -> RegistryError {
@@ -482,11 +616,16 @@ impl RegistryClient {
     }
 
     /// Turn an error response into [`RegistryError::Status`], reading (a
-    /// bounded amount of) its body for the registry's error codes.
+    /// bounded amount of) its body for the registry's error codes, waiting
+    /// for it at most the stall timeout.
     pub(crate) async fn status_error(&self, method: &Method, url: &Url, resp: Response) -> RegistryError {
         let status = resp.status().as_u16();
         let retry_after = retry_after(resp.headers(), self.retry.max_retry_after);
-        let body = read_limited(resp, 64 * 1024).await.unwrap_or_default();
+        let body = tokio::time::timeout(self.stall_timeout, read_limited(resp, 64 * 1024))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         RegistryError::Status {
             registry: self.name.clone(),
             method: method.to_string(),
@@ -502,6 +641,13 @@ impl RegistryClient {
         self.authn.authorization(scopes).await
     }
 }
+
+/// The chunk size used once a registry refused a monolithic upload and no
+/// size was set for it.
+pub const DEFAULT_CHUNK_SIZE: u64 = 8 << 20;
+
+/// The smallest chunk regferry sends (but the last one of a blob).
+pub const MIN_CHUNK_SIZE: u64 = 256 << 10;
 
 /// Read at most `limit` bytes of a response body.
 pub(crate) async fn read_limited(mut resp: Response, limit: usize) -> Result<Vec<u8>, RegistryError> {

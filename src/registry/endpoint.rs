@@ -1,6 +1,6 @@
 //! Where a registry is and how to talk to it: URL (with an optional
 //! repository prefix), where its credentials come from, TLS settings
-//! (CA, client certificate) and proxy.
+//! (CA, client certificate), proxy, limits and how to upload to it.
 //!
 //! Docker Hub is one registry under three names: `docker.io`,
 //! `index.docker.io` and `registry-1.docker.io` all mean
@@ -399,6 +399,9 @@ pub struct Endpoint {
     pub proxy: Proxy,
     /// Optional request and byte rates for this registry.
     pub limits: super::gate::Limits,
+    /// Upload blobs to it in `PATCH` chunks of this many bytes (`None`:
+    /// one streamed `PUT`, chunks only after it refused one with `413`).
+    pub chunk_size: Option<u64>,
 }
 
 impl Endpoint {
@@ -435,8 +438,33 @@ impl Endpoint {
     }
 
     pub fn new(url: RegistryUrl, credentials: impl Into<CredentialSource>) -> Endpoint {
-        Endpoint { url, credentials: credentials.into(), tls: Tls::default(), proxy: Proxy::default(), limits: Default::default() }
+        Endpoint { url, credentials: credentials.into(), tls: Tls::default(), proxy: Proxy::default(), limits: Default::default(), chunk_size: None }
     }
+}
+
+/// Parse a byte size such as `8MiB`, `1.5 KiB`, `800k` or `1048576`:
+/// `k`/`m`/`g` and `KiB`/`MiB`/`GiB` are binary, `KB`/`MB`/`GB` decimal.
+/// At least one byte, at most 1 PB.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("{s:?} is not a size (write e.g. 50MiB, 800KiB, 1GB)"))?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        other => return Err(format!("unknown size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    let bytes = (value * factor).round();
+    if !(1.0..=1e15).contains(&bytes) {
+        return Err(format!("{s:?} is out of range (1 byte to 1 PB)"));
+    }
+    Ok(bytes as u64)
 }
 
 #[cfg(test)]
@@ -522,6 +550,18 @@ mod tests {
         assert!(!e.contains("hunter2"), "{e}");
         let p = Proxy::parse("http://u:hunter2@proxy.example:3128").unwrap();
         assert!(!format!("{p:?}").contains("hunter2"), "{p:?}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("8m"), Ok(8 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["", "MiB", "8 furlongs", "-1M", "99999999999999999999G"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -48,30 +48,7 @@ pub struct Limits {
     pub bytes_per_second: Option<u64>,
 }
 
-/// Parse a size such as `50MiB`, `1.5 MB`, `800k` or `1048576` (bytes).
-/// Binary (`KiB`, `MiB`, `GiB`, `k`, `m`, `g`) and decimal (`KB`, `MB`,
-/// `GB`) units; at least one byte.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("{s:?} is not a size (write e.g. 50MiB, 800KiB, 1GB)"))?;
-    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kib" => 1024.0,
-        "m" | "mib" => 1024.0 * 1024.0,
-        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        other => return Err(format!("unknown size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
-    };
-    let bytes = (value * factor).round();
-    if !(1.0..=1e15).contains(&bytes) {
-        return Err(format!("{s:?} is out of range (1 byte to 1 PB)"));
-    }
-    Ok(bytes as u64)
-}
+pub use super::endpoint::parse_size;
 
 /// A lasting condition of a registry, found by the breaker or announced
 /// by the registry itself.

@@ -239,11 +239,13 @@ async fn a_destination_that_stops_answering_mid_request_is_given_up_on_and_retri
     let (src, dst, s, d) = registries();
     let pushed = dataset::fill(&s, &plain_images(1, 2)).await;
     // The first blob upload and the first manifest push get no answer, ever.
+    // (A small blob's bytes all fit into the socket buffers: the upload then
+    // waits for the commit timeout, which is 5 minutes unless told.)
     let scratch = Scratch::new();
     for (prefix, only) in [("blob", "/blobs/uploads/"), ("manifest", "/manifests/")] {
         let dp = FaultProxy::start(&dst.url, Faults { hold: 1.0, limit: 1, only: vec!["PUT ".into(), only.into()], ..Faults::default() });
         let started = std::time::Instant::now();
-        let run = migrate(&scratch, &src.url, &format!("{}/{prefix}", dp.url), &["--stall-timeout", "2s"]).await;
+        let run = migrate(&scratch, &src.url, &format!("{}/{prefix}", dp.url), &["--stall-timeout", "2s", "--commit-timeout", "3s"]).await;
         run.assert_ok();
         assert_eq!(dp.counters.injected("hold"), 1, "{prefix}");
         assert_mirrored(&s, &d, &repos_of(&pushed), prefix).await;

@@ -17,3 +17,4 @@ mod policies;
 mod security;
 mod shapes_storage;
 mod shapes_limits;
+mod shapes_transfer;

@@ -109,6 +109,7 @@ impl RegistryClient {
                 headers: req.headers.clone(),
                 body: None,
                 also_ok: req.also_ok,
+                download: req.download,
             };
             resp = self.send_hop(&next).await?;
         }

@@ -6,6 +6,7 @@
 //!   regferry-testkit rawcopy-plan --from URL > blobs.tsv      # untimed: the distinct blobs
 //!   regferry-testkit rawcopy --from URL --to URL --list blobs.tsv   # the raw limit
 //!   regferry-testkit compare --from URL --to URL --dest-prefix mirror [--basename]
+//!   regferry-testkit proxy --upstream URL --bandwidth 1500000 --latency-ms 20   # a slow link
 
 use clap::{Parser, Subcommand};
 use testkit::dataset::{self, Spec};
@@ -75,6 +76,18 @@ enum Cmd {
         dest_prefix: String,
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+    },
+    /// A slow link in front of a registry: the fault proxy with only bandwidth and latency;
+    /// prints PROXY=URL and runs until SIGINT/SIGTERM.
+    Proxy {
+        #[arg(long)]
+        upstream: String,
+        /// Bytes per second in each direction (0: unlimited).
+        #[arg(long, default_value_t = 0)]
+        bandwidth: u64,
+        /// Added to every request.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
     },
     /// Print the benchmark report of a bench/run.sh output directory.
     BenchReport {
@@ -169,6 +182,18 @@ async fn main() {
                 "{{\"blobs\":{},\"bytes\":{},\"requests\":{{\"source\":{},\"destination\":{}}},\"elapsed_seconds\":{:.3}}}",
                 s.blobs, s.bytes, s.requests_source, s.requests_destination, s.seconds
             );
+        }
+        Cmd::Proxy { upstream, bandwidth, latency_ms } => {
+            let faults = testkit::Faults { bandwidth, latency: std::time::Duration::from_millis(latency_ms), ..testkit::Faults::default() };
+            let proxy = testkit::FaultProxy::start(&upstream, faults);
+            println!("PROXY={}", proxy.url);
+            println!("READY=1");
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            drop(proxy);
         }
         Cmd::BenchReport { dir } => print!("{}", testkit::bench_report::report(&dir)),
         Cmd::Compare { from, to, dest_prefix, basename } => {
