@@ -34,6 +34,9 @@ pub struct Options {
     pub notify_headers: Vec<(String, String)>,
     /// Serve TLS with this certificate and key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `catalog: maxentries:`: the largest catalog page the registry serves
+    /// (a request for more is refused with `PAGINATION_NUMBER_INVALID`).
+    pub catalog_max_entries: Option<u32>,
 }
 
 /// A running registry.
@@ -90,6 +93,9 @@ impl TestRegistry {
                 yaml_str(&cert.to_string_lossy()),
                 yaml_str(&key.to_string_lossy())
             ));
+        }
+        if let Some(n) = options.catalog_max_entries {
+            config.push_str(&format!("catalog:\n  maxentries: {n}\n"));
         }
         match &options.auth {
             Auth::None => {}

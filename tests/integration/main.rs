@@ -13,3 +13,4 @@ mod memory;
 mod migrate;
 mod policies;
 mod security;
+mod shapes_corners;
