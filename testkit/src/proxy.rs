@@ -77,6 +77,74 @@ pub struct Faults {
     pub limit: u64,
     /// Added to every request.
     pub latency: Duration,
+    /// Bytes per second of the link (0: unlimited): request and response
+    /// bodies are paced to it, each direction capped separately (a
+    /// full-duplex link) and shared by all connections through the proxy.
+    pub bandwidth: u64,
+}
+
+/// Paces bytes through one direction of a capped link shared by every
+/// connection: each piece of `n` bytes is released when the link would have
+/// finished sending everything before it plus those `n` bytes. An idle link
+/// saves up no burst.
+#[derive(Debug)]
+struct Link {
+    next_free: Mutex<Instant>,
+}
+
+/// Bodies are paced in pieces of at most this size, so the rate is smooth
+/// even when the transport hands over large chunks.
+const PACE_PIECE: usize = 16 * 1024;
+
+impl Link {
+    fn new() -> Link {
+        Link { next_free: Mutex::new(Instant::now()) }
+    }
+
+    /// Wait until `n` more bytes may cross a link of `bandwidth` bytes per
+    /// second (0: at once).
+    async fn pace(&self, n: usize, bandwidth: u64) {
+        if bandwidth == 0 || n == 0 {
+            return;
+        }
+        let cost = Duration::from_secs_f64(n as f64 / bandwidth as f64);
+        let until = {
+            let mut next = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
+            let start = (*next).max(Instant::now());
+            *next = start + cost;
+            *next
+        };
+        tokio::time::sleep_until(until.into()).await;
+    }
+}
+
+/// `stream` paced through `link` at `bandwidth` bytes per second (0: not
+/// paced), in pieces of at most [`PACE_PIECE`] bytes.
+fn paced<E: Send + 'static>(
+    stream: impl futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
+    link: Arc<Link>,
+    bandwidth: u64,
+) -> impl futures::Stream<Item = Result<Bytes, E>> + Send + 'static {
+    stream
+        .map(move |chunk| {
+            let pieces: Vec<Result<Bytes, E>> = match chunk {
+                Ok(b) if bandwidth > 0 && b.len() > PACE_PIECE => {
+                    (0..b.len()).step_by(PACE_PIECE).map(|i| Ok(b.slice(i..(i + PACE_PIECE).min(b.len())))).collect()
+                }
+                other => vec![other],
+            };
+            futures::stream::iter(pieces)
+        })
+        .flatten()
+        .then(move |chunk| {
+            let link = link.clone();
+            async move {
+                if let Ok(b) = &chunk {
+                    link.pace(b.len(), bandwidth).await;
+                }
+                chunk
+            }
+        })
 }
 
 /// One request as the proxy saw it.
@@ -219,6 +287,9 @@ struct Shared {
     counters: Arc<Counters>,
     gate: Arc<tokio::sync::watch::Sender<u64>>,
     storage_url: Option<String>,
+    /// The capped link, client → registry and registry → client.
+    uplink: Arc<Link>,
+    downlink: Arc<Link>,
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -374,6 +445,8 @@ impl FaultProxy {
             counters: counters.clone(),
             gate: gate.clone(),
             storage_url: storage_url.clone(),
+            uplink: Arc::new(Link::new()),
+            downlink: Arc::new(Link::new()),
         });
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
@@ -566,7 +639,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let up = req.into_body().into_data_stream().inspect_ok(move |b| {
         counters.bytes_up.fetch_add(b.len() as u64, Ordering::Relaxed);
     });
-    builder = builder.body(reqwest::Body::wrap_stream(up));
+    builder = builder.body(reqwest::Body::wrap_stream(paced(up, shared.uplink.clone(), faults.bandwidth)));
     let resp = match builder.send().await {
         Ok(r) => r,
         Err(e) => return Err(std::io::Error::other(format!("upstream: {e}"))),
@@ -598,8 +671,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let counters = shared.counters.clone();
     let mut sent: u64 = 0;
     let mut flipped = false;
-    let stream = resp
-        .bytes_stream()
+    let stream = paced(resp.bytes_stream(), shared.downlink.clone(), faults.bandwidth)
         .then(move |chunk| {
             let cut = (truncate || stall) && chunk.as_ref().is_ok_and(|c| sent + c.len() as u64 >= length / 2);
             if let Ok(c) = &chunk {
@@ -661,6 +733,46 @@ async fn serve_storage(root: PathBuf, counters: Arc<Counters>, req: Request<Inco
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Access, Registry, TestRegistry};
+
+    /// Download `digest` from `repo` through `base` and return how many bytes came.
+    async fn download(http: &reqwest::Client, base: &str, repo: &str, digest: &str) -> usize {
+        let resp = http.get(format!("{base}/v2/{repo}/blobs/{digest}")).send().await.expect("GET blob");
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.expect("blob body").len()
+    }
+
+    #[tokio::test]
+    async fn bandwidth_caps_both_directions_across_connections() {
+        const RATE: u64 = 2 << 20;
+        const SIZE: u64 = 1 << 20;
+        let registry = TestRegistry::start();
+        let proxy = FaultProxy::start(&registry.url, Faults { bandwidth: RATE, ..Faults::default() });
+        // At least the time the bytes need on the link (a lower bound only:
+        // a busy machine can make it slower, never faster).
+        let floor = |bytes: u64| Duration::from_secs_f64(bytes as f64 / RATE as f64 * 0.9);
+
+        let up = Instant::now();
+        let digest = Registry::new(&proxy.url, Access::Anonymous).push_random_blob("bw", "bandwidth", 2 * SIZE).await;
+        assert!(up.elapsed() >= floor(2 * SIZE), "2 MiB went up in {:?} at 2 MiB/s", up.elapsed());
+
+        let http = reqwest::Client::new();
+        let down = Instant::now();
+        assert_eq!(download(&http, &proxy.url, "bw", &digest).await as u64, 2 * SIZE);
+        assert!(down.elapsed() >= floor(2 * SIZE), "2 MiB came down in {:?} at 2 MiB/s", down.elapsed());
+
+        // Two connections share the one link.
+        let both = Instant::now();
+        let (a, b) = tokio::join!(download(&http, &proxy.url, "bw", &digest), download(&http, &proxy.url, "bw", &digest));
+        assert_eq!((a + b) as u64, 4 * SIZE);
+        assert!(both.elapsed() >= floor(4 * SIZE), "two 2 MiB downloads took {:?} together at 2 MiB/s", both.elapsed());
+
+        // Unlimited again: a local download is far quicker than the link.
+        proxy.set_faults(Faults::default());
+        let free = Instant::now();
+        download(&http, &proxy.url, "bw", &digest).await;
+        assert!(free.elapsed() < floor(2 * SIZE), "an uncapped download took {:?}", free.elapsed());
+    }
 
     #[test]
     fn request_keys_ignore_session_ids_and_which_repository_moves_a_blob() {
