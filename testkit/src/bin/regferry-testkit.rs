@@ -116,7 +116,7 @@ async fn main() {
         Cmd::Serve { count, tls, link_latency_ms, link_bandwidth } => {
             let registries: Vec<TestRegistry> = (0..count).map(|_| TestRegistry::start()).collect();
             let link = link_latency_ms > 0 || link_bandwidth > 0;
-            let faults = Faults { latency: Duration::from_millis(link_latency_ms), ..Faults::default() }; // BANDWIDTH-PENDING
+            let faults = Faults { latency: Duration::from_millis(link_latency_ms), bandwidth: link_bandwidth, ..Faults::default() };
             let proxies: Vec<FaultProxy> =
                 if link { registries.iter().map(|r| FaultProxy::start(&r.url, faults.clone())).collect() } else { Vec::new() };
             let pki = tls.then(Pki::new);
