@@ -255,7 +255,8 @@ run_set() {
 
 # run_threads_set SCENARIO REP SRC DSTS: regferry --threads 1, regferry
 # --threads $THREADS and skopeo, initial copies from ${SRC} onto the fresh
-# destinations ${DSTS}_*[0..2] (over TLS when they were started with --tls).
+# destinations ${DSTS}_*[0..2] (over TLS when they were started with --tls);
+# with a fourth destination, also the raw copy onto it (what the link delivers).
 run_threads_set() {
   local scenario=$1 rep=$2 s=$3 d=$4
   local surl sback slog spid sca scertdir dca dcertdir
@@ -264,8 +265,9 @@ run_threads_set() {
   local state="$work/$scenario-$rep" yaml="$work/$scenario.skopeo.yaml" tls_args=() i
   [ -n "$sca" ] && tls_args+=(--from-ca "$sca")
   [ -n "$dca" ] && tls_args+=(--to-ca "$dca")
-  local tools=(regferry-1t "regferry-${THREADS}t" skopeo)
-  for i in 0 1 2; do
+  local tools=(regferry-1t "regferry-${THREADS}t" skopeo) indexes=(0 1 2)
+  if eval "[ -n \"\${${d}_url[3]:-}\" ]"; then tools+=(raw); indexes+=(3); fi
+  for i in "${indexes[@]}"; do
     local tool=${tools[$i]} durl dback dlog dpid
     eval "durl=\${${d}_url[$i]}; dback=\${${d}_backend[$i]}; dlog=\${${d}_log[$i]}; dpid=\${${d}_pid[$i]}"
     case "$tool" in
@@ -286,6 +288,10 @@ run_threads_set() {
           skopeo sync --all --preserve-digests --src yaml --dest docker "${dest_tls[@]}" "$yaml" "$(hostport "$durl")/mirror"
         "$kit" compare --from "$sback" --to "$dback" --dest-prefix mirror --basename >"$out/$scenario-$rep-skopeo.compare" 2>&1 \
           || { echo "skopeo's copy differs from the source:" >&2; cat "$out/$scenario-$rep-skopeo.compare" >&2; }
+        ;;
+      raw)
+        measure "$scenario" "$rep" raw initial "$slog" "$spid" "$dlog" "$dpid" -- \
+          "$kit" rawcopy --from "$sback" --to "$durl" --list "$out/$scenario.blobs.tsv" --concurrency "$CONCURRENCY"
         ;;
     esac
   done
@@ -404,7 +410,7 @@ for scenario in "${scenarios[@]}"; do
       echo "slow_distinct_bytes=$(awk -F'\t' '{s += $3} END {print s + 0}' "$out/slow.blobs.tsv")"
     } >>"$params"
     for rep in $(seq 1 "$REPEAT"); do
-      start_registries ldst 3 --link-latency-ms "$LINK_LATENCY_MS" --link-bandwidth "$LINK_BANDWIDTH"
+      start_registries ldst 4 --link-latency-ms "$LINK_LATENCY_MS" --link-bandwidth "$LINK_BANDWIDTH"
       run_threads_set slow "$rep" lsrc ldst
       kill -TERM "${serve_pids[-1]}"; wait "${serve_pids[-1]}" 2>/dev/null || true; unset 'serve_pids[-1]'
     done
