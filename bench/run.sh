@@ -6,8 +6,14 @@
 #   bench/run.sh --quick         # a small main data set, for a smoke run
 #   bench/run.sh --big           # main + one 1 GiB layer
 #   bench/run.sh --scale         # main + a no-op pass over 10,000 tags
-#   bench/run.sh --all           # all three
-#   bench/run.sh --only big      # just one scenario (main|big|scale)
+#   bench/run.sh --tls           # main + the main data set with nginx TLS in front of both registries
+#   bench/run.sh --slow          # main + bigger layers to a destination behind a slow link
+#   bench/run.sh --all           # all five
+#   bench/run.sh --only tls      # just one scenario (main|big|scale|tls|slow)
+#
+# The tls and slow scenarios run regferry single-threaded (--threads 1) and
+# multi-threaded (--threads BENCH_THREADS, default: the cores) against
+# skopeo sync, initial copies on fresh destinations.
 #
 # Every initial copy goes to a fresh destination registry; each no-op
 # resync runs on the destination its tool just filled. Results (raw TSV,
@@ -29,6 +35,11 @@
 #   BENCH_TOOLS="raw regferry skopeo"       which contenders run (for quick iterations)
 #   BENCH_STORAGE=tmpfs                     where the registries keep their data: tmpfs
 #                                           (/dev/shm) or disk ($TMPDIR); see docs/performance.md
+#   BENCH_THREADS=$(nproc)                  regferry --threads of the multi-threaded runs (tls, slow)
+#   BENCH_LINK_LATENCY_MS=40 BENCH_LINK_BANDWIDTH=50000000   the slow link (fault proxy before
+#                                           the destination): latency per request, bytes/s each way
+#   BENCH_SLOW_REPOS=4 BENCH_SLOW_TAGS=4 BENCH_SLOW_BASE_SIZE=33554432
+#   BENCH_SLOW_REPO_SIZE=16777216 BENCH_SLOW_TAG_SIZE=8388608   the slow scenario's data set
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -40,9 +51,11 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --big) scenarios+=(big) ;;
     --scale) scenarios+=(scale) ;;
-    --all) scenarios=(main big scale) ;;
+    --all) scenarios=(main big scale tls slow) ;;
     --only) shift; scenarios=("$1") ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    --tls) scenarios+=(tls) ;;
+    --slow) scenarios+=(slow) ;;
+    -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -51,6 +64,8 @@ done
 if [ "$quick" = 1 ]; then
   : "${BENCH_REPOS:=4}" "${BENCH_TAGS:=3}" "${BENCH_BASE_SIZE:=262144}" "${BENCH_REPO_SIZE:=131072}" "${BENCH_TAG_SIZE:=32768}"
   : "${BENCH_BIG_SIZE:=134217728}" "${BENCH_SCALE_REPOS:=10}" "${BENCH_SCALE_TAGS:=100}" "${BENCH_REPEAT:=1}"
+  : "${BENCH_SLOW_REPOS:=2}" "${BENCH_SLOW_TAGS:=2}" "${BENCH_SLOW_BASE_SIZE:=8388608}" "${BENCH_SLOW_REPO_SIZE:=4194304}"
+  : "${BENCH_SLOW_TAG_SIZE:=2097152}"
 fi
 REPOS=${BENCH_REPOS:-20}
 TAGS=${BENCH_TAGS:-10}
@@ -68,6 +83,14 @@ SCALE_SKOPEO=${BENCH_SCALE_SKOPEO:-0}
 PROFILE=${BENCH_PROFILE:-release}
 TOOLS=" ${BENCH_TOOLS:-raw regferry skopeo} "
 STORAGE=${BENCH_STORAGE:-tmpfs}
+THREADS=${BENCH_THREADS:-$(nproc)}
+LINK_LATENCY_MS=${BENCH_LINK_LATENCY_MS:-40}
+LINK_BANDWIDTH=${BENCH_LINK_BANDWIDTH:-50000000}
+SLOW_REPOS=${BENCH_SLOW_REPOS:-4}
+SLOW_TAGS=${BENCH_SLOW_TAGS:-4}
+SLOW_BASE_SIZE=${BENCH_SLOW_BASE_SIZE:-33554432}
+SLOW_REPO_SIZE=${BENCH_SLOW_REPO_SIZE:-16777216}
+SLOW_TAG_SIZE=${BENCH_SLOW_TAG_SIZE:-8388608}
 
 scripts/deps.sh --bench
 if [ -z "${BENCH_NO_BUILD:-}" ]; then
@@ -106,11 +129,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start_registries NAME COUNT: start COUNT registries; their URL, log, pid
-# and storage are then ${NAME}_url[i], ${NAME}_log[i], ${NAME}_pid[i], ${NAME}_storage[i].
+# start_registries NAME COUNT [SERVE ARGS…]: start COUNT registries (with
+# `regferry-testkit serve` options such as --tls); their URL (the front's,
+# if any), the registry's own URL, log, pid and storage are then
+# ${NAME}_url[i], ${NAME}_backend[i], ${NAME}_log[i], ${NAME}_pid[i],
+# ${NAME}_storage[i]; with --tls the CA file and a cert dir are ${NAME}_ca, ${NAME}_certdir.
 start_registries() {
   local name=$1 count=$2 file="$work/$1.registries" i
-  TMPDIR="$storage" "$kit" serve --count "$count" >"$file" 2>"$work/$name.serve.log" &
+  shift 2
+  TMPDIR="$storage" "$kit" serve --count "$count" "$@" >"$file" 2>"$work/$name.serve.log" &
   serve_pids+=($!)
   for _ in $(seq 300); do grep -q '^READY=1' "$file" 2>/dev/null && break; sleep 0.1; done
   grep -q '^READY=1' "$file" || { cat "$work/$name.serve.log" >&2; echo "registries did not start" >&2; exit 1; }
@@ -119,7 +146,10 @@ start_registries() {
     eval "${name}_log[$i]=\$(sed -n 's/^REGISTRY_${i}_LOG=//p' \"\$file\")"
     eval "${name}_pid[$i]=\$(sed -n 's/^REGISTRY_${i}_PID=//p' \"\$file\")"
     eval "${name}_storage[$i]=\$(sed -n 's/^REGISTRY_${i}_STORAGE=//p' \"\$file\")"
+    eval "${name}_backend[$i]=\$(sed -n 's/^REGISTRY_${i}_BACKEND=//p' \"\$file\")"
   done
+  eval "${name}_ca=\$(sed -n 's/^CA=//p' \"\$file\")"
+  eval "${name}_certdir=\$(sed -n 's/^CERT_DIR=//p' \"\$file\")"
 }
 
 access_count() { grep -a -c -E '"(GET|HEAD|POST|PUT|PATCH|DELETE) [^"]* HTTP/1\.1" [0-9]{3} ' "$1" || true; }
@@ -163,14 +193,21 @@ measure() {
   fi
 }
 
-# skopeo_yaml SRC_URL FILE [GLOB]: a `skopeo sync --src yaml` file naming every source repository.
+# skopeo_yaml SRC_URL FILE [CERT_DIR [LIST_URL]]: a `skopeo sync --src yaml`
+# file naming every source repository (listed at LIST_URL, default SRC_URL);
+# with CERT_DIR, TLS is verified against the CA in it.
 skopeo_yaml() {
-  local src=$1 file=$2
+  local src=$1 file=$2 certdir=${3:-} list=${4:-$1}
   {
     echo "$(hostport "$src"):"
-    echo "  tls-verify: false"
+    if [ -n "$certdir" ]; then
+      echo "  tls-verify: true"
+      echo "  cert-dir: $certdir"
+    else
+      echo "  tls-verify: false"
+    fi
     echo "  images:"
-    curl -fsS "$src/v2/_catalog?n=1000" | tr -d '{}[]"' | sed 's/^repositories://' | tr ',' '\n' | sed '/^$/d; s/^/    /; s/$/: []/'
+    curl -fsS "$list/v2/_catalog?n=1000" | tr -d '{}[]"' | sed 's/^repositories://' | tr ',' '\n' | sed '/^$/d; s/^/    /; s/$/: []/'
   } >"$file"
 }
 
@@ -216,6 +253,50 @@ run_set() {
   fi
 }
 
+# run_threads_set SCENARIO REP SRC DSTS: regferry --threads 1, regferry
+# --threads $THREADS and skopeo, initial copies from ${SRC} onto the fresh
+# destinations ${DSTS}_*[0..2] (over TLS when they were started with --tls);
+# with a fourth destination, also the raw copy onto it (what the link delivers).
+run_threads_set() {
+  local scenario=$1 rep=$2 s=$3 d=$4
+  local surl sback slog spid sca scertdir dca dcertdir
+  eval "surl=\${${s}_url[0]}; sback=\${${s}_backend[0]}; slog=\${${s}_log[0]}; spid=\${${s}_pid[0]}"
+  eval "sca=\${${s}_ca:-}; scertdir=\${${s}_certdir:-}; dca=\${${d}_ca:-}; dcertdir=\${${d}_certdir:-}"
+  local state="$work/$scenario-$rep" yaml="$work/$scenario.skopeo.yaml" tls_args=() i
+  [ -n "$sca" ] && tls_args+=(--from-ca "$sca")
+  [ -n "$dca" ] && tls_args+=(--to-ca "$dca")
+  local tools=(regferry-1t "regferry-${THREADS}t" skopeo) indexes=(0 1 2)
+  if eval "[ -n \"\${${d}_url[3]:-}\" ]"; then tools+=(raw); indexes+=(3); fi
+  for i in "${indexes[@]}"; do
+    local tool=${tools[$i]} durl dback dlog dpid
+    eval "durl=\${${d}_url[$i]}; dback=\${${d}_backend[$i]}; dlog=\${${d}_log[$i]}; dpid=\${${d}_pid[$i]}"
+    case "$tool" in
+      regferry-*)
+        local threads=${tool#regferry-}
+        threads=${threads%t}
+        measure "$scenario" "$rep" "$tool" initial "$slog" "$spid" "$dlog" "$dpid" -- \
+          "$regferry" -q --threads "$threads" migrate --from "$surl" --to "$durl/mirror" --state "$state-$tool.db" \
+          --concurrency "$CONCURRENCY" --json "${tls_args[@]}"
+        "$kit" compare --from "$sback" --to "$dback" --dest-prefix mirror >"$out/$scenario-$rep-$tool.compare" 2>&1 \
+          || { echo "$tool's copy differs from the source:" >&2; cat "$out/$scenario-$rep-$tool.compare" >&2; }
+        ;;
+      skopeo)
+        skopeo_yaml "$surl" "$yaml" "$scertdir" "$sback"
+        local dest_tls=(--dest-tls-verify=false)
+        [ -n "$dcertdir" ] && dest_tls=(--dest-cert-dir "$dcertdir")
+        measure "$scenario" "$rep" skopeo initial "$slog" "$spid" "$dlog" "$dpid" -- \
+          skopeo sync --all --preserve-digests --src yaml --dest docker "${dest_tls[@]}" "$yaml" "$(hostport "$durl")/mirror"
+        "$kit" compare --from "$sback" --to "$dback" --dest-prefix mirror --basename >"$out/$scenario-$rep-skopeo.compare" 2>&1 \
+          || { echo "skopeo's copy differs from the source:" >&2; cat "$out/$scenario-$rep-skopeo.compare" >&2; }
+        ;;
+      raw)
+        measure "$scenario" "$rep" raw initial "$slog" "$spid" "$dlog" "$dpid" -- \
+          "$kit" rawcopy --from "$sback" --to "$durl" --list "$out/$scenario.blobs.tsv" --concurrency "$CONCURRENCY"
+        ;;
+    esac
+  done
+}
+
 params="$out/params.env"
 {
   echo "machine_cpus=$(nproc)"
@@ -227,6 +308,7 @@ params="$out/params.env"
   echo "registry_version=$(/usr/bin/docker-registry --version 2>/dev/null | head -n 1)"
   echo "profile=$PROFILE"
   echo "concurrency=$CONCURRENCY"
+  echo "threads=$THREADS"
   echo "storage=$STORAGE ($(df --output=fstype "$storage" | tail -n 1 | tr -d ' ') at $storage)"
   echo "repeat=$REPEAT"
   echo "commit=$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo '+dirty')"
@@ -295,6 +377,43 @@ for scenario in "${scenarios[@]}"; do
     fi
     "$kit" compare --from "$src" --to "$dst" --dest-prefix mirror >"$out/scale-1-regferry.compare" 2>&1 \
       || { echo "regferry's copy differs from the source:" >&2; cat "$out/scale-1-regferry.compare" >&2; }
+    stop_registries
+    ;;
+  tls)
+    echo "== tls: $REPOS repositories × $TAGS tags, nginx TLS in front of both registries ==" >&2
+    start_registries tsrc 1 --tls
+    "$kit" fill --registry "${tsrc_backend[0]}" --prefix bench --repos "$REPOS" --tags "$TAGS" --base-layers "$BASE_LAYERS" \
+      --base-size "$BASE_SIZE" --repo-size "$REPO_SIZE" --tag-size "$TAG_SIZE" --multi-arch-every "$MULTI_ARCH_EVERY" \
+      | tee "$out/tls.fill" >&2
+    "$kit" rawcopy-plan --from "${tsrc_backend[0]}" >"$out/tls.blobs.tsv"
+    {
+      echo "tls_fill=$(cat "$out/tls.fill")"
+      echo "tls_distinct_bytes=$(awk -F'\t' '{s += $3} END {print s + 0}' "$out/tls.blobs.tsv")"
+    } >>"$params"
+    for rep in $(seq 1 "$REPEAT"); do
+      start_registries tdst 3 --tls
+      run_threads_set tls "$rep" tsrc tdst
+      kill -TERM "${serve_pids[-1]}"; wait "${serve_pids[-1]}" 2>/dev/null || true; unset 'serve_pids[-1]'
+    done
+    stop_registries
+    ;;
+  slow)
+    echo "== slow: $SLOW_REPOS repositories × $SLOW_TAGS tags to a destination behind ${LINK_LATENCY_MS} ms, $LINK_BANDWIDTH B/s ==" >&2
+    start_registries lsrc 1
+    "$kit" fill --registry "${lsrc_url[0]}" --prefix slow --repos "$SLOW_REPOS" --tags "$SLOW_TAGS" --base-layers 2 \
+      --base-size "$SLOW_BASE_SIZE" --repo-size "$SLOW_REPO_SIZE" --tag-size "$SLOW_TAG_SIZE" --multi-arch-every 0 \
+      | tee "$out/slow.fill" >&2
+    "$kit" rawcopy-plan --from "${lsrc_url[0]}" >"$out/slow.blobs.tsv"
+    {
+      echo "slow_fill=$(cat "$out/slow.fill")"
+      echo "slow_latency_ms=$LINK_LATENCY_MS"; echo "slow_bandwidth=$LINK_BANDWIDTH"
+      echo "slow_distinct_bytes=$(awk -F'\t' '{s += $3} END {print s + 0}' "$out/slow.blobs.tsv")"
+    } >>"$params"
+    for rep in $(seq 1 "$REPEAT"); do
+      start_registries ldst 4 --link-latency-ms "$LINK_LATENCY_MS" --link-bandwidth "$LINK_BANDWIDTH"
+      run_threads_set slow "$rep" lsrc ldst
+      kill -TERM "${serve_pids[-1]}"; wait "${serve_pids[-1]}" 2>/dev/null || true; unset 'serve_pids[-1]'
+    done
     stop_registries
     ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;

@@ -118,7 +118,7 @@ impl Job {
     pub async fn plan(&self) -> Result<Plan, JobError> {
         let started = Instant::now();
         let concurrency = self.spec.execute.concurrency.max(4) * 2;
-        let found = discover(&self.src, &self.spec.scope, concurrency).await?;
+        let found = discover(&self.src, self.dst.url(), &self.spec.scope, concurrency).await?;
         let options = DiffOptions { concurrency, overwrite: self.spec.overwrite };
         let mut plan = diff(&self.src, &self.dst, found, options).await;
         plan.planning_time = started.elapsed();

@@ -13,11 +13,19 @@ use cli::{Cli, Command};
 fn main() -> ExitCode {
     let args = Cli::parse();
     cli::logging::init(args.verbose, args.quiet, args.log_format);
-    // One thread runs everything (SQLite keeps its own): regferry waits on
-    // registries far more than it computes, and on the 2-core benchmark
-    // machine a multi-threaded runtime spent about a third more CPU on
-    // waking threads than this one, CPU the registries themselves need.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // --threads 1: one thread runs everything (SQLite keeps its own), the
+    // cheapest in CPU when the registries need the machine's cores. More:
+    // TLS on both sides and the sha256 of every streamed blob spread over
+    // the cores (hashing happens chunk by chunk as bytes go by, tens of
+    // microseconds per poll with the CPU's SHA extensions, so it never
+    // holds a worker for long).
+    let threads = args.threads.map(usize::from).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = if threads > 1 {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("regferry: cannot start the async runtime: {e}");

@@ -98,6 +98,11 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
 
+    /// Worker threads (TLS, hashing and I/O on several cores); 1 runs everything on one thread.
+    /// Default: the cores available to the process.
+    #[arg(long, global = true, env = "REGFERRY_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024), value_name = "N")]
+    pub threads: Option<u16>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -144,7 +149,7 @@ SIGTERM/SIGINT: no new tags are started, in-flight tags get --grace to finish, t
     /// Prove that a destination is identical to its source (and, with --deep, pullable).
     #[command(long_about = "Prove that a destination is identical to its source.\n\n\
 Every in-scope source tag is compared with the destination by digest and media type (one HEAD per \
-tag per side): identical, missing, digest differs, media type differs; destination tags the source \
+tag per side): identical (same digest), missing, digest differs; destination tags the source \
 does not have are reported as only at destination. With --deep, every child manifest and every \
 blob of every tag is checked at the destination (each distinct blob once): tag lists can agree \
 while pulls fail. With --policies, each policy is verified in its current direction and its \

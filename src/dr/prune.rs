@@ -40,7 +40,7 @@ pub async fn delete_manifest(dst: &RegistryClient, repo: &RepoName, digest: &Dig
 /// the source no longer has.
 pub async fn prune(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, covers: &Arc<TagFilter>, concurrency: usize) -> Result<PruneReport, EngineError> {
     let all = Scope { tags: Arc::new(AllTags), ..scope.clone() };
-    let found = discover(src, &all, concurrency).await?;
+    let found = discover(src, dst.url(), &all, concurrency).await?;
     let results: Vec<PruneReport> = futures::stream::iter(found.repos)
         .map(|r| async move {
             let have: HashSet<Tag> = r.tags.into_iter().collect();

@@ -172,7 +172,7 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
 
     // Every source tag (for "only at destination"), then the scope's selection.
     let all = Scope { tags: Arc::new(AllTags), ..scope.clone() };
-    let found = discover(src, &all, concurrency).await?;
+    let found = discover(src, dst.url(), &all, concurrency).await?;
     let mut source_tags: HashMap<RepoName, HashSet<Tag>> = HashMap::new();
     let mut selected = Discovered { repos: Vec::new(), problems: found.problems };
     for mut r in found.repos {

@@ -1,6 +1,7 @@
 //! Getting one blob into one destination repository, as cheaply as
 //! possible: already there (`HEAD`) → mount from a repository known to hold
-//! it → streamed, digest-checked upload.
+//! it (the source repository itself when both sides are one registry) →
+//! streamed, digest-checked upload.
 //!
 //! One lock per digest makes concurrent tasks that need the same blob wait
 //! for each other, so a blob shared by many images crosses the wire at most
@@ -159,6 +160,11 @@ impl BlobMover {
             slot.hints_loaded = true;
         }
         let mut candidates: Vec<RepoName> = Vec::new();
+        // Source and destination on one registry: the source repository
+        // holds the blob, so it is mounted from there, never streamed.
+        if self.src.url().base() == self.dst.url().base() && src_repo != dst_repo {
+            candidates.push(src_repo.clone());
+        }
         for r in slot.holders.iter().chain(slot.hinted.iter()) {
             if r != dst_repo && !candidates.contains(r) {
                 candidates.push(r.clone());

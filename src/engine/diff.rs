@@ -78,14 +78,23 @@ fn head_of(body: &ManifestBody) -> ManifestHead {
 /// copy spends to save one request per tag.
 const KEPT_BODIES_BUDGET: usize = 8 * 1024 * 1024;
 
+/// Same digest means same bytes, hence the same manifest: a destination
+/// that reports another media type for it (a front rewriting
+/// `Content-Type`, a registry normalising it) is up to date, because
+/// copying the same bytes again cannot change what it reports. The caller
+/// warns about such a tag (see [`media_type_note`]).
 fn decide(source: &ManifestHead, dest: Option<&ManifestHead>, overwrite: bool) -> Action {
     let reason = match dest {
         None => return Action::Copy(CopyReason::Missing),
         Some(d) if d.digest != source.digest => CopyReason::DigestDiffers,
-        Some(d) if d.media_type != source.media_type => CopyReason::MediaTypeDiffers,
         Some(_) => return Action::Skip(SkipReason::UpToDate),
     };
     if overwrite { Action::Copy(reason) } else { Action::Skip(SkipReason::OverwriteForbidden) }
+}
+
+/// True when the destination holds the same digest under another media type.
+fn media_type_note(source: &ManifestHead, dest: &ManifestHead) -> bool {
+    dest.digest == source.digest && manifest::normalise_media_type(&dest.media_type) != manifest::normalise_media_type(&source.media_type)
 }
 
 /// What the destination's tag list says about one repository.
@@ -191,6 +200,14 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
                 None
             };
             let action = decide(&source, dest.as_ref(), options.overwrite);
+            if let Some(d) = dest.as_ref().filter(|d| media_type_note(&source, d)) {
+                // Once per tag and run: the diff sees each tag once.
+                tracing::warn!(
+                    repository = %dest_repo, tag = %tag, digest = %source.digest, source_media_type = %source.media_type,
+                    destination_media_type = %d.media_type,
+                    "the destination reports another media type for the same manifest digest; same bytes, so not copied again"
+                );
+            }
             // Identical to the source: not worth a second copy in memory.
             let dest = if action == Action::Skip(SkipReason::UpToDate) { None } else { dest.map(Box::new) };
             Ok(PlanItem { source_repo, dest_repo, tag, source, source_body, dest, action })
@@ -228,7 +245,11 @@ mod tests {
         assert_eq!(decide(&a, None, true), Action::Copy(CopyReason::Missing));
         assert_eq!(decide(&a, Some(&head("a", "x")), true), Action::Skip(SkipReason::UpToDate));
         assert_eq!(decide(&a, Some(&head("b", "x")), true), Action::Copy(CopyReason::DigestDiffers));
-        assert_eq!(decide(&a, Some(&head("a", "y")), true), Action::Copy(CopyReason::MediaTypeDiffers));
+        // Same digest, same bytes: another reported media type is not worth a copy.
+        assert_eq!(decide(&a, Some(&head("a", "y")), true), Action::Skip(SkipReason::UpToDate));
+        assert!(media_type_note(&a, &head("a", "y")));
+        assert!(!media_type_note(&a, &head("a", "X; charset=utf-8")));
+        assert!(!media_type_note(&a, &head("b", "y")));
         assert_eq!(decide(&a, Some(&head("b", "x")), false), Action::Skip(SkipReason::OverwriteForbidden));
         assert_eq!(decide(&a, None, false), Action::Copy(CopyReason::Missing));
     }

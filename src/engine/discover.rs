@@ -2,8 +2,11 @@
 //!
 //! Reads the catalog (or takes an explicit repository list), applies the
 //! repository globs and the tag selector, and lists tags. It only reads from
-//! the source; a name that breaks the grammar becomes a [`Problem`], never a
-//! request.
+//! the source; a name that breaks the grammar (at the source, or at the
+//! destination once the prefix is added) becomes a [`Problem`], never a
+//! request. When source and destination are one registry, the
+//! destination's own namespace is never read as source (a registry
+//! mirrored into its own `mirror/` must not grow `mirror/mirror/`).
 
 use std::sync::Arc;
 
@@ -12,7 +15,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::EngineError;
 use super::plan::{Problem, RepoMapping};
-use crate::registry::{RegistryClient, RepoName, Tag};
+use crate::registry::{RegistryClient, RegistryUrl, RepoName, Tag};
 
 /// Chooses the tags of a repository to replicate (regexes, semver, newest N…).
 pub trait TagSelector: Send + Sync {
@@ -115,8 +118,17 @@ fn repo_problem(source: &str, error: String) -> Problem {
     Problem { source_repo: source.to_string(), dest_repo: None, tag: None, error }
 }
 
-/// The source repositories in scope (full names, prefix included).
-async fn repositories(src: &RegistryClient, scope: &Scope, problems: &mut Vec<Problem>) -> Result<Vec<RepoName>, EngineError> {
+/// Registries hold repository names up to this many characters.
+const MAX_NAME: usize = 255;
+
+/// The source repositories in scope (full names, prefix included), each
+/// with its destination name.
+async fn repositories(
+    src: &RegistryClient,
+    dest: &RegistryUrl,
+    scope: &Scope,
+    problems: &mut Vec<Problem>,
+) -> Result<Vec<(RepoName, RepoName)>, EngineError> {
     let prefix = &scope.mapping.source_prefix;
     let full = |relative: &str| if prefix.is_empty() { relative.to_string() } else { format!("{prefix}/{relative}") };
 
@@ -141,40 +153,72 @@ async fn repositories(src: &RegistryClient, scope: &Scope, problems: &mut Vec<Pr
         }
     };
 
+    let same_registry = src.url().base() == dest.base();
+    let mut own_output = 0;
     let mut out = Vec::new();
     for name in names {
-        match name.parse::<RepoName>() {
-            Ok(repo) => {
-                let Some(relative) = scope.mapping.relative(&repo) else { continue };
-                if scope.repos.matches(relative.as_str()) {
-                    out.push(repo);
-                }
+        let repo = match name.parse::<RepoName>() {
+            Ok(repo) => repo,
+            Err(e) => {
+                problems.push(repo_problem(&name, e.to_string()));
+                continue;
             }
-            Err(e) => problems.push(repo_problem(&name, e.to_string())),
+        };
+        let Some(relative) = scope.mapping.relative(&repo) else { continue };
+        if !scope.repos.matches(relative.as_str()) {
+            continue;
         }
+        if same_registry && scope.mapping.is_own_output(&repo) {
+            own_output += 1;
+            continue;
+        }
+        match scope.mapping.try_map(&repo) {
+            Some(Ok(dest)) => out.push((repo, dest)),
+            Some(Err(_)) => {
+                let dest = format!("{}/{relative}", scope.mapping.dest_prefix);
+                let error = if dest.len() > MAX_NAME {
+                    format!(
+                        "repository {repo} cannot be replicated: its destination name {dest} would be {} characters, \
+                         above the {MAX_NAME} a registry holds (shorten the destination prefix)",
+                        dest.len()
+                    )
+                } else {
+                    format!("repository {repo} cannot be replicated: its destination name {dest} is not a valid repository name")
+                };
+                problems.push(Problem { source_repo: repo.to_string(), dest_repo: None, tag: None, error });
+            }
+            None => {}
+        }
+    }
+    if own_output > 0 {
+        tracing::info!(
+            registry = %src.name(), namespace = %scope.mapping.dest_prefix, repositories = own_output,
+            "source and destination are one registry: the destination namespace is not replicated into itself"
+        );
     }
     out.sort();
     out.dedup();
     Ok(out)
 }
 
-/// List the repositories and tags in `scope`, `concurrency` listings at a time.
-pub async fn discover(src: &RegistryClient, scope: &Scope, concurrency: usize) -> Result<Discovered, EngineError> {
+/// List the repositories and tags in `scope`, `concurrency` listings at a
+/// time, for replication to the registry at `dest` (only compared with the
+/// source's address, never contacted).
+pub async fn discover(src: &RegistryClient, dest: &RegistryUrl, scope: &Scope, concurrency: usize) -> Result<Discovered, EngineError> {
     let mut problems = Vec::new();
-    let repos = repositories(src, scope, &mut problems).await?;
+    let repos = repositories(src, dest, scope, &mut problems).await?;
 
     let listings: Vec<_> = futures::stream::iter(repos)
-        .map(|repo| async move {
+        .map(|(repo, dest)| async move {
             let tags = src.tags(&repo).await;
-            (repo, tags)
+            (repo, dest, tags)
         })
         .buffered(concurrency.max(1))
         .collect()
         .await;
 
     let mut out = Discovered { repos: Vec::new(), problems };
-    for (source, listing) in listings {
-        let Some(dest) = scope.mapping.map(&source) else { continue };
+    for (source, dest, listing) in listings {
         let raw = match listing {
             Ok(raw) => raw,
             Err(e) if e.has_code("NAME_UNKNOWN") || e.status() == Some(404) => {

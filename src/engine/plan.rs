@@ -36,6 +36,26 @@ impl RepoMapping {
         source.strip_prefix(&self.source_prefix)
     }
 
+    /// The destination name of `source`: `None` when it lies outside the
+    /// source prefix, an error when the name it would get breaks the
+    /// grammar (e.g. over 255 characters once the prefix is added).
+    pub fn try_map(&self, source: &RepoName) -> Option<Result<RepoName, crate::registry::name::NameError>> {
+        let relative = source.strip_prefix(&self.source_prefix)?;
+        Some(relative.with_prefix(&self.dest_prefix))
+    }
+
+    /// Whether `repo` lies in the namespace this mapping writes to, when
+    /// that namespace is itself inside the namespace it reads from: within
+    /// one registry, such a repository is this mapping's own output
+    /// (`mirror/team/app` for a registry mirrored into `mirror/`) and
+    /// replicating it again would nest it (`mirror/mirror/team/app`).
+    pub fn is_own_output(&self, repo: &RepoName) -> bool {
+        let (src, dst) = (&self.source_prefix, &self.dest_prefix);
+        let dst_inside_src = !dst.is_empty() && dst != src && (src.is_empty() || dst.starts_with(&format!("{src}/")));
+        let name = repo.as_str();
+        dst_inside_src && (name == dst || name.starts_with(&format!("{dst}/")))
+    }
+
     /// The reverse mapping (for failover: destination becomes source).
     pub fn reversed(&self) -> RepoMapping {
         RepoMapping { source_prefix: self.dest_prefix.clone(), dest_prefix: self.source_prefix.clone() }
@@ -181,5 +201,27 @@ mod tests {
         let m = RepoMapping::new("", "mirror").reversed();
         assert_eq!(m.map(&r("mirror/team/app")), Some(r("team/app")));
         assert_eq!(m.map(&r("team/app")), None);
+    }
+
+    #[test]
+    fn own_output_and_long_names() {
+        let r = |s: &str| s.parse::<RepoName>().unwrap();
+        let m = RepoMapping::new("", "mirror");
+        assert!(m.is_own_output(&r("mirror/team/app")));
+        assert!(m.is_own_output(&r("mirror")));
+        assert!(!m.is_own_output(&r("mirrors/app")));
+        assert!(!m.is_own_output(&r("team/app")));
+        let m = RepoMapping::new("team", "team/dr");
+        assert!(m.is_own_output(&r("team/dr/app")));
+        assert!(!m.is_own_output(&r("team/app")));
+        // The destination namespace contains the source's (flattening), or
+        // they are apart: nothing read is this mapping's output.
+        assert!(!RepoMapping::new("mirror/team", "mirror").is_own_output(&r("mirror/team/app")));
+        assert!(!RepoMapping::new("a", "b").is_own_output(&r("b/x")));
+        assert!(!RepoMapping::new("", "").is_own_output(&r("x")));
+        // A name that outgrows the grammar with the prefix is an error, not "outside".
+        let long = r(&"a".repeat(250));
+        assert!(matches!(RepoMapping::new("", "mirror").try_map(&long), Some(Err(_))));
+        assert!(RepoMapping::new("x", "mirror").try_map(&long).is_none());
     }
 }

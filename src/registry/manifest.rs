@@ -81,8 +81,11 @@ pub struct Descriptor {
     pub media_type: Option<String>,
     pub digest: Digest,
     pub size: Option<u64>,
-    /// Foreign / non-distributable layers are fetched by clients from these
-    /// URLs; the registry does not hold them and we do not copy them.
+    /// A layer that names `urls`: clients fetch it from there, the registry
+    /// need not hold it, and we do not copy it. A non-distributable media
+    /// type alone does not make a layer foreign: without `urls` the
+    /// registry serves it like any blob, and the destination refuses the
+    /// manifest unless it holds it too.
     pub foreign: bool,
 }
 
@@ -138,8 +141,7 @@ fn bad_digest(e: DigestError) -> ManifestError {
 fn descriptor(raw: RawDescriptor) -> Result<Descriptor, ManifestError> {
     let digest_str = raw.digest.ok_or(ManifestError::MissingField("digest"))?;
     let digest = digest_str.parse().map_err(bad_digest)?;
-    let foreign = raw.urls.as_ref().is_some_and(|u| !u.is_empty())
-        || raw.media_type.as_deref().is_some_and(|m| m.contains("foreign") || m.contains("nondistributable"));
+    let foreign = raw.urls.as_ref().is_some_and(|u| !u.is_empty());
     Ok(Descriptor { media_type: raw.media_type, digest, size: raw.size.and_then(|s| u64::try_from(s).ok()), foreign })
 }
 
@@ -261,5 +263,12 @@ mod tests {
         let p = parse(body.as_bytes(), DOCKER_MANIFEST).unwrap();
         assert!(p.blobs[1].foreign);
         assert!(!p.blobs[0].foreign);
+
+        // Non-distributable media type without urls: an ordinary blob to copy.
+        let body = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{D1}","size":1}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip","digest":"{D2}","size":5}}]}}"#
+        );
+        let p = parse(body.as_bytes(), OCI_MANIFEST).unwrap();
+        assert!(!p.blobs[1].foreign);
     }
 }

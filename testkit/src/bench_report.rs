@@ -1,7 +1,8 @@
 //! The benchmark's report: reads what `bench/run.sh` recorded in one output
 //! directory (`results.tsv`, `params.env`, each run's stdout and the
 //! access-log lines the registries wrote during it) and prints the table,
-//! the request breakdowns and the targets of issue #6 with their ratios.
+//! the request breakdowns and the targets of issues #6 and #10 with their
+//! ratios.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -246,6 +247,24 @@ pub fn report(dir: &Path) -> String {
     if params.contains_key("big_size") {
         let _ = writeln!(out, "big: one image with a single {:.0} MiB layer", mib(pn("big_size")));
     }
+    if params.contains_key("tls_distinct_bytes") {
+        let _ = writeln!(
+            out,
+            "tls: {} ({:.1} MiB distinct), nginx terminating TLS (test CA, verified) in front of both registries",
+            p("tls_fill"),
+            mib(pn("tls_distinct_bytes"))
+        );
+    }
+    if params.contains_key("slow_distinct_bytes") {
+        let _ = writeln!(
+            out,
+            "slow: {} ({:.1} MiB distinct) to a destination behind a link of {} ms per request and {:.1} MB/s each way",
+            p("slow_fill"),
+            mib(pn("slow_distinct_bytes")),
+            p("slow_latency_ms"),
+            pn("slow_bandwidth") / 1e6
+        );
+    }
     if params.contains_key("scale_repos") {
         let _ = writeln!(out, "scale: {} repositories × {} tags, tiny layers; {}", p("scale_repos"), p("scale_tags_per_repo"), p("scale_fill"));
     }
@@ -427,8 +446,9 @@ pub fn report(dir: &Path) -> String {
             ));
         }
     }
+    threads_targets(&mut t, &groups, &med, &pn);
     let _ = writeln!(out);
-    let _ = writeln!(out, "targets (issue #6): {} met, {} missed", t.met, t.missed);
+    let _ = writeln!(out, "targets (issues #6 and #10): {} met, {} missed", t.met, t.missed);
     for l in &t.lines {
         let _ = writeln!(out, "{l}");
     }
@@ -444,6 +464,82 @@ pub fn report(dir: &Path) -> String {
         }
     }
     out
+}
+
+type Groups<'a> = BTreeMap<(String, String, String), Vec<&'a Row>>;
+type Medians = BTreeMap<(String, String, String), Row>;
+
+/// The tls and slow scenarios: regferry single- and multi-threaded
+/// (`regferry-<N>t`) against skopeo, CPU seconds per GiB and peak RSS.
+fn threads_targets(t: &mut Targets, groups: &Groups, med: &Medians, pn: &dyn Fn(&str) -> f64) {
+    for scenario in ["tls", "slow"] {
+        let key = |tool: &str| (scenario.to_string(), tool.to_string(), "initial".to_string());
+        let Some(sk) = med.get(&key("skopeo")) else { continue };
+        let distinct = pn(&format!("{scenario}_distinct_bytes"));
+        let gib = distinct / (1024.0 * 1024.0 * 1024.0);
+        let mut tools: Vec<&String> = groups.keys().filter(|(s, tool, ph)| s == scenario && ph == "initial" && tool.starts_with("regferry-")).map(|(_, tool, _)| tool).collect();
+        tools.sort_by_key(|tool| tool.trim_start_matches("regferry-").trim_end_matches('t').parse::<u32>().unwrap_or(0));
+        let per_gib = |r: &Row| (r.user + r.sys) / gib;
+        t.note(format!(
+            "{scenario}: skopeo {:.2} s, {:.2} CPU s per GiB, peak RSS {:.1} MiB",
+            sk.wall,
+            per_gib(sk),
+            sk.rss_kib / 1024.0
+        ));
+        if let Some(raw) = med.get(&key("raw")) {
+            let link = distinct / pn(&format!("{scenario}_bandwidth"));
+            t.note(format!(
+                "{scenario}: the raw copy (each distinct blob once, no logic) over the same link took {:.2} s = {:.2} × the link's nominal {link:.2} s",
+                raw.wall,
+                raw.wall / link
+            ));
+        }
+        for tool in &tools {
+            let rf = &med[&key(tool)];
+            let per_rep: Vec<f64> = groups[&key(tool)]
+                .iter()
+                .filter_map(|a| groups[&key("skopeo")].iter().find(|b| b.rep == a.rep).map(|b| a.wall / b.wall))
+                .collect();
+            let r = median(per_rep.clone());
+            let reps = if per_rep.len() > 1 {
+                format!(" (per repetition {})", per_rep.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" "))
+            } else {
+                String::new()
+            };
+            let detail = format!("{:.2} CPU s per GiB, peak RSS {:.1} MiB", per_gib(rf), rf.rss_kib / 1024.0);
+            match scenario {
+                "tls" => t.check(
+                    r <= 0.3,
+                    format!("tls initial copy: {tool} {:.2} s / skopeo {:.2} s = {r:.2}{reps} (target ≤ 0.30); {detail}", rf.wall, sk.wall),
+                ),
+                _ => {
+                    let link = distinct / pn("slow_bandwidth");
+                    t.check(
+                        rf.wall <= 1.2 * link,
+                        format!(
+                            "slow link: {tool} {:.2} s = {:.2} × the link's {link:.2} s for the distinct bytes (target ≤ 1.20){}; \
+                             / skopeo {:.2} s = {r:.2}{reps}; {detail}",
+                            rf.wall,
+                            rf.wall / link,
+                            med.get(&key("raw")).map(|raw| format!(", {:.2} × the raw copy's", rf.wall / raw.wall)).unwrap_or_default(),
+                            sk.wall
+                        ),
+                    );
+                }
+            }
+        }
+        if let (Some(one), Some(many)) = (tools.first(), tools.last())
+            && one != many
+        {
+            let (a, b) = (&med[&key(one)], &med[&key(many)]);
+            t.note(format!(
+                "{scenario}: {many} / {one}: wall {:.2}, CPU {:.2}, peak RSS {:.2}",
+                b.wall / a.wall,
+                (b.user + b.sys) / (a.user + a.sys),
+                b.rss_kib / a.rss_kib
+            ));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -43,6 +43,9 @@ pub struct Options {
     /// Maintenance read-only mode (`storage.maintenance.readonly`): reads
     /// work, every upload and manifest push is refused.
     pub read_only: bool,
+    /// `catalog: maxentries:`: the largest catalog page the registry serves
+    /// (a request for more is refused with `PAGINATION_NUMBER_INVALID`).
+    pub catalog_max_entries: Option<u32>,
 }
 
 /// A running registry.
@@ -105,6 +108,9 @@ impl TestRegistry {
                 yaml_str(&cert.to_string_lossy()),
                 yaml_str(&key.to_string_lossy())
             ));
+        }
+        if let Some(n) = options.catalog_max_entries {
+            config.push_str(&format!("catalog:\n  maxentries: {n}\n"));
         }
         match &options.auth {
             Auth::None => {}

@@ -18,3 +18,4 @@ mod security;
 mod shapes_storage;
 mod shapes_limits;
 mod shapes_transfer;
+mod shapes_corners;

@@ -2,16 +2,21 @@
 //! synthetic images, for the demo and the benchmark.
 //!
 //!   regferry-testkit serve --count 2       # prints REGISTRY_0=… lines, runs until SIGINT/SIGTERM
+//!   regferry-testkit serve --count 2 --tls # … each behind an nginx TLS front (test CA: CA=…, CERT_DIR=…)
+//!   regferry-testkit serve --count 2 --link-latency-ms 40 --link-bandwidth 50000000   # … behind a slow link
 //!   regferry-testkit fill --registry http://127.0.0.1:5001 --repos 20 --tags 10
 //!   regferry-testkit rawcopy-plan --from URL > blobs.tsv      # untimed: the distinct blobs
 //!   regferry-testkit rawcopy --from URL --to URL --list blobs.tsv   # the raw limit
 //!   regferry-testkit compare --from URL --to URL --dest-prefix mirror [--basename]
 //!   regferry-testkit proxy --upstream URL --bandwidth 1500000 --latency-ms 20   # a slow link
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 use testkit::dataset::{self, Spec};
 use testkit::rawcopy::{self, BlobRef, Naming};
-use testkit::{Access, Registry, TestRegistry};
+use testkit::tls::Pki;
+use testkit::{Access, FaultProxy, Faults, Front, Nginx, Registry, TestRegistry};
 
 #[derive(Parser)]
 #[command(about = "Throwaway registries and synthetic images for regferry's demo and benchmark")]
@@ -26,6 +31,16 @@ enum Cmd {
     Serve {
         #[arg(long, default_value_t = 2)]
         count: usize,
+        /// Put an nginx front terminating TLS (certificate from a throwaway CA) before each registry;
+        /// prints CA=<PEM file> and CERT_DIR=<directory with ca.crt, for skopeo's --*-cert-dir>.
+        #[arg(long)]
+        tls: bool,
+        /// Put the fault proxy before each registry as a slow link: this much latency per request…
+        #[arg(long, default_value_t = 0)]
+        link_latency_ms: u64,
+        /// … and at most this many bytes per second each way (all connections together; 0: no cap).
+        #[arg(long, default_value_t = 0)]
+        link_bandwidth: u64,
     },
     /// Push a synthetic data set.
     Fill {
@@ -111,10 +126,33 @@ enum Cmd {
 #[tokio::main]
 async fn main() {
     match Cli::parse().command {
-        Cmd::Serve { count } => {
+        Cmd::Serve { count, tls, link_latency_ms, link_bandwidth } => {
             let registries: Vec<TestRegistry> = (0..count).map(|_| TestRegistry::start()).collect();
+            let link = link_latency_ms > 0 || link_bandwidth > 0;
+            let faults = Faults { latency: Duration::from_millis(link_latency_ms), bandwidth: link_bandwidth, ..Faults::default() };
+            let proxies: Vec<FaultProxy> =
+                if link { registries.iter().map(|r| FaultProxy::start(&r.url, faults.clone())).collect() } else { Vec::new() };
+            let pki = tls.then(Pki::new);
+            let fronts: Vec<Nginx> = match &pki {
+                Some(pki) => (0..count)
+                    .map(|i| {
+                        let upstream = proxies.get(i).map_or(registries[i].url.as_str(), |p| p.url.as_str());
+                        Nginx::start(upstream, Front { tls: Some((pki.cert.clone(), pki.key.clone())), ..Front::default() })
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            if let Some(pki) = &pki {
+                let dir = pki.path("certs.d");
+                std::fs::create_dir_all(&dir).expect("cert dir");
+                std::fs::copy(&pki.ca, dir.join("ca.crt")).expect("copy CA");
+                println!("CA={}", pki.ca.display());
+                println!("CERT_DIR={}", dir.display());
+            }
             for (i, r) in registries.iter().enumerate() {
-                println!("REGISTRY_{i}={}", r.url);
+                let front = fronts.get(i).map(|f| f.url.clone()).or_else(|| proxies.get(i).map(|p| p.url.clone()));
+                println!("REGISTRY_{i}={}", front.as_deref().unwrap_or(&r.url));
+                println!("REGISTRY_{i}_BACKEND={}", r.url);
                 println!("REGISTRY_{i}_STORAGE={}", r.storage().display());
                 println!("REGISTRY_{i}_LOG={}", r.log_path().display());
                 println!("REGISTRY_{i}_PID={}", r.pid());
@@ -125,6 +163,8 @@ async fn main() {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
+            drop(fronts);
+            drop(proxies);
             drop(registries);
         }
         Cmd::Fill {
