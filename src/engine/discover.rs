@@ -149,7 +149,7 @@ async fn repositories(
                 tracing::warn!(registry = %src.name(), error = %e, "catalog unavailable; using the repositories named on the command line");
                 scope.repos.literals.iter().map(|l| full(l)).collect()
             }
-            Err(e) => return Err(EngineError::Catalog(e)),
+            Err(e) => return Err(EngineError::Catalog(Box::new(e))),
         }
     };
 

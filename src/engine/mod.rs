@@ -30,8 +30,16 @@ pub enum EngineError {
     Input(String),
     /// The source catalog could not be read and no repository list was given.
     #[error("cannot list the source catalog (name the repositories with --repo or a policy's source.repositories): {0}")]
-    Catalog(RegistryError),
+    Catalog(Box<RegistryError>),
     /// A registry could not be reached or refused us.
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Registry(Box<RegistryError>),
+}
+
+// Boxed: a `RegistryError` is large, and an `EngineError` travels through
+// every `?` of discovery and planning (clippy's `result_large_err`).
+impl From<RegistryError> for EngineError {
+    fn from(e: RegistryError) -> Self {
+        EngineError::Registry(Box::new(e))
+    }
 }

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use url::Url;
@@ -429,14 +429,6 @@ impl Authenticator {
         Ok(header)
     }
 
-    fn backoff(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(self.retry.min_delay)
-            .with_max_delay(self.retry.max_delay)
-            .with_max_times(self.retry.retries)
-            .with_jitter()
-    }
-
     async fn fetch_token(
         &self,
         creds: &Credentials,
@@ -458,7 +450,7 @@ impl Authenticator {
                 Credentials::Anonymous => self.get_token(None, "anonymous access", realm, service, &scope_list).await,
             }
         };
-        attempt.retry(self.backoff()).when(RegistryError::is_transient).await
+        attempt.retry(self.retry.backoff()).when(RegistryError::is_transient).await
     }
 
     /// The OAuth2 refresh-token exchange; `None` when the service does not

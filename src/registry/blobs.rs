@@ -186,6 +186,12 @@ impl RegistryClient {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
         let resp = self.send_stream(Method::PUT, url, scopes, headers, body).await?;
+        self.committed_as(&resp, digest)
+    }
+
+    /// A committed upload's `Docker-Content-Digest`, when the registry
+    /// gives one, must be the digest it was committed under.
+    fn committed_as(&self, resp: &Response, digest: &Digest) -> Result<(), RegistryError> {
         if let Some(reported) = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok())
             && reported.trim() != digest.as_str() {
                 return Err(RegistryError::Protocol {
@@ -220,14 +226,7 @@ impl RegistryClient {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
         let resp = self.send_stream(Method::PUT, url, scopes, headers, futures::stream::empty::<Result<Bytes, std::io::Error>>()).await?;
-        if let Some(reported) = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok())
-            && reported.trim() != digest.as_str() {
-                return Err(RegistryError::Protocol {
-                    registry: self.name().to_string(),
-                    message: format!("upload of {digest} was committed as {}", reported.trim()),
-                });
-            }
-        Ok(())
+        self.committed_as(&resp, digest)
     }
 
     /// Abandon an upload session (best effort: sessions also expire).

@@ -48,6 +48,17 @@ pub struct RetryConfig {
     pub max_retry_after: Duration,
 }
 
+impl RetryConfig {
+    /// The jittered exponential backoff these settings describe.
+    pub(crate) fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.retries)
+            .with_jitter()
+    }
+}
+
 impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
@@ -392,14 +403,6 @@ impl RegistryClient {
         u
     }
 
-    fn backoff(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(self.retry.min_delay)
-            .with_max_delay(self.retry.max_delay)
-            .with_max_times(self.retry.retries)
-            .with_jitter()
-    }
-
     /// Send a replayable request, authenticating as needed and retrying
     /// transient failures. Returns responses with a 2xx status or one of
     /// `req.also_ok`; any other status becomes [`RegistryError::Status`].
@@ -418,7 +421,7 @@ impl RegistryClient {
             result
         };
         let result = attempt
-            .retry(self.backoff())
+            .retry(self.retry.backoff())
             .when(RegistryError::is_transient)
             .adjust(move |e: &RegistryError, d| d.map(|d| e.retry_after().map(|r| r.min(cap)).unwrap_or(d)))
             .notify(|e, d| tracing::debug!(registry = %self.name, error = %e, "retrying in {d:?}"))

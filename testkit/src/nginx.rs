@@ -10,14 +10,13 @@
 //! the front really saw. Nothing here is used by regferry itself.
 
 use std::fs;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::registry::free_port;
+use crate::registry::{free_port, wait_listening};
 
 /// What the front does besides proxying to its upstream.
 #[derive(Debug, Clone, Default)]
@@ -145,17 +144,9 @@ impl Nginx {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("nginx exited early ({status}); log:\n{}", self.error_log());
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(why) = wait_listening(self.port, Duration::from_secs(20), || self.child.try_wait().ok().flatten()) {
+            panic!("nginx {why}; log:\n{}", self.error_log());
         }
-        panic!("nginx did not start listening on {}; log:\n{}", self.port, self.error_log());
     }
 
     /// `127.0.0.1:PORT`

@@ -64,6 +64,23 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free loopback port")
 }
 
+/// Wait up to `within` until something listens on loopback `port`; `Err`
+/// says why not ("exited early (…)" when `exited` reports the process's
+/// status, or "did not start listening on PORT").
+pub(crate) fn wait_listening(port: u16, within: Duration, mut exited: impl FnMut() -> Option<std::process::ExitStatus>) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(status) = exited() {
+            return Err(format!("exited early ({status})"));
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("did not start listening on {port}"))
+}
+
 /// The path of the registry binary (Debian's `docker-registry`, or `registry`).
 pub fn registry_binary() -> PathBuf {
     for candidate in ["/usr/bin/docker-registry", "/usr/local/bin/registry", "/usr/bin/registry"] {
@@ -174,17 +191,9 @@ impl TestRegistry {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("docker-registry exited early ({status}); log:\n{}", self.log());
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(why) = wait_listening(self.port, Duration::from_secs(20), || self.child.try_wait().ok().flatten()) {
+            panic!("docker-registry {why}; log:\n{}", self.log());
         }
-        panic!("docker-registry did not start listening on {}; log:\n{}", self.port, self.log());
     }
 
     /// `127.0.0.1:PORT`

@@ -13,11 +13,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::registry::free_port;
+use crate::registry::{free_port, wait_listening};
 
 /// A running `moto_server`.
 pub struct S3Server {
@@ -90,17 +90,10 @@ impl S3Server {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.lock().unwrap_or_else(|p| p.into_inner()).try_wait() {
-                panic!("moto_server exited early ({status}); log:\n{}", self.log());
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let exited = || self.child.lock().unwrap_or_else(|p| p.into_inner()).try_wait().ok().flatten();
+        if let Err(why) = wait_listening(self.port, Duration::from_secs(30), exited) {
+            panic!("moto_server {why}; log:\n{}", self.log());
         }
-        panic!("moto_server did not start listening on {}; log:\n{}", self.port, self.log());
     }
 
     /// Everything the server logged so far.

@@ -9,7 +9,7 @@ use testkit::image::{self, Flavor};
 use testkit::{Access, Options, Registry, TestRegistry, free_port};
 
 use crate::policies::{push_tags, write};
-use crate::support::{Scratch, assert_mirrored, binary, migrate, regferry};
+use crate::support::{Scratch, assert_mirrored, daemon_command, migrate, regferry, stop_daemon};
 
 /// Remove a blob's data behind the registry's back.
 fn remove_blob(reg: &TestRegistry, digest: &str) {
@@ -121,30 +121,9 @@ async fn wait_for_tag(reg: &Registry, repo: &str, tag: &str, within: Duration) -
 }
 
 fn start_daemon(scratch: &Scratch, policies: &str, port: u16, env: &[(&str, &str)]) -> tokio::process::Child {
-    let state = scratch.state();
-    let mut cmd = tokio::process::Command::new(binary());
-    cmd.args(["daemon", "--policies", policies, "--state", &state, "--listen", &format!("127.0.0.1:{port}")])
-        .env("DOCKER_CONFIG", scratch.path("none"))
-        .env("HOME", scratch.dir.path())
-        .env("RUST_LOG", "regferry=debug")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(scratch.path("daemon.log")).expect("log file"))
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    let mut cmd = daemon_command(scratch, policies, port);
+    cmd.env("RUST_LOG", "regferry=debug").envs(env.iter().copied());
     cmd.spawn().expect("start daemon")
-}
-
-async fn stop_daemon(scratch: &Scratch, mut daemon: tokio::process::Child) -> String {
-    let pid = daemon.id().expect("pid") as libc::pid_t;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let status = tokio::time::timeout(Duration::from_secs(20), daemon.wait()).await.expect("daemon stops").expect("wait");
-    let log = std::fs::read_to_string(scratch.path("daemon.log")).unwrap_or_default();
-    assert_eq!(status.code(), Some(0), "{log}");
-    log
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -202,7 +181,7 @@ async fn registry_push_events_replicate_within_seconds() {
     assert_eq!((code, body.contains("\"policies\":[]")), (202, true), "{body}");
     assert_eq!(post(port, "/events/distribution", Some(token), "not json").await.0, 400);
 
-    let log = stop_daemon(&scratch, daemon).await;
+    let log = stop_daemon(daemon, &scratch.path("daemon.log")).await;
     assert!(log.contains("pass for pushed repositories"), "{log}");
     assert!(!log.contains(token.trim_start_matches("Bearer ")), "the token must never be logged");
 }

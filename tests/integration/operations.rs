@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use testkit::{Registry, TestRegistry, free_port};
 
 use crate::policies::{push_tags, write};
-use crate::support::{Scratch, binary, regferry, registries, wait_until};
+use crate::support::{Scratch, binary, daemon_command, regferry, registries, stop_daemon, wait_until};
 
 const ADMIN: &str = "admin-7f3c9e1d5b";
 const READER: &str = "reader-2a8e4c6f0d";
@@ -75,22 +75,9 @@ struct Daemon {
 impl Daemon {
     fn start(scratch: &Scratch, policies: &str, env: &[(&str, &str)], extra: &[&str]) -> Daemon {
         let port = free_port();
-        let state = scratch.state();
-        let log = scratch.path("daemon.log");
-        let mut cmd = tokio::process::Command::new(binary());
-        cmd.args(["daemon", "--policies", policies, "--state", &state, "--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .env("DOCKER_CONFIG", scratch.path("none"))
-            .env("HOME", scratch.dir.path())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Daemon { child: cmd.spawn().expect("start daemon"), port, log, state }
+        let mut cmd = daemon_command(scratch, policies, port);
+        cmd.args(extra).env_remove("RUST_LOG").envs(env.iter().copied());
+        Daemon { child: cmd.spawn().expect("start daemon"), port, log: scratch.path("daemon.log"), state: scratch.state() }
     }
 
     fn url(&self, path: &str) -> String {
@@ -110,14 +97,8 @@ impl Daemon {
         wait_until(Duration::from_secs(30), what, async || self.passes() >= n).await;
     }
 
-    async fn stop(mut self) -> String {
-        let pid = self.child.id().expect("pid") as libc::pid_t;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.expect("daemon stops").expect("wait");
-        let log = self.log();
-        assert_eq!(status.code(), Some(0), "{log}");
-        log
+    async fn stop(self) -> String {
+        stop_daemon(self.child, &self.log).await
     }
 }
 

@@ -75,6 +75,33 @@ pub fn command(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> tokio:
     cmd
 }
 
+/// `regferry daemon --policies POLICIES --state … --listen 127.0.0.1:PORT`,
+/// isolated from the user's docker config, its stderr in the scratch's
+/// `daemon.log`, killed if dropped. The caller adds arguments and environment.
+pub fn daemon_command(scratch: &Scratch, policies: &str, port: u16) -> tokio::process::Command {
+    let state = scratch.state();
+    let mut cmd = tokio::process::Command::new(binary());
+    cmd.args(["daemon", "--policies", policies, "--state", &state, "--listen", &format!("127.0.0.1:{port}")])
+        .env("DOCKER_CONFIG", scratch.path("none"))
+        .env("HOME", scratch.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(scratch.path("daemon.log")).expect("log file"))
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Stop a daemon with SIGTERM; it must exit 0 within 20 s. Returns its log.
+pub async fn stop_daemon(mut daemon: tokio::process::Child, log: &std::path::Path) -> String {
+    let pid = daemon.id().expect("pid") as libc::pid_t;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(20), daemon.wait()).await.expect("daemon stops").expect("wait");
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{log}");
+    log
+}
+
 /// Run `regferry args…` with `env`, isolated from the user's docker config.
 pub async fn regferry(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = tokio::time::timeout(Duration::from_secs(600), command(scratch, args, env).output())

@@ -123,6 +123,16 @@ enum Cmd {
     },
 }
 
+/// Say `READY=1` (what the scripts wait for), then wait for SIGINT or SIGTERM.
+async fn ready_until_stopped() {
+    println!("READY=1");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 #[tokio::main]
 async fn main() {
     match Cli::parse().command {
@@ -157,12 +167,7 @@ async fn main() {
                 println!("REGISTRY_{i}_LOG={}", r.log_path().display());
                 println!("REGISTRY_{i}_PID={}", r.pid());
             }
-            println!("READY=1");
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+            ready_until_stopped().await;
             drop(fronts);
             drop(proxies);
             drop(registries);
@@ -227,12 +232,7 @@ async fn main() {
             let faults = testkit::Faults { bandwidth, latency: std::time::Duration::from_millis(latency_ms), ..testkit::Faults::default() };
             let proxy = testkit::FaultProxy::start(&upstream, faults);
             println!("PROXY={}", proxy.url);
-            println!("READY=1");
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+            ready_until_stopped().await;
             drop(proxy);
         }
         Cmd::BenchReport { dir } => print!("{}", testkit::bench_report::report(&dir)),
