@@ -758,3 +758,49 @@ async fn a_refused_basic_password_is_read_again_within_one_client() {
     let refused_now = refusals();
     assert_eq!(refused_now, refused + 1, "one refusal of the old password, then the new one: {:?}", reg.access_lines());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_writes_asks_for_push_first_and_read_only_commands_for_pull() {
+    let tokens = TokenServer::start(&[("ci", "pw")]);
+    let src = TestRegistry::start();
+    let dst = token_registry(&tokens);
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let d = Registry::new(&dst.url, Access::Token(tokens.clone()));
+    // v1 is at the destination already (same seed, same digest), v2 is not:
+    // the run lists and HEADs the destination before it writes there.
+    push_tags(&s, "app/web", &["v1", "v2"], "push-first").await;
+    push_tags(&d, "app/web", &["v1"], "push-first").await;
+    let scratch = Scratch::new();
+    let state = scratch.state();
+    let creds = [("REGFERRY_TO_CREDS", "ci:pw")];
+    let asked = |since: usize| -> Vec<String> {
+        tokens.issued().into_iter().skip(since).flat_map(|i| i.scopes).filter(|s| s.starts_with("repository:app/web:")).collect()
+    };
+
+    // Read-only commands never ask for push.
+    let before = tokens.issued().len();
+    let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &dst.url, "--state", &state, "--dry-run"], &creds).await;
+    run.assert_ok();
+    let before_verify = tokens.issued().len();
+    let run = regferry(&scratch, &["verify", "--from", &src.url, "--to", &dst.url], &creds).await;
+    assert_eq!(run.code, 1, "v2 is missing: {}\n{}", run.stdout, run.stderr);
+    let read_only = asked(before);
+    assert!(!read_only.is_empty() && read_only.iter().all(|s| s == "repository:app/web:pull"), "{read_only:?}");
+    assert!(asked(before_verify).len() == 1, "verify: one pull token: {:?}", asked(before_verify));
+    assert_eq!(d.head("app/web", "v2").await, None, "the dry run wrote");
+
+    // A run that writes asks for push,pull at its first request to the
+    // repository (the tag listing), and never fetches a second token for it.
+    let before = tokens.issued().len();
+    let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &dst.url, "--state", &state], &creds).await;
+    run.assert_ok();
+    assert_eq!(d.head("app/web", "v2").await, s.head("app/web", "v2").await);
+    assert_eq!(asked(before), vec!["repository:app/web:pull,push".to_string()], "one token per repository, push first");
+
+    // An account without push whose run has nothing to write still
+    // succeeds: the token service grants what it may (pull), and only a
+    // write would need more.
+    tokens.grant_pull_only("app/web");
+    let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &dst.url, "--state", &state], &creds).await;
+    run.assert_ok();
+}
