@@ -114,12 +114,22 @@ impl Job {
         Ok(Job { spec, src, dst })
     }
 
-    /// Discover and diff: listings plus one `HEAD` per tag per side.
+    /// Discover and diff: listings plus one `HEAD` per tag per side, for a
+    /// run that goes on to write (the destination is asked for push at once).
     pub async fn plan(&self) -> Result<Plan, JobError> {
+        self.plan_for(true).await
+    }
+
+    /// [`Job::plan`] for a dry run: the destination is only asked for pull.
+    pub async fn plan_read_only(&self) -> Result<Plan, JobError> {
+        self.plan_for(false).await
+    }
+
+    async fn plan_for(&self, writes: bool) -> Result<Plan, JobError> {
         let started = Instant::now();
         let concurrency = self.spec.execute.concurrency.max(4) * 2;
         let found = discover(&self.src, self.dst.url(), &self.spec.scope, concurrency).await?;
-        let options = DiffOptions { concurrency, overwrite: self.spec.overwrite };
+        let options = DiffOptions { concurrency, overwrite: self.spec.overwrite, writes };
         let mut plan = diff(&self.src, &self.dst, found, options).await;
         plan.planning_time = started.elapsed();
         Ok(plan)

@@ -107,7 +107,7 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
     let state = if args.dry_run { None } else { Some(StateDb::open(&args.state.state).await?) };
 
     tracing::info!("planning: listing repositories and tags at {from}");
-    let plan = job.plan().await?;
+    let plan = if args.dry_run { job.plan_read_only().await? } else { job.plan().await? };
     tracing::info!(
         repositories = plan.repositories,
         tags = plan.items.len(),

@@ -118,7 +118,7 @@ pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: S
     if options.dry_run {
         if report.from_reachable {
             match Job::connect(spec).await {
-                Ok(job) => match job.plan().await {
+                Ok(job) => match job.plan_read_only().await {
                     Ok(plan) => report.would_copy = Some(plan.count_copy()),
                     Err(e) => report.refused = Some(format!("cannot plan the sync pass: {e}")),
                 },

@@ -183,7 +183,7 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
     report.repositories = selected.repos.len();
     let dest_repos: Vec<(RepoName, RepoName)> = selected.repos.iter().map(|r| (r.source.clone(), r.dest.clone())).collect();
 
-    let plan = diff(src, dst, selected, DiffOptions { concurrency, overwrite: true }).await;
+    let plan = diff(src, dst, selected, DiffOptions { concurrency, overwrite: true, writes: false }).await;
     report.tags = plan.items.len();
     for p in &plan.problems {
         let mut t = TagProblem::new(ProblemKind::Error);

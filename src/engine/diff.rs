@@ -27,6 +27,17 @@ pub struct DiffOptions {
     pub concurrency: usize,
     /// Replace destination tags that differ (false: leave them, report them).
     pub overwrite: bool,
+    /// The plan is for a run that writes to the destination: its listings
+    /// and `HEAD`s there ask for push (and pull) at once, so the run needs
+    /// one token per destination repository and a pull-only grant shows at
+    /// its first write. False for read-only commands (dry runs, `verify`),
+    /// which must never ask for push.
+    pub writes: bool,
+}
+
+/// The scopes of the destination-side requests of a diff.
+fn dest_scopes(repo: &RepoName, writes: bool) -> Scopes {
+    if writes { Scopes::push(repo) } else { Scopes::pull(repo) }
 }
 
 /// A tag that was just listed may not be resolvable yet (replicas, caches):
@@ -118,8 +129,8 @@ impl DestTags {
     }
 }
 
-async fn dest_tags(dst: &RegistryClient, repo: &RepoName) -> DestTags {
-    match dst.tags(repo).await {
+async fn dest_tags(dst: &RegistryClient, repo: &RepoName, writes: bool) -> DestTags {
+    match dst.tags_with(repo, dest_scopes(repo, writes)).await {
         Ok(tags) => DestTags::Listed(tags.into_iter().collect()),
         Err(e) if e.status() == Some(404) || e.has_code("NAME_UNKNOWN") => DestTags::Absent,
         Err(e) => {
@@ -140,7 +151,7 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
     let to_list: Vec<RepoName> = discovered.repos.iter().filter(|r| !r.tags.is_empty()).map(|r| r.dest.clone()).collect();
     let dest_listings: HashMap<RepoName, DestTags> = futures::stream::iter(to_list)
         .map(|repo| async move {
-            let listing = dest_tags(dst, &repo).await;
+            let listing = dest_tags(dst, &repo, options.writes).await;
             (repo, listing)
         })
         .buffer_unordered(concurrency)
@@ -193,7 +204,7 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
                 }
             };
             let dest = if at_destination {
-                dst.head_listed_manifest(&dest_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&dest_repo))
+                dst.head_listed_manifest(&dest_repo, &Reference::Tag(tag.clone()), &dest_scopes(&dest_repo, options.writes))
                     .await
                     .map_err(|e| problem(e.to_string()))?
             } else {

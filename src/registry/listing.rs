@@ -92,9 +92,15 @@ impl RegistryClient {
 
     /// Every tag of `repo`.
     pub async fn tags(&self, repo: &RepoName) -> Result<Vec<String>, RegistryError> {
+        self.tags_with(repo, Scopes::pull(repo)).await
+    }
+
+    /// Every tag of `repo`, asking for `scopes` (a run about to push to
+    /// `repo` asks for push at once: one token for the repository).
+    pub async fn tags_with(&self, repo: &RepoName, scopes: Scopes) -> Result<Vec<String>, RegistryError> {
         let mut url = self.endpoint_url(&format!("/v2/{repo}/tags/list"));
         url.query_pairs_mut().append_pair("n", &PAGE.to_string());
-        self.paged(url, Scopes::pull(repo), |body| {
+        self.paged(url, scopes, |body| {
             serde_json::from_slice::<TagsPage>(body).map(|p| p.tags.unwrap_or_default())
         })
         .await

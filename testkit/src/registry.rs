@@ -2,7 +2,9 @@
 //! package) on free loopback ports with temporary storage.
 //!
 //! Each [`TestRegistry`] kills its process when dropped, so tests never
-//! leave registries or ports behind. The access log is kept in a file so
+//! leave registries or ports behind. [`TestRegistry::restart_with`] starts
+//! one again on the same port and storage with other settings (a password
+//! rotated while a client runs). The access log is kept in a file so
 //! tests can count the requests a registry really received.
 
 use std::fs;
@@ -104,8 +106,34 @@ impl TestRegistry {
     pub fn start_with(options: Options) -> TestRegistry {
         let dir = tempfile::Builder::new().prefix("regferry-registry-").tempdir().expect("temp dir");
         let port = free_port();
-        let data = dir.path().join("data");
-        fs::create_dir_all(&data).expect("data dir");
+        fs::create_dir_all(dir.path().join("data")).expect("data dir");
+        let child = TestRegistry::spawn(dir.path(), port, &options);
+        let scheme = if options.tls.is_some() { "https" } else { "http" };
+        let mut registry = TestRegistry { child, dir, _s3: options.s3.clone(), port, url: format!("{scheme}://127.0.0.1:{port}") };
+        registry.wait_ready();
+        registry
+    }
+
+    /// Stop the registry and start it again with `options` on the same
+    /// port, temporary directory and storage: what it held stays, and the
+    /// access log goes on in the same file. The htpasswd file is written
+    /// anew, so this is how a test rotates a password while a client runs.
+    pub fn restart_with(&mut self, options: Options) {
+        self.stop();
+        self.child = TestRegistry::spawn(self.dir.path(), self.port, &options);
+        if options.s3.is_some() {
+            self._s3 = options.s3.clone();
+        }
+        let scheme = if options.tls.is_some() { "https" } else { "http" };
+        self.url = format!("{scheme}://127.0.0.1:{}", self.port);
+        self.wait_ready();
+    }
+
+    /// Write the configuration for `options` into `dir` and start the
+    /// registry on `port` (storage in `dir/data`, log appended to
+    /// `dir/registry.log`).
+    fn spawn(dir: &Path, port: u16, options: &Options) -> Child {
+        let data = dir.join("data");
 
         let mut config = format!(
             "version: 0.1\n\
@@ -133,7 +161,7 @@ impl TestRegistry {
             Auth::None => {}
             Auth::Htpasswd { user, password } => {
                 let hash = bcrypt::hash(password, 5).expect("bcrypt");
-                let path = dir.path().join("htpasswd");
+                let path = dir.join("htpasswd");
                 fs::write(&path, format!("{user}:{hash}\n")).expect("htpasswd");
                 config.push_str(&format!(
                     "auth:\n  htpasswd:\n    realm: regferry-test\n    path: {}\n",
@@ -141,7 +169,7 @@ impl TestRegistry {
                 ));
             }
             Auth::Token { realm, service, issuer, cert_pem } => {
-                let path = dir.path().join("token-ca.pem");
+                let path = dir.join("token-ca.pem");
                 fs::write(&path, cert_pem).expect("token cert");
                 config.push_str(&format!(
                     "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
@@ -164,9 +192,9 @@ impl TestRegistry {
                 }
             }
         }
-        let config_path = dir.path().join("config.yml");
+        let config_path = dir.join("config.yml");
         fs::write(&config_path, config).expect("registry config");
-        let log = fs::File::create(dir.path().join("registry.log")).expect("log file");
+        let log = fs::OpenOptions::new().create(true).append(true).open(dir.join("registry.log")).expect("log file");
         let log2 = log.try_clone().expect("log file");
         let mut command = Command::new(registry_binary());
         // The S3 driver refuses to start with AWS_CA_BUNDLE set, and other
@@ -176,18 +204,14 @@ impl TestRegistry {
                 command.env_remove(&key);
             }
         }
-        let child = command
+        command
             .arg("serve")
             .arg(&config_path)
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .stdin(Stdio::null())
             .spawn()
-            .expect("start docker-registry");
-        let scheme = if options.tls.is_some() { "https" } else { "http" };
-        let mut registry = TestRegistry { child, dir, _s3: options.s3.clone(), port, url: format!("{scheme}://127.0.0.1:{port}") };
-        registry.wait_ready();
-        registry
+            .expect("start docker-registry")
     }
 
     fn wait_ready(&mut self) {

@@ -659,3 +659,148 @@ async fn refused_credentials_are_read_again_from_their_file_within_one_client() 
     assert_eq!(tokens.refused(), refused + 1, "one refusal of the old password, then the new one");
     assert_eq!(tokens.issued().last().and_then(|i| i.user.clone()).as_deref(), Some("ci"));
 }
+
+/// Registry settings: htpasswd with the one user `ci` and `password`.
+fn htpasswd(password: &str) -> Options {
+    Options { auth: testkit::Auth::Htpasswd { user: "ci".into(), password: password.into() }, ..Options::default() }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_follows_htpasswd_passwords_rotated_by_restarting_the_registries() {
+    let mut src = TestRegistry::start_with(htpasswd("pw-one"));
+    let mut dst = TestRegistry::start_with(htpasswd("pw-one"));
+    let s = Registry::new(&src.url, Access::Basic("ci".into(), "pw-one".into()));
+    let d = Registry::new(&dst.url, Access::Basic("ci".into(), "pw-one".into()));
+    push_tags(&s, "app/web", &["v1"], "htrot").await;
+
+    let scratch = Scratch::new();
+    let bin = scratch.path("bin");
+    install_helper(&bin, "ci", "pw-one");
+    let config = docker_config(
+        &scratch,
+        &format!(r#"{{"credHelpers":{{"{}":"test","{}":"test"}}}}"#, src.host(), dst.host()),
+    );
+    let policies = crate::policies::write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: htrot\nsource: {{ registry: '{}', credentials: {{ docker_config: true }} }}\n\
+             destinations:\n  - registry: '{}'\n    credentials: {{ docker_config: true }}\ntrigger: {{ interval: 1s }}\n",
+            src.url, dst.url
+        ),
+    );
+    let listen = format!("127.0.0.1:{}", testkit::free_port());
+    let path = path_with(&bin);
+    let env = [("DOCKER_CONFIG", config.to_str().unwrap_or_default()), ("PATH", path.as_str())];
+    let mut daemon = command(&scratch, &["daemon", "--policies", &policies, "--state", &scratch.state(), "--listen", &listen], &env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(scratch.path("daemon.log")).expect("log file"))
+        .spawn()
+        .expect("start daemon");
+    let log = || std::fs::read_to_string(scratch.path("daemon.log")).unwrap_or_default();
+    wait_until(Duration::from_secs(30), "the first pass to copy v1", async || d.head("app/web", "v1").await.is_some()).await;
+    let v1 = s.head("app/web", "v1").await;
+
+    // The password is rotated on both registries: each is restarted on its
+    // port and storage with a new htpasswd file, and the helper answers the
+    // new password. No SIGHUP, no restart of the daemon.
+    std::fs::write(bin.join("secret"), "pw-two").expect("rotate");
+    src.restart_with(htpasswd("pw-two"));
+    dst.restart_with(htpasswd("pw-two"));
+    let calls_before = helper_calls(&bin).len();
+    assert_eq!(s.head("app/web", "v1").await, None, "the old password must be refused now");
+    let s = Registry::new(&src.url, Access::Basic("ci".into(), "pw-two".into()));
+    let d = Registry::new(&dst.url, Access::Basic("ci".into(), "pw-two".into()));
+    assert_eq!(s.head("app/web", "v1").await, v1, "the restarted registry keeps its storage");
+    push_tags(&s, "app/web", &["v2"], "htrot").await;
+    wait_until(Duration::from_secs(30), "a pass after the rotation to copy v2", async || d.head("app/web", "v2").await.is_some()).await;
+    assert_eq!(d.head("app/web", "v2").await, s.head("app/web", "v2").await);
+    let asked_after: Vec<String> = helper_calls(&bin).into_iter().skip(calls_before).collect();
+    assert!(
+        asked_after.contains(&src.host()) && asked_after.contains(&dst.host()),
+        "the helper must be asked again for both registries after the rotation: {asked_after:?}"
+    );
+
+    let pid = daemon.id().expect("daemon pid") as libc::pid_t;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(20), daemon.wait()).await.expect("daemon stops").expect("reap daemon");
+    assert_eq!(status.code(), Some(0), "{}", log());
+    assert!(!log().contains("pw-one") && !log().contains("pw-two"), "a password leaked into the daemon's log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_basic_password_is_read_again_within_one_client() {
+    let mut reg = TestRegistry::start_with(htpasswd("pw-one"));
+    let r = Registry::new(&reg.url, Access::Basic("ci".into(), "pw-one".into()));
+    push_tags(&r, "app/web", &["v1"], "basic-reread").await;
+    let scratch = Scratch::new();
+    let file = scratch.path("auth.json");
+    let host = reg.host();
+    let write = |pw: &str| {
+        std::fs::write(&file, format!(r#"{{"auths":{{"{host}":{{"username":"ci","password":"{pw}"}}}}}}"#)).expect("auth.json")
+    };
+    write("pw-one");
+    let mut endpoint = Endpoint::new(RegistryUrl::parse(&reg.url).expect("url"), Credentials::Anonymous);
+    endpoint.credentials = regferry::registry::CredentialSource::ConfigFiles { files: vec![file.clone()] };
+    let client = RegistryClient::new(&endpoint, &ClientOptions::default()).expect("client");
+    let repo: RepoName = "app/web".parse().expect("repo");
+    let tags = || Request::new(Method::GET, client.endpoint_url("/v2/app/web/tags/list"), Scopes::pull(&repo));
+    client.send(&tags()).await.expect("with the first password");
+
+    // Rotated: the registry restarts with the new password, the file holds it.
+    write("pw-two");
+    reg.restart_with(htpasswd("pw-two"));
+    let refusals = || reg.access_lines().iter().filter(|l| l.contains("/v2/app/web/tags/list") && l.contains("\" 401 ")).count();
+    let refused = refusals();
+    client.send(&tags()).await.expect("the file is read again after the refusal");
+    let refused_now = refusals();
+    assert_eq!(refused_now, refused + 1, "one refusal of the old password, then the new one: {:?}", reg.access_lines());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_writes_asks_for_push_first_and_read_only_commands_for_pull() {
+    let tokens = TokenServer::start(&[("ci", "pw")]);
+    let src = TestRegistry::start();
+    let dst = token_registry(&tokens);
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let d = Registry::new(&dst.url, Access::Token(tokens.clone()));
+    // v1 is at the destination already (same seed, same digest), v2 is not:
+    // the run lists and HEADs the destination before it writes there.
+    push_tags(&s, "app/web", &["v1", "v2"], "push-first").await;
+    push_tags(&d, "app/web", &["v1"], "push-first").await;
+    let scratch = Scratch::new();
+    let state = scratch.state();
+    let creds = [("REGFERRY_TO_CREDS", "ci:pw")];
+    let asked = |since: usize| -> Vec<String> {
+        tokens.issued().into_iter().skip(since).flat_map(|i| i.scopes).filter(|s| s.starts_with("repository:app/web:")).collect()
+    };
+
+    // Read-only commands never ask for push.
+    let before = tokens.issued().len();
+    let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &dst.url, "--state", &state, "--dry-run"], &creds).await;
+    run.assert_ok();
+    let before_verify = tokens.issued().len();
+    let run = regferry(&scratch, &["verify", "--from", &src.url, "--to", &dst.url], &creds).await;
+    assert_eq!(run.code, 1, "v2 is missing: {}\n{}", run.stdout, run.stderr);
+    let read_only = asked(before);
+    assert!(!read_only.is_empty() && read_only.iter().all(|s| s == "repository:app/web:pull"), "{read_only:?}");
+    assert!(asked(before_verify).len() == 1, "verify: one pull token: {:?}", asked(before_verify));
+    assert_eq!(d.head("app/web", "v2").await, None, "the dry run wrote");
+
+    // A run that writes asks for push,pull at its first request to the
+    // repository (the tag listing), and never fetches a second token for it.
+    let before = tokens.issued().len();
+    let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &dst.url, "--state", &state], &creds).await;
+    run.assert_ok();
+    assert_eq!(d.head("app/web", "v2").await, s.head("app/web", "v2").await);
+    assert_eq!(asked(before), vec!["repository:app/web:pull,push".to_string()], "one token per repository, push first");
+
+    // An account without push whose run has nothing to write still
+    // succeeds: the token service grants what it may (pull), and only a
+    // write would need more.
+    tokens.grant_pull_only("app/web");
+    let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &dst.url, "--state", &state], &creds).await;
+    run.assert_ok();
+}
