@@ -55,6 +55,42 @@ fn docker_config(scratch: &Scratch, json: &str) -> PathBuf {
     dir
 }
 
+/// A daemon replicating `src` to `dst` every second (policy `name`), both
+/// logged in through the test credential helper in `bin` (answering `ci` /
+/// `pw-one` until told otherwise), its stderr in `daemon.log`.
+struct HelperDaemon {
+    bin: PathBuf,
+    config: PathBuf,
+    /// `PATH` with the helper's directory first.
+    path: String,
+    child: tokio::process::Child,
+}
+
+fn start_helper_daemon(scratch: &Scratch, name: &str, src: &TestRegistry, dst: &TestRegistry) -> HelperDaemon {
+    let bin = scratch.path("bin");
+    install_helper(&bin, "ci", "pw-one");
+    let config = docker_config(scratch, &format!(r#"{{"credHelpers":{{"{}":"test","{}":"test"}}}}"#, src.host(), dst.host()));
+    let policies = crate::policies::write(
+        scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: {name}\nsource: {{ registry: '{}', credentials: {{ docker_config: true }} }}\n\
+             destinations:\n  - registry: '{}'\n    credentials: {{ docker_config: true }}\ntrigger: {{ interval: 1s }}\n",
+            src.url, dst.url
+        ),
+    );
+    let listen = format!("127.0.0.1:{}", testkit::free_port());
+    let path = path_with(&bin);
+    let env = [("DOCKER_CONFIG", config.to_str().unwrap_or_default()), ("PATH", path.as_str())];
+    let child = command(scratch, &["daemon", "--policies", &policies, "--state", &scratch.state(), "--listen", &listen], &env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(scratch.path("daemon.log")).expect("log file"))
+        .spawn()
+        .expect("start daemon");
+    HelperDaemon { bin, config, path, child }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_helper_is_asked_again_each_pass_and_a_failing_helper_is_named() {
     let tokens = TokenServer::start(&[("ci", "pw-one")]);
@@ -65,30 +101,8 @@ async fn a_helper_is_asked_again_each_pass_and_a_failing_helper_is_named() {
     push_tags(&s, "app/web", &["v1"], "rot").await;
 
     let scratch = Scratch::new();
-    let bin = scratch.path("bin");
-    install_helper(&bin, "ci", "pw-one");
-    let config = docker_config(
-        &scratch,
-        &format!(r#"{{"credHelpers":{{"{}":"test","{}":"test"}}}}"#, src.host(), dst.host()),
-    );
-    let policies = crate::policies::write(
-        &scratch,
-        "policies",
-        "p.yaml",
-        &format!(
-            "name: rot\nsource: {{ registry: '{}', credentials: {{ docker_config: true }} }}\n\
-             destinations:\n  - registry: '{}'\n    credentials: {{ docker_config: true }}\ntrigger: {{ interval: 1s }}\n",
-            src.url, dst.url
-        ),
-    );
-    let listen = format!("127.0.0.1:{}", testkit::free_port());
-    let path = path_with(&bin);
+    let HelperDaemon { bin, config, path, child: mut daemon } = start_helper_daemon(&scratch, "rot", &src, &dst);
     let env = [("DOCKER_CONFIG", config.to_str().unwrap_or_default()), ("PATH", path.as_str())];
-    let mut daemon = command(&scratch, &["daemon", "--policies", &policies, "--state", &scratch.state(), "--listen", &listen], &env)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(scratch.path("daemon.log")).expect("log file"))
-        .spawn()
-        .expect("start daemon");
     let log = || std::fs::read_to_string(scratch.path("daemon.log")).unwrap_or_default();
     wait_until(Duration::from_secs(30), "the first pass to copy v1", async || d.head("app/web", "v1").await.is_some()).await;
     let calls_before = helper_calls(&bin).len();
@@ -674,30 +688,7 @@ async fn a_daemon_follows_htpasswd_passwords_rotated_by_restarting_the_registrie
     push_tags(&s, "app/web", &["v1"], "htrot").await;
 
     let scratch = Scratch::new();
-    let bin = scratch.path("bin");
-    install_helper(&bin, "ci", "pw-one");
-    let config = docker_config(
-        &scratch,
-        &format!(r#"{{"credHelpers":{{"{}":"test","{}":"test"}}}}"#, src.host(), dst.host()),
-    );
-    let policies = crate::policies::write(
-        &scratch,
-        "policies",
-        "p.yaml",
-        &format!(
-            "name: htrot\nsource: {{ registry: '{}', credentials: {{ docker_config: true }} }}\n\
-             destinations:\n  - registry: '{}'\n    credentials: {{ docker_config: true }}\ntrigger: {{ interval: 1s }}\n",
-            src.url, dst.url
-        ),
-    );
-    let listen = format!("127.0.0.1:{}", testkit::free_port());
-    let path = path_with(&bin);
-    let env = [("DOCKER_CONFIG", config.to_str().unwrap_or_default()), ("PATH", path.as_str())];
-    let mut daemon = command(&scratch, &["daemon", "--policies", &policies, "--state", &scratch.state(), "--listen", &listen], &env)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(scratch.path("daemon.log")).expect("log file"))
-        .spawn()
-        .expect("start daemon");
+    let HelperDaemon { bin, child: mut daemon, .. } = start_helper_daemon(&scratch, "htrot", &src, &dst);
     let log = || std::fs::read_to_string(scratch.path("daemon.log")).unwrap_or_default();
     wait_until(Duration::from_secs(30), "the first pass to copy v1", async || d.head("app/web", "v1").await.is_some()).await;
     let v1 = s.head("app/web", "v1").await;
