@@ -33,6 +33,11 @@ pub struct RunArgs {
     /// Print the outcome as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+
+    /// For this pass only, let `delete: true` delete beyond the policy's `max_delete`
+    /// and in repositories whose source lists no tags (the deletion guard is off).
+    #[arg(long)]
+    pub force_delete: bool,
 }
 
 pub fn outcome_json(o: &PassOutcome) -> serde_json::Value {
@@ -46,6 +51,9 @@ pub fn outcome_json(o: &PassOutcome) -> serde_json::Value {
             "error": d.error,
             "deferred": d.deferred,
             "deleted": d.prune.as_ref().map(|p| &p.deleted),
+            "deletions_refused": d.prune.as_ref().map(|p| &p.refused),
+            "fenced": d.fenced,
+            "unmatched_patterns": d.unmatched,
             "report": d.report.as_ref().map(output::report_json),
         })).collect::<Vec<_>>(),
     })
@@ -69,6 +77,15 @@ pub fn outcome_text(o: &PassOutcome) -> String {
                     for e in &p.errors {
                         out.push_str(&format!("  delete failed {e}\n"));
                     }
+                    for r in &p.refused {
+                        out.push_str(&format!("  REFUSED       {r}\n"));
+                    }
+                    if p.forced && !p.deleted.is_empty() {
+                        out.push_str("  deletion guard overridden for this pass (--force-delete)\n");
+                    }
+                }
+                for g in &d.unmatched {
+                    out.push_str(&format!("  warning       repository pattern {g:?} matches no repository at {}\n", d.source));
                 }
                 if d.deferred > 0 {
                     out.push_str(&format!("  deferred      {} tag(s) that failed before; retry not due yet\n", d.deferred));
@@ -82,7 +99,10 @@ pub fn outcome_text(o: &PassOutcome) -> String {
 
 pub async fn run(args: RunArgs) -> Result<u8, CliError> {
     let set = super::policy::load(&args.policies)?.with_timeouts(&args.timeouts.overrides());
-    let policies = set.select(&args.names).map_err(CliError::usage)?;
+    let mut policies = set.select(&args.names).map_err(CliError::usage)?;
+    for p in &mut policies {
+        p.force_delete = args.force_delete;
+    }
     let state = StateDb::open(&args.state.state).await?;
     let cancel = Cancel::default();
     signals::watch(cancel.clone(), Duration::from_secs(30));

@@ -130,6 +130,9 @@ pub struct VerifyReport {
     pub manifests_checked: usize,
     pub blobs_checked: usize,
     pub problems: Vec<TagProblem>,
+    /// Repository globs that matched nothing at the source (a warning: the
+    /// scope is probably not what was meant).
+    pub unmatched_patterns: Vec<String>,
 }
 
 impl VerifyReport {
@@ -174,7 +177,8 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
     let all = Scope { tags: Arc::new(AllTags), ..scope.clone() };
     let found = discover(src, dst.url(), &all, concurrency).await?;
     let mut source_tags: HashMap<RepoName, HashSet<Tag>> = HashMap::new();
-    let mut selected = Discovered { repos: Vec::new(), problems: found.problems };
+    report.unmatched_patterns = found.unmatched.clone();
+    let mut selected = Discovered { repos: Vec::new(), problems: found.problems, unmatched: found.unmatched };
     for mut r in found.repos {
         source_tags.insert(r.dest.clone(), r.tags.iter().cloned().collect());
         r.tags = scope.tags.select(&r.source, r.tags);

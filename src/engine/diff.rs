@@ -167,7 +167,7 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
     let dest_listings = &dest_listings;
     let budget = &AtomicUsize::new(KEPT_BODIES_BUDGET);
     let mismatches = &AtomicU64::new(0);
-    let mut plan = Plan { repositories, problems: discovered.problems, new_repos, ..Plan::default() };
+    let mut plan = Plan { repositories, problems: discovered.problems, new_repos, unmatched: discovered.unmatched, ..Plan::default() };
     // Straight into the plan (no intermediate Vec of results): what a plan
     // item costs is what a no-op pass over many tags holds in memory.
     plan.items.reserve_exact(tags);

@@ -31,6 +31,16 @@ impl TagSelector for AllTags {
     }
 }
 
+/// The last path component of regferry's own bookkeeping repository (the
+/// failover fence, see `dr::fence`): never replicated, verified or pruned as
+/// an ordinary repository, whatever the globs say.
+pub const RESERVED_REPOSITORY: &str = "regferry-fence";
+
+/// Whether `name` (full or relative) is regferry's own bookkeeping repository.
+pub fn is_reserved(name: &str) -> bool {
+    name.rsplit('/').next() == Some(RESERVED_REPOSITORY)
+}
+
 /// Repository globs: `*` stays within one path component, `**` crosses them.
 #[derive(Clone, Default)]
 pub struct RepoFilter {
@@ -38,6 +48,8 @@ pub struct RepoFilter {
     exclude: Option<GlobSet>,
     /// Include patterns without glob characters: names the user expects to exist.
     literals: Vec<String>,
+    /// The include patterns as written, in the glob set's order.
+    patterns: Vec<String>,
 }
 
 fn is_literal(pattern: &str) -> bool {
@@ -69,11 +81,32 @@ impl RepoFilter {
             include: glob_set(include)?,
             exclude: glob_set(exclude)?,
             literals: include.iter().filter(|p| is_literal(p)).map(|p| p.trim_matches('/').to_string()).collect(),
+            patterns: include.to_vec(),
         })
     }
 
+    /// Whether the repository `relative` (to the prefix) is in scope. The
+    /// reserved repository never is.
     pub fn matches(&self, relative: &str) -> bool {
-        self.include.as_ref().is_none_or(|s| s.is_match(relative)) && !self.exclude.as_ref().is_some_and(|s| s.is_match(relative))
+        !is_reserved(relative)
+            && self.include.as_ref().is_none_or(|s| s.is_match(relative))
+            && !self.exclude.as_ref().is_some_and(|s| s.is_match(relative))
+    }
+
+    /// The include globs (not plain names: a missing plain name is already a
+    /// problem of its own) that none of `in_scope` matches — most likely a
+    /// typo, reported as a warning rather than a silent empty pass.
+    pub fn unmatched<'a>(&self, in_scope: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let Some(include) = &self.include else { return Vec::new() };
+        let mut hit = vec![false; self.patterns.len()];
+        for name in in_scope {
+            for i in include.matches(name) {
+                if let Some(h) = hit.get_mut(i) {
+                    *h = true;
+                }
+            }
+        }
+        self.patterns.iter().zip(hit).filter(|(p, hit)| !hit && !is_literal(p)).map(|(p, _)| p.clone()).collect()
     }
 
     /// True when every include pattern is a plain name (so they can stand in
@@ -112,6 +145,8 @@ pub struct RepoTags {
 pub struct Discovered {
     pub repos: Vec<RepoTags>,
     pub problems: Vec<Problem>,
+    /// Include globs that matched no repository at the source.
+    pub unmatched: Vec<String>,
 }
 
 fn repo_problem(source: &str, error: String) -> Problem {
@@ -128,6 +163,7 @@ async fn repositories(
     dest: &RegistryUrl,
     scope: &Scope,
     problems: &mut Vec<Problem>,
+    unmatched: &mut Vec<String>,
 ) -> Result<Vec<(RepoName, RepoName)>, EngineError> {
     let prefix = &scope.mapping.source_prefix;
     let full = |relative: &str| if prefix.is_empty() { relative.to_string() } else { format!("{prefix}/{relative}") };
@@ -156,6 +192,7 @@ async fn repositories(
     let same_registry = src.url().base() == dest.base();
     let mut own_output = 0;
     let mut out = Vec::new();
+    let mut in_scope: Vec<String> = Vec::new();
     for name in names {
         let repo = match name.parse::<RepoName>() {
             Ok(repo) => repo,
@@ -172,6 +209,7 @@ async fn repositories(
             own_output += 1;
             continue;
         }
+        in_scope.push(relative.to_string());
         match scope.mapping.try_map(&repo) {
             Some(Ok(dest)) => out.push((repo, dest)),
             Some(Err(_)) => {
@@ -196,6 +234,7 @@ async fn repositories(
             "source and destination are one registry: the destination namespace is not replicated into itself"
         );
     }
+    *unmatched = scope.repos.unmatched(in_scope.iter().map(String::as_str));
     out.sort();
     out.dedup();
     Ok(out)
@@ -206,7 +245,8 @@ async fn repositories(
 /// source's address, never contacted).
 pub async fn discover(src: &RegistryClient, dest: &RegistryUrl, scope: &Scope, concurrency: usize) -> Result<Discovered, EngineError> {
     let mut problems = Vec::new();
-    let repos = repositories(src, dest, scope, &mut problems).await?;
+    let mut unmatched = Vec::new();
+    let repos = repositories(src, dest, scope, &mut problems, &mut unmatched).await?;
 
     let listings: Vec<_> = futures::stream::iter(repos)
         .map(|(repo, dest)| async move {
@@ -217,7 +257,7 @@ pub async fn discover(src: &RegistryClient, dest: &RegistryUrl, scope: &Scope, c
         .collect()
         .await;
 
-    let mut out = Discovered { repos: Vec::new(), problems };
+    let mut out = Discovered { repos: Vec::new(), problems, unmatched };
     for (source, dest, listing) in listings {
         let raw = match listing {
             Ok(raw) => raw,
@@ -264,6 +304,10 @@ mod tests {
         assert!(!f.all_literal());
         assert!(RepoFilter::new(&["a/b".into()], &[]).unwrap().all_literal());
         assert!(RepoFilter::default().matches("anything/at/all"));
+        assert!(!RepoFilter::default().matches("regferry-fence") && !f.matches("frontend/regferry-fence"), "the fence is never in scope");
+        assert_eq!(f.unmatched(["frontend/web"]), ["library/*"]);
+        assert!(f.unmatched(["frontend/web", "library/x"]).is_empty());
+        assert!(RepoFilter::new(&["a/b".into()], &[]).unwrap().unmatched([]).is_empty(), "a plain name is reported as missing instead");
         let e = RepoFilter::new(&["a/[b".into()], &[]).err().unwrap().to_string();
         assert!(e.contains("a/[b"), "{e}");
     }

@@ -158,6 +158,8 @@ pub struct Plan {
     pub digest_mismatches: u64,
     /// How long discovery and diffing took.
     pub planning_time: std::time::Duration,
+    /// Include globs that matched no source repository (a warning).
+    pub unmatched: Vec<String>,
 }
 
 impl Plan {

@@ -27,6 +27,10 @@ struct Series {
     last_pass_timestamp: f64,
     last_success_timestamp: f64,
     reversed: bool,
+    tags_deleted: u64,
+    deletions_refused: u64,
+    fenced_passes: u64,
+    unmatched_patterns: u64,
 }
 
 /// The daemon's metrics (cheap to share behind an `Arc`).
@@ -71,6 +75,14 @@ impl Metrics {
             s.bytes_uploaded += c.bytes_uploaded;
             s.last_duration_seconds = r.elapsed.as_secs_f64();
         }
+        if let Some(p) = &outcome.prune {
+            s.tags_deleted += p.deleted.len() as u64;
+            s.deletions_refused += u64::from(!p.refused.is_empty());
+        }
+        s.fenced_passes += u64::from(outcome.fenced);
+        if outcome.report.is_some() {
+            s.unmatched_patterns = outcome.unmatched.len() as u64;
+        }
         if outcome.ok() {
             s.last_success_timestamp = now;
         } else {
@@ -85,7 +97,7 @@ impl Metrics {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP regferry_policies Policies loaded.\n# TYPE regferry_policies gauge\nregferry_policies {policies}");
         type Get = fn(&Series) -> f64;
-        let families: [(&str, &str, &str, Get); 13] = [
+        let families: [(&str, &str, &str, Get); 17] = [
             ("regferry_tags_copied_total", "counter", "Tags copied.", |s| s.tags_copied as f64),
             ("regferry_tags_skipped_total", "counter", "Tags left alone (up to date, deferred or not to be overwritten).", |s| {
                 s.tags_skipped as f64
@@ -103,6 +115,18 @@ impl Metrics {
                 s.last_success_timestamp
             }),
             ("regferry_policy_reversed", "gauge", "1 when the policy runs reversed after a failover.", |s| f64::from(u8::from(s.reversed))),
+            ("regferry_tags_deleted_total", "counter", "Destination tags deleted because the source no longer has them (delete: true).", |s| {
+                s.tags_deleted as f64
+            }),
+            ("regferry_deletions_refused_total", "counter", "Passes whose deletions the deletion guard refused (max_delete, or a source listing no tags).", |s| {
+                s.deletions_refused as f64
+            }),
+            ("regferry_fenced_passes_total", "counter", "Passes refused because the failover fence at the DR site contradicts the state.", |s| {
+                s.fenced_passes as f64
+            }),
+            ("regferry_policy_unmatched_patterns", "gauge", "Repository globs of the policy that matched no source repository in the last pass.", |s| {
+                s.unmatched_patterns as f64
+            }),
         ];
         for (name, kind, help, get) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -1,8 +1,10 @@
-//! One pass of one policy: for each destination on its own, connect, plan,
-//! hold back tags that are backing off, execute, and file the outcomes.
+//! One pass of one policy: check the failover fence at the DR site, then for
+//! each destination on its own, connect, plan, hold back tags that are
+//! backing off, execute, mirror deletions within the deletion guard, and file
+//! the outcomes.
 //!
 //! A destination that fails (unreachable, wrong password) never stops the
-//! others. This module is shared by `regferry run`, the daemon and
+//! others; a fence that contradicts the state stops the whole pass. This module is shared by `regferry run`, the daemon and
 //! `failover` (so it sits below all three and never reaches up into any of
 //! them); it never prints and never decides when a pass happens.
 
@@ -13,7 +15,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::dr::prune::{PruneReport, prune};
+use crate::dr::fence::{self, Site};
+use crate::dr::prune::{Guard, PruneReport, prune};
 use crate::engine::execute::Cancel;
 use crate::engine::plan::{Action, Plan, Problem, SkipReason};
 use crate::engine::stats::Stats;
@@ -42,14 +45,23 @@ pub struct DestinationOutcome {
     pub deferred: usize,
     /// Deletions mirrored at the destination (policies with `delete: true`).
     pub prune: Option<PruneReport>,
+    /// Repository globs that matched nothing at the source (a warning).
+    pub unmatched: Vec<String>,
+    /// The pass was refused by the failover fence.
+    pub fenced: bool,
 }
 
 impl DestinationOutcome {
-    /// Everything in scope is replicated (nothing failed, nothing held back).
+    fn new(source: String, destination: String, reversed: bool) -> DestinationOutcome {
+        DestinationOutcome { destination, source, reversed, report: None, error: None, deferred: 0, prune: None, unmatched: Vec::new(), fenced: false }
+    }
+
+    /// Everything in scope is replicated (nothing failed, nothing held back,
+    /// no deletion refused).
     pub fn ok(&self) -> bool {
         self.deferred == 0
             && self.error.is_none()
-            && self.prune.as_ref().is_none_or(|p| p.errors.is_empty())
+            && self.prune.as_ref().is_none_or(|p| p.errors.is_empty() && p.refused.is_empty())
             && self.report.as_ref().is_some_and(|r| r.failures.is_empty() && r.status.as_str() == "succeeded")
     }
 }
@@ -80,31 +92,49 @@ pub async fn jobs_of(policy: &Policy, state: &StateDb) -> Result<Vec<JobSpec>, c
 /// Run one pass of `policy`. `only` limits it to these source repositories
 /// (names relative to the source prefix), e.g. for a push event.
 pub async fn run_pass(policy: &Policy, state: &StateDb, cancel: &Cancel, metrics: &Metrics, only: Option<&HashSet<String>>) -> PassOutcome {
-    let specs = match jobs_of(policy, state).await {
-        Ok(specs) => specs,
-        Err(e) => {
-            return PassOutcome {
-                policy: policy.name.clone(),
-                destinations: vec![DestinationOutcome {
-                    destination: String::new(),
-                    source: policy.source.url.to_string(),
-                    reversed: false,
-                    report: None,
-                    error: Some(e.to_string()),
-                    deferred: 0,
-                    prune: None,
-                }],
-            };
-        }
+    let failed = |e: String| {
+        let mut d = DestinationOutcome::new(policy.source.url.to_string(), String::new(), false);
+        d.error = Some(e);
+        PassOutcome { policy: policy.name.clone(), destinations: vec![d] }
     };
+    let (specs, reversed) = match (jobs_of(policy, state).await, state.is_reversed(&policy.name).await) {
+        (Ok(specs), Ok(reversed)) => (specs, reversed),
+        (Err(e), _) | (_, Err(e)) => return failed(e.to_string()),
+    };
+    // The fence at the DR site: a contradiction stops every job of the
+    // pass; a fence that cannot be read stops the DR job only.
+    let fence = check_fence(policy, reversed).await;
     let mut runs: Vec<BoxFuture<'_, DestinationOutcome>> = Vec::new();
-    for mut spec in specs {
+    for (i, mut spec) in specs.into_iter().enumerate() {
         if let Some(only) = only {
             spec.scope.explicit = only.iter().cloned().collect();
         }
+        let stop = match &fence {
+            FenceCheck::Agrees => None,
+            FenceCheck::Refused(why) => Some((why.clone(), true)),
+            FenceCheck::Unreadable(why) if i == 0 => Some((why.clone(), false)),
+            FenceCheck::Unreadable(_) => None,
+        };
+        let events = only.is_some();
         runs.push(
             async move {
-                let outcome = run_destination(policy, spec, state, cancel).await;
+                let outcome = match stop {
+                    Some((why, fenced)) => {
+                        tracing::error!(policy = %policy.name, destination = %spec.destination.url, reason = %why, "pass refused");
+                        let mut d = DestinationOutcome::new(spec.source.url.to_string(), spec.destination.url.to_string(), spec.reversed);
+                        d.error = Some(why);
+                        d.fenced = fenced;
+                        d
+                    }
+                    None => {
+                        let mut d = run_destination(policy, spec, state, cancel).await;
+                        if events {
+                            // A pass of pushed repositories only: the globs were not matched against the catalog.
+                            d.unmatched.clear();
+                        }
+                        d
+                    }
+                };
                 metrics.record(&policy.name, &outcome);
                 outcome
             }
@@ -115,20 +145,37 @@ pub async fn run_pass(policy: &Policy, state: &StateDb, cancel: &Cancel, metrics
     PassOutcome { policy: policy.name.clone(), destinations }
 }
 
+/// What the fence at the DR site says about a pass.
+enum FenceCheck {
+    Agrees,
+    /// It contradicts the state: the reason and the way out.
+    Refused(String),
+    /// It could not be read.
+    Unreadable(String),
+}
+
+async fn check_fence(policy: &Policy, reversed: bool) -> FenceCheck {
+    let site = match Site::dr(policy) {
+        None => return FenceCheck::Agrees,
+        Some(Ok(site)) => site,
+        Some(Err(e)) => return FenceCheck::Unreadable(format!("cannot read the failover fence: {e}")),
+    };
+    match site.read(&policy.name).await {
+        Ok(None) => FenceCheck::Agrees,
+        Ok(Some(f)) => match fence::refusal(&f, reversed, &format!("{}/{}", site.url, site.location(&policy.name))) {
+            None => FenceCheck::Agrees,
+            Some(why) => FenceCheck::Refused(why),
+        },
+        Err(e) => FenceCheck::Unreadable(format!("cannot read the failover fence {} at {}: {e}", site.location(&policy.name), site.url)),
+    }
+}
+
 async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel: &Cancel) -> DestinationOutcome {
     // This execution's own tokens: stopping the process stops it, but an
     // operator canceling the execution (`jobs cancel`, the API) stops only
     // it — not the daemon, nor the other destinations and policies.
     let cancel = &Cancel { stop: cancel.stop.child_token(), abort: cancel.abort.child_token() };
-    let mut outcome = DestinationOutcome {
-        destination: spec.destination.url.to_string(),
-        source: spec.source.url.to_string(),
-        reversed: spec.reversed,
-        report: None,
-        error: None,
-        deferred: 0,
-        prune: None,
-    };
+    let mut outcome = DestinationOutcome::new(spec.source.url.to_string(), spec.destination.url.to_string(), spec.reversed);
     let scope_key = spec.scope_key();
     let job = match Job::connect(spec).await {
         Ok(job) => job,
@@ -145,6 +192,10 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
         }
     };
     plan.retain_companions_of_selected();
+    outcome.unmatched = std::mem::take(&mut plan.unmatched);
+    for pattern in &outcome.unmatched {
+        tracing::warn!(policy = %policy.name, source = %outcome.source, pattern = %pattern, "repository pattern matches no repository at the source");
+    }
     match hold_back(&mut plan, state, &scope_key, policy.retry.give_up_after).await {
         Ok(n) => outcome.deferred = n,
         Err(e) => {
@@ -177,10 +228,27 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     // Deletions only after a pass that ran to its end.
     if policy.delete && report.status.as_str() != "canceled" && !cancel.stop.is_cancelled() {
         let concurrency = policy.concurrency.max(4) * 2;
-        match prune(&job.src, &job.dst, &job.spec.scope, &policy.tags, concurrency).await {
-            Ok(p) => outcome.prune = Some(p),
-            Err(e) => outcome.prune = Some(PruneReport { errors: vec![format!("deletions not mirrored: {e}")], ..PruneReport::default() }),
+        let guard = Guard { max_delete: policy.max_delete, force: policy.force_delete };
+        let p = match prune(&job.src, &job.dst, &job.spec.scope, &policy.tags, concurrency, guard).await {
+            Ok(p) => p,
+            Err(e) => PruneReport { errors: vec![format!("deletions not mirrored: {e}")], ..PruneReport::default() },
+        };
+        // A refused or failed sweep fails the pass, and its execution says why.
+        let reasons: Vec<String> = p
+            .refused
+            .iter()
+            .map(|r| format!("deletions refused: {r}"))
+            .chain(p.errors.iter().map(|e| format!("deletion failed: {e}")))
+            .collect();
+        for r in &p.refused {
+            tracing::error!(policy = %policy.name, destination = %outcome.destination, reason = %r, "deletions refused");
         }
+        if let (false, Some(id)) = (reasons.is_empty(), report.execution)
+            && let Err(e) = state.fail_execution(id, &reasons.join("; ")).await
+        {
+            tracing::error!(policy = %policy.name, error = %e, "cannot record the refused deletions");
+        }
+        outcome.prune = Some(p);
     }
     outcome.report = Some(report);
     outcome

@@ -26,6 +26,9 @@ pub struct RawPolicy {
     pub overwrite: Option<bool>,
     #[serde(default)]
     pub delete: Option<bool>,
+    /// The deletion guard: `10%` of the in-scope tags (default) or a count.
+    #[serde(default)]
+    pub max_delete: Option<At<String>>,
     #[serde(default)]
     pub trigger: Option<RawTrigger>,
     #[serde(default)]

@@ -96,6 +96,63 @@ impl RetryPolicy {
     }
 }
 
+/// How many tags one pass of a `delete: true` policy may delete at a
+/// destination: a share of its in-scope tags (rounded up, so one deletion is
+/// always allowed) or a number of tags.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxDelete {
+    /// Percent of the destination's in-scope tags, above 0 and at most 100.
+    Share(f64),
+    /// At most this many tags.
+    Count(u64),
+}
+
+impl Default for MaxDelete {
+    fn default() -> Self {
+        MaxDelete::Share(10.0)
+    }
+}
+
+impl fmt::Display for MaxDelete {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaxDelete::Share(p) => write!(f, "{p}%"),
+            MaxDelete::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for MaxDelete {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MaxDelete, String> {
+        let s = s.trim();
+        let bad = || format!("{s:?} is not a share or a count; write e.g. 10% or 50");
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p.trim().parse().map_err(|_| bad())?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err("a share must be above 0% and at most 100%".into());
+            }
+            return Ok(MaxDelete::Share(p));
+        }
+        match s.parse::<u64>() {
+            Ok(0) => Err("must be at least 1 (to never delete, leave delete: false)".into()),
+            Ok(n) => Ok(MaxDelete::Count(n)),
+            Err(_) => Err(bad()),
+        }
+    }
+}
+
+impl MaxDelete {
+    /// How many deletions a pass may make at a destination holding `in_scope` covered tags.
+    pub fn allowed(&self, in_scope: usize) -> usize {
+        match *self {
+            MaxDelete::Share(p) => ((in_scope as f64 * p / 100.0).ceil() as usize).max(1),
+            MaxDelete::Count(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+    }
+}
+
 /// One destination of a policy.
 #[derive(Debug, Clone)]
 pub struct Destination {
@@ -125,6 +182,11 @@ pub struct Policy {
     pub tags: Arc<TagFilter>,
     pub overwrite: bool,
     pub delete: bool,
+    /// The deletion guard's limit per pass and destination.
+    pub max_delete: MaxDelete,
+    /// Override the deletion guard for one pass (`run --force-delete`;
+    /// never read from a policy file).
+    pub force_delete: bool,
     pub trigger: Trigger,
     pub retry: RetryPolicy,
     pub concurrency: usize,
@@ -435,6 +497,10 @@ impl Checker<'_> {
                 retry.give_up_after = self.ok(g, "retry.give_up_after", ok).unwrap_or(retry.give_up_after);
             }
         }
+        let max_delete = match &raw.max_delete {
+            Some(m) => self.ok(m, "max_delete", m.value.parse::<MaxDelete>()).unwrap_or_default(),
+            None => MaxDelete::default(),
+        };
         let concurrency = match &raw.concurrency {
             Some(c) => {
                 let ok = if (1..=256).contains(&c.value) { Ok(c.value as usize) } else { Err("must be between 1 and 256".to_string()) };
@@ -482,6 +548,8 @@ impl Checker<'_> {
             tags: Arc::new(tags),
             overwrite: raw.overwrite.unwrap_or(true),
             delete: raw.delete.unwrap_or(false),
+            max_delete,
+            force_delete: false,
             trigger: trigger?,
             retry,
             concurrency,
@@ -715,6 +783,21 @@ mod tests {
                    destinations:\n  - registry: https://d.example.com\n    requests_per_second: 0\n";
         let e = load_text(&[("p.yaml", bad)], &[]).unwrap_err().to_string();
         assert!(e.contains("source.bytes_per_second") && e.contains("destinations[0].requests_per_second"), "{e}");
+    }
+
+    #[test]
+    fn max_delete_is_a_share_or_a_count_and_is_checked_with_its_line() {
+        let text = |m: &str| format!("name: p\nsource: {{ registry: 'https://s.example.com' }}\ndestinations:\n  - registry: 'https://d.example.com'\ndelete: true\nmax_delete: {m}\n");
+        let p = |m: &str| load_text(&[("p.yaml", &text(m))], &[]).map(|s| s.policies[0].max_delete);
+        assert_eq!(p("25%").unwrap(), MaxDelete::Share(25.0));
+        assert_eq!(p("50").unwrap(), MaxDelete::Count(50));
+        assert_eq!(MaxDelete::default().allowed(100), 10);
+        assert_eq!(MaxDelete::default().allowed(3), 1, "one deletion is always allowed");
+        assert_eq!(MaxDelete::Share(100.0).allowed(7), 7);
+        for bad in ["0", "0%", "150%", "lots", "-3"] {
+            let e = p(bad).unwrap_err().to_string();
+            assert!(e.contains("p.yaml:6: max_delete:"), "{bad}: {e}");
+        }
     }
 
     #[test]

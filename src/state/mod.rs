@@ -9,6 +9,7 @@
 pub mod backoff;
 pub mod jobs;
 pub mod overview;
+mod refused;
 mod recorder;
 pub mod status;
 
