@@ -1,5 +1,6 @@
 //! `regferry failover` and `regferry failback`: reverse a policy's
-//! direction after a last sync pass, and restore it after syncing back.
+//! direction after a last sync pass (reporting the RPO and deep-verifying the
+//! DR site), and restore it after syncing back; both write the failover fence.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::json;
 
-use regferry::dr::failover::{Switch, SwitchOptions, SwitchReport, switch};
+use regferry::dr::failover::{Rpo, Switch, SwitchOptions, SwitchReport, switch};
 use regferry::engine::execute::Cancel;
 use regferry::state::StateDb;
 
@@ -27,11 +28,13 @@ pub struct SwitchArgs {
     #[command(flatten)]
     pub state: StateArgs,
 
-    /// Say what would happen (reachability, tags the sync pass would copy); change nothing.
+    /// Say what would happen (reachability, tags the sync pass would copy, and for a failover
+    /// the RPO and the deep verification of DR); change nothing.
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Switch even when the sync pass did not replicate everything (or, for failback, DR does not answer).
+    /// Switch even when the sync pass did not replicate everything, the DR site is not
+    /// pullable, or the fence cannot be written there (for failback: even when DR does not answer).
     #[arg(long)]
     pub force: bool,
 
@@ -46,6 +49,18 @@ fn report_text(r: &SwitchReport, dry_run: bool) -> String {
         Switch::Failback => "failback",
     };
     let mut out = String::new();
+    if let Some(f) = &r.fence
+        && r.adopted
+    {
+        let direction = if f.reversed { "failed over (DR → primary)" } else { "forward (primary → DR)" };
+        out.push_str(&format!(
+            "{what} {}: the fence at DR (generation {}, written {}) says the policy runs {direction}; this state database did not know: {}\n",
+            r.policy,
+            f.generation,
+            ago(f.at),
+            if dry_run { "it would take that direction over" } else { "took that direction over (no sync pass for it)" }
+        ));
+    }
     if r.already {
         out.push_str(&format!(
             "{what} {}: nothing to do, the policy already runs {}\n",
@@ -62,6 +77,21 @@ fn report_text(r: &SwitchReport, dry_run: bool) -> String {
     if let Some(n) = r.would_copy {
         out.push_str(&format!("  the sync pass would copy {n} tag(s)\n"));
     }
+    if let Some(rpo) = &r.rpo {
+        out.push_str(&rpo_text(rpo));
+    }
+    if let Some(v) = &r.verification {
+        out.push_str(&super::verify::report_text(&format!("DR site {}", r.to), v));
+    }
+    if let Some(e) = &r.verification_error {
+        out.push_str(&format!("  cannot verify the DR site: {e}\n"));
+    }
+    for w in &r.warnings {
+        out.push_str(&format!("  warning: {w}\n"));
+    }
+    for f in &r.fence_written {
+        out.push_str(&format!("  fence written {f}\n"));
+    }
     if let Some(why) = &r.refused {
         out.push_str(&format!("{what} {}: not switched: {why}\n", r.policy));
     } else if r.switched {
@@ -71,6 +101,25 @@ fn report_text(r: &SwitchReport, dry_run: bool) -> String {
         out.push_str(&format!("{what} {}: dry run, nothing changed\n", r.policy));
     }
     out
+}
+
+fn ago(t: i64) -> String {
+    let secs = (regferry::state::now_ms() - t).max(0) / 1000;
+    format!("{} ago", humantime::format_duration(Duration::from_secs(secs as u64)))
+}
+
+fn rpo_text(rpo: &Rpo) -> String {
+    let last = rpo.last_pass_at.map(|t| format!("last pass {}", ago(t))).unwrap_or_else(|| "no pass recorded".into());
+    match rpo.rpo_seconds {
+        _ if rpo.caught_up => format!("  RPO: 0s (the catch-up pass replicated everything; {last})\n"),
+        Some(s) => format!(
+            "  RPO: up to {} ({last}; {} tag(s) known outstanding{})\n",
+            humantime::format_duration(Duration::from_secs(s as u64)),
+            rpo.outstanding_tags,
+            rpo.lag_seconds.filter(|l| *l > 0.0).map(|l| format!(", the oldest for {}", humantime::format_duration(Duration::from_secs(l as u64)))).unwrap_or_default()
+        ),
+        None => "  RPO: unknown (no pass of this policy recorded in this state database)\n".into(),
+    }
 }
 
 pub async fn run(args: SwitchArgs, which: Switch) -> Result<u8, CliError> {

@@ -92,6 +92,13 @@ fn text(o: &Outcome) -> String {
             return out;
         }
     };
+    out.push_str(&report_text(&title, r));
+    out
+}
+
+/// The text of one verification report under `title`.
+pub(super) fn report_text(title: &str, r: &VerifyReport) -> String {
+    let mut out = String::new();
     let verdict = if r.ok() { "identical" } else { "DIFFERENT" };
     let _ = writeln!(out, "verify {title}{}: {verdict}", if r.deep { " (deep)" } else { "" });
     let _ = writeln!(
@@ -134,6 +141,9 @@ fn text(o: &Outcome) -> String {
         }
         let detail = if detail.is_empty() { String::new() } else { format!("  ({})", detail.join("; ")) };
         let _ = writeln!(out, "  {:<20} {}{detail}", p.kind.label(), p.name());
+    }
+    for g in &r.unmatched_patterns {
+        let _ = writeln!(out, "  warning: repository pattern {g:?} matches no repository at {}", r.source);
     }
     out
 }

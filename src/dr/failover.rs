@@ -3,21 +3,31 @@
 //! names mapped back), after a last catch-up pass while the old source is
 //! still reachable; and restore it after syncing DR's changes back.
 //!
+//! A failover reports the recovery point (RPO) and proves the DR site
+//! pullable (a deep verification) before it switches; both switches write
+//! the failover fence into the registries ([`super::fence`]) before the
+//! state, and a switch whose fence already records the requested direction
+//! takes it over without a sync pass (the state database was lost or is
+//! older than the fence).
+//!
 //! The policy file is never edited. Deletions at the new destination happen
 //! only when the policy says `delete: true` (the passes here are ordinary
-//! policy passes).
+//! policy passes, within the deletion guard).
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::pass::metrics::Metrics;
-use crate::pass::{PassOutcome, run_pass};
+use super::fence::{Fence, Site};
+use super::lag::Lag;
+use super::verify::{ProblemKind, VerifyOptions, VerifyReport, pullable, verify};
 use crate::engine::execute::Cancel;
 use crate::job::Job;
+use crate::pass::metrics::Metrics;
+use crate::pass::{PassOutcome, run_pass};
 use crate::policy::Policy;
 use crate::registry::{ClientOptions, Endpoint, RegistryClient};
-use crate::state::{StateDb, StateError};
+use crate::state::{StateDb, StateError, now_ms};
 
 /// Failover (forward → reversed) or failback (reversed → forward).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -32,8 +42,41 @@ pub enum Switch {
 pub struct SwitchOptions {
     /// Only report what would happen.
     pub dry_run: bool,
-    /// Switch even when the sync pass did not replicate everything.
+    /// Switch even when the sync pass did not replicate everything, the DR
+    /// site is not pullable, or the fence cannot be written there.
     pub force: bool,
+}
+
+/// The recovery point of a failover: how much of the primary's recent
+/// history the DR site may lack at the moment of switching.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rpo {
+    /// The catch-up pass ran and replicated everything: nothing seen is lost.
+    pub caught_up: bool,
+    /// When a pass of the policy last checked or copied (Unix ms).
+    pub last_pass_at: Option<i64>,
+    /// Tags known not yet at DR, and the age of the oldest (from the state).
+    pub outstanding_tags: i64,
+    pub lag_seconds: Option<f64>,
+    /// 0 when caught up; otherwise the older of the oldest outstanding change
+    /// and the last pass (whatever the primary received since was never
+    /// seen); `None` when no pass ever ran.
+    pub rpo_seconds: Option<f64>,
+}
+
+impl Rpo {
+    fn of(lag: &Lag, caught_up: bool) -> Rpo {
+        let since_pass = lag.last_pass_at.map(|t| (now_ms() - t).max(0) as f64 / 1000.0);
+        let rpo_seconds = if caught_up {
+            Some(0.0)
+        } else {
+            match (lag.lag_seconds, since_pass) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            }
+        };
+        Rpo { caught_up, last_pass_at: lag.last_pass_at, outstanding_tags: lag.outstanding_tags, lag_seconds: lag.lag_seconds, rpo_seconds }
+    }
 }
 
 /// What a switch did (or would do).
@@ -59,6 +102,22 @@ pub struct SwitchReport {
     pub switched: bool,
     /// Why it did not switch.
     pub refused: Option<String>,
+    /// The fence found at the DR site before switching.
+    pub fence: Option<Fence>,
+    /// The state did not know the direction the fence records and took it
+    /// over (a dry run only says so).
+    pub adopted: bool,
+    /// Where the new fence was written (`site/repository:tag`, generation).
+    pub fence_written: Vec<String>,
+    /// Failover: the recovery point at the moment of switching.
+    pub rpo: Option<Rpo>,
+    /// Failover: the deep verification of the DR site (against the primary
+    /// when it answers, on its own when it does not).
+    pub verification: Option<VerifyReport>,
+    /// Why the verification could not run.
+    pub verification_error: Option<String>,
+    /// Things the operator should know that did not stop the switch.
+    pub warnings: Vec<String>,
 }
 
 /// Why a switch could not even be attempted.
@@ -76,10 +135,33 @@ async fn reachable(endpoint: &Endpoint) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(15), client.ping()).await, Ok(Ok(())))
 }
 
+/// Problems that make a DR site unfit to switch to: anything but tags
+/// that exist only at DR.
+fn unfit(report: &VerifyReport) -> usize {
+    report.problems.iter().filter(|p| p.kind != ProblemKind::OnlyAtDestination).count()
+}
+
+/// Deep-verify the DR site: against the primary when it answers, else on its own.
+async fn verify_dr(policy: &Policy, primary_up: bool) -> Result<VerifyReport, String> {
+    let dr = policy.destinations.first().ok_or("no DR destination")?;
+    let forward = policy.forward(dr);
+    let options = VerifyOptions { deep: true, concurrency: policy.concurrency.max(4) * 2, covers: Some(policy.tags.clone()) };
+    let dr_client = RegistryClient::new(&forward.destination, &policy.client).map_err(|e| format!("DR {e}"))?;
+    dr_client.ping().await.map_err(|e| format!("DR {e}"))?;
+    if primary_up {
+        let primary = RegistryClient::new(&forward.source, &policy.client).map_err(|e| format!("primary {e}"))?;
+        verify(&primary, &dr_client, &forward.scope, &options).await.map_err(|e| e.to_string())
+    } else {
+        let back = policy.reverse(dr);
+        pullable(&dr_client, &back.destination.url, &back.scope, &options).await.map_err(|e| e.to_string())
+    }
+}
+
 /// Fail `policy` over to its first destination, or back.
 pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: SwitchOptions, cancel: &Cancel) -> Result<SwitchReport, SwitchError> {
     let dr = policy.destinations.first().ok_or_else(|| SwitchError::NoDestination(policy.name.clone()))?;
-    let reversed = state.is_reversed(&policy.name).await?;
+    let mut reversed = state.is_reversed(&policy.name).await?;
+    let want_reversed = switch == Switch::Failover;
     // The sync pass runs in the current direction: primary → DR before a
     // failover, DR → primary before a failback.
     let spec = match switch {
@@ -92,16 +174,45 @@ pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: S
         from: spec.source.url.to_string(),
         to: spec.destination.url.to_string(),
         from_reachable: false,
-        already: reversed == (switch == Switch::Failover),
+        already: false,
         would_copy: None,
         sync: None,
         sync_ok: None,
         switched: false,
         refused: None,
+        fence: None,
+        adopted: false,
+        fence_written: Vec::new(),
+        rpo: None,
+        verification: None,
+        verification_error: None,
+        warnings: Vec::new(),
     };
+
+    // The fence at DR is the word of an earlier switch; a state that does
+    // not know it (lost, new or restored) takes its direction over first.
+    let dr_site = Site::dr(policy).and_then(|s| s.ok());
+    if let Some(site) = &dr_site {
+        match site.read(&policy.name).await {
+            Ok(f) => report.fence = f,
+            Err(e) => report.warnings.push(format!("cannot read the failover fence at {}: {e}", site.url)),
+        }
+    }
+    if let Some(f) = &report.fence
+        && f.reversed != reversed
+    {
+        report.adopted = true;
+        reversed = f.reversed;
+        if !options.dry_run {
+            state.set_reversed(&policy.name, reversed).await?;
+            tracing::warn!(policy = %policy.name, generation = f.generation, direction = if reversed { "reversed" } else { "forward" }, "took over the direction recorded by the failover fence");
+        }
+    }
+    report.already = reversed == want_reversed;
     if report.already {
         return Ok(report);
     }
+
     report.from_reachable = reachable(&spec.source).await;
     if !report.from_reachable {
         match switch {
@@ -115,6 +226,10 @@ pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: S
             Switch::Failback => {}
         }
     }
+    let lag_before = match switch {
+        Switch::Failover => Some(state.replication_lag(&policy.name).await?),
+        Switch::Failback => None,
+    };
     if options.dry_run {
         if report.from_reachable {
             match Job::connect(spec).await {
@@ -124,6 +239,10 @@ pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: S
                 },
                 Err(e) => report.refused = Some(format!("cannot plan the sync pass: {e}")),
             }
+        }
+        if let Some(lag) = &lag_before {
+            report.rpo = Some(Rpo::of(lag, false));
+            check_dr(policy, &mut report, options).await;
         }
         return Ok(report);
     }
@@ -145,8 +264,81 @@ pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: S
             return Ok(report);
         }
     }
-    state.set_reversed(&policy.name, switch == Switch::Failover).await?;
+    if let Some(lag) = &lag_before {
+        // After a catch-up pass the state knows what is still outstanding.
+        let caught_up = report.sync_ok == Some(true);
+        let lag = if caught_up { state.replication_lag(&policy.name).await? } else { lag.clone() };
+        report.rpo = Some(Rpo::of(&lag, caught_up && lag.outstanding_tags == 0));
+        check_dr(policy, &mut report, options).await;
+        if report.refused.is_some() {
+            return Ok(report);
+        }
+    }
+
+    // The fence first: a state lost after this point is recovered from it.
+    let generation = report.fence.as_ref().map_or(0, |f| f.generation) + 1;
+    let fence = Fence {
+        policy: policy.name.clone(),
+        reversed: want_reversed,
+        generation,
+        at: now_ms(),
+        primary: policy.source.url.to_string(),
+        dr: dr.url().to_string(),
+    };
+    match &dr_site {
+        Some(site) => match site.write(&fence).await {
+            Ok(()) => report.fence_written.push(format!("{}/{} (generation {generation})", site.url, site.location(&policy.name))),
+            Err(e) if options.force => report.warnings.push(format!("cannot write the failover fence at {}: {e}", site.url)),
+            Err(e) => {
+                report.refused = Some(format!("cannot write the failover fence at {}: {e} (--force switches without it)", site.url));
+                return Ok(report);
+            }
+        },
+        None => report.warnings.push("the DR site's fence repository name is not valid: no fence written".into()),
+    }
+    if report.from_reachable {
+        match Site::primary(policy) {
+            Ok(site) => match site.write(&fence).await {
+                Ok(()) => report.fence_written.push(format!("{}/{} (generation {generation})", site.url, site.location(&policy.name))),
+                Err(e) => report.warnings.push(format!("cannot write the failover fence at the primary {}: {e}", site.url)),
+            },
+            Err(e) => report.warnings.push(format!("cannot write the failover fence at the primary: {e}")),
+        }
+    }
+    state.set_reversed(&policy.name, want_reversed).await?;
     report.switched = true;
-    tracing::info!(policy = %policy.name, direction = if switch == Switch::Failover { "reversed" } else { "forward" }, "direction changed");
+    tracing::info!(policy = %policy.name, direction = if want_reversed { "reversed" } else { "forward" }, generation, "direction changed");
     Ok(report)
+}
+
+/// Failover: deep-verify the DR site and refuse (unless forced) when it is
+/// not fit to become the source.
+async fn check_dr(policy: &Policy, report: &mut SwitchReport, options: SwitchOptions) {
+    match verify_dr(policy, report.from_reachable).await {
+        Ok(v) => {
+            let bad = unfit(&v);
+            for g in &v.unmatched_patterns {
+                report.warnings.push(format!("repository pattern {g:?} matches no repository at {}", v.source));
+            }
+            if bad > 0 && report.refused.is_none() {
+                let what = if report.from_reachable { "is not identical to the primary or not pullable" } else { "is not pullable" };
+                let why = format!("the DR site {what}: {bad} problem(s) (see the verification above)");
+                if options.force {
+                    report.warnings.push(why);
+                } else {
+                    report.refused = Some(format!("{why}; --force switches anyway"));
+                }
+            }
+            report.verification = Some(v);
+        }
+        Err(e) => {
+            let why = format!("cannot verify the DR site: {e}");
+            if options.force {
+                report.warnings.push(why.clone());
+            } else if report.refused.is_none() {
+                report.refused = Some(format!("{why}; --force switches anyway"));
+            }
+            report.verification_error = Some(e);
+        }
+    }
 }

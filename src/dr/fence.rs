@@ -8,7 +8,8 @@
 //! the policy already writes to, so the same credentials can write it. It
 //! says which way the policy runs (`reversed` after a failover, `forward`
 //! after a failback), when, and a generation that grows with every switch.
-//! Every pass reads it at the DR site (one manifest `GET`) and refuses to
+//! Every pass reads it at the DR site (one manifest `HEAD`, and a `GET`
+//! when there is one) and refuses to
 //! run when it contradicts the local state — the case of a fresh or restored
 //! state database meeting a site that was failed over.
 //!
@@ -111,14 +112,22 @@ impl Site {
     /// these credentials may not see it — then they never wrote it either).
     pub async fn read(&self, policy: &str) -> Result<Option<Fence>, FenceError> {
         let tag = tag(policy)?;
-        let body = match self.client.get_manifest(&self.repo, &Reference::Tag(tag), &Scopes::pull(&self.repo)).await {
+        let reference = Reference::Tag(tag);
+        let scopes = Scopes::pull(&self.repo);
+        let missing = |e: &RegistryError| {
+            matches!(e.status(), Some(401 | 403 | 404))
+                || ["MANIFEST_UNKNOWN", "NAME_UNKNOWN", "DENIED", "UNAUTHORIZED"].iter().any(|c| e.has_code(c))
+        };
+        // A `HEAD` first: a site that never saw a failover costs what a tag check costs.
+        match self.client.head_manifest(&self.repo, &reference, &scopes).await {
+            Ok(None) => return Ok(None),
+            Ok(Some(_)) => {}
+            Err(e) if missing(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let body = match self.client.get_manifest(&self.repo, &reference, &scopes).await {
             Ok(body) => body,
-            Err(e)
-                if matches!(e.status(), Some(401 | 403 | 404))
-                    || ["MANIFEST_UNKNOWN", "NAME_UNKNOWN", "DENIED", "UNAUTHORIZED"].iter().any(|c| e.has_code(c)) =>
-            {
-                return Ok(None);
-            }
+            Err(e) if missing(&e) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         parse(&body.bytes).map(Some).ok_or_else(|| FenceError::Malformed(self.location(policy)))

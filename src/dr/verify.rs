@@ -257,6 +257,69 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
     Ok(report)
 }
 
+/// Prove that `site` alone serves in full every tag of `scope` it holds
+/// (its repositories are the scope's *source*; `elsewhere` is where they
+/// would be replicated to, only compared with). For a DR site whose primary
+/// is gone: there is nothing to compare with, but everything must pull.
+/// Every tag is a deep check; the report's `tags` counts them.
+pub async fn pullable(site: &RegistryClient, elsewhere: &crate::registry::RegistryUrl, scope: &Scope, options: &VerifyOptions) -> Result<VerifyReport, EngineError> {
+    let concurrency = options.concurrency.max(1);
+    let at = format!("{}", site.url().with_prefix(&scope.mapping.source_prefix));
+    let mut report = VerifyReport { source: at.clone(), destination: at, deep: true, ..VerifyReport::default() };
+    let found = discover(site, elsewhere, scope, concurrency).await?;
+    report.unmatched_patterns = found.unmatched;
+    report.repositories = found.repos.len();
+    for p in found.problems {
+        let mut t = TagProblem::new(ProblemKind::Error);
+        t.destination_repository = Some(p.source_repo);
+        t.tag = p.tag;
+        t.error = Some(p.error);
+        report.push(t);
+    }
+    let tags: Vec<(RepoName, Tag)> = found.repos.iter().flat_map(|r| r.tags.iter().map(|t| (r.source.clone(), t.clone()))).collect();
+    report.tags = tags.len();
+    let heads: Vec<(RepoName, Tag, Result<Option<Digest>, String>)> = futures::stream::iter(tags)
+        .map(|(repo, tag)| async move {
+            let head = site.head_manifest(&repo, &Reference::Tag(tag.clone()), &Scopes::pull(&repo)).await;
+            (repo, tag, head.map(|h| h.map(|h| h.digest)).map_err(|e| e.to_string()))
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut present = Vec::new();
+    for (repo, tag, head) in heads {
+        let mut t = TagProblem::new(ProblemKind::NotPullable);
+        t.destination_repository = Some(repo.to_string());
+        t.tag = Some(tag.to_string());
+        match head {
+            Ok(Some(digest)) => present.push((repo, tag, digest)),
+            Ok(None) => {
+                t.error = Some("listed, but the tag does not resolve".into());
+                report.push(t);
+            }
+            Err(e) => report.push(TagProblem { kind: ProblemKind::Error, error: Some(e), ..t }),
+        }
+    }
+    let deep = deep_check(site, &present, concurrency).await;
+    report.manifests_checked = deep.manifests;
+    report.blobs_checked = deep.blobs;
+    for (repo, tag, digest) in &present {
+        match deep.missing.get(&(repo.clone(), digest.clone())) {
+            Some(missing) if !missing.is_empty() => {
+                let mut t = TagProblem::new(ProblemKind::NotPullable);
+                t.destination_repository = Some(repo.to_string());
+                t.tag = Some(tag.to_string());
+                t.destination_digest = Some(digest.to_string());
+                missing.fill(&mut t);
+                report.push(t);
+            }
+            _ => report.identical += 1,
+        }
+    }
+    report.problems.sort_by_key(|p| (p.destination_repository.clone(), p.tag.clone()));
+    Ok(report)
+}
+
 /// Destination tags (of repositories in scope) that the source does not have.
 async fn only_at_destination(
     dst: &RegistryClient,

@@ -8,6 +8,7 @@ mod bad_input;
 mod cli_errors;
 mod crash;
 mod dr;
+mod dr_safety;
 mod identities;
 mod faults;
 mod memory;
