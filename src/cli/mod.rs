@@ -162,13 +162,22 @@ regferry verify --policies policies/ prod-to-dr --json")]
 
     /// Fail a policy over to its DR registry (its first destination): sync, then reverse the direction.
     #[command(long_about = "Fail a policy over to its DR registry (its first destination).\n\n\
-When the primary (the policy's source) still answers, a last pass copies primary → DR first; \
-then the direction is reversed in the state database (the policy file is not edited): `run` and \
-the daemon replicate DR → primary, names mapped back (mirror/team/app → team/app). Nothing is \
-deleted at the new destination unless the policy says `delete: true`.")]
+When the primary (the policy's source) still answers, a last pass copies primary → DR first. \
+The report gives the RPO (the replication lag at the moment of switching), and DR is deep-verified \
+(against the primary, or on its own when the primary is gone): a DR site that is not pullable is \
+refused unless --force. Then a fence is written into the registries (DR's \
+<namespace>/regferry-fence:<policy>, and the primary's when it answers) and the direction is \
+reversed in the state database (the policy file is not edited): `run` and the daemon replicate \
+DR → primary, names mapped back (mirror/team/app → team/app). A state database that does not know \
+a failover recorded by the fence (a lost or new state) refuses to replicate forward until \
+`failover` (take the failed-over direction over) or `failback` is run. Nothing is deleted at the \
+new destination unless the policy says `delete: true`.")]
     Failover(failover::SwitchArgs),
 
     /// Sync a failed-over policy's changes from DR back to the primary, then restore its direction.
+    #[command(long_about = "Sync a failed-over policy's changes from DR back to the primary, then \
+restore its direction and rewrite the fence as forward. Also works from a state database that lost \
+the failover: the fence at DR tells it the policy runs reversed.")]
     Failback(failover::SwitchArgs),
 
     /// Print shell completions (bash, zsh, fish, elvish, powershell).

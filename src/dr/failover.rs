@@ -287,7 +287,7 @@ pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: S
     };
     match &dr_site {
         Some(site) => match site.write(&fence).await {
-            Ok(()) => report.fence_written.push(format!("{}/{} (generation {generation})", site.url, site.location(&policy.name))),
+            Ok(()) => report.fence_written.push(format!("{} (generation {generation})", site.location(&policy.name))),
             Err(e) if options.force => report.warnings.push(format!("cannot write the failover fence at {}: {e}", site.url)),
             Err(e) => {
                 report.refused = Some(format!("cannot write the failover fence at {}: {e} (--force switches without it)", site.url));
@@ -299,7 +299,7 @@ pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: S
     if report.from_reachable {
         match Site::primary(policy) {
             Ok(site) => match site.write(&fence).await {
-                Ok(()) => report.fence_written.push(format!("{}/{} (generation {generation})", site.url, site.location(&policy.name))),
+                Ok(()) => report.fence_written.push(format!("{} (generation {generation})", site.location(&policy.name))),
                 Err(e) => report.warnings.push(format!("cannot write the failover fence at the primary {}: {e}", site.url)),
             },
             Err(e) => report.warnings.push(format!("cannot write the failover fence at the primary: {e}")),

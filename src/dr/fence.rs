@@ -78,6 +78,8 @@ pub struct Site {
     pub client: RegistryClient,
     /// `registry/prefix`, for messages.
     pub url: String,
+    /// The registry without the prefix.
+    base: String,
     repo: RepoName,
 }
 
@@ -86,7 +88,8 @@ impl Site {
     pub fn new(endpoint: &Endpoint, options: &ClientOptions) -> Result<Site, FenceError> {
         let client = RegistryClient::new(endpoint, options)?.with_role("fence");
         let repo = repository(endpoint.url.prefix())?;
-        Ok(Site { client, url: endpoint.url.to_string(), repo })
+        let base = endpoint.url.base().as_str().trim_end_matches('/').to_string();
+        Ok(Site { client, url: endpoint.url.to_string(), base, repo })
     }
 
     /// The DR site of `policy` (its first destination, with its namespace).
@@ -100,11 +103,12 @@ impl Site {
         Site::new(&policy.source, &policy.client)
     }
 
-    /// Where the fence of `policy` lives here, e.g. `mirror/regferry-fence:prod`.
+    /// Where the fence of `policy` lives here, e.g.
+    /// `https://dr.example.com/mirror/regferry-fence:prod`.
     pub fn location(&self, policy: &str) -> String {
         match tag(policy) {
-            Ok(t) => format!("{}:{t}", self.repo),
-            Err(_) => self.repo.to_string(),
+            Ok(t) => format!("{}/{}:{t}", self.base, self.repo),
+            Err(_) => format!("{}/{}", self.base, self.repo),
         }
     }
 

@@ -162,11 +162,11 @@ async fn check_fence(policy: &Policy, reversed: bool) -> FenceCheck {
     };
     match site.read(&policy.name).await {
         Ok(None) => FenceCheck::Agrees,
-        Ok(Some(f)) => match fence::refusal(&f, reversed, &format!("{}/{}", site.url, site.location(&policy.name))) {
+        Ok(Some(f)) => match fence::refusal(&f, reversed, &site.location(&policy.name)) {
             None => FenceCheck::Agrees,
             Some(why) => FenceCheck::Refused(why),
         },
-        Err(e) => FenceCheck::Unreadable(format!("cannot read the failover fence {} at {}: {e}", site.location(&policy.name), site.url)),
+        Err(e) => FenceCheck::Unreadable(format!("cannot read the failover fence {}: {e}", site.location(&policy.name))),
     }
 }
 
