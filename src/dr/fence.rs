@@ -55,9 +55,15 @@ pub enum FenceError {
     #[error("the fence repository name under {0:?} is not a valid repository name")]
     Name(String),
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Registry(Box<RegistryError>),
     #[error("the fence {0} is not a regferry fence manifest")]
     Malformed(String),
+}
+
+impl From<RegistryError> for FenceError {
+    fn from(e: RegistryError) -> FenceError {
+        FenceError::Registry(Box::new(e))
+    }
 }
 
 /// Where a site keeps fences: `<prefix>/regferry-fence`.
