@@ -136,9 +136,15 @@ async fn reachable(endpoint: &Endpoint) -> bool {
 }
 
 /// Problems that make a DR site unfit to switch to: anything but tags
-/// that exist only at DR.
-fn unfit(report: &VerifyReport) -> usize {
-    report.problems.iter().filter(|p| p.kind != ProblemKind::OnlyAtDestination).count()
+/// that exist only at DR — and, before the sync pass (a dry run), anything
+/// but what is not pullable or could not be checked (the pass would copy the rest).
+fn unfit(report: &VerifyReport, synced: bool) -> usize {
+    let counts = |k: ProblemKind| match k {
+        ProblemKind::OnlyAtDestination => false,
+        ProblemKind::NotPullable | ProblemKind::Error => true,
+        ProblemKind::Missing | ProblemKind::DigestDiffers | ProblemKind::MediaTypeDiffers => synced,
+    };
+    report.problems.iter().filter(|p| counts(p.kind)).count()
 }
 
 /// Deep-verify the DR site: against the primary when it answers, else on its own.
@@ -242,7 +248,7 @@ pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: S
         }
         if let Some(lag) = &lag_before {
             report.rpo = Some(Rpo::of(lag, false));
-            check_dr(policy, &mut report, options).await;
+            check_dr(policy, &mut report, options, false).await;
         }
         return Ok(report);
     }
@@ -269,7 +275,7 @@ pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: S
         let caught_up = report.sync_ok == Some(true);
         let lag = if caught_up { state.replication_lag(&policy.name).await? } else { lag.clone() };
         report.rpo = Some(Rpo::of(&lag, caught_up && lag.outstanding_tags == 0));
-        check_dr(policy, &mut report, options).await;
+        check_dr(policy, &mut report, options, true).await;
         if report.refused.is_some() {
             return Ok(report);
         }
@@ -312,11 +318,11 @@ pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: S
 }
 
 /// Failover: deep-verify the DR site and refuse (unless forced) when it is
-/// not fit to become the source.
-async fn check_dr(policy: &Policy, report: &mut SwitchReport, options: SwitchOptions) {
+/// not fit to become the source. `synced`: the sync pass has run.
+async fn check_dr(policy: &Policy, report: &mut SwitchReport, options: SwitchOptions, synced: bool) {
     match verify_dr(policy, report.from_reachable).await {
         Ok(v) => {
-            let bad = unfit(&v);
+            let bad = unfit(&v, synced);
             for g in &v.unmatched_patterns {
                 report.warnings.push(format!("repository pattern {g:?} matches no repository at {}", v.source));
             }
