@@ -5,7 +5,7 @@
 //!
 //! A failover reports the recovery point (RPO) and proves the DR site
 //! pullable (a deep verification) before it switches; both switches write
-//! the failover fence into the registries ([`super::fence`]) before the
+//! the failover fence into the registries ([`crate::pass::fence`]) before the
 //! state, and a switch whose fence already records the requested direction
 //! takes it over without a sync pass (the state database was lost or is
 //! older than the fence).
@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::fence::{Fence, Site};
 use super::lag::Lag;
 use super::verify::{ProblemKind, VerifyOptions, VerifyReport, pullable, verify};
 use crate::engine::execute::Cancel;
 use crate::job::Job;
+use crate::pass::fence::{Fence, Site};
 use crate::pass::metrics::Metrics;
 use crate::pass::{PassOutcome, run_pass};
 use crate::policy::Policy;

@@ -3,13 +3,12 @@
 //! events ([`events`]), mirror deletions for `delete: true` policies
 //! ([`prune`], within its deletion guard), and fail a policy over to its DR
 //! registry and back ([`failover`]), leaving a marker in the registries
-//! that outlives the state database ([`fence`]).
+//! that outlives the state database (`pass::fence`).
 //!
 //! Builds on the engine, the policies and the state database; never prints.
 
 pub mod events;
 pub mod failover;
-pub mod fence;
 pub mod lag;
 pub mod prune;
 pub mod verify;

@@ -32,7 +32,7 @@ impl TagSelector for AllTags {
 }
 
 /// The last path component of regferry's own bookkeeping repository (the
-/// failover fence, see `dr::fence`): never replicated, verified or pruned as
+/// failover fence, see `pass::fence`): never replicated, verified or pruned as
 /// an ordinary repository, whatever the globs say.
 pub const RESERVED_REPOSITORY: &str = "regferry-fence";
 

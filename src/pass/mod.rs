@@ -15,7 +15,6 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::dr::fence::{self, Site};
 use crate::dr::prune::{Guard, PruneReport, prune};
 use crate::engine::execute::Cancel;
 use crate::engine::plan::{Action, Plan, Problem, SkipReason};
@@ -25,8 +24,10 @@ use crate::policy::Policy;
 use crate::state::backoff::Outcome;
 use crate::state::{StateDb, now_ms};
 
+pub mod fence;
 pub mod metrics;
 
+use fence::Site;
 use metrics::Metrics;
 
 /// What happened at one destination.

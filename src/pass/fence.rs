@@ -15,7 +15,7 @@
 //!
 //! The repository is reserved (`engine::discover::RESERVED_REPOSITORY`):
 //! never replicated, verified or pruned. This module only reads and writes
-//! the marker; it never decides a switch.
+//! the marker; it never decides a switch (that is `dr::failover`, above).
 
 use bytes::Bytes;
 use reqwest::Method;
