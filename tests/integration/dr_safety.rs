@@ -121,6 +121,10 @@ async fn a_failover_fence_stops_a_fresh_state_from_replicating_over_the_dr_site(
     assert_eq!(p.head("team/app", "v2").await, d.head("mirror/team/app", "v2").await);
     assert!(!p.catalog().await.iter().any(|r| r.starts_with("mirror/")), "the fence repository is never replicated");
 
+    // A backup of the state taken while reversed, for later.
+    let backup = scratch.path("backup.db").to_string_lossy().into_owned();
+    copy_state(&state, &backup);
+
     // Failback rewrites the fence; a forward pass runs again.
     let fb = cmd("failback", &[]).await;
     assert_eq!(fb.code, 0, "{}", text(&fb));
@@ -130,6 +134,30 @@ async fn a_failover_fence_stops_a_fresh_state_from_replicating_over_the_dr_site(
     cmd("run", &[]).await.assert_ok();
     let verify = cmd("verify", &["--deep", "--json"]).await;
     assert_eq!(verify.code, 0, "the fence is neither compared nor reported as only at DR: {}", text(&verify));
+
+    // The state restored from the backup says reversed; the fence says failed back: DR is not
+    // replicated over the primary, and `failback` takes the forward direction over without a sync.
+    remove_state(&state);
+    copy_state(&backup, &state);
+    push_tags(&p, "team/app", &["v1"], "primary-again").await;
+    let primary_v1 = p.head("team/app", "v1").await;
+    let run = cmd("run", &["--json"]).await;
+    assert_eq!(run.code, 1, "{}", text(&run));
+    assert!(run.json()[0]["destinations"][0]["error"].as_str().unwrap_or_default().contains("was failed back"), "{}", run.stdout);
+    assert_eq!(p.head("team/app", "v1").await, primary_v1, "the primary keeps its new v1");
+    let fb = cmd("failback", &[]).await;
+    assert_eq!(fb.code, 0, "{}", text(&fb));
+    assert!(fb.stdout.contains("took that direction over") && fb.stdout.contains("nothing to do"), "{}", fb.stdout);
+    cmd("run", &[]).await.assert_ok();
+    assert_eq!(d.head("mirror/team/app", "v1").await, primary_v1, "forward again");
+}
+
+fn copy_state(from: &str, to: &str) {
+    for suffix in ["", "-wal", "-shm"] {
+        if std::path::Path::new(&format!("{from}{suffix}")).exists() {
+            std::fs::copy(format!("{from}{suffix}"), format!("{to}{suffix}")).expect("copy the state");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
