@@ -20,6 +20,7 @@ use std::time::Duration;
 use crate::engine::discover::{RepoFilter, Scope};
 use crate::engine::execute::ExecuteOptions;
 use crate::engine::plan::RepoMapping;
+use crate::engine::platforms::{FilterMode, PlatformFilter};
 use crate::job::JobSpec;
 use crate::registry::endpoint::parse_size;
 use crate::registry::{ClientOptions, CredentialSource, Credentials, Endpoint, Limits, Proxy, RegistryUrl, Secret, Tls, docker_config};
@@ -123,6 +124,8 @@ pub struct Policy {
     pub destinations: Vec<Destination>,
     pub repos: RepoFilter,
     pub tags: Arc<TagFilter>,
+    /// Copy only these platforms of multi-platform images.
+    pub platforms: Option<Arc<PlatformFilter>>,
     pub overwrite: bool,
     pub delete: bool,
     pub trigger: Trigger,
@@ -156,7 +159,13 @@ impl Policy {
             policy: Some(self.name.clone()),
             source,
             destination,
-            scope: Scope { mapping, repos: self.repos.clone(), explicit: self.source_repositories.clone(), tags: self.tags.clone() },
+            scope: Scope {
+                mapping,
+                repos: self.repos.clone(),
+                explicit: self.source_repositories.clone(),
+                tags: self.tags.clone(),
+                platforms: self.platforms.clone(),
+            },
             scope_words: self.scope_words.clone(),
             overwrite: self.overwrite,
             reversed: false,
@@ -405,6 +414,8 @@ impl Checker<'_> {
             }
         }
 
+        let platforms = self.platforms(raw.platforms.as_ref(), raw.platform_filter.as_ref());
+
         let trigger = match &raw.trigger {
             Some(t) => match (&t.interval, &t.cron) {
                 (Some(i), None) => self.ok(i, "trigger.interval", duration(i)).map(Trigger::Interval),
@@ -472,6 +483,7 @@ impl Checker<'_> {
         }
         let mut scope_words: Vec<String> = values(include).into_iter().map(|g| format!("+{g}")).collect();
         scope_words.extend(values(exclude).into_iter().map(|g| format!("-{g}")));
+        scope_words.extend(platforms.as_ref().map(|p| p.scope_word()));
         Some(Policy {
             name,
             file: self.file.to_path_buf(),
@@ -480,6 +492,7 @@ impl Checker<'_> {
             destinations,
             repos: repos?,
             tags: Arc::new(tags),
+            platforms: platforms.map(Arc::new),
             overwrite: raw.overwrite.unwrap_or(true),
             delete: raw.delete.unwrap_or(false),
             trigger: trigger?,
@@ -489,6 +502,30 @@ impl Checker<'_> {
             client,
             scope_words,
         })
+    }
+
+    /// `platforms:` and `platform_filter:`, each value checked on its own line.
+    fn platforms(&mut self, list: Option<&At<Vec<At<String>>>>, mode: Option<&At<String>>) -> Option<PlatformFilter> {
+        let mode = match mode {
+            Some(m) => {
+                if list.is_none() {
+                    self.issue(line(m), "platform_filter", "has no effect without platforms: [os/arch, …]");
+                }
+                self.ok(m, "platform_filter", m.value.parse::<FilterMode>())?
+            }
+            None => FilterMode::default(),
+        };
+        let list = list?;
+        if list.value.is_empty() {
+            self.issue(line(list), "platforms", "is empty: list the platforms to copy (e.g. [linux/amd64, linux/arm64]) or leave it out to copy all");
+            return None;
+        }
+        let mut good = Vec::new();
+        for (i, p) in list.value.iter().enumerate() {
+            let ok = p.value.parse::<crate::engine::platforms::Platform>().map(|_| p.value.clone());
+            good.extend(self.ok(p, &format!("platforms[{i}]"), ok));
+        }
+        (good.len() == list.value.len()).then(|| PlatformFilter::parse(&good, mode).ok()).flatten()
     }
 
     /// `endpoint` with the registry entry's `chunk_size`, if it gives one.
