@@ -512,6 +512,41 @@ mod tests {
         assert!(e.contains("validates") && e.contains("`rewrite`") && e.contains("1 of its 3"), "{e}");
     }
 
+    /// What a narrowed tag's action becomes: in sync only when the
+    /// destination holds the narrowed digest (a full index there is not).
+    #[test]
+    fn decisions_against_the_narrowed_digest() {
+        use crate::registry::ManifestHead;
+        let src = index(&[("linux", "amd64", None), ("linux", "arm64", None), ("linux", "s390x", None)]);
+        let Selection::Narrowed(n) = select(&filter(&["linux/amd64"], FilterMode::Rewrite), &src, OCI_INDEX).unwrap() else { panic!() };
+        let head = |d: &Digest| ManifestHead { digest: d.clone(), media_type: OCI_INDEX.into() };
+        let source = Digest::sha256_of(&src);
+        let item = |dest: Option<&Digest>, action| PlanItem {
+            source_repo: "a/b".parse().unwrap(),
+            dest_repo: "a/b".parse().unwrap(),
+            tag: "v1".parse().unwrap(),
+            source: head(&source),
+            source_body: None,
+            dest: dest.map(|d| Box::new(head(d))),
+            action,
+            platforms: None,
+        };
+        let copy = Action::Copy(CopyReason::DigestDiffers);
+        assert_eq!(decide(&item(Some(&n.digest), copy), &n.digest, true), Action::Skip(SkipReason::UpToDate));
+        assert_eq!(decide(&item(None, Action::Skip(SkipReason::UpToDate)), &n.digest, true), copy, "the full index is not the narrowed one");
+        assert_eq!(decide(&item(None, Action::Copy(CopyReason::Missing)), &n.digest, true), Action::Copy(CopyReason::Missing));
+        assert_eq!(decide(&item(Some(&n.digest), copy), &n.digest, false), Action::Skip(SkipReason::UpToDate));
+        let other = Digest::sha256_of(b"other");
+        assert_eq!(decide(&item(Some(&other), copy), &n.digest, false), Action::Skip(SkipReason::OverwriteForbidden));
+        // Sparse: the target is the source digest, and what is copied is the selection.
+        let Selection::Narrowed(s) = select(&filter(&["linux/amd64"], FilterMode::Sparse), &src, OCI_INDEX).unwrap() else { panic!() };
+        assert_eq!(decide(&item(None, Action::Skip(SkipReason::UpToDate)), &s.digest, true), Action::Skip(SkipReason::UpToDate));
+        let mut planned = item(None, Action::Copy(CopyReason::Missing));
+        planned.platforms = Some(Box::new(s));
+        assert_eq!(planned.target_digest(), &source);
+        assert_eq!(selected_children(&planned).map(|c| c.len()), Some(1));
+    }
+
     #[test]
     fn attestations_follow_their_image_and_docker_lists_work() {
         let body = format!(

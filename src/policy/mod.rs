@@ -511,7 +511,8 @@ impl Checker<'_> {
                 if list.is_none() {
                     self.issue(line(m), "platform_filter", "has no effect without platforms: [os/arch, …]");
                 }
-                self.ok(m, "platform_filter", m.value.parse::<FilterMode>())?
+                // On a bad mode the list is still checked (every mistake in one go).
+                self.ok(m, "platform_filter", m.value.parse::<FilterMode>()).unwrap_or_default()
             }
             None => FilterMode::default(),
         };
@@ -752,6 +753,31 @@ mod tests {
                    destinations:\n  - registry: https://d.example.com\n    requests_per_second: 0\n";
         let e = load_text(&[("p.yaml", bad)], &[]).unwrap_err().to_string();
         assert!(e.contains("source.bytes_per_second") && e.contains("destinations[0].requests_per_second"), "{e}");
+    }
+
+    #[test]
+    fn platforms_load_with_their_mode_and_each_mistake_has_its_line() {
+        let text = "name: p\nsource:\n  registry: https://s.example.com\ndestinations:\n  - registry: https://d.example.com\n\
+                    platforms: [linux/amd64, linux/arm64]\n";
+        let set = load_text(&[("p.yaml", text)], &[]).unwrap();
+        let f = set.get("p").unwrap().platforms.clone().expect("a platform filter");
+        assert_eq!((f.label(), f.mode), ("linux/amd64,linux/arm64".to_string(), FilterMode::Rewrite), "rewrite is the default");
+        let spec = set.get("p").unwrap().forward(&set.get("p").unwrap().destinations[0]);
+        assert!(spec.scope.platforms.is_some() && spec.scope_key().contains("platforms=linux/amd64,linux/arm64:rewrite"));
+        let sparse = text.replace("platforms:", "platform_filter: sparse\nplatforms:");
+        assert_eq!(load_text(&[("p.yaml", &sparse)], &[]).unwrap().get("p").unwrap().platforms.as_ref().unwrap().mode, FilterMode::Sparse);
+
+        let bad = "name: p\nsource:\n  registry: https://s.example.com\ndestinations:\n  - registry: https://d.example.com\n\
+                   platforms:\n  - linux/amd64\n  - linux\nplatform_filter: both\n";
+        let e = load_text(&[("p.yaml", bad)], &[]).unwrap_err().to_string();
+        assert!(e.contains("p.yaml:8: platforms[1]: \"linux\" is not a platform"), "{e}");
+        assert!(e.contains("p.yaml:9: platform_filter: \"both\" is not a platform filter"), "{e}");
+        let alone = "name: p\nsource:\n  registry: https://s.example.com\ndestinations:\n  - registry: https://d.example.com\n\
+                     platform_filter: sparse\n";
+        let e = load_text(&[("p.yaml", alone)], &[]).unwrap_err().to_string();
+        assert!(e.contains("p.yaml:6: platform_filter: has no effect without platforms"), "{e}");
+        let empty = alone.replace("platform_filter: sparse", "platforms: []");
+        assert!(load_text(&[("p.yaml", &empty)], &[]).unwrap_err().to_string().contains("platforms: is empty"));
     }
 
     #[test]
