@@ -58,6 +58,8 @@ async fn rewrite_copies_only_the_selected_platforms_records_the_new_digest_and_s
     s.push("team/app", "single", &single).await;
     // A cosign signature of the index travels with it (its tag names the source digest).
     s.push("team/app", &image::signature_tag(&four.digest), &image::signature(&four)).await;
+    // …but not that of an index that is not copied.
+    s.push("team/app", &image::signature_tag(&windows.digest), &image::signature(&windows)).await;
 
     let scratch = Scratch::new();
     let policies = write(
@@ -99,6 +101,7 @@ async fn rewrite_copies_only_the_selected_platforms_records_the_new_digest_and_s
     assert_eq!(serde_json::from_slice::<Value>(&bytes).expect("json"), filtered(&list, &[&list_amd64]));
     assert_eq!(d.head("dr/team/app", "single").await, s.head("team/app", "single").await, "a single-platform image passes unchanged");
     assert_eq!(d.head("dr/team/app", "windows").await, None, "no empty index is pushed");
+    assert_eq!(d.head("dr/team/app", &image::signature_tag(&windows.digest)).await, None, "nor the signature of a skipped index");
     let sig = image::signature_tag(&four.digest);
     assert_eq!(d.head("dr/team/app", &sig).await, s.head("team/app", &sig).await, "the index's signature tag travels");
 
