@@ -118,7 +118,7 @@ fn text(o: &Outcome) -> String {
         r.errors
     );
     if r.no_selected_platform > 0 {
-        let _ = writeln!(out, "  {} index tag(s) hold none of the selected platforms (not replicated)", r.no_selected_platform);
+        let _ = writeln!(out, "  {} tag(s) not replicated: an index with none of the selected platforms, or its signature", r.no_selected_platform);
     }
     for n in &r.narrowed {
         let _ = writeln!(out, "  {:<20} {}:{}  {}", "platforms", n.destination_repository, n.tag, n.selection);

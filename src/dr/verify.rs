@@ -129,7 +129,8 @@ pub struct VerifyReport {
     /// Deep: distinct manifests fetched and distinct (repository, blob) pairs checked.
     pub manifests_checked: usize,
     pub blobs_checked: usize,
-    /// Index tags skipped because they hold none of the selected platforms.
+    /// Tags skipped because their index holds none of the selected
+    /// platforms (with the signature companions of such an index).
     pub no_selected_platform: usize,
     /// Tags whose index a platform filter narrowed: what the destination
     /// was compared against (`linux/amd64 of sha256:… (rewritten to sha256:…)`).

@@ -188,7 +188,7 @@ impl Plan {
         let selected: std::collections::HashSet<(RepoName, String)> = self
             .items
             .iter()
-            .filter(|i| !i.tag.is_signature_companion() && i.action != Action::Skip(SkipReason::NoSelectedPlatform))
+            .filter(|i| !i.tag.is_signature_companion())
             .map(|i| (i.source_repo.clone(), i.source.digest.as_str().replacen(':', "-", 1)))
             .collect();
         self.items.retain(|i| {

@@ -358,6 +358,7 @@ pub async fn narrow(src: &RegistryClient, plan: &mut Plan, filter: &PlatformFilt
         .collect()
         .await;
     let mut failed = Vec::new();
+    let mut not_copied = std::collections::HashSet::new();
     for (n, selection) in fetched {
         let item = &mut plan.items[n];
         match selection {
@@ -375,8 +376,16 @@ pub async fn narrow(src: &RegistryClient, plan: &mut Plan, filter: &PlatformFilt
                     "skipped: the index has none of the selected platforms {} (it has {})", filter.label(), have.join(", ")
                 );
                 item.action = Action::Skip(SkipReason::NoSelectedPlatform);
+                not_copied.insert((item.source_repo.clone(), item.source.digest.as_str().replacen(':', "-", 1)));
             }
             Err(error) => failed.push((n, error)),
+        }
+    }
+    // Cosign companions (`sha256-<hex>.sig` …) of an index not copied stay behind with it.
+    for item in plan.items.iter_mut().filter(|i| i.tag.is_signature_companion()) {
+        let subject = item.tag.as_str().rsplit_once('.').map_or("", |(s, _)| s).to_string();
+        if not_copied.contains(&(item.source_repo.clone(), subject)) {
+            item.action = Action::Skip(SkipReason::NoSelectedPlatform);
         }
     }
     // A tag whose index could not be read or narrowed cannot be decided: a problem, not a copy.
