@@ -132,7 +132,7 @@ impl Job {
         let options = DiffOptions { concurrency, overwrite: self.spec.overwrite, writes };
         let mut plan = diff(&self.src, &self.dst, found, options).await;
         if let Some(filter) = &self.spec.scope.platforms {
-            crate::engine::platforms::narrow(&self.src, &mut plan, filter, concurrency, self.spec.overwrite).await;
+            crate::engine::platforms::narrow(&self.src, &self.dst, &mut plan, filter, concurrency, self.spec.overwrite).await;
         }
         plan.planning_time = started.elapsed();
         Ok(plan)

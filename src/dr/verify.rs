@@ -203,7 +203,7 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
 
     let mut plan = diff(src, dst, selected, DiffOptions { concurrency, overwrite: true, writes: false }).await;
     if let Some(filter) = &scope.platforms {
-        crate::engine::platforms::narrow(src, &mut plan, filter, concurrency, true).await;
+        crate::engine::platforms::narrow(src, dst, &mut plan, filter, concurrency, true).await;
     }
     report.tags = plan.items.len();
     for p in &plan.problems {
@@ -224,11 +224,11 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
         t.source_media_type = Some(item.source.media_type.clone());
         if let Some(n) = &item.platforms {
             // Compared against the narrowed index, not the source's: say so.
-            t.source_digest = Some(format!("{} ({})", n.digest, n.describe(&item.source.digest)));
+            t.source_digest = Some(format!("{} ({})", n.destination_digest(), n.describe(&item.source.digest)));
             report.narrowed.push(NarrowedTag {
                 destination_repository: item.dest_repo.to_string(),
                 tag: item.tag.to_string(),
-                expected_digest: n.digest.to_string(),
+                expected_digest: n.destination_digest().to_string(),
                 selection: n.describe(&item.source.digest),
             });
         }

@@ -130,7 +130,7 @@ impl PlanItem {
     /// The digest the destination tag resolves to once this item is
     /// copied: the source's, unless its index was rewritten.
     pub fn target_digest(&self) -> &crate::registry::Digest {
-        self.platforms.as_deref().map_or(&self.source.digest, |n| &n.digest)
+        self.platforms.as_deref().map_or(&self.source.digest, |n| n.destination_digest())
     }
 
     /// What the destination resolved the tag to when planned, `None` when it

@@ -13,6 +13,11 @@
 //!   children. Registries that check an index's children on `PUT`
 //!   (distribution does) refuse it; the error says so and names `rewrite`.
 //!
+//! After a failover (a policy replicating back, DR → primary) nothing is
+//! narrowed: what the DR site holds goes back as it is, except that a
+//! primary index whose narrowing is what the DR site holds is in sync (the
+//! primary keeps every platform; see [`PlatformFilter::destination_may_hold_more`]).
+//!
 //! Only indexes are narrowed: a single-platform image passes through
 //! unchanged (its tag was chosen by the tag rules; it has no other platform
 //! to drop). A child without a `platform` is dropped, except buildkit's
@@ -106,6 +111,12 @@ impl fmt::Display for FilterMode {
 pub struct PlatformFilter {
     pub platforms: Vec<Platform>,
     pub mode: FilterMode,
+    /// The destination may hold fuller indexes than the source: an index
+    /// there whose narrowing is what the source holds is in sync, never
+    /// overwritten. Set for a policy replicating back after a failover:
+    /// the primary keeps every platform of its images, the DR site only
+    /// the selected ones.
+    pub destination_may_hold_more: bool,
 }
 
 impl PlatformFilter {
@@ -122,7 +133,7 @@ impl PlatformFilter {
         if platforms.is_empty() {
             return Err("no platform given".into());
         }
-        Ok(PlatformFilter { platforms, mode })
+        Ok(PlatformFilter { platforms, mode, destination_may_hold_more: false })
     }
 
     /// `linux/amd64,linux/arm64`.
@@ -161,15 +172,26 @@ pub struct Narrowed {
     pub of: usize,
     /// The selection, for messages (`linux/amd64,linux/arm64`).
     pub label: String,
+    /// The destination's own fuller index, when it narrows to `digest`
+    /// (see [`PlatformFilter::destination_may_hold_more`]): left as it is.
+    pub held_by_destination: Option<Digest>,
 }
 
 impl Narrowed {
     /// `linux/amd64,linux/arm64 of sha256:… (rewritten)` for reports.
     pub fn describe(&self, source: &Digest) -> String {
+        if let Some(fuller) = &self.held_by_destination {
+            return format!("{} of {fuller} at the destination is {source} (it holds more platforms; left as it is)", self.label);
+        }
         match self.mode {
             FilterMode::Rewrite => format!("{} of {source} (rewritten to {})", self.label, self.digest),
             FilterMode::Sparse => format!("{} of {source} (sparse, digest kept)", self.label),
         }
+    }
+
+    /// What the destination tag resolves to once in sync.
+    pub fn destination_digest(&self) -> &Digest {
+        self.held_by_destination.as_ref().unwrap_or(&self.digest)
     }
 
     /// The error for a destination that refused this index. A sparse index
@@ -283,6 +305,7 @@ pub fn select(filter: &PlatformFilter, bytes: &Bytes, media_type: &str) -> Resul
         children: selected,
         of,
         label: filter.label(),
+        held_by_destination: None,
     }))
 }
 
@@ -309,6 +332,46 @@ pub fn selected_children(item: &PlanItem) -> Option<&[Descriptor]> {
     item.platforms.as_deref().map(|n| n.children.as_slice())
 }
 
+/// Index tags the destination holds a fuller index of (one that narrows to
+/// the source's own digest): in sync, left alone; every other tag is
+/// copied as it is (not narrowed). One `GET` of the destination index per
+/// differing index tag; any failure leaves the tag to be copied.
+async fn keep_fuller_indexes(dst: &RegistryClient, plan: &mut Plan, filter: &PlatformFilter, concurrency: usize) {
+    let filter = &PlatformFilter { mode: FilterMode::Rewrite, ..filter.clone() };
+    let candidates: Vec<(usize, RepoName, Digest, String, Digest)> = plan
+        .items
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| matches!(i.action, Action::Copy(CopyReason::DigestDiffers) | Action::Skip(SkipReason::OverwriteForbidden)))
+        .filter(|(_, i)| manifest::kind_of(&manifest::normalise_media_type(&i.source.media_type)) == Some(Kind::Index))
+        .filter_map(|(n, i)| {
+            let target = i.source.digest.clone();
+            let d = i.dest_head()?;
+            (manifest::kind_of(&manifest::normalise_media_type(&d.media_type)) == Some(Kind::Index))
+                .then(|| (n, i.dest_repo.clone(), d.digest.clone(), d.media_type.clone(), target))
+        })
+        .collect();
+    let held: Vec<(usize, Narrowed)> = futures::stream::iter(candidates)
+        .map(|(n, repo, digest, media_type, target)| async move {
+            let body = dst.get_manifest(&repo, &Reference::Digest(digest.clone()), &Scopes::pull(&repo)).await.ok()?;
+            match select(filter, &body.bytes, &media_type).ok()? {
+                Selection::Narrowed(theirs) if theirs.digest == target => {
+                    Some((n, Narrowed { held_by_destination: Some(digest), ..theirs }))
+                }
+                _ => None,
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .filter_map(|r| async move { r })
+        .collect()
+        .await;
+    for (n, narrowed) in held {
+        let item = &mut plan.items[n];
+        item.action = Action::Skip(SkipReason::UpToDate);
+        item.platforms = Some(Box::new(narrowed));
+    }
+}
+
 /// What the action of an item becomes once the destination must hold `target`.
 fn decide(item: &PlanItem, target: &Digest, overwrite: bool) -> Action {
     match item.dest_head() {
@@ -324,7 +387,19 @@ fn decide(item: &PlanItem, target: &Digest, overwrite: bool) -> Action {
 /// narrowed digest. With `rewrite` that is every index tag; with `sparse`
 /// only those being copied (the digest is the source's, the diff decided
 /// right). An index with no selected platform is skipped and logged.
-pub async fn narrow(src: &RegistryClient, plan: &mut Plan, filter: &PlatformFilter, concurrency: usize, overwrite: bool) {
+pub async fn narrow(
+    src: &RegistryClient,
+    dst: &RegistryClient,
+    plan: &mut Plan,
+    filter: &PlatformFilter,
+    concurrency: usize,
+    overwrite: bool,
+) {
+    if filter.destination_may_hold_more {
+        // Replicating back: what the DR site holds goes back as it is.
+        keep_fuller_indexes(dst, plan, filter, concurrency).await;
+        return;
+    }
     // Owned inputs (no borrowed plan items inside the stream: a closure over
     // references makes the future unprovably Send for callers that spawn it).
     let wanted: Vec<(usize, RepoName, String, Digest, String, Option<Bytes>)> = plan

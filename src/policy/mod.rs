@@ -188,6 +188,9 @@ impl Policy {
         let mut spec = self.job_spec(&destination.endpoint, dest_prefix.prefix(), &self.source, self.source.url.prefix());
         spec.reversed = true;
         spec.scope.explicit = Vec::new();
+        // The primary keeps every platform; the DR site holds the selection.
+        spec.scope.platforms =
+            self.platforms.as_deref().map(|f| Arc::new(PlatformFilter { destination_may_hold_more: true, ..f.clone() }));
         spec
     }
 }

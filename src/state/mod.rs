@@ -267,7 +267,7 @@ impl StateDb {
             .try_get("id")?;
             if let Some(n) = &item.platforms {
                 sqlx::query("UPDATE tasks SET dest_digest = $1, platforms = $2 WHERE id = $3")
-                    .bind(n.digest.as_str())
+                    .bind(n.destination_digest().as_str())
                     .bind(format!("{} ({})", n.label, n.mode))
                     .bind(id)
                     .execute(&mut *tx)

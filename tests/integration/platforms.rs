@@ -195,3 +195,54 @@ async fn migrate_takes_a_platform_list_and_verify_compares_the_same_way() {
     // A malformed platform is a usage error.
     assert_eq!(migrate(&scratch, &src.url, &dst.url, &["--platform", "linux"]).await.code, 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_failover_the_primary_keeps_every_platform() {
+    let primary = TestRegistry::start();
+    let dr = TestRegistry::start();
+    let p = Registry::new(&primary.url, Access::Anonymous);
+    let d = Registry::new(&dr.url, Access::Anonymous);
+    let four = multi(Flavor::Oci, "fo", &["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/s390x"]);
+    p.push("team/app", "multi", &four).await;
+    let scratch = Scratch::new();
+    let policies = write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: dr\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    namespace: mirror\n\
+             platforms: [linux/amd64]\ntrigger: {{ interval: 1h }}\n",
+            primary.url, dr.url
+        ),
+    );
+    let state = scratch.state();
+    let cmd = |verb: &'static str| {
+        let (scratch, policies, state) = (&scratch, policies.clone(), state.clone());
+        async move {
+            let mut args = vec![verb, "--policies", policies.as_str(), "--state", state.as_str()];
+            if verb == "failover" {
+                args.extend(["--policy", "dr"]);
+            }
+            regferry(scratch, &args, &[]).await
+        }
+    };
+    cmd("run").await.assert_ok();
+    let narrowed = d.head("mirror/team/app", "multi").await.expect("narrowed at DR");
+    assert_ne!(narrowed.0, four.digest);
+    cmd("failover").await.assert_ok();
+
+    // At the DR site: a new multi-platform image, pushed whole.
+    let two = multi(Flavor::Oci, "new", &["linux/amd64", "linux/arm64"]);
+    d.push("mirror/team/app", "new", &two).await;
+    cmd("run").await.assert_ok();
+    assert_eq!(p.head("team/app", "multi").await.map(|h| h.0), Some(four.digest.clone()), "the primary's full index is left alone");
+    assert_eq!(p.head("team/app", "new").await.map(|h| h.0), Some(two.digest.clone()), "what DR holds goes back as it is");
+    assert!(p.missing_content("team/app", "new").await.is_empty());
+    let verify = cmd("verify").await;
+    assert_eq!(verify.code, 0, "{}\n{}", verify.stdout, verify.stderr);
+    assert!(verify.stdout.contains(&format!("linux/amd64 of {} at the destination is {}", four.digest, narrowed.0)), "{}", verify.stdout);
+    let before = primary.lines_by("regferry/").len();
+    cmd("run").await.assert_ok();
+    let writes: Vec<String> = primary.lines_by("regferry/").into_iter().skip(before).filter(|l| l.contains("\"PUT ") || l.contains("\"POST ")).collect();
+    assert!(writes.is_empty(), "a no-op reversed pass wrote: {writes:?}");
+}
