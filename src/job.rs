@@ -131,6 +131,9 @@ impl Job {
         let found = discover(&self.src, self.dst.url(), &self.spec.scope, concurrency).await?;
         let options = DiffOptions { concurrency, overwrite: self.spec.overwrite, writes };
         let mut plan = diff(&self.src, &self.dst, found, options).await;
+        if let Some(filter) = &self.spec.scope.platforms {
+            crate::engine::platforms::narrow(&self.src, &self.dst, &mut plan, filter, concurrency, self.spec.overwrite).await;
+        }
         plan.planning_time = started.elapsed();
         Ok(plan)
     }

@@ -160,6 +160,12 @@ fn show_text(e: &ExecutionRow, tasks: &[TaskRow]) -> String {
             (Some(err), "failed" | "retrying" | "pending" | "canceled") => err.clone(),
             _ => t.reason.clone().unwrap_or_default(),
         };
+        // A narrowed index: say which platforms and what the destination holds.
+        let detail = match (&t.platforms, &t.dest_digest) {
+            (Some(p), Some(d)) if t.dest_digest != t.source_digest => format!("{detail}; {p} → {d}"),
+            (Some(p), _) => format!("{detail}; {p}"),
+            _ => detail,
+        };
         let _ = writeln!(out, "{:<10} {:>3}  {:<50} {:<22} {}", t.status, t.attempts, name, digest, detail);
     }
     out

@@ -8,6 +8,7 @@ use clap::Args;
 use regferry::engine::discover::{AllTags, RepoFilter, Scope};
 use regferry::engine::execute::{Cancel, ExecuteOptions};
 use regferry::engine::plan::RepoMapping;
+use regferry::engine::platforms::{FilterMode, PlatformFilter};
 use regferry::engine::stats::Stats;
 use regferry::job::{Job, JobSpec};
 use regferry::registry::Limits;
@@ -71,6 +72,22 @@ pub struct MigrateArgs {
     /// destination refuses a whole blob as too large (413).
     #[arg(long, value_parser = parse_chunk_size, value_name = "SIZE")]
     pub to_chunk_size: Option<u64>,
+
+    /// Copy only these platforms of multi-platform images (os/arch[/variant], e.g.
+    /// linux/amd64). Repeatable, or a comma-separated list. Single-platform images are
+    /// copied unchanged.
+    #[arg(long = "platform", value_name = "PLATFORM")]
+    pub platforms: Vec<String>,
+
+    /// With --platform: rewrite pushes a new index holding only those platforms (new
+    /// digest; every registry accepts it); sparse pushes the original index (digest kept)
+    /// with only their manifests, which registries that validate indexes refuse.
+    #[arg(long, value_name = "MODE", requires = "platforms", value_parser = parse_filter_mode, default_value = "rewrite")]
+    pub platform_filter: FilterMode,
+}
+
+fn parse_filter_mode(s: &str) -> Result<FilterMode, String> {
+    s.parse()
 }
 
 /// A rate above zero (requests per second).
@@ -89,11 +106,19 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
     let repos = RepoFilter::new(&args.repos, &[]).map_err(|e| CliError::usage(format!("--repo: {e}")))?;
     let mapping = RepoMapping::new(source.url.prefix(), destination.url.prefix());
     let concurrency = usize::from(args.concurrency);
+    let platforms = match args.platforms.is_empty() {
+        true => None,
+        false => Some(
+            PlatformFilter::parse(&args.platforms, args.platform_filter).map_err(|e| CliError::usage(format!("--platform: {e}")))?,
+        ),
+    };
+    let mut scope_words = args.repos.clone();
+    scope_words.extend(platforms.as_ref().map(PlatformFilter::scope_word));
     let spec = JobSpec {
         kind: "migrate".into(),
         policy: None,
-        scope: Scope { mapping, repos, explicit: Vec::new(), tags: Arc::new(AllTags) },
-        scope_words: args.repos.clone(),
+        scope: Scope { mapping, repos, explicit: Vec::new(), tags: Arc::new(AllTags), platforms: platforms.map(Arc::new) },
+        scope_words,
         source,
         destination,
         overwrite: true,

@@ -35,6 +35,10 @@ pub fn plan_text(plan: &Plan, source: &str, destination: &str) -> String {
             }
             (action, _) => action.to_string(),
         };
+        let why = match &item.platforms {
+            Some(n) => format!("{why}; {}", n.describe(&item.source.digest)),
+            None => why,
+        };
         let verb = match item.action {
             Action::Copy(_) => "copy",
             Action::Skip(_) => "skip",
@@ -63,6 +67,8 @@ pub fn plan_json(plan: &Plan) -> serde_json::Value {
             "source_digest": i.source.digest.as_str(),
             "source_media_type": i.source.media_type,
             "destination_digest": i.dest_head().map(|d| d.digest.as_str()),
+            "target_digest": i.target_digest().as_str(),
+            "platforms": i.platforms.as_ref().map(|n| n.describe(&i.source.digest)),
         })).collect::<Vec<_>>(),
         "problems": plan.problems.iter().map(|p| json!({
             "repository": p.source_repo, "tag": p.tag, "error": p.error,

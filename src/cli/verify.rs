@@ -14,6 +14,7 @@ use regferry::dr::lag::Lag;
 use regferry::dr::verify::{VerifyOptions, VerifyReport, verify};
 use regferry::engine::discover::{AllTags, RepoFilter, Scope};
 use regferry::engine::plan::RepoMapping;
+use regferry::engine::platforms::{FilterMode, PlatformFilter};
 use regferry::job::{Job, JobError};
 use regferry::registry::{ClientOptions, Endpoint, RegistryClient};
 use regferry::state::StateDb;
@@ -64,6 +65,15 @@ pub struct VerifyArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+
+    /// With --from/--to: compare multi-platform images as `migrate --platform` copied them
+    /// (only these platforms; repeatable or a comma-separated list).
+    #[arg(long = "platform", value_name = "PLATFORM", conflicts_with = "policies")]
+    pub platforms: Vec<String>,
+
+    /// With --platform: the --platform-filter the copy used (rewrite or sparse).
+    #[arg(long, value_name = "MODE", requires = "platforms", default_value = "rewrite", value_parser = |s: &str| s.parse::<FilterMode>())]
+    pub platform_filter: FilterMode,
 }
 
 /// One comparison: its report, or why it could not run.
@@ -114,6 +124,12 @@ pub(super) fn report_text(title: &str, r: &VerifyReport) -> String {
         if r.deep { format!(", {} not pullable", r.not_pullable) } else { String::new() },
         r.errors
     );
+    if r.no_selected_platform > 0 {
+        let _ = writeln!(out, "  {} tag(s) not replicated: an index with none of the selected platforms, or its signature", r.no_selected_platform);
+    }
+    for n in &r.narrowed {
+        let _ = writeln!(out, "  {:<20} {}:{}  {}", "platforms", n.destination_repository, n.tag, n.selection);
+    }
     if r.deep {
         let _ = writeln!(out, "  checked {} manifests and {} blobs at the destination", r.manifests_checked, r.blobs_checked);
     }
@@ -188,7 +204,13 @@ pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
             let (source, destination) = args.access.endpoints(from, to)?;
             let repos = RepoFilter::new(&args.repos, &[]).map_err(|e| CliError::usage(format!("--repo: {e}")))?;
             let mapping = RepoMapping::new(source.url.prefix(), destination.url.prefix());
-            let scope = Scope { mapping, repos, explicit: Vec::new(), tags: Arc::new(AllTags) };
+            let platforms = match args.platforms.is_empty() {
+                true => None,
+                false => Some(Arc::new(
+                    PlatformFilter::parse(&args.platforms, args.platform_filter).map_err(|e| CliError::usage(format!("--platform: {e}")))?,
+                )),
+            };
+            let scope = Scope { mapping, repos, explicit: Vec::new(), tags: Arc::new(AllTags), platforms };
             let options = VerifyOptions { deep: args.deep, concurrency, covers: None };
             let result = run_one(&source, &destination, &scope, &options, &args.timeouts.client_options()).await;
             outcomes.push(Outcome { policy: None, reversed: false, source: source.url.to_string(), destination: destination.url.to_string(), result });

@@ -107,6 +107,7 @@ mod tests {
             source_body: None,
             dest: None,
             action: Action::Copy(CopyReason::Missing),
+            platforms: None,
         };
         db.record_plan(start.id, &Plan { items: vec![item], repositories: 1, ..Plan::default() }).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;

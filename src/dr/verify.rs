@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::engine::EngineError;
 use crate::engine::diff::{DiffOptions, diff};
 use crate::engine::discover::{AllTags, Discovered, Scope, discover};
-use crate::engine::plan::{Action, CopyReason};
+use crate::engine::plan::{Action, CopyReason, SkipReason};
 use crate::policy::TagFilter;
 use crate::registry::manifest::{self, Kind};
 use crate::registry::{Digest, Reference, RegistryClient, RegistryError, RepoName, Scopes, Tag};
@@ -129,10 +129,28 @@ pub struct VerifyReport {
     /// Deep: distinct manifests fetched and distinct (repository, blob) pairs checked.
     pub manifests_checked: usize,
     pub blobs_checked: usize,
+    /// Tags skipped because their index holds none of the selected
+    /// platforms (with the signature companions of such an index).
+    pub no_selected_platform: usize,
+    /// Tags whose index a platform filter narrowed: what the destination
+    /// was compared against (`linux/amd64 of sha256:… (rewritten to sha256:…)`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub narrowed: Vec<NarrowedTag>,
     pub problems: Vec<TagProblem>,
     /// Repository globs that matched nothing at the source (a warning: the
     /// scope is probably not what was meant).
     pub unmatched_patterns: Vec<String>,
+}
+
+/// A tag compared against its index narrowed to the selected platforms.
+#[derive(Debug, Clone, Serialize)]
+pub struct NarrowedTag {
+    pub destination_repository: String,
+    pub tag: String,
+    /// The digest the destination must hold.
+    pub expected_digest: String,
+    /// `linux/amd64,linux/arm64 of sha256:… (rewritten to sha256:…)`.
+    pub selection: String,
 }
 
 impl VerifyReport {
@@ -187,7 +205,10 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
     report.repositories = selected.repos.len();
     let dest_repos: Vec<(RepoName, RepoName)> = selected.repos.iter().map(|r| (r.source.clone(), r.dest.clone())).collect();
 
-    let plan = diff(src, dst, selected, DiffOptions { concurrency, overwrite: true, writes: false }).await;
+    let mut plan = diff(src, dst, selected, DiffOptions { concurrency, overwrite: true, writes: false }).await;
+    if let Some(filter) = &scope.platforms {
+        crate::engine::platforms::narrow(src, dst, &mut plan, filter, concurrency, true).await;
+    }
     report.tags = plan.items.len();
     for p in &plan.problems {
         let mut t = TagProblem::new(ProblemKind::Error);
@@ -205,6 +226,16 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
         t.tag = Some(item.tag.to_string());
         t.source_digest = Some(item.source.digest.to_string());
         t.source_media_type = Some(item.source.media_type.clone());
+        if let Some(n) = &item.platforms {
+            // Compared against the narrowed index, not the source's: say so.
+            t.source_digest = Some(format!("{} ({})", n.destination_digest(), n.describe(&item.source.digest)));
+            report.narrowed.push(NarrowedTag {
+                destination_repository: item.dest_repo.to_string(),
+                tag: item.tag.to_string(),
+                expected_digest: n.destination_digest().to_string(),
+                selection: n.describe(&item.source.digest),
+            });
+        }
         if let Some(d) = item.dest_head() {
             t.destination_digest = Some(d.digest.to_string());
             t.destination_media_type = Some(d.media_type.clone());
@@ -214,6 +245,7 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
             Action::Copy(CopyReason::Missing) => report.push(t),
             Action::Copy(CopyReason::DigestDiffers) => report.push(TagProblem { kind: ProblemKind::DigestDiffers, ..t }),
             Action::Copy(CopyReason::MediaTypeDiffers) => report.push(TagProblem { kind: ProblemKind::MediaTypeDiffers, ..t }),
+            Action::Skip(SkipReason::NoSelectedPlatform) => report.no_selected_platform += 1,
             Action::Skip(_) => report.identical += 1,
         }
     }
@@ -224,7 +256,7 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
         let identical: HashSet<(RepoName, Tag)> = plan
             .items
             .iter()
-            .filter(|i| matches!(i.action, Action::Skip(_)))
+            .filter(|i| matches!(i.action, Action::Skip(s) if s != SkipReason::NoSelectedPlatform))
             .map(|i| (i.dest_repo.clone(), i.tag.clone()))
             .collect();
         let deep = deep_check(dst, &present, concurrency).await;

@@ -14,6 +14,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use super::blobs::BlobMover;
 use super::plan::PlanItem;
+use super::platforms::Narrowed;
 use super::stats::Stats;
 use crate::registry::manifest::{self, Descriptor, Kind, Parsed};
 use crate::registry::{Digest, ManifestBody, Reference, RegistryClient, RegistryError, RepoName, Scopes};
@@ -96,6 +97,9 @@ impl Copier {
     /// copy that one under this tag.
     pub async fn copy_tag(&self, item: &PlanItem) -> Result<(), RegistryError> {
         let reference = Reference::Tag(item.tag.clone());
+        if let Some(narrowed) = &item.platforms {
+            return self.copy_narrowed(item, narrowed, &reference).await;
+        }
         let (bytes, parsed) = match &item.source_body {
             // Planning already fetched the tag's bytes and took its digest from them.
             Some(bytes) => {
@@ -119,6 +123,21 @@ impl Copier {
         self.copy_references(&item.source_repo, &item.dest_repo, &parsed, 0).await?;
         // put_manifest checks the digest the destination reports against the bytes.
         self.dst.put_manifest(&item.dest_repo, &reference, bytes, &parsed.media_type).await?;
+        Stats::add(&self.stats.manifests_pushed, 1);
+        Ok(())
+    }
+
+    /// Copy a tag whose index was narrowed to some platforms (see
+    /// [`super::platforms`]): the selected children, then the planned bytes.
+    async fn copy_narrowed(&self, item: &PlanItem, narrowed: &Narrowed, reference: &Reference) -> Result<(), RegistryError> {
+        let (src, dst) = (&item.source_repo, &item.dest_repo);
+        let work: Vec<BoxFuture<'_, Result<(), RegistryError>>> =
+            narrowed.children.iter().map(|d| self.copy_child(src, dst, d, 1).boxed()).collect();
+        futures::stream::iter(work).buffer_unordered(self.fan_out).try_collect::<Vec<()>>().await?;
+        self.dst
+            .put_manifest(dst, reference, narrowed.bytes.clone(), &narrowed.media_type)
+            .await
+            .map_err(|e| narrowed.refusal(self.dst.name(), dst.as_str(), item.tag.as_str(), e))?;
         Stats::add(&self.stats.manifests_pushed, 1);
         Ok(())
     }

@@ -221,7 +221,7 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
             }
             // Identical to the source: not worth a second copy in memory.
             let dest = if action == Action::Skip(SkipReason::UpToDate) { None } else { dest.map(Box::new) };
-            Ok(PlanItem { source_repo, dest_repo, tag, source, source_body, dest, action })
+            Ok(PlanItem { source_repo, dest_repo, tag, source, source_body, dest, action, platforms: None })
         })
         .buffer_unordered(concurrency)
         .fold(plan, |mut plan, r| async move {

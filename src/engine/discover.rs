@@ -124,11 +124,13 @@ pub struct Scope {
     /// Repositories to take instead of the catalog (relative to the source prefix).
     pub explicit: Vec<String>,
     pub tags: Arc<dyn TagSelector>,
+    /// Copy only these platforms of multi-platform images (see [`super::platforms`]).
+    pub platforms: Option<Arc<super::platforms::PlatformFilter>>,
 }
 
 impl Scope {
     pub fn everything(mapping: RepoMapping) -> Scope {
-        Scope { mapping, repos: RepoFilter::default(), explicit: Vec::new(), tags: Arc::new(AllTags) }
+        Scope { mapping, repos: RepoFilter::default(), explicit: Vec::new(), tags: Arc::new(AllTags), platforms: None }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod discover;
 pub mod events;
 pub mod execute;
 pub mod plan;
+pub mod platforms;
 pub mod source;
 pub mod stats;
 pub mod verify_stream;

@@ -79,6 +79,8 @@ pub enum SkipReason {
     OverwriteForbidden,
     /// It failed on earlier passes and its next attempt is not due yet.
     RetryDeferred,
+    /// An index with none of the selected platforms (nothing to push).
+    NoSelectedPlatform,
 }
 
 /// What to do with one tag.
@@ -97,6 +99,7 @@ impl fmt::Display for Action {
             Action::Skip(SkipReason::UpToDate) => "up to date",
             Action::Skip(SkipReason::OverwriteForbidden) => "differs, overwrite disabled",
             Action::Skip(SkipReason::RetryDeferred) => "failed before, retry not due yet",
+            Action::Skip(SkipReason::NoSelectedPlatform) => "none of the selected platforms",
         })
     }
 }
@@ -118,9 +121,18 @@ pub struct PlanItem {
     /// keeps every item, so it is boxed too). Read it with [`PlanItem::dest_head`].
     pub dest: Option<Box<ManifestHead>>,
     pub action: Action,
+    /// The index narrowed to the selected platforms, when a platform
+    /// filter applies to this tag (see [`super::platforms`]).
+    pub platforms: Option<Box<super::platforms::Narrowed>>,
 }
 
 impl PlanItem {
+    /// The digest the destination tag resolves to once this item is
+    /// copied: the source's, unless its index was rewritten.
+    pub fn target_digest(&self) -> &crate::registry::Digest {
+        self.platforms.as_deref().map_or(&self.source.digest, |n| n.destination_digest())
+    }
+
     /// What the destination resolved the tag to when planned, `None` when it
     /// did not have it.
     pub fn dest_head(&self) -> Option<&ManifestHead> {

@@ -22,6 +22,12 @@ pub struct RawPolicy {
     pub tags: Option<RawTags>,
     #[serde(default)]
     pub signatures: Option<bool>,
+    /// Copy only these platforms of multi-platform images (`linux/amd64`).
+    #[serde(default)]
+    pub platforms: Option<At<Vec<At<String>>>>,
+    /// `rewrite` (default) or `sparse`: what is pushed for a narrowed index.
+    #[serde(default)]
+    pub platform_filter: Option<At<String>>,
     #[serde(default)]
     pub overwrite: Option<bool>,
     #[serde(default)]

@@ -20,6 +20,7 @@ use std::time::Duration;
 use crate::engine::discover::{RepoFilter, Scope};
 use crate::engine::execute::ExecuteOptions;
 use crate::engine::plan::RepoMapping;
+use crate::engine::platforms::{FilterMode, PlatformFilter};
 use crate::job::JobSpec;
 use crate::registry::endpoint::parse_size;
 use crate::registry::{ClientOptions, CredentialSource, Credentials, Endpoint, Limits, Proxy, RegistryUrl, Secret, Tls, docker_config};
@@ -180,6 +181,8 @@ pub struct Policy {
     pub destinations: Vec<Destination>,
     pub repos: RepoFilter,
     pub tags: Arc<TagFilter>,
+    /// Copy only these platforms of multi-platform images.
+    pub platforms: Option<Arc<PlatformFilter>>,
     pub overwrite: bool,
     pub delete: bool,
     /// The deletion guard's limit per pass and destination.
@@ -218,7 +221,13 @@ impl Policy {
             policy: Some(self.name.clone()),
             source,
             destination,
-            scope: Scope { mapping, repos: self.repos.clone(), explicit: self.source_repositories.clone(), tags: self.tags.clone() },
+            scope: Scope {
+                mapping,
+                repos: self.repos.clone(),
+                explicit: self.source_repositories.clone(),
+                tags: self.tags.clone(),
+                platforms: self.platforms.clone(),
+            },
             scope_words: self.scope_words.clone(),
             overwrite: self.overwrite,
             reversed: false,
@@ -241,6 +250,9 @@ impl Policy {
         let mut spec = self.job_spec(&destination.endpoint, dest_prefix.prefix(), &self.source, self.source.url.prefix());
         spec.reversed = true;
         spec.scope.explicit = Vec::new();
+        // The primary keeps every platform; the DR site holds the selection.
+        spec.scope.platforms =
+            self.platforms.as_deref().map(|f| Arc::new(PlatformFilter { destination_may_hold_more: true, ..f.clone() }));
         spec
     }
 }
@@ -467,6 +479,8 @@ impl Checker<'_> {
             }
         }
 
+        let platforms = self.platforms(raw.platforms.as_ref(), raw.platform_filter.as_ref());
+
         let trigger = match &raw.trigger {
             Some(t) => match (&t.interval, &t.cron) {
                 (Some(i), None) => self.ok(i, "trigger.interval", duration(i)).map(Trigger::Interval),
@@ -538,6 +552,7 @@ impl Checker<'_> {
         }
         let mut scope_words: Vec<String> = values(include).into_iter().map(|g| format!("+{g}")).collect();
         scope_words.extend(values(exclude).into_iter().map(|g| format!("-{g}")));
+        scope_words.extend(platforms.as_ref().map(|p| p.scope_word()));
         Some(Policy {
             name,
             file: self.file.to_path_buf(),
@@ -546,6 +561,7 @@ impl Checker<'_> {
             destinations,
             repos: repos?,
             tags: Arc::new(tags),
+            platforms: platforms.map(Arc::new),
             overwrite: raw.overwrite.unwrap_or(true),
             delete: raw.delete.unwrap_or(false),
             max_delete,
@@ -557,6 +573,31 @@ impl Checker<'_> {
             client,
             scope_words,
         })
+    }
+
+    /// `platforms:` and `platform_filter:`, each value checked on its own line.
+    fn platforms(&mut self, list: Option<&At<Vec<At<String>>>>, mode: Option<&At<String>>) -> Option<PlatformFilter> {
+        let mode = match mode {
+            Some(m) => {
+                if list.is_none() {
+                    self.issue(line(m), "platform_filter", "has no effect without platforms: [os/arch, …]");
+                }
+                // On a bad mode the list is still checked (every mistake in one go).
+                self.ok(m, "platform_filter", m.value.parse::<FilterMode>()).unwrap_or_default()
+            }
+            None => FilterMode::default(),
+        };
+        let list = list?;
+        if list.value.is_empty() {
+            self.issue(line(list), "platforms", "is empty: list the platforms to copy (e.g. [linux/amd64, linux/arm64]) or leave it out to copy all");
+            return None;
+        }
+        let mut good = Vec::new();
+        for (i, p) in list.value.iter().enumerate() {
+            let ok = p.value.parse::<crate::engine::platforms::Platform>().map(|_| p.value.clone());
+            good.extend(self.ok(p, &format!("platforms[{i}]"), ok));
+        }
+        (good.len() == list.value.len()).then(|| PlatformFilter::parse(&good, mode).ok()).flatten()
     }
 
     /// `endpoint` with the registry entry's `chunk_size`, if it gives one.
@@ -798,6 +839,31 @@ mod tests {
             let e = p(bad).unwrap_err().to_string();
             assert!(e.contains("p.yaml:6: max_delete:"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn platforms_load_with_their_mode_and_each_mistake_has_its_line() {
+        let text = "name: p\nsource:\n  registry: https://s.example.com\ndestinations:\n  - registry: https://d.example.com\n\
+                    platforms: [linux/amd64, linux/arm64]\n";
+        let set = load_text(&[("p.yaml", text)], &[]).unwrap();
+        let f = set.get("p").unwrap().platforms.clone().expect("a platform filter");
+        assert_eq!((f.label(), f.mode), ("linux/amd64,linux/arm64".to_string(), FilterMode::Rewrite), "rewrite is the default");
+        let spec = set.get("p").unwrap().forward(&set.get("p").unwrap().destinations[0]);
+        assert!(spec.scope.platforms.is_some() && spec.scope_key().contains("platforms=linux/amd64,linux/arm64:rewrite"));
+        let sparse = text.replace("platforms:", "platform_filter: sparse\nplatforms:");
+        assert_eq!(load_text(&[("p.yaml", &sparse)], &[]).unwrap().get("p").unwrap().platforms.as_ref().unwrap().mode, FilterMode::Sparse);
+
+        let bad = "name: p\nsource:\n  registry: https://s.example.com\ndestinations:\n  - registry: https://d.example.com\n\
+                   platforms:\n  - linux/amd64\n  - linux\nplatform_filter: both\n";
+        let e = load_text(&[("p.yaml", bad)], &[]).unwrap_err().to_string();
+        assert!(e.contains("p.yaml:8: platforms[1]: \"linux\" is not a platform"), "{e}");
+        assert!(e.contains("p.yaml:9: platform_filter: \"both\" is not a platform filter"), "{e}");
+        let alone = "name: p\nsource:\n  registry: https://s.example.com\ndestinations:\n  - registry: https://d.example.com\n\
+                     platform_filter: sparse\n";
+        let e = load_text(&[("p.yaml", alone)], &[]).unwrap_err().to_string();
+        assert!(e.contains("p.yaml:6: platform_filter: has no effect without platforms"), "{e}");
+        let empty = alone.replace("platform_filter: sparse", "platforms: []");
+        assert!(load_text(&[("p.yaml", &empty)], &[]).unwrap_err().to_string().contains("platforms: is empty"));
     }
 
     #[test]

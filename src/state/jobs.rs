@@ -52,6 +52,11 @@ pub struct TaskRow {
     pub dest_repo: String,
     pub tag: String,
     pub source_digest: Option<String>,
+    /// What the destination tag resolves to once copied, when a platform
+    /// filter narrowed the index (`None`: the source digest).
+    pub dest_digest: Option<String>,
+    /// The platform selection that narrowed it (`linux/amd64,linux/arm64 (rewrite)`).
+    pub platforms: Option<String>,
     pub media_type: Option<String>,
     pub reason: Option<String>,
     pub status: String,
@@ -155,7 +160,7 @@ impl StateDb {
     /// Every task of an execution: failures first, then by repository and tag.
     pub async fn tasks(&self, execution: i64) -> Result<Vec<TaskRow>, StateError> {
         let rows = sqlx::query(
-            "SELECT id, source_repo, dest_repo, tag, source_digest, media_type, reason, status, attempts, last_error, updated_at \
+            "SELECT id, source_repo, dest_repo, tag, source_digest, dest_digest, platforms, media_type, reason, status, attempts, last_error, updated_at \
              FROM tasks WHERE execution_id = ? \
              ORDER BY CASE status WHEN 'failed' THEN 0 WHEN 'running' THEN 1 WHEN 'retrying' THEN 1 WHEN 'pending' THEN 2 ELSE 3 END, \
                       source_repo, tag",
@@ -171,6 +176,8 @@ impl StateDb {
                     dest_repo: r.try_get("dest_repo")?,
                     tag: r.try_get("tag")?,
                     source_digest: r.try_get("source_digest")?,
+                    dest_digest: r.try_get("dest_digest")?,
+                    platforms: r.try_get("platforms")?,
                     media_type: r.try_get("media_type")?,
                     reason: r.try_get("reason")?,
                     status: r.try_get("status")?,

@@ -59,6 +59,7 @@ fn migrator() -> Migrator {
         m(1, "init", include_str!("migrations/0001_init.sql")),
         m(2, "daemon", include_str!("migrations/0002_daemon.sql")),
         m(3, "health", include_str!("migrations/0003_health.sql")),
+        m(4, "platforms", include_str!("migrations/0004_platforms.sql")),
     ])
 }
 
@@ -265,6 +266,14 @@ impl StateDb {
             .fetch_one(&mut *tx)
             .await?
             .try_get("id")?;
+            if let Some(n) = &item.platforms {
+                sqlx::query("UPDATE tasks SET dest_digest = $1, platforms = $2 WHERE id = $3")
+                    .bind(n.destination_digest().as_str())
+                    .bind(format!("{} ({})", n.label, n.mode))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             ids.push(id);
         }
         for p in &plan.problems {
@@ -392,6 +401,7 @@ mod tests {
             source_body: None,
             dest: None,
             action,
+            platforms: None,
         };
         Plan { items: vec![item], repositories: 1, ..Plan::default() }
     }

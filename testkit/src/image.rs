@@ -175,6 +175,26 @@ pub fn index(flavor: Flavor, children: Vec<(Manifest, &str)>) -> Manifest {
     Manifest::from_json(flavor.index_type(), &value, Vec::new(), children.into_iter().map(|(m, _)| m).collect())
 }
 
+/// An index over `children`, each with its platform written
+/// `os/architecture[/variant]` (e.g. `linux/arm/v7`, `windows/amd64`).
+pub fn platform_index(flavor: Flavor, children: Vec<(Manifest, &str)>) -> Manifest {
+    let entries: Vec<Value> = children
+        .iter()
+        .map(|(m, platform)| {
+            let parts: Vec<&str> = platform.split('/').collect();
+            let mut p = json!({ "architecture": parts[1], "os": parts[0] });
+            if let Some(v) = parts.get(2) {
+                p["variant"] = json!(v);
+            }
+            let mut d = m.descriptor();
+            d["platform"] = p;
+            d
+        })
+        .collect();
+    let value = json!({ "schemaVersion": 2, "mediaType": flavor.index_type(), "manifests": entries });
+    Manifest::from_json(flavor.index_type(), &value, Vec::new(), children.into_iter().map(|(m, _)| m).collect())
+}
+
 /// A cosign-style signature: an OCI manifest whose layer is the signed
 /// payload, carrying `subject` pointing at the signed manifest. Push it at
 /// the tag from [`signature_tag`].

@@ -14,6 +14,7 @@ mod faults;
 mod memory;
 mod migrate;
 mod operations;
+mod platforms;
 mod policies;
 mod security;
 mod shapes_storage;
