@@ -144,6 +144,7 @@ async fn daemon_serves_from_postgres_without_showing_the_password() {
     }
     let log_text = crate::support::stop_daemon(daemon, &log).await;
     assert!(!log_text.contains(&pg.password), "the daemon logged the password:\n{log_text}");
+    assert!(log_text.contains("postgres://regferry:***@127.0.0.1"), "the daemon names its state, redacted:\n{log_text}");
 }
 
 /// Six processes opening one new state at once all succeed: a new SQLite
@@ -191,4 +192,10 @@ async fn the_password_of_a_postgres_state_is_never_shown() {
     let list = regferry(&scratch, &["jobs", "list", "-vv"], &[("REGFERRY_STATE", &url)]).await;
     list.assert_ok();
     assert_hidden(&list, &pg.password);
+
+    // The password can stay out of the URL: PGPASSWORD, as libpq reads it.
+    let bare = format!("postgres://regferry@127.0.0.1:{}/regferry", pg.port);
+    regferry(&scratch, &["jobs", "list", "--state", &bare], &[("PGPASSWORD", &pg.password)]).await.assert_ok();
+    let without = regferry(&scratch, &["jobs", "list", "--state", &bare], &[]).await;
+    assert_ne!(without.code, 0, "no password, no connection: {}", without.stderr);
 }
