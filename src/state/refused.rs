@@ -31,7 +31,7 @@ mod tests {
     #[tokio::test]
     async fn a_refusal_fails_the_execution_and_keeps_earlier_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("s.db")).await.unwrap();
+        let db = StateDb::open(&dir.path().join("s.db").into()).await.unwrap();
         let spec = ExecutionSpec {
             kind: "policy".into(),
             policy: Some("p".into()),

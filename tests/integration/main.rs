@@ -21,3 +21,4 @@ mod shapes_storage;
 mod shapes_limits;
 mod shapes_transfer;
 mod shapes_corners;
+mod state_postgres;

@@ -1,0 +1,104 @@
+//! The SQLite backend: one file, WAL journal, one connection per process
+//! (SQLite has one writer anyway), and a busy timeout so that processes
+//! sharing the file wait for each other instead of failing.
+//!
+//! Creating and migrating a new file is safe when several processes start
+//! at once: the migrations run inside one `BEGIN IMMEDIATE` transaction, so
+//! the first process applies them while the others wait for its write lock
+//! and then find them applied. Never stores or shows a credential.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Connection, Executor};
+
+use super::{migrate_error, migration, migrator, open_error};
+use crate::state::{StateError, StateLocation};
+
+/// How long a connection waits for another process's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn migrations() -> Migrator {
+    migrator(vec![
+        migration(1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
+        migration(2, "daemon", include_str!("../migrations/sqlite/0002_daemon.sql")),
+        migration(3, "health", include_str!("../migrations/sqlite/0003_health.sql")),
+        migration(4, "platforms", include_str!("../migrations/sqlite/0004_platforms.sql")),
+    ])
+}
+
+/// `sqlite:` URL of `path` (created if missing), for the `Any` driver.
+fn url(path: &Path) -> String {
+    let mut encoded = String::new();
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'%' | b'?' | b'#' | b' ' | b'"' | b'<' | b'>' | b'`' | b'{' | b'}' => encoded.push_str(&format!("%{b:02X}")),
+            0..=0x1f | 0x7f.. => encoded.push_str(&format!("%{b:02X}")),
+            _ => encoded.push(char::from(*b)),
+        }
+    }
+    format!("sqlite:{encoded}?mode=rwc")
+}
+
+pub(super) async fn open(location: &StateLocation, path: &Path) -> Result<AnyPool, StateError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Dir { location: location.redacted(), source })?;
+    }
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(BUSY_TIMEOUT * 2)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // busy_timeout first: everything after it waits for other processes' locks.
+                conn.execute(
+                    sqlx::AssertSqlSafe(format!(
+                        "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+                        BUSY_TIMEOUT.as_millis()
+                    )),
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .connect(&url(path))
+        .await
+        .map_err(|e| open_error(location, e))?;
+    migrate(&pool).await.map_err(|e| migrate_error(location, e))?;
+    Ok(pool)
+}
+
+/// Switch the file to WAL and apply the migrations under the write lock.
+async fn migrate(pool: &AnyPool) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut conn = pool.acquire().await?;
+    // Persistent in the file; a no-op when another process switched it first.
+    conn.execute("PRAGMA journal_mode = WAL").await?;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let migrator = migrations();
+    // `run_direct` on the transaction's connection (not `run`, whose
+    // `Acquire` bound makes this future not `Send`).
+    migrator.run_direct(None, &mut *tx, false).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::state::StateDb;
+
+    /// Six connections creating one new file at once all open it (each
+    /// process has its own pool; here each `open` does).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn six_opens_of_one_new_file_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new").join("s.db");
+        let opens = (0..6).map(|_| {
+            let location = path.clone().into();
+            tokio::spawn(async move { StateDb::open(&location).await.map(|_| ()) })
+        });
+        for r in futures::future::join_all(opens).await {
+            r.unwrap().unwrap();
+        }
+    }
+}
