@@ -178,7 +178,7 @@ pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
             let (source, destination) = args.access.endpoints(from, to)?;
             let repos = RepoFilter::new(&args.repos, &[]).map_err(|e| CliError::usage(format!("--repo: {e}")))?;
             let mapping = RepoMapping::new(source.url.prefix(), destination.url.prefix());
-            let scope = Scope { mapping, repos, explicit: Vec::new(), tags: Arc::new(AllTags) };
+            let scope = Scope::new(mapping, repos, Arc::new(AllTags));
             let options = VerifyOptions { deep: args.deep, concurrency, covers: None };
             let result = run_one(&source, &destination, &scope, &options, &args.timeouts.client_options()).await;
             outcomes.push(Outcome { policy: None, reversed: false, source: source.url.to_string(), destination: destination.url.to_string(), result });

@@ -158,6 +158,9 @@ pub struct Plan {
     pub digest_mismatches: u64,
     /// How long discovery and diffing took.
     pub planning_time: std::time::Duration,
+    /// Tags left alone unchecked because the destination lists them and
+    /// tags are immutable (no item each: they cost nothing but the listing).
+    pub unchecked: usize,
 }
 
 impl Plan {
@@ -167,22 +170,6 @@ impl Plan {
 
     pub fn count_copy(&self) -> usize {
         self.to_copy().count()
-    }
-
-    /// Drop signature companion tags (`sha256-<hex>.sig` …) whose image is
-    /// not itself in the plan: they travel with the tags a policy selects,
-    /// not on their own.
-    pub fn retain_companions_of_selected(&mut self) {
-        let selected: std::collections::HashSet<(RepoName, String)> = self
-            .items
-            .iter()
-            .filter(|i| !i.tag.is_signature_companion())
-            .map(|i| (i.source_repo.clone(), i.source.digest.as_str().replacen(':', "-", 1)))
-            .collect();
-        self.items.retain(|i| {
-            let Some(subject) = i.tag.as_str().rsplit_once('.').map(|(s, _)| s) else { return true };
-            !i.tag.is_signature_companion() || selected.contains(&(i.source_repo.clone(), subject.to_string()))
-        });
     }
 }
 

@@ -144,7 +144,6 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
             return outcome;
         }
     };
-    plan.retain_companions_of_selected();
     match hold_back(&mut plan, state, &scope_key, policy.retry.give_up_after).await {
         Ok(n) => outcome.deferred = n,
         Err(e) => {

@@ -20,6 +20,7 @@ use std::time::Duration;
 use crate::engine::discover::{RepoFilter, Scope};
 use crate::engine::execute::ExecuteOptions;
 use crate::engine::plan::RepoMapping;
+use crate::engine::referrers::ReferrerOptions;
 use crate::job::JobSpec;
 use crate::registry::endpoint::parse_size;
 use crate::registry::{ClientOptions, CredentialSource, Credentials, Endpoint, Limits, Proxy, RegistryUrl, Secret, Tls, docker_config};
@@ -123,6 +124,8 @@ pub struct Policy {
     pub destinations: Vec<Destination>,
     pub repos: RepoFilter,
     pub tags: Arc<TagFilter>,
+    /// Whether (and which) referrers travel with their subjects.
+    pub referrers: Arc<ReferrerOptions>,
     pub overwrite: bool,
     pub delete: bool,
     pub trigger: Trigger,
@@ -156,7 +159,12 @@ impl Policy {
             policy: Some(self.name.clone()),
             source,
             destination,
-            scope: Scope { mapping, repos: self.repos.clone(), explicit: self.source_repositories.clone(), tags: self.tags.clone() },
+            scope: Scope {
+                explicit: self.source_repositories.clone(),
+                referrers: self.referrers.clone(),
+                immutable: self.tags.immutable,
+                ..Scope::new(mapping, self.repos.clone(), self.tags.clone())
+            },
             scope_words: self.scope_words.clone(),
             overwrite: self.overwrite,
             reversed: false,
@@ -403,6 +411,18 @@ impl Checker<'_> {
                 let ok = if n.value == 0 { Err("must be at least 1".to_string()) } else { Ok(n.value as usize) };
                 tags.latest = self.ok(n, "tags.latest", ok);
             }
+            tags.immutable = t.immutable.unwrap_or(false);
+        }
+
+        let mut referrers = ReferrerOptions { enabled: raw.referrers.unwrap_or(true), types: Vec::new() };
+        for (i, t) in raw.referrer_types.iter().flatten().enumerate() {
+            let ok = crate::engine::referrers::check_artifact_type(&t.value);
+            if self.ok(t, &format!("referrer_types[{i}]"), ok).is_some() {
+                referrers.types.push(t.value.clone());
+            }
+        }
+        if let (Some(false), Some(list)) = (raw.referrers, raw.referrer_types.as_ref().filter(|l| !l.is_empty())) {
+            self.issue(line(&list[0]), "referrer_types", "referrers: false copies no referrers; remove referrer_types or the false");
         }
 
         let trigger = match &raw.trigger {
@@ -480,6 +500,7 @@ impl Checker<'_> {
             destinations,
             repos: repos?,
             tags: Arc::new(tags),
+            referrers: Arc::new(referrers),
             overwrite: raw.overwrite.unwrap_or(true),
             delete: raw.delete.unwrap_or(false),
             trigger: trigger?,
