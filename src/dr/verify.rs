@@ -208,6 +208,8 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
         report.push(t);
     }
     let mut present: Vec<(RepoName, Tag, Digest)> = Vec::new();
+    // Fallback tags already reported (their deep findings are not counted twice).
+    let mut referrer_problems: HashSet<(RepoName, Tag)> = HashSet::new();
     for item in &plan.items {
         let mut t = TagProblem::new(ProblemKind::Missing);
         t.source_repository = Some(item.source_repo.to_string());
@@ -232,8 +234,12 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
                     report.push(TagProblem { kind: ProblemKind::ReferrersMissing, ..t });
                 }
                 Action::Skip(_) => {
+                    referrer_problems.insert((item.dest_repo.clone(), item.tag.clone()));
                     match missing_referrers(src, dst, &item.source_repo, &item.dest_repo, &item.tag, &scope.referrers.types).await {
-                        Ok(missing) if missing.is_empty() => report.identical += 1,
+                        Ok(missing) if missing.is_empty() => {
+                            referrer_problems.remove(&(item.dest_repo.clone(), item.tag.clone()));
+                            report.identical += 1;
+                        }
                         Ok(missing) => {
                             t.missing_manifests = missing.iter().map(|d| d.to_string()).collect();
                             t.error = Some("listed referrers are not at the destination".into());
@@ -264,6 +270,7 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
             .iter()
             .filter(|i| matches!(i.action, Action::Skip(_)))
             .map(|i| (i.dest_repo.clone(), i.tag.clone()))
+            .filter(|key| !referrer_problems.contains(key))
             .collect();
         let deep = deep_check(dst, &present, concurrency).await;
         report.manifests_checked = deep.manifests;

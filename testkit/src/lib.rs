@@ -12,6 +12,7 @@ pub mod image;
 pub mod nginx;
 pub mod proxy;
 pub mod rawcopy;
+pub mod referrers;
 pub mod s3;
 pub mod registry;
 pub mod tls;

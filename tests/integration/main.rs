@@ -14,6 +14,7 @@ mod memory;
 mod migrate;
 mod operations;
 mod policies;
+mod referrers;
 mod security;
 mod shapes_storage;
 mod shapes_limits;
