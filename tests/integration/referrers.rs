@@ -29,12 +29,12 @@ struct Source {
     index: Manifest,
 }
 
-/// `team/app:v1` with an SBOM, and a signature of the SBOM (both attached
+/// `team/app:stable` with an SBOM, and a signature of the SBOM (both attached
 /// like oras does); `team/app:multi`, an index whose children and itself
 /// carry cosign `.sig` tags (`cosign sign --recursive`).
 async fn fill(s: &Registry) -> Source {
     let image = image::image(Flavor::Oci, "ref-app", vec![image::layer(Flavor::Oci, "ref-app", 500)]);
-    s.push(REPO, "v1", &image).await;
+    s.push(REPO, "stable", &image).await;
     let sbom = artifact(&image, SPDX, r#"{"spdxVersion":"SPDX-2.3"}"#);
     s.attach(REPO, &image.digest, &sbom, SPDX).await;
     let signature = artifact(&sbom, SIG, "signature of the sbom");
@@ -159,7 +159,7 @@ async fn referrer_types_filter_and_referrers_can_be_left_out() {
     let run = migrate(&scratch, &src.url, &none.url, &["--no-referrers"]).await;
     run.assert_ok();
     let d = Registry::new(&none.url, Access::Anonymous);
-    assert!(d.head(REPO, "v1").await.is_some());
+    assert!(d.head(REPO, "stable").await.is_some());
     assert!(d.head(REPO, &source.sbom.digest).await.is_none(), "no referrer copied");
     let tags = d.tags(REPO).await;
     assert!(!tags.contains(&fallback_tag(&source.image.digest)), "{tags:?}");
@@ -197,7 +197,7 @@ async fn fallback_tags_survive_tag_rules_and_immutable_tags_cost_only_listings()
         "p.yaml",
         &format!(
             "name: immutable\nsource: {{ registry: '{}' }}\ndestinations: [{{ registry: '{}' }}]\n\
-             tags:\n  include: ['v1', '1\\.\\d+\\.0']\n  latest: 10\n  immutable: true\nretry: {{ attempts: 1 }}\n",
+             tags:\n  include: ['stable', '1\\.\\d+\\.0']\n  latest: 10\n  immutable: true\nretry: {{ attempts: 1 }}\n",
             meter.url, dst.url
         ),
     );
