@@ -715,6 +715,30 @@ mod tests {
     }
 
     #[test]
+    fn referrers_and_immutable_tags_reach_the_scope() {
+        let base = "name: p\nsource: { registry: https://src.example.com }\ndestinations: [{ registry: https://dst.example.com }]\n";
+        let set = load_text(&[("p.yaml", base)], &[]).unwrap();
+        let spec = set.get("p").unwrap().forward(&set.get("p").unwrap().destinations[0]);
+        assert_eq!(*spec.scope.referrers, ReferrerOptions::default(), "referrers travel by default, every type");
+        assert!(!spec.scope.immutable);
+
+        let text = format!("{base}referrer_types: [application/spdx+json]\ntags: {{ immutable: true }}\n");
+        let set = load_text(&[("p.yaml", &text)], &[]).unwrap();
+        let spec = set.get("p").unwrap().forward(&set.get("p").unwrap().destinations[0]);
+        assert_eq!(spec.scope.referrers.types, ["application/spdx+json"]);
+        assert!(spec.scope.immutable && spec.scope.referrers.enabled);
+
+        let off = format!("{base}referrers: false\n");
+        let set = load_text(&[("p.yaml", &off)], &[]).unwrap();
+        assert!(!set.get("p").unwrap().referrers.enabled);
+
+        let bad = format!("{base}referrers: false\nreferrer_types: [spdx, 'application/x']\n");
+        let e = load_text(&[("p.yaml", &bad)], &[]).unwrap_err().to_string();
+        assert!(e.contains("referrer_types[0]") && e.contains("not a media type"), "{e}");
+        assert!(e.contains("referrers: false copies no referrers"), "{e}");
+    }
+
+    #[test]
     fn secrets_do_not_leak_into_issues_or_debug_output() {
         let text = "name: p\nsource:\n  registry: https://src.example.com\n  credentials: { username: u, password_env: P }\n\
                     destinations:\n  - registry: 'https://dst.example.com'\n";

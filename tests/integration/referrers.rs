@@ -248,3 +248,45 @@ async fn fallback_tags_survive_tag_rules_and_immutable_tags_cost_only_listings()
     let out = run.json();
     assert_eq!(counts(&out).1, 0, "{}", run.stdout);
 }
+
+/// The referrers API side, beside the real test above: the source
+/// registry is real, and only `GET /v2/<name>/referrers/<digest>` — which
+/// Debian's registry 2.8 does not serve — is answered by the proxy in front
+/// of it, as a registry serving the API answers (no fallback tag exists).
+#[tokio::test(flavor = "multi_thread")]
+async fn referrers_found_through_the_api_travel_too() {
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let d = Registry::new(&dst.url, Access::Anonymous);
+    let image = image::image(Flavor::Oci, "api-app", vec![image::layer(Flavor::Oci, "api-app", 400)]);
+    s.push(REPO, "stable", &image).await;
+    let sbom = artifact(&image, SPDX, r#"{"spdxVersion":"SPDX-2.3"}"#);
+    for b in &sbom.blobs {
+        s.push_blob(REPO, b).await;
+    }
+    let resp = s.put_manifest(REPO, &sbom.digest, &sbom.media_type, &sbom.bytes).await;
+    assert!(resp.status().is_success());
+
+    let api = FaultProxy::start(&src.url, Faults::default());
+    let listing = |entries: Vec<Value>| testkit::Canned {
+        status: 200,
+        headers: vec![("content-type".into(), image::OCI_INDEX.into())],
+        body: serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "mediaType": image::OCI_INDEX, "manifests": entries }))
+            .expect("index")
+            .into(),
+    };
+    api.answer(&format!("/v2/{REPO}/referrers/{}", image.digest), listing(vec![refs::referrer_descriptor(&sbom, SPDX)]));
+    api.answer(&format!("/v2/{REPO}/referrers/{}", sbom.digest), listing(Vec::new()));
+
+    let scratch = Scratch::new();
+    let run = migrate(&scratch, &api.url, &dst.url, &["--referrer-type", SPDX]).await;
+    run.assert_ok();
+    assert_eq!(counts(&run.json()).1, 0, "{}", run.stdout);
+    // The destination (no referrers API, no OCI-Subject) got a fallback index.
+    assert_eq!(refs::digests(&d.referrers(REPO, &image.digest).await), vec![sbom.digest.clone()]);
+    assert_eq!(d.get_manifest(REPO, &sbom.digest).await.map(|(b, _)| b), Some(sbom.bytes.clone()));
+    // The one wanted type was asked of the registry, not only filtered here.
+    let asked: Vec<String> = api.counters.seen().iter().filter(|r| r.target.contains("/referrers/")).map(|r| r.target.clone()).collect();
+    assert!(!asked.is_empty() && asked.iter().all(|t| t.contains("artifactType=application%2Fspdx%2Bjson")), "{asked:?}");
+}
