@@ -96,7 +96,7 @@ fn text(o: &Outcome) -> String {
     let _ = writeln!(out, "verify {title}{}: {verdict}", if r.deep { " (deep)" } else { "" });
     let _ = writeln!(
         out,
-        "  {} repositories, {} tags: {} identical, {} missing, {} digest differs, {} media type differs, {} only at destination{}, {} errors",
+        "  {} repositories, {} tags: {} identical, {} missing, {} digest differs, {} media type differs, {} only at destination{}{}, {} errors",
         r.repositories,
         r.tags,
         r.identical,
@@ -105,6 +105,7 @@ fn text(o: &Outcome) -> String {
         r.media_type_differs,
         r.only_at_destination,
         if r.deep { format!(", {} not pullable", r.not_pullable) } else { String::new() },
+        if r.referrers_missing > 0 { format!(", {} with referrers missing", r.referrers_missing) } else { String::new() },
         r.errors
     );
     if r.deep {
