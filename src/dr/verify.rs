@@ -258,7 +258,8 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
             Action::Copy(CopyReason::Missing) => report.push(t),
             Action::Copy(CopyReason::DigestDiffers) => report.push(TagProblem { kind: ProblemKind::DigestDiffers, ..t }),
             Action::Copy(CopyReason::MediaTypeDiffers) => report.push(TagProblem { kind: ProblemKind::MediaTypeDiffers, ..t }),
-            Action::Skip(_) => report.identical += 1,
+            // (Not produced by a verify's diff.)
+            Action::Skip(_) | Action::Copy(CopyReason::ReferrersChanged) => report.identical += 1,
         }
     }
 

@@ -80,6 +80,10 @@ impl Copier {
     /// are copied only when that manifest is at the destination. `false`:
     /// nothing to copy (the subject is not there).
     pub async fn copy_item(&self, item: &PlanItem) -> Result<bool, RegistryError> {
+        if item.action == super::plan::Action::Copy(super::plan::CopyReason::ReferrersChanged) {
+            referrers::sync_subject(self, &item.source_repo, &item.dest_repo, &item.source.digest, 0, None).await?;
+            return Ok(true);
+        }
         match crate::registry::referrers::subject_of_tag(&item.tag) {
             Some(subject) if self.referrers.is_some() => referrers::copy_subject_bound(self, item, &subject).await,
             _ => self.copy_tag(item).await.map(|()| true),

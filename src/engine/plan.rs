@@ -68,6 +68,9 @@ pub enum CopyReason {
     Missing,
     DigestDiffers,
     MediaTypeDiffers,
+    /// The tag is up to date, but the referrers the source's API lists for
+    /// its manifest changed: only they are synced.
+    ReferrersChanged,
 }
 
 /// Why a tag is left alone.
@@ -94,6 +97,7 @@ impl fmt::Display for Action {
             Action::Copy(CopyReason::Missing) => "missing",
             Action::Copy(CopyReason::DigestDiffers) => "digest differs",
             Action::Copy(CopyReason::MediaTypeDiffers) => "media type differs",
+            Action::Copy(CopyReason::ReferrersChanged) => "referrers changed",
             Action::Skip(SkipReason::UpToDate) => "up to date",
             Action::Skip(SkipReason::OverwriteForbidden) => "differs, overwrite disabled",
             Action::Skip(SkipReason::RetryDeferred) => "failed before, retry not due yet",

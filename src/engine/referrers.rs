@@ -416,6 +416,79 @@ pub async fn settle_subject_bound(dst: &RegistryClient, plan: &mut Plan, writes:
     });
 }
 
+/// The digest of a referrers list: sha256 over its referrers' digests,
+/// sorted (the order a registry lists them in does not matter).
+pub fn list_digest(entries: &[ReferrerEntry]) -> String {
+    let mut digests: Vec<&str> = entries.iter().map(|e| e.digest.as_str()).collect();
+    digests.sort_unstable();
+    digests.dedup();
+    Digest::sha256_of(digests.join("\n").as_bytes()).to_string()
+}
+
+/// For a source that serves the referrers API (which has no change feed):
+/// ask it for the referrers of the manifest of every tag of `plan` (one
+/// request per distinct manifest), and mark the up-to-date tags whose list
+/// differs from the one `seen` last time ([`CopyReason::ReferrersChanged`]):
+/// only their referrers are synced. Returns, by plan index, the list digest
+/// to record once that item succeeded. A source without the API costs one
+/// request (`404`) and nothing is marked: its fallback tags are diffed like
+/// tags. Children of an index are not asked here (that would cost a `GET`
+/// of every unchanged index); their referrers travel when they are copied.
+pub async fn check_api_referrers(
+    src: &RegistryClient,
+    plan: &mut Plan,
+    options: &ReferrerOptions,
+    seen: &HashMap<(String, String), String>,
+    concurrency: usize,
+) -> Vec<(usize, String)> {
+    if !options.enabled {
+        return Vec::new();
+    }
+    let mut subjects: HashSet<(RepoName, Digest)> = HashSet::new();
+    let candidates: Vec<(usize, RepoName, Digest)> = plan
+        .items
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| subject_of_tag(&i.tag).is_none() && matches!(i.action, Action::Copy(_) | Action::Skip(SkipReason::UpToDate)))
+        .filter(|(_, i)| subjects.insert((i.source_repo.clone(), i.source.digest.clone())))
+        .map(|(n, i)| (n, i.source_repo.clone(), i.source.digest.clone()))
+        .collect();
+    let one = match options.types.as_slice() {
+        [t] => Some(t.as_str()),
+        _ => None,
+    };
+    let ask = |(n, repo, digest): (usize, RepoName, Digest)| async move {
+        let answer = src.referrers(&repo, &digest, one).await;
+        (n, repo, digest, answer)
+    };
+    let mut rest = candidates.into_iter();
+    let Some(first) = rest.next() else { return Vec::new() };
+    let first = ask(first).await;
+    if !matches!(first.3, Ok(ApiAnswer::Listed { .. })) {
+        return Vec::new();
+    }
+    let answers: Vec<_> = futures::stream::iter(rest).map(ask).buffer_unordered(concurrency.max(1)).collect().await;
+    let mut out = Vec::new();
+    for (n, repo, digest, answer) in std::iter::once(first).chain(answers) {
+        let entries = match answer {
+            Ok(ApiAnswer::Listed { entries, .. }) => verbs::filter(entries, &options.types),
+            Ok(ApiAnswer::Unsupported) => continue,
+            Err(e) => {
+                tracing::warn!(repository = %repo, subject = %digest, error = %e, "cannot list referrers; they are checked again next pass");
+                continue;
+            }
+        };
+        let list = list_digest(&entries);
+        let item = &mut plan.items[n];
+        let known = seen.get(&(repo.to_string(), digest.to_string()));
+        if item.action == Action::Skip(SkipReason::UpToDate) && known != Some(&list) && !(known.is_none() && entries.is_empty()) {
+            item.action = Action::Copy(CopyReason::ReferrersChanged);
+        }
+        out.push((n, list));
+    }
+    out
+}
+
 /// Destination referrers a verified fallback tag lists at the source but
 /// the destination lacks (as manifests), for `verify`.
 pub async fn missing_referrers(

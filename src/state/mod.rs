@@ -9,6 +9,7 @@
 pub mod backoff;
 pub mod jobs;
 pub mod overview;
+mod referrers;
 mod recorder;
 pub mod status;
 
@@ -58,6 +59,7 @@ fn migrator() -> Migrator {
         m(1, "init", include_str!("migrations/0001_init.sql")),
         m(2, "daemon", include_str!("migrations/0002_daemon.sql")),
         m(3, "health", include_str!("migrations/0003_health.sql")),
+        m(4, "referrers", include_str!("migrations/0004_referrers.sql")),
     ])
 }
 

@@ -289,4 +289,46 @@ async fn referrers_found_through_the_api_travel_too() {
     // The one wanted type was asked of the registry, not only filtered here.
     let asked: Vec<String> = api.counters.seen().iter().filter(|r| r.target.contains("/referrers/")).map(|r| r.target.clone()).collect();
     assert!(!asked.is_empty() && asked.iter().all(|t| t.contains("artifactType=application%2Fspdx%2Bjson")), "{asked:?}");
+
+    // Policy passes: the API has no change feed, so each pass asks it once
+    // per tag's manifest and syncs only a subject whose list changed since
+    // the last pass (recorded in the state).
+    let policies = write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!("name: api\nsource: {{ registry: '{}' }}\ndestinations: [{{ registry: '{}' }}]\nretry: {{ attempts: 1 }}\n", api.url, dst.url),
+    );
+    let state = scratch.state();
+    let pass = |n: u32| {
+        let (scratch, policies, state) = (&scratch, policies.clone(), state.clone());
+        async move {
+            let run = regferry(scratch, &["run", "--policies", &policies, "--state", &state, "--json"], &[]).await;
+            assert_eq!(run.code, 0, "pass {n}\n{}\n{}", run.stdout, run.stderr);
+            run.json()[0]["destinations"][0]["report"].clone()
+        }
+    };
+    // First pass: nothing recorded yet, so the image's list is synced once (nothing new to write).
+    let first = pass(1).await;
+    assert_eq!(first["counts"]["tags_copied"], 1, "{first}");
+    let puts_before = api.counters.seen().len();
+    let second = pass(2).await;
+    assert_eq!(second["counts"]["tags_copied"], 0, "an unchanged list is not synced again: {second}");
+    let asked = api.counters.seen()[puts_before..].iter().filter(|r| r.target.contains("/referrers/")).count();
+    assert_eq!(asked, 1, "one referrers request for the one tag");
+    // A new referrer of the unchanged image: the next pass carries it.
+    let vex = artifact(&image, VEX, "a vex statement");
+    for b in &vex.blobs {
+        s.push_blob(REPO, b).await;
+    }
+    assert!(s.put_manifest(REPO, &vex.digest, &vex.media_type, &vex.bytes).await.status().is_success());
+    let both = vec![refs::referrer_descriptor(&sbom, SPDX), refs::referrer_descriptor(&vex, VEX)];
+    api.answer(&format!("/v2/{REPO}/referrers/{}", image.digest), listing(both));
+    api.answer(&format!("/v2/{REPO}/referrers/{}", vex.digest), listing(Vec::new()));
+    let third = pass(3).await;
+    assert_eq!(third["counts"]["tags_copied"], 1, "{third}");
+    let mut want = vec![sbom.digest.clone(), vex.digest.clone()];
+    want.sort();
+    assert_eq!(refs::digests(&d.referrers(REPO, &image.digest).await), want);
+    assert_eq!(pass(4).await["counts"]["tags_copied"], 0);
 }
