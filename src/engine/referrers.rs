@@ -425,14 +425,43 @@ pub fn list_digest(entries: &[ReferrerEntry]) -> String {
     Digest::sha256_of(digests.join("\n").as_bytes()).to_string()
 }
 
+/// What [`check_api_referrers`] found.
+#[derive(Debug, Default)]
+pub struct ApiCheck {
+    /// By plan index: the list digest to record once that item succeeded.
+    pub lists: Vec<(usize, String)>,
+    /// The source answered `404`: it does not serve the API.
+    pub unsupported: bool,
+}
+
+/// The key under which a job's state remembers that its source does not
+/// serve the referrers API (as a (repository, subject) pair no real one has).
+pub const API_SENTINEL: (&str, &str) = ("", "referrers-api");
+
+/// How long that is believed before the source is asked again.
+pub const API_RECHECK_MS: i64 = 24 * 3600 * 1000;
+
+/// The value recorded under [`API_SENTINEL`] for a source found without the API at `now_ms`.
+pub fn api_unsupported_mark(now_ms: i64) -> String {
+    format!("unsupported@{now_ms}")
+}
+
+/// Whether `seen` says the source lacked the API less than [`API_RECHECK_MS`] before `now_ms`.
+pub fn api_known_unsupported(seen: &HashMap<(String, String), String>, now_ms: i64) -> bool {
+    seen.get(&(API_SENTINEL.0.to_string(), API_SENTINEL.1.to_string()))
+        .and_then(|v| v.strip_prefix("unsupported@"))
+        .and_then(|ms| ms.parse::<i64>().ok())
+        .is_some_and(|at| (0..API_RECHECK_MS).contains(&(now_ms - at)))
+}
+
 /// For a source that serves the referrers API (which has no change feed):
 /// ask it for the referrers of the manifest of every tag of `plan` (one
 /// request per distinct manifest), and mark the up-to-date tags whose list
 /// differs from the one `seen` last time ([`CopyReason::ReferrersChanged`]):
-/// only their referrers are synced. Returns, by plan index, the list digest
-/// to record once that item succeeded. A source without the API costs one
+/// only their referrers are synced. A source without the API costs one
 /// request (`404`) and nothing is marked: its fallback tags are diffed like
-/// tags. Children of an index are not asked here (that would cost a `GET`
+/// tags (the caller remembers that for a day, see [`api_known_unsupported`],
+/// so a steady pass costs nothing here). Children of an index are not asked here (that would cost a `GET`
 /// of every unchanged index); their referrers travel when they are copied.
 pub async fn check_api_referrers(
     src: &RegistryClient,
@@ -440,9 +469,9 @@ pub async fn check_api_referrers(
     options: &ReferrerOptions,
     seen: &HashMap<(String, String), String>,
     concurrency: usize,
-) -> Vec<(usize, String)> {
+) -> ApiCheck {
     if !options.enabled {
-        return Vec::new();
+        return ApiCheck::default();
     }
     let mut subjects: HashSet<(RepoName, Digest)> = HashSet::new();
     let candidates: Vec<(usize, RepoName, Digest)> = plan
@@ -462,10 +491,15 @@ pub async fn check_api_referrers(
         (n, repo, digest, answer)
     };
     let mut rest = candidates.into_iter();
-    let Some(first) = rest.next() else { return Vec::new() };
+    let Some(first) = rest.next() else { return ApiCheck::default() };
     let first = ask(first).await;
-    if !matches!(first.3, Ok(ApiAnswer::Listed { .. })) {
-        return Vec::new();
+    match &first.3 {
+        Ok(ApiAnswer::Listed { .. }) => {}
+        Ok(ApiAnswer::Unsupported) => return ApiCheck { lists: Vec::new(), unsupported: true },
+        Err(e) => {
+            tracing::warn!(registry = %src.name(), error = %e, "cannot ask the source's referrers API; asked again next pass");
+            return ApiCheck::default();
+        }
     }
     let answers: Vec<_> = futures::stream::iter(rest).map(ask).buffer_unordered(concurrency.max(1)).collect().await;
     let mut out = Vec::new();
@@ -486,7 +520,7 @@ pub async fn check_api_referrers(
         }
         out.push((n, list));
     }
-    out
+    ApiCheck { lists: out, unsupported: false }
 }
 
 /// Destination referrers a verified fallback tag lists at the source but
@@ -513,6 +547,15 @@ pub async fn missing_referrers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_without_the_api_is_asked_again_after_a_day() {
+        let mut seen = HashMap::new();
+        assert!(!api_known_unsupported(&seen, 1_000));
+        seen.insert((API_SENTINEL.0.to_string(), API_SENTINEL.1.to_string()), api_unsupported_mark(1_000));
+        assert!(api_known_unsupported(&seen, 1_000 + 60_000));
+        assert!(!api_known_unsupported(&seen, 1_000 + API_RECHECK_MS));
+    }
 
     #[test]
     fn artifact_types_are_checked() {

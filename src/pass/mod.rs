@@ -153,9 +153,14 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
         }
     }
     // Referrers listed by a source's API: synced for unchanged tags only when the list changed.
+    // A source known to lack the API is not asked again for a day.
     let seen = state.referrer_lists(&scope_key).await.unwrap_or_default();
     let concurrency = policy.concurrency.max(4) * 2;
-    let lists = referrers::check_api_referrers(&job.src, &mut plan, &job.spec.scope.referrers, &seen, concurrency).await;
+    let api = if referrers::api_known_unsupported(&seen, now_ms()) {
+        referrers::ApiCheck::default()
+    } else {
+        referrers::check_api_referrers(&job.src, &mut plan, &job.spec.scope.referrers, &seen, concurrency).await
+    };
     tracing::info!(
         policy = %policy.name,
         destination = %outcome.destination,
@@ -176,12 +181,17 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     let delay = move |failures: u32| -> Duration { retry.delay(failures) };
     let outcomes = outcomes_of(&plan, &report);
     let failed: HashSet<(&str, &str)> = report.failures.iter().map(|f| (f.repository.as_str(), f.tag.as_str())).collect();
-    let lists: Vec<(String, String, String)> = lists
+    let mut lists: Vec<(String, String, String)> = api
+        .lists
         .into_iter()
         .map(|(n, list)| (&plan.items[n], list))
         .filter(|(i, _)| !matches!(i.action, Action::Skip(SkipReason::RetryDeferred)) && !failed.contains(&(i.source_repo.as_str(), i.tag.as_str())))
         .map(|(i, list)| (i.source_repo.to_string(), i.source.digest.to_string(), list))
         .collect();
+    if api.unsupported {
+        let (repo, subject) = referrers::API_SENTINEL;
+        lists.push((repo.to_string(), subject.to_string(), referrers::api_unsupported_mark(now_ms())));
+    }
     if report.status.as_str() != "canceled"
         && let Err(e) = state.record_referrer_lists(&scope_key, &lists).await
     {
