@@ -15,6 +15,7 @@ use crate::engine::discover::{Scope, discover};
 use crate::engine::events::EventSink;
 use crate::engine::execute::{Cancel, ExecuteOptions, NOT_ATTEMPTED, TaskEnd, execute};
 use crate::engine::plan::{Action, Plan};
+use crate::engine::referrers::Referrers;
 use crate::engine::stats::{Snapshot, Stats};
 use crate::engine::EngineError;
 use crate::registry::{ClientOptions, Endpoint, RegistryClient, RegistryError};
@@ -134,6 +135,8 @@ impl Job {
         if let Some(filter) = &self.spec.scope.platforms {
             crate::engine::platforms::narrow(&self.src, &self.dst, &mut plan, filter, concurrency, self.spec.overwrite).await;
         }
+        // Signatures and fallback tags of manifests that will not be there.
+        crate::engine::referrers::settle_subject_bound(&self.dst, &mut plan, writes, concurrency).await;
         plan.planning_time = started.elapsed();
         Ok(plan)
     }
@@ -144,8 +147,8 @@ impl Job {
         let started = Instant::now();
         let skipped = plan.items.iter().filter(|i| matches!(i.action, Action::Skip(_))).count();
         Stats::add(&stats.repos_total, plan.repositories as u64);
-        Stats::add(&stats.tags_total, (plan.items.len() + plan.problems.len()) as u64);
-        Stats::add(&stats.tags_skipped, skipped as u64);
+        Stats::add(&stats.tags_total, (plan.items.len() + plan.problems.len() + plan.unchecked) as u64);
+        Stats::add(&stats.tags_skipped, (skipped + plan.unchecked) as u64);
         Stats::add(&stats.tags_failed, plan.problems.len() as u64);
         Stats::add(&stats.digest_mismatches, plan.digest_mismatches);
 
@@ -202,7 +205,10 @@ impl Job {
             let new_repos = Arc::new(plan.new_repos.clone());
             let blobs = BlobMover::new(self.src.clone(), self.dst.clone(), hints, stats.clone(), sink.clone(), streams)
                 .with_new_repos(new_repos.clone());
-            let copier = Copier::new(self.src.clone(), self.dst.clone(), blobs, stats.clone(), 4).with_new_repos(new_repos);
+            let referrers = Referrers::new(self.spec.scope.referrers.as_ref().clone()).with_plan(plan);
+            let copier = Copier::new(self.src.clone(), self.dst.clone(), blobs, stats.clone(), 4)
+                .with_new_repos(new_repos)
+                .with_referrers(referrers);
             execute(&copier, plan, &self.spec.execute, stats, &sink, cancel).await
         };
         if let Some(w) = watcher {

@@ -9,6 +9,7 @@ use regferry::engine::discover::{AllTags, RepoFilter, Scope};
 use regferry::engine::execute::{Cancel, ExecuteOptions};
 use regferry::engine::plan::RepoMapping;
 use regferry::engine::platforms::{FilterMode, PlatformFilter};
+use regferry::engine::referrers::ReferrerOptions;
 use regferry::engine::stats::Stats;
 use regferry::job::{Job, JobSpec};
 use regferry::registry::Limits;
@@ -84,6 +85,25 @@ pub struct MigrateArgs {
     /// with only their manifests, which registries that validate indexes refuse.
     #[arg(long, value_name = "MODE", requires = "platforms", value_parser = parse_filter_mode, default_value = "rewrite")]
     pub platform_filter: FilterMode,
+
+    /// Do not copy OCI referrers (signatures, SBOMs, attestations attached with a `subject`)
+    /// nor their `sha256-<hex>` fallback tags. By default they travel with their subject.
+    #[arg(long)]
+    pub no_referrers: bool,
+
+    /// Copy only referrers with this artifactType (e.g. application/spdx+json). Repeatable.
+    #[arg(long = "referrer-type", value_name = "MEDIA_TYPE", value_parser = parse_artifact_type, conflicts_with = "no_referrers")]
+    pub referrer_types: Vec<String>,
+
+    /// Immutable tags: a tag the destination already lists is never checked again (no
+    /// per-tag request; a changed source tag is then not copied). Signature and referrer
+    /// fallback tags are still compared.
+    #[arg(long)]
+    pub missing_only: bool,
+}
+
+fn parse_artifact_type(s: &str) -> Result<String, String> {
+    regferry::engine::referrers::check_artifact_type(s).map(|()| s.to_string())
 }
 
 fn parse_filter_mode(s: &str) -> Result<FilterMode, String> {
@@ -117,7 +137,12 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
     let spec = JobSpec {
         kind: "migrate".into(),
         policy: None,
-        scope: Scope { mapping, repos, explicit: Vec::new(), tags: Arc::new(AllTags), platforms: platforms.map(Arc::new) },
+        scope: Scope {
+            referrers: Arc::new(ReferrerOptions { enabled: !args.no_referrers, types: args.referrer_types.clone() }),
+            immutable: args.missing_only,
+            platforms: platforms.map(Arc::new),
+            ..Scope::new(mapping, repos, Arc::new(AllTags))
+        },
         scope_words,
         source,
         destination,

@@ -14,13 +14,14 @@ use regferry::job::Report;
 pub fn plan_text(plan: &Plan, source: &str, destination: &str) -> String {
     let mut out = String::new();
     let copy = plan.count_copy();
-    let up_to_date = plan.items.len() - copy;
+    // Tags left unchecked (immutable tags the destination lists) count as left alone.
+    let up_to_date = plan.items.len() - copy + plan.unchecked;
     let _ = writeln!(out, "plan: {source} → {destination}");
     let _ = writeln!(
         out,
         "  {} repositories, {} tags: {} to copy, {} left alone, {} problems",
         plan.repositories,
-        plan.items.len() + plan.problems.len(),
+        plan.items.len() + plan.problems.len() + plan.unchecked,
         copy,
         up_to_date,
         plan.problems.len()
@@ -58,6 +59,7 @@ pub fn plan_text(plan: &Plan, source: &str, destination: &str) -> String {
 pub fn plan_json(plan: &Plan) -> serde_json::Value {
     json!({
         "repositories": plan.repositories,
+        "unchecked": plan.unchecked,
         "items": plan.items.iter().map(|i| json!({
             "source_repository": i.source_repo.as_str(),
             "destination_repository": i.dest_repo.as_str(),

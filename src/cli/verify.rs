@@ -113,7 +113,7 @@ pub(super) fn report_text(title: &str, r: &VerifyReport) -> String {
     let _ = writeln!(out, "verify {title}{}: {verdict}", if r.deep { " (deep)" } else { "" });
     let _ = writeln!(
         out,
-        "  {} repositories, {} tags: {} identical, {} missing, {} digest differs, {} media type differs, {} only at destination{}, {} errors",
+        "  {} repositories, {} tags: {} identical, {} missing, {} digest differs, {} media type differs, {} only at destination{}{}, {} errors",
         r.repositories,
         r.tags,
         r.identical,
@@ -122,6 +122,7 @@ pub(super) fn report_text(title: &str, r: &VerifyReport) -> String {
         r.media_type_differs,
         r.only_at_destination,
         if r.deep { format!(", {} not pullable", r.not_pullable) } else { String::new() },
+        if r.referrers_missing > 0 { format!(", {} with referrers missing", r.referrers_missing) } else { String::new() },
         r.errors
     );
     if r.no_selected_platform > 0 {
@@ -210,7 +211,7 @@ pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
                     PlatformFilter::parse(&args.platforms, args.platform_filter).map_err(|e| CliError::usage(format!("--platform: {e}")))?,
                 )),
             };
-            let scope = Scope { mapping, repos, explicit: Vec::new(), tags: Arc::new(AllTags), platforms };
+            let scope = Scope { platforms, ..Scope::new(mapping, repos, Arc::new(AllTags)) };
             let options = VerifyOptions { deep: args.deep, concurrency, covers: None };
             let result = run_one(&source, &destination, &scope, &options, &args.timeouts.client_options()).await;
             outcomes.push(Outcome { policy: None, reversed: false, source: source.url.to_string(), destination: destination.url.to_string(), result });

@@ -5,6 +5,10 @@
 //! Only reads. Tag-level comparison reuses the diff (one `HEAD` per tag per
 //! side); the deep check fetches each distinct destination manifest once and
 //! `HEAD`s each distinct (repository, blob) once, with bounded concurrency.
+//! Referrers: a source fallback tag (`sha256-<hex>`) must be matched by a
+//! destination index listing every one of its entries, and each entry must
+//! be a manifest the destination serves (deep: pullable, since the deep
+//! check walks the destination's index like any other).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -16,6 +20,8 @@ use crate::engine::EngineError;
 use crate::engine::diff::{DiffOptions, diff};
 use crate::engine::discover::{AllTags, Discovered, Scope, discover};
 use crate::engine::plan::{Action, CopyReason, SkipReason};
+use crate::engine::referrers::{ReferrerOptions, missing_referrers, settle_subject_bound};
+use crate::registry::referrers::fallback_subject;
 use crate::policy::TagFilter;
 use crate::registry::manifest::{self, Kind};
 use crate::registry::{Digest, Reference, RegistryClient, RegistryError, RepoName, Scopes, Tag};
@@ -47,6 +53,8 @@ pub enum ProblemKind {
     MediaTypeDiffers,
     OnlyAtDestination,
     NotPullable,
+    /// A subject's referrers are not (all) listed or present at the destination.
+    ReferrersMissing,
     Error,
 }
 
@@ -58,6 +66,7 @@ impl ProblemKind {
             ProblemKind::MediaTypeDiffers => "media type differs",
             ProblemKind::OnlyAtDestination => "only at destination",
             ProblemKind::NotPullable => "not pullable",
+            ProblemKind::ReferrersMissing => "referrers missing",
             ProblemKind::Error => "error",
         }
     }
@@ -125,6 +134,7 @@ pub struct VerifyReport {
     pub media_type_differs: usize,
     pub only_at_destination: usize,
     pub not_pullable: usize,
+    pub referrers_missing: usize,
     pub errors: usize,
     /// Deep: distinct manifests fetched and distinct (repository, blob) pairs checked.
     pub manifests_checked: usize,
@@ -166,6 +176,7 @@ impl VerifyReport {
             ProblemKind::MediaTypeDiffers => self.media_type_differs += 1,
             ProblemKind::OnlyAtDestination => self.only_at_destination += 1,
             ProblemKind::NotPullable => self.not_pullable += 1,
+            ProblemKind::ReferrersMissing => self.referrers_missing += 1,
             ProblemKind::Error => self.errors += 1,
         }
         self.problems.push(p);
@@ -192,14 +203,20 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
     };
 
     // Every source tag (for "only at destination"), then the scope's selection.
-    let all = Scope { tags: Arc::new(AllTags), ..scope.clone() };
+    let all = Scope { tags: Arc::new(AllTags), referrers: Arc::new(ReferrerOptions::default()), immutable: false, ..scope.clone() };
     let found = discover(src, dst.url(), &all, concurrency).await?;
     let mut source_tags: HashMap<RepoName, HashSet<Tag>> = HashMap::new();
     report.unmatched_patterns = found.unmatched.clone();
-    let mut selected = Discovered { repos: Vec::new(), problems: found.problems, unmatched: found.unmatched };
+    let mut selected = Discovered {
+        repos: Vec::new(),
+        problems: found.problems,
+        unmatched: found.unmatched,
+        referrers: scope.referrers.clone(),
+        immutable: false,
+    };
     for mut r in found.repos {
         source_tags.insert(r.dest.clone(), r.tags.iter().cloned().collect());
-        r.tags = scope.tags.select(&r.source, r.tags);
+        r.tags = scope.select(&r.source, r.tags);
         selected.repos.push(r);
     }
     report.repositories = selected.repos.len();
@@ -209,6 +226,8 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
     if let Some(filter) = &scope.platforms {
         crate::engine::platforms::narrow(src, dst, &mut plan, filter, concurrency, true).await;
     }
+    // Signatures and fallback tags of manifests that are not in scope.
+    settle_subject_bound(dst, &mut plan, false, concurrency).await;
     report.tags = plan.items.len();
     for p in &plan.problems {
         let mut t = TagProblem::new(ProblemKind::Error);
@@ -219,6 +238,8 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
         report.push(t);
     }
     let mut present: Vec<(RepoName, Tag, Digest)> = Vec::new();
+    // Fallback tags already reported (their deep findings are not counted twice).
+    let mut referrer_problems: HashSet<(RepoName, Tag)> = HashSet::new();
     for item in &plan.items {
         let mut t = TagProblem::new(ProblemKind::Missing);
         t.source_repository = Some(item.source_repo.to_string());
@@ -241,12 +262,45 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
             t.destination_media_type = Some(d.media_type.clone());
             present.push((item.dest_repo.clone(), item.tag.clone(), d.digest.clone()));
         }
+        if fallback_subject(&item.tag).is_some() {
+            // A fallback index at the destination may list more (others'
+            // referrers): what counts is that it lists all of the source's.
+            match item.action {
+                Action::Copy(reason) => {
+                    t.error = Some(match reason {
+                        CopyReason::Missing => "the destination does not list the referrers of this subject".to_string(),
+                        _ => "the destination's referrers index lacks some of the source's entries".to_string(),
+                    });
+                    report.push(TagProblem { kind: ProblemKind::ReferrersMissing, ..t });
+                }
+                Action::Skip(_) => {
+                    referrer_problems.insert((item.dest_repo.clone(), item.tag.clone()));
+                    match missing_referrers(src, dst, &item.source_repo, &item.dest_repo, &item.tag, &scope.referrers.types).await {
+                        Ok(missing) if missing.is_empty() => {
+                            referrer_problems.remove(&(item.dest_repo.clone(), item.tag.clone()));
+                            report.identical += 1;
+                        }
+                        Ok(missing) => {
+                            t.missing_manifests = missing.iter().map(|d| d.to_string()).collect();
+                            t.error = Some("listed referrers are not at the destination".into());
+                            report.push(TagProblem { kind: ProblemKind::ReferrersMissing, ..t });
+                        }
+                        Err(e) => {
+                            t.error = Some(e.to_string());
+                            report.push(TagProblem { kind: ProblemKind::Error, ..t });
+                        }
+                    }
+                }
+            }
+            continue;
+        }
         match item.action {
             Action::Copy(CopyReason::Missing) => report.push(t),
             Action::Copy(CopyReason::DigestDiffers) => report.push(TagProblem { kind: ProblemKind::DigestDiffers, ..t }),
             Action::Copy(CopyReason::MediaTypeDiffers) => report.push(TagProblem { kind: ProblemKind::MediaTypeDiffers, ..t }),
             Action::Skip(SkipReason::NoSelectedPlatform) => report.no_selected_platform += 1,
-            Action::Skip(_) => report.identical += 1,
+            // (Not produced by a verify's diff.)
+            Action::Skip(_) | Action::Copy(CopyReason::ReferrersChanged) => report.identical += 1,
         }
     }
 
@@ -258,6 +312,7 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
             .iter()
             .filter(|i| matches!(i.action, Action::Skip(s) if s != SkipReason::NoSelectedPlatform))
             .map(|i| (i.dest_repo.clone(), i.tag.clone()))
+            .filter(|key| !referrer_problems.contains(key))
             .collect();
         let deep = deep_check(dst, &present, concurrency).await;
         report.manifests_checked = deep.manifests;

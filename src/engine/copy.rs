@@ -4,7 +4,8 @@
 //!
 //! Invariant: a manifest is pushed only after everything it references was
 //! confirmed present at the destination. A tag therefore never points at
-//! missing content, whatever fails in between.
+//! missing content, whatever fails in between. Every manifest pushed here
+//! has its referrers copied right after it (see [`super::referrers`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use super::blobs::BlobMover;
 use super::plan::PlanItem;
 use super::platforms::Narrowed;
+use super::referrers::{self, Referrers};
 use super::stats::Stats;
 use crate::registry::manifest::{self, Descriptor, Kind, Parsed};
 use crate::registry::{Digest, ManifestBody, Reference, RegistryClient, RegistryError, RepoName, Scopes};
@@ -36,6 +38,16 @@ pub struct Copier {
     /// sure the child is there. The lock makes tags that share a child (two
     /// tags of one index) wait for each other instead of both pushing it.
     children: Mutex<HashMap<(RepoName, Digest), ChildSlot>>,
+    /// Referrers copied after their subjects (`None`: not copied).
+    referrers: Option<Arc<Referrers>>,
+}
+
+/// What making sure of one manifest by digest did.
+pub enum Ensured {
+    /// It was at the destination already (or made sure of by this run).
+    Present,
+    /// Pushed now; the subject the registry said it indexed (`OCI-Subject`).
+    Pushed { indexed_subject: Option<Digest> },
 }
 
 /// `true` once a child manifest is known present at the destination.
@@ -43,7 +55,40 @@ type ChildSlot = Arc<tokio::sync::Mutex<bool>>;
 
 impl Copier {
     pub fn new(src: Arc<RegistryClient>, dst: Arc<RegistryClient>, blobs: BlobMover, stats: Arc<Stats>, fan_out: usize) -> Copier {
-        Copier { src, dst, blobs, stats, fan_out: fan_out.max(1), new_repos: Arc::default(), children: Mutex::default() }
+        Copier { src, dst, blobs, stats, fan_out: fan_out.max(1), new_repos: Arc::default(), children: Mutex::default(), referrers: None }
+    }
+
+    /// Copy the referrers of every manifest this copier pushes (see [`referrers`]).
+    pub fn with_referrers(mut self, referrers: Referrers) -> Copier {
+        self.referrers = Some(Arc::new(referrers));
+        self
+    }
+
+    pub(super) fn referrers(&self) -> Option<&Referrers> {
+        self.referrers.as_deref()
+    }
+
+    pub(super) fn source(&self) -> &RegistryClient {
+        &self.src
+    }
+
+    pub(super) fn destination(&self) -> &RegistryClient {
+        &self.dst
+    }
+
+    /// Copy one planned item: [`Copier::copy_tag`], except for tags that
+    /// exist for another manifest (fallback tags, cosign companions), which
+    /// are copied only when that manifest is at the destination. `false`:
+    /// nothing to copy (the subject is not there).
+    pub async fn copy_item(&self, item: &PlanItem) -> Result<bool, RegistryError> {
+        if item.action == super::plan::Action::Copy(super::plan::CopyReason::ReferrersChanged) {
+            referrers::sync_subject(self, &item.source_repo, &item.dest_repo, &item.source.digest, 0, None).await?;
+            return Ok(true);
+        }
+        match crate::registry::referrers::subject_of_tag(&item.tag) {
+            Some(subject) if self.referrers.is_some() => referrers::copy_subject_bound(self, item, &subject).await,
+            _ => self.copy_tag(item).await.map(|()| true),
+        }
     }
 
     /// See [`BlobMover::with_new_repos`]: in these repositories a child
@@ -122,9 +167,9 @@ impl Copier {
         };
         self.copy_references(&item.source_repo, &item.dest_repo, &parsed, 0).await?;
         // put_manifest checks the digest the destination reports against the bytes.
-        self.dst.put_manifest(&item.dest_repo, &reference, bytes, &parsed.media_type).await?;
+        let digest = self.dst.put_manifest(&item.dest_repo, &reference, bytes, &parsed.media_type).await?;
         Stats::add(&self.stats.manifests_pushed, 1);
-        Ok(())
+        referrers::sync_subject(self, &item.source_repo, &item.dest_repo, &digest, 0, None).await
     }
 
     /// Copy a tag whose index was narrowed to some platforms (see
@@ -171,32 +216,47 @@ impl Copier {
 
     /// Copy a manifest referenced by digest from an index.
     async fn copy_child(&self, src_repo: &RepoName, dst_repo: &RepoName, desc: &Descriptor, depth: usize) -> Result<(), RegistryError> {
-        let reference = Reference::Digest(desc.digest.clone());
+        self.ensure_manifest(src_repo, dst_repo, &desc.digest, desc.media_type.as_deref(), depth).await.map(drop)
+    }
+
+    /// Make sure `src_repo@digest` (a child of an index, or a referrer) is
+    /// in `dst_repo`, with what it references and its own referrers.
+    pub(super) async fn ensure_manifest(
+        &self,
+        src_repo: &RepoName,
+        dst_repo: &RepoName,
+        digest: &Digest,
+        media_type: Option<&str>,
+        depth: usize,
+    ) -> Result<Ensured, RegistryError> {
+        let reference = Reference::Digest(digest.clone());
         if depth > MAX_DEPTH {
             return Err(RegistryError::Protocol {
                 registry: self.src.name().to_string(),
-                message: format!("{src_repo}@{}: indexes nested deeper than {MAX_DEPTH}", desc.digest),
+                message: format!("{src_repo}@{digest}: indexes nested deeper than {MAX_DEPTH}"),
             });
         }
         // (Digests cannot form cycles, so waiting on a child's lock while
         // holding its parent's cannot deadlock.)
-        let slot = self.child_slot(dst_repo, &desc.digest);
+        let slot = self.child_slot(dst_repo, digest);
         let mut done = slot.lock().await;
         if *done {
-            return Ok(());
+            return Ok(Ensured::Present);
         }
         // Present at the destination means its references are too: the
         // destination accepted it, and we only ever push complete trees.
         // A repository that did not exist holds only what this run pushed.
         if !self.new_repos.contains(dst_repo) && self.dst.head_manifest(dst_repo, &reference, &Scopes::push(dst_repo)).await?.is_some() {
             *done = true;
-            return Ok(());
+            return Ok(Ensured::Present);
         }
-        let (body, parsed) = self.fetch(src_repo, &reference, desc.media_type.as_deref()).await?;
+        let (body, parsed) = self.fetch(src_repo, &reference, media_type).await?;
         self.copy_references(src_repo, dst_repo, &parsed, depth).await?;
-        self.dst.put_manifest(dst_repo, &reference, body.bytes, &parsed.media_type).await?;
+        let (_, indexed_subject) = self.dst.put_manifest_indexed(dst_repo, &reference, body.bytes, &parsed.media_type).await?;
         Stats::add(&self.stats.manifests_pushed, 1);
         *done = true;
-        Ok(())
+        drop(done);
+        referrers::sync_subject(self, src_repo, dst_repo, digest, depth, None).await?;
+        Ok(Ensured::Pushed { indexed_subject })
     }
 }

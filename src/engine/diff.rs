@@ -9,6 +9,9 @@
 //! that repository for blobs and manifests only this run can have put there.
 //! For a tag the destination certainly lacks, the source manifest is fetched
 //! with `GET` instead of `HEAD` and kept for the copy (within a memory budget).
+//! Referrers fallback tags are diffed by content (see
+//! [`super::referrers::plan_fallback`]); with immutable tags, a tag the
+//! destination lists costs nothing beyond the listings.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -143,6 +146,8 @@ async fn dest_tags(dst: &RegistryClient, repo: &RepoName, writes: bool) -> DestT
 /// Compare every discovered tag between `src` and `dst`.
 pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discovered, options: DiffOptions) -> Plan {
     let repositories = discovered.repos.len();
+    let referrers = discovered.referrers.clone();
+    let immutable = discovered.immutable;
     let tags: usize = discovered.repos.iter().map(|r| r.tags.len()).sum();
     let concurrency = options.concurrency.max(1);
     // One listing per destination repository that has tags to compare.
@@ -159,12 +164,25 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
         .await;
     let new_repos: HashSet<RepoName> =
         dest_listings.iter().filter(|(_, l)| matches!(l, DestTags::Absent)).map(|(r, _)| r.clone()).collect();
+    // Immutable tags: one the destination lists is not checked (tags that
+    // exist for another manifest are: cosign appends to a `.sig`, a
+    // fallback index grows).
+    let unchecked = &AtomicUsize::new(0);
     let pairs = discovered
         .repos
         .into_iter()
-        .flat_map(|r| r.tags.into_iter().map(move |t| (r.source.clone(), r.dest.clone(), t)));
+        .flat_map(|r| r.tags.into_iter().map(move |t| (r.source.clone(), r.dest.clone(), t)))
+        .filter(|(_, dest, tag)| {
+            let listed = || matches!(dest_listings.get(dest), Some(DestTags::Listed(tags)) if tags.contains(tag.as_str()));
+            let skip = immutable && crate::registry::referrers::subject_of_tag(tag).is_none() && listed();
+            if skip {
+                unchecked.fetch_add(1, Ordering::Relaxed);
+            }
+            !skip
+        });
 
     let dest_listings = &dest_listings;
+    let referrers = &referrers;
     let budget = &AtomicUsize::new(KEPT_BODIES_BUDGET);
     let mismatches = &AtomicU64::new(0);
     let mut plan = Plan { repositories, problems: discovered.problems, new_repos, unmatched: discovered.unmatched, ..Plan::default() };
@@ -181,6 +199,13 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
             };
             let unknown = || problem(format!("tag {source_repo}:{tag} was listed but its manifest is unknown at {}", src.name()));
             let at_destination = dest_listings.get(&dest_repo).is_none_or(|l| l.may_have(&tag));
+            if referrers.enabled && crate::registry::referrers::fallback_subject(&tag).is_some() {
+                let scopes = dest_scopes(&dest_repo, options.writes);
+                let (s, d, t) = (source_repo.clone(), dest_repo.clone(), tag.clone());
+                return super::referrers::plan_fallback(src, dst, s, d, t, at_destination, scopes, &referrers.types, budget)
+                    .await
+                    .map_err(problem);
+            }
             let (source, source_body) = if at_destination {
                 match head_source(src, &source_repo, &tag).await {
                     Ok(Some(h)) => (h, None),
@@ -234,6 +259,7 @@ pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discov
         .await;
     let mut plan = plan;
     plan.digest_mismatches = mismatches.load(Ordering::Relaxed);
+    plan.unchecked = unchecked.load(Ordering::Relaxed);
     // Order: by repository, images before their signature companions (the
     // keys are unique, so an unstable sort, which needs no buffer, is exact).
     plan.items.sort_unstable_by(|a, b| {

@@ -15,6 +15,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::EngineError;
 use super::plan::{Problem, RepoMapping};
+use super::referrers::ReferrerOptions;
 use crate::registry::{RegistryClient, RegistryUrl, RepoName, Tag};
 
 /// Chooses the tags of a repository to replicate (regexes, semver, newest N…).
@@ -126,11 +127,35 @@ pub struct Scope {
     pub tags: Arc<dyn TagSelector>,
     /// Copy only these platforms of multi-platform images (see [`super::platforms`]).
     pub platforms: Option<Arc<super::platforms::PlatformFilter>>,
+    /// Referrers (and their fallback tags) travel with their subjects.
+    pub referrers: Arc<ReferrerOptions>,
+    /// Immutable tags: a tag the destination lists is never checked again.
+    pub immutable: bool,
 }
 
 impl Scope {
     pub fn everything(mapping: RepoMapping) -> Scope {
-        Scope { mapping, repos: RepoFilter::default(), explicit: Vec::new(), tags: Arc::new(AllTags), platforms: None }
+        Scope::new(mapping, RepoFilter::default(), Arc::new(AllTags))
+    }
+
+    /// A scope with the default referrer handling and mutable tags.
+    pub fn new(mapping: RepoMapping, repos: RepoFilter, tags: Arc<dyn TagSelector>) -> Scope {
+        Scope { mapping, repos, explicit: Vec::new(), tags, platforms: None, referrers: Arc::default(), immutable: false }
+    }
+
+    /// The tags of `repo` this scope replicates: the selector's choice,
+    /// plus every referrers fallback tag (`sha256-<hex>`) when referrers
+    /// travel — whatever the tag rules say, since they exist for their
+    /// subject (which decides at execution whether they go) — and none of
+    /// them when referrers do not travel.
+    pub fn select(&self, repo: &RepoName, tags: Vec<Tag>) -> Vec<Tag> {
+        let (fallback, tags): (Vec<Tag>, Vec<Tag>) =
+            tags.into_iter().partition(|t| crate::registry::referrers::fallback_subject(t).is_some());
+        let mut out = self.tags.select(repo, tags);
+        if self.referrers.enabled {
+            out.extend(fallback);
+        }
+        out
     }
 }
 
@@ -149,6 +174,10 @@ pub struct Discovered {
     pub problems: Vec<Problem>,
     /// Include globs that matched no repository at the source.
     pub unmatched: Vec<String>,
+    /// How referrers travel (for diffing their fallback tags).
+    pub referrers: Arc<ReferrerOptions>,
+    /// Immutable tags (see [`Scope::immutable`]).
+    pub immutable: bool,
 }
 
 fn repo_problem(source: &str, error: String) -> Problem {
@@ -259,7 +288,7 @@ pub async fn discover(src: &RegistryClient, dest: &RegistryUrl, scope: &Scope, c
         .collect()
         .await;
 
-    let mut out = Discovered { repos: Vec::new(), problems, unmatched };
+    let mut out = Discovered { repos: Vec::new(), problems, unmatched, referrers: scope.referrers.clone(), immutable: scope.immutable };
     for (source, dest, listing) in listings {
         let raw = match listing {
             Ok(raw) => raw,
@@ -286,7 +315,7 @@ pub async fn discover(src: &RegistryClient, dest: &RegistryUrl, scope: &Scope, c
         }
         tags.sort();
         tags.dedup();
-        let tags = scope.tags.select(&source, tags);
+        let tags = scope.select(&source, tags);
         out.repos.push(RepoTags { source, dest, tags });
     }
     Ok(out)

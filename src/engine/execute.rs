@@ -92,12 +92,35 @@ pub async fn execute(
     Stats::add(&stats.repos_done, untouched as u64);
 
     // Collected first: a lazy iterator of borrowing closures would keep the
-    // returned future from being `Send` for callers that spawn it.
-    let indices: Vec<usize> =
-        plan.items.iter().enumerate().filter(|(_, i)| matches!(i.action, Action::Copy(_))).map(|(n, _)| n).collect();
+    // returned future from being `Send` for callers that spawn it. Tags that
+    // exist for another manifest (referrers fallback tags, cosign
+    // companions) go after every other tag, so that manifest — a tag, a
+    // child of an index, a referrer — is at the destination by then.
+    let (bound, plain): (Vec<usize>, Vec<usize>) = plan
+        .items
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| matches!(i.action, Action::Copy(_)))
+        .map(|(n, _)| n)
+        .partition(|&n| crate::registry::referrers::subject_of_tag(&plan.items[n].tag).is_some());
+    let mut ends = run_phase(copier, plan, plain, options, stats, events, cancel, &remaining).await;
+    ends.extend(run_phase(copier, plan, bound, options, stats, events, cancel, &remaining).await);
+    ends
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_phase(
+    copier: &Copier,
+    plan: &Plan,
+    indices: Vec<usize>,
+    options: &ExecuteOptions,
+    stats: &Arc<Stats>,
+    events: &EventSink,
+    cancel: &Cancel,
+    remaining: &HashMap<&RepoName, AtomicUsize>,
+) -> Vec<(usize, TaskEnd)> {
     futures::stream::iter(indices)
         .map(|index| {
-            let remaining = &remaining;
             async move {
                 let end = run_task(copier, plan, index, options, stats, events, cancel).await;
                 let item = &plan.items[index];
@@ -134,16 +157,21 @@ async fn run_task(
     let mut attempt = 1;
     loop {
         let result = tokio::select! {
-            r = copier.copy_tag(item) => r,
+            r = copier.copy_item(item) => r,
             _ = cancel.abort.cancelled() => {
                 events.send(Event::TaskCanceled { index, attempts: attempt }).await;
                 return TaskEnd::Canceled;
             }
         };
         match result {
-            Ok(()) => {
-                tracing::debug!(repository = %item.dest_repo, tag = %item.tag, digest = %item.source.digest.short(), "copied");
-                Stats::add(&stats.tags_copied, 1);
+            Ok(copied) => {
+                if copied {
+                    tracing::debug!(repository = %item.dest_repo, tag = %item.tag, digest = %item.source.digest.short(), "copied");
+                    Stats::add(&stats.tags_copied, 1);
+                } else {
+                    // Its subject did not travel: nothing to copy.
+                    Stats::add(&stats.tags_skipped, 1);
+                }
                 events.send(Event::TaskSucceeded { index, attempts: attempt }).await;
                 return TaskEnd::Succeeded;
             }

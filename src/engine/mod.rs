@@ -3,8 +3,8 @@
 //! [`discover`] and [`diff`] turn a [`discover::Scope`] into a
 //! [`plan::Plan`] using only listings and `HEAD`s; [`execute`] carries the
 //! plan out through [`copy`] (manifest trees) and [`blobs`] (skip, mount or
-//! stream), reporting progress in [`stats`] and state changes as
-//! [`events`]. The engine never touches the state database and never reads
+//! stream) and [`referrers`] (what travels with a manifest), reporting
+//! progress in [`stats`] and state changes as [`events`]. The engine never touches the state database and never reads
 //! CLI flags or policy files: it is handed a scope and clients.
 
 pub mod blobs;
@@ -16,6 +16,7 @@ pub mod events;
 pub mod execute;
 pub mod plan;
 pub mod platforms;
+pub mod referrers;
 pub mod source;
 pub mod stats;
 pub mod verify_stream;

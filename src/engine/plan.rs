@@ -68,6 +68,9 @@ pub enum CopyReason {
     Missing,
     DigestDiffers,
     MediaTypeDiffers,
+    /// The tag is up to date, but the referrers the source's API lists for
+    /// its manifest changed: only they are synced.
+    ReferrersChanged,
 }
 
 /// Why a tag is left alone.
@@ -96,6 +99,7 @@ impl fmt::Display for Action {
             Action::Copy(CopyReason::Missing) => "missing",
             Action::Copy(CopyReason::DigestDiffers) => "digest differs",
             Action::Copy(CopyReason::MediaTypeDiffers) => "media type differs",
+            Action::Copy(CopyReason::ReferrersChanged) => "referrers changed",
             Action::Skip(SkipReason::UpToDate) => "up to date",
             Action::Skip(SkipReason::OverwriteForbidden) => "differs, overwrite disabled",
             Action::Skip(SkipReason::RetryDeferred) => "failed before, retry not due yet",
@@ -172,6 +176,9 @@ pub struct Plan {
     pub planning_time: std::time::Duration,
     /// Include globs that matched no source repository (a warning).
     pub unmatched: Vec<String>,
+    /// Tags left alone unchecked because the destination lists them and
+    /// tags are immutable (no item each: they cost nothing but the listing).
+    pub unchecked: usize,
 }
 
 impl Plan {
@@ -181,22 +188,6 @@ impl Plan {
 
     pub fn count_copy(&self) -> usize {
         self.to_copy().count()
-    }
-
-    /// Drop signature companion tags (`sha256-<hex>.sig` …) whose image is
-    /// not itself in the plan: they travel with the tags a policy selects,
-    /// not on their own.
-    pub fn retain_companions_of_selected(&mut self) {
-        let selected: std::collections::HashSet<(RepoName, String)> = self
-            .items
-            .iter()
-            .filter(|i| !i.tag.is_signature_companion())
-            .map(|i| (i.source_repo.clone(), i.source.digest.as_str().replacen(':', "-", 1)))
-            .collect();
-        self.items.retain(|i| {
-            let Some(subject) = i.tag.as_str().rsplit_once('.').map(|(s, _)| s) else { return true };
-            !i.tag.is_signature_companion() || selected.contains(&(i.source_repo.clone(), subject.to_string()))
-        });
     }
 }
 

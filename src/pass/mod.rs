@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 use crate::dr::prune::{Guard, PruneReport, prune};
 use crate::engine::execute::Cancel;
 use crate::engine::plan::{Action, Plan, Problem, SkipReason};
+use crate::engine::referrers;
 use crate::engine::stats::Stats;
 use crate::job::{Job, JobSpec, Report};
 use crate::policy::Policy;
@@ -192,7 +193,6 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
             return outcome;
         }
     };
-    plan.retain_companions_of_selected();
     outcome.unmatched = std::mem::take(&mut plan.unmatched);
     for pattern in &outcome.unmatched {
         tracing::warn!(policy = %policy.name, source = %outcome.source, pattern = %pattern, "repository pattern matches no repository at the source");
@@ -204,6 +204,15 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
             return outcome;
         }
     }
+    // Referrers listed by a source's API: synced for unchanged tags only when the list changed.
+    // A source known to lack the API is not asked again for a day.
+    let seen = state.referrer_lists(&scope_key).await.unwrap_or_default();
+    let concurrency = policy.concurrency.max(4) * 2;
+    let api = if referrers::api_known_unsupported(&seen, now_ms()) {
+        referrers::ApiCheck::default()
+    } else {
+        referrers::check_api_referrers(&job.src, &mut plan, &job.spec.scope.referrers, &seen, concurrency).await
+    };
     tracing::info!(
         policy = %policy.name,
         destination = %outcome.destination,
@@ -223,6 +232,23 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     let retry = policy.retry;
     let delay = move |failures: u32| -> Duration { retry.delay(failures) };
     let outcomes = outcomes_of(&plan, &report);
+    let failed: HashSet<(&str, &str)> = report.failures.iter().map(|f| (f.repository.as_str(), f.tag.as_str())).collect();
+    let mut lists: Vec<(String, String, String)> = api
+        .lists
+        .into_iter()
+        .map(|(n, list)| (&plan.items[n], list))
+        .filter(|(i, _)| !matches!(i.action, Action::Skip(SkipReason::RetryDeferred)) && !failed.contains(&(i.source_repo.as_str(), i.tag.as_str())))
+        .map(|(i, list)| (i.source_repo.to_string(), i.source.digest.to_string(), list))
+        .collect();
+    if api.unsupported {
+        let (repo, subject) = referrers::API_SENTINEL;
+        lists.push((repo.to_string(), subject.to_string(), referrers::api_unsupported_mark(now_ms())));
+    }
+    if report.status.as_str() != "canceled"
+        && let Err(e) = state.record_referrer_lists(&scope_key, &lists).await
+    {
+        tracing::error!(policy = %policy.name, error = %e, "cannot record referrer lists");
+    }
     if let Err(e) = state.record_outcomes(&scope_key, &outcomes, &delay).await {
         tracing::error!(policy = %policy.name, error = %e, "cannot record retry state");
     }

@@ -28,6 +28,12 @@ pub struct RawPolicy {
     /// `rewrite` (default) or `sparse`: what is pushed for a narrowed index.
     #[serde(default)]
     pub platform_filter: Option<At<String>>,
+    /// OCI referrers travel with their subjects (default true).
+    #[serde(default)]
+    pub referrers: Option<bool>,
+    /// Only referrers with these `artifactType`s (all when absent).
+    #[serde(default)]
+    pub referrer_types: Option<Vec<At<String>>>,
     #[serde(default)]
     pub overwrite: Option<bool>,
     #[serde(default)]
@@ -158,6 +164,9 @@ pub struct RawTags {
     pub semver: Option<At<String>>,
     #[serde(default)]
     pub latest: Option<At<u32>>,
+    /// A tag the destination already lists is never checked again.
+    #[serde(default)]
+    pub immutable: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

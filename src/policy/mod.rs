@@ -21,6 +21,7 @@ use crate::engine::discover::{RepoFilter, Scope};
 use crate::engine::execute::ExecuteOptions;
 use crate::engine::plan::RepoMapping;
 use crate::engine::platforms::{FilterMode, PlatformFilter};
+use crate::engine::referrers::ReferrerOptions;
 use crate::job::JobSpec;
 use crate::registry::endpoint::parse_size;
 use crate::registry::{ClientOptions, CredentialSource, Credentials, Endpoint, Limits, Proxy, RegistryUrl, Secret, Tls, docker_config};
@@ -183,6 +184,8 @@ pub struct Policy {
     pub tags: Arc<TagFilter>,
     /// Copy only these platforms of multi-platform images.
     pub platforms: Option<Arc<PlatformFilter>>,
+    /// Whether (and which) referrers travel with their subjects.
+    pub referrers: Arc<ReferrerOptions>,
     pub overwrite: bool,
     pub delete: bool,
     /// The deletion guard's limit per pass and destination.
@@ -222,11 +225,11 @@ impl Policy {
             source,
             destination,
             scope: Scope {
-                mapping,
-                repos: self.repos.clone(),
                 explicit: self.source_repositories.clone(),
-                tags: self.tags.clone(),
+                referrers: self.referrers.clone(),
+                immutable: self.tags.immutable,
                 platforms: self.platforms.clone(),
+                ..Scope::new(mapping, self.repos.clone(), self.tags.clone())
             },
             scope_words: self.scope_words.clone(),
             overwrite: self.overwrite,
@@ -477,6 +480,18 @@ impl Checker<'_> {
                 let ok = if n.value == 0 { Err("must be at least 1".to_string()) } else { Ok(n.value as usize) };
                 tags.latest = self.ok(n, "tags.latest", ok);
             }
+            tags.immutable = t.immutable.unwrap_or(false);
+        }
+
+        let mut referrers = ReferrerOptions { enabled: raw.referrers.unwrap_or(true), types: Vec::new() };
+        for (i, t) in raw.referrer_types.iter().flatten().enumerate() {
+            let ok = crate::engine::referrers::check_artifact_type(&t.value);
+            if self.ok(t, &format!("referrer_types[{i}]"), ok).is_some() {
+                referrers.types.push(t.value.clone());
+            }
+        }
+        if let (Some(false), Some(list)) = (raw.referrers, raw.referrer_types.as_ref().filter(|l| !l.is_empty())) {
+            self.issue(line(&list[0]), "referrer_types", "referrers: false copies no referrers; remove referrer_types or the false");
         }
 
         let platforms = self.platforms(raw.platforms.as_ref(), raw.platform_filter.as_ref());
@@ -562,6 +577,7 @@ impl Checker<'_> {
             repos: repos?,
             tags: Arc::new(tags),
             platforms: platforms.map(Arc::new),
+            referrers: Arc::new(referrers),
             overwrite: raw.overwrite.unwrap_or(true),
             delete: raw.delete.unwrap_or(false),
             max_delete,
@@ -800,6 +816,30 @@ mod tests {
         };
         let fields: Vec<&str> = issues.iter().map(|i| i.field.as_str()).collect();
         assert_eq!(fields, ["source.chunk_size", "destinations[0].chunk_size", "stall_timeout", "commit_timeout"], "{issues:?}");
+    }
+
+    #[test]
+    fn referrers_and_immutable_tags_reach_the_scope() {
+        let base = "name: p\nsource: { registry: https://src.example.com }\ndestinations: [{ registry: https://dst.example.com }]\n";
+        let set = load_text(&[("p.yaml", base)], &[]).unwrap();
+        let spec = set.get("p").unwrap().forward(&set.get("p").unwrap().destinations[0]);
+        assert_eq!(*spec.scope.referrers, ReferrerOptions::default(), "referrers travel by default, every type");
+        assert!(!spec.scope.immutable);
+
+        let text = format!("{base}referrer_types: [application/spdx+json]\ntags: {{ immutable: true }}\n");
+        let set = load_text(&[("p.yaml", &text)], &[]).unwrap();
+        let spec = set.get("p").unwrap().forward(&set.get("p").unwrap().destinations[0]);
+        assert_eq!(spec.scope.referrers.types, ["application/spdx+json"]);
+        assert!(spec.scope.immutable && spec.scope.referrers.enabled);
+
+        let off = format!("{base}referrers: false\n");
+        let set = load_text(&[("p.yaml", &off)], &[]).unwrap();
+        assert!(!set.get("p").unwrap().referrers.enabled);
+
+        let bad = format!("{base}referrers: false\nreferrer_types: [spdx, 'application/x']\n");
+        let e = load_text(&[("p.yaml", &bad)], &[]).unwrap_err().to_string();
+        assert!(e.contains("referrer_types[0]") && e.contains("not a media type"), "{e}");
+        assert!(e.contains("referrers: false copies no referrers"), "{e}");
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct TagFilter {
     pub latest: Option<usize>,
     /// Keep signature/attestation companion tags.
     pub signatures: bool,
+    /// Immutable tags: one the destination lists is never checked again
+    /// (applied by the diff, not by selection).
+    pub immutable: bool,
 }
 
 /// A tag pattern: one without `^` or `$` must match the whole tag (`latest`
@@ -69,7 +72,13 @@ impl TagFilter {
     /// Whether a tag of this name is the policy's business (its name rules,
     /// the semver range, signature companions when signatures travel). Used
     /// for tags the source no longer has, so "the newest N" cannot apply.
+    /// A referrers fallback tag (`sha256-<hex>`) is never covered: its index
+    /// may list referrers others pushed to the destination, so it is never
+    /// deleted there.
     pub fn covers(&self, tag: &str) -> bool {
+        if tag.parse::<Tag>().is_ok_and(|t| crate::registry::referrers::fallback_subject(&t).is_some()) {
+            return false;
+        }
         if tag.parse::<Tag>().is_ok_and(|t| t.is_signature_companion()) {
             return self.signatures;
         }

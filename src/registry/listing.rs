@@ -60,7 +60,7 @@ struct TagsPage {
 }
 
 /// The `rel="next"` target of a `Link` header, resolved against `current`.
-fn next_link(resp: &Response, current: &Url) -> Option<Url> {
+pub(super) fn next_link(resp: &Response, current: &Url) -> Option<Url> {
     for value in resp.headers().get_all(header::LINK) {
         let Ok(v) = value.to_str() else { continue };
         for part in v.split(',') {

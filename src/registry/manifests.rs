@@ -269,6 +269,18 @@ impl RegistryClient {
         bytes: Bytes,
         media_type: &str,
     ) -> Result<Digest, RegistryError> {
+        self.put_manifest_headers(repo, reference, bytes, media_type).await.map(|(digest, _)| digest)
+    }
+
+    /// [`RegistryClient::put_manifest`] with the response's headers (for
+    /// `OCI-Subject`, see [`super::referrers`]).
+    pub(crate) async fn put_manifest_headers(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        bytes: Bytes,
+        media_type: &str,
+    ) -> Result<(Digest, HeaderMap), RegistryError> {
         let digest = Digest::sha256_of(&bytes);
         let req = Request::new(Method::PUT, self.manifest_url(repo, reference), Scopes::push(repo))
             .header(header::CONTENT_TYPE, media_type)
@@ -284,6 +296,6 @@ impl RegistryClient {
                         actual: reported,
                     });
                 }
-        Ok(digest)
+        Ok((digest, resp.headers().clone()))
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Layout: [`endpoint`] (where and who), [`client`] (HTTP, retries),
 //! [`authn`] (challenges, credentials, tokens),
-//! [`listing`], [`manifests`] and [`blobs`] (the requests themselves), plus
+//! [`listing`], [`manifests`], [`referrers`] and [`blobs`] (the requests themselves), plus
 //! the pure data modules [`digest`], [`name`], [`manifest`], [`auth`] and
 //! [`error`]. This module must never decide replication policy and never log
 //! or return a credential.
@@ -21,6 +21,7 @@ pub mod listing;
 pub mod manifest;
 pub mod manifests;
 pub mod name;
+pub mod referrers;
 pub mod throttle;
 
 pub use auth::Scopes;

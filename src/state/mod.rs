@@ -16,6 +16,7 @@ pub mod jobs;
 mod location;
 pub mod overview;
 mod refused;
+mod referrers;
 mod recorder;
 pub mod status;
 

@@ -13,6 +13,7 @@ pub mod nginx;
 pub mod postgres;
 pub mod proxy;
 pub mod rawcopy;
+pub mod referrers;
 pub mod s3;
 pub mod registry;
 pub mod tls;

@@ -174,7 +174,8 @@ async fn names_that_break_the_grammar_are_refused_before_any_request() {
             || path == "/v2/_catalog"
             || path == "/v2/good/app/tags/list"
             || path == "/v2/good/app/manifests/v1"
-            || path.strip_prefix("/v2/good/app/blobs/sha256:").is_some_and(|h| h.len() == 64);
+            || path.strip_prefix("/v2/good/app/blobs/sha256:").is_some_and(|h| h.len() == 64)
+            || path.strip_prefix("/v2/good/app/referrers/sha256:").is_some_and(|h| h.len() == 64);
         assert!(ok, "request to the source built from a bad name: {} {}", r.method, r.target);
     }
     for line in dst.lines_by("regferry/") {

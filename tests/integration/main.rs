@@ -16,6 +16,7 @@ mod migrate;
 mod operations;
 mod platforms;
 mod policies;
+mod referrers;
 mod security;
 mod shapes_storage;
 mod shapes_limits;

@@ -30,6 +30,7 @@ fn migrations() -> Migrator {
         migration(2, "daemon", include_str!("../migrations/postgres/0002_daemon.sql")),
         migration(3, "health", include_str!("../migrations/postgres/0003_health.sql")),
         migration(4, "platforms", include_str!("../migrations/postgres/0004_platforms.sql")),
+        migration(5, "referrers", include_str!("../migrations/postgres/0005_referrers.sql")),
     ])
 }
 
