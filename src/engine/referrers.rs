@@ -378,7 +378,9 @@ pub async fn settle_subject_bound(dst: &RegistryClient, plan: &mut Plan, writes:
     let tagged: HashSet<(RepoName, Digest)> = plan
         .items
         .iter()
-        .filter(|i| subject_of_tag(&i.tag).is_none())
+        // (A tag whose index is narrowed to some platforms puts another
+        // digest at the destination: its source digest is not a subject there.)
+        .filter(|i| subject_of_tag(&i.tag).is_none() && i.target_digest() == &i.source.digest)
         .map(|i| (i.source_repo.clone(), i.source.digest.clone()))
         .collect();
     let may_bring: HashSet<RepoName> = plan

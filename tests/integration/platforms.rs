@@ -56,7 +56,8 @@ async fn rewrite_copies_only_the_selected_platforms_records_the_new_digest_and_s
     s.push("team/app", "list", &list).await;
     s.push("team/app", "windows", &windows).await;
     s.push("team/app", "single", &single).await;
-    // A cosign signature of the index travels with it (its tag names the source digest).
+    // A cosign signature of the index signs the source digest, which a rewritten
+    // index does not have: it stays behind (a signature never travels without its subject).
     s.push("team/app", &image::signature_tag(&four.digest), &image::signature(&four)).await;
     // …but not that of an index that is not copied.
     s.push("team/app", &image::signature_tag(&windows.digest), &image::signature(&windows)).await;
@@ -79,8 +80,8 @@ async fn rewrite_copies_only_the_selected_platforms_records_the_new_digest_and_s
     let out = run.json();
     let report = &out[0]["destinations"][0]["report"];
     assert_eq!(report["status"], "succeeded", "{out}");
-    // multi, list, single and the signature; the windows-only index is skipped.
-    assert_eq!(report["counts"]["tags_copied"], 4, "{out}");
+    // multi, list and single; the windows-only index is skipped.
+    assert_eq!(report["counts"]["tags_copied"], 3, "{out}");
 
     // The rewritten index: the source's JSON with only the selected children,
     // same media type, a new digest; exactly the selected children are there.
@@ -103,7 +104,8 @@ async fn rewrite_copies_only_the_selected_platforms_records_the_new_digest_and_s
     assert_eq!(d.head("dr/team/app", "windows").await, None, "no empty index is pushed");
     assert_eq!(d.head("dr/team/app", &image::signature_tag(&windows.digest)).await, None, "nor the signature of a skipped index");
     let sig = image::signature_tag(&four.digest);
-    assert_eq!(d.head("dr/team/app", &sig).await, s.head("team/app", &sig).await, "the index's signature tag travels");
+    assert!(s.head("team/app", &sig).await.is_some());
+    assert_eq!(d.head("dr/team/app", &sig).await, None, "the signature of the source index does not sign the rewritten one");
 
     // The state records the new digest; jobs show says what was pushed and why windows was not.
     let id = report["execution"].as_i64().expect("execution id").to_string();
