@@ -15,7 +15,7 @@ use regferry::dr::verify::{VerifyOptions, VerifyReport, verify};
 use regferry::engine::discover::{AllTags, RepoFilter, Scope};
 use regferry::engine::plan::RepoMapping;
 use regferry::job::{Job, JobError};
-use regferry::registry::{ClientOptions, Endpoint, RegistryClient};
+use regferry::registry::{ClientOptions, Endpoint};
 use regferry::state::StateDb;
 
 use super::{AccessArgs, CliError, StateArgs, TimeoutArgs, exit};
@@ -161,12 +161,12 @@ async fn run_one(
     options: &VerifyOptions,
     client: &ClientOptions,
 ) -> Result<VerifyReport, String> {
-    let src = RegistryClient::new(source, client).map_err(|e| format!("source {e}"))?;
-    let dst = RegistryClient::new(destination, client).map_err(|e| format!("destination {e}"))?;
+    let src = regferry::scheme::connect(source, client, "source").map_err(|e| format!("source {e}"))?;
+    let dst = regferry::scheme::connect(destination, client, "destination").map_err(|e| format!("destination {e}"))?;
     let (a, b) = tokio::join!(src.ping(), dst.ping());
     a.map_err(|e| format!("source {e}"))?;
     b.map_err(|e| format!("destination {e}"))?;
-    verify(&src, &dst, scope, options).await.map_err(|e| JobError::from(e).to_string())
+    verify(&*src, &*dst, scope, options).await.map_err(|e| JobError::from(e).to_string())
 }
 
 pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
@@ -192,7 +192,7 @@ pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
                 for spec in jobs_of(p, &state).await? {
                     let (source, destination, reversed) = (spec.source.url.to_string(), spec.destination.url.to_string(), spec.reversed);
                     let result = match Job::connect(spec).await {
-                        Ok(job) => verify(&job.src, &job.dst, &job.spec.scope, &options).await.map_err(|e| JobError::from(e).to_string()),
+                        Ok(job) => verify(&*job.src, &*job.dst, &job.spec.scope, &options).await.map_err(|e| JobError::from(e).to_string()),
                         Err(e) => Err(e.to_string()),
                     };
                     outcomes.push(Outcome { policy: Some(p.name.clone()), reversed, source, destination, result });

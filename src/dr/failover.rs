@@ -16,7 +16,7 @@ use crate::pass::{PassOutcome, run_pass};
 use crate::engine::execute::Cancel;
 use crate::job::Job;
 use crate::policy::Policy;
-use crate::registry::{ClientOptions, Endpoint, RegistryClient};
+use crate::registry::{ClientOptions, Endpoint};
 use crate::state::{StateDb, StateError};
 
 /// Failover (forward → reversed) or failback (reversed → forward).
@@ -72,7 +72,7 @@ pub enum SwitchError {
 
 async fn reachable(endpoint: &Endpoint) -> bool {
     let options = ClientOptions { connect_timeout: Duration::from_secs(5), ..ClientOptions::default() };
-    let Ok(client) = RegistryClient::new(endpoint, &options) else { return false };
+    let Ok(client) = crate::scheme::connect(endpoint, &options, "destination") else { return false };
     matches!(tokio::time::timeout(Duration::from_secs(15), client.ping()).await, Ok(Ok(())))
 }
 

@@ -10,14 +10,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use reqwest::Method;
 use serde::Serialize;
 
 use crate::engine::EngineError;
 use crate::engine::discover::{AllTags, Scope, discover};
 use crate::policy::TagFilter;
-use crate::registry::client::Request;
-use crate::registry::{Digest, Reference, RegistryClient, RegistryError, RepoName, Scopes, Tag};
+use crate::registry::{Digest, Reference, RegistryError, RepoName, Scopes, Tag};
+use crate::scheme::Scheme;
 
 /// What a deletion sweep did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -29,16 +28,15 @@ pub struct PruneReport {
     pub errors: Vec<String>,
 }
 
-/// `DELETE /v2/<repo>/manifests/<digest>`; a manifest already gone is fine.
-pub async fn delete_manifest(dst: &RegistryClient, repo: &RepoName, digest: &Digest) -> Result<(), RegistryError> {
-    let url = dst.endpoint_url(&format!("/v2/{repo}/manifests/{digest}"));
-    let req = Request::new(Method::DELETE, url, Scopes::delete(repo)).also_ok(&[404]);
-    dst.send(&req).await.map(|_| ())
+/// Delete the manifest `digest` from `repo` (a registry: `DELETE
+/// /v2/<repo>/manifests/<digest>`); a manifest already gone is fine.
+pub async fn delete_manifest(dst: &dyn Scheme, repo: &RepoName, digest: &Digest) -> Result<(), RegistryError> {
+    dst.delete_manifest(repo, digest).await
 }
 
 /// Delete, at `dst`, the covered tags of the repositories in `scope` that
 /// the source no longer has.
-pub async fn prune(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, covers: &Arc<TagFilter>, concurrency: usize) -> Result<PruneReport, EngineError> {
+pub async fn prune(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, covers: &Arc<TagFilter>, concurrency: usize) -> Result<PruneReport, EngineError> {
     let all = Scope { tags: Arc::new(AllTags), ..scope.clone() };
     let found = discover(src, dst.url(), &all, concurrency).await?;
     let results: Vec<PruneReport> = futures::stream::iter(found.repos)
@@ -59,7 +57,7 @@ pub async fn prune(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, co
     Ok(report)
 }
 
-async fn prune_repo(dst: &RegistryClient, repo: &RepoName, have: &HashSet<Tag>, covers: &TagFilter) -> PruneReport {
+async fn prune_repo(dst: &dyn Scheme, repo: &RepoName, have: &HashSet<Tag>, covers: &TagFilter) -> PruneReport {
     let mut report = PruneReport::default();
     let tags: Vec<Tag> = match dst.tags(repo).await {
         Ok(t) => t.iter().filter_map(|t| t.parse().ok()).collect(),

@@ -5,7 +5,8 @@
 //! plan out through [`copy`] (manifest trees) and [`blobs`] (skip, mount or
 //! stream), reporting progress in [`stats`] and state changes as
 //! [`events`]. The engine never touches the state database and never reads
-//! CLI flags or policy files: it is handed a scope and clients.
+//! CLI flags or policy files: it is handed a scope and two stores
+//! ([`crate::scheme::Scheme`]: registries or OCI layouts).
 
 pub mod blobs;
 pub mod chunked;
@@ -15,7 +16,6 @@ pub mod discover;
 pub mod events;
 pub mod execute;
 pub mod plan;
-pub mod source;
 pub mod stats;
 pub mod verify_stream;
 

@@ -177,7 +177,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     // Deletions only after a pass that ran to its end.
     if policy.delete && report.status.as_str() != "canceled" && !cancel.stop.is_cancelled() {
         let concurrency = policy.concurrency.max(4) * 2;
-        match prune(&job.src, &job.dst, &job.spec.scope, &policy.tags, concurrency).await {
+        match prune(&*job.src, &*job.dst, &job.spec.scope, &policy.tags, concurrency).await {
             Ok(p) => outcome.prune = Some(p),
             Err(e) => outcome.prune = Some(PruneReport { errors: vec![format!("deletions not mirrored: {e}")], ..PruneReport::default() }),
         }
