@@ -14,7 +14,7 @@ use serde_json::Value;
 use sha2::Digest as _;
 use testkit::dataset::{self, Spec};
 use testkit::image::{self, Flavor};
-use testkit::{Access, FaultProxy, Faults, Registry, TestRegistry};
+use testkit::{FaultProxy, Faults};
 
 use crate::support::{Scratch, assert_mirrored, command, migrate, migrate_args, regferry, registries, repos_of, wait_until};
 
@@ -196,4 +196,78 @@ async fn an_export_skopeo_reads_then_an_unchanged_export_writes_nothing_and_a_ne
     assert_eq!(layout_tags(&layout).get("v-new").map(|(d, _)| d.clone()), Some(new_image.digest.clone()));
     assert_layouts_valid(&export);
     drop(check);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_exports_to_a_layout_and_an_import_ends_identical_with_verify_agreeing() {
+    let (src, dst, s, d) = registries();
+    let pushed = dataset::fill(&s, &Spec { repos: 2, tags_per_repo: 2, multi_arch_every: 2, signatures: true, ..Spec::default() }).await;
+    let repos = repos_of(&pushed);
+    let scratch = Scratch::new();
+    let export = scratch.path("carried");
+    let layout = format!("oci:{}", export.display());
+    let state = scratch.state();
+
+    // Export by policy (the destination an `oci:` address).
+    let policies = scratch.path("policies");
+    std::fs::create_dir_all(&policies).expect("policies dir");
+    std::fs::write(policies.join("export.yaml"), format!("name: export\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{layout}'\n", src.url))
+        .expect("policy");
+    let run = regferry(&scratch, &["run", "--policies", &policies.to_string_lossy(), "--state", &state, "--json"], &[]).await;
+    run.assert_ok();
+    assert_eq!(layouts(&export), repos);
+    assert_layouts_valid(&export);
+
+    // Import into the DR registry: same digests and media types, pullable.
+    migrate(&scratch, &layout, &dst.url, &[]).await.assert_ok();
+    assert_eq!(assert_mirrored(&s, &d, &repos, "").await, pushed.len());
+
+    // verify agrees, from the layout and to it, deep included.
+    for (from, to) in [(layout.as_str(), dst.url.as_str()), (src.url.as_str(), layout.as_str())] {
+        let run = regferry(&scratch, &["verify", "--from", from, "--to", to, "--deep", "--json"], &[]).await;
+        assert_eq!(run.code, 0, "verify {from} → {to}: {}\n{}", run.stdout, run.stderr);
+    }
+    // ...and notices a layout that fell behind.
+    s.push(&repos[0], "v-late", &image::image(Flavor::Oci, "late", vec![image::layer(Flavor::Oci, "late", 1024)])).await;
+    let run = regferry(&scratch, &["verify", "--from", &src.url, "--to", &layout, "--json"], &[]).await;
+    assert_ne!(run.code, 0, "verify missed a tag the layout lacks: {}", run.stdout);
+    assert!(run.stdout.contains("v-late"), "{}", run.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_an_export_leaves_the_layout_valid_and_a_rerun_completes() {
+    let (src, _dst, s, _d) = registries();
+    dataset::fill(&s, &Spec { repos: 1, tags_per_repo: 2, multi_arch_every: 0, signatures: false, ..Spec::default() }).await;
+    const BIG: u64 = 6 << 20;
+    let big = s.push_random_blob("bench/repo-0", "ocidir-big", BIG).await;
+    s.push("bench/repo-0", "v9-big", &image::image_with_external_layers(Flavor::Oci, "big", &[(big.clone(), BIG)])).await;
+    // A slow link from the source: the big layer takes seconds.
+    let sp = FaultProxy::start(&src.url, Faults { bandwidth: 1 << 20, ..Faults::default() });
+    let scratch = Scratch::new();
+    let export = scratch.path("export");
+    let to = format!("oci:{}", export.display());
+    let args = migrate_args(&scratch, &sp.url, &to, &["--concurrency", "1"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = command(&scratch, &args, &[]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("start");
+    let partial = export.join("bench/repo-0/.regferry-tmp");
+    let growing = || snapshot(&partial).values().any(|(len, _)| *len > 1 << 20);
+    wait_until(Duration::from_secs(60), "the big blob to be half written", async || growing()).await;
+    child.start_kill().expect("kill -9");
+    let status = child.wait().await.expect("reap");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "regferry must die by SIGKILL: {status:?}");
+    let blobs = assert_layouts_valid(&export);
+    assert!(!layout_tags(&export.join("bench/repo-0")).contains_key("v9-big"), "the tag whose blob was cut off is not in index.json");
+    eprintln!("after kill -9: {blobs} blobs, all intact");
+
+    // The same command again (the link now fast) resumes the same
+    // execution and finishes it; the partial file is gone.
+    sp.set_faults(Faults::default());
+    let run = migrate(&scratch, &sp.url, &to, &["--concurrency", "1"]).await;
+    run.assert_ok();
+    let report = run.json();
+    assert_eq!(report["resumed"], true, "{report}");
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(layout_tags(&export.join("bench/repo-0")), s.tag_map("bench/repo-0").await);
+    assert_layouts_valid(&export);
+    assert!(snapshot(&partial).is_empty(), "partial files left: {:?}", snapshot(&partial).keys());
 }
