@@ -22,11 +22,13 @@ use super::{AccessArgs, CliError, StateArgs, TimeoutArgs, exit};
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Source registry: https://host[:port][/prefix] (https when no scheme), http:// for plain HTTP.
+    /// Source registry: https://host[:port][/prefix] (https when no scheme), http:// for plain HTTP,
+    /// or oci:/path, a directory of OCI image layouts (one per repository).
     #[arg(long, value_name = "URL", requires = "to")]
     pub from: Option<String>,
 
-    /// Destination registry: https://host[:port][/prefix]; the prefix is prepended to repository names.
+    /// Destination registry: https://host[:port][/prefix]; the prefix is prepended to repository names;
+    /// or oci:/path (an export for an air-gapped site: oci:/path/REPO:TAG for skopeo).
     #[arg(long, value_name = "URL", requires = "from")]
     pub to: Option<String>,
 

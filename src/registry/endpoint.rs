@@ -514,6 +514,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn oci_addresses_are_layout_directories() {
+        let u = RegistryUrl::parse("oci:/srv/export/").unwrap();
+        assert!(u.is_layout());
+        assert_eq!(u.layout_dir(), Some(std::path::PathBuf::from("/srv/export/")));
+        assert_eq!(u.to_string(), "oci:/srv/export");
+        assert_eq!(u.prefix(), "");
+        assert_eq!(RegistryUrl::parse("oci:/srv/export").unwrap(), u, "one directory, one address");
+        let relative = RegistryUrl::parse("oci:export").unwrap();
+        assert_eq!(relative.layout_dir(), Some(std::env::current_dir().unwrap().join("export/")));
+        assert_eq!(RegistryUrl::parse("oci:/a b").unwrap().to_string(), "oci:/a b");
+        for bad in ["oci:", "oci://host/x", "oci:/a/../b"] {
+            assert!(RegistryUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert!(!RegistryUrl::parse("http://127.0.0.1:5000").unwrap().is_layout());
+    }
+
+    #[test]
     fn parses_registry_urls() {
         let u = RegistryUrl::parse("http://127.0.0.1:5002/mirror").unwrap();
         assert_eq!(u.base().as_str(), "http://127.0.0.1:5002/");

@@ -5,7 +5,7 @@
 //! `blobs/<alg>/<hex>`. Never buffers a blob and never leaves a partial
 //! one under `blobs/`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -70,7 +70,7 @@ impl OciDir {
         self.write_blob(repo, digest, Some(size), futures::stream::iter([Ok(bytes)]).boxed()).await
     }
 
-    async fn write_temp(&self, temp: &PathBuf, repo: &RepoName, digest: &Digest, size: Option<u64>, body: &mut UploadStream) -> Result<(), RegistryError> {
+    async fn write_temp(&self, temp: &Path, repo: &RepoName, digest: &Digest, size: Option<u64>, body: &mut UploadStream) -> Result<(), RegistryError> {
         let mut file = tokio::fs::File::create(temp).await.map_err(|e| self.io(temp, &e))?;
         let mut verifier = Verifier::new(digest);
         while let Some(chunk) = body.next().await {
@@ -91,8 +91,8 @@ impl OciDir {
 
     /// Move a complete, verified, fsynced temporary file to `path`, and make
     /// the rename durable.
-    async fn commit(&self, temp: &PathBuf, path: &PathBuf) -> Result<(), RegistryError> {
-        let (temp, path) = (temp.clone(), path.clone());
+    async fn commit(&self, temp: &Path, path: &Path) -> Result<(), RegistryError> {
+        let (temp, path) = (temp.to_path_buf(), path.to_path_buf());
         let done = blocking(move || -> Result<(), (PathBuf, std::io::Error)> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| (dir.to_path_buf(), e))?;

@@ -92,6 +92,13 @@ impl OciDir {
     /// looked into).
     pub(super) async fn list_layouts(&self) -> Result<Vec<String>, RegistryError> {
         let root = self.root.clone();
+        if root.join("oci-layout").is_file() {
+            return Err(self.local(
+                &root,
+                "this directory is itself one OCI layout; regferry keeps one layout per repository below the oci: \
+                 directory (oci:/path holds repository REPO in /path/REPO): name its parent and --repo its name",
+            ));
+        }
         let found = blocking(move || -> Result<Vec<String>, (PathBuf, std::io::Error)> {
             let mut out = Vec::new();
             let mut stack = vec![(root.clone(), String::new())];
