@@ -271,3 +271,35 @@ async fn kill_9_during_an_export_leaves_the_layout_valid_and_a_rerun_completes()
     assert_layouts_valid(&export);
     assert!(snapshot(&partial).is_empty(), "partial files left: {:?}", snapshot(&partial).keys());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layout_skopeo_wrote_is_imported_with_its_digests() {
+    let (src, dst, s, d) = registries();
+    let img = image::image(Flavor::Oci, "from-skopeo", vec![image::layer(Flavor::Oci, "from-skopeo", 20 * 1024)]);
+    s.push("team/app", "v1", &img).await;
+    let children = vec![
+        (image::image(Flavor::Oci, "multi-a", vec![image::layer(Flavor::Oci, "multi-a", 8 * 1024)]), "linux/amd64"),
+        (image::image(Flavor::Oci, "multi-b", vec![image::layer(Flavor::Oci, "multi-b", 8 * 1024)]), "linux/arm64"),
+    ];
+    let index = image::index(Flavor::Oci, children);
+    s.push("team/app", "multi", &index).await;
+    let scratch = Scratch::new();
+    let carried = scratch.path("by-skopeo");
+    std::fs::create_dir_all(carried.join("team")).expect("dir");
+    for tag in ["v1", "multi"] {
+        let out = tokio::process::Command::new("skopeo")
+            .args(["--insecure-policy", "copy", "--all", "--preserve-digests", "--src-tls-verify=false"])
+            .arg(format!("docker://{}/team/app:{tag}", host(&src.url)))
+            .arg(format!("oci:{}:{tag}", carried.join("team/app").display()))
+            .env("HOME", scratch.dir.path())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("run skopeo");
+        assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let run = migrate(&scratch, &format!("oci:{}", carried.display()), &dst.url, &[]).await;
+    run.assert_ok();
+    assert_eq!(run.json()["counts"]["tags_copied"], 2);
+    assert_eq!(assert_mirrored(&s, &d, &["team/app".to_string()], "").await, 2);
+}
