@@ -16,7 +16,10 @@
 //! checked against its digest (written to a temporary file in the layout,
 //! then renamed); `index.json` is replaced atomically (temporary file,
 //! fsync, rename, directory fsync) by one writer at a time (an advisory
-//! lock on `.regferry-index.lock`, plus an in-process lock). This module
+//! lock on `.regferry-index.lock`, plus an in-process lock), and the tag
+//! edits that queue up meanwhile go into its next write together (so a
+//! first export of many tags does not rewrite a large `index.json` once per
+//! tag; each edit still returns only once it is durable). This module
 //! never leaves a partial blob under `blobs/` and never rewrites an
 //! `index.json` that would not change.
 //!
@@ -56,8 +59,8 @@ pub struct OciDir {
     /// A destination: layouts are created on first write.
     writable: bool,
     /// One `index.json` writer at a time per layout within this process
-    /// (the file lock orders processes).
-    index_locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    /// (the file lock orders processes), with the edits waiting for it.
+    index_writers: Mutex<HashMap<PathBuf, Arc<tag::IndexWriter>>>,
     /// Layouts whose directories this process has made sure of.
     prepared: Mutex<std::collections::HashSet<PathBuf>>,
     temp_counter: AtomicU64,
@@ -76,7 +79,7 @@ impl OciDir {
             url: url.clone(),
             name: url.to_string(),
             writable,
-            index_locks: Mutex::default(),
+            index_writers: Mutex::default(),
             prepared: Mutex::default(),
             temp_counter: AtomicU64::new(0),
         })
@@ -125,8 +128,8 @@ impl OciDir {
         }
     }
 
-    fn index_lock(&self, layout: &Path) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.index_locks.lock().unwrap_or_else(|p| p.into_inner());
+    fn index_writer(&self, layout: &Path) -> Arc<tag::IndexWriter> {
+        let mut map = self.index_writers.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(layout.to_path_buf()).or_default().clone()
     }
 

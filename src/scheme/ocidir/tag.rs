@@ -13,6 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 
 use super::{LAYOUT_FILE, OciDir, REF_NAME, TEMP_DIR, blocking};
 use crate::registry::manifest::OCI_INDEX;
@@ -43,6 +44,34 @@ fn entries(index: &Value) -> Vec<Entry> {
 /// The descriptor `index.json` gets for a tag.
 pub(super) fn tag_entry(tag: &str, digest: &Digest, media_type: &str, size: u64) -> Value {
     json!({ "mediaType": media_type, "digest": digest.as_str(), "size": size, "annotations": { REF_NAME: tag } })
+}
+
+/// A change to the `manifests` of an `index.json`; true when it changed something.
+type Edit = Box<dyn FnOnce(&mut Vec<Value>) -> bool + Send>;
+
+/// Why a write of `index.json` failed (handed to every edit of the batch).
+#[derive(Debug, Clone)]
+struct Failure {
+    path: PathBuf,
+    os: Option<i32>,
+    message: String,
+}
+
+impl From<(PathBuf, std::io::Error)> for Failure {
+    fn from((path, e): (PathBuf, std::io::Error)) -> Failure {
+        Failure { path, os: e.raw_os_error(), message: e.to_string() }
+    }
+}
+
+/// Told how the write that carried an edit went.
+type Waiter = oneshot::Sender<Result<(), Failure>>;
+
+/// The writer of one layout's `index.json`: its lock, and the edits
+/// waiting for the next write.
+#[derive(Default)]
+pub(super) struct IndexWriter {
+    write: tokio::sync::Mutex<()>,
+    queue: std::sync::Mutex<Vec<(Edit, Waiter)>>,
 }
 
 fn empty_index() -> Value {
@@ -158,8 +187,8 @@ impl OciDir {
         if self.prepared.lock().unwrap_or_else(|p| p.into_inner()).contains(&layout) {
             return Ok(layout);
         }
-        let lock = self.index_lock(&layout);
-        let _guard = lock.lock().await;
+        let writer = self.index_writer(&layout);
+        let _guard = writer.write.lock().await;
         let temp_layout = self.temp_path(&layout, "oci-layout");
         let temp_index = self.temp_path(&layout, "index.json");
         let at = layout.clone();
@@ -194,35 +223,37 @@ impl OciDir {
     /// Change `repo`'s `index.json` with `edit` (given its `manifests`
     /// array; returns whether it changed anything), under the layout's
     /// locks, re-reading the file first so a concurrent writer's entries
-    /// survive. Nothing is written when nothing changed.
+    /// survive. Edits queued while another write is under way go into the
+    /// next write together; each call returns once its edit is durable.
+    /// Nothing is written when nothing changed.
     pub(super) async fn update_index(
         &self,
         repo: &RepoName,
         edit: impl FnOnce(&mut Vec<Value>) -> bool + Send + 'static,
     ) -> Result<(), RegistryError> {
         let layout = self.prepare(repo).await?;
-        let lock = self.index_lock(&layout);
-        let _guard = lock.lock().await;
-        let temp = self.temp_path(&layout, "index.json");
-        let done = blocking(move || -> Result<(), (PathBuf, std::io::Error)> {
-            let _file_lock = lock_file(&layout)?;
-            let mut index = read_index(&layout)?.unwrap_or_else(empty_index);
-            let Some(obj) = index.as_object_mut() else {
-                return Err((layout.join("index.json"), std::io::Error::new(std::io::ErrorKind::InvalidData, "not a JSON object")));
-            };
-            let manifests = obj.entry("manifests").or_insert_with(|| Value::Array(Vec::new()));
-            if !manifests.is_array() {
-                *manifests = Value::Array(Vec::new());
+        let writer = self.index_writer(&layout);
+        let (done, outcome) = oneshot::channel();
+        writer.queue.lock().unwrap_or_else(|p| p.into_inner()).push((Box::new(edit), done));
+        {
+            let _guard = writer.write.lock().await;
+            let batch = std::mem::take(&mut *writer.queue.lock().unwrap_or_else(|p| p.into_inner()));
+            // Empty: an earlier writer took this edit along.
+            if !batch.is_empty() {
+                let (edits, waiting): (Vec<Edit>, Vec<_>) = batch.into_iter().unzip();
+                let temp = self.temp_path(&layout, "index.json");
+                let at = layout.clone();
+                let result = blocking(move || write_index(&at, &temp, edits)).await;
+                for w in waiting {
+                    let _ = w.send(result.clone());
+                }
             }
-            let Some(list) = manifests.as_array_mut() else { return Ok(()) };
-            if !edit(list) {
-                return Ok(());
-            }
-            let bytes = serde_json::to_vec(&index).map_err(std::io::Error::other).map_err(|e| (layout.clone(), e))?;
-            replace_file(&temp, &layout.join("index.json"), &bytes)
-        })
-        .await;
-        done.map_err(|(path, e)| self.io(&path, &e))
+        }
+        match outcome.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(f)) => Err(self.io(&f.path, &f.os.map_or_else(|| std::io::Error::other(f.message.clone()), std::io::Error::from_raw_os_error))),
+            Err(_) => Err(self.local(&layout.join("index.json"), "the write of index.json was abandoned")),
+        }
     }
 
     /// Point `tag` of `repo` at the manifest `digest` (the only entry with
@@ -259,6 +290,29 @@ impl OciDir {
     }
 }
 
+/// Apply `edits` to `layout`'s `index.json` under the file lock, and
+/// replace it when any changed something.
+fn write_index(layout: &Path, temp: &Path, edits: Vec<Edit>) -> Result<(), Failure> {
+    let _file_lock = lock_file(layout)?;
+    let mut index = read_index(layout)?.unwrap_or_else(empty_index);
+    let invalid = |why: &str| Failure { path: layout.join("index.json"), os: None, message: why.to_string() };
+    let obj = index.as_object_mut().ok_or_else(|| invalid("not a JSON object"))?;
+    let manifests = obj.entry("manifests").or_insert_with(|| Value::Array(Vec::new()));
+    if !manifests.is_array() {
+        return Err(invalid("its manifests are not a list"));
+    }
+    let list = manifests.as_array_mut().ok_or_else(|| invalid("its manifests are not a list"))?;
+    let mut changed = false;
+    for edit in edits {
+        changed |= edit(list);
+    }
+    if !changed {
+        return Ok(());
+    }
+    let bytes = serde_json::to_vec(&index).map_err(|e| invalid(&e.to_string()))?;
+    Ok(replace_file(temp, &layout.join("index.json"), &bytes)?)
+}
+
 /// The advisory lock that makes one process at a time write a layout's
 /// `index.json` (held until the returned file is dropped).
 fn lock_file(layout: &Path) -> Result<File, (PathBuf, std::io::Error)> {
@@ -284,6 +338,36 @@ mod tests {
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].tag.as_deref(), Some("v1"));
         assert_eq!(e[1].tag, None);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_tag_edits_all_land_and_an_unchanged_tag_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = crate::registry::RegistryUrl::parse(&format!("oci:{}", dir.path().display())).unwrap();
+        let oci = std::sync::Arc::new(OciDir::new(&url, true).unwrap());
+        let repo: RepoName = "team/app".parse().unwrap();
+        let digest = |i: usize| Digest::sha256_of(format!("m{i}").as_bytes());
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let (oci, repo) = (oci.clone(), repo.clone());
+                tokio::spawn(async move { oci.set_tag(&repo, &format!("t{i}"), &digest(i), OCI_INDEX, 2).await })
+            })
+            .collect();
+        for t in futures::future::join_all(tasks).await {
+            t.unwrap().unwrap();
+        }
+        assert_eq!(oci.list_tags(&repo).await.unwrap().len(), 40, "no edit lost in a batch");
+        let index = dir.path().join("team/app/index.json");
+        let before = fs::metadata(&index).unwrap().modified().unwrap();
+        oci.set_tag(&repo, "t7", &digest(7), OCI_INDEX, 2).await.unwrap();
+        assert_eq!(fs::metadata(&index).unwrap().modified().unwrap(), before, "an unchanged tag rewrote index.json");
+        oci.set_tag(&repo, "t7", &digest(8), OCI_INDEX, 2).await.unwrap();
+        let entries = oci.index(&repo).await.unwrap();
+        assert_eq!(entries.iter().filter(|e| e.tag.as_deref() == Some("t7")).map(|e| e.digest.clone()).collect::<Vec<_>>(), vec![digest(8)]);
+        // t7 and t8 both name it now.
+        oci.untag_digest(&repo, &digest(8)).await.unwrap();
+        assert_eq!(oci.list_tags(&repo).await.unwrap().len(), 38);
+        assert!(fs::read_dir(dir.path().join("team/app").join(TEMP_DIR)).unwrap().next().is_none(), "no temporary file left");
     }
 
     #[test]
