@@ -155,6 +155,9 @@ impl BlobMover {
         }
         // A store without mounts and upload sessions (an OCI layout): stream.
         let Some(dst) = self.dst.registry() else {
+            if self.dst.link_blob(dst_repo, digest).await? {
+                return Ok(BlobOutcome::Mounted);
+            }
             self.store(src_repo, dst_repo, desc).await?;
             return Ok(BlobOutcome::Uploaded);
         };

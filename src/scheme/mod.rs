@@ -102,6 +102,13 @@ pub trait Scheme: Send + Sync {
     /// when the store knows another size than `expected`.
     fn open_blob(self: Arc<Self>, repo: &RepoName, digest: &Digest, expected: Option<u64>)
     -> BoxFuture<'static, Result<(ByteStream, Option<u64>), RegistryError>>;
+    /// Make `repo` hold the blob `digest` from another repository of the
+    /// same store that holds it, without its bytes crossing: true when done
+    /// (a layout hard-links a blob it wrote or saw in this run; a registry's
+    /// mount needs a source repository and is [`Scheme::registry`]'s).
+    fn link_blob<'a>(&'a self, _repo: &'a RepoName, _digest: &'a Digest) -> BoxFuture<'a, Result<bool, RegistryError>> {
+        Box::pin(async { Ok(false) })
+    }
     /// Store the blob `digest` in `repo` from `body` (exactly `size` bytes
     /// when known), refusing bytes that do not hash to `digest`.
     fn put_blob<'a>(&'a self, repo: &'a RepoName, digest: &'a Digest, size: Option<u64>, body: UploadStream)

@@ -128,6 +128,18 @@ async fn an_export_skopeo_reads_then_an_unchanged_export_writes_nothing_and_a_ne
     assert_eq!(report["counts"]["tags_copied"], pushed.len() as u64, "{report}");
     assert_eq!(layouts(&export), repos, "one layout per repository");
     assert!(assert_layouts_valid(&export) > 0);
+    // Blobs the repositories share are stored once, hard-linked.
+    let names = |repo: &str| -> Vec<String> {
+        std::fs::read_dir(export.join(repo).join("blobs/sha256")).expect("blobs").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+    };
+    let shared: Vec<String> = names(&repos[0]).into_iter().filter(|n| names(&repos[1]).contains(n)).collect();
+    assert!(!shared.is_empty(), "the data set shares base layers");
+    for n in &shared {
+        use std::os::unix::fs::MetadataExt;
+        let inode = |repo: &str| std::fs::metadata(export.join(repo).join("blobs/sha256").join(n)).expect("blob").ino();
+        assert_eq!(inode(&repos[0]), inode(&repos[1]), "shared blob {n} is stored twice");
+    }
+    assert_eq!(report["counts"]["blobs_mounted"], shared.len() as u64, "{report}");
     let mut read: BTreeMap<String, usize> = BTreeMap::new();
     for repo in &repos {
         let tags = layout_tags(&export.join(repo));

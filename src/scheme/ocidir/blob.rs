@@ -23,7 +23,43 @@ const READ_CHUNK: usize = 256 * 1024;
 impl OciDir {
     pub(super) async fn has_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool, RegistryError> {
         let path = Self::blob_path(&self.layout(repo)?, digest);
-        Ok(tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()))
+        let found = tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file());
+        if found {
+            self.saw(digest, path);
+        }
+        Ok(found)
+    }
+
+    fn saw(&self, digest: &Digest, path: PathBuf) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).entry(digest.clone()).or_insert(path);
+    }
+
+    /// Hard-link the blob into `repo`'s layout from where this process
+    /// wrote or found it complete; false when it knows no such place or the
+    /// link cannot be made (another file system: the caller streams).
+    pub(super) async fn link(&self, repo: &RepoName, digest: &Digest) -> Result<bool, RegistryError> {
+        let Some(from) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned() else { return Ok(false) };
+        let layout = self.prepare(repo).await?;
+        let path = Self::blob_path(&layout, digest);
+        let to = path.clone();
+        let linked = blocking(move || -> std::io::Result<()> {
+            if let Some(dir) = to.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            match std::fs::hard_link(&from, &to) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                other => other,
+            }?;
+            std::fs::File::open(to.parent().unwrap_or(std::path::Path::new(".")))?.sync_all()
+        })
+        .await;
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::debug!(layout = %self.name, blob = %digest.short(), error = %e, "cannot hard-link the blob; copying it");
+                Ok(false)
+            }
+        }
     }
 
     pub(super) async fn read_blob(&self, repo: &RepoName, digest: &Digest, expected: Option<u64>) -> Result<(ByteStream, Option<u64>), RegistryError> {
@@ -50,6 +86,7 @@ impl OciDir {
         let layout = self.prepare(repo).await?;
         let path = Self::blob_path(&layout, digest);
         if tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()) {
+            self.saw(digest, path);
             return Ok(());
         }
         let temp = self.temp_path(&layout, digest.hex());
@@ -58,6 +95,9 @@ impl OciDir {
             Ok(()) => self.commit(&temp, &path).await,
             Err(e) => Err(e),
         };
+        if result.is_ok() {
+            self.saw(digest, path);
+        }
         if result.is_err() {
             let _ = tokio::fs::remove_file(&temp).await;
         }

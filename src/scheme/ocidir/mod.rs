@@ -9,8 +9,10 @@
 //! (`--oci-layout path/R:T`) read and write. The catalog is every
 //! directory below `/path` holding an `oci-layout` file. Manifests pushed
 //! by digest (children of an index, referrers) are blobs only, referenced
-//! by what references them. Blobs live once per repository (a layout is
-//! self-contained, so it can be carried alone).
+//! by what references them. Every layout is self-contained (it can be
+//! carried alone); a blob several repositories share is stored once and
+//! hard-linked into the others (`tar` keeps the links; a copy that does not
+//! only costs space).
 //!
 //! Crash safety: a blob appears under its digest only complete, fsynced and
 //! checked against its digest (written to a temporary file in the layout,
@@ -61,6 +63,9 @@ pub struct OciDir {
     /// One `index.json` writer at a time per layout within this process
     /// (the file lock orders processes), with the edits waiting for it.
     index_writers: Mutex<HashMap<PathBuf, Arc<tag::IndexWriter>>>,
+    /// Where this process wrote or found each blob complete (for
+    /// [`Scheme::link_blob`]).
+    seen: Mutex<HashMap<Digest, PathBuf>>,
     /// Layouts whose directories this process has made sure of.
     prepared: Mutex<std::collections::HashSet<PathBuf>>,
     temp_counter: AtomicU64,
@@ -81,6 +86,7 @@ impl OciDir {
             writable,
             index_writers: Mutex::default(),
             prepared: Mutex::default(),
+            seen: Mutex::default(),
             temp_counter: AtomicU64::new(0),
         })
     }
@@ -204,6 +210,9 @@ impl Scheme for OciDir {
     -> BoxFuture<'static, Result<(ByteStream, Option<u64>), RegistryError>> {
         let (repo, digest) = (repo.clone(), digest.clone());
         async move { self.read_blob(&repo, &digest, expected).await }.boxed()
+    }
+    fn link_blob<'a>(&'a self, repo: &'a RepoName, digest: &'a Digest) -> BoxFuture<'a, Result<bool, RegistryError>> {
+        self.link(repo, digest).boxed()
     }
     fn put_blob<'a>(&'a self, repo: &'a RepoName, digest: &'a Digest, size: Option<u64>, body: UploadStream)
     -> BoxFuture<'a, Result<(), RegistryError>> {
