@@ -7,7 +7,10 @@
 //! for each other, so a blob shared by many images crosses the wire at most
 //! once per run and is mounted everywhere else. Uploads are one streamed
 //! `PUT`, or `PATCH` chunks ([`super::chunked`]) when the destination
-//! refused that (`413`) or is set to chunks. This module never buffers more
+//! refused that (`413`) or is set to chunks. A destination that is not a
+//! registry (an OCI layout, see [`crate::scheme`]) has no mounts or upload
+//! sessions: the blob is linked from another repository of it that holds
+//! it, else streamed into its `put_blob`. This module never buffers more
 //! than one chunk of a blob and never reports a blob present that the
 //! destination did not confirm.
 
