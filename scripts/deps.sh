@@ -3,7 +3,8 @@
 #   scripts/deps.sh          the demo: the CNCF distribution registry (package
 #                            docker-registry) and curl
 #   scripts/deps.sh --test   the tests as well: nginx (fronts: TLS, body limits,
-#                            redirects), tinyproxy (per-registry proxies),
+#                            redirects), tinyproxy (per-registry proxies), skopeo
+#                            (a real client reading regferry's OCI layouts),
 #                            Chromium (the status page), promtool (alert rules),
 #                            and from pip moto's S3 server (registries on object
 #                            storage), kubernetes-validate, openapi-spec-validator,
@@ -27,6 +28,7 @@ if [ "$mode" = "--test" ] || [ "$mode" = "--bench" ]; then
 fi
 if [ "$mode" = "--test" ]; then
   [ -x /usr/bin/tinyproxy ] || want+=(tinyproxy)
+  command -v skopeo >/dev/null 2>&1 || want+=(skopeo)
   command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || want+=(chromium)
   command -v promtool >/dev/null 2>&1 || want+=(prometheus)
   command -v kubernetes-validate >/dev/null 2>&1 || pips+=(kubernetes-validate)

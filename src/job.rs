@@ -18,7 +18,8 @@ use crate::engine::plan::{Action, Plan};
 use crate::engine::referrers::Referrers;
 use crate::engine::stats::{Snapshot, Stats};
 use crate::engine::EngineError;
-use crate::registry::{ClientOptions, Endpoint, RegistryClient, RegistryError};
+use crate::registry::{ClientOptions, Endpoint, RegistryError};
+use crate::scheme::{self, Scheme};
 use crate::state::{ExecutionSpec, ExecutionStatus, Recorder, StateDb, StateError};
 
 /// Why a job could not run at all.
@@ -99,16 +100,16 @@ pub struct Report {
 /// Connected clients for a job.
 pub struct Job {
     pub spec: JobSpec,
-    pub src: Arc<RegistryClient>,
-    pub dst: Arc<RegistryClient>,
+    pub src: Arc<dyn Scheme>,
+    pub dst: Arc<dyn Scheme>,
 }
 
 impl Job {
     /// Build the clients and check that both registries answer and accept
     /// our credentials, so a typo fails in one clear line.
     pub async fn connect(spec: JobSpec) -> Result<Job, JobError> {
-        let src = Arc::new(RegistryClient::new(&spec.source, &spec.client).map_err(JobError::Source)?.with_role("source"));
-        let dst = Arc::new(RegistryClient::new(&spec.destination, &spec.client).map_err(JobError::Destination)?.with_role("destination"));
+        let src = scheme::connect(&spec.source, &spec.client, "source").map_err(JobError::Source)?;
+        let dst = scheme::connect(&spec.destination, &spec.client, "destination").map_err(JobError::Destination)?;
         let (a, b) = tokio::join!(src.ping(), dst.ping());
         a.map_err(JobError::Source)?;
         b.map_err(JobError::Destination)?;
@@ -129,14 +130,14 @@ impl Job {
     async fn plan_for(&self, writes: bool) -> Result<Plan, JobError> {
         let started = Instant::now();
         let concurrency = self.spec.execute.concurrency.max(4) * 2;
-        let found = discover(&self.src, self.dst.url(), &self.spec.scope, concurrency).await?;
+        let found = discover(&*self.src, self.dst.url(), &self.spec.scope, concurrency).await?;
         let options = DiffOptions { concurrency, overwrite: self.spec.overwrite, writes };
-        let mut plan = diff(&self.src, &self.dst, found, options).await;
+        let mut plan = diff(&*self.src, &*self.dst, found, options).await;
         if let Some(filter) = &self.spec.scope.platforms {
-            crate::engine::platforms::narrow(&self.src, &self.dst, &mut plan, filter, concurrency, self.spec.overwrite).await;
+            crate::engine::platforms::narrow(&*self.src, &*self.dst, &mut plan, filter, concurrency, self.spec.overwrite).await;
         }
         // Signatures and fallback tags of manifests that will not be there.
-        crate::engine::referrers::settle_subject_bound(&self.dst, &mut plan, writes, concurrency).await;
+        crate::engine::referrers::settle_subject_bound(&*self.dst, &mut plan, writes, concurrency).await;
         plan.planning_time = started.elapsed();
         Ok(plan)
     }
@@ -249,7 +250,7 @@ impl Job {
         let counts = stats.snapshot();
         let not_attempted = failures.iter().filter(|f| f.error.starts_with(NOT_ATTEMPTED)).count();
         let conditions: Vec<String> =
-            [self.src.gate().halted(true), self.dst.gate().halted(true)].into_iter().flatten().map(|e| e.to_string()).collect();
+            [self.src.halted(true), self.dst.halted(true)].into_iter().flatten().map(|e| e.to_string()).collect();
         if let (Some(db), Some(id)) = (state, execution) {
             let error = (!failures.is_empty()).then(|| {
                 let mut error = format!("{} tag(s) failed", failures.len());

@@ -15,4 +15,5 @@ pub mod job;
 pub mod pass;
 pub mod policy;
 pub mod registry;
+pub mod scheme;
 pub mod state;

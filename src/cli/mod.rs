@@ -117,11 +117,16 @@ destination are skipped, blobs held by another destination repository are mounte
 streamed and digest-checked. Every run is recorded in the state database; running the same command \
 again after a crash or a partial failure resumes the same execution.\n\n\
 Repository names: the --from path prefix is stripped, the --to path prefix is prepended\n\
-(--from http://a --to http://b/mirror copies a/team/app to b/mirror/team/app).")]
+(--from http://a --to http://b/mirror copies a/team/app to b/mirror/team/app).\n\n\
+Air-gapped sites: oci:/path on either side is a directory of OCI image layouts, one per repository \
+(/path/team/app/ holds team/app, its tags as org.opencontainers.image.ref.name annotations). Export, \
+carry the directory, import; a second export writes only what changed.")]
     #[command(after_help = "Examples:\n  \
 regferry migrate --from http://127.0.0.1:5001 --to http://127.0.0.1:5002/mirror\n  \
 regferry migrate --from registry.old.example --to registry.new.example --repo 'team/**' --dry-run\n  \
-REGFERRY_TO_CREDS=admin:secret regferry migrate --from src.example --to dst.example --concurrency 16")]
+REGFERRY_TO_CREDS=admin:secret regferry migrate --from src.example --to dst.example --concurrency 16\n  \
+regferry migrate --from registry.example --repo 'base/**' --to oci:/media/usb/export   (then, at the site:)\n  \
+regferry migrate --from oci:/media/usb/export --to dr.example")]
     Migrate(migrate::MigrateArgs),
 
     /// Validate policy files.
@@ -218,11 +223,13 @@ impl clap::builder::TypedValueParser for StateParser {
 /// Source and destination registries with their credentials and TLS settings.
 #[derive(Debug, Args, Clone)]
 pub struct RegistryArgs {
-    /// Source registry: https://host[:port][/prefix] (https when no scheme), http:// for plain HTTP.
+    /// Source registry: https://host[:port][/prefix] (https when no scheme), http:// for plain HTTP,
+    /// or oci:/path, a directory of OCI image layouts (one per repository).
     #[arg(long, value_name = "URL")]
     pub from: String,
 
-    /// Destination registry: https://host[:port][/prefix]; the prefix is prepended to repository names.
+    /// Destination registry: https://host[:port][/prefix]; the prefix is prepended to repository names;
+    /// or oci:/path (an export for an air-gapped site: oci:/path/REPO:TAG for skopeo).
     #[arg(long, value_name = "URL")]
     pub to: String,
 

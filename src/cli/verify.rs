@@ -16,18 +16,20 @@ use regferry::engine::discover::{AllTags, RepoFilter, Scope};
 use regferry::engine::plan::RepoMapping;
 use regferry::engine::platforms::{FilterMode, PlatformFilter};
 use regferry::job::{Job, JobError};
-use regferry::registry::{ClientOptions, Endpoint, RegistryClient};
+use regferry::registry::{ClientOptions, Endpoint};
 use regferry::state::StateDb;
 
 use super::{AccessArgs, CliError, StateArgs, TimeoutArgs, exit};
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Source registry: https://host[:port][/prefix] (https when no scheme), http:// for plain HTTP.
+    /// Source registry: https://host[:port][/prefix] (https when no scheme), http:// for plain HTTP,
+    /// or oci:/path, a directory of OCI image layouts (one per repository).
     #[arg(long, value_name = "URL", requires = "to")]
     pub from: Option<String>,
 
-    /// Destination registry: https://host[:port][/prefix]; the prefix is prepended to repository names.
+    /// Destination registry: https://host[:port][/prefix]; the prefix is prepended to repository names;
+    /// or oci:/path (an export for an air-gapped site: oci:/path/REPO:TAG for skopeo).
     #[arg(long, value_name = "URL", requires = "from")]
     pub to: Option<String>,
 
@@ -188,12 +190,12 @@ async fn run_one(
     options: &VerifyOptions,
     client: &ClientOptions,
 ) -> Result<VerifyReport, String> {
-    let src = RegistryClient::new(source, client).map_err(|e| format!("source {e}"))?;
-    let dst = RegistryClient::new(destination, client).map_err(|e| format!("destination {e}"))?;
+    let src = regferry::scheme::connect(source, client, "source").map_err(|e| format!("source {e}"))?;
+    let dst = regferry::scheme::connect(destination, client, "destination").map_err(|e| format!("destination {e}"))?;
     let (a, b) = tokio::join!(src.ping(), dst.ping());
     a.map_err(|e| format!("source {e}"))?;
     b.map_err(|e| format!("destination {e}"))?;
-    verify(&src, &dst, scope, options).await.map_err(|e| JobError::from(e).to_string())
+    verify(&*src, &*dst, scope, options).await.map_err(|e| JobError::from(e).to_string())
 }
 
 pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
@@ -225,7 +227,7 @@ pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
                 for spec in jobs_of(p, &state).await? {
                     let (source, destination, reversed) = (spec.source.url.to_string(), spec.destination.url.to_string(), spec.reversed);
                     let result = match Job::connect(spec).await {
-                        Ok(job) => verify(&job.src, &job.dst, &job.spec.scope, &options).await.map_err(|e| JobError::from(e).to_string()),
+                        Ok(job) => verify(&*job.src, &*job.dst, &job.spec.scope, &options).await.map_err(|e| JobError::from(e).to_string()),
                         Err(e) => Err(e.to_string()),
                     };
                     outcomes.push(Outcome { policy: Some(p.name.clone()), reversed, source, destination, result });

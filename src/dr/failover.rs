@@ -131,7 +131,8 @@ pub enum SwitchError {
 
 async fn reachable(endpoint: &Endpoint) -> bool {
     let options = ClientOptions { connect_timeout: Duration::from_secs(5), ..ClientOptions::default() };
-    let Ok(client) = RegistryClient::new(endpoint, &options) else { return false };
+    // (Not as a destination: a probe creates no layout directory.)
+    let Ok(client) = crate::scheme::connect(endpoint, &options, "probe") else { return false };
     matches!(tokio::time::timeout(Duration::from_secs(15), client.ping()).await, Ok(Ok(())))
 }
 

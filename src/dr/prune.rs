@@ -16,14 +16,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use reqwest::Method;
 use serde::Serialize;
 
 use crate::engine::EngineError;
 use crate::engine::discover::{AllTags, Scope, discover};
 use crate::policy::{MaxDelete, TagFilter};
-use crate::registry::client::Request;
-use crate::registry::{Digest, Reference, RegistryClient, RegistryError, RepoName, Scopes, Tag};
+use crate::registry::{Digest, Reference, RegistryError, RepoName, Scopes, Tag};
+use crate::scheme::Scheme;
 
 /// What a deletion sweep did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -51,11 +50,10 @@ pub struct Guard {
     pub force: bool,
 }
 
-/// `DELETE /v2/<repo>/manifests/<digest>`; a manifest already gone is fine.
-pub async fn delete_manifest(dst: &RegistryClient, repo: &RepoName, digest: &Digest) -> Result<(), RegistryError> {
-    let url = dst.endpoint_url(&format!("/v2/{repo}/manifests/{digest}"));
-    let req = Request::new(Method::DELETE, url, Scopes::delete(repo)).also_ok(&[404]);
-    dst.send(&req).await.map(|_| ())
+/// Delete the manifest `digest` from `repo` (a registry: `DELETE
+/// /v2/<repo>/manifests/<digest>`); a manifest already gone is fine.
+pub async fn delete_manifest(dst: &dyn Scheme, repo: &RepoName, digest: &Digest) -> Result<(), RegistryError> {
+    dst.delete_manifest(repo, digest).await
 }
 
 /// What one repository would lose.
@@ -74,7 +72,7 @@ struct RepoSweep {
 
 /// Delete, at `dst`, the covered tags of the repositories in `scope` that
 /// the source no longer has, within the `guard`.
-pub async fn prune(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, covers: &Arc<TagFilter>, concurrency: usize, guard: Guard) -> Result<PruneReport, EngineError> {
+pub async fn prune(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, covers: &Arc<TagFilter>, concurrency: usize, guard: Guard) -> Result<PruneReport, EngineError> {
     let all = Scope { tags: Arc::new(AllTags), ..scope.clone() };
     let found = discover(src, dst.url(), &all, concurrency).await?;
     let sweeps: Vec<RepoSweep> = futures::stream::iter(found.repos)
@@ -144,7 +142,7 @@ pub async fn prune(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, co
 }
 
 /// Decide what `repo` at `dst` would lose (reads only).
-async fn sweep_repo(dst: &RegistryClient, repo: &RepoName, have: &HashSet<Tag>, covers: &TagFilter) -> RepoSweep {
+async fn sweep_repo(dst: &dyn Scheme, repo: &RepoName, have: &HashSet<Tag>, covers: &TagFilter) -> RepoSweep {
     let mut sweep = RepoSweep { repo: Some(repo.clone()), source_empty: have.is_empty(), ..RepoSweep::default() };
     let tags: Vec<Tag> = match dst.tags(repo).await {
         Ok(t) => t.iter().filter_map(|t| t.parse().ok()).collect(),

@@ -24,7 +24,8 @@ use crate::engine::referrers::{ReferrerOptions, missing_referrers, settle_subjec
 use crate::registry::referrers::fallback_subject;
 use crate::policy::TagFilter;
 use crate::registry::manifest::{self, Kind};
-use crate::registry::{Digest, Reference, RegistryClient, RegistryError, RepoName, Scopes, Tag};
+use crate::registry::{Digest, Reference, RegistryError, RepoName, Scopes, Tag};
+use crate::scheme::Scheme;
 
 /// How to verify.
 #[derive(Clone)]
@@ -193,7 +194,7 @@ fn covered(options: &VerifyOptions, tag: &Tag) -> bool {
 }
 
 /// Compare `scope` of `src` with `dst`.
-pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, options: &VerifyOptions) -> Result<VerifyReport, EngineError> {
+pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: &VerifyOptions) -> Result<VerifyReport, EngineError> {
     let concurrency = options.concurrency.max(1);
     let mut report = VerifyReport {
         source: format!("{}", src.url().with_prefix(&scope.mapping.source_prefix)),
@@ -349,7 +350,7 @@ pub async fn verify(src: &RegistryClient, dst: &RegistryClient, scope: &Scope, o
 /// would be replicated to, only compared with). For a DR site whose primary
 /// is gone: there is nothing to compare with, but everything must pull.
 /// Every tag is a deep check; the report's `tags` counts them.
-pub async fn pullable(site: &RegistryClient, elsewhere: &crate::registry::RegistryUrl, scope: &Scope, options: &VerifyOptions) -> Result<VerifyReport, EngineError> {
+pub async fn pullable(site: &dyn Scheme, elsewhere: &crate::registry::RegistryUrl, scope: &Scope, options: &VerifyOptions) -> Result<VerifyReport, EngineError> {
     let concurrency = options.concurrency.max(1);
     let at = format!("{}", site.url().with_prefix(&scope.mapping.source_prefix));
     let mut report = VerifyReport { source: at.clone(), destination: at, deep: true, ..VerifyReport::default() };
@@ -409,7 +410,7 @@ pub async fn pullable(site: &RegistryClient, elsewhere: &crate::registry::Regist
 
 /// Destination tags (of repositories in scope) that the source does not have.
 async fn only_at_destination(
-    dst: &RegistryClient,
+    dst: &dyn Scheme,
     scope: &Scope,
     options: &VerifyOptions,
     dest_repos: &[(RepoName, RepoName)],
@@ -507,7 +508,7 @@ enum Node {
 
 /// Walk every manifest tree at the destination once per (repository,
 /// digest), then `HEAD` every distinct (repository, blob) once.
-async fn deep_check(dst: &RegistryClient, roots: &[(RepoName, Tag, Digest)], concurrency: usize) -> Deep {
+async fn deep_check(dst: &dyn Scheme, roots: &[(RepoName, Tag, Digest)], concurrency: usize) -> Deep {
     let mut nodes: HashMap<(RepoName, Digest), Node> = HashMap::new();
     let mut level: Vec<(RepoName, Digest)> = {
         let set: BTreeSet<(RepoName, String)> = roots.iter().map(|(r, _, d)| (r.clone(), d.to_string())).collect();

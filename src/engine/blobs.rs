@@ -7,7 +7,10 @@
 //! for each other, so a blob shared by many images crosses the wire at most
 //! once per run and is mounted everywhere else. Uploads are one streamed
 //! `PUT`, or `PATCH` chunks ([`super::chunked`]) when the destination
-//! refused that (`413`) or is set to chunks. This module never buffers more
+//! refused that (`413`) or is set to chunks. A destination that is not a
+//! registry (an OCI layout, see [`crate::scheme`]) has no mounts or upload
+//! sessions: the blob is linked from another repository of it that holds
+//! it, else streamed into its `put_blob`. This module never buffers more
 //! than one chunk of a blob and never reports a blob present that the
 //! destination did not confirm.
 
@@ -21,12 +24,12 @@ use url::Url;
 
 use super::chunked::{self, ChunkedError};
 use super::events::{Event, EventSink};
-use super::source::{self, ByteStream};
 use super::stats::Stats;
 use super::verify_stream::{StreamFailure, VerifiedStream};
 use crate::registry::blobs::UploadSession;
 use crate::registry::manifest::Descriptor;
 use crate::registry::{Digest, MountOutcome, RegistryClient, RegistryError, RepoName, Scopes};
+use crate::scheme::{ByteStream, Scheme};
 
 /// Where else at the destination a blob is known to live (from earlier runs).
 pub trait MountHints: Send + Sync {
@@ -54,8 +57,8 @@ pub enum BlobOutcome {
 
 /// See the module documentation.
 pub struct BlobMover {
-    src: Arc<RegistryClient>,
-    dst: Arc<RegistryClient>,
+    src: Arc<dyn Scheme>,
+    dst: Arc<dyn Scheme>,
     slots: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<Slot>>>>,
     hints: Option<Arc<dyn MountHints>>,
     stats: Arc<Stats>,
@@ -69,8 +72,8 @@ pub struct BlobMover {
 impl BlobMover {
     /// `streams` bounds the number of blob byte-streams open at once.
     pub fn new(
-        src: Arc<RegistryClient>,
-        dst: Arc<RegistryClient>,
+        src: Arc<dyn Scheme>,
+        dst: Arc<dyn Scheme>,
         hints: Option<Arc<dyn MountHints>>,
         stats: Arc<Stats>,
         events: EventSink,
@@ -153,6 +156,14 @@ impl BlobMover {
         if !self.new_repos.contains(dst_repo) && self.dst.blob_exists(dst_repo, digest, &Scopes::push(dst_repo)).await? {
             return Ok(BlobOutcome::Present);
         }
+        // A store without mounts and upload sessions (an OCI layout): stream.
+        let Some(dst) = self.dst.registry() else {
+            if self.dst.link_blob(dst_repo, digest).await? {
+                return Ok(BlobOutcome::Mounted);
+            }
+            self.store(src_repo, dst_repo, desc).await?;
+            return Ok(BlobOutcome::Uploaded);
+        };
         if !slot.hints_loaded {
             if let Some(h) = &self.hints {
                 slot.hinted = h.holders(digest).await;
@@ -172,7 +183,7 @@ impl BlobMover {
         }
         let mut session = None;
         for from in candidates.into_iter().take(3) {
-            match self.dst.mount_blob(dst_repo, digest, &from).await {
+            match dst.mount_blob(dst_repo, digest, &from).await {
                 Ok(MountOutcome::Mounted) => {
                     tracing::debug!(blob = %digest.short(), from = %from, to = %dst_repo, "mounted");
                     return Ok(BlobOutcome::Mounted);
@@ -190,12 +201,32 @@ impl BlobMover {
                 }
             }
         }
-        self.upload(src_repo, dst_repo, desc, session).await?;
+        self.upload(dst, src_repo, dst_repo, desc, session).await?;
         Ok(BlobOutcome::Uploaded)
+    }
+
+    /// Into a store that is not a registry: one verified stream into its
+    /// `put_blob` verb.
+    async fn store(&self, src_repo: &RepoName, dst_repo: &RepoName, desc: &Descriptor) -> Result<(), RegistryError> {
+        let _permit = self.streams.acquire().await.map_err(|_| RegistryError::Protocol {
+            registry: self.dst.name().to_string(),
+            message: "transfer pool closed".into(),
+        })?;
+        let digest = &desc.digest;
+        let (bytes, size) = self.open_source(src_repo, desc).await?;
+        let (stream, failure) = VerifiedStream::new(bytes, digest, size, self.stats.clone(), |s| &s.bytes_uploaded);
+        match self.dst.put_blob(dst_repo, digest, size, Box::pin(stream)).await {
+            Ok(()) => {
+                tracing::debug!(blob = %digest.short(), repository = %dst_repo, "stored");
+                Ok(())
+            }
+            Err(e) => Err(self.stream_error(src_repo, digest, &failure, e)),
+        }
     }
 
     async fn upload(
         &self,
+        dst: &RegistryClient,
         src_repo: &RepoName,
         dst_repo: &RepoName,
         desc: &Descriptor,
@@ -206,30 +237,32 @@ impl BlobMover {
             message: "transfer pool closed".into(),
         })?;
         let mut session = session;
-        if self.dst.upload_chunk_size().is_none() {
-            match self.upload_whole(src_repo, dst_repo, desc, session.take()).await {
+        if dst.upload_chunk_size().is_none() {
+            match self.upload_whole(dst, src_repo, dst_repo, desc, session.take()).await {
                 // Too large for one request (a front's body limit): chunks,
                 // for this blob and every later one to this registry.
-                Err(e) if e.status() == Some(413) => self.dst.note_monolithic_refused(),
+                Err(e) if e.status() == Some(413) => dst.note_monolithic_refused(),
                 other => return other,
             }
         }
-        let chunk = self.dst.upload_chunk_size().unwrap_or(crate::registry::client::DEFAULT_CHUNK_SIZE);
-        self.upload_chunked(src_repo, dst_repo, desc, session, chunk).await
+        let chunk = dst.upload_chunk_size().unwrap_or(crate::registry::client::DEFAULT_CHUNK_SIZE);
+        self.upload_chunked(dst, src_repo, dst_repo, desc, session, chunk).await
     }
 
-    /// The one place a source blob's byte stream is opened (a download that
-    /// resumes after breaks, see [`source`], paced by both registries' byte
-    /// limits); every upload reads from it through a [`VerifiedStream`].
+    /// The one place a source blob's byte stream is opened (the source's
+    /// `open_blob`: from a registry, a download that resumes after breaks,
+    /// see [`crate::scheme::reg::blob`]), paced by both sides' byte
+    /// limits; every upload reads from it through a [`VerifiedStream`].
     async fn open_source(&self, src_repo: &RepoName, desc: &Descriptor) -> Result<(ByteStream, Option<u64>), RegistryError> {
-        let (bytes, size) = source::open(self.src.clone(), src_repo, &desc.digest, desc.size).await?;
-        let bytes = crate::registry::throttle::limit(bytes, [self.src.gate().bandwidth(), self.dst.gate().bandwidth()]);
+        let (bytes, size) = self.src.clone().open_blob(src_repo, &desc.digest, desc.size).await?;
+        let bytes = crate::registry::throttle::limit(bytes, [self.src.bandwidth(), self.dst.bandwidth()]);
         Ok((bytes, size))
     }
 
     /// One streamed `PUT` with the whole blob.
     async fn upload_whole(
         &self,
+        dst: &RegistryClient,
         src_repo: &RepoName,
         dst_repo: &RepoName,
         desc: &Descriptor,
@@ -239,13 +272,13 @@ impl BlobMover {
         let (bytes, size) = self.open_source(src_repo, desc).await?;
         let (session, scopes) = match session {
             Some(s) => s,
-            None => (self.dst.start_upload(dst_repo).await?, Scopes::push(dst_repo)),
+            None => (dst.start_upload(dst_repo).await?, Scopes::push(dst_repo)),
         };
         let (stream, failure) = VerifiedStream::new(bytes, digest, size, self.stats.clone(), |s| &s.bytes_uploaded);
         let result = match size {
-            Some(size) => self.dst.put_upload(session.clone(), digest, size, &scopes, stream).await,
-            None => match self.dst.patch_upload(session.clone(), &scopes, stream).await {
-                Ok(next) => self.dst.finish_upload(next, digest, &scopes).await,
+            Some(size) => dst.put_upload(session.clone(), digest, size, &scopes, stream).await,
+            None => match dst.patch_upload(session.clone(), &scopes, stream).await {
+                Ok(next) => dst.finish_upload(next, digest, &scopes).await,
                 Err(e) => Err(e),
             },
         };
@@ -253,13 +286,14 @@ impl BlobMover {
             tracing::debug!(blob = %digest.short(), repository = %dst_repo, "uploaded");
             return Ok(());
         };
-        self.dst.cancel_upload(session, &scopes).await;
+        dst.cancel_upload(session, &scopes).await;
         Err(self.stream_error(src_repo, digest, &failure, e))
     }
 
     /// `PATCH` chunks of `chunk` bytes, resumed where the registry says.
     async fn upload_chunked(
         &self,
+        dst: &RegistryClient,
         src_repo: &RepoName,
         dst_repo: &RepoName,
         desc: &Descriptor,
@@ -270,11 +304,11 @@ impl BlobMover {
         let (bytes, size) = self.open_source(src_repo, desc).await?;
         let (session, scopes) = match session {
             Some((location, scopes)) => (UploadSession { location, min_chunk: None }, scopes),
-            None => (self.dst.open_upload(dst_repo).await?, Scopes::push(dst_repo)),
+            None => (dst.open_upload(dst_repo).await?, Scopes::push(dst_repo)),
         };
         let (stream, failure) = VerifiedStream::new(bytes, digest, size, self.stats.clone(), |s| &s.bytes_uploaded);
         let mut location = session.location.clone();
-        let e = match chunked::upload(&self.dst, session, &mut location, &scopes, digest, stream, chunk).await {
+        let e = match chunked::upload(dst, session, &mut location, &scopes, digest, stream, chunk).await {
             Ok(()) => {
                 tracing::debug!(blob = %digest.short(), repository = %dst_repo, "uploaded in chunks");
                 return Ok(());
@@ -287,7 +321,7 @@ impl BlobMover {
                 message: "the source stream failed".into(),
             },
         };
-        self.dst.cancel_upload(location, &scopes).await;
+        dst.cancel_upload(location, &scopes).await;
         Err(self.stream_error(src_repo, digest, &failure, e))
     }
 

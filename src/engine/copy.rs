@@ -19,15 +19,16 @@ use super::platforms::Narrowed;
 use super::referrers::{self, Referrers};
 use super::stats::Stats;
 use crate::registry::manifest::{self, Descriptor, Kind, Parsed};
-use crate::registry::{Digest, ManifestBody, Reference, RegistryClient, RegistryError, RepoName, Scopes};
+use crate::registry::{Digest, ManifestBody, Reference, RegistryError, RepoName, Scopes};
+use crate::scheme::Scheme;
 
 /// Deeper indexes than this are refused (real ones nest once, rarely twice).
 const MAX_DEPTH: usize = 4;
 
 /// Copies manifest trees from one registry to another.
 pub struct Copier {
-    src: Arc<RegistryClient>,
-    dst: Arc<RegistryClient>,
+    src: Arc<dyn Scheme>,
+    dst: Arc<dyn Scheme>,
     blobs: BlobMover,
     stats: Arc<Stats>,
     /// Blobs / child manifests of one manifest handled at once.
@@ -54,7 +55,7 @@ pub enum Ensured {
 type ChildSlot = Arc<tokio::sync::Mutex<bool>>;
 
 impl Copier {
-    pub fn new(src: Arc<RegistryClient>, dst: Arc<RegistryClient>, blobs: BlobMover, stats: Arc<Stats>, fan_out: usize) -> Copier {
+    pub fn new(src: Arc<dyn Scheme>, dst: Arc<dyn Scheme>, blobs: BlobMover, stats: Arc<Stats>, fan_out: usize) -> Copier {
         Copier { src, dst, blobs, stats, fan_out: fan_out.max(1), new_repos: Arc::default(), children: Mutex::default(), referrers: None }
     }
 
@@ -68,12 +69,12 @@ impl Copier {
         self.referrers.as_deref()
     }
 
-    pub(super) fn source(&self) -> &RegistryClient {
-        &self.src
+    pub(super) fn source(&self) -> &dyn Scheme {
+        &*self.src
     }
 
-    pub(super) fn destination(&self) -> &RegistryClient {
-        &self.dst
+    pub(super) fn destination(&self) -> &dyn Scheme {
+        &*self.dst
     }
 
     /// Copy one planned item: [`Copier::copy_tag`], except for tags that
@@ -101,7 +102,7 @@ impl Copier {
     /// Why no new tag should start: the source cannot be read, or the
     /// destination cannot be written (down, read-only, out of space, quota).
     pub fn halted(&self) -> Option<RegistryError> {
-        self.src.gate().halted(false).or_else(|| self.dst.gate().halted(true))
+        self.src.halted(false).or_else(|| self.dst.halted(true))
     }
 
     fn child_slot(&self, repo: &RepoName, digest: &Digest) -> ChildSlot {

@@ -22,7 +22,8 @@ use futures::StreamExt;
 use super::discover::Discovered;
 use super::plan::{Action, CopyReason, Plan, PlanItem, Problem, SkipReason};
 use crate::registry::manifest;
-use crate::registry::{ManifestBody, ManifestHead, Reference, RegistryClient, RegistryError, RepoName, Scopes, Tag};
+use crate::registry::{ManifestBody, ManifestHead, Reference, RegistryError, RepoName, Scopes, Tag};
+use crate::scheme::Scheme;
 
 /// How to compare.
 #[derive(Debug, Clone, Copy)]
@@ -46,7 +47,7 @@ fn dest_scopes(repo: &RepoName, writes: bool) -> Scopes {
 /// A tag that was just listed may not be resolvable yet (replicas, caches):
 /// ask again a couple of times before calling it gone. The first `404` is
 /// confirmed with a `GET` (a front whose `HEAD` lies is then known).
-async fn head_source(src: &RegistryClient, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestHead>, RegistryError> {
+async fn head_source(src: &dyn Scheme, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestHead>, RegistryError> {
     let reference = Reference::Tag(tag.clone());
     let scopes = Scopes::pull(repo);
     if let Some(head) = src.head_listed_manifest(repo, &reference, &scopes).await? {
@@ -63,7 +64,7 @@ async fn head_source(src: &RegistryClient, repo: &RepoName, tag: &Tag) -> Result
 
 /// Like [`head_source`], but with the body: for a tag the destination
 /// certainly lacks, whose manifest the copy needs anyway.
-async fn get_source(src: &RegistryClient, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestBody>, RegistryError> {
+async fn get_source(src: &dyn Scheme, repo: &RepoName, tag: &Tag) -> Result<Option<ManifestBody>, RegistryError> {
     let reference = Reference::Tag(tag.clone());
     let scopes = Scopes::pull(repo);
     let unknown = |e: &RegistryError| e.status() == Some(404) || e.has_code("MANIFEST_UNKNOWN");
@@ -132,7 +133,7 @@ impl DestTags {
     }
 }
 
-async fn dest_tags(dst: &RegistryClient, repo: &RepoName, writes: bool) -> DestTags {
+async fn dest_tags(dst: &dyn Scheme, repo: &RepoName, writes: bool) -> DestTags {
     match dst.tags_with(repo, dest_scopes(repo, writes)).await {
         Ok(tags) => DestTags::Listed(tags.into_iter().collect()),
         Err(e) if e.status() == Some(404) || e.has_code("NAME_UNKNOWN") => DestTags::Absent,
@@ -144,7 +145,7 @@ async fn dest_tags(dst: &RegistryClient, repo: &RepoName, writes: bool) -> DestT
 }
 
 /// Compare every discovered tag between `src` and `dst`.
-pub async fn diff(src: &RegistryClient, dst: &RegistryClient, discovered: Discovered, options: DiffOptions) -> Plan {
+pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, options: DiffOptions) -> Plan {
     let repositories = discovered.repos.len();
     let referrers = discovered.referrers.clone();
     let immutable = discovered.immutable;

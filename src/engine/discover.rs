@@ -16,7 +16,8 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use super::EngineError;
 use super::plan::{Problem, RepoMapping};
 use super::referrers::ReferrerOptions;
-use crate::registry::{RegistryClient, RegistryUrl, RepoName, Tag};
+use crate::registry::{RegistryUrl, RepoName, Tag};
+use crate::scheme::Scheme;
 
 /// Chooses the tags of a repository to replicate (regexes, semver, newest N…).
 pub trait TagSelector: Send + Sync {
@@ -190,7 +191,7 @@ const MAX_NAME: usize = 255;
 /// The source repositories in scope (full names, prefix included), each
 /// with its destination name.
 async fn repositories(
-    src: &RegistryClient,
+    src: &dyn Scheme,
     dest: &RegistryUrl,
     scope: &Scope,
     problems: &mut Vec<Problem>,
@@ -274,7 +275,7 @@ async fn repositories(
 /// List the repositories and tags in `scope`, `concurrency` listings at a
 /// time, for replication to the registry at `dest` (only compared with the
 /// source's address, never contacted).
-pub async fn discover(src: &RegistryClient, dest: &RegistryUrl, scope: &Scope, concurrency: usize) -> Result<Discovered, EngineError> {
+pub async fn discover(src: &dyn Scheme, dest: &RegistryUrl, scope: &Scope, concurrency: usize) -> Result<Discovered, EngineError> {
     let mut problems = Vec::new();
     let mut unmatched = Vec::new();
     let repos = repositories(src, dest, scope, &mut problems, &mut unmatched).await?;

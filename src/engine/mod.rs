@@ -4,8 +4,10 @@
 //! [`plan::Plan`] using only listings and `HEAD`s; [`execute`] carries the
 //! plan out through [`copy`] (manifest trees) and [`blobs`] (skip, mount or
 //! stream) and [`referrers`] (what travels with a manifest), reporting
-//! progress in [`stats`] and state changes as [`events`]. The engine never touches the state database and never reads
-//! CLI flags or policy files: it is handed a scope and clients.
+//! progress in [`stats`] and state changes as [`events`]. The engine never
+//! touches the state database and never reads CLI flags or policy files: it
+//! is handed a scope and two stores ([`crate::scheme::Scheme`]: registries
+//! or OCI layouts).
 
 pub mod blobs;
 pub mod chunked;
@@ -17,7 +19,6 @@ pub mod execute;
 pub mod plan;
 pub mod platforms;
 pub mod referrers;
-pub mod source;
 pub mod stats;
 pub mod verify_stream;
 

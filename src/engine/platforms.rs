@@ -36,8 +36,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::plan::{Action, CopyReason, Plan, PlanItem, SkipReason};
+use crate::scheme::Scheme;
 use crate::registry::manifest::{self, Descriptor, Kind};
-use crate::registry::{Digest, Reference, RegistryClient, RegistryError, RepoName, Scopes};
+use crate::registry::{Digest, Reference, RegistryError, RepoName, Scopes};
 
 /// One platform: `os/architecture[/variant]`, as in an index's `platform`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -336,7 +337,7 @@ pub fn selected_children(item: &PlanItem) -> Option<&[Descriptor]> {
 /// the source's own digest): in sync, left alone; every other tag is
 /// copied as it is (not narrowed). One `GET` of the destination index per
 /// differing index tag; any failure leaves the tag to be copied.
-async fn keep_fuller_indexes(dst: &RegistryClient, plan: &mut Plan, filter: &PlatformFilter, concurrency: usize) {
+async fn keep_fuller_indexes(dst: &dyn Scheme, plan: &mut Plan, filter: &PlatformFilter, concurrency: usize) {
     let filter = &PlatformFilter { mode: FilterMode::Rewrite, ..filter.clone() };
     let candidates: Vec<(usize, RepoName, Digest, String, Digest)> = plan
         .items
@@ -388,8 +389,8 @@ fn decide(item: &PlanItem, target: &Digest, overwrite: bool) -> Action {
 /// only those being copied (the digest is the source's, the diff decided
 /// right). An index with no selected platform is skipped and logged.
 pub async fn narrow(
-    src: &RegistryClient,
-    dst: &RegistryClient,
+    src: &dyn Scheme,
+    dst: &dyn Scheme,
     plan: &mut Plan,
     filter: &PlatformFilter,
     concurrency: usize,

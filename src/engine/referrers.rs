@@ -37,9 +37,10 @@ use futures::future::BoxFuture;
 
 use super::copy::{Copier, Ensured};
 use super::plan::{Action, CopyReason, Plan, PlanItem, SkipReason};
+use crate::scheme::Scheme;
 use crate::registry::manifest::{self, OCI_INDEX};
 use crate::registry::referrers::{self as verbs, ApiAnswer, ReferrerEntry, fallback_subject, fallback_tag, subject_of_tag};
-use crate::registry::{Digest, ManifestHead, Reference, RegistryClient, RegistryError, RepoName, Scopes, Tag};
+use crate::registry::{Digest, ManifestHead, Reference, RegistryError, RepoName, Scopes, Tag};
 
 /// Referrer chains followed this deep (image → SBOM → signature is 2).
 pub const MAX_DEPTH: usize = 3;
@@ -118,7 +119,7 @@ impl Referrers {
 
     /// The referrers of `repo@subject` at the source, filtered, with the
     /// fallback tag's bytes when they came from one.
-    async fn discover(&self, src: &RegistryClient, repo: &RepoName, subject: &Digest) -> Result<(Vec<ReferrerEntry>, Option<Bytes>), RegistryError> {
+    async fn discover(&self, src: &dyn Scheme, repo: &RepoName, subject: &Digest) -> Result<(Vec<ReferrerEntry>, Option<Bytes>), RegistryError> {
         if self.api.load(Ordering::Relaxed) != NO {
             let one = match self.options.types.as_slice() {
                 [t] => Some(t.as_str()),
@@ -154,7 +155,7 @@ impl Referrers {
     }
 }
 
-fn protocol(client: &RegistryClient, message: String) -> RegistryError {
+fn protocol(client: &dyn Scheme, message: String) -> RegistryError {
     RegistryError::Protocol { registry: client.name().to_string(), message }
 }
 
@@ -228,7 +229,7 @@ pub fn sync_subject<'a>(
 /// When the destination has none, the source's own bytes go (`verbatim`),
 /// so an unmerged fallback tag keeps its digest. Returns whether it wrote.
 pub async fn merge_fallback(
-    dst: &RegistryClient,
+    dst: &dyn Scheme,
     repo: &RepoName,
     subject: &Digest,
     entries: &[ReferrerEntry],
@@ -263,7 +264,7 @@ pub async fn merge_fallback(
 }
 
 /// Whether `repo@digest` is at `client`.
-async fn present(client: &RegistryClient, repo: &RepoName, digest: &Digest, scopes: &Scopes) -> Result<bool, RegistryError> {
+async fn present(client: &dyn Scheme, repo: &RepoName, digest: &Digest, scopes: &Scopes) -> Result<bool, RegistryError> {
     Ok(client.head_manifest(repo, &Reference::Digest(digest.clone()), scopes).await?.is_some())
 }
 
@@ -308,8 +309,8 @@ pub async fn copy_subject_bound(copier: &Copier, item: &PlanItem, subject: &Dige
 /// still keep for the copy.
 #[allow(clippy::too_many_arguments)]
 pub async fn plan_fallback(
-    src: &RegistryClient,
-    dst: &RegistryClient,
+    src: &dyn Scheme,
+    dst: &dyn Scheme,
     source_repo: RepoName,
     dest_repo: RepoName,
     tag: Tag,
@@ -374,7 +375,7 @@ pub async fn plan_fallback(
 /// repository is copied). A signature of a tag the policy does not select
 /// thus costs one `HEAD` per pass, and a pass that copies nothing stays a
 /// no-op.
-pub async fn settle_subject_bound(dst: &RegistryClient, plan: &mut Plan, writes: bool, concurrency: usize) {
+pub async fn settle_subject_bound(dst: &dyn Scheme, plan: &mut Plan, writes: bool, concurrency: usize) {
     let tagged: HashSet<(RepoName, Digest)> = plan
         .items
         .iter()
@@ -467,7 +468,7 @@ pub fn api_known_unsupported(seen: &HashMap<(String, String), String>, now_ms: i
 /// so a steady pass costs nothing here). Children of an index are not asked here (that would cost a `GET`
 /// of every unchanged index); their referrers travel when they are copied.
 pub async fn check_api_referrers(
-    src: &RegistryClient,
+    src: &dyn Scheme,
     plan: &mut Plan,
     options: &ReferrerOptions,
     seen: &HashMap<(String, String), String>,
@@ -529,8 +530,8 @@ pub async fn check_api_referrers(
 /// Destination referrers a verified fallback tag lists at the source but
 /// the destination lacks (as manifests), for `verify`.
 pub async fn missing_referrers(
-    src: &RegistryClient,
-    dst: &RegistryClient,
+    src: &dyn Scheme,
+    dst: &dyn Scheme,
     source_repo: &RepoName,
     dest_repo: &RepoName,
     tag: &Tag,

@@ -211,7 +211,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     let api = if referrers::api_known_unsupported(&seen, now_ms()) {
         referrers::ApiCheck::default()
     } else {
-        referrers::check_api_referrers(&job.src, &mut plan, &job.spec.scope.referrers, &seen, concurrency).await
+        referrers::check_api_referrers(&*job.src, &mut plan, &job.spec.scope.referrers, &seen, concurrency).await
     };
     tracing::info!(
         policy = %policy.name,
@@ -256,7 +256,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     if policy.delete && report.status.as_str() != "canceled" && !cancel.stop.is_cancelled() {
         let concurrency = policy.concurrency.max(4) * 2;
         let guard = Guard { max_delete: policy.max_delete, force: policy.force_delete };
-        let p = match prune(&job.src, &job.dst, &job.spec.scope, &policy.tags, concurrency, guard).await {
+        let p = match prune(&*job.src, &*job.dst, &job.spec.scope, &policy.tags, concurrency, guard).await {
             Ok(p) => p,
             Err(e) => PruneReport { errors: vec![format!("deletions not mirrored: {e}")], ..PruneReport::default() },
         };

@@ -106,7 +106,9 @@ pub enum EndpointError {
 }
 
 /// A registry base address with an optional repository prefix:
-/// `https://host[:port][/prefix]` or `http://…` for plain-HTTP registries.
+/// `https://host[:port][/prefix]` or `http://…` for plain-HTTP registries;
+/// or `oci:/path`, a directory of OCI image layouts (see
+/// [`crate::scheme::ocidir`]), kept as a `file:` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegistryUrl {
     base: Url,
@@ -122,6 +124,9 @@ impl RegistryUrl {
         let trimmed = input.trim();
         if trimmed.is_empty() {
             return Err(err("empty"));
+        }
+        if let Some(path) = trimmed.strip_prefix("oci:") {
+            return RegistryUrl::layout(path).map_err(|reason| err(&reason));
         }
         let with_scheme =
             if trimmed.contains("://") { trimmed.to_string() } else { format!("https://{trimmed}") };
@@ -157,6 +162,38 @@ impl RegistryUrl {
             base = Url::parse(&format!("{}://{DOCKER_HUB_API}/", base.scheme())).map_err(|e| err(&e.to_string()))?;
         }
         Ok(RegistryUrl { base, prefix })
+    }
+
+    /// `oci:/path`: the directory (absolute; relative paths are taken from
+    /// the current directory), which need not exist yet.
+    fn layout(path: &str) -> Result<RegistryUrl, String> {
+        if path.is_empty() {
+            return Err("oci: needs a directory, as in oci:/srv/export".into());
+        }
+        if path.starts_with("//") && !path.starts_with("///") {
+            return Err("write oci:/path (a directory), not oci://".into());
+        }
+        let path = std::path::Path::new(path);
+        let absolute = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            std::env::current_dir().map_err(|e| format!("no current directory: {e}"))?.join(path)
+        };
+        if absolute.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err("the layout directory may not contain `..`".into());
+        }
+        let base = Url::from_directory_path(&absolute).map_err(|()| "not a usable directory path".to_string())?;
+        Ok(RegistryUrl { base, prefix: String::new() })
+    }
+
+    /// True for `oci:/path` (a directory of OCI image layouts).
+    pub fn is_layout(&self) -> bool {
+        self.base.scheme() == "file"
+    }
+
+    /// The directory of an `oci:/path` address.
+    pub fn layout_dir(&self) -> Option<std::path::PathBuf> {
+        if self.is_layout() { self.base.to_file_path().ok() } else { None }
     }
 
     /// `scheme://host[:port]/`
@@ -221,6 +258,11 @@ impl RegistryUrl {
 
 impl fmt::Display for RegistryUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(dir) = self.layout_dir() {
+            let dir = dir.display().to_string();
+            let dir = if dir.len() > 1 { dir.trim_end_matches('/') } else { &dir };
+            return if self.prefix.is_empty() { write!(f, "oci:{dir}") } else { write!(f, "oci:{dir}/{}", self.prefix) };
+        }
         let b = self.base.as_str().trim_end_matches('/');
         if self.prefix.is_empty() { write!(f, "{b}") } else { write!(f, "{b}/{}", self.prefix) }
     }
@@ -470,6 +512,23 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oci_addresses_are_layout_directories() {
+        let u = RegistryUrl::parse("oci:/srv/export/").unwrap();
+        assert!(u.is_layout());
+        assert_eq!(u.layout_dir(), Some(std::path::PathBuf::from("/srv/export/")));
+        assert_eq!(u.to_string(), "oci:/srv/export");
+        assert_eq!(u.prefix(), "");
+        assert_eq!(RegistryUrl::parse("oci:/srv/export").unwrap(), u, "one directory, one address");
+        let relative = RegistryUrl::parse("oci:export").unwrap();
+        assert_eq!(relative.layout_dir(), Some(std::env::current_dir().unwrap().join("export/")));
+        assert_eq!(RegistryUrl::parse("oci:/a b").unwrap().to_string(), "oci:/a b");
+        for bad in ["oci:", "oci://host/x", "oci:/a/../b"] {
+            assert!(RegistryUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert!(!RegistryUrl::parse("http://127.0.0.1:5000").unwrap().is_layout());
+    }
 
     #[test]
     fn parses_registry_urls() {

@@ -112,6 +112,11 @@ pub enum RegistryError {
     #[error("manifest {} at {registry}: {source}", name_ref(repo, reference))]
     Manifest { registry: String, repo: String, reference: String, source: ManifestError },
 
+    /// A file of an OCI image layout (`oci:/path`) that could not be read or
+    /// written (`path` is the file, `registry` the layout).
+    #[error("{registry}: {path}: {message}")]
+    Local { registry: String, path: String, message: String },
+
     /// The registry broke the protocol (missing Location, unparsable JSON…).
     #[error("{registry}: {message}")]
     Protocol { registry: String, message: String },

@@ -13,6 +13,7 @@ mod identities;
 mod faults;
 mod memory;
 mod migrate;
+mod ocidir;
 mod operations;
 mod platforms;
 mod policies;

@@ -1,4 +1,4 @@
-//! The byte stream of one source blob, kept going across broken downloads:
+//! A registry's `blob` verb: the byte stream of one source blob, kept going across broken downloads:
 //! when the body breaks (reset, cut short, no byte for the stall timeout)
 //! after N bytes, it is continued with `Range: bytes=N-`, accepted only as a
 //! `206` whose `Content-Range` starts at N (and agrees with the size);
@@ -10,7 +10,7 @@
 //! without a read timeout of its own, see `registry::client`.)
 //!
 //! This module only moves bytes in order: checking them against the digest
-//! is the job of [`super::verify_stream`], which sees the one continuous
+//! is the job of [`crate::engine::verify_stream`], which sees the one continuous
 //! stream whatever happened underneath. It never buffers more than the
 //! chunk in hand.
 
@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::BoxStream;
 use reqwest::{Response, StatusCode, header};
 
 use crate::registry::{Digest, RegistryClient, RegistryError, RepoName};
+use crate::scheme::ByteStream;
 
 /// How often one blob download may be continued after a break without a
 /// byte gained in between.
@@ -29,10 +29,6 @@ pub const MAX_RESUMES: u32 = 5;
 
 /// How often one blob download may be continued after a break at all.
 pub const MAX_TOTAL_RESUMES: u32 = 100;
-
-/// A blob's bytes as they arrive (errors as messages, for
-/// [`super::verify_stream::VerifiedStream`]).
-pub type ByteStream = BoxStream<'static, Result<Bytes, String>>;
 
 /// Start downloading `repo@digest` from `client`. `expected` is the size
 /// the manifest gives; returns the stream and the size, when known. Fails

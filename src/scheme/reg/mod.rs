@@ -1,0 +1,127 @@
+//! The registry scheme: [`Scheme`] over the registry client in
+//! [`crate::registry`], verb for verb. Thin on purpose: the transport
+//! (auth, retries, gates, `HEAD` probing, uploads) stays in
+//! `crate::registry`; what is here only adapts signatures, plus [`blob`], the
+//! resumable download the engine reads source blobs through.
+//!
+//! This module must never decide what to copy and never change what the
+//! client sends.
+
+pub mod blob;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use reqwest::Method;
+
+use super::{ByteStream, Scheme, UploadStream};
+use crate::registry::client::Request;
+use crate::registry::gate::Pacer;
+use crate::registry::referrers::ApiAnswer;
+use crate::registry::{Digest, ManifestBody, ManifestHead, Reference, RegistryClient, RegistryError, RegistryUrl, RepoName, Scopes};
+
+impl Scheme for RegistryClient {
+    fn name(&self) -> &str {
+        RegistryClient::name(self)
+    }
+    fn url(&self) -> &RegistryUrl {
+        RegistryClient::url(self)
+    }
+    fn request_count(&self) -> u64 {
+        RegistryClient::request_count(self)
+    }
+    fn halted(&self, writes: bool) -> Option<RegistryError> {
+        self.gate().halted(writes)
+    }
+    fn bandwidth(&self) -> Option<Arc<Pacer>> {
+        self.gate().bandwidth()
+    }
+    fn registry(&self) -> Option<&RegistryClient> {
+        Some(self)
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), RegistryError>> {
+        RegistryClient::ping(self).boxed()
+    }
+    fn catalog(&self) -> BoxFuture<'_, Result<Vec<String>, RegistryError>> {
+        RegistryClient::catalog(self).boxed()
+    }
+    fn tags<'a>(&'a self, repo: &'a RepoName) -> BoxFuture<'a, Result<Vec<String>, RegistryError>> {
+        RegistryClient::tags(self, repo).boxed()
+    }
+    fn tags_with<'a>(&'a self, repo: &'a RepoName, scopes: Scopes) -> BoxFuture<'a, Result<Vec<String>, RegistryError>> {
+        RegistryClient::tags_with(self, repo, scopes).boxed()
+    }
+
+    fn head_manifest<'a>(&'a self, repo: &'a RepoName, reference: &'a Reference, scopes: &'a Scopes)
+    -> BoxFuture<'a, Result<Option<ManifestHead>, RegistryError>> {
+        RegistryClient::head_manifest(self, repo, reference, scopes).boxed()
+    }
+    fn head_listed_manifest<'a>(&'a self, repo: &'a RepoName, reference: &'a Reference, scopes: &'a Scopes)
+    -> BoxFuture<'a, Result<Option<ManifestHead>, RegistryError>> {
+        RegistryClient::head_listed_manifest(self, repo, reference, scopes).boxed()
+    }
+    fn get_manifest<'a>(&'a self, repo: &'a RepoName, reference: &'a Reference, scopes: &'a Scopes)
+    -> BoxFuture<'a, Result<ManifestBody, RegistryError>> {
+        RegistryClient::get_manifest(self, repo, reference, scopes).boxed()
+    }
+    fn put_manifest<'a>(&'a self, repo: &'a RepoName, reference: &'a Reference, bytes: Bytes, media_type: &'a str)
+    -> BoxFuture<'a, Result<Digest, RegistryError>> {
+        RegistryClient::put_manifest(self, repo, reference, bytes, media_type).boxed()
+    }
+    /// `DELETE /v2/<repo>/manifests/<digest>`; a manifest already gone is fine.
+    fn delete_manifest<'a>(&'a self, repo: &'a RepoName, digest: &'a Digest) -> BoxFuture<'a, Result<(), RegistryError>> {
+        async move {
+            let url = self.endpoint_url(&format!("/v2/{repo}/manifests/{digest}"));
+            let req = Request::new(Method::DELETE, url, Scopes::delete(repo)).also_ok(&[404]);
+            self.send(&req).await.map(|_| ())
+        }
+        .boxed()
+    }
+
+    /// The registry's referrers API is not asked here yet: the caller
+    /// falls back to the `sha256-<hex>` tag (the referrers work plugs the
+    /// `/v2/<name>/referrers/<digest>` request in at this verb).
+    fn put_manifest_indexed<'a>(&'a self, repo: &'a RepoName, reference: &'a Reference, bytes: Bytes, media_type: &'a str)
+    -> BoxFuture<'a, Result<(Digest, Option<Digest>), RegistryError>> {
+        RegistryClient::put_manifest_indexed(self, repo, reference, bytes, media_type).boxed()
+    }
+
+    fn referrers<'a>(&'a self, repo: &'a RepoName, digest: &'a Digest, artifact_type: Option<&'a str>)
+    -> BoxFuture<'a, Result<ApiAnswer, RegistryError>> {
+        RegistryClient::referrers(self, repo, digest, artifact_type).boxed()
+    }
+
+    fn blob_exists<'a>(&'a self, repo: &'a RepoName, digest: &'a Digest, scopes: &'a Scopes) -> BoxFuture<'a, Result<bool, RegistryError>> {
+        RegistryClient::blob_exists(self, repo, digest, scopes).boxed()
+    }
+    fn open_blob(self: Arc<Self>, repo: &RepoName, digest: &Digest, expected: Option<u64>)
+    -> BoxFuture<'static, Result<(ByteStream, Option<u64>), RegistryError>> {
+        let (repo, digest) = (repo.clone(), digest.clone());
+        async move { blob::open(self, &repo, &digest, expected).await }.boxed()
+    }
+    /// One streamed upload (`PUT` when the size is known, else `PATCH` +
+    /// `PUT`). The engine uses the registry's own capabilities (mounts,
+    /// chunks) instead; this is the plain verb.
+    fn put_blob<'a>(&'a self, repo: &'a RepoName, digest: &'a Digest, size: Option<u64>, body: UploadStream)
+    -> BoxFuture<'a, Result<(), RegistryError>> {
+        async move {
+            let scopes = Scopes::push(repo);
+            let session = self.start_upload(repo).await?;
+            let result = match size {
+                Some(size) => self.put_upload(session.clone(), digest, size, &scopes, body).await,
+                None => match self.patch_upload(session.clone(), &scopes, body).await {
+                    Ok(next) => self.finish_upload(next, digest, &scopes).await,
+                    Err(e) => Err(e),
+                },
+            };
+            if result.is_err() {
+                self.cancel_upload(session, &scopes).await;
+            }
+            result
+        }
+        .boxed()
+    }
+}
