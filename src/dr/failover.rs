@@ -26,7 +26,7 @@ use crate::pass::fence::{Fence, Site};
 use crate::pass::metrics::Metrics;
 use crate::pass::{PassOutcome, run_pass};
 use crate::policy::Policy;
-use crate::registry::{ClientOptions, Endpoint, RegistryClient};
+use crate::registry::{ClientOptions, Endpoint};
 use crate::state::{StateDb, StateError, now_ms};
 
 /// Failover (forward → reversed) or failback (reversed → forward).
@@ -153,14 +153,14 @@ async fn verify_dr(policy: &Policy, primary_up: bool) -> Result<VerifyReport, St
     let dr = policy.destinations.first().ok_or("no DR destination")?;
     let forward = policy.forward(dr);
     let options = VerifyOptions { deep: true, concurrency: policy.concurrency.max(4) * 2, covers: Some(policy.tags.clone()) };
-    let dr_client = RegistryClient::new(&forward.destination, &policy.client).map_err(|e| format!("DR {e}"))?;
-    dr_client.ping().await.map_err(|e| format!("DR {e}"))?;
+    let dr_site = crate::scheme::connect(&forward.destination, &policy.client, "probe").map_err(|e| format!("DR {e}"))?;
+    dr_site.ping().await.map_err(|e| format!("DR {e}"))?;
     if primary_up {
-        let primary = RegistryClient::new(&forward.source, &policy.client).map_err(|e| format!("primary {e}"))?;
-        verify(&primary, &dr_client, &forward.scope, &options).await.map_err(|e| e.to_string())
+        let primary = crate::scheme::connect(&forward.source, &policy.client, "source").map_err(|e| format!("primary {e}"))?;
+        verify(&*primary, &*dr_site, &forward.scope, &options).await.map_err(|e| e.to_string())
     } else {
         let back = policy.reverse(dr);
-        pullable(&dr_client, &back.destination.url, &back.scope, &options).await.map_err(|e| e.to_string())
+        pullable(&*dr_site, &back.destination.url, &back.scope, &options).await.map_err(|e| e.to_string())
     }
 }
 

@@ -18,14 +18,13 @@
 //! the marker; it never decides a switch (that is `dr::failover`, above).
 
 use bytes::Bytes;
-use reqwest::Method;
 use serde::Serialize;
 use serde_json::json;
 
 use crate::engine::discover::RESERVED_REPOSITORY;
 use crate::policy::Policy;
-use crate::registry::client::Request;
-use crate::registry::{ClientOptions, Digest, Endpoint, Reference, RegistryClient, RegistryError, RepoName, Scopes, Tag};
+use crate::registry::{ClientOptions, Digest, Endpoint, Reference, RegistryError, RepoName, Scopes, Tag};
+use crate::scheme::Scheme;
 
 /// The artifact type of a fence manifest.
 pub const ARTIFACT_TYPE: &str = "application/vnd.regferry.fence.v1";
@@ -79,9 +78,10 @@ fn tag(policy: &str) -> Result<Tag, FenceError> {
     name.parse().map_err(|_| FenceError::Name(policy.to_string()))
 }
 
-/// One side of a policy, as the fence sees it: a client and the prefix.
+/// One side of a policy, as the fence sees it: its store (a registry or an
+/// OCI layout) and the prefix.
 pub struct Site {
-    pub client: RegistryClient,
+    pub client: std::sync::Arc<dyn Scheme>,
     /// `registry/prefix`, for messages.
     pub url: String,
     /// The registry without the prefix.
@@ -92,7 +92,7 @@ pub struct Site {
 impl Site {
     /// The site at `endpoint` (its URL carries the policy's prefix there).
     pub fn new(endpoint: &Endpoint, options: &ClientOptions) -> Result<Site, FenceError> {
-        let client = RegistryClient::new(endpoint, options)?.with_role("fence");
+        let client = crate::scheme::connect(endpoint, options, "fence")?;
         let repo = repository(endpoint.url.prefix())?;
         let base = endpoint.url.base().as_str().trim_end_matches('/').to_string();
         Ok(Site { client, url: endpoint.url.to_string(), base, repo })
@@ -148,9 +148,8 @@ impl Site {
         let empty = Digest::sha256_of(EMPTY);
         let scopes = Scopes::push(&self.repo);
         if !self.client.blob_exists(&self.repo, &empty, &scopes).await? {
-            let session = self.client.start_upload(&self.repo).await?;
             let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(EMPTY))]);
-            self.client.put_upload(session, &empty, EMPTY.len() as u64, &scopes, body).await?;
+            self.client.put_blob(&self.repo, &empty, Some(EMPTY.len() as u64), Box::pin(body)).await?;
         }
         let bytes = Bytes::from(manifest(fence, &empty));
         self.client.put_manifest(&self.repo, &Reference::Tag(tag(&fence.policy)?), bytes, MANIFEST_TYPE).await?;
@@ -167,8 +166,7 @@ impl Site {
     pub async fn remove(&self, policy: &str) -> Result<(), FenceError> {
         let tag = tag(policy)?;
         let Some(head) = self.client.head_manifest(&self.repo, &Reference::Tag(tag), &Scopes::pull(&self.repo)).await? else { return Ok(()) };
-        let url = self.client.endpoint_url(&format!("/v2/{}/manifests/{}", self.repo, head.digest));
-        self.client.send(&Request::new(Method::DELETE, url, Scopes::delete(&self.repo)).also_ok(&[404])).await?;
+        self.client.delete_manifest(&self.repo, &head.digest).await?;
         Ok(())
     }
 }
