@@ -27,7 +27,15 @@ for name, files in chart.render(values, name="rf", namespace="ops", is_install=T
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(files)
-for case, broken in [("no image", {**values, "image": {"repository": ""}}), ("no policies", {**values, "policies": {}})]:
+# PostgreSQL state: three pods sharing the passes.
+shared = {**values, "state": {"postgres": {"existingSecret": "regferry-state"}, "leaseTime": "20s"}, "replicas": 3}
+for name, files in chart.render(shared, name="rf", namespace="ops", is_install=True).items():
+    path = os.path.join(out_dir, "postgres", name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(files)
+for case, broken in [("no image", {**values, "image": {"repository": ""}}), ("no policies", {**values, "policies": {}}),
+                     ("replicas on SQLite", {**values, "replicas": 2})]:
     try:
         chart.render(broken, name="rf", namespace="ops", is_install=True)
         report["must_fail"][case] = None

@@ -542,7 +542,7 @@ fn helm_chart_renders_and_lints_under_the_restricted_level() {
     let lint = &report["lint"];
     assert_eq!(lint["errors"], json!([]), "{lint}");
     assert!(lint["messages"].as_array().into_iter().flatten().all(|m| m["severity"].as_i64() < Some(2)), "no lint warnings: {lint}");
-    for case in ["no image", "no policies"] {
+    for case in ["no image", "no policies", "replicas on SQLite"] {
         assert!(report["must_fail"][case].is_string(), "the chart must refuse to render with {case}: {report}");
     }
     let rendered = |name: &str| -> Value {
@@ -553,6 +553,17 @@ fn helm_chart_renders_and_lints_under_the_restricted_level() {
     assert_restricted(&deploy["spec"]["template"]["spec"], "helm chart");
     assert_eq!(deploy["spec"]["replicas"], 1);
     assert_eq!(rendered("pvc.yaml")["spec"]["accessModes"], json!(["ReadWriteOncePod"]));
+    // With a PostgreSQL state: the replicas asked for, the URL from the Secret, no volume claim.
+    let shared_dir = out.path().join("postgres/regferry/templates");
+    let shared: Value = serde_saphyr::from_str(&std::fs::read_to_string(shared_dir.join("deployment.yaml")).expect("postgres render")).expect("YAML");
+    assert_eq!(shared["spec"]["replicas"], 3);
+    assert_restricted(&shared["spec"]["template"]["spec"], "helm chart on PostgreSQL");
+    let env = &shared["spec"]["template"]["spec"]["containers"][0]["env"];
+    let var = |n: &str| env.as_array().into_iter().flatten().find(|e| e["name"] == n).cloned().unwrap_or(Value::Null);
+    assert_eq!(var("REGFERRY_STATE")["valueFrom"]["secretKeyRef"], json!({"name": "regferry-state", "key": "url"}));
+    assert_eq!(var("REGFERRY_LEASE_TIME")["value"], "20s");
+    assert_eq!(var("REGFERRY_WORKER_ID")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+    assert!(!shared_dir.join("pvc.yaml").exists() || std::fs::read_to_string(shared_dir.join("pvc.yaml")).unwrap_or_default().trim().is_empty());
     assert_eq!(rendered("servicemonitor.yaml")["spec"]["endpoints"][0]["path"], "/metrics");
     let templates = out.path().join("regferry/templates");
     let core: Vec<String> =
