@@ -333,12 +333,7 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
                 continue;
             }
             report.identical -= 1;
-            let mut t = TagProblem::new(ProblemKind::NotPullable);
-            t.destination_repository = Some(repo.to_string());
-            t.tag = Some(tag.to_string());
-            t.destination_digest = Some(digest.to_string());
-            missing.fill(&mut t);
-            report.push(t);
+            report.push(missing.problem(repo, tag, digest));
         }
     }
     report.problems.sort_by_key(|p| (p.destination_repository.clone(), p.tag.clone()));
@@ -394,12 +389,7 @@ pub async fn pullable(site: &dyn Scheme, elsewhere: &crate::registry::RegistryUr
     for (repo, tag, digest) in &present {
         match deep.missing.get(&(repo.clone(), digest.clone())) {
             Some(missing) if !missing.is_empty() => {
-                let mut t = TagProblem::new(ProblemKind::NotPullable);
-                t.destination_repository = Some(repo.to_string());
-                t.tag = Some(tag.to_string());
-                t.destination_digest = Some(digest.to_string());
-                missing.fill(&mut t);
-                report.push(t);
+                report.push(missing.problem(repo, tag, digest));
             }
             _ => report.identical += 1,
         }
@@ -481,6 +471,16 @@ struct Missing {
 impl Missing {
     fn is_empty(&self) -> bool {
         self.manifests.is_empty() && self.blobs.is_empty() && self.errors.is_empty()
+    }
+
+    /// `repo:tag` (at `digest`) is not pullable: it lacks this.
+    fn problem(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> TagProblem {
+        let mut t = TagProblem::new(ProblemKind::NotPullable);
+        t.destination_repository = Some(repo.to_string());
+        t.tag = Some(tag.to_string());
+        t.destination_digest = Some(digest.to_string());
+        self.fill(&mut t);
+        t
     }
 
     fn fill(&self, p: &mut TagProblem) {

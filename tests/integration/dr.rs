@@ -9,7 +9,7 @@ use testkit::image::{self, Flavor};
 use testkit::{Access, Options, Registry, TestRegistry, free_port};
 
 use crate::policies::{push_tags, write};
-use crate::support::{Scratch, assert_mirrored, daemon_command, migrate, regferry, stop_daemon};
+use crate::support::{Scratch, assert_mirrored, daemon_command, migrate, policy_verb, regferry, stop_daemon};
 
 /// Remove a blob's data behind the registry's back.
 fn remove_blob(reg: &TestRegistry, digest: &str) {
@@ -241,17 +241,7 @@ async fn failover_and_failback_round_trip() {
         &format!("name: dr\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    namespace: mirror\ntrigger: {{ interval: 1h }}\n", primary.url, dr.url),
     );
     let state = scratch.state();
-    let cmd = |verb: &'static str, extra: &'static [&'static str]| {
-        let (scratch, policies, state) = (&scratch, policies.clone(), state.clone());
-        async move {
-            let mut args = vec![verb, "--policies", policies.as_str(), "--state", state.as_str()];
-            if verb == "failover" || verb == "failback" {
-                args.extend(["--policy", "dr"]);
-            }
-            args.extend_from_slice(extra);
-            regferry(scratch, &args, &[]).await
-        }
-    };
+    let cmd = |verb: &'static str, extra: &'static [&'static str]| policy_verb(&scratch, &policies, &state, "dr", verb, extra);
     cmd("run", &[]).await.assert_ok();
     assert!(d.head("mirror/team/app", "v1").await.is_some());
 

@@ -11,7 +11,7 @@ use testkit::image::{self, Flavor};
 use testkit::{Access, Registry, TestRegistry, free_port};
 
 use crate::policies::{push_tags, write};
-use crate::support::{Run, Scratch, daemon_command, regferry, stop_daemon};
+use crate::support::{Run, Scratch, daemon_command, policy_verb, regferry, stop_daemon};
 
 async fn metrics(port: u16) -> Option<String> {
     let resp = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?;
@@ -61,17 +61,7 @@ async fn a_failover_fence_stops_a_fresh_state_from_replicating_over_the_dr_site(
         ),
     );
     let state = scratch.state();
-    let cmd = |verb: &'static str, extra: &'static [&'static str]| {
-        let (scratch, policies, state) = (&scratch, policies.clone(), state.clone());
-        async move {
-            let mut args = vec![verb, "--policies", policies.as_str(), "--state", state.as_str()];
-            if verb == "failover" || verb == "failback" {
-                args.extend(["--policy", "dr"]);
-            }
-            args.extend_from_slice(extra);
-            regferry(scratch, &args, &[]).await
-        }
-    };
+    let cmd = |verb: &'static str, extra: &'static [&'static str]| policy_verb(&scratch, &policies, &state, "dr", verb, extra);
     cmd("run", &[]).await.assert_ok();
     let fo = cmd("failover", &[]).await;
     assert_eq!(fo.code, 0, "{}", text(&fo));

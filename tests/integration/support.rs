@@ -104,6 +104,17 @@ pub async fn stop_daemon(mut daemon: tokio::process::Child, log: &std::path::Pat
 }
 
 /// Run `regferry args…` with `env`, isolated from the user's docker config.
+/// `regferry VERB --policies POLICIES --state STATE EXTRA…`, with `--policy
+/// POLICY` for `failover` and `failback`.
+pub async fn policy_verb(scratch: &Scratch, policies: &str, state: &str, policy: &str, verb: &str, extra: &[&str]) -> Run {
+    let mut args = vec![verb, "--policies", policies, "--state", state];
+    if verb == "failover" || verb == "failback" {
+        args.extend(["--policy", policy]);
+    }
+    args.extend_from_slice(extra);
+    regferry(scratch, &args, &[]).await
+}
+
 pub async fn regferry(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = tokio::time::timeout(Duration::from_secs(600), command(scratch, args, env).output())
         .await
