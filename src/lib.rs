@@ -16,3 +16,4 @@ pub mod pass;
 pub mod policy;
 pub mod registry;
 pub mod state;
+pub mod worker;

@@ -83,10 +83,10 @@ pub fn outcome_text(o: &PassOutcome) -> String {
 pub async fn run(args: RunArgs) -> Result<u8, CliError> {
     let set = super::policy::load(&args.policies)?.with_timeouts(&args.timeouts.overrides());
     let policies = set.select(&args.names).map_err(CliError::usage)?;
-    let state = StateDb::open(&args.state.state).await?;
+    let state = StateDb::open(&args.state.state).await?.with_worker(args.state.worker(false));
     let cancel = Cancel::default();
     signals::watch(cancel.clone(), Duration::from_secs(30));
-    let metrics = Metrics::default();
+    let metrics = Metrics::for_worker(&state.worker().id);
     let mut ok = true;
     let mut all = Vec::new();
     for p in &policies {

@@ -42,11 +42,17 @@ pub struct DestinationOutcome {
     pub deferred: usize,
     /// Deletions mirrored at the destination (policies with `delete: true`).
     pub prune: Option<PruneReport>,
+    /// This worker only helped with this execution, which another worker
+    /// holds (planned, and closes): the report counts its share.
+    pub helped: Option<i64>,
 }
 
 impl DestinationOutcome {
     /// Everything in scope is replicated (nothing failed, nothing held back).
     pub fn ok(&self) -> bool {
+        if self.helped.is_some() {
+            return self.error.is_none();
+        }
         self.deferred == 0
             && self.error.is_none()
             && self.prune.as_ref().is_none_or(|p| p.errors.is_empty())
@@ -93,6 +99,7 @@ pub async fn run_pass(policy: &Policy, state: &StateDb, cancel: &Cancel, metrics
                     error: Some(e.to_string()),
                     deferred: 0,
                     prune: None,
+                    helped: None,
                 }],
             };
         }
@@ -128,6 +135,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
         error: None,
         deferred: 0,
         prune: None,
+        helped: None,
     };
     let scope_key = spec.scope_key();
     let job = match Job::connect(spec).await {
@@ -137,9 +145,45 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
             return outcome;
         }
     };
+    // One worker plans and closes a pass; the daemon's other workers help
+    // with it, `run` waits for it to end.
+    let lease = loop {
+        let held = match state.hold_lease(&scope_key).await {
+            Ok(held) => held,
+            Err(e) => {
+                outcome.error = Some(e.to_string());
+                return outcome;
+            }
+        };
+        match held {
+            Ok(lease) => break lease,
+            Err(holder) if state.worker().joins => {
+                if let Some(execution) = holder.execution {
+                    let stats = Arc::new(Stats::default());
+                    tracing::info!(policy = %policy.name, execution, holder = %holder.worker, "helping with a pass another worker holds");
+                    match job.help(state, execution, &stats, cancel).await {
+                        Ok(report) => outcome.report = Some(report),
+                        Err(e) => outcome.error = Some(e.to_string()),
+                    }
+                    outcome.helped = Some(execution);
+                    return outcome;
+                }
+                // The holder is still planning: look again shortly.
+            }
+            Err(holder) => tracing::info!(policy = %policy.name, holder = %holder.worker, "another worker holds this pass; waiting until it is done"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(if state.worker().joins { 250 } else { 1000 })) => {}
+            _ = cancel.stop.cancelled() => {
+                outcome.error = Some("stopped while another worker held the pass".into());
+                return outcome;
+            }
+        }
+    };
     let mut plan = match job.plan().await {
         Ok(plan) => plan,
         Err(e) => {
+            lease.release().await;
             outcome.error = Some(e.to_string());
             return outcome;
         }
@@ -148,6 +192,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     match hold_back(&mut plan, state, &scope_key, policy.retry.give_up_after).await {
         Ok(n) => outcome.deferred = n,
         Err(e) => {
+            lease.release().await;
             outcome.error = Some(e.to_string());
             return outcome;
         }
@@ -161,7 +206,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
         "pass planned"
     );
     let stats = Arc::new(Stats::default());
-    let report = match job.run(&plan, Some(state), &stats, cancel).await {
+    let report = match job.run_leased(&plan, Some(state), &stats, cancel, Some(lease)).await {
         Ok(report) => report,
         Err(e) => {
             outcome.error = Some(e.to_string());

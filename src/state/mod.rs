@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod jobs;
+pub mod leases;
 pub mod overview;
 mod recorder;
 pub mod status;
@@ -58,6 +59,7 @@ fn migrator() -> Migrator {
         m(1, "init", include_str!("migrations/0001_init.sql")),
         m(2, "daemon", include_str!("migrations/0002_daemon.sql")),
         m(3, "health", include_str!("migrations/0003_health.sql")),
+        m(4, "workers", include_str!("migrations/0004_workers.sql")),
     ])
 }
 
@@ -91,6 +93,7 @@ pub struct ExecutionStart {
 pub struct StateDb {
     pool: SqlitePool,
     path: PathBuf,
+    worker: leases::SharedWorker,
 }
 
 impl StateDb {
@@ -116,7 +119,19 @@ impl StateDb {
             .run(&pool)
             .await
             .map_err(|e| StateError::Migrate { path: path.into(), message: e.to_string() })?;
-        Ok(StateDb { pool, path: path.into() })
+        Ok(StateDb { pool, path: path.into(), worker: Default::default() })
+    }
+
+    /// The same database, used as worker `worker` (its id, lease time, and
+    /// whether it helps a job another worker holds).
+    pub fn with_worker(mut self, worker: leases::Worker) -> StateDb {
+        self.worker = std::sync::Arc::new(worker);
+        self
+    }
+
+    /// Who this process is among the workers of this state.
+    pub fn worker(&self) -> &leases::Worker {
+        &self.worker
     }
 
     pub fn path(&self) -> &Path {
@@ -170,10 +185,11 @@ impl StateDb {
             let taken = sqlx::query(
                 "UPDATE tasks SET status = 'pending', updated_at = ?, \
                  last_error = COALESCE(last_error, 'interrupted: the previous run ended while this task was in flight') \
-                 WHERE execution_id = ? AND status IN ('running', 'retrying')",
+                 WHERE execution_id = ? AND status IN ('running', 'retrying') AND COALESCE(lease_expires_at, 0) < ?",
             )
             .bind(now)
             .bind(id)
+            .bind(now)
             .execute(&mut *tx)
             .await?;
             if taken.rows_affected() > 0 {
@@ -240,7 +256,10 @@ impl StateDb {
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (execution_id, source_repo, dest_repo, tag) DO UPDATE SET \
                    status = CASE WHEN ? AND tasks.status IN ('succeeded', 'running', 'retrying', 'pending') \
-                                  AND tasks.source_digest = excluded.source_digest THEN 'succeeded' ELSE excluded.status END, \
+                                  AND tasks.source_digest = excluded.source_digest THEN 'succeeded' \
+                                 WHEN tasks.status IN ('running', 'retrying') AND tasks.lease_expires_at >= excluded.updated_at \
+                                  AND tasks.source_digest = excluded.source_digest THEN tasks.status \
+                                 ELSE excluded.status END, \
                    reason = CASE WHEN ? AND tasks.status IN ('succeeded', 'running', 'retrying', 'pending') \
                                   AND tasks.source_digest = excluded.source_digest THEN tasks.reason ELSE excluded.reason END, \
                    finished_at = CASE WHEN ? AND tasks.status IN ('running', 'retrying', 'pending') \
@@ -285,6 +304,17 @@ impl StateDb {
             .execute(&mut *tx)
             .await?;
         }
+        // Tasks of an earlier plan of this execution that this plan no longer
+        // has are not for any worker to claim.
+        sqlx::query(
+            "UPDATE tasks SET status = 'canceled', last_error = 'no longer at the source or in scope', updated_at = ? \
+             WHERE execution_id = ? AND status = 'pending' AND updated_at <> ?",
+        )
+        .bind(now)
+        .bind(execution)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(ids)
     }
@@ -322,6 +352,17 @@ impl StateDb {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Cancel the tasks of `execution` nobody has started (it is being
+    /// stopped or canceled); returns how many.
+    pub async fn cancel_pending(&self, execution: i64) -> Result<u64, StateError> {
+        let done = sqlx::query("UPDATE tasks SET status = 'canceled', updated_at = ? WHERE execution_id = ? AND status = 'pending'")
+            .bind(now_ms())
+            .bind(execution)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Mount hints for the destination registry `registry`, from what runs
