@@ -308,7 +308,8 @@ impl Job {
                 .with_new_repos(new_repos.clone())
                 .with_fence(Some(fence));
             let copier = Copier::new(self.src.clone(), self.dst.clone(), blobs, stats.clone(), 4).with_new_repos(new_repos);
-            crate::worker::work(&copier, db, execution, &self.spec.execute, stats, &sink, cancel, until_done).await
+            let holder = (!until_done).then(|| self.spec.scope_key());
+            crate::worker::work(&copier, db, execution, &self.spec.execute, stats, &sink, cancel, until_done, holder.as_deref()).await
         };
         drop(sink);
         recorder.finish().await?;

@@ -56,8 +56,11 @@ fn item_of(task: &ClaimedTask) -> Result<PlanItem, String> {
 
 /// Work tasks of `execution` until none is left to claim. With `until_done`
 /// (the worker that closes the execution) it also waits for the tasks other
-/// workers hold, taking over those whose claims expire. Stops claiming when
-/// `cancel.stop` fires; in-flight tasks end when `cancel.abort` does.
+/// workers hold, taking over those whose claims expire. A helper (`holder`:
+/// the job whose lease another worker holds) stops claiming once that lease
+/// expires, so that its daemon takes the whole pass over. Stops claiming
+/// when `cancel.stop` fires; in-flight tasks end when `cancel.abort` does.
+#[allow(clippy::too_many_arguments)]
 pub async fn work(
     copier: &Copier,
     db: &StateDb,
@@ -67,6 +70,7 @@ pub async fn work(
     events: &EventSink,
     cancel: &Cancel,
     until_done: bool,
+    holder: Option<&str>,
 ) -> Result<Share, StateError> {
     let concurrency = options.concurrency.max(1);
     let mut held: HashMap<i64, CancellationToken> = HashMap::new();
@@ -76,8 +80,9 @@ pub async fn work(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await;
     let mut exhausted = false;
+    let mut orphaned = false;
     loop {
-        while inflight.len() < concurrency && !exhausted && !cancel.stop.is_cancelled() {
+        while inflight.len() < concurrency && !exhausted && !orphaned && !cancel.stop.is_cancelled() {
             let task = match db.claim_task(execution).await {
                 Ok(Some(t)) => t,
                 Ok(None) => {
@@ -110,7 +115,7 @@ pub async fn work(
             });
         }
         if inflight.is_empty() {
-            if !until_done || cancel.stop.is_cancelled() {
+            if !until_done || orphaned || cancel.stop.is_cancelled() {
                 break;
             }
             if db.unfinished_tasks(execution).await? == 0 {
@@ -126,6 +131,12 @@ pub async fn work(
                 share.ends.push((id, end));
             }
             _ = heartbeat.tick() => {
+                if let Some(name) = holder.filter(|_| !orphaned) {
+                    if let Ok(None) = db.lease_holder(name).await {
+                        tracing::warn!(execution, "the worker holding this pass is gone: taking it over after the tasks in flight");
+                        orphaned = true;
+                    }
+                }
                 if held.is_empty() {
                     continue;
                 }

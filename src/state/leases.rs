@@ -422,6 +422,52 @@ impl StateDb {
     }
 }
 
+/// One claim of a task, as recorded (for operators and tests: no task is
+/// ever worked by two workers at once).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Claim {
+    pub task_id: i64,
+    pub worker: String,
+    pub claimed_at: i64,
+    pub ended_at: Option<i64>,
+}
+
+impl StateDb {
+    /// Every claim of the tasks of `execution`, by task and time.
+    pub async fn claims(&self, execution: i64) -> Result<Vec<Claim>, StateError> {
+        let rows = sqlx::query(
+            "SELECT c.task_id, c.worker, c.claimed_at, c.ended_at FROM task_claims c JOIN tasks t ON t.id = c.task_id \
+             WHERE t.execution_id = $1 ORDER BY c.task_id, c.claimed_at, c.id",
+        )
+        .bind(execution)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Claim {
+                    task_id: r.try_get("task_id")?,
+                    worker: r.try_get("worker")?,
+                    claimed_at: r.try_get("claimed_at")?,
+                    ended_at: r.try_get("ended_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StateError::from)
+    }
+
+    /// The live leases: (job, holder, execution).
+    pub async fn leases(&self) -> Result<Vec<(String, Holder)>, StateError> {
+        let rows = sqlx::query("SELECT name, holder, execution_id FROM leases WHERE expires_at >= $1 ORDER BY name")
+            .bind(now_ms())
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, Holder { worker: r.try_get("holder")?, execution: r.try_get("execution_id")? })))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StateError::from)
+    }
+}
+
 async fn renew_loop(db: StateDb, name: String, lost: CancellationToken) {
     let every = db.worker().heartbeat();
     let mut failures_since = None;

@@ -19,3 +19,4 @@ mod shapes_storage;
 mod shapes_limits;
 mod shapes_transfer;
 mod shapes_corners;
+mod workers;
