@@ -9,9 +9,11 @@
 #                            storage), kubernetes-validate, openapi-spec-validator,
 #                            schemathesis and helm-python-sdk (deployment files,
 #                            the OpenAPI document and the live API against it, the
-#                            Helm chart rendered by Helm's Go SDK)
-#   scripts/deps.sh --bench  the benchmark: nginx, moto, skopeo and GNU time
-#                            (/usr/bin/time, for peak RSS and CPU time)
+#                            Helm chart rendered by Helm's Go SDK), and PostgreSQL
+#                            (the tests start throwaway clusters of their own)
+#   scripts/deps.sh --bench  the benchmark: nginx, moto, skopeo, PostgreSQL and GNU
+#                            time (/usr/bin/time, for peak RSS and CPU time)
+# PostgreSQL is installed without its system cluster (none is created or started).
 set -euo pipefail
 mode="${1:-}"
 want=()
@@ -21,6 +23,7 @@ command -v curl >/dev/null 2>&1 || want+=(curl)
 if [ "$mode" = "--test" ] || [ "$mode" = "--bench" ]; then
   [ -x /usr/sbin/nginx ] || want+=(nginx-light)
   command -v moto_server >/dev/null 2>&1 || pips+=('moto[server]')
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || want+=(postgresql)
 fi
 if [ "$mode" = "--test" ]; then
   [ -x /usr/bin/tinyproxy ] || want+=(tinyproxy)
@@ -41,8 +44,14 @@ if [ ${#want[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   echo "installing: ${want[*]}" >&2
-  $sudo apt-get install -y --no-install-recommends "${want[@]}" </dev/null \
-    || { $sudo apt-get update </dev/null && $sudo apt-get install -y --no-install-recommends "${want[@]}" </dev/null; }
+  if [[ " ${want[*]} " == *" postgresql "* ]] && [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+    # Tests run clusters of their own: no system cluster "main".
+    $sudo mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | $sudo tee /etc/postgresql-common/createcluster.conf >/dev/null
+  fi
+  apt=(apt-get install -y --no-install-recommends -o Dpkg::Options::=--force-confold)
+  $sudo "${apt[@]}" "${want[@]}" </dev/null \
+    || { $sudo apt-get update </dev/null && $sudo "${apt[@]}" "${want[@]}" </dev/null; }
 fi
 for p in ${pips[@]+"${pips[@]}"}; do
   echo "installing: $p (pip)" >&2

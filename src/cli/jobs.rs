@@ -188,7 +188,7 @@ pub async fn run(command: JobsCommand) -> Result<u8, CliError> {
         JobsCommand::Show(a) => {
             let db = StateDb::open(&a.state.state).await?;
             let Some(e) = db.execution(a.id).await? else {
-                return Err(CliError::usage(format!("no execution {} in {}", a.id, a.state.state.display())));
+                return Err(CliError::usage(format!("no execution {} in {}", a.id, a.state.state)));
             };
             let tasks = db.tasks(a.id).await?;
             if a.json {
@@ -212,7 +212,7 @@ pub async fn run(command: JobsCommand) -> Result<u8, CliError> {
                     Some(n) => println!(
                         "execution {id}: {n} task(s) queued; the next pass of its job (the daemon within seconds, `regferry run`, or the same `migrate`) resumes it"
                     ),
-                    None => return Err(CliError::usage(format!("no execution {id} in {}", a.state.state.display()))),
+                    None => return Err(CliError::usage(format!("no execution {id} in {}", a.state.state))),
                 }
             }
             Ok(exit::OK)
@@ -225,7 +225,7 @@ pub async fn run(command: JobsCommand) -> Result<u8, CliError> {
                 }
                 Some(CancelOutcome::Canceled(n)) => println!("execution {}: canceled ({n} unfinished task(s))", a.id),
                 Some(CancelOutcome::Finished(s)) => println!("execution {} already {s}; nothing to cancel", a.id),
-                None => return Err(CliError::usage(format!("no execution {} in {}", a.id, a.state.state.display()))),
+                None => return Err(CliError::usage(format!("no execution {} in {}", a.id, a.state.state))),
             }
             Ok(exit::OK)
         }

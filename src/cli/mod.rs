@@ -26,6 +26,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use regferry::policy::TimeoutOverrides;
 use regferry::registry::docker_config;
 use regferry::registry::{ClientOptions, CredentialSource, Credentials, Endpoint, Proxy, RegistryUrl, Tls};
+use regferry::state::StateLocation;
 
 /// Exit codes.
 pub mod exit {
@@ -183,9 +184,11 @@ deleted at the new destination unless the policy says `delete: true`.")]
 /// Where the state database lives.
 #[derive(Debug, Args, Clone)]
 pub struct StateArgs {
-    /// SQLite state database (created if missing).
-    #[arg(long, env = "REGFERRY_STATE", default_value = "state/regferry.db", value_name = "PATH")]
-    pub state: PathBuf,
+    /// State database: a SQLite file path (created if missing) or a postgres://user:password@host/db URL
+    /// (a shared PostgreSQL database; the database must exist, its schema is created).
+    #[arg(long, env = "REGFERRY_STATE", default_value = "state/regferry.db", value_name = "PATH|URL",
+          hide_env_values = true, value_parser = StateParser)]
+    pub state: StateLocation,
 
     /// This process's name among the workers of one state (default: HOST:PID); shown in
     /// `jobs show` and on /metrics.
@@ -207,6 +210,21 @@ impl StateArgs {
             lease: self.lease_time.max(std::time::Duration::from_millis(300)),
             joins,
         }
+    }
+}
+
+/// Parses `--state` without ever quoting the value in an error (a URL may
+/// hold a password; clap's own errors repeat the value).
+#[derive(Clone)]
+struct StateParser;
+
+impl clap::builder::TypedValueParser for StateParser {
+    type Value = StateLocation;
+
+    fn parse_ref(&self, _: &clap::Command, _: Option<&clap::Arg>, value: &std::ffi::OsStr) -> Result<StateLocation, clap::Error> {
+        let invalid = |message: String| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{message}\n"));
+        let value = value.to_str().ok_or_else(|| invalid("--state is not valid UTF-8".into()))?;
+        value.parse().map_err(|e: regferry::state::LocationError| invalid(e.to_string()))
     }
 }
 

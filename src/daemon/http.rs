@@ -31,7 +31,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     if !shared.ready.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready: policies not loaded\n".to_string());
     }
-    match sqlx::query("SELECT 1").execute(shared.state.pool()).await {
+    match shared.state.ping().await {
         Ok(_) => (StatusCode::OK, "ready\n".to_string()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: state database: {e}\n")),
     }

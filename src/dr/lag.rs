@@ -8,8 +8,6 @@
 //! `failing_tags`. Read-only queries; no registry access.
 
 use serde::Serialize;
-use sqlx::Row;
-
 use crate::state::{StateDb, StateError, now_ms};
 
 /// The lag of one policy in its current direction.
@@ -33,32 +31,10 @@ impl StateDb {
     pub async fn replication_lag(&self, policy: &str) -> Result<Lag, StateError> {
         let reversed = self.is_reversed(policy).await?;
         let direction = if reversed { "reversed" } else { "forward" };
-        let last: Option<i64> = sqlx::query("SELECT MAX(updated_at) AS t FROM executions WHERE policy = ? AND direction = ?")
-            .bind(policy)
-            .bind(direction)
-            .fetch_one(self.pool())
-            .await?
-            .try_get("t")?;
-        let tasks = sqlx::query(
-            "SELECT MIN(t.created_at) AS oldest, COUNT(*) AS n FROM tasks t JOIN executions e ON t.execution_id = e.id \
-             WHERE e.policy = ?1 AND e.direction = ?2 \
-               AND e.id = (SELECT MAX(id) FROM executions x WHERE x.scope_key = e.scope_key) \
-               AND t.status IN ('pending', 'running', 'retrying', 'failed', 'canceled')",
-        )
-        .bind(policy)
-        .bind(direction)
-        .fetch_one(self.pool())
-        .await?;
-        let failing = sqlx::query(
-            "SELECT MIN(first_failed_at) AS oldest, COUNT(*) AS n FROM failing_tags \
-             WHERE scope_key IN (SELECT DISTINCT scope_key FROM executions WHERE policy = ?1 AND direction = ?2)",
-        )
-        .bind(policy)
-        .bind(direction)
-        .fetch_one(self.pool())
-        .await?;
-        let oldest = [tasks.try_get::<Option<i64>, _>("oldest")?, failing.try_get::<Option<i64>, _>("oldest")?].into_iter().flatten().min();
-        let outstanding = tasks.try_get::<i64, _>("n")?.max(failing.try_get::<i64, _>("n")?);
+        let o = self.outstanding(policy, direction).await?;
+        let last = o.last_pass_at;
+        let oldest = [o.oldest_task_at, o.oldest_failing_at].into_iter().flatten().min();
+        let outstanding = o.tasks.max(o.failing_tags);
         let lag_seconds = match (last, oldest) {
             (None, None) => None,
             (_, Some(t)) => Some((now_ms() - t).max(0) as f64 / 1000.0),
@@ -84,7 +60,7 @@ mod tests {
     #[tokio::test]
     async fn lag_is_the_age_of_the_oldest_outstanding_tag() {
         let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("s.db")).await.unwrap();
+        let db = StateDb::open(&dir.path().join("s.db").into()).await.unwrap();
         let lag = db.replication_lag("p").await.unwrap();
         assert_eq!((lag.lag_seconds, lag.direction.as_str()), (None, "forward"), "never ran: unknown");
 

@@ -31,7 +31,7 @@ pub enum Outcome<'a> {
 impl StateDb {
     /// Every failing tag of the job `scope_key`, by (source repository, tag).
     pub async fn failing_tags(&self, scope_key: &str) -> Result<HashMap<(String, String), Failing>, StateError> {
-        let rows = sqlx::query("SELECT source_repo, tag, source_digest, failures, last_error, next_attempt_at FROM failing_tags WHERE scope_key = ?")
+        let rows = sqlx::query("SELECT source_repo, tag, source_digest, failures, last_error, next_attempt_at FROM failing_tags WHERE scope_key = $1")
             .bind(scope_key)
             .fetch_all(self.pool())
             .await?;
@@ -64,7 +64,7 @@ impl StateDb {
         for o in outcomes {
             match o {
                 Outcome::Succeeded { repo, tag } => {
-                    sqlx::query("DELETE FROM failing_tags WHERE scope_key = ? AND source_repo = ? AND tag = ?")
+                    sqlx::query("DELETE FROM failing_tags WHERE scope_key = $1 AND source_repo = $2 AND tag = $3")
                         .bind(scope_key)
                         .bind(repo)
                         .bind(tag)
@@ -74,7 +74,7 @@ impl StateDb {
                 Outcome::Failed { repo, tag, digest, error } => {
                     // A new source digest starts the count again.
                     let previous: Option<(i64, Option<String>)> = sqlx::query(
-                        "SELECT failures, source_digest FROM failing_tags WHERE scope_key = ? AND source_repo = ? AND tag = ?",
+                        "SELECT failures, source_digest FROM failing_tags WHERE scope_key = $1 AND source_repo = $2 AND tag = $3",
                     )
                     .bind(scope_key)
                     .bind(repo)
@@ -90,7 +90,7 @@ impl StateDb {
                     let wait = delay(u32::try_from(failures).unwrap_or(u32::MAX)).as_millis() as i64;
                     sqlx::query(
                         "INSERT INTO failing_tags (scope_key, source_repo, tag, source_digest, failures, last_error, first_failed_at, last_failed_at, next_attempt_at) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                          ON CONFLICT (scope_key, source_repo, tag) DO UPDATE SET source_digest = excluded.source_digest, \
                            failures = excluded.failures, last_error = excluded.last_error, last_failed_at = excluded.last_failed_at, \
                            next_attempt_at = excluded.next_attempt_at, \
@@ -119,7 +119,7 @@ impl StateDb {
         let mut tx = self.pool().begin().await?;
         let mut n = 0;
         for (scope_key, repo, tag) in tags {
-            n += sqlx::query("DELETE FROM failing_tags WHERE scope_key = ? AND source_repo = ? AND tag = ?")
+            n += sqlx::query("DELETE FROM failing_tags WHERE scope_key = $1 AND source_repo = $2 AND tag = $3")
                 .bind(scope_key)
                 .bind(repo)
                 .bind(tag)

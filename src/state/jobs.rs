@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use super::{ExecutionStatus, StateDb, StateError, now_ms};
 
@@ -83,7 +83,7 @@ pub struct Request {
     pub cancel: bool,
 }
 
-fn execution_row(r: &SqliteRow) -> Result<ExecutionRow, sqlx::Error> {
+fn execution_row(r: &AnyRow) -> Result<ExecutionRow, sqlx::Error> {
     let summary: Option<String> = r.try_get("summary")?;
     Ok(ExecutionRow {
         id: r.try_get("id")?,
@@ -104,7 +104,7 @@ fn execution_row(r: &SqliteRow) -> Result<ExecutionRow, sqlx::Error> {
 impl StateDb {
     async fn task_counts(&self, rows: &mut [ExecutionRow]) -> Result<(), StateError> {
         for row in rows.iter_mut() {
-            let counts = sqlx::query("SELECT status, COUNT(*) AS n FROM tasks WHERE execution_id = ? GROUP BY status")
+            let counts = sqlx::query("SELECT status, COUNT(*) AS n FROM tasks WHERE execution_id = $1 GROUP BY status")
                 .bind(row.id)
                 .fetch_all(self.pool())
                 .await?;
@@ -121,11 +121,11 @@ impl StateDb {
         let rows = sqlx::query(
             "SELECT e.id, e.kind, e.policy, e.source, e.destination, e.direction, e.status, e.started_at, e.finished_at, e.error, e.summary \
              FROM executions e \
-             WHERE (?1 IS NULL OR e.policy = ?1) \
-               AND (?2 IS NULL OR e.status = ?2 OR EXISTS (SELECT 1 FROM tasks t WHERE t.execution_id = e.id AND t.status = ?2)) \
-               AND (?3 IS NULL OR EXISTS (SELECT 1 FROM tasks t WHERE t.execution_id = e.id AND (t.source_repo = ?3 OR t.dest_repo = ?3))) \
-               AND (?4 IS NULL OR e.started_at >= ?4) \
-             ORDER BY e.id DESC LIMIT ?5",
+             WHERE ($1 IS NULL OR e.policy = $1) \
+               AND ($2 IS NULL OR e.status = $2 OR EXISTS (SELECT 1 FROM tasks t WHERE t.execution_id = e.id AND t.status = $2)) \
+               AND ($3 IS NULL OR EXISTS (SELECT 1 FROM tasks t WHERE t.execution_id = e.id AND (t.source_repo = $3 OR t.dest_repo = $3))) \
+               AND ($4 IS NULL OR e.started_at >= $4) \
+             ORDER BY e.id DESC LIMIT $5",
         )
         .bind(&filter.policy)
         .bind(&filter.status)
@@ -143,7 +143,7 @@ impl StateDb {
     pub async fn execution(&self, id: i64) -> Result<Option<ExecutionRow>, StateError> {
         let row = sqlx::query(
             "SELECT e.id, e.kind, e.policy, e.source, e.destination, e.direction, e.status, e.started_at, e.finished_at, e.error, e.summary \
-             FROM executions e WHERE e.id = ?",
+             FROM executions e WHERE e.id = $1",
         )
             .bind(id)
             .fetch_optional(self.pool())
@@ -158,7 +158,7 @@ impl StateDb {
     pub async fn tasks(&self, execution: i64) -> Result<Vec<TaskRow>, StateError> {
         let rows = sqlx::query(
             "SELECT id, source_repo, dest_repo, tag, source_digest, media_type, reason, status, attempts, last_error, updated_at, worker \
-             FROM tasks WHERE execution_id = ? \
+             FROM tasks WHERE execution_id = $1 \
              ORDER BY CASE status WHEN 'failed' THEN 0 WHEN 'running' THEN 1 WHEN 'retrying' THEN 1 WHEN 'pending' THEN 2 ELSE 3 END, \
                       source_repo, tag",
         )
@@ -194,7 +194,7 @@ impl StateDb {
              WHERE e.id = (SELECT MAX(id) FROM executions x WHERE x.scope_key = e.scope_key) \
                AND e.status <> 'running' \
                AND EXISTS (SELECT 1 FROM tasks t WHERE t.execution_id = e.id AND t.status = 'failed') \
-               AND (? IS NULL OR e.policy = ?) ORDER BY e.id",
+               AND ($1 IS NULL OR e.policy = $2) ORDER BY e.id",
         )
         .bind(policy)
         .bind(policy)
@@ -209,13 +209,13 @@ impl StateDb {
     pub async fn request_retry(&self, execution: i64) -> Result<Option<u64>, StateError> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
-        let Some(row) = sqlx::query("SELECT scope_key, status FROM executions WHERE id = ?").bind(execution).fetch_optional(&mut *tx).await?
+        let Some(row) = sqlx::query("SELECT scope_key, status FROM executions WHERE id = $1").bind(execution).fetch_optional(&mut *tx).await?
         else {
             return Ok(None);
         };
         let scope_key: String = row.try_get("scope_key")?;
         let queued = sqlx::query(
-            "UPDATE tasks SET status = 'pending', updated_at = ? WHERE execution_id = ? AND status IN ('failed', 'canceled') \
+            "UPDATE tasks SET status = 'pending', updated_at = $1 WHERE execution_id = $2 AND status IN ('failed', 'canceled') \
              RETURNING source_repo, tag",
         )
         .bind(now)
@@ -223,14 +223,14 @@ impl StateDb {
         .fetch_all(&mut *tx)
         .await?;
         for t in &queued {
-            sqlx::query("DELETE FROM failing_tags WHERE scope_key = ? AND source_repo = ? AND tag = ?")
+            sqlx::query("DELETE FROM failing_tags WHERE scope_key = $1 AND source_repo = $2 AND tag = $3")
                 .bind(&scope_key)
                 .bind(t.try_get::<String, _>("source_repo")?)
                 .bind(t.try_get::<String, _>("tag")?)
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("UPDATE executions SET retry_requested = 1, cancel_requested = 0, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE executions SET retry_requested = 1, cancel_requested = 0, updated_at = $1 WHERE id = $2")
             .bind(now)
             .bind(execution)
             .execute(&mut *tx)
@@ -244,13 +244,13 @@ impl StateDb {
     pub async fn request_cancel(&self, execution: i64) -> Result<Option<CancelOutcome>, StateError> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
-        let Some(row) = sqlx::query("SELECT status FROM executions WHERE id = ?").bind(execution).fetch_optional(&mut *tx).await? else {
+        let Some(row) = sqlx::query("SELECT status FROM executions WHERE id = $1").bind(execution).fetch_optional(&mut *tx).await? else {
             return Ok(None);
         };
         let status: String = row.try_get("status")?;
         let status: ExecutionStatus = status.parse().map_err(|_| StateError::BadStatus(status))?;
         let pending: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM tasks WHERE execution_id = ? AND status IN ('pending', 'running', 'retrying')",
+            "SELECT COUNT(*) AS n FROM tasks WHERE execution_id = $1 AND status IN ('pending', 'running', 'retrying')",
         )
         .bind(execution)
         .fetch_one(&mut *tx)
@@ -258,7 +258,7 @@ impl StateDb {
         .try_get("n")?;
         let outcome = match status {
             ExecutionStatus::Running => {
-                sqlx::query("UPDATE executions SET cancel_requested = 1, retry_requested = 0, updated_at = ? WHERE id = ?")
+                sqlx::query("UPDATE executions SET cancel_requested = 1, retry_requested = 0, updated_at = $1 WHERE id = $2")
                     .bind(now)
                     .bind(execution)
                     .execute(&mut *tx)
@@ -267,8 +267,8 @@ impl StateDb {
             }
             _ if pending > 0 || status == ExecutionStatus::Failed => {
                 let n = sqlx::query(
-                    "UPDATE tasks SET status = 'canceled', last_error = COALESCE(last_error, 'canceled by an operator'), updated_at = ? \
-                     WHERE execution_id = ? AND status IN ('pending', 'running', 'retrying')",
+                    "UPDATE tasks SET status = 'canceled', last_error = COALESCE(last_error, 'canceled by an operator'), updated_at = $1 \
+                     WHERE execution_id = $2 AND status IN ('pending', 'running', 'retrying')",
                 )
                 .bind(now)
                 .bind(execution)
@@ -276,8 +276,8 @@ impl StateDb {
                 .await?
                 .rows_affected();
                 sqlx::query(
-                    "UPDATE executions SET status = 'canceled', cancel_requested = 1, retry_requested = 0, updated_at = ?, \
-                     finished_at = COALESCE(finished_at, ?) WHERE id = ?",
+                    "UPDATE executions SET status = 'canceled', cancel_requested = 1, retry_requested = 0, updated_at = $1, \
+                     finished_at = COALESCE(finished_at, $2) WHERE id = $3",
                 )
                 .bind(now)
                 .bind(now)
@@ -294,7 +294,7 @@ impl StateDb {
 
     /// Whether an operator asked to cancel `execution`.
     pub async fn cancel_requested(&self, execution: i64) -> Result<bool, StateError> {
-        let row = sqlx::query("SELECT cancel_requested FROM executions WHERE id = ?").bind(execution).fetch_optional(self.pool()).await?;
+        let row = sqlx::query("SELECT cancel_requested FROM executions WHERE id = $1").bind(execution).fetch_optional(self.pool()).await?;
         Ok(match row {
             Some(r) => r.try_get::<i64, _>("cancel_requested")? != 0,
             None => false,
@@ -328,7 +328,7 @@ impl StateDb {
     /// `cutoff_ms`, keeping the latest execution of every job.
     pub async fn prune(&self, cutoff_ms: i64) -> Result<u64, StateError> {
         let done = sqlx::query(
-            "DELETE FROM executions WHERE status <> 'running' AND COALESCE(finished_at, updated_at) < ? \
+            "DELETE FROM executions WHERE status <> 'running' AND COALESCE(finished_at, updated_at) < $1 \
              AND id <> (SELECT MAX(id) FROM executions x WHERE x.scope_key = executions.scope_key)",
         )
         .bind(cutoff_ms)
@@ -339,7 +339,7 @@ impl StateDb {
 
     /// Whether `policy` currently runs reversed (after a failover).
     pub async fn is_reversed(&self, policy: &str) -> Result<bool, StateError> {
-        let row = sqlx::query("SELECT reversed FROM policy_direction WHERE policy = ?").bind(policy).fetch_optional(self.pool()).await?;
+        let row = sqlx::query("SELECT reversed FROM policy_direction WHERE policy = $1").bind(policy).fetch_optional(self.pool()).await?;
         Ok(match row {
             Some(r) => r.try_get::<i64, _>("reversed")? != 0,
             None => false,
@@ -349,7 +349,7 @@ impl StateDb {
     /// Record the direction of `policy`.
     pub async fn set_reversed(&self, policy: &str, reversed: bool) -> Result<(), StateError> {
         sqlx::query(
-            "INSERT INTO policy_direction (policy, reversed, changed_at) VALUES (?, ?, ?) \
+            "INSERT INTO policy_direction (policy, reversed, changed_at) VALUES ($1, $2, $3) \
              ON CONFLICT (policy) DO UPDATE SET reversed = excluded.reversed, changed_at = excluded.changed_at",
         )
         .bind(policy)

@@ -119,7 +119,7 @@ impl Drop for LeaseGuard {
     }
 }
 
-fn claimed(r: &sqlx::sqlite::SqliteRow) -> Result<ClaimedTask, sqlx::Error> {
+fn claimed(r: &sqlx::any::AnyRow) -> Result<ClaimedTask, sqlx::Error> {
     Ok(ClaimedTask {
         id: r.try_get("id")?,
         source_repo: r.try_get("source_repo")?,
@@ -131,9 +131,6 @@ fn claimed(r: &sqlx::sqlite::SqliteRow) -> Result<ClaimedTask, sqlx::Error> {
     })
 }
 
-/// Row locking for claims: PostgreSQL skips rows another worker is claiming;
-/// SQLite has one writer, so the claim is atomic as it is.
-const CLAIM_LOCK: &str = "";
 
 impl StateDb {
     /// Take the lease of job `name`, or renew it when this worker holds it.
@@ -225,11 +222,17 @@ impl StateDb {
     pub async fn claim_task(&self, execution: i64) -> Result<Option<ClaimedTask>, StateError> {
         let now = now_ms();
         let w = self.worker();
+        // Row locking for claims: PostgreSQL skips rows another worker is
+        // claiming; SQLite has one writer, so the claim is atomic as it is.
+        let lock = match self.backend() {
+            super::Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            super::Backend::Sqlite => "",
+        };
         let sql = format!(
             "UPDATE tasks SET status = 'running', worker = $1, lease_expires_at = $2, updated_at = $3 \
              WHERE id = (SELECT t.id FROM tasks t WHERE t.execution_id = $4 \
                            AND (t.status = 'pending' OR (t.status IN ('running', 'retrying') AND COALESCE(t.lease_expires_at, 0) < $3)) \
-                         ORDER BY t.id LIMIT 1 {CLAIM_LOCK}) \
+                         ORDER BY t.id LIMIT 1 {lock}) \
                AND (status = 'pending' OR (status IN ('running', 'retrying') AND COALESCE(lease_expires_at, 0) < $3)) \
                AND EXISTS (SELECT 1 FROM executions e WHERE e.id = $4 AND e.status = 'running' AND e.cancel_requested = 0) \
              RETURNING id, source_repo, dest_repo, tag, source_digest, media_type, reason"

@@ -1,28 +1,34 @@
-//! Durable job state in SQLite: executions, one task per (repository, tag),
-//! and which destination repositories hold which blobs (for mounts).
+//! Durable job state: executions, one task per (repository, tag), and which
+//! destination repositories hold which blobs (for mounts).
 //!
-//! One connection (SQLite has one writer anyway), WAL journal, schema
-//! migrations embedded from `src/state/migrations`. Writes that come in
+//! The state lives in SQLite (one file, the default) or PostgreSQL (shared by
+//! many processes), chosen by [`StateLocation`]. Every query of the data
+//! model is written once here and in the modules beside this one, in SQL
+//! both run (through sqlx's `Any` driver); opening, migrations and anything
+//! else that differs per database live in [`backend`]. Writes that come in
 //! bulk go in one transaction. This module stores registry URLs but never a
-//! credential, and never talks to a registry.
+//! credential, never shows the password of a PostgreSQL URL, and never talks
+//! to a registry.
 
+pub mod backend;
 pub mod backoff;
 pub mod jobs;
 pub mod leases;
+mod location;
 pub mod overview;
 mod recorder;
 pub mod status;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlStr};
+use sqlx::{AnyPool, Row};
 
+pub use backend::Backend;
+pub use location::{LocationError, StateLocation};
 pub use recorder::Recorder;
 pub use status::{ExecutionStatus, TaskStatus};
 
@@ -34,12 +40,13 @@ use crate::registry::{Digest, RepoName};
 /// What went wrong with the state database.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state database {path}: {source}")]
-    Open { path: PathBuf, source: sqlx::Error },
-    #[error("state database {path}: cannot create its directory: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
-    #[error("state database {path}: schema migration failed: {message}")]
-    Migrate { path: PathBuf, message: String },
+    /// `location` is shown redacted and `message` is scrubbed of its secret.
+    #[error("state database {location}: {message}")]
+    Open { location: String, message: String },
+    #[error("state database {location}: cannot create its directory: {source}")]
+    Dir { location: String, source: std::io::Error },
+    #[error("state database {location}: schema migration failed: {message}")]
+    Migrate { location: String, message: String },
     #[error("state database: {0}")]
     Query(#[from] sqlx::Error),
     #[error("state database holds an unknown status {0:?}")]
@@ -49,18 +56,6 @@ pub enum StateError {
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-fn migrator() -> Migrator {
-    let m = |version, description: &'static str, sql: &'static str| {
-        Migration::new(version, description.into(), MigrationType::Simple, SqlStr::from_static(sql), false)
-    };
-    Migrator::with_migrations(vec![
-        m(1, "init", include_str!("migrations/0001_init.sql")),
-        m(2, "daemon", include_str!("migrations/0002_daemon.sql")),
-        m(3, "health", include_str!("migrations/0003_health.sql")),
-        m(4, "workers", include_str!("migrations/0004_workers.sql")),
-    ])
 }
 
 /// What an execution is about.
@@ -91,35 +86,31 @@ pub struct ExecutionStart {
 /// Handle to the state database (cheap to clone).
 #[derive(Clone)]
 pub struct StateDb {
-    pool: SqlitePool,
-    path: PathBuf,
+    pool: AnyPool,
+    location: StateLocation,
+    backend: Backend,
     worker: leases::SharedWorker,
 }
 
+impl From<PathBuf> for StateLocation {
+    fn from(path: PathBuf) -> Self {
+        StateLocation::Sqlite(path)
+    }
+}
+
+impl From<&Path> for StateLocation {
+    fn from(path: &Path) -> Self {
+        StateLocation::Sqlite(path.into())
+    }
+}
+
 impl StateDb {
-    /// Open (creating if needed) the database at `path` and bring its schema
-    /// up to date.
-    pub async fn open(path: &Path) -> Result<StateDb, StateError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StateError::Dir { path: path.into(), source })?;
-        }
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .map_err(|source| StateError::Open { path: path.into(), source })?;
-        migrator()
-            .run(&pool)
-            .await
-            .map_err(|e| StateError::Migrate { path: path.into(), message: e.to_string() })?;
-        Ok(StateDb { pool, path: path.into(), worker: Default::default() })
+    /// Open (creating a SQLite file if needed) the state at `location` and
+    /// bring its schema up to date. Safe when several processes open the
+    /// same new state at once.
+    pub async fn open(location: &StateLocation) -> Result<StateDb, StateError> {
+        let pool = Backend::open(location).await?;
+        Ok(StateDb { pool, location: location.clone(), backend: Backend::of(location), worker: Default::default() })
     }
 
     /// The same database, used as worker `worker` (its id, lease time, and
@@ -132,14 +123,29 @@ impl StateDb {
     /// Who this process is among the workers of this state.
     pub fn worker(&self) -> &leases::Worker {
         &self.worker
+
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the state lives (its `Display` hides any password).
+    pub fn location(&self) -> &StateLocation {
+        &self.location
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    /// Which database the state lives in.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The connection pool, for the queries of this module and those beside
+    /// it. Code outside `state` asks a `StateDb` method instead.
+    pub(in crate::state) fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Whether the database answers (readiness checks).
+    pub async fn ping(&self) -> Result<(), StateError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Start recording a run: resume the latest execution of the same job if
@@ -151,7 +157,7 @@ impl StateDb {
         let latest =
             // An execution an operator asked to retry comes first, then the latest.
             sqlx::query(
-                "SELECT id, status, retry_requested, cancel_requested FROM executions WHERE scope_key = ? \
+                "SELECT id, status, retry_requested, cancel_requested FROM executions WHERE scope_key = $1 \
                  ORDER BY retry_requested DESC, id DESC LIMIT 1",
             )
                 .bind(&spec.scope_key)
@@ -175,21 +181,20 @@ impl StateDb {
         let start = if let (Some(row), true) = (latest, unfinished) {
             let id: i64 = row.try_get("id")?;
             sqlx::query(
-                "UPDATE executions SET status = 'running', updated_at = ?, finished_at = NULL, error = NULL, \
-                 retry_requested = 0, cancel_requested = 0 WHERE id = ?",
+                "UPDATE executions SET status = 'running', updated_at = $1, finished_at = NULL, error = NULL, \
+                 retry_requested = 0, cancel_requested = 0 WHERE id = $2",
             )
                 .bind(now)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
             let taken = sqlx::query(
-                "UPDATE tasks SET status = 'pending', updated_at = ?, \
+                "UPDATE tasks SET status = 'pending', updated_at = $1, \
                  last_error = COALESCE(last_error, 'interrupted: the previous run ended while this task was in flight') \
-                 WHERE execution_id = ? AND status IN ('running', 'retrying') AND COALESCE(lease_expires_at, 0) < ?",
+                 WHERE execution_id = $2 AND status IN ('running', 'retrying') AND COALESCE(lease_expires_at, 0) < $1",
             )
             .bind(now)
             .bind(id)
-            .bind(now)
             .execute(&mut *tx)
             .await?;
             if taken.rows_affected() > 0 {
@@ -199,7 +204,7 @@ impl StateDb {
         } else {
             let id = sqlx::query(
                 "INSERT INTO executions (kind, policy, scope_key, source, destination, direction, status, started_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?) RETURNING id",
+                 VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8) RETURNING id",
             )
             .bind(&spec.kind)
             .bind(&spec.policy)
@@ -224,8 +229,8 @@ impl StateDb {
     pub async fn touch_if_succeeded(&self, scope_key: &str) -> Result<Option<i64>, StateError> {
         let now = now_ms();
         let row = sqlx::query(
-            "UPDATE executions SET updated_at = ? \
-             WHERE id = (SELECT MAX(id) FROM executions WHERE scope_key = ?) AND status = 'succeeded' RETURNING id",
+            "UPDATE executions SET updated_at = $1 \
+             WHERE id = (SELECT MAX(id) FROM executions WHERE scope_key = $2) AND status = 'succeeded' RETURNING id",
         )
         .bind(now)
         .bind(scope_key)
@@ -253,16 +258,16 @@ impl StateDb {
             let resumed_done = item.action == Action::Skip(SkipReason::UpToDate);
             let id: i64 = sqlx::query(
                 "INSERT INTO tasks (execution_id, source_repo, dest_repo, tag, source_digest, media_type, reason, status, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                  ON CONFLICT (execution_id, source_repo, dest_repo, tag) DO UPDATE SET \
-                   status = CASE WHEN ? AND tasks.status IN ('succeeded', 'running', 'retrying', 'pending') \
+                   status = CASE WHEN $11 AND tasks.status IN ('succeeded', 'running', 'retrying', 'pending') \
                                   AND tasks.source_digest = excluded.source_digest THEN 'succeeded' \
                                  WHEN tasks.status IN ('running', 'retrying') AND tasks.lease_expires_at >= excluded.updated_at \
                                   AND tasks.source_digest = excluded.source_digest THEN tasks.status \
                                  ELSE excluded.status END, \
-                   reason = CASE WHEN ? AND tasks.status IN ('succeeded', 'running', 'retrying', 'pending') \
+                   reason = CASE WHEN $12 AND tasks.status IN ('succeeded', 'running', 'retrying', 'pending') \
                                   AND tasks.source_digest = excluded.source_digest THEN tasks.reason ELSE excluded.reason END, \
-                   finished_at = CASE WHEN ? AND tasks.status IN ('running', 'retrying', 'pending') \
+                   finished_at = CASE WHEN $13 AND tasks.status IN ('running', 'retrying', 'pending') \
                                   AND tasks.source_digest = excluded.source_digest THEN excluded.updated_at ELSE tasks.finished_at END, \
                    source_digest = excluded.source_digest, media_type = excluded.media_type, updated_at = excluded.updated_at \
                  RETURNING id",
@@ -288,7 +293,7 @@ impl StateDb {
         for p in &plan.problems {
             sqlx::query(
                 "INSERT INTO tasks (execution_id, source_repo, dest_repo, tag, reason, status, attempts, last_error, created_at, updated_at, finished_at) \
-                 VALUES (?, ?, ?, ?, 'could not be planned', 'failed', 1, ?, ?, ?, ?) \
+                 VALUES ($1, $2, $3, $4, 'could not be planned', 'failed', 1, $5, $6, $7, $8) \
                  ON CONFLICT (execution_id, source_repo, dest_repo, tag) DO UPDATE SET \
                    status = 'failed', attempts = tasks.attempts + 1, last_error = excluded.last_error, \
                    updated_at = excluded.updated_at, finished_at = excluded.finished_at",
@@ -307,12 +312,11 @@ impl StateDb {
         // Tasks of an earlier plan of this execution that this plan no longer
         // has are not for any worker to claim.
         sqlx::query(
-            "UPDATE tasks SET status = 'canceled', last_error = 'no longer at the source or in scope', updated_at = ? \
-             WHERE execution_id = ? AND status = 'pending' AND updated_at <> ?",
+            "UPDATE tasks SET status = 'canceled', last_error = 'no longer at the source or in scope', updated_at = $1 \
+             WHERE execution_id = $2 AND status = 'pending' AND updated_at <> $1",
         )
         .bind(now)
         .bind(execution)
-        .bind(now)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -332,8 +336,8 @@ impl StateDb {
         let mut tx = self.pool.begin().await?;
         if status != ExecutionStatus::Canceled {
             sqlx::query(
-                "UPDATE tasks SET status = 'canceled', last_error = 'no longer at the source or in scope', updated_at = ? \
-                 WHERE execution_id = ? AND status IN ('pending', 'running', 'retrying')",
+                "UPDATE tasks SET status = 'canceled', last_error = 'no longer at the source or in scope', updated_at = $1 \
+                 WHERE execution_id = $2 AND status IN ('pending', 'running', 'retrying')",
             )
             .bind(now)
             .bind(execution)
@@ -341,7 +345,7 @@ impl StateDb {
             .await?;
         }
         let summary = serde_json::to_string(summary).unwrap_or_default();
-        sqlx::query("UPDATE executions SET status = ?, finished_at = ?, updated_at = ?, summary = ?, error = ? WHERE id = ?")
+        sqlx::query("UPDATE executions SET status = $1, finished_at = $2, updated_at = $3, summary = $4, error = $5 WHERE id = $6")
             .bind(status.as_str())
             .bind(now)
             .bind(now)
@@ -357,7 +361,7 @@ impl StateDb {
     /// Cancel the tasks of `execution` nobody has started (it is being
     /// stopped or canceled); returns how many.
     pub async fn cancel_pending(&self, execution: i64) -> Result<u64, StateError> {
-        let done = sqlx::query("UPDATE tasks SET status = 'canceled', updated_at = ? WHERE execution_id = ? AND status = 'pending'")
+        let done = sqlx::query("UPDATE tasks SET status = 'canceled', updated_at = $1 WHERE execution_id = $2 AND status = 'pending'")
             .bind(now_ms())
             .bind(execution)
             .execute(&self.pool)
@@ -374,7 +378,7 @@ impl StateDb {
 
     /// Whether any blob location is recorded for `registry`.
     pub async fn has_blob_locations(&self, registry: &str) -> Result<bool, StateError> {
-        let row = sqlx::query("SELECT 1 FROM blob_locations WHERE registry = ? LIMIT 1")
+        let row = sqlx::query("SELECT 1 FROM blob_locations WHERE registry = $1 LIMIT 1")
             .bind(registry)
             .fetch_optional(&self.pool)
             .await?;
@@ -383,7 +387,7 @@ impl StateDb {
 
     /// Destination repositories of `registry` known to hold `digest`, newest first.
     pub async fn blob_holders(&self, registry: &str, digest: &Digest) -> Result<Vec<RepoName>, StateError> {
-        let rows = sqlx::query("SELECT repo FROM blob_locations WHERE registry = ? AND digest = ? ORDER BY seen_at DESC LIMIT 5")
+        let rows = sqlx::query("SELECT repo FROM blob_locations WHERE registry = $1 AND digest = $2 ORDER BY seen_at DESC LIMIT 5")
             .bind(registry)
             .bind(digest.as_str())
             .fetch_all(&self.pool)
@@ -442,7 +446,7 @@ mod tests {
     #[tokio::test]
     async fn a_resumed_task_found_up_to_date_succeeded() {
         let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("s.db")).await.unwrap();
+        let db = StateDb::open(&dir.path().join("s.db").into()).await.unwrap();
         let spec = ExecutionSpec {
             kind: "migrate".into(),
             policy: None,

@@ -34,12 +34,26 @@ pub struct Health {
     pub direction: String,
 }
 
+/// What a policy has not yet replicated in one direction, as the latest
+/// passes recorded it (the inputs of the replication lag).
+#[derive(Debug, Clone, Default)]
+pub struct Outstanding {
+    /// When a pass last checked or copied (Unix ms); `None`: never ran.
+    pub last_pass_at: Option<i64>,
+    /// Tasks not done in the latest execution of each job, and when the oldest was planned.
+    pub tasks: i64,
+    pub oldest_task_at: Option<i64>,
+    /// Tags backing off, and when the oldest first failed.
+    pub failing_tags: i64,
+    pub oldest_failing_at: Option<i64>,
+}
+
 impl StateDb {
     /// Failing tags of `policy` in `direction`, most failures first.
     pub async fn failing_tags_of(&self, policy: &str, direction: &str) -> Result<Vec<FailingTag>, StateError> {
         let rows = sqlx::query(
             "SELECT source_repo, tag, source_digest, failures, last_error, first_failed_at, last_failed_at, next_attempt_at \
-             FROM failing_tags WHERE scope_key IN (SELECT DISTINCT scope_key FROM executions WHERE policy = ?1 AND direction = ?2) \
+             FROM failing_tags WHERE scope_key IN (SELECT DISTINCT scope_key FROM executions WHERE policy = $1 AND direction = $2) \
              ORDER BY failures DESC, source_repo, tag LIMIT 500",
         )
         .bind(policy)
@@ -67,7 +81,7 @@ impl StateDb {
     /// and direction), newest first.
     pub async fn latest_executions_of(&self, policy: &str) -> Result<Vec<ExecutionRow>, StateError> {
         let ids: Vec<i64> = sqlx::query(
-            "SELECT MAX(id) AS id FROM executions WHERE policy = ? GROUP BY scope_key ORDER BY MAX(id) DESC LIMIT 20",
+            "SELECT MAX(id) AS id FROM executions WHERE policy = $1 GROUP BY scope_key ORDER BY MAX(id) DESC LIMIT 20",
         )
         .bind(policy)
         .fetch_all(self.pool())
@@ -84,9 +98,44 @@ impl StateDb {
         Ok(out)
     }
 
+    /// What `policy` has not yet replicated in `direction`.
+    pub async fn outstanding(&self, policy: &str, direction: &str) -> Result<Outstanding, StateError> {
+        let last_pass_at: Option<i64> = sqlx::query("SELECT MAX(updated_at) AS t FROM executions WHERE policy = $1 AND direction = $2")
+            .bind(policy)
+            .bind(direction)
+            .fetch_one(self.pool())
+            .await?
+            .try_get("t")?;
+        let tasks = sqlx::query(
+            "SELECT MIN(t.created_at) AS oldest, COUNT(*) AS n FROM tasks t JOIN executions e ON t.execution_id = e.id \
+             WHERE e.policy = $1 AND e.direction = $2 \
+               AND e.id = (SELECT MAX(id) FROM executions x WHERE x.scope_key = e.scope_key) \
+               AND t.status IN ('pending', 'running', 'retrying', 'failed', 'canceled')",
+        )
+        .bind(policy)
+        .bind(direction)
+        .fetch_one(self.pool())
+        .await?;
+        let failing = sqlx::query(
+            "SELECT MIN(first_failed_at) AS oldest, COUNT(*) AS n FROM failing_tags \
+             WHERE scope_key IN (SELECT DISTINCT scope_key FROM executions WHERE policy = $1 AND direction = $2)",
+        )
+        .bind(policy)
+        .bind(direction)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(Outstanding {
+            last_pass_at,
+            tasks: tasks.try_get("n")?,
+            oldest_task_at: tasks.try_get("oldest")?,
+            failing_tags: failing.try_get("n")?,
+            oldest_failing_at: failing.try_get("oldest")?,
+        })
+    }
+
     /// The health streak last recorded for `policy` (`None`: never).
     pub async fn health(&self, policy: &str) -> Result<Option<Health>, StateError> {
-        let row = sqlx::query("SELECT failing, since, direction FROM policy_health WHERE policy = ?")
+        let row = sqlx::query("SELECT failing, since, direction FROM policy_health WHERE policy = $1")
             .bind(policy)
             .fetch_optional(self.pool())
             .await?;
@@ -102,7 +151,7 @@ impl StateDb {
     pub async fn record_health(&self, policy: &str, failing: bool, direction: &str) -> Result<Option<Health>, StateError> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
-        let before = sqlx::query("SELECT failing, since, direction FROM policy_health WHERE policy = ?")
+        let before = sqlx::query("SELECT failing, since, direction FROM policy_health WHERE policy = $1")
             .bind(policy)
             .fetch_optional(&mut *tx)
             .await?;
@@ -115,8 +164,8 @@ impl StateDb {
             _ => now,
         };
         sqlx::query(
-            "INSERT INTO policy_health (policy, failing, since, direction, updated_at) VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT (policy) DO UPDATE SET failing = ?2, since = ?3, direction = ?4, updated_at = ?5",
+            "INSERT INTO policy_health (policy, failing, since, direction, updated_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (policy) DO UPDATE SET failing = $2, since = $3, direction = $4, updated_at = $5",
         )
         .bind(policy)
         .bind(i64::from(failing))
@@ -137,7 +186,7 @@ mod tests {
     #[tokio::test]
     async fn a_health_streak_keeps_its_start_until_it_flips() {
         let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("s.db")).await.unwrap();
+        let db = StateDb::open(&dir.path().join("s.db").into()).await.unwrap();
         assert_eq!(db.record_health("p", true, "forward").await.unwrap(), None);
         let first = db.health("p").await.unwrap().unwrap();
         assert!(first.failing);

@@ -78,36 +78,36 @@ async fn write(db: &StateDb, registry: &str, events: &[Event]) -> Result<(), Sta
         let id = |index: &usize| i64::try_from(*index).unwrap_or(-1);
         let query = match event {
             Event::TaskStarted { index } => sqlx::query(
-                "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, ?1), updated_at = ?1 WHERE id = ?2 AND worker = ?3",
+                "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1 WHERE id = $2 AND worker = $3",
             )
             .bind(now)
             .bind(id(index))
             .bind(&me),
             Event::TaskRetrying { index, error, .. } => sqlx::query(
-                "UPDATE tasks SET status = 'retrying', attempts = attempts + 1, last_error = ?1, updated_at = ?2 WHERE id = ?3 AND worker = ?4",
+                "UPDATE tasks SET status = 'retrying', attempts = attempts + 1, last_error = $1, updated_at = $2 WHERE id = $3 AND worker = $4",
             )
             .bind(error)
             .bind(now)
             .bind(id(index))
             .bind(&me),
             Event::TaskSucceeded { index, .. } => sqlx::query(
-                "UPDATE tasks SET status = 'succeeded', last_error = NULL, finished_at = ?1, updated_at = ?1 WHERE id = ?2 AND worker = ?3",
+                "UPDATE tasks SET status = 'succeeded', last_error = NULL, finished_at = $1, updated_at = $1 WHERE id = $2 AND worker = $3",
             )
             .bind(now)
             .bind(id(index))
             .bind(&me),
             Event::TaskFailed { index, error, .. } => sqlx::query(
-                "UPDATE tasks SET status = 'failed', last_error = ?1, finished_at = ?2, updated_at = ?2 WHERE id = ?3 AND worker = ?4",
+                "UPDATE tasks SET status = 'failed', last_error = $1, finished_at = $2, updated_at = $2 WHERE id = $3 AND worker = $4",
             )
             .bind(error)
             .bind(now)
             .bind(id(index))
             .bind(&me),
             Event::TaskCanceled { index, .. } => {
-                sqlx::query("UPDATE tasks SET status = 'canceled', updated_at = ?1 WHERE id = ?2 AND worker = ?3").bind(now).bind(id(index)).bind(&me)
+                sqlx::query("UPDATE tasks SET status = 'canceled', updated_at = $1 WHERE id = $2 AND worker = $3").bind(now).bind(id(index)).bind(&me)
             }
             Event::BlobAt { digest, repo } => sqlx::query(
-                "INSERT INTO blob_locations (registry, digest, repo, seen_at) VALUES (?1, ?2, ?3, ?4) \
+                "INSERT INTO blob_locations (registry, digest, repo, seen_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (registry, digest, repo) DO UPDATE SET seen_at = excluded.seen_at",
             )
             .bind(registry)

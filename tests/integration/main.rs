@@ -20,3 +20,4 @@ mod shapes_limits;
 mod shapes_transfer;
 mod shapes_corners;
 mod workers;
+mod state_postgres;

@@ -74,10 +74,10 @@ struct Worker {
     log: std::path::PathBuf,
 }
 
-fn start_worker(scratch: &Scratch, policies: &str, id: &str) -> Worker {
+fn start_worker(scratch: &Scratch, state: &str, policies: &str, id: &str) -> Worker {
     let log = scratch.path(&format!("{id}.log"));
     let mut cmd = tokio::process::Command::new(binary());
-    cmd.args(["daemon", "--policies", policies, "--state", &scratch.state(), "--listen", &format!("127.0.0.1:{}", free_port())])
+    cmd.args(["daemon", "--policies", policies, "--state", state, "--listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--worker-id", id, "--lease-time", LEASE])
         .env("DOCKER_CONFIG", scratch.path("none"))
         .env("HOME", scratch.dir.path())
@@ -119,16 +119,27 @@ async fn execution(db: &StateDb) -> i64 {
     id.unwrap_or_default()
 }
 
+async fn open(state: &str) -> StateDb {
+    StateDb::open(&state.parse().expect("state location")).await.expect("state")
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn three_daemons_share_a_pass_and_a_killed_one_hands_it_over() {
+async fn three_daemons_on_postgres_share_a_pass_and_a_killed_one_hands_it_over() {
+    let pg = testkit::TestPostgres::start();
+    three_daemons(&pg.database()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_daemons_on_sqlite_share_a_pass_and_a_killed_one_hands_it_over() {
+    three_daemons(&Scratch::new().state()).await;
+}
+
+async fn three_daemons(state: &str) {
     let (src, dst, proxy, repos) = setup(6, 4).await;
     let scratch = Scratch::new();
     let policies = policy(&scratch, &src.url, &proxy.url, "400KiB");
-    // The state exists before the workers start (creating it from several
-    // processes at once is the state backend's business).
-    regferry(&scratch, &["jobs", "list", "--state", &scratch.state()], &[]).await.assert_ok();
-    let db = StateDb::open(Path::new(&scratch.state())).await.expect("state");
-    let mut workers: Vec<Worker> = ["w1", "w2", "w3"].iter().map(|id| start_worker(&scratch, &policies, id)).collect();
+    let mut workers: Vec<Worker> = ["w1", "w2", "w3"].iter().map(|id| start_worker(&scratch, state, &policies, id)).collect();
+    let db = open(state).await;
     let id = execution(&db).await;
 
     // Every worker claims tasks of the one pass.
@@ -180,7 +191,7 @@ async fn three_daemons_share_a_pass_and_a_killed_one_hands_it_over() {
     assert_eq!(workers_claiming.len(), 3, "each of the three workers claimed tasks: {claims:?}");
 
     // `jobs show` names the worker of each task.
-    let show = regferry(&scratch, &["jobs", "show", &id.to_string(), "--state", &scratch.state()], &[]).await;
+    let show = regferry(&scratch, &["jobs", "show", &id.to_string(), "--state", state], &[]).await;
     show.assert_ok();
     assert!(show.stdout.contains("WORKER") && ran.iter().all(|w| show.stdout.contains(w)), "{}", show.stdout);
 
@@ -188,7 +199,7 @@ async fn three_daemons_share_a_pass_and_a_killed_one_hands_it_over() {
     // take what the killed worker had in flight).
     let (s, d) = (Registry::new(&src.url, Access::Anonymous), Registry::new(&dst.url, Access::Anonymous));
     assert_eq!(assert_mirrored(&s, &d, &repos, "").await, 24);
-    let verify = regferry(&scratch, &["verify", "--from", &src.url, "--to", &dst.url, "--deep", "--state", &scratch.state()], &[]).await;
+    let verify = regferry(&scratch, &["verify", "--from", &src.url, "--to", &dst.url, "--deep", "--state", state], &[]).await;
     verify.assert_ok();
     let (up, distinct) = (proxy.counters.bytes_up.load(std::sync::atomic::Ordering::Relaxed), stored_bytes(&src.storage()));
     eprintln!("bytes uploaded {up}, distinct blob bytes {distinct}");
@@ -216,7 +227,7 @@ async fn run_waits_while_another_run_holds_the_pass() {
         cmd.spawn().expect("run")
     };
     let first = run("first");
-    let db = StateDb::open(Path::new(&scratch.state())).await.expect("state");
+    let db = open(&scratch.state()).await;
     wait_until(Duration::from_secs(20), "the first run to hold the pass", async || {
         db.leases().await.unwrap_or_default().iter().any(|(_, h)| h.worker == "first")
     })

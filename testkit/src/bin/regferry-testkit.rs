@@ -121,6 +121,10 @@ enum Cmd {
         #[arg(long)]
         basename: bool,
     },
+    /// Start a throwaway PostgreSQL cluster on a free loopback port, print
+    /// `POSTGRES_URL=postgres://…` (a database `regferry`) and `READY=1`,
+    /// and remove it on SIGINT/SIGTERM.
+    Postgres,
 }
 
 /// Say `READY=1` (what the scripts wait for), then wait for SIGINT or SIGTERM.
@@ -136,6 +140,13 @@ async fn ready_until_stopped() {
 #[tokio::main]
 async fn main() {
     match Cli::parse().command {
+        Cmd::Postgres => {
+            let pg = testkit::postgres::TestPostgres::start();
+            println!("POSTGRES_URL={}", pg.url());
+            println!("POSTGRES_DIR={}", pg.dir().display());
+            ready_until_stopped().await;
+            drop(pg);
+        }
         Cmd::Serve { count, tls, link_latency_ms, link_bandwidth } => {
             let registries: Vec<TestRegistry> = (0..count).map(|_| TestRegistry::start()).collect();
             let link = link_latency_ms > 0 || link_bandwidth > 0;

@@ -1,0 +1,81 @@
+//! The SQLite backend: one file, WAL journal, one connection per process
+//! (SQLite has one writer anyway), and a busy timeout so that processes
+//! sharing the file wait for each other instead of failing.
+//!
+//! Creating and migrating a new file is safe when several processes start
+//! at once: the migrations run inside one `BEGIN IMMEDIATE` transaction, so
+//! the first process applies them while the others wait for its write lock
+//! and then find them applied. Never stores or shows a credential.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Connection, Executor};
+
+use super::{migrate_error, migration, migrator, open_error};
+use crate::state::{StateError, StateLocation};
+
+/// How long a connection waits for another process's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn migrations() -> Migrator {
+    migrator(vec![
+        migration(1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
+        migration(2, "daemon", include_str!("../migrations/sqlite/0002_daemon.sql")),
+        migration(3, "health", include_str!("../migrations/sqlite/0003_health.sql")),
+        migration(4, "workers", include_str!("../migrations/sqlite/0004_workers.sql")),
+    ])
+}
+
+/// `sqlite:` URL of `path` (created if missing), for the `Any` driver.
+fn url(path: &Path) -> String {
+    let mut encoded = String::new();
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'%' | b'?' | b'#' | b' ' | b'"' | b'<' | b'>' | b'`' | b'{' | b'}' => encoded.push_str(&format!("%{b:02X}")),
+            0..=0x1f | 0x7f.. => encoded.push_str(&format!("%{b:02X}")),
+            _ => encoded.push(char::from(*b)),
+        }
+    }
+    format!("sqlite:{encoded}?mode=rwc")
+}
+
+pub(super) async fn open(location: &StateLocation, path: &Path) -> Result<AnyPool, StateError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Dir { location: location.redacted(), source })?;
+    }
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(BUSY_TIMEOUT * 2)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // busy_timeout first: everything after it waits for other processes' locks.
+                conn.execute(
+                    sqlx::AssertSqlSafe(format!(
+                        "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+                        BUSY_TIMEOUT.as_millis()
+                    )),
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .connect(&url(path))
+        .await
+        .map_err(|e| open_error(location, e))?;
+    migrate(&pool).await.map_err(|e| migrate_error(location, e))?;
+    Ok(pool)
+}
+
+/// Switch the file to WAL and apply the migrations under the write lock.
+async fn migrate(pool: &AnyPool) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut conn = pool.acquire().await?;
+    // Persistent in the file; a no-op when another process switched it first.
+    conn.execute("PRAGMA journal_mode = WAL").await?;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    migrations().run(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
