@@ -175,11 +175,17 @@ impl BlobMover {
         }
         let Some(fence) = &self.fence else { return self.ensure_missing(src_repo, dst_repo, desc, slot).await };
         let holders = fence.enter(digest).await;
-        // Put there by another worker meanwhile (a HEAD that said missing
-        // is believed over an older record).
-        if !asked && holders.contains(dst_repo) {
-            fence.leave(digest, None).await;
-            return Ok(BlobOutcome::Present);
+        // Put there by another worker meanwhile: asked again, as a record
+        // may be older than the HEAD that said missing.
+        if holders.contains(dst_repo) {
+            let present = match asked {
+                false => Ok(true),
+                true => self.dst.blob_exists(dst_repo, digest, &Scopes::push(dst_repo)).await,
+            };
+            if !matches!(present, Ok(false)) {
+                fence.leave(digest, None).await;
+                return present.map(|_| BlobOutcome::Present);
+            }
         }
         for h in holders {
             if !slot.hinted.contains(&h) && &h != dst_repo {

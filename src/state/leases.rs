@@ -69,6 +69,22 @@ pub fn default_id() -> String {
     format!("{host}:{}", std::process::id())
 }
 
+/// Whether `worker` is a default id (`host:pid`) of a process of this
+/// machine that no longer exists. A live process, a process of another
+/// machine, or an id set by hand: `false` (its lease expires on its own).
+fn dead_here(worker: &str) -> bool {
+    let Some((host, pid)) = worker.rsplit_once(':') else { return false };
+    let Ok(pid) = pid.parse::<libc::pid_t>() else { return false };
+    let mine = default_id();
+    let my_host = mine.rsplit_once(':').map_or("", |(h, _)| h);
+    if host != my_host || pid <= 0 || pid == std::process::id() as libc::pid_t {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    let gone = unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    gone
+}
+
 /// Who holds a job when this worker could not take it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
@@ -156,7 +172,30 @@ impl StateDb {
         if row.is_some() {
             return Ok(None);
         }
-        Ok(self.lease_holder(name).await?.or(Some(Holder { worker: "another worker".into(), execution: None })))
+        let holder = self.lease_holder(name).await?;
+        if let Some(h) = &holder
+            && dead_here(&h.worker)
+        {
+            // A process of this machine that is gone (killed, crashed): what
+            // it held is free now, not after the lease time.
+            tracing::info!(worker = %h.worker, "the worker holding this job was a process of this machine that is gone: taking over");
+            self.reap(&h.worker).await?;
+            return Box::pin(self.acquire_lease(name)).await;
+        }
+        Ok(holder.or(Some(Holder { worker: "another worker".into(), execution: None })))
+    }
+
+    /// Expire everything worker `worker` holds: its leases, task claims and blob fences.
+    async fn reap(&self, worker: &str) -> Result<(), StateError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("UPDATE leases SET expires_at = 0 WHERE holder = $1").bind(worker).execute(&mut *tx).await?;
+        sqlx::query("UPDATE tasks SET lease_expires_at = 0 WHERE worker = $1 AND status IN ('running', 'retrying')")
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM blob_fences WHERE holder = $1").bind(worker).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Who holds job `name` now (a live lease), if anyone.
