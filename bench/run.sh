@@ -43,7 +43,7 @@
 #   BENCH_SLOW_REPOS=4 BENCH_SLOW_TAGS=4 BENCH_SLOW_BASE_SIZE=33554432
 #   BENCH_SLOW_REPO_SIZE=16777216 BENCH_SLOW_TAG_SIZE=8388608   the slow scenario's data set
 #   BENCH_WORKER_BPS=2MiB                    each worker's bytes_per_second to the destination (workers)
-#   BENCH_WORKER_REPOS=8 BENCH_WORKER_TAGS=6 BENCH_WORKER_TAG_SIZE=1048576   the workers scenario's data set
+#   BENCH_WORKER_REPOS=8 BENCH_WORKER_TAGS=12 BENCH_WORKER_TAG_SIZE=1048576  the workers scenario's data set
 #   BENCH_LEASE=3s                           the workers' --lease-time (workers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -326,7 +326,7 @@ params="$out/params.env"
 # then $WORKERS daemons again, and a kill -9 of the one holding the pass.
 run_workers() {
   local n=${WORKERS:-3} bps=${BENCH_WORKER_BPS:-2MiB} lease=${BENCH_LEASE:-3s}
-  local repos=${BENCH_WORKER_REPOS:-8} tags=${BENCH_WORKER_TAGS:-6} tag_size=${BENCH_WORKER_TAG_SIZE:-1048576}
+  local repos=${BENCH_WORKER_REPOS:-8} tags=${BENCH_WORKER_TAGS:-12} tag_size=${BENCH_WORKER_TAG_SIZE:-1048576}
   local psql=/usr/lib/postgresql/15/bin/psql pgfile="$work/pg.env" pg_url i
   echo "== workers: 1 vs $n daemons on one PostgreSQL, $repos repositories × $tags tags, $bps per worker ==" >&2
   "$kit" postgres >"$pgfile" 2>"$work/pg.log" &
@@ -341,7 +341,8 @@ run_workers() {
   "$kit" rawcopy-plan --from "${wsrc_url[0]}" >"$out/workers.blobs.tsv"
   local distinct
   distinct=$(awk -F'\t' '{s += $3} END {print s + 0}' "$out/workers.blobs.tsv")
-  sql() { "$psql" "$pg_url" -tAq -c "$1"; }
+  # (Errors while the first daemon is still creating the schema are expected.)
+  sql() { "$psql" "$pg_url" -tAq -c "$1" 2>/dev/null || true; }
   # workers_pass NAME DST COUNT [KILL]: run policy NAME to DST with COUNT daemons until its
   # first execution ends; prints the pass's seconds (from the execution's own timestamps).
   workers_pass() {
@@ -353,6 +354,7 @@ run_workers() {
       RUST_LOG=regferry=info "$regferry" daemon --policies "$dir" --state "$pg_url" --listen "127.0.0.1:0" \
         --worker-id "$name-w$k" --lease-time "$lease" 2>"$out/workers-$name-w$k.log" &
       pids+=($!)
+      serve_pids+=($!)
     done
     if [ -n "$kill" ]; then
       for _ in $(seq 600); do
