@@ -159,6 +159,19 @@ fn percent_encoding_decode(s: &str) -> Result<String, std::string::FromUtf8Error
     String::from_utf8(out)
 }
 
+/// A path is a SQLite file.
+impl From<PathBuf> for StateLocation {
+    fn from(path: PathBuf) -> Self {
+        StateLocation::Sqlite(path)
+    }
+}
+
+impl From<&Path> for StateLocation {
+    fn from(path: &Path) -> Self {
+        StateLocation::Sqlite(path.into())
+    }
+}
+
 impl fmt::Display for StateLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())

@@ -19,7 +19,6 @@ pub mod overview;
 mod recorder;
 pub mod status;
 
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -90,18 +89,6 @@ pub struct StateDb {
     location: StateLocation,
     backend: Backend,
     worker: leases::SharedWorker,
-}
-
-impl From<PathBuf> for StateLocation {
-    fn from(path: PathBuf) -> Self {
-        StateLocation::Sqlite(path)
-    }
-}
-
-impl From<&Path> for StateLocation {
-    fn from(path: &Path) -> Self {
-        StateLocation::Sqlite(path.into())
-    }
 }
 
 impl StateDb {

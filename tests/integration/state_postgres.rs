@@ -55,6 +55,26 @@ async fn migrate_and_jobs_on_postgres() {
     assert!(show.stdout.contains("succeeded"), "{}", show.stdout);
     assert_hidden(&list, &pg.password);
     assert_hidden(&show, &pg.password);
+
+    // The operator's requests and housekeeping run on PostgreSQL too.
+    let jobs = async |args: &[&str]| {
+        let mut a = vec!["jobs"];
+        a.extend_from_slice(args);
+        a.extend(["--state", url.as_str()]);
+        regferry(&scratch, &a, &[]).await
+    };
+    let retry = jobs(&["retry", "--failed"]).await;
+    retry.assert_ok();
+    assert!(retry.stdout.contains("no failed executions"), "{}", retry.stdout);
+    let cancel = jobs(&["cancel", &id.to_string()]).await;
+    cancel.assert_ok();
+    assert!(cancel.stdout.contains("already succeeded"), "{}", cancel.stdout);
+    jobs(&["prune", "--older-than", "0s"]).await.assert_ok();
+    jobs(&["show", &id.to_string()]).await.assert_ok();
+    let missing = jobs(&["show", "999999"]).await;
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    assert!(missing.stderr.contains(&format!("no execution 999999 in postgres://regferry:***@127.0.0.1:{}/regferry", pg.port)), "{}", missing.stderr);
+    assert_hidden(&missing, &pg.password);
 }
 
 /// A policy `run`, then `failover`: the direction lives in PostgreSQL, so a
@@ -144,6 +164,7 @@ async fn daemon_serves_from_postgres_without_showing_the_password() {
     }
     let log_text = crate::support::stop_daemon(daemon, &log).await;
     assert!(!log_text.contains(&pg.password), "the daemon logged the password:\n{log_text}");
+    assert!(log_text.contains("postgres://regferry:***@127.0.0.1"), "the daemon names its state, redacted:\n{log_text}");
 }
 
 /// Six processes opening one new state at once all succeed: a new SQLite
@@ -191,4 +212,10 @@ async fn the_password_of_a_postgres_state_is_never_shown() {
     let list = regferry(&scratch, &["jobs", "list", "-vv"], &[("REGFERRY_STATE", &url)]).await;
     list.assert_ok();
     assert_hidden(&list, &pg.password);
+
+    // The password can stay out of the URL: PGPASSWORD, as libpq reads it.
+    let bare = format!("postgres://regferry@127.0.0.1:{}/regferry", pg.port);
+    regferry(&scratch, &["jobs", "list", "--state", &bare], &[("PGPASSWORD", &pg.password)]).await.assert_ok();
+    let without = regferry(&scratch, &["jobs", "list", "--state", &bare], &[]).await;
+    assert_ne!(without.code, 0, "no password, no connection: {}", without.stderr);
 }

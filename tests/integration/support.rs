@@ -63,6 +63,7 @@ pub fn command(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> tokio:
         .env_remove("XDG_RUNTIME_DIR")
         .env_remove("XDG_CONFIG_HOME")
         .env_remove("REGFERRY_STATE")
+        .env_remove("PGPASSWORD")
         .env_remove("REGFERRY_FROM_CREDS")
         .env_remove("REGFERRY_TO_CREDS")
         .env("HOME", scratch.dir.path())

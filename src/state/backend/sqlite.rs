@@ -75,7 +75,30 @@ async fn migrate(pool: &AnyPool) -> Result<(), Box<dyn std::error::Error + Send 
     // Persistent in the file; a no-op when another process switched it first.
     conn.execute("PRAGMA journal_mode = WAL").await?;
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    migrations().run(&mut *tx).await?;
+    let migrator = migrations();
+    // `run_direct` on the transaction's connection (not `run`, whose
+    // `Acquire` bound makes this future not `Send`).
+    migrator.run_direct(None, &mut *tx, false).await?;
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::state::StateDb;
+
+    /// Six connections creating one new file at once all open it (each
+    /// process has its own pool; here each `open` does).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn six_opens_of_one_new_file_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new").join("s.db");
+        let opens = (0..6).map(|_| {
+            let location = path.clone().into();
+            tokio::spawn(async move { StateDb::open(&location).await.map(|_| ()) })
+        });
+        for r in futures::future::join_all(opens).await {
+            r.unwrap().unwrap();
+        }
+    }
 }
