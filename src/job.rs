@@ -228,7 +228,9 @@ impl Job {
         };
         // `regferry jobs cancel ID` from another process: checked every 2 s.
         let watcher = tokio::spawn(watch_cancel_request(db.clone(), id, cancel.clone()));
-        let share = self.work(db, id, Arc::new(plan.new_repos.clone()), stats, cancel, true).await;
+        let known: std::collections::HashMap<i64, &crate::engine::plan::PlanItem> =
+            ids.iter().copied().zip(plan.items.iter()).filter(|(_, i)| matches!(i.action, Action::Copy(_))).collect();
+        let share = self.work(db, id, Arc::new(plan.new_repos.clone()), stats, cancel, true, &known).await;
         watcher.abort();
         linked.abort();
         let share = share?;
@@ -297,19 +299,25 @@ impl Job {
         stats: &Arc<Stats>,
         cancel: &Cancel,
         until_done: bool,
+        known: &std::collections::HashMap<i64, &crate::engine::plan::PlanItem>,
     ) -> Result<crate::worker::Share, JobError> {
         let registry_key = self.dst.name().to_string();
         let hints: Arc<dyn MountHints> = Arc::new(db.hints(&registry_key).await);
-        let fence: Arc<dyn crate::engine::blobs::BlobFence> = Arc::new(StateFence::new(db.clone(), registry_key.clone()));
+        // Across processes only where several workers share a pass (SQLite:
+        // one process at a time works an execution; in-process dedup suffices).
+        let fence: Option<Arc<dyn crate::engine::blobs::BlobFence>> = match db.backend() {
+            crate::state::Backend::Postgres => Some(Arc::new(StateFence::new(db.clone(), registry_key.clone()))),
+            crate::state::Backend::Sqlite => None,
+        };
         let (sink, recorder) = Recorder::spawn(db.clone(), registry_key);
         let share = {
             let streams = self.spec.execute.concurrency.max(1);
             let blobs = BlobMover::new(self.src.clone(), self.dst.clone(), Some(hints), stats.clone(), sink.clone(), streams)
                 .with_new_repos(new_repos.clone())
-                .with_fence(Some(fence));
+                .with_fence(fence);
             let copier = Copier::new(self.src.clone(), self.dst.clone(), blobs, stats.clone(), 4).with_new_repos(new_repos);
             let holder = (!until_done).then(|| self.spec.scope_key());
-            crate::worker::work(&copier, db, execution, &self.spec.execute, stats, &sink, cancel, until_done, holder.as_deref()).await
+            crate::worker::work(&copier, db, execution, &self.spec.execute, stats, &sink, cancel, until_done, holder.as_deref(), known).await
         };
         drop(sink);
         recorder.finish().await?;
@@ -322,7 +330,7 @@ impl Job {
     pub async fn help(&self, db: &StateDb, execution: i64, stats: &Arc<Stats>, cancel: &Cancel) -> Result<Report, JobError> {
         let started = Instant::now();
         let watcher = tokio::spawn(watch_cancel_request(db.clone(), execution, cancel.clone()));
-        let share = self.work(db, execution, Arc::default(), stats, cancel, false).await;
+        let share = self.work(db, execution, Arc::default(), stats, cancel, false, &Default::default()).await;
         watcher.abort();
         let share = share?;
         tracing::info!(execution, tasks = share.ends.len(), "helped with an execution another worker holds");

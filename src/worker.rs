@@ -54,7 +54,8 @@ fn item_of(task: &ClaimedTask) -> Result<PlanItem, String> {
     })
 }
 
-/// Work tasks of `execution` until none is left to claim. With `until_done`
+/// Work tasks of `execution` until none is left to claim (`known`: the plan
+/// items of the tasks this worker planned, by task id). With `until_done`
 /// (the worker that closes the execution) it also waits for the tasks other
 /// workers hold, taking over those whose claims expire. A helper (`holder`:
 /// the job whose lease another worker holds) stops claiming once that lease
@@ -71,6 +72,7 @@ pub async fn work(
     cancel: &Cancel,
     until_done: bool,
     holder: Option<&str>,
+    known: &HashMap<i64, &PlanItem>,
 ) -> Result<Share, StateError> {
     let concurrency = options.concurrency.max(1);
     let mut held: HashMap<i64, CancellationToken> = HashMap::new();
@@ -97,7 +99,9 @@ pub async fn work(
             };
             let id = task.id;
             let index = usize::try_from(id).unwrap_or(usize::MAX);
-            let item = match item_of(&task) {
+            // The planner's own item (with the manifest bytes planning
+            // fetched) when this worker planned the task.
+            let item = match known.get(&id).map(|i| Ok((*i).clone())).unwrap_or_else(|| item_of(&task)) {
                 Ok(item) => item,
                 Err(error) => {
                     events.send(Event::TaskFailed { index, attempts: 0, error: format!("cannot be copied: {error}") }).await;

@@ -147,6 +147,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     };
     // One worker plans and closes a pass; the daemon's other workers help
     // with it, `run` waits for it to end.
+    let mut told = false;
     let lease = loop {
         let held = match state.hold_lease(&scope_key).await {
             Ok(held) => held,
@@ -170,7 +171,11 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
                 }
                 // The holder is still planning: look again shortly.
             }
-            Err(holder) => tracing::info!(policy = %policy.name, holder = %holder.worker, "another worker holds this pass; waiting until it is done"),
+            Err(holder) if !told => {
+                told = true;
+                tracing::info!(policy = %policy.name, holder = %holder.worker, "another worker holds this pass; waiting until it is done");
+            }
+            Err(_) => {}
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(if state.worker().joins { 250 } else { 1000 })) => {}
