@@ -24,7 +24,7 @@ use crate::engine::plan::{Action, CopyReason, PlanItem};
 use crate::engine::stats::Stats;
 use crate::registry::ManifestHead;
 use crate::state::leases::ClaimedTask;
-use crate::state::{StateDb, StateError};
+use crate::state::{StateDb, StateError, TaskStatus};
 
 /// How often a worker with free slots looks for tasks released by others.
 const POLL: Duration = Duration::from_millis(300);
@@ -129,7 +129,12 @@ pub async fn work(
         tokio::select! {
             Some((id, end)) = inflight.next() => {
                 held.remove(&id);
-                if let Err(e) = db.end_claim(id).await {
+                let (status, error) = match &end {
+                    TaskEnd::Succeeded => (TaskStatus::Succeeded, None),
+                    TaskEnd::Failed(e) => (TaskStatus::Failed, Some(e.as_str())),
+                    TaskEnd::Canceled => (TaskStatus::Canceled, None),
+                };
+                if let Err(e) = db.end_claim(id, status, error).await {
                     tracing::warn!(task = id, error = %e, "cannot record the end of a claim");
                 }
                 share.ends.push((id, end));

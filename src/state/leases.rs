@@ -310,14 +310,32 @@ impl StateDb {
         rows.iter().map(|r| r.try_get("id").map_err(StateError::from)).collect()
     }
 
-    /// This worker is done with task `id` (whatever the outcome).
-    pub async fn end_claim(&self, id: i64) -> Result<(), StateError> {
+    /// This worker is done with task `id`, which ended as `status` (with
+    /// `error`): recorded before the worker claims another, so the state
+    /// never shows more tasks in flight than the worker has.
+    pub async fn end_claim(&self, id: i64, status: super::TaskStatus, error: Option<&str>) -> Result<(), StateError> {
+        let now = now_ms();
+        let me = &self.worker().id;
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "UPDATE tasks SET status = $1, last_error = COALESCE($2, CASE WHEN $1 = 'succeeded' THEN NULL ELSE last_error END), \
+             finished_at = CASE WHEN $1 = 'canceled' THEN finished_at ELSE $3 END, updated_at = $3 \
+             WHERE id = $4 AND worker = $5 AND status IN ('running', 'retrying')",
+        )
+        .bind(status.as_str())
+        .bind(error)
+        .bind(now)
+        .bind(id)
+        .bind(me)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE task_claims SET ended_at = $1 WHERE task_id = $2 AND worker = $3 AND ended_at IS NULL")
-            .bind(now_ms())
+            .bind(now)
             .bind(id)
-            .bind(&self.worker().id)
-            .execute(self.pool())
+            .bind(me)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 

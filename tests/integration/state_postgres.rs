@@ -185,7 +185,7 @@ async fn six_processes_create_one_new_state_at_once() {
         }
     }
     let applied = pg.psql("db0", "SELECT COUNT(*) FROM _sqlx_migrations");
-    assert_eq!(applied.trim(), "3", "each migration applied once");
+    assert_eq!(applied.trim(), "4", "each migration applied once");
 }
 
 /// A wrong password, a bad URL and `--help` with the URL in the
