@@ -291,6 +291,7 @@ impl Job {
 
     /// Work tasks of the recorded `execution` until none is left to claim
     /// (`until_done`: and until every other worker's are decided too).
+    #[allow(clippy::too_many_arguments)]
     async fn work(
         &self,
         db: &StateDb,
@@ -339,6 +340,7 @@ impl Job {
         Ok(report)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn report(
         &self,
         plan: &Plan,

@@ -140,11 +140,11 @@ pub async fn work(
                 share.ends.push((id, end));
             }
             _ = heartbeat.tick() => {
-                if let Some(name) = holder.filter(|_| !orphaned) {
-                    if let Ok(None) = db.lease_holder(name).await {
-                        tracing::warn!(execution, "the worker holding this pass is gone: taking it over after the tasks in flight");
-                        orphaned = true;
-                    }
+                if let Some(name) = holder.filter(|_| !orphaned)
+                    && let Ok(None) = db.lease_holder(name).await
+                {
+                    tracing::warn!(execution, "the worker holding this pass is gone: taking it over after the tasks in flight");
+                    orphaned = true;
                 }
                 if held.is_empty() {
                     continue;

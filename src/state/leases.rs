@@ -81,8 +81,7 @@ fn dead_here(worker: &str) -> bool {
         return false;
     }
     // SAFETY: signal 0 only checks that the process exists.
-    let gone = unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-    gone
+    unsafe { libc::kill(pid, 0) != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) }
 }
 
 /// Who holds a job when this worker could not take it.
