@@ -10,6 +10,8 @@
 #   bench/run.sh --slow          # main + bigger layers to a destination behind a slow link
 #   bench/run.sh --all           # all five
 #   bench/run.sh --only tls      # just one scenario (main|big|scale|tls|slow)
+#   bench/run.sh --workers 3     # only: one large pass by 1 daemon vs 3 daemons on one PostgreSQL,
+#                                # each capped at BENCH_WORKER_BPS; then a kill -9 of the pass's holder
 #
 # The tls and slow scenarios run regferry single-threaded (--threads 1) and
 # multi-threaded (--threads BENCH_THREADS, default: the cores) against
@@ -40,6 +42,9 @@
 #                                           the destination): latency per request, bytes/s each way
 #   BENCH_SLOW_REPOS=4 BENCH_SLOW_TAGS=4 BENCH_SLOW_BASE_SIZE=33554432
 #   BENCH_SLOW_REPO_SIZE=16777216 BENCH_SLOW_TAG_SIZE=8388608   the slow scenario's data set
+#   BENCH_WORKER_BPS=2MiB                    each worker's bytes_per_second to the destination (workers)
+#   BENCH_WORKER_REPOS=8 BENCH_WORKER_TAGS=12 BENCH_WORKER_TAG_SIZE=1048576  the workers scenario's data set
+#   BENCH_LEASE=3s                           the workers' --lease-time (workers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -55,7 +60,8 @@ while [ $# -gt 0 ]; do
     --only) shift; scenarios=("$1") ;;
     --tls) scenarios+=(tls) ;;
     --slow) scenarios+=(slow) ;;
-    -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
+    --workers) shift; WORKERS="$1"; scenarios=(workers) ;;
+    -h|--help) sed -n '2,48p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -314,6 +320,87 @@ params="$out/params.env"
   echo "commit=$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo '+dirty')"
 } >"$params"
 
+# The workers scenario: one large pass of one policy, by 1 daemon and then by
+# $WORKERS daemons on one PostgreSQL (each to a fresh destination, each
+# worker capped at $BENCH_WORKER_BPS, standing in for one machine's NIC);
+# then $WORKERS daemons again, and a kill -9 of the one holding the pass.
+run_workers() {
+  local n=${WORKERS:-3} bps=${BENCH_WORKER_BPS:-2MiB} lease=${BENCH_LEASE:-3s}
+  local repos=${BENCH_WORKER_REPOS:-8} tags=${BENCH_WORKER_TAGS:-12} tag_size=${BENCH_WORKER_TAG_SIZE:-1048576}
+  local psql=/usr/lib/postgresql/15/bin/psql pgfile="$work/pg.env" pg_url i
+  echo "== workers: 1 vs $n daemons on one PostgreSQL, $repos repositories × $tags tags, $bps per worker ==" >&2
+  "$kit" postgres >"$pgfile" 2>"$work/pg.log" &
+  serve_pids+=($!)
+  for _ in $(seq 300); do grep -q '^READY=1' "$pgfile" 2>/dev/null && break; sleep 0.1; done
+  pg_url=$(sed -n 's/^POSTGRES_URL=//p' "$pgfile")
+  [ -n "$pg_url" ] || { cat "$work/pg.log" >&2; echo "postgres did not start" >&2; exit 1; }
+  start_registries wsrc 1
+  start_registries wdst 3
+  "$kit" fill --registry "${wsrc_url[0]}" --prefix work --repos "$repos" --tags "$tags" --base-layers 2 \
+    --base-size 2097152 --repo-size 1048576 --tag-size "$tag_size" --multi-arch-every 0 --no-signatures | tee "$out/workers.fill" >&2
+  "$kit" rawcopy-plan --from "${wsrc_url[0]}" >"$out/workers.blobs.tsv"
+  local distinct
+  distinct=$(awk -F'\t' '{s += $3} END {print s + 0}' "$out/workers.blobs.tsv")
+  # (Errors while the first daemon is still creating the schema are expected.)
+  sql() { "$psql" "$pg_url" -tAq -c "$1" 2>/dev/null || true; }
+  # workers_pass NAME DST COUNT [KILL]: run policy NAME to DST with COUNT daemons until its
+  # first execution ends; prints the pass's seconds (from the execution's own timestamps).
+  workers_pass() {
+    local name=$1 dst=$2 count=$3 kill=${4:-} dir="$work/policies-$1" pids=() k status
+    mkdir -p "$dir"
+    printf 'name: %s\nsource: { registry: "%s" }\ndestinations:\n  - registry: "%s"\n    bytes_per_second: %s\ntrigger: { interval: 24h }\nconcurrency: 4\n' \
+      "$name" "${wsrc_url[0]}" "$dst" "$bps" >"$dir/p.yaml"
+    for k in $(seq 1 "$count"); do
+      RUST_LOG=regferry=info "$regferry" daemon --policies "$dir" --state "$pg_url" --listen "127.0.0.1:0" \
+        --worker-id "$name-w$k" --lease-time "$lease" 2>"$out/workers-$name-w$k.log" &
+      pids+=($!)
+      serve_pids+=($!)
+    done
+    if [ -n "$kill" ]; then
+      for _ in $(seq 600); do
+        [ "$(sql "SELECT count(*) FROM tasks t JOIN executions e ON e.id = t.execution_id WHERE e.policy = '$name' AND t.status = 'succeeded'")" -ge 3 ] 2>/dev/null && break
+        sleep 0.1
+      done
+      local victim t0 t1 holder=""
+      victim=$(sql "SELECT holder FROM leases l JOIN executions e ON e.id = l.execution_id WHERE e.policy = '$name'")
+      for k in $(seq 1 "$count"); do [ "$name-w$k" = "$victim" ] && kill -KILL "${pids[$((k - 1))]}"; done
+      t0=$(date +%s.%N)
+      for _ in $(seq 1200); do
+        holder=$(sql "SELECT holder FROM leases l JOIN executions e ON e.id = l.execution_id WHERE e.policy = '$name' AND l.holder <> '$victim' AND l.expires_at >= (extract(epoch from now()) * 1000)::bigint")
+        [ -n "$holder" ] && break
+        sleep 0.05
+      done
+      t1=$(date +%s.%N)
+      echo "handover_victim=$victim handover_to=$holder handover_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')" >"$work/handover"
+    fi
+    for _ in $(seq 3000); do
+      status=$(sql "SELECT status FROM executions WHERE policy = '$name' ORDER BY id LIMIT 1")
+      [ -n "$status" ] && [ "$status" != running ] && break
+      sleep 0.1
+    done
+    for k in "${pids[@]}"; do kill -TERM "$k" 2>/dev/null || true; done
+    for k in "${pids[@]}"; do wait "$k" 2>/dev/null || true; done
+    sql "SELECT status, (finished_at - started_at) / 1000.0 FROM executions WHERE policy = '$name' ORDER BY id LIMIT 1" >"$work/pass-$name"
+    sql "SELECT worker, count(*) FROM tasks t JOIN executions e ON e.id = t.execution_id WHERE e.policy = '$name' GROUP BY worker ORDER BY worker" \
+      | tr '\n' ' ' >"$work/share-$name"
+  }
+  workers_pass one "${wdst_url[0]}" 1
+  workers_pass many "${wdst_url[1]}" "$n"
+  workers_pass killed "${wdst_url[2]}" "$n" kill
+  local one many killed
+  one=$(cut -d'|' -f2 "$work/pass-one"); many=$(cut -d'|' -f2 "$work/pass-many"); killed=$(cut -d'|' -f2 "$work/pass-killed")
+  {
+    echo "workers: one pass of $repos × $tags tags, $distinct distinct blob bytes, each worker capped at $bps"
+    echo "  1 worker:       $(cut -d'|' -f1 "$work/pass-one"), ${one} s, $(awk -v b="$distinct" -v t="$one" 'BEGIN{printf "%.2f", b/t/1048576}') MiB/s"
+    echo "  $n workers:      $(cut -d'|' -f1 "$work/pass-many"), ${many} s, $(awk -v b="$distinct" -v t="$many" 'BEGIN{printf "%.2f", b/t/1048576}') MiB/s; tasks per worker: $(cat "$work/share-many")"
+    echo "  throughput ratio ($n vs 1): $(awk -v a="$one" -v b="$many" 'BEGIN{printf "%.2f", a/b}') x (goal: >= 2.5 x for 3 workers)"
+    echo "  kill -9 of the pass's holder mid-pass ($n workers, --lease-time $lease): $(cat "$work/handover")"
+    echo "    that pass: $(cut -d'|' -f1 "$work/pass-killed"), ${killed} s; tasks per worker: $(cat "$work/share-killed")"
+  } | tee "$out/workers.txt"
+  { echo "workers_n=$n"; echo "workers_bps=$bps"; echo "workers_distinct_bytes=$distinct"; echo "workers_one_s=$one"; echo "workers_many_s=$many"; cat "$work/handover"; } >>"$params"
+  stop_registries
+}
+
 for scenario in "${scenarios[@]}"; do
   case "$scenario" in
   main)
@@ -416,11 +503,18 @@ for scenario in "${scenarios[@]}"; do
     done
     stop_registries
     ;;
+  workers)
+    run_workers
+    ;;
   *) echo "unknown scenario $scenario" >&2; exit 2 ;;
   esac
 done
 echo "loadavg_after=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$params"
 
-"$kit" bench-report --dir "$out" | tee "$out/report.txt"
+if [ "${scenarios[*]}" = workers ]; then
+  cp "$out/workers.txt" "$out/report.txt"
+else
+  "$kit" bench-report --dir "$out" | tee "$out/report.txt"
+fi
 ln -sfn "$stamp" "$root/bench/out/latest"
 echo "raw results: bench/out/$stamp/ (also bench/out/latest)" >&2

@@ -20,6 +20,7 @@ use crate::engine::stats::{Snapshot, Stats};
 use crate::engine::EngineError;
 use crate::registry::{ClientOptions, Endpoint, RegistryError};
 use crate::scheme::{self, Scheme};
+use crate::state::leases::{Holder, LeaseGuard, StateFence};
 use crate::state::{ExecutionSpec, ExecutionStatus, Recorder, StateDb, StateError};
 
 /// Why a job could not run at all.
@@ -33,6 +34,10 @@ pub enum JobError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("worker {} holds this job{}; stopped while waiting for it", .0.worker, .0.execution.map(|e| format!(" (execution {e})")).unwrap_or_default())]
+    Held(Holder),
+    #[error("lost the lease of execution {0} (it expired while this worker stalled, and another worker took the job over)")]
+    LeaseLost(i64),
 }
 
 /// What to replicate, from where to where, and how.
@@ -143,8 +148,22 @@ impl Job {
     }
 
     /// Execute `plan`, recording into `state` when given. `stats` is shared
-    /// with whoever shows progress.
+    /// with whoever shows progress. With a state, the job's lease is taken
+    /// first (waiting while another worker holds it), and the tasks are
+    /// claimed one by one, so other workers may help (see [`Job::help`]).
     pub async fn run(&self, plan: &Plan, state: Option<&StateDb>, stats: &Arc<Stats>, cancel: &Cancel) -> Result<Report, JobError> {
+        self.run_leased(plan, state, stats, cancel, None).await
+    }
+
+    /// [`Job::run`] with the job's lease already held (taken before planning).
+    pub async fn run_leased(
+        &self,
+        plan: &Plan,
+        state: Option<&StateDb>,
+        stats: &Arc<Stats>,
+        cancel: &Cancel,
+        lease: Option<LeaseGuard>,
+    ) -> Result<Report, JobError> {
         let started = Instant::now();
         let skipped = plan.items.iter().filter(|i| matches!(i.action, Action::Skip(_))).count();
         Stats::add(&stats.repos_total, plan.repositories as u64);
@@ -157,6 +176,9 @@ impl Job {
         // the last successful one is marked as checked again.
         if let (Some(db), "policy", 0, true) = (state, self.spec.kind.as_str(), plan.count_copy(), plan.problems.is_empty())
             && let Some(id) = db.touch_if_succeeded(&self.spec.scope_key()).await? {
+                if let Some(lease) = lease {
+                    lease.release().await;
+                }
                 return Ok(Report {
                     execution: Some(id),
                     resumed: false,
@@ -171,55 +193,181 @@ impl Job {
                 });
             }
 
-        let registry_key = self.dst.name().to_string();
-        let mut execution = None;
-        let mut resumed = false;
-        let (sink, recorder, hints): (EventSink, Option<Recorder>, Option<Arc<dyn MountHints>>) = match state {
-            Some(db) => {
-                let spec = ExecutionSpec {
-                    kind: self.spec.kind.clone(),
-                    policy: self.spec.policy.clone(),
-                    scope_key: self.spec.scope_key(),
-                    source: self.spec.source.url.to_string(),
-                    destination: self.spec.destination.url.to_string(),
-                    direction: if self.spec.reversed { "reversed" } else { "forward" }.into(),
-                    resume_failed: self.spec.kind == "migrate",
-                };
-                let start = db.begin_execution(&spec).await?;
-                execution = Some(start.id);
-                resumed = start.resumed;
-                let ids = db.record_plan(start.id, plan).await?;
-                let hints = db.hints(&registry_key).await;
-                let (sink, recorder) = Recorder::spawn(db.clone(), ids, registry_key.clone());
-                (sink, Some(recorder), Some(Arc::new(hints)))
-            }
-            None => (EventSink::discard(), None, None),
+        let Some(db) = state else {
+            let ends = {
+                let streams = self.spec.execute.concurrency.max(1);
+                let new_repos = Arc::new(plan.new_repos.clone());
+                let blobs = BlobMover::new(self.src.clone(), self.dst.clone(), None, stats.clone(), EventSink::discard(), streams)
+                    .with_new_repos(new_repos.clone());
+                let referrers = Referrers::new(self.spec.scope.referrers.as_ref().clone()).with_plan(plan);
+                let copier = Copier::new(self.src.clone(), self.dst.clone(), blobs, stats.clone(), 4)
+                    .with_new_repos(new_repos)
+                    .with_referrers(referrers);
+                execute(&copier, plan, &self.spec.execute, stats, &EventSink::discard(), cancel).await
+            };
+            let ends = ends.into_iter().map(|(i, e)| Ended::Task(i, e)).collect();
+            return Ok(self.report(plan, None, false, ends, 0, stats, started));
         };
-
+        let scope_key = self.spec.scope_key();
+        let lease = match lease {
+            Some(l) => l,
+            None => self.wait_for_lease(db, cancel).await?,
+        };
+        let spec = ExecutionSpec {
+            kind: self.spec.kind.clone(),
+            policy: self.spec.policy.clone(),
+            scope_key: scope_key.clone(),
+            source: self.spec.source.url.to_string(),
+            destination: self.spec.destination.url.to_string(),
+            direction: if self.spec.reversed { "reversed" } else { "forward" }.into(),
+            resume_failed: self.spec.kind == "migrate",
+        };
+        let start = db.begin_execution(&spec).await?;
+        let id = start.id;
+        db.set_lease_execution(&scope_key, id).await?;
+        let ids = db.record_plan(id, plan).await?;
+        // The lease lost (this worker stalled past it): stop at once.
+        let cancel = &Cancel { stop: cancel.stop.child_token(), abort: cancel.abort.child_token() };
+        let linked = {
+            let (lost, c) = (lease.lost.clone(), cancel.clone());
+            tokio::spawn(async move {
+                lost.cancelled().await;
+                c.stop.cancel();
+                c.abort.cancel();
+            })
+        };
         // `regferry jobs cancel ID` from another process: checked every 2 s.
-        let watcher = match (state, execution) {
-            (Some(db), Some(id)) => Some(tokio::spawn(watch_cancel_request(db.clone(), id, cancel.clone()))),
-            _ => None,
+        let watcher = tokio::spawn(watch_cancel_request(db.clone(), id, cancel.clone()));
+        let known: std::collections::HashMap<i64, &crate::engine::plan::PlanItem> =
+            ids.iter().copied().zip(plan.items.iter()).filter(|(_, i)| matches!(i.action, Action::Copy(_))).collect();
+        let referrers = Referrers::new(self.spec.scope.referrers.as_ref().clone()).with_plan(plan);
+        let share = self.work(db, id, Arc::new(plan.new_repos.clone()), stats, cancel, true, &known, referrers).await;
+        watcher.abort();
+        linked.abort();
+        let share = share?;
+        if lease.lost.is_cancelled() {
+            return Err(JobError::LeaseLost(id));
+        }
+        let mut canceled = share.ends.iter().filter(|(_, e)| *e == TaskEnd::Canceled).count() as u64;
+        if cancel.stop.is_cancelled() {
+            canceled += db.cancel_pending(id).await?;
+        }
+        // Every worker's outcome of this plan's tasks, as recorded.
+        let wanted: std::collections::HashSet<i64> = ids.into_iter().collect();
+        let ends: Vec<Ended> = db
+            .tasks(id)
+            .await?
+            .into_iter()
+            .filter(|t| wanted.contains(&t.id) && t.status == "failed")
+            .map(|t| Ended::Failed(Failure { repository: t.source_repo, tag: t.tag, error: t.last_error.unwrap_or_default() }))
+            .collect();
+        let done = stats.snapshot().repos_done;
+        Stats::add(&stats.repos_done, (plan.repositories as u64).saturating_sub(done));
+        let report = self.report(plan, Some(id), start.resumed, ends, canceled, stats, started);
+        let error = (!report.failures.is_empty()).then(|| {
+            let mut error = format!("{} tag(s) failed", report.failures.len());
+            for c in &report.conditions {
+                error.push_str(&format!("; {c}"));
+            }
+            if report.not_attempted > 0 {
+                error.push_str(&format!("; {} tag(s) not attempted", report.not_attempted));
+            }
+            error
+        });
+        db.finish_execution(id, report.status, &report.counts, error.as_deref()).await?;
+        lease.release().await;
+        Ok(report)
+    }
+
+    /// The lease of this job, waiting while another worker holds it.
+    async fn wait_for_lease(&self, db: &StateDb, cancel: &Cancel) -> Result<LeaseGuard, JobError> {
+        let key = self.spec.scope_key();
+        let mut told = false;
+        loop {
+            match db.hold_lease(&key).await? {
+                Ok(guard) => return Ok(guard),
+                Err(holder) => {
+                    if !told {
+                        tracing::warn!(worker = %holder.worker, execution = ?holder.execution, "another worker holds this job; waiting until it is done");
+                        told = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = cancel.stop.cancelled() => return Err(JobError::Held(holder)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Work tasks of the recorded `execution` until none is left to claim
+    /// (`until_done`: and until every other worker's are decided too).
+    #[allow(clippy::too_many_arguments)]
+    async fn work(
+        &self,
+        db: &StateDb,
+        execution: i64,
+        new_repos: Arc<std::collections::HashSet<crate::registry::RepoName>>,
+        stats: &Arc<Stats>,
+        cancel: &Cancel,
+        until_done: bool,
+        known: &std::collections::HashMap<i64, &crate::engine::plan::PlanItem>,
+        referrers: Referrers,
+    ) -> Result<crate::worker::Share, JobError> {
+        let registry_key = self.dst.name().to_string();
+        let hints: Arc<dyn MountHints> = Arc::new(db.hints(&registry_key).await);
+        // Across processes only where several workers share a pass (SQLite:
+        // one process at a time works an execution; in-process dedup suffices).
+        let fence: Option<Arc<dyn crate::engine::blobs::BlobFence>> = match db.backend() {
+            crate::state::Backend::Postgres => Some(Arc::new(StateFence::new(db.clone(), registry_key.clone()))),
+            crate::state::Backend::Sqlite => None,
         };
-        let ends = {
+        let (sink, recorder) = Recorder::spawn(db.clone(), registry_key);
+        let share = {
             let streams = self.spec.execute.concurrency.max(1);
-            let new_repos = Arc::new(plan.new_repos.clone());
-            let blobs = BlobMover::new(self.src.clone(), self.dst.clone(), hints, stats.clone(), sink.clone(), streams)
-                .with_new_repos(new_repos.clone());
-            let referrers = Referrers::new(self.spec.scope.referrers.as_ref().clone()).with_plan(plan);
+            let blobs = BlobMover::new(self.src.clone(), self.dst.clone(), Some(hints), stats.clone(), sink.clone(), streams)
+                .with_new_repos(new_repos.clone())
+                .with_fence(fence);
             let copier = Copier::new(self.src.clone(), self.dst.clone(), blobs, stats.clone(), 4)
                 .with_new_repos(new_repos)
                 .with_referrers(referrers);
-            execute(&copier, plan, &self.spec.execute, stats, &sink, cancel).await
+            let holder = (!until_done).then(|| self.spec.scope_key());
+            crate::worker::work(&copier, db, execution, &self.spec.execute, stats, &sink, cancel, until_done, holder.as_deref(), known).await
         };
-        if let Some(w) = watcher {
-            w.abort();
-        }
         drop(sink);
-        if let Some(r) = recorder {
-            r.finish().await?;
-        }
+        recorder.finish().await?;
+        Ok(share?)
+    }
 
+    /// Help with `execution`, which another worker holds: claim and copy its
+    /// tasks until none is left to claim. The report counts what this
+    /// worker did; the holder closes the execution.
+    pub async fn help(&self, db: &StateDb, execution: i64, stats: &Arc<Stats>, cancel: &Cancel) -> Result<Report, JobError> {
+        let started = Instant::now();
+        let watcher = tokio::spawn(watch_cancel_request(db.clone(), execution, cancel.clone()));
+        // (No plan here: the referrers of what this worker copies are found
+        // by asking the source, not from the planner's tag listing.)
+        let referrers = Referrers::new(self.spec.scope.referrers.as_ref().clone());
+        let share = self.work(db, execution, Arc::default(), stats, cancel, false, &Default::default(), referrers).await;
+        watcher.abort();
+        let share = share?;
+        tracing::info!(execution, tasks = share.ends.len(), "helped with an execution another worker holds");
+        let mut report = self.report(&Plan::default(), Some(execution), true, Vec::new(), 0, stats, started);
+        report.status = ExecutionStatus::Running;
+        Ok(report)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        plan: &Plan,
+        execution: Option<i64>,
+        resumed: bool,
+        ends: Vec<Ended>,
+        canceled: u64,
+        stats: &Arc<Stats>,
+        started: Instant,
+    ) -> Report {
         let mut failures: Vec<Failure> = plan
             .problems
             .iter()
@@ -229,15 +377,16 @@ impl Job {
                 error: p.error.clone(),
             })
             .collect();
-        let mut canceled = 0;
-        for (index, end) in ends {
+        let mut canceled = canceled;
+        for end in ends {
             match end {
-                TaskEnd::Failed(error) => {
+                Ended::Task(index, TaskEnd::Failed(error)) => {
                     let item = &plan.items[index];
                     failures.push(Failure { repository: item.source_repo.to_string(), tag: item.tag.to_string(), error });
                 }
-                TaskEnd::Canceled => canceled += 1,
-                TaskEnd::Succeeded => {}
+                Ended::Failed(f) => failures.push(f),
+                Ended::Task(_, TaskEnd::Canceled) => canceled += 1,
+                Ended::Task(_, TaskEnd::Succeeded) => {}
             }
         }
         let status = if canceled > 0 {
@@ -251,20 +400,7 @@ impl Job {
         let not_attempted = failures.iter().filter(|f| f.error.starts_with(NOT_ATTEMPTED)).count();
         let conditions: Vec<String> =
             [self.src.halted(true), self.dst.halted(true)].into_iter().flatten().map(|e| e.to_string()).collect();
-        if let (Some(db), Some(id)) = (state, execution) {
-            let error = (!failures.is_empty()).then(|| {
-                let mut error = format!("{} tag(s) failed", failures.len());
-                for c in &conditions {
-                    error.push_str(&format!("; {c}"));
-                }
-                if not_attempted > 0 {
-                    error.push_str(&format!("; {not_attempted} tag(s) not attempted"));
-                }
-                error
-            });
-            db.finish_execution(id, status, &counts, error.as_deref()).await?;
-        }
-        Ok(Report {
+        Report {
             execution,
             resumed,
             status,
@@ -275,8 +411,15 @@ impl Job {
             destination_requests: self.dst.request_count(),
             conditions,
             not_attempted,
-        })
+        }
     }
+}
+
+/// How a task of a run ended: by plan index (this process ran it), or as
+/// recorded (any worker did).
+enum Ended {
+    Task(usize, TaskEnd),
+    Failed(Failure),
 }
 
 /// Stop `cancel` when an operator asks (via the state database) to cancel

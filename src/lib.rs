@@ -17,3 +17,4 @@ pub mod policy;
 pub mod registry;
 pub mod scheme;
 pub mod state;
+pub mod worker;

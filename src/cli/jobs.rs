@@ -152,7 +152,7 @@ fn show_text(e: &ExecutionRow, tasks: &[TaskRow]) -> String {
         let _ = writeln!(out, "  error      {err}");
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "{:<10} {:>3}  {:<50} {:<22} REASON / LAST ERROR", "STATUS", "TRY", "REPOSITORY:TAG", "DIGEST");
+    let _ = writeln!(out, "{:<10} {:>3}  {:<50} {:<22} {:<20} REASON / LAST ERROR", "STATUS", "TRY", "REPOSITORY:TAG", "DIGEST", "WORKER");
     for t in tasks {
         let digest = t.source_digest.as_deref().map(|d| d.chars().take(19).collect::<String>()).unwrap_or_else(|| "-".into());
         let name = format!("{}:{}", t.dest_repo, t.tag);
@@ -166,7 +166,8 @@ fn show_text(e: &ExecutionRow, tasks: &[TaskRow]) -> String {
             (Some(p), _) => format!("{detail}; {p}"),
             _ => detail,
         };
-        let _ = writeln!(out, "{:<10} {:>3}  {:<50} {:<22} {}", t.status, t.attempts, name, digest, detail);
+        let worker = t.worker.as_deref().unwrap_or("-");
+        let _ = writeln!(out, "{:<10} {:>3}  {:<50} {:<22} {:<20} {}", t.status, t.attempts, name, digest, worker, detail);
     }
     out
 }

@@ -203,6 +203,28 @@ pub struct StateArgs {
     #[arg(long, env = "REGFERRY_STATE", default_value = "state/regferry.db", value_name = "PATH|URL",
           hide_env_values = true, value_parser = StateParser)]
     pub state: StateLocation,
+
+    /// This process's name among the workers of one state (default: HOST:PID); shown in
+    /// `jobs show` and on /metrics.
+    #[arg(long, env = "REGFERRY_WORKER_ID", value_name = "ID")]
+    pub worker_id: Option<String>,
+
+    /// A worker that stops renewing what it holds (a pass, a task) loses it after this long,
+    /// and another worker takes over; renewed every third of it.
+    #[arg(long, env = "REGFERRY_LEASE_TIME", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub lease_time: std::time::Duration,
+}
+
+impl StateArgs {
+    /// This process as a worker of the state; `joins`: it helps with passes
+    /// other workers hold (the daemon) instead of waiting for them.
+    pub fn worker(&self, joins: bool) -> regferry::state::leases::Worker {
+        regferry::state::leases::Worker {
+            id: self.worker_id.clone().unwrap_or_else(regferry::state::leases::default_id),
+            lease: self.lease_time.max(std::time::Duration::from_millis(300)),
+            joins,
+        }
+    }
 }
 
 /// Parses `--state` without ever quoting the value in an error (a URL may

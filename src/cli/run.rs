@@ -103,10 +103,10 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
     for p in &mut policies {
         p.force_delete = args.force_delete;
     }
-    let state = StateDb::open(&args.state.state).await?;
+    let state = StateDb::open(&args.state.state).await?.with_worker(args.state.worker(false));
     let cancel = Cancel::default();
     signals::watch(cancel.clone(), Duration::from_secs(30));
-    let metrics = Metrics::default();
+    let metrics = Metrics::for_worker(&state.worker().id);
     let mut ok = true;
     let mut all = Vec::new();
     for p in &policies {

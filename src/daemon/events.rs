@@ -54,7 +54,15 @@ async fn accept(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, parse: fn(
     tracing::info!(kind, events = events.len(), policies = matched.len(), "registry event received");
     for (policy, repos) in wanted {
         tracing::debug!(policy = %policy, repositories = ?repos, "pass requested by an event");
-        shared.request_pass(&policy, Some(repos)).await;
+        // Stored, so that whichever worker holds the policy acts on it; this
+        // worker is woken to try first.
+        match shared.state.store_push_event(&policy, &repos).await {
+            Ok(()) => shared.request_pass(&policy, Some(HashSet::new())).await,
+            Err(e) => {
+                tracing::warn!(policy = %policy, error = %e, "cannot store the push event; acting on it here");
+                shared.request_pass(&policy, Some(repos)).await;
+            }
+        }
     }
     (StatusCode::ACCEPTED, axum::Json(json!({ "events": events.len(), "policies": matched }))).into_response()
 }

@@ -171,7 +171,7 @@ async fn policy_loop(shared: Arc<Shared>, policy: Policy, retire: CancellationTo
         let last = handle.last_full.lock().ok().and_then(|l| *l);
         let due = last.map_or_else(SystemTime::now, |t| policy.trigger.next_after(t));
         let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
-        let only = tokio::select! {
+        let mut only = tokio::select! {
             biased;
             _ = retire.cancelled() => return,
             _ = cancel.stop.cancelled() => return,
@@ -183,6 +183,23 @@ async fn policy_loop(shared: Arc<Shared>, policy: Policy, retire: CancellationTo
         if cancel.stop.is_cancelled() {
             return;
         }
+        // Push events wait in the state for whichever worker gets here first.
+        let took_events = match shared.state.take_push_events(&policy.name).await {
+            Ok(Some(repos)) => {
+                if let Some(only) = &mut only {
+                    only.extend(repos);
+                }
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(policy = %policy.name, error = %e, "cannot read push events");
+                false
+            }
+        };
+        if only.as_ref().is_some_and(HashSet::is_empty) {
+            continue; // woken for events another worker took
+        }
         let full = only.is_none();
         match &only {
             Some(repos) => tracing::info!(policy = %policy.name, repositories = repos.len(), "pass for pushed repositories"),
@@ -190,8 +207,16 @@ async fn policy_loop(shared: Arc<Shared>, policy: Policy, retire: CancellationTo
         }
         let outcome = run_pass(&policy, &shared.state, &cancel, &shared.metrics, only.as_ref()).await;
         log_pass(&outcome);
-        // A pass cut short by shutdown says nothing about the policy's health.
-        if !cancel.stop.is_cancelled() {
+        let helped = !outcome.destinations.is_empty() && outcome.destinations.iter().all(|d| d.helped.is_some());
+        if helped && took_events {
+            // Another worker holds the policy: the events wait for it.
+            if let Err(e) = shared.state.return_push_events(&policy.name).await {
+                tracing::warn!(policy = %policy.name, error = %e, "cannot give push events back");
+            }
+        }
+        // A pass cut short by shutdown says nothing about the policy's health,
+        // nor does this worker's share of another worker's pass.
+        if !cancel.stop.is_cancelled() && !helped {
             shared.notifier.pass_finished(&policy, &outcome, full).await;
         }
         if full
@@ -224,7 +249,7 @@ pub async fn run(options: DaemonOptions, state: StateDb, cancel: Cancel, hangup:
     }
     let shared = Arc::new(Shared {
         state: state.clone(),
-        metrics: Arc::new(Metrics::default()),
+        metrics: Arc::new(Metrics::for_worker(&state.worker().id)),
         ready: AtomicBool::new(false),
         handles: Mutex::new(HashMap::new()),
         policies: std::sync::RwLock::new(Arc::new(set.clone())),
@@ -292,12 +317,34 @@ pub async fn run(options: DaemonOptions, state: StateDb, cancel: Cancel, hangup:
             }
             Err(e) => tracing::warn!(error = %e, "cannot read operator requests"),
         }
+        // Other workers: a pass whose worker died is taken over, a pass
+        // with tasks nobody works yet is helped with, push events stored by
+        // any worker are acted on.
+        for (what, found) in [
+            ("orphaned", state.orphaned_policies().await),
+            ("shared", state.joinable_policies().await),
+            ("events", state.policies_with_events().await),
+        ] {
+            match found {
+                Ok(names) => {
+                    for name in names.iter().filter(|n| set.get(n).is_some()) {
+                        tracing::debug!(policy = %name, what, "pass requested for other workers' work");
+                        let repos = (what == "events").then(HashSet::new);
+                        shared.request_pass(name, repos).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, what, "cannot read the work of other workers"),
+            }
+        }
         if last_prune.elapsed() > Duration::from_secs(3600) {
             last_prune = tokio::time::Instant::now();
             match state.prune(crate::state::now_ms() - options.retention.as_millis() as i64).await {
                 Ok(n) if n > 0 => tracing::info!(executions = n, "pruned old executions"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot prune old executions"),
+            }
+            if let Err(e) = state.prune_push_events(crate::state::now_ms() - options.retention.as_millis() as i64).await {
+                tracing::warn!(error = %e, "cannot prune old push events");
             }
         }
         while tasks.try_join_next().is_some() {}

@@ -36,6 +36,17 @@ pub trait MountHints: Send + Sync {
     fn holders<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Vec<RepoName>>;
 }
 
+/// Keeps workers in other processes from putting the same blob into the
+/// destination at the same time: the second one through finds where the
+/// first put it, and mounts it from there (or finds it present).
+pub trait BlobFence: Send + Sync {
+    /// Wait until this worker alone moves `digest`; returns the destination
+    /// repositories known, now, to hold it.
+    fn enter<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Vec<RepoName>>;
+    /// Done with `digest`; `at` holds it now (`None`: it did not get there).
+    fn leave<'a>(&'a self, digest: &'a Digest, at: Option<&'a RepoName>) -> BoxFuture<'a, ()>;
+}
+
 #[derive(Default)]
 struct Slot {
     /// Destination repositories confirmed to hold the blob during this run.
@@ -61,6 +72,7 @@ pub struct BlobMover {
     dst: Arc<dyn Scheme>,
     slots: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<Slot>>>>,
     hints: Option<Arc<dyn MountHints>>,
+    fence: Option<Arc<dyn BlobFence>>,
     stats: Arc<Stats>,
     streams: Semaphore,
     events: EventSink,
@@ -84,6 +96,7 @@ impl BlobMover {
             dst,
             slots: Mutex::new(HashMap::new()),
             hints,
+            fence: None,
             stats,
             streams: Semaphore::new(streams.max(1)),
             events,
@@ -99,6 +112,12 @@ impl BlobMover {
     /// push into it meanwhile, the worst case is a redundant mount or upload.)
     pub fn with_new_repos(mut self, repos: Arc<HashSet<RepoName>>) -> BlobMover {
         self.new_repos = repos;
+        self
+    }
+
+    /// Coordinate with workers in other processes through `fence`.
+    pub fn with_fence(mut self, fence: Option<Arc<dyn BlobFence>>) -> BlobMover {
+        self.fence = fence;
         self
     }
 
@@ -153,9 +172,43 @@ impl BlobMover {
         slot: &mut Slot,
     ) -> Result<BlobOutcome, RegistryError> {
         let digest = &desc.digest;
-        if !self.new_repos.contains(dst_repo) && self.dst.blob_exists(dst_repo, digest, &Scopes::push(dst_repo)).await? {
+        let asked = !self.new_repos.contains(dst_repo);
+        if asked && self.dst.blob_exists(dst_repo, digest, &Scopes::push(dst_repo)).await? {
             return Ok(BlobOutcome::Present);
         }
+        let Some(fence) = &self.fence else { return self.ensure_missing(src_repo, dst_repo, desc, slot).await };
+        let holders = fence.enter(digest).await;
+        // Put there by another worker meanwhile: asked again, as a record
+        // may be older than the HEAD that said missing.
+        if holders.contains(dst_repo) {
+            let present = match asked {
+                false => Ok(true),
+                true => self.dst.blob_exists(dst_repo, digest, &Scopes::push(dst_repo)).await,
+            };
+            if !matches!(present, Ok(false)) {
+                fence.leave(digest, None).await;
+                return present.map(|_| BlobOutcome::Present);
+            }
+        }
+        for h in holders {
+            if !slot.hinted.contains(&h) && &h != dst_repo {
+                slot.hinted.insert(0, h);
+            }
+        }
+        let result = self.ensure_missing(src_repo, dst_repo, desc, slot).await;
+        fence.leave(digest, result.as_ref().ok().map(|_| dst_repo)).await;
+        result
+    }
+
+    /// [`BlobMover::ensure_once`] for a blob the destination repository does not hold.
+    async fn ensure_missing(
+        &self,
+        src_repo: &RepoName,
+        dst_repo: &RepoName,
+        desc: &Descriptor,
+        slot: &mut Slot,
+    ) -> Result<BlobOutcome, RegistryError> {
+        let digest = &desc.digest;
         // A store without mounts and upload sessions (an OCI layout): stream.
         let Some(dst) = self.dst.registry() else {
             if self.dst.link_blob(dst_repo, digest).await? {
@@ -166,7 +219,11 @@ impl BlobMover {
         };
         if !slot.hints_loaded {
             if let Some(h) = &self.hints {
-                slot.hinted = h.holders(digest).await;
+                for r in h.holders(digest).await {
+                    if !slot.hinted.contains(&r) {
+                        slot.hinted.push(r);
+                    }
+                }
             }
             slot.hints_loaded = true;
         }

@@ -122,7 +122,7 @@ async fn run_phase(
     futures::stream::iter(indices)
         .map(|index| {
             async move {
-                let end = run_task(copier, plan, index, options, stats, events, cancel).await;
+                let end = run_task(copier, &plan.items[index], index, options, stats, events, cancel).await;
                 let item = &plan.items[index];
                 if let Some(left) = remaining.get(&item.source_repo)
                     && left.fetch_sub(1, Ordering::Relaxed) == 1 {
@@ -136,16 +136,17 @@ async fn run_phase(
         .await
 }
 
-async fn run_task(
+/// Copy one item with retries, reporting its state changes under `index`
+/// (the plan position, or whatever key the receiver of `events` expects).
+pub async fn run_task(
     copier: &Copier,
-    plan: &Plan,
+    item: &super::plan::PlanItem,
     index: usize,
     options: &ExecuteOptions,
     stats: &Stats,
     events: &EventSink,
     cancel: &Cancel,
 ) -> TaskEnd {
-    let item = &plan.items[index];
     if cancel.stop.is_cancelled() {
         events.send(Event::TaskCanceled { index, attempts: 0 }).await;
         return TaskEnd::Canceled;

@@ -23,6 +23,7 @@ struct Series {
     bytes_uploaded: u64,
     passes: u64,
     failed_passes: u64,
+    helped_passes: u64,
     last_duration_seconds: f64,
     last_pass_timestamp: f64,
     last_success_timestamp: f64,
@@ -38,6 +39,9 @@ struct Series {
 pub struct Metrics {
     series: Mutex<BTreeMap<(String, String), Series>>,
     policies: Mutex<usize>,
+    /// The worker these counters belong to (a label on every series, so
+    /// that what each of several workers did can be told apart).
+    worker: String,
 }
 
 fn unix_now() -> f64 {
@@ -49,6 +53,11 @@ fn escape(v: &str) -> String {
 }
 
 impl Metrics {
+    /// Metrics of worker `worker`.
+    pub fn for_worker(worker: &str) -> Metrics {
+        Metrics { worker: worker.to_string(), ..Metrics::default() }
+    }
+
     /// The number of policies loaded.
     pub fn set_policies(&self, n: usize) {
         if let Ok(mut p) = self.policies.lock() {
@@ -61,6 +70,20 @@ impl Metrics {
         let Ok(mut all) = self.series.lock() else { return };
         let s = all.entry((policy.to_string(), outcome.destination.clone())).or_default();
         let now = unix_now();
+        if outcome.helped.is_some() {
+            // Its share of a pass another worker holds (and counts as a pass).
+            s.helped_passes += 1;
+            if let Some(r) = &outcome.report {
+                let c = &r.counts;
+                s.tags_copied += c.tags_copied;
+                s.tags_failed += c.tags_failed;
+                s.blobs_uploaded += c.blobs_uploaded;
+                s.blobs_mounted += c.blobs_mounted;
+                s.blobs_skipped += c.blobs_skipped;
+                s.bytes_uploaded += c.bytes_uploaded;
+            }
+            return;
+        }
         s.passes += 1;
         s.last_pass_timestamp = now;
         s.reversed = outcome.reversed;
@@ -97,7 +120,7 @@ impl Metrics {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP regferry_policies Policies loaded.\n# TYPE regferry_policies gauge\nregferry_policies {policies}");
         type Get = fn(&Series) -> f64;
-        let families: [(&str, &str, &str, Get); 17] = [
+        let families: [(&str, &str, &str, Get); 18] = [
             ("regferry_tags_copied_total", "counter", "Tags copied.", |s| s.tags_copied as f64),
             ("regferry_tags_skipped_total", "counter", "Tags left alone (up to date, deferred or not to be overwritten).", |s| {
                 s.tags_skipped as f64
@@ -109,6 +132,9 @@ impl Metrics {
             ("regferry_bytes_uploaded_total", "counter", "Blob bytes uploaded.", |s| s.bytes_uploaded as f64),
             ("regferry_passes_total", "counter", "Passes run.", |s| s.passes as f64),
             ("regferry_failed_passes_total", "counter", "Passes with failures.", |s| s.failed_passes as f64),
+            ("regferry_helped_passes_total", "counter", "Passes of another worker this worker helped with (claimed tasks of).", |s| {
+                s.helped_passes as f64
+            }),
             ("regferry_execution_duration_seconds", "gauge", "Duration of the last execution.", |s| s.last_duration_seconds),
             ("regferry_last_pass_timestamp_seconds", "gauge", "When the last pass ended (Unix time).", |s| s.last_pass_timestamp),
             ("regferry_last_success_timestamp_seconds", "gauge", "When the last fully successful pass ended (Unix time, 0: never).", |s| {
@@ -131,7 +157,14 @@ impl Metrics {
         for (name, kind, help, get) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for ((policy, destination), s) in &series {
-                let _ = writeln!(out, "{name}{{policy=\"{}\",destination=\"{}\"}} {}", escape(policy), escape(destination), get(s));
+                let _ = writeln!(
+                    out,
+                    "{name}{{policy=\"{}\",destination=\"{}\",worker=\"{}\"}} {}",
+                    escape(policy),
+                    escape(destination),
+                    escape(&self.worker),
+                    get(s)
+                );
             }
         }
         out

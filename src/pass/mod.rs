@@ -51,16 +51,22 @@ pub struct DestinationOutcome {
     pub unmatched: Vec<String>,
     /// The pass was refused by the failover fence.
     pub fenced: bool,
+    /// This worker only helped with this execution, which another worker
+    /// holds (planned, and closes): the report counts its share.
+    pub helped: Option<i64>,
 }
 
 impl DestinationOutcome {
     fn new(source: String, destination: String, reversed: bool) -> DestinationOutcome {
-        DestinationOutcome { destination, source, reversed, report: None, error: None, deferred: 0, prune: None, unmatched: Vec::new(), fenced: false }
+        DestinationOutcome { destination, source, reversed, report: None, error: None, deferred: 0, prune: None, unmatched: Vec::new(), fenced: false, helped: None }
     }
 
     /// Everything in scope is replicated (nothing failed, nothing held back,
     /// no deletion refused).
     pub fn ok(&self) -> bool {
+        if self.helped.is_some() {
+            return self.error.is_none();
+        }
         self.deferred == 0
             && self.error.is_none()
             && self.prune.as_ref().is_none_or(|p| p.errors.is_empty() && p.refused.is_empty())
@@ -186,9 +192,50 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
             return outcome;
         }
     };
+    // One worker plans and closes a pass; the daemon's other workers help
+    // with it, `run` waits for it to end.
+    let mut told = false;
+    let lease = loop {
+        let held = match state.hold_lease(&scope_key).await {
+            Ok(held) => held,
+            Err(e) => {
+                outcome.error = Some(e.to_string());
+                return outcome;
+            }
+        };
+        match held {
+            Ok(lease) => break lease,
+            Err(holder) if state.worker().joins => {
+                if let Some(execution) = holder.execution {
+                    let stats = Arc::new(Stats::default());
+                    tracing::info!(policy = %policy.name, execution, holder = %holder.worker, "helping with a pass another worker holds");
+                    match job.help(state, execution, &stats, cancel).await {
+                        Ok(report) => outcome.report = Some(report),
+                        Err(e) => outcome.error = Some(e.to_string()),
+                    }
+                    outcome.helped = Some(execution);
+                    return outcome;
+                }
+                // The holder is still planning: look again shortly.
+            }
+            Err(holder) if !told => {
+                told = true;
+                tracing::info!(policy = %policy.name, holder = %holder.worker, "another worker holds this pass; waiting until it is done");
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(if state.worker().joins { 250 } else { 1000 })) => {}
+            _ = cancel.stop.cancelled() => {
+                outcome.error = Some("stopped while another worker held the pass".into());
+                return outcome;
+            }
+        }
+    };
     let mut plan = match job.plan().await {
         Ok(plan) => plan,
         Err(e) => {
+            lease.release().await;
             outcome.error = Some(e.to_string());
             return outcome;
         }
@@ -200,6 +247,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     match hold_back(&mut plan, state, &scope_key, policy.retry.give_up_after).await {
         Ok(n) => outcome.deferred = n,
         Err(e) => {
+            lease.release().await;
             outcome.error = Some(e.to_string());
             return outcome;
         }
@@ -222,7 +270,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
         "pass planned"
     );
     let stats = Arc::new(Stats::default());
-    let report = match job.run(&plan, Some(state), &stats, cancel).await {
+    let report = match job.run_leased(&plan, Some(state), &stats, cancel, Some(lease)).await {
         Ok(report) => report,
         Err(e) => {
             outcome.error = Some(e.to_string());

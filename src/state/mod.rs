@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod backoff;
 pub mod jobs;
+pub mod leases;
 mod location;
 pub mod overview;
 mod refused;
@@ -89,6 +90,7 @@ pub struct StateDb {
     pool: AnyPool,
     location: StateLocation,
     backend: Backend,
+    worker: leases::SharedWorker,
 }
 
 impl StateDb {
@@ -97,7 +99,20 @@ impl StateDb {
     /// same new state at once.
     pub async fn open(location: &StateLocation) -> Result<StateDb, StateError> {
         let pool = Backend::open(location).await?;
-        Ok(StateDb { pool, location: location.clone(), backend: Backend::of(location) })
+        Ok(StateDb { pool, location: location.clone(), backend: Backend::of(location), worker: Default::default() })
+    }
+
+    /// The same database, used as worker `worker` (its id, lease time, and
+    /// whether it helps a job another worker holds).
+    pub fn with_worker(mut self, worker: leases::Worker) -> StateDb {
+        self.worker = std::sync::Arc::new(worker);
+        self
+    }
+
+    /// Who this process is among the workers of this state.
+    pub fn worker(&self) -> &leases::Worker {
+        &self.worker
+
     }
 
     /// Where the state lives (its `Display` hides any password).
@@ -165,7 +180,7 @@ impl StateDb {
             let taken = sqlx::query(
                 "UPDATE tasks SET status = 'pending', updated_at = $1, \
                  last_error = COALESCE(last_error, 'interrupted: the previous run ended while this task was in flight') \
-                 WHERE execution_id = $2 AND status IN ('running', 'retrying')",
+                 WHERE execution_id = $2 AND status IN ('running', 'retrying') AND COALESCE(lease_expires_at, 0) < $1",
             )
             .bind(now)
             .bind(id)
@@ -235,7 +250,10 @@ impl StateDb {
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                  ON CONFLICT (execution_id, source_repo, dest_repo, tag) DO UPDATE SET \
                    status = CASE WHEN $11 AND tasks.status IN ('succeeded', 'running', 'retrying', 'pending') \
-                                  AND tasks.source_digest = excluded.source_digest THEN 'succeeded' ELSE excluded.status END, \
+                                  AND tasks.source_digest = excluded.source_digest THEN 'succeeded' \
+                                 WHEN tasks.status IN ('running', 'retrying') AND tasks.lease_expires_at >= excluded.updated_at \
+                                  AND tasks.source_digest = excluded.source_digest THEN tasks.status \
+                                 ELSE excluded.status END, \
                    reason = CASE WHEN $12 AND tasks.status IN ('succeeded', 'running', 'retrying', 'pending') \
                                   AND tasks.source_digest = excluded.source_digest THEN tasks.reason ELSE excluded.reason END, \
                    finished_at = CASE WHEN $13 AND tasks.status IN ('running', 'retrying', 'pending') \
@@ -288,6 +306,16 @@ impl StateDb {
             .execute(&mut *tx)
             .await?;
         }
+        // Tasks of an earlier plan of this execution that this plan no longer
+        // has are not for any worker to claim.
+        sqlx::query(
+            "UPDATE tasks SET status = 'canceled', last_error = 'no longer at the source or in scope', updated_at = $1 \
+             WHERE execution_id = $2 AND status = 'pending' AND updated_at <> $1",
+        )
+        .bind(now)
+        .bind(execution)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(ids)
     }
@@ -325,6 +353,17 @@ impl StateDb {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Cancel the tasks of `execution` nobody has started (it is being
+    /// stopped or canceled); returns how many.
+    pub async fn cancel_pending(&self, execution: i64) -> Result<u64, StateError> {
+        let done = sqlx::query("UPDATE tasks SET status = 'canceled', updated_at = $1 WHERE execution_id = $2 AND status = 'pending'")
+            .bind(now_ms())
+            .bind(execution)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Mount hints for the destination registry `registry`, from what runs

@@ -30,11 +30,12 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Start recording events of tasks whose ids are `task_ids` (indexed like
-    /// the plan's items); blob locations are filed under `registry`.
-    pub fn spawn(db: StateDb, task_ids: Vec<i64>, registry: String) -> (EventSink, Recorder) {
+    /// Start recording events of tasks claimed by this worker (an event's
+    /// `index` is the task's id); blob locations are filed under `registry`.
+    /// A task whose claim another worker has taken meanwhile is left alone.
+    pub fn spawn(db: StateDb, registry: String) -> (EventSink, Recorder) {
         let (sink, rx) = EventSink::channel(1024);
-        let handle = tokio::spawn(run(db, task_ids, registry, rx));
+        let handle = tokio::spawn(run(db, registry, rx));
         (sink, Recorder { handle })
     }
 
@@ -47,7 +48,7 @@ impl Recorder {
     }
 }
 
-async fn run(db: StateDb, task_ids: Vec<i64>, registry: String, mut rx: mpsc::Receiver<Event>) -> Result<(), StateError> {
+async fn run(db: StateDb, registry: String, mut rx: mpsc::Receiver<Event>) -> Result<(), StateError> {
     let mut first_error = None;
     let mut batch = Vec::with_capacity(BATCH);
     while let Some(event) = rx.recv().await {
@@ -60,7 +61,7 @@ async fn run(db: StateDb, task_ids: Vec<i64>, registry: String, mut rx: mpsc::Re
                 Ok(None) | Err(_) => break,
             }
         }
-        if let Err(e) = write(&db, &task_ids, &registry, &batch).await {
+        if let Err(e) = write(&db, &registry, &batch).await {
             tracing::error!(error = %e, "cannot record progress in the state database");
             first_error.get_or_insert(e);
         }
@@ -69,36 +70,41 @@ async fn run(db: StateDb, task_ids: Vec<i64>, registry: String, mut rx: mpsc::Re
     first_error.map_or(Ok(()), Err)
 }
 
-async fn write(db: &StateDb, task_ids: &[i64], registry: &str, events: &[Event]) -> Result<(), StateError> {
+async fn write(db: &StateDb, registry: &str, events: &[Event]) -> Result<(), StateError> {
     let now = now_ms();
+    let me = db.worker().id.clone();
     let mut tx = db.pool().begin().await?;
     for event in events {
-        let id = |index: &usize| task_ids.get(*index).copied().unwrap_or(-1);
+        let id = |index: &usize| i64::try_from(*index).unwrap_or(-1);
         let query = match event {
             Event::TaskStarted { index } => sqlx::query(
-                "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1 WHERE id = $2",
+                "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1 WHERE id = $2 AND worker = $3",
             )
             .bind(now)
-            .bind(id(index)),
+            .bind(id(index))
+            .bind(&me),
             Event::TaskRetrying { index, error, .. } => sqlx::query(
-                "UPDATE tasks SET status = 'retrying', attempts = attempts + 1, last_error = $1, updated_at = $2 WHERE id = $3",
+                "UPDATE tasks SET status = 'retrying', attempts = attempts + 1, last_error = $1, updated_at = $2 WHERE id = $3 AND worker = $4",
             )
             .bind(error)
             .bind(now)
-            .bind(id(index)),
+            .bind(id(index))
+            .bind(&me),
             Event::TaskSucceeded { index, .. } => sqlx::query(
-                "UPDATE tasks SET status = 'succeeded', last_error = NULL, finished_at = $1, updated_at = $1 WHERE id = $2",
+                "UPDATE tasks SET status = 'succeeded', last_error = NULL, finished_at = $1, updated_at = $1 WHERE id = $2 AND worker = $3",
             )
             .bind(now)
-            .bind(id(index)),
+            .bind(id(index))
+            .bind(&me),
             Event::TaskFailed { index, error, .. } => sqlx::query(
-                "UPDATE tasks SET status = 'failed', last_error = $1, finished_at = $2, updated_at = $2 WHERE id = $3",
+                "UPDATE tasks SET status = 'failed', last_error = $1, finished_at = $2, updated_at = $2 WHERE id = $3 AND worker = $4",
             )
             .bind(error)
             .bind(now)
-            .bind(id(index)),
+            .bind(id(index))
+            .bind(&me),
             Event::TaskCanceled { index, .. } => {
-                sqlx::query("UPDATE tasks SET status = 'canceled', updated_at = $1 WHERE id = $2").bind(now).bind(id(index))
+                sqlx::query("UPDATE tasks SET status = 'canceled', updated_at = $1 WHERE id = $2 AND worker = $3").bind(now).bind(id(index)).bind(&me)
             }
             Event::BlobAt { digest, repo } => sqlx::query(
                 "INSERT INTO blob_locations (registry, digest, repo, seen_at) VALUES ($1, $2, $3, $4) \

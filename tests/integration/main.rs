@@ -23,4 +23,5 @@ mod shapes_storage;
 mod shapes_limits;
 mod shapes_transfer;
 mod shapes_corners;
+mod workers;
 mod state_postgres;

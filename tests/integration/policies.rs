@@ -222,7 +222,8 @@ async fn daemon_replicates_pushes_serves_metrics_and_stops_cleanly() {
     let (code, metrics) = get(port, "/metrics").await.expect("metrics");
     assert_eq!(code, 200);
     assert_prometheus(&metrics);
-    assert!(metrics.contains(&format!("regferry_tags_copied_total{{policy=\"live\",destination=\"{}/m\"}} 2", dst.url)), "{metrics}");
+    let copied = format!("regferry_tags_copied_total{{policy=\"live\",destination=\"{}/m\",worker=\"", dst.url);
+    assert!(metrics.lines().any(|l| l.starts_with(&copied) && l.ends_with("\"} 2")), "{metrics}");
     assert!(metrics.contains("regferry_policies 1"));
     // Caught up: no lag, nothing outstanding.
     assert!(metrics.lines().any(|l| l == "regferry_replication_lag_seconds{policy=\"live\",direction=\"forward\"} 0"), "{metrics}");
