@@ -162,7 +162,7 @@ impl StateDb {
     /// Every task of an execution: failures first, then by repository and tag.
     pub async fn tasks(&self, execution: i64) -> Result<Vec<TaskRow>, StateError> {
         let rows = sqlx::query(
-            "SELECT id, source_repo, dest_repo, tag, source_digest, dest_digest, platforms, media_type, reason, status, attempts, last_error, updated_at, worker \\
+            "SELECT id, source_repo, dest_repo, tag, source_digest, dest_digest, platforms, media_type, reason, status, attempts, last_error, updated_at, worker \
              FROM tasks WHERE execution_id = $1 \
              ORDER BY CASE status WHEN 'failed' THEN 0 WHEN 'running' THEN 1 WHEN 'retrying' THEN 1 WHEN 'pending' THEN 2 ELSE 3 END, \
                       source_repo, tag",
