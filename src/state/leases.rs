@@ -630,3 +630,55 @@ impl BlobFence for StateFence {
 
 /// Shared handle type for [`StateDb`]'s worker.
 pub(super) type SharedWorker = Arc<Worker>;
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ExecutionSpec, StateDb};
+    use crate::engine::plan::{Action, CopyReason, Plan, PlanItem};
+    use crate::registry::{Digest, ManifestHead};
+
+    fn item(tag: &str) -> PlanItem {
+        PlanItem {
+            source_repo: "a/b".parse().unwrap(),
+            dest_repo: "a/b".parse().unwrap(),
+            tag: tag.parse().unwrap(),
+            source: ManifestHead { digest: Digest::sha256_of(tag.as_bytes()), media_type: "m".into() },
+            source_body: None,
+            dest: None,
+            action: Action::Copy(CopyReason::Missing),
+            platforms: None,
+        }
+    }
+
+    /// A signature tag waits until its subject's task is decided; a task
+    /// only the planner can copy (a narrowed index) goes to the coordinator.
+    #[tokio::test]
+    async fn subject_bound_tags_wait_and_planner_only_tasks_go_to_the_coordinator() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("s.db").into()).await.unwrap();
+        let spec = ExecutionSpec {
+            kind: "policy".into(),
+            policy: Some("p".into()),
+            scope_key: "k".into(),
+            source: "http://a".into(),
+            destination: "http://b".into(),
+            direction: "forward".into(),
+            resume_failed: false,
+        };
+        let id = db.begin_execution(&spec).await.unwrap().id;
+        let sig = format!("sha256-{}.sig", "a".repeat(64));
+        let plan = Plan { items: vec![item("v1"), item(&sig), item("multi")], repositories: 1, ..Plan::default() };
+        let ids = db.record_plan(id, &plan).await.unwrap();
+        sqlx::query("UPDATE tasks SET platforms = 'linux/amd64 (rewrite)' WHERE id = $1").bind(ids[2]).execute(db.pool()).await.unwrap();
+
+        let first = db.claim_task(id, false).await.unwrap().expect("a plain task");
+        assert_eq!(first.tag, "v1");
+        assert!(db.claim_task(id, false).await.unwrap().is_none(), "the signature waits, the narrowed index is not a helper's");
+        let narrowed = db.claim_task(id, true).await.unwrap().expect("the coordinator takes the narrowed index");
+        assert_eq!(narrowed.tag, "multi");
+        assert!(db.claim_task(id, true).await.unwrap().is_none(), "the signature still waits for both");
+        db.end_claim(first.id, super::super::TaskStatus::Succeeded, None).await.unwrap();
+        db.end_claim(narrowed.id, super::super::TaskStatus::Succeeded, None).await.unwrap();
+        assert_eq!(db.claim_task(id, false).await.unwrap().expect("now the signature").tag, sig);
+    }
+}
