@@ -380,7 +380,7 @@ run_workers() {
     done
     for k in "${pids[@]}"; do kill -TERM "$k" 2>/dev/null || true; done
     for k in "${pids[@]}"; do wait "$k" 2>/dev/null || true; done
-    sql "SELECT status, (finished_at - started_at) / 1000.0 FROM executions WHERE policy = '$name' ORDER BY id LIMIT 1" >"$work/pass-$name"
+    sql "SELECT status, round((finished_at - started_at) / 1000.0, 2) FROM executions WHERE policy = '$name' ORDER BY id LIMIT 1" >"$work/pass-$name"
     sql "SELECT worker, count(*) FROM tasks t JOIN executions e ON e.id = t.execution_id WHERE e.policy = '$name' GROUP BY worker ORDER BY worker" \
       | tr '\n' ' ' >"$work/share-$name"
   }
