@@ -53,38 +53,18 @@ impl StateDb {
 
 #[cfg(test)]
 mod tests {
-    use crate::engine::plan::{Action, CopyReason, Plan, PlanItem};
-    use crate::registry::{Digest, ManifestHead};
-    use crate::state::{ExecutionSpec, StateDb};
+    use crate::engine::plan::{Action, CopyReason, Plan};
+    use crate::registry::Digest;
 
     #[tokio::test]
     async fn lag_is_the_age_of_the_oldest_outstanding_tag() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("s.db").into()).await.unwrap();
+        let (_dir, db) = crate::state::testing::temp_state().await;
         let lag = db.replication_lag("p").await.unwrap();
         assert_eq!((lag.lag_seconds, lag.direction.as_str()), (None, "forward"), "never ran: unknown");
 
-        let spec = ExecutionSpec {
-            kind: "policy".into(),
-            policy: Some("p".into()),
-            scope_key: "k".into(),
-            source: "http://a".into(),
-            destination: "http://b".into(),
-            direction: "forward".into(),
-            resume_failed: false,
-        };
+        let spec = crate::state::testing::spec("policy");
         let start = db.begin_execution(&spec).await.unwrap();
-        let head = ManifestHead { digest: Digest::sha256_of(b"x"), media_type: "m".into() };
-        let item = PlanItem {
-            source_repo: "a/b".parse().unwrap(),
-            dest_repo: "a/b".parse().unwrap(),
-            tag: "v1".parse().unwrap(),
-            source: head,
-            source_body: None,
-            dest: None,
-            action: Action::Copy(CopyReason::Missing),
-            platforms: None,
-        };
+        let item = crate::state::testing::item("v1", &Digest::sha256_of(b"x"), Action::Copy(CopyReason::Missing));
         db.record_plan(start.id, &Plan { items: vec![item], repositories: 1, ..Plan::default() }).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
         let lag = db.replication_lag("p").await.unwrap();

@@ -633,38 +633,19 @@ pub(super) type SharedWorker = Arc<Worker>;
 
 #[cfg(test)]
 mod tests {
-    use super::super::{ExecutionSpec, StateDb};
     use crate::engine::plan::{Action, CopyReason, Plan, PlanItem};
-    use crate::registry::{Digest, ManifestHead};
+    use crate::registry::Digest;
 
     fn item(tag: &str) -> PlanItem {
-        PlanItem {
-            source_repo: "a/b".parse().unwrap(),
-            dest_repo: "a/b".parse().unwrap(),
-            tag: tag.parse().unwrap(),
-            source: ManifestHead { digest: Digest::sha256_of(tag.as_bytes()), media_type: "m".into() },
-            source_body: None,
-            dest: None,
-            action: Action::Copy(CopyReason::Missing),
-            platforms: None,
-        }
+        crate::state::testing::item(tag, &Digest::sha256_of(tag.as_bytes()), Action::Copy(CopyReason::Missing))
     }
 
     /// A signature tag waits until its subject's task is decided; a task
     /// only the planner can copy (a narrowed index) goes to the coordinator.
     #[tokio::test]
     async fn subject_bound_tags_wait_and_planner_only_tasks_go_to_the_coordinator() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("s.db").into()).await.unwrap();
-        let spec = ExecutionSpec {
-            kind: "policy".into(),
-            policy: Some("p".into()),
-            scope_key: "k".into(),
-            source: "http://a".into(),
-            destination: "http://b".into(),
-            direction: "forward".into(),
-            resume_failed: false,
-        };
+        let (_dir, db) = crate::state::testing::temp_state().await;
+        let spec = crate::state::testing::spec("policy");
         let id = db.begin_execution(&spec).await.unwrap().id;
         let sig = format!("sha256-{}.sig", "a".repeat(64));
         let plan = Plan { items: vec![item("v1"), item(&sig), item("multi")], repositories: 1, ..Plan::default() };

@@ -418,24 +418,58 @@ impl MountHints for StateHints {
     }
 }
 
+/// Test support for the state's users: a fresh SQLite state in a
+/// temporary directory, an execution spec and a plan item with placeholder
+/// names.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::{ExecutionSpec, StateDb};
-    use crate::engine::plan::{Action, CopyReason, Plan, PlanItem, SkipReason};
+    use crate::engine::plan::{Action, PlanItem};
     use crate::registry::{Digest, ManifestHead};
 
-    fn plan(action: Action, digest: &Digest) -> Plan {
-        let item = PlanItem {
-            source_repo: "a/b".parse().unwrap(),
-            dest_repo: "a/b".parse().unwrap(),
-            tag: "v1".parse().unwrap(),
+    /// A new state (keep the directory alive as long as the state).
+    pub async fn temp_state() -> (tempfile::TempDir, StateDb) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = StateDb::open(&dir.path().join("s.db").into()).await.expect("open state");
+        (dir, db)
+    }
+
+    /// A job of `kind` (`migrate` resumes failed executions, `policy` is policy `p`).
+    pub fn spec(kind: &str) -> ExecutionSpec {
+        ExecutionSpec {
+            kind: kind.into(),
+            policy: (kind == "policy").then(|| "p".into()),
+            scope_key: "k".into(),
+            source: "http://a".into(),
+            destination: "http://b".into(),
+            direction: "forward".into(),
+            resume_failed: kind == "migrate",
+        }
+    }
+
+    /// `a/b:tag` at `digest`, to be handled as `action`.
+    pub fn item(tag: &str, digest: &Digest, action: Action) -> PlanItem {
+        PlanItem {
+            source_repo: "a/b".parse().expect("repository"),
+            dest_repo: "a/b".parse().expect("repository"),
+            tag: tag.parse().expect("tag"),
             source: ManifestHead { digest: digest.clone(), media_type: "m".into() },
             source_body: None,
             dest: None,
             action,
             platforms: None,
-        };
-        Plan { items: vec![item], repositories: 1, ..Plan::default() }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::item;
+    use crate::engine::plan::{Action, CopyReason, Plan, SkipReason};
+    use crate::registry::Digest;
+
+    fn plan(action: Action, digest: &Digest) -> Plan {
+        Plan { items: vec![item("v1", digest, action)], repositories: 1, ..Plan::default() }
     }
 
     /// A task left pending or running by a dead process, found up to date
@@ -443,17 +477,8 @@ mod tests {
     /// is recorded as succeeded, not as skipped. A new digest stays skipped.
     #[tokio::test]
     async fn a_resumed_task_found_up_to_date_succeeded() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("s.db").into()).await.unwrap();
-        let spec = ExecutionSpec {
-            kind: "migrate".into(),
-            policy: None,
-            scope_key: "k".into(),
-            source: "http://a".into(),
-            destination: "http://b".into(),
-            direction: "forward".into(),
-            resume_failed: true,
-        };
+        let (_dir, db) = crate::state::testing::temp_state().await;
+        let spec = crate::state::testing::spec("migrate");
         let id = db.begin_execution(&spec).await.unwrap().id;
         let (one, two) = (Digest::sha256_of(b"one"), Digest::sha256_of(b"two"));
         db.record_plan(id, &plan(Action::Copy(CopyReason::Missing), &one)).await.unwrap();

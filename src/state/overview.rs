@@ -181,12 +181,9 @@ impl StateDb {
 
 #[cfg(test)]
 mod tests {
-    use crate::state::StateDb;
-
     #[tokio::test]
     async fn a_health_streak_keeps_its_start_until_it_flips() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("s.db").into()).await.unwrap();
+        let (_dir, db) = crate::state::testing::temp_state().await;
         assert_eq!(db.record_health("p", true, "forward").await.unwrap(), None);
         let first = db.health("p").await.unwrap().unwrap();
         assert!(first.failing);

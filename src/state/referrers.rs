@@ -53,8 +53,7 @@ impl StateDb {
 mod tests {
     #[tokio::test]
     async fn lists_round_trip_per_job() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = super::StateDb::open(&dir.path().join("s.db").into()).await.unwrap();
+        let (_dir, db) = crate::state::testing::temp_state().await;
         let row = |d: &str| ("team/app".to_string(), "sha256:aa".to_string(), d.to_string());
         db.record_referrer_lists("job", &[row("sha256:01")]).await.unwrap();
         db.record_referrer_lists("job", &[row("sha256:02")]).await.unwrap();

@@ -26,21 +26,12 @@ impl StateDb {
 #[cfg(test)]
 mod tests {
     use crate::engine::stats::Snapshot;
-    use crate::state::{ExecutionSpec, ExecutionStatus, StateDb};
+    use crate::state::ExecutionStatus;
 
     #[tokio::test]
     async fn a_refusal_fails_the_execution_and_keeps_earlier_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("s.db").into()).await.unwrap();
-        let spec = ExecutionSpec {
-            kind: "policy".into(),
-            policy: Some("p".into()),
-            scope_key: "k".into(),
-            source: "s".into(),
-            destination: "d".into(),
-            direction: "forward".into(),
-            resume_failed: false,
-        };
+        let (_dir, db) = crate::state::testing::temp_state().await;
+        let spec = crate::state::testing::spec("policy");
         let id = db.begin_execution(&spec).await.unwrap().id;
         db.finish_execution(id, ExecutionStatus::Succeeded, &Snapshot::default(), None).await.unwrap();
         db.fail_execution(id, "deletions refused: too many").await.unwrap();
