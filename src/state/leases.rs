@@ -258,6 +258,9 @@ impl StateDb {
     /// whose claim expired (its worker died or stalled). `None`: nothing to
     /// claim (or the execution is no longer running, or being canceled).
     ///
+    /// The claim counts as the task's next attempt, recorded with it (a
+    /// worker killed right after claiming has still used one).
+    ///
     /// Two kinds of task wait: a task whose item only the planner has in
     /// full (an index narrowed to some platforms, referrers found changed)
     /// goes to the `coordinator` only; a tag that exists for another
@@ -274,7 +277,7 @@ impl StateDb {
             super::Backend::Sqlite => "",
         };
         let sql = format!(
-            "UPDATE tasks SET status = 'running', worker = $1, lease_expires_at = $2, updated_at = $3 \
+            "UPDATE tasks SET status = 'running', attempts = attempts + 1, worker = $1, lease_expires_at = $2, updated_at = $3 \
              WHERE id = (SELECT t.id FROM tasks t WHERE t.execution_id = $4 \
                            AND (t.status = 'pending' OR (t.status IN ('running', 'retrying') AND COALESCE(t.lease_expires_at, 0) < $3)) \
                            AND ($5 = 1 OR (t.platforms IS NULL AND COALESCE(t.reason, '') <> 'referrers changed')) \

@@ -78,7 +78,7 @@ async fn write(db: &StateDb, registry: &str, events: &[Event]) -> Result<(), Sta
         let id = |index: &usize| i64::try_from(*index).unwrap_or(-1);
         let query = match event {
             Event::TaskStarted { index } => sqlx::query(
-                "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1 WHERE id = $2 AND worker = $3",
+                "UPDATE tasks SET status = 'running', started_at = COALESCE(started_at, $1), updated_at = $1 WHERE id = $2 AND worker = $3",
             )
             .bind(now)
             .bind(id(index))
