@@ -5,7 +5,9 @@
 //! Creating and migrating a new file is safe when several processes start
 //! at once: the migrations run inside one `BEGIN IMMEDIATE` transaction, so
 //! the first process applies them while the others wait for its write lock
-//! and then find them applied. Never stores or shows a credential.
+//! and then find them applied (a start SQLite refuses at once with "database
+//! is locked" is tried again within the busy timeout). Never stores or
+//! shows a credential.
 
 use std::path::Path;
 use std::time::Duration;
@@ -67,8 +69,21 @@ pub(super) async fn open(location: &StateLocation, path: &Path) -> Result<AnyPoo
         .connect(&url(path))
         .await
         .map_err(|e| open_error(location, e))?;
-    migrate(&pool).await.map_err(|e| migrate_error(location, e))?;
-    Ok(pool)
+    // SQLite answers "database is locked" at once, without waiting, where
+    // waiting could deadlock (e.g. while another process switches a new file
+    // to WAL): such a start is tried again, within the busy timeout.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match migrate(&pool).await {
+            Ok(()) => return Ok(pool),
+            Err(e) if e.to_string().contains("database is locked") && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => return Err(migrate_error(location, e)),
+        }
+    }
 }
 
 /// Switch the file to WAL and apply the migrations under the write lock.
