@@ -11,7 +11,8 @@
 #                            schemathesis and helm-python-sdk (deployment files,
 #                            the OpenAPI document and the live API against it, the
 #                            Helm chart rendered by Helm's Go SDK), and PostgreSQL
-#                            (the tests start throwaway clusters of their own)
+#                            (the tests start throwaway clusters of their own), and
+#                            faketime (a worker whose clock runs ahead)
 #   scripts/deps.sh --bench  the benchmark: nginx, moto, skopeo, PostgreSQL and GNU
 #                            time (/usr/bin/time, for peak RSS and CPU time)
 # PostgreSQL is installed without its system cluster (none is created or started).
@@ -31,6 +32,7 @@ if [ "$mode" = "--test" ]; then
   command -v skopeo >/dev/null 2>&1 || want+=(skopeo)
   command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || want+=(chromium)
   command -v promtool >/dev/null 2>&1 || want+=(prometheus)
+  command -v faketime >/dev/null 2>&1 || want+=(faketime)
   command -v kubernetes-validate >/dev/null 2>&1 || pips+=(kubernetes-validate)
   command -v openapi-spec-validator >/dev/null 2>&1 || pips+=(openapi-spec-validator)
   command -v schemathesis >/dev/null 2>&1 || pips+=(schemathesis)

@@ -9,11 +9,12 @@
 //! still record is ignored by the state. This module never plans, never
 //! opens or closes an execution, and never decides when a pass happens.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use futures::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
@@ -79,6 +80,10 @@ pub async fn work(
     let concurrency = options.concurrency.max(1);
     let mut held: HashMap<i64, CancellationToken> = HashMap::new();
     let mut inflight = FuturesUnordered::new();
+    // Transfers that ended while a state call was being made.
+    let mut ended = VecDeque::new();
+    // Ends the state did not take (it did not answer): tried again every heartbeat.
+    let mut unrecorded: Vec<(i64, TaskStatus, Option<String>)> = Vec::new();
     let mut share = Share::default();
     let mut heartbeat = tokio::time::interval(db.worker().heartbeat());
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -86,8 +91,22 @@ pub async fn work(
     let mut exhausted = false;
     let mut orphaned = false;
     loop {
+        if let Some((id, end)) = ended.pop_front() {
+            held.remove(&id);
+            let (status, error) = match &end {
+                TaskEnd::Succeeded => (TaskStatus::Succeeded, None),
+                TaskEnd::Failed(e) => (TaskStatus::Failed, Some(e.clone())),
+                TaskEnd::Canceled => (TaskStatus::Canceled, None),
+            };
+            if let Err(e) = beside(&mut inflight, &mut ended, db.end_claim(id, status, error.as_deref())).await {
+                tracing::warn!(task = id, error = %e, "cannot record the end of a claim; trying again");
+                unrecorded.push((id, status, error));
+            }
+            share.ends.push((id, end));
+            continue;
+        }
         while inflight.len() < concurrency && !exhausted && !orphaned && !cancel.stop.is_cancelled() {
-            let task = match db.claim_task(execution, until_done).await {
+            let task = match beside(&mut inflight, &mut ended, db.claim_task(execution, until_done)).await {
                 Ok(Some(t)) => t,
                 Ok(None) => {
                     exhausted = true;
@@ -107,7 +126,8 @@ pub async fn work(
                 Ok(item) => item,
                 Err(error) => {
                     events.send(Event::TaskFailed { index, attempts: 0, error: format!("cannot be copied: {error}") }).await;
-                    share.ends.push((id, TaskEnd::Failed(error)));
+                    ended.push_back((id, TaskEnd::Failed(error)));
+                    held.insert(id, CancellationToken::new());
                     continue;
                 }
             };
@@ -120,6 +140,9 @@ pub async fn work(
                 (id, end)
             });
         }
+        if !ended.is_empty() {
+            continue;
+        }
         if inflight.is_empty() {
             if !until_done || orphaned || cancel.stop.is_cancelled() {
                 break;
@@ -129,21 +152,16 @@ pub async fn work(
             }
         }
         tokio::select! {
-            Some((id, end)) = inflight.next() => {
-                held.remove(&id);
-                let (status, error) = match &end {
-                    TaskEnd::Succeeded => (TaskStatus::Succeeded, None),
-                    TaskEnd::Failed(e) => (TaskStatus::Failed, Some(e.as_str())),
-                    TaskEnd::Canceled => (TaskStatus::Canceled, None),
-                };
-                if let Err(e) = db.end_claim(id, status, error).await {
-                    tracing::warn!(task = id, error = %e, "cannot record the end of a claim");
-                }
-                share.ends.push((id, end));
-            }
+            Some(end) = inflight.next() => ended.push_back(end),
             _ = heartbeat.tick() => {
+                for (id, status, error) in std::mem::take(&mut unrecorded) {
+                    if let Err(e) = beside(&mut inflight, &mut ended, db.end_claim(id, status, error.as_deref())).await {
+                        tracing::warn!(task = id, error = %e, "cannot record the end of a claim; trying again");
+                        unrecorded.push((id, status, error));
+                    }
+                }
                 if let Some(name) = holder.filter(|_| !orphaned)
-                    && let Ok(None) = db.lease_holder(name).await
+                    && let Ok(None) = beside(&mut inflight, &mut ended, db.lease_holder(name)).await
                 {
                     tracing::warn!(execution, "the worker holding this pass is gone: taking it over after the tasks in flight");
                     orphaned = true;
@@ -151,7 +169,7 @@ pub async fn work(
                 if held.is_empty() {
                     continue;
                 }
-                match db.renew_claims(execution).await {
+                match beside(&mut inflight, &mut ended, db.renew_claims(execution)).await {
                     Ok(mine) => {
                         for (id, abort) in &held {
                             if !mine.contains(id) && !abort.is_cancelled() {
@@ -167,5 +185,29 @@ pub async fn work(
             _ = cancel.abort.cancelled(), if inflight.is_empty() => break,
         }
     }
+    // The last word on ends the state did not take: the run fails rather
+    // than leave a task `running` under a claim nobody renews.
+    for (id, status, error) in unrecorded {
+        db.end_claim(id, status, error.as_deref()).await?;
+    }
     Ok(share)
+}
+
+/// Await `call`, a state call, while the transfers in flight go on.
+///
+/// A transfer makes state calls of its own (mount hints, blob fences), and
+/// while one of them holds a connection of the pool — SQLite's only one —
+/// the call here may be waiting for that very connection: were the
+/// transfers not polled meanwhile, the connection (or a PostgreSQL
+/// transaction holding row locks) would never be given back and the run
+/// would wedge. Transfers that end meanwhile are kept in `ended`.
+async fn beside<F: Future, S: Stream + Unpin>(inflight: &mut S, ended: &mut VecDeque<S::Item>, call: F) -> F::Output {
+    let mut call = std::pin::pin!(call);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut call => return out,
+            Some(end) = inflight.next() => ended.push_back(end),
+        }
+    }
 }

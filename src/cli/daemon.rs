@@ -102,7 +102,7 @@ pub async fn run(args: DaemonArgs) -> Result<u8, CliError> {
     {
         return Err(CliError::usage("the read-only and the admin API token must differ"));
     }
-    let state = StateDb::open(&args.state.state).await?.with_worker(args.state.worker(true));
+    let state = StateDb::open_for(&args.state.state, 16).await?.with_worker(args.state.worker(true));
     tracing::info!(state = %state.location(), backend = state.backend().name(), worker = %state.worker().id, "state database ready");
     let cancel = Cancel::default();
     signals::watch(cancel.clone(), args.grace);

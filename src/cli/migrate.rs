@@ -154,7 +154,7 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
     let (from, to) = (spec.source.url.to_string(), spec.destination.url.to_string());
 
     let job = Job::connect(spec).await?;
-    let state = if args.dry_run { None } else { Some(StateDb::open(&args.state.state).await?.with_worker(args.state.worker(false))) };
+    let state = if args.dry_run { None } else { Some(StateDb::open_for(&args.state.state, concurrency).await?.with_worker(args.state.worker(false))) };
 
     tracing::info!("planning: listing repositories and tags at {from}");
     let plan = if args.dry_run { job.plan_read_only().await? } else { job.plan().await? };

@@ -204,7 +204,7 @@ pub struct StateArgs {
           hide_env_values = true, value_parser = StateParser)]
     pub state: StateLocation,
 
-    /// This process's name among the workers of one state (default: HOST:PID); shown in
+    /// This process's name among the workers of one state (default: HOST:PID:RANDOM, six random hex digits); shown in
     /// `jobs show` and on /metrics.
     #[arg(long, env = "REGFERRY_WORKER_ID", value_name = "ID")]
     pub worker_id: Option<String>,

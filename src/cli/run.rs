@@ -103,7 +103,7 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
     for p in &mut policies {
         p.force_delete = args.force_delete;
     }
-    let state = StateDb::open(&args.state.state).await?.with_worker(args.state.worker(false));
+    let state = StateDb::open_for(&args.state.state, 8).await?.with_worker(args.state.worker(false));
     let cancel = Cancel::default();
     signals::watch(cancel.clone(), Duration::from_secs(30));
     let metrics = Metrics::for_worker(&state.worker().id);

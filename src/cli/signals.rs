@@ -1,8 +1,11 @@
 //! Ctrl-C / SIGTERM handling: the first signal stops new work and lets
 //! in-flight tags finish (bounded by a grace period), the second aborts.
 //!
-//! Never exits the process itself: the command returns normally so the
-//! state database is closed cleanly.
+//! The command returns normally so the state database is closed cleanly;
+//! only when it has not returned [`AFTER_ABORT`] after the abort (a state
+//! database or a registry that does not answer) is the process ended here,
+//! with exit code 130, so that a signal always ends it within its grace
+//! and a few seconds.
 
 use std::time::Duration;
 
@@ -41,6 +44,9 @@ impl Signals {
     }
 }
 
+/// How long a command has to return once its in-flight tags are aborted.
+const AFTER_ABORT: Duration = Duration::from_secs(10);
+
 /// Watch for signals in the background and drive `cancel`.
 pub fn watch(cancel: Cancel, grace: Duration) {
     let mut signals = Signals::new();
@@ -53,6 +59,9 @@ pub fn watch(cancel: Cancel, grace: Duration) {
             _ = tokio::time::sleep(grace) => tracing::warn!("grace period over: aborting in-flight tags"),
         }
         cancel.abort.cancel();
+        tokio::time::sleep(AFTER_ABORT).await;
+        tracing::error!("still not stopped {AFTER_ABORT:?} after aborting (the state database or a registry does not answer): exiting now");
+        std::process::exit(130);
     });
 }
 

@@ -33,7 +33,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     }
     match shared.state.ping().await {
         Ok(_) => (StatusCode::OK, "ready\n".to_string()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: state database: {e}\n")),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
     }
 }
 

@@ -45,6 +45,25 @@ pub trait BlobFence: Send + Sync {
     fn enter<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Vec<RepoName>>;
     /// Done with `digest`; `at` holds it now (`None`: it did not get there).
     fn leave<'a>(&'a self, digest: &'a Digest, at: Option<&'a RepoName>) -> BoxFuture<'a, ()>;
+    /// The transfer of `digest` ended without [`BlobFence::leave`] (it was
+    /// aborted, its claim or lease lost): release the fence without waiting.
+    fn abandon(&self, _digest: &Digest) {}
+}
+
+/// Inside a fence until dropped: a transfer that ends any other way than
+/// through [`BlobFence::leave`] (its future dropped) abandons the fence.
+struct Entered<'a> {
+    fence: &'a dyn BlobFence,
+    digest: &'a Digest,
+    left: bool,
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        if !self.left {
+            self.fence.abandon(self.digest);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -177,6 +196,7 @@ impl BlobMover {
             return Ok(BlobOutcome::Present);
         }
         let Some(fence) = &self.fence else { return self.ensure_missing(src_repo, dst_repo, desc, slot).await };
+        let mut entered = Entered { fence: fence.as_ref(), digest, left: false };
         let holders = fence.enter(digest).await;
         // Put there by another worker meanwhile: asked again, as a record
         // may be older than the HEAD that said missing.
@@ -187,6 +207,7 @@ impl BlobMover {
             };
             if !matches!(present, Ok(false)) {
                 fence.leave(digest, None).await;
+                entered.left = true;
                 return present.map(|_| BlobOutcome::Present);
             }
         }
@@ -197,6 +218,7 @@ impl BlobMover {
         }
         let result = self.ensure_missing(src_repo, dst_repo, desc, slot).await;
         fence.leave(digest, result.as_ref().ok().map(|_| dst_repo)).await;
+        entered.left = true;
         result
     }
 

@@ -122,6 +122,7 @@ impl StateDb {
 
     /// Executions matching `filter`, newest first.
     pub async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Vec<ExecutionRow>, StateError> {
+        self.end_abandoned_executions().await?;
         let limit = if filter.limit == 0 { 100 } else { filter.limit };
         let rows = sqlx::query(
             "SELECT e.id, e.kind, e.policy, e.source, e.destination, e.direction, e.status, e.started_at, e.finished_at, e.error, e.summary \
@@ -146,6 +147,7 @@ impl StateDb {
 
     /// One execution.
     pub async fn execution(&self, id: i64) -> Result<Option<ExecutionRow>, StateError> {
+        self.end_abandoned_executions().await?;
         let row = sqlx::query(
             "SELECT e.id, e.kind, e.policy, e.source, e.destination, e.direction, e.status, e.started_at, e.finished_at, e.error, e.summary \
              FROM executions e WHERE e.id = $1",

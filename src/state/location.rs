@@ -160,6 +160,22 @@ fn percent_encoding_decode(s: &str) -> Result<String, std::string::FromUtf8Error
 }
 
 /// A path is a SQLite file.
+/// The state this process opened last, redacted (errors of its queries name it).
+static OPENED: std::sync::OnceLock<std::sync::Mutex<String>> = std::sync::OnceLock::new();
+
+/// Remember `location` as the state this process uses.
+pub(super) fn opened(location: &StateLocation) {
+    let shown = location.redacted();
+    let cell = OPENED.get_or_init(Default::default);
+    *cell.lock().unwrap_or_else(|p| p.into_inner()) = shown;
+}
+
+/// The state this process opened last, redacted, after a space (empty before any).
+pub(super) fn shown() -> String {
+    let shown = OPENED.get().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap_or_default();
+    if shown.is_empty() { shown } else { format!(" {shown}") }
+}
+
 impl From<PathBuf> for StateLocation {
     fn from(path: PathBuf) -> Self {
         StateLocation::Sqlite(path)

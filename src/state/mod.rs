@@ -12,10 +12,13 @@
 
 pub mod backend;
 pub mod backoff;
+mod claims;
+mod fences;
 pub mod jobs;
 pub mod leases;
 mod location;
 pub mod overview;
+mod push_events;
 mod refused;
 mod referrers;
 mod recorder;
@@ -48,7 +51,8 @@ pub enum StateError {
     Dir { location: String, source: std::io::Error },
     #[error("state database {location}: schema migration failed: {message}")]
     Migrate { location: String, message: String },
-    #[error("state database: {0}")]
+    /// Named by the location this process opened (redacted).
+    #[error("state database{shown}: {0}", shown = location::shown())]
     Query(#[from] sqlx::Error),
     #[error("state database holds an unknown status {0:?}")]
     BadStatus(String),
@@ -98,7 +102,14 @@ impl StateDb {
     /// bring its schema up to date. Safe when several processes open the
     /// same new state at once.
     pub async fn open(location: &StateLocation) -> Result<StateDb, StateError> {
-        let pool = Backend::open(location).await?;
+        StateDb::open_for(location, 4).await
+    }
+
+    /// [`StateDb::open`] for a process that works `concurrency` tasks at
+    /// once (its pool is sized for them).
+    pub async fn open_for(location: &StateLocation, concurrency: usize) -> Result<StateDb, StateError> {
+        let pool = Backend::open(location, concurrency).await?;
+        location::opened(location);
         Ok(StateDb { pool, location: location.clone(), backend: Backend::of(location), worker: Default::default() })
     }
 
@@ -131,17 +142,33 @@ impl StateDb {
         &self.pool
     }
 
-    /// Whether the database answers (readiness checks).
+    /// Now, in milliseconds since the Unix epoch, on the clock that decides
+    /// expiries (leases, claims, fences): the PostgreSQL server's, shared by
+    /// every worker whatever its own clock says; this machine's for SQLite,
+    /// where every holder shares it anyway.
+    pub async fn clock(&self) -> Result<i64, StateError> {
+        match self.backend {
+            Backend::Sqlite => Ok(now_ms()),
+            Backend::Postgres => {
+                let row = sqlx::query("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) AS now").fetch_one(&self.pool).await?;
+                Ok(row.try_get("now")?)
+            }
+        }
+    }
+
+    /// Whether the database answers within a few seconds (readiness checks).
     pub async fn ping(&self) -> Result<(), StateError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        match tokio::time::timeout(std::time::Duration::from_secs(3), sqlx::query("SELECT 1").execute(&self.pool)).await {
+            Ok(r) => r.map(|_| ()).map_err(StateError::from),
+            Err(_) => Err(StateError::Query(sqlx::Error::PoolTimedOut)),
+        }
     }
 
     /// Start recording a run: resume the latest execution of the same job if
     /// it did not finish cleanly (tasks it left running are taken back),
     /// else create a new one.
     pub async fn begin_execution(&self, spec: &ExecutionSpec) -> Result<ExecutionStart, StateError> {
-        let now = now_ms();
+        let now = self.clock().await?;
         let mut tx = self.pool.begin().await?;
         let latest =
             // An execution an operator asked to retry comes first, then the latest.
@@ -233,7 +260,7 @@ impl StateDb {
     /// item, in order. A task that already succeeded and is still up to
     /// date keeps its `succeeded` status.
     pub async fn record_plan(&self, execution: i64, plan: &Plan) -> Result<Vec<i64>, StateError> {
-        let now = now_ms();
+        let now = self.clock().await?;
         let mut tx = self.pool.begin().await?;
         let mut ids = Vec::with_capacity(plan.items.len());
         for item in &plan.items {

@@ -102,20 +102,39 @@ impl TestPostgres {
                 "--encoding=UTF8".as_ref(),
             ],
         );
+        pg.start_server();
+        pg.psql("postgres", "CREATE DATABASE regferry");
+        pg
+    }
+
+    /// `pg_ctl start` on the cluster's port, waiting until it listens.
+    fn start_server(&self) {
+        let data = self.data();
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
-            pg.dir.path().display()
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            self.port,
+            self.dir.path().display()
         );
-        let log = pg.dir.path().join("postgres.log");
-        pg.run(
+        let log = self.dir.path().join("postgres.log");
+        self.run(
             "pg_ctl",
             &["-D".as_ref(), data.as_os_str(), "-l".as_ref(), log.as_os_str(), "-w".as_ref(), "-o".as_ref(), options.as_ref(), "start".as_ref()],
         );
-        if let Err(why) = wait_listening(port, Duration::from_secs(30), || None) {
-            panic!("postgres {why}; log:\n{}", pg.log());
+        if let Err(why) = wait_listening(self.port, Duration::from_secs(30), || None) {
+            panic!("postgres {why}; log:\n{}", self.log());
         }
-        pg.psql("postgres", "CREATE DATABASE regferry");
-        pg
+    }
+
+    /// Stop the server (an outage: connections are cut, new ones refused)
+    /// until [`TestPostgres::restart`].
+    pub fn stop(&self) {
+        let data = self.data();
+        self.run("pg_ctl", &["-D".as_ref(), data.as_os_str(), "-m".as_ref(), "fast".as_ref(), "-w".as_ref(), "stop".as_ref()]);
+    }
+
+    /// Start the server again after [`TestPostgres::stop`], on the same port with the same data.
+    pub fn restart(&self) {
+        self.start_server();
     }
 
     fn data(&self) -> PathBuf {

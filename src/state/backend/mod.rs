@@ -46,13 +46,21 @@ impl Backend {
 
     /// Connect to (creating a SQLite file if needed) `location` and bring
     /// its schema up to date. Safe when several processes do it at once.
-    pub(super) async fn open(location: &StateLocation) -> Result<AnyPool, StateError> {
+    /// `concurrency`: how many tasks this process works at once; the
+    /// pool has a connection for each, plus the lease's heartbeat, the claims'
+    /// renewal, the recorder and the daemon's API (SQLite: one, its writer).
+    pub(super) async fn open(location: &StateLocation, concurrency: usize) -> Result<AnyPool, StateError> {
         sqlx::any::install_default_drivers();
         match location {
             StateLocation::Sqlite(path) => sqlite::open(location, path).await,
-            StateLocation::Postgres(_) => postgres::open(location).await,
+            StateLocation::Postgres(_) => postgres::open(location, pool_size(concurrency)).await,
         }
     }
+}
+
+/// PostgreSQL connections for a process working `concurrency` tasks at once.
+fn pool_size(concurrency: usize) -> u32 {
+    u32::try_from(concurrency).unwrap_or(u32::MAX).saturating_add(6).clamp(8, 64)
 }
 
 /// One embedded schema migration. Each backend lists its own in

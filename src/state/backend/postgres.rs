@@ -10,19 +10,24 @@
 
 use std::time::Duration;
 
-use sqlx::AnyPool;
+use sqlx::{AnyPool, Executor};
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 
 use super::{migrate_error, migration, migrator, open_error};
 use crate::state::{StateError, StateLocation};
 
-/// Connections per process: the recorder, the daemon's API and a few
-/// concurrent passes; PostgreSQL serves many processes.
-const MAX_CONNECTIONS: u32 = 8;
+/// How long opening or taking a connection may take before that one call
+/// fails (a state call that fails is retried by its caller; it never waits
+/// for ever).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// How long opening or taking a connection may take before it fails.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Set on every connection, so that nothing the database does can wedge a
+/// run: a statement waits at most this long for a row lock, and …
+const LOCK_TIMEOUT: &str = "20s";
+/// … a transaction left open by a process that stopped talking (frozen,
+/// or a bug) is ended by the server, releasing its locks.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
 
 fn migrations() -> Migrator {
     migrator(vec![
@@ -35,13 +40,22 @@ fn migrations() -> Migrator {
     ])
 }
 
-pub(super) async fn open(location: &StateLocation) -> Result<AnyPool, StateError> {
+pub(super) async fn open(location: &StateLocation, connections: u32) -> Result<AnyPool, StateError> {
     let Some(url) = location.secret_url() else {
         return Err(open_error(location, "not a PostgreSQL URL"));
     };
     let pool = AnyPoolOptions::new()
-        .max_connections(MAX_CONNECTIONS)
+        .max_connections(connections)
         .acquire_timeout(CONNECT_TIMEOUT)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "SET lock_timeout = '{LOCK_TIMEOUT}'; SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}'"
+                )))
+                .await?;
+                Ok(())
+            })
+        })
         .connect(url)
         .await
         .map_err(|e| open_error(location, e))?;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Connection, Executor};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
 use super::{migrate_error, migration, migrator, open_error};
 use crate::state::{StateError, StateLocation};
@@ -50,6 +50,22 @@ pub(super) async fn open(location: &StateLocation, path: &Path) -> Result<AnyPoo
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| StateError::Dir { location: location.redacted(), source })?;
     }
+    // A file that is not a database fails here, at once, with SQLite's own
+    // words (the pool would take it for a connection that may work later
+    // and try again until its acquire timeout).
+    let url = url(path);
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match check(&url).await {
+            Ok(()) => break,
+            Err(e) if is_locked(&e.to_string()) && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => return Err(open_error(location, e)),
+        }
+    }
     let pool = AnyPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(BUSY_TIMEOUT * 2)
@@ -66,7 +82,7 @@ pub(super) async fn open(location: &StateLocation, path: &Path) -> Result<AnyPoo
                 Ok(())
             })
         })
-        .connect(&url(path))
+        .connect(&url)
         .await
         .map_err(|e| open_error(location, e))?;
     // SQLite answers "database is locked" at once, without waiting, where
@@ -77,13 +93,30 @@ pub(super) async fn open(location: &StateLocation, path: &Path) -> Result<AnyPoo
     loop {
         match migrate(&pool).await {
             Ok(()) => return Ok(pool),
-            Err(e) if e.to_string().contains("database is locked") && std::time::Instant::now() < deadline => {
+            Err(e) if is_locked(&e.to_string()) && std::time::Instant::now() < deadline => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(500));
             }
             Err(e) => return Err(migrate_error(location, e)),
         }
     }
+}
+
+/// Whether SQLite said another connection holds a lock (the only error
+/// that is waited for).
+fn is_locked(message: &str) -> bool {
+    message.contains("database is locked") || message.contains("database table is locked") || message.contains("SQLITE_BUSY")
+}
+
+/// Open `url` once and read its header: an error unless it is a SQLite
+/// database (or a new, empty file).
+async fn check(url: &str) -> Result<(), sqlx::Error> {
+    let mut conn = AnyConnection::connect(url).await?;
+    let read = conn
+        .execute(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {}; PRAGMA schema_version;", BUSY_TIMEOUT.as_millis())))
+        .await;
+    let _ = conn.close().await;
+    read.map(|_| ())
 }
 
 /// Switch the file to WAL and apply the migrations under the write lock.
@@ -103,6 +136,20 @@ async fn migrate(pool: &AnyPool) -> Result<(), Box<dyn std::error::Error + Send 
 #[cfg(test)]
 mod tests {
     use crate::state::StateDb;
+
+    /// A file that is not a database fails at once, with SQLite's words,
+    /// in one line (only a locked database is waited for).
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("garbage.db");
+        std::fs::write(&path, vec![0x5au8; 8192]).unwrap();
+        let started = std::time::Instant::now();
+        let e = StateDb::open(&path.clone().into()).await.err().expect("garbage is not a state");
+        let shown = e.to_string();
+        assert!(started.elapsed() < std::time::Duration::from_secs(3), "took {:?}: {shown}", started.elapsed());
+        assert!(shown.contains("file is not a database") && shown.contains("garbage.db") && !shown.contains('\n'), "{shown}");
+    }
 
     /// Six connections creating one new file at once all open it (each
     /// process has its own pool; here each `open` does).
