@@ -35,6 +35,14 @@ async fn bounded(scratch: &Scratch, args: &[&str], env: &[(&str, &str)], limit: 
     }
 }
 
+/// `SELECT COUNT(*) …` on database `db`, 0 while regferry has not created its tables yet.
+fn count(pg: &TestPostgres, db: &str, sql: &str) -> u64 {
+    if pg.psql(db, "SELECT COUNT(*) FROM pg_tables WHERE tablename = 'leases'").trim() == "0" {
+        return 0;
+    }
+    pg.psql(db, sql).trim().parse().unwrap_or(0)
+}
+
 fn migrate_args<'a>(from: &'a str, to: &'a str, state: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec!["migrate", "--from", from, "--to", to, "--state", state, "--json"];
     a.extend_from_slice(extra);
@@ -114,8 +122,11 @@ async fn two_migrates_at_once_on_one_state_file_both_end() {
         let (a, b) = tokio::join!(bounded(&scratch, &args, &[], limit), bounded(&scratch, &args, &[], limit));
         a.assert_ok();
         b.assert_ok();
-        let copied = a.json()["counts"]["tags_copied"].as_u64().unwrap_or(0) + b.json()["counts"]["tags_copied"].as_u64().unwrap_or(0);
-        assert_eq!(copied, 30, "each tag copied once between the two:\n{}\n{}", a.stdout, b.stdout);
+        // (The second planned before it waited for the lease, so it may
+        // push what the first already did: same digests.)
+        for run in [&a, &b] {
+            assert_eq!(run.json()["counts"]["tags_failed"], 0, "{}", run.stdout);
+        }
         assert_eq!(assert_mirrored(&s, &d, &repos_of(&pushed), &format!("twice{round}")).await, 30);
     }
     let list = bounded(&scratch, &["jobs", "list", "--state", &state, "--json"], &[], Duration::from_secs(30)).await;
@@ -178,17 +189,17 @@ async fn a_worker_with_its_clock_ahead_takes_no_live_lease() {
     let pg = TestPostgres::start();
     let url = pg.database();
     let (src, dst, s, d) = registries();
-    let pushed = testkit::dataset::fill(&s, &plain_images(2, 3)).await;
+    let pushed = testkit::dataset::fill(&s, &testkit::dataset::Spec { tag_layer_size: 384 * 1024, ..plain_images(2, 3) }).await;
     let scratch = Scratch::new();
     let to = format!("{}/ahead", dst.url);
     // Slow enough to hold the job for a while.
     let mut args = migrate_args(&src.url, &to, &url, &["--to-bandwidth", "200KiB", "--lease-time", "3s", "--concurrency", "1"]);
     let mut first = command(&scratch, &args, &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start the first");
+    let db = url.rsplit('/').next().unwrap_or("regferry").to_string();
     wait_until(Duration::from_secs(30), "the first worker to hold the job", async || {
-        pg.psql(url.rsplit('/').next().unwrap_or("regferry"), "SELECT COUNT(*) FROM tasks WHERE status = 'running'").trim() != "0"
+        count(&pg, &db, "SELECT COUNT(*) FROM tasks WHERE status = 'running'") > 0
     })
     .await;
-    let db = url.rsplit('/').next().unwrap_or("regferry").to_string();
     let holder = pg.psql(&db, "SELECT holder FROM leases").trim().to_string();
     let binary = crate::support::binary();
     args.insert(0, binary);
@@ -231,13 +242,14 @@ async fn sigterm_mid_pass_on_postgres_ends_within_the_grace() {
     let pg = TestPostgres::start();
     let url = pg.database();
     let (src, dst, s, _d) = registries();
-    testkit::dataset::fill(&s, &plain_images(3, 4)).await;
+    let spec = testkit::dataset::Spec { tag_layer_size: 128 * 1024, ..plain_images(3, 4) };
+    testkit::dataset::fill(&s, &spec).await;
     let scratch = Scratch::new();
     let to = format!("{}/term", dst.url);
-    let args = migrate_args(&src.url, &to, &url, &["--to-bandwidth", "300KiB"]);
+    let args = migrate_args(&src.url, &to, &url, &["--to-bandwidth", "150KiB"]);
     let mut child = command(&scratch, &args, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start");
     let db = url.rsplit('/').next().unwrap_or("regferry").to_string();
-    wait_until(Duration::from_secs(30), "a tag copied", async || pg.psql(&db, "SELECT COUNT(*) FROM tasks WHERE status = 'succeeded'").trim() != "0").await;
+    wait_until(Duration::from_secs(30), "a tag copied", async || count(&pg, &db, "SELECT COUNT(*) FROM tasks WHERE status = 'succeeded'") > 0).await;
     let pid = child.id().expect("pid") as libc::pid_t;
     let signalled = Instant::now();
     // SAFETY: signalling our own child.
