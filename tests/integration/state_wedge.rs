@@ -316,3 +316,124 @@ async fn a_postgres_outage_is_survived_by_the_daemon_and_fails_a_command_in_boun
     wait_until(Duration::from_secs(60), "a pass after the outage to copy v2", async || d.head("team/app", "v2").await.is_some()).await;
     crate::support::stop_daemon(daemon, &log).await;
 }
+
+/// Two daemons share a pass on PostgreSQL (lease 2 s); every tag needs
+/// one 3 MiB base layer, so one worker uploads it under its blob fence
+/// while the other waits. That worker is frozen (SIGSTOP) for six lease
+/// times mid-upload: the other is not blocked (it takes the blob, and the
+/// pass, over), and once the frozen one is resumed (SIGCONT) it stops what
+/// it lost; the destination ends identical, every stored blob intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_frozen_mid_upload_blocks_nobody_and_corrupts_nothing() {
+    let pg = TestPostgres::start();
+    let url = pg.database();
+    let db = url.rsplit('/').next().unwrap_or_default().to_string();
+    let (src, dst, s, d) = registries();
+    let spec = testkit::dataset::Spec {
+        repos: 3,
+        tags_per_repo: 3,
+        base_layers: 1,
+        base_layer_size: 3 * 1024 * 1024,
+        repo_layer_size: 16 * 1024,
+        tag_layer_size: 16 * 1024,
+        multi_arch_every: 0,
+        signatures: false,
+        ..testkit::dataset::Spec::default()
+    };
+    let pushed = testkit::dataset::fill(&s, &spec).await;
+    let scratch = Scratch::new();
+    let policies = crate::policies::write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: shared\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    bytes_per_second: 1MiB\n\
+             trigger: {{ interval: 1h }}\nconcurrency: 2\n",
+            src.url, dst.url
+        ),
+    );
+    let start = |id: &str| {
+        let mut cmd = command(&scratch, &["daemon", "--policies", &policies, "--state", &url, "--listen", &format!("127.0.0.1:{}", testkit::free_port())], &[]);
+        cmd.args(["--worker-id", id, "--lease-time", "2s"]).stdout(Stdio::null()).stderr(std::fs::File::create(scratch.path(&format!("{id}.log"))).expect("log"));
+        cmd.spawn().expect("start daemon")
+    };
+    let mut workers = vec![("w1", start("w1")), ("w2", start("w2"))];
+    let mut fenced = String::new();
+    wait_until(Duration::from_secs(30), "a worker to upload the base layer under its fence", async || {
+        if count(&pg, &db, "SELECT COUNT(*) FROM blob_fences") == 0 {
+            return false;
+        }
+        fenced = pg.psql(&db, "SELECT holder FROM blob_fences LIMIT 1").trim().to_string();
+        !fenced.is_empty()
+    })
+    .await;
+    let frozen = workers.iter().position(|(id, _)| *id == fenced).expect("one of ours holds the fence");
+    let other = workers[1 - frozen].0;
+    let pid = workers[frozen].1.id().expect("pid") as libc::pid_t;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let stopped = Instant::now();
+    // The other worker gets on with it while the first is frozen.
+    wait_until(Duration::from_secs(12), "the other worker to finish a task while the first is frozen", async || {
+        count(&pg, &db, &format!("SELECT COUNT(*) FROM task_claims WHERE worker = '{other}' AND ended_at IS NOT NULL")) > 0
+    })
+    .await;
+    let progress = stopped.elapsed();
+    tokio::time::sleep(Duration::from_secs(12).saturating_sub(stopped.elapsed())).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_until(Duration::from_secs(90), "every tag at the destination", async || {
+        let mut all = true;
+        for p in &pushed {
+            all &= d.head(&p.repo, &p.tag).await.is_some();
+        }
+        all
+    })
+    .await;
+    assert_eq!(assert_mirrored(&s, &d, &repos_of(&pushed), "").await, pushed.len());
+    assert!(crate::support::assert_blobs_intact(&dst.storage()) > 0);
+    eprintln!("the other worker finished a task {progress:?} after the freeze");
+    for (id, child) in workers.drain(..) {
+        crate::support::stop_daemon(child, &scratch.path(&format!("{id}.log"))).await;
+    }
+    assert_eq!(count(&pg, &db, "SELECT COUNT(*) FROM executions WHERE status = 'running'"), 0);
+}
+
+/// SIGTERM to a daemon mid-pass on a PostgreSQL state: it exits 0 within
+/// its grace (`--grace 3s`) and a few seconds, and leaves no execution
+/// `running` with a live lease (its lease is released).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_to_a_daemon_mid_pass_on_postgres_ends_within_the_grace() {
+    let pg = TestPostgres::start();
+    let url = pg.database();
+    let db = url.rsplit('/').next().unwrap_or_default().to_string();
+    let (src, dst, s, _d) = registries();
+    let spec = testkit::dataset::Spec { tag_layer_size: 256 * 1024, ..plain_images(3, 4) };
+    testkit::dataset::fill(&s, &spec).await;
+    let scratch = Scratch::new();
+    let policies = crate::policies::write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: slow\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    bytes_per_second: 200KiB\ntrigger: {{ interval: 1h }}\n",
+            src.url, dst.url
+        ),
+    );
+    let log = scratch.path("daemon.log");
+    let listen = format!("127.0.0.1:{}", testkit::free_port());
+    let mut cmd = command(&scratch, &["daemon", "--policies", &policies, "--state", &url, "--listen", &listen, "--grace", "3s"], &[]);
+    cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log"));
+    let mut daemon = cmd.spawn().expect("start daemon");
+    wait_until(Duration::from_secs(30), "a tag copied", async || count(&pg, &db, "SELECT COUNT(*) FROM tasks WHERE status = 'succeeded'") > 0).await;
+    assert!(count(&pg, &db, "SELECT COUNT(*) FROM tasks WHERE status IN ('pending', 'running')") > 0, "still mid-pass");
+    let pid = daemon.id().expect("pid") as libc::pid_t;
+    let signalled = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(20), daemon.wait()).await.expect("the daemon ends after SIGTERM").expect("wait");
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(took < Duration::from_secs(3 + 5), "stopping took {took:?}");
+    assert_eq!(count(&pg, &db, "SELECT COUNT(*) FROM leases WHERE expires_at > 0"), 0, "its lease was released");
+}
