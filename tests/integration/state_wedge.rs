@@ -437,3 +437,70 @@ async fn sigterm_to_a_daemon_mid_pass_on_postgres_ends_within_the_grace() {
     assert!(took < Duration::from_secs(3 + 5), "stopping took {took:?}");
     assert_eq!(count(&pg, &db, "SELECT COUNT(*) FROM leases WHERE expires_at > 0"), 0, "its lease was released");
 }
+
+/// The PostgreSQL server and every backend process of the cluster.
+fn cluster_pids(pg: &TestPostgres) -> Vec<libc::pid_t> {
+    let pidfile = std::fs::read_to_string(pg.dir().join("data/postmaster.pid")).expect("postmaster.pid");
+    let main: libc::pid_t = pidfile.lines().next().and_then(|l| l.trim().parse().ok()).expect("postmaster pid");
+    let mut pids = vec![main];
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<libc::pid_t>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid …: the fields after the last ')'.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<libc::pid_t>().ok());
+        if ppid == Some(main) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// SIGTERM to a daemon whose PostgreSQL server is frozen (SIGSTOP: it
+/// accepts connections and never answers): the daemon still ends within
+/// its grace and the 10 s after it, whatever the database does.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_the_daemon_even_when_the_database_hangs() {
+    let pg = TestPostgres::start();
+    let url = pg.database();
+    let db = url.rsplit('/').next().unwrap_or_default().to_string();
+    let (src, dst, s, _d) = registries();
+    let spec = testkit::dataset::Spec { tag_layer_size: 256 * 1024, ..plain_images(3, 4) };
+    testkit::dataset::fill(&s, &spec).await;
+    let scratch = Scratch::new();
+    let policies = crate::policies::write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: slow\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    bytes_per_second: 200KiB\ntrigger: {{ interval: 1h }}\n",
+            src.url, dst.url
+        ),
+    );
+    let log = scratch.path("daemon.log");
+    let listen = format!("127.0.0.1:{}", testkit::free_port());
+    let mut cmd = command(&scratch, &["daemon", "--policies", &policies, "--state", &url, "--listen", &listen, "--grace", "1s"], &[]);
+    cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log"));
+    let mut daemon = cmd.spawn().expect("start daemon");
+    wait_until(Duration::from_secs(30), "a tag copied", async || count(&pg, &db, "SELECT COUNT(*) FROM tasks WHERE status = 'succeeded'") > 0).await;
+    let frozen = cluster_pids(&pg);
+    for pid in &frozen {
+        // SAFETY: stopping processes of the cluster this test started.
+        unsafe { libc::kill(*pid, libc::SIGSTOP) };
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = daemon.id().expect("pid") as libc::pid_t;
+    let signalled = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(30), daemon.wait()).await;
+    let took = signalled.elapsed();
+    for pid in &frozen {
+        // SAFETY: as above.
+        unsafe { libc::kill(*pid, libc::SIGCONT) };
+    }
+    let status = status.expect("the daemon ends after SIGTERM though its database hangs").expect("wait");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(took < Duration::from_secs(1 + 10 + 4), "stopping took {took:?}\n{text}");
+    assert!(matches!(status.code(), Some(0) | Some(130)), "{status:?}\n{text}");
+    eprintln!("the daemon ended {took:?} after SIGTERM with its database frozen ({status:?})");
+}
