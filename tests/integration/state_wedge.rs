@@ -504,3 +504,75 @@ async fn sigterm_ends_the_daemon_even_when_the_database_hangs() {
     assert!(matches!(status.code(), Some(0) | Some(130)), "{status:?}\n{text}");
     eprintln!("the daemon ended {took:?} after SIGTERM with its database frozen ({status:?})");
 }
+
+/// Two daemons that are both PID 1 (each in a PID namespace of its own,
+/// `unshare --pid --fork`) on one host and one PostgreSQL state have
+/// different worker ids (`HOST:1:RANDOM`), so one holds the pass and the
+/// other does not mistake it for itself. Skipped, saying so, where
+/// `unshare` cannot make a PID namespace (not root).
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_with_the_same_pid_have_different_ids() {
+    let probe = std::process::Command::new("unshare").args(["--pid", "--fork", "true"]).output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED two_workers_with_the_same_pid_have_different_ids: `unshare --pid --fork` is not possible here ({probe:?})");
+        return;
+    }
+    let pg = TestPostgres::start();
+    let url = pg.database();
+    let db = url.rsplit('/').next().unwrap_or_default().to_string();
+    let (src, dst, s, _d) = registries();
+    let spec = testkit::dataset::Spec { tag_layer_size: 256 * 1024, ..plain_images(3, 4) };
+    testkit::dataset::fill(&s, &spec).await;
+    let scratch = Scratch::new();
+    let policies = crate::policies::write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: shared\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    bytes_per_second: 300KiB\ntrigger: {{ interval: 1h }}\nconcurrency: 1\n",
+            src.url, dst.url
+        ),
+    );
+    let mut daemons = Vec::new();
+    for n in 0..2 {
+        let log = scratch.path(&format!("d{n}.log"));
+        let listen = format!("127.0.0.1:{}", testkit::free_port());
+        let mut cmd = tokio::process::Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--kill-child", "--"])
+            .arg(crate::support::binary())
+            .args(["daemon", "--policies", &policies, "--state", &url, "--listen", &listen, "--lease-time", "3s"])
+            .env("DOCKER_CONFIG", scratch.path("none"))
+            .env("HOME", scratch.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .kill_on_drop(true);
+        daemons.push(cmd.spawn().expect("start a daemon in its own PID namespace"));
+    }
+    let mut workers = Vec::new();
+    wait_until(Duration::from_secs(40), "both daemons to claim tasks", async || {
+        if count(&pg, &db, "SELECT COUNT(*) FROM task_claims") == 0 {
+            return false;
+        }
+        workers = pg.psql(&db, "SELECT DISTINCT worker FROM task_claims ORDER BY worker").lines().map(str::to_string).collect();
+        workers.len() >= 2
+    })
+    .await;
+    for w in &workers {
+        let mut parts = w.rsplitn(3, ':');
+        let (unique, pid) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        assert_eq!(pid, "1", "each daemon is PID 1 in its namespace: {workers:?}");
+        assert_eq!(unique.len(), 6, "{workers:?}");
+    }
+    assert_eq!(pg.psql(&db, "SELECT COUNT(*) FROM leases WHERE expires_at > 0").trim(), "1", "one holder of the pass");
+    let overlapping = pg.psql(
+        &db,
+        "SELECT COUNT(*) FROM task_claims a JOIN task_claims b ON a.task_id = b.task_id AND a.id < b.id \
+         WHERE a.worker <> b.worker AND (a.ended_at IS NULL OR a.ended_at > b.claimed_at)",
+    );
+    assert_eq!(overlapping.trim(), "0", "no task claimed by both at once");
+    for mut d in daemons {
+        let _ = d.start_kill();
+        let _ = d.wait().await;
+    }
+}
