@@ -34,4 +34,8 @@ if parse(declared) < top[0]:
     sys.exit(f"Cargo.toml says rust-version = {declared}, but locked dependencies need more: {above}")
 if parse(declared) > parse(toolchain):
     sys.exit(f"Cargo.toml says rust-version = {declared}, newer than the toolchain that builds and tests it ({toolchain})")
+# README's Install section promises the same version.
+said = re.search(r"needs Rust (\d+\.\d+(?:\.\d+)?)\s+or newer", open("README.md").read())
+if not said or parse(said.group(1)) != parse(declared):
+    sys.exit(f"README.md's Install section says {said.group(0) if said else 'no Rust version'}, Cargo.toml rust-version = {declared}")
 PY
