@@ -379,6 +379,12 @@ async fn an_export_onto_a_full_disk_fails_without_bad_blobs_and_completes_once_t
     repos.sort();
     let export = mnt.join("export");
     let to = format!("oci:{}", export.display());
+    // The disk is nearly full before the export starts (another file takes
+    // all but FREE of it), so it stays full while small blobs are written
+    // too, not only while a large one is (whose temporary file, removed
+    // when its write fails, would free the space again).
+    const FREE: usize = 256 << 10;
+    std::fs::write(mnt.join("other-data"), vec![7u8; (3 << 20) - FREE]).expect("fill the disk");
 
     let run = migrate(&scratch, &src.url, &to, &[]).await;
     assert_ne!(run.code, 0, "an export of ~6.5 MiB onto a 3 MiB disk succeeded?\n{}\n{}", run.stdout, run.stderr);
@@ -387,6 +393,8 @@ async fn an_export_onto_a_full_disk_fails_without_bad_blobs_and_completes_once_t
 
     disk.resize("64m");
     let rerun = migrate(&scratch, &src.url, &to, &[]).await;
+    let first_error = serde_json::from_str::<Value>(&rerun.stdout).ok().and_then(|r| r["failures"][0]["error"].as_str().map(String::from));
+    eprintln!("the rerun with room: exit {}, first failure: {first_error:?}", rerun.code);
     assert_eq!(bad_after_failure, vec![], "a failed write left blob files under their digest names with the wrong content");
     rerun.assert_ok();
     assert_eq!(rerun.json()["status"], "succeeded");
