@@ -1,9 +1,11 @@
 //! The layout scheme's blob verbs: existence, a streamed read, and a
 //! streamed, crash-safe write — bytes go to a temporary file inside the
 //! layout while their digest is computed, and only a complete file whose
-//! digest and size are right is fsynced and renamed to
-//! `blobs/<alg>/<hex>`. Never buffers a blob and never leaves a partial
-//! one under `blobs/`.
+//! digest and size are right, flushed (so the last write's error is seen)
+//! and fsynced, is renamed to `blobs/<alg>/<hex>`. A file already under a
+//! blob's name is checked before it counts (size every time, content hashed
+//! once per process) and replaced when wrong. Never buffers a blob, never
+//! leaves a partial one under `blobs/`, and never trusts a file by its name.
 
 use std::path::{Path, PathBuf};
 
@@ -21,9 +23,11 @@ use crate::scheme::{ByteStream, UploadStream};
 const READ_CHUNK: usize = 256 * 1024;
 
 impl OciDir {
-    pub(super) async fn has_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool, RegistryError> {
+    /// Whether `repo` holds the blob `digest` (of `size`, when known) whole:
+    /// a file that is there but wrong counts as absent.
+    pub(super) async fn has_blob(&self, repo: &RepoName, digest: &Digest, size: Option<u64>) -> Result<bool, RegistryError> {
         let path = Self::blob_path(&self.layout(repo)?, digest);
-        let found = tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file());
+        let found = self.intact(&path, digest, size).await?;
         if found {
             self.saw(digest, path);
         }
@@ -34,27 +38,95 @@ impl OciDir {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).entry(digest.clone()).or_insert(path);
     }
 
+    fn verified(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, u64>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the file at `path` is the blob `digest` (of `size`, when
+    /// known): its size is compared every time (with `size`, and with the
+    /// size it had when hashed), its content hashed once per process. A
+    /// wrong file is reported and left where it is (a write replaces it;
+    /// `verify` only reads).
+    async fn intact(&self, path: &Path, digest: &Digest, size: Option<u64>) -> Result<bool, RegistryError> {
+        let len = match tokio::fs::metadata(path).await {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(self.io(path, &e)),
+        };
+        if let Some(expected) = size.filter(|&s| s != len) {
+            tracing::warn!(layout = %self.name, blob = %digest.short(), path = %path.display(), size = len, expected, "a blob file has the wrong size: it counts as missing (a write replaces it)");
+            self.verified().remove(path);
+            return Ok(false);
+        }
+        if self.verified().get(path) == Some(&len) {
+            return Ok(true);
+        }
+        let (at, expected) = (path.to_path_buf(), digest.clone());
+        let hashed = blocking(move || -> std::io::Result<Option<Verifier>> {
+            use std::io::Read;
+            let mut file = match std::fs::File::open(&at) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let mut verifier = Verifier::new(&expected);
+            let mut buf = vec![0u8; READ_CHUNK];
+            loop {
+                match file.read(&mut buf)? {
+                    0 => return Ok(Some(verifier)),
+                    n => verifier.update(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .map_err(|e| self.io(path, &e))?;
+        let Some(verifier) = hashed else { return Ok(false) };
+        if verifier.matches() && size.is_none_or(|s| s == verifier.len()) {
+            self.verified().insert(path.to_path_buf(), verifier.len());
+            return Ok(true);
+        }
+        tracing::warn!(layout = %self.name, blob = %digest.short(), path = %path.display(), size = verifier.len(), actual = %verifier.actual(), "a blob file does not match its digest: it counts as missing (a write replaces it)");
+        self.verified().remove(path);
+        Ok(false)
+    }
+
     /// Hard-link the blob into `repo`'s layout from where this process
-    /// wrote or found it complete; false when it knows no such place or the
-    /// link cannot be made (another file system: the caller streams).
+    /// wrote or found it complete (and still finds it so); false when it
+    /// knows no such place or the link cannot be made (another file system:
+    /// the caller streams). A wrong file under the name is replaced.
     pub(super) async fn link(&self, repo: &RepoName, digest: &Digest) -> Result<bool, RegistryError> {
         let Some(from) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned() else { return Ok(false) };
+        if !self.intact(&from, digest, None).await? {
+            self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(digest);
+            return Ok(false);
+        }
         let layout = self.prepare(repo).await?;
         let path = Self::blob_path(&layout, digest);
-        let to = path.clone();
+        if self.intact(&path, digest, None).await? {
+            return Ok(true);
+        }
+        let Some(size) = self.verified().get(&from).copied() else { return Ok(false) };
+        // Linked under a temporary name, then renamed over the name: a
+        // wrong file there is replaced in one step.
+        let (temp, to) = (self.temp_path(&layout, digest.hex()), path.clone());
         let linked = blocking(move || -> std::io::Result<()> {
             if let Some(dir) = to.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            match std::fs::hard_link(&from, &to) {
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-                other => other,
-            }?;
+            std::fs::hard_link(&from, &temp)?;
+            let renamed = std::fs::rename(&temp, &to);
+            // (Already the same file: rename leaves both names.)
+            let _ = std::fs::remove_file(&temp);
+            renamed?;
             std::fs::File::open(to.parent().unwrap_or(std::path::Path::new(".")))?.sync_all()
         })
         .await;
         match linked {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.verified().insert(path, size);
+                Ok(true)
+            }
             Err(e) => {
                 tracing::debug!(layout = %self.name, blob = %digest.short(), error = %e, "cannot hard-link the blob; copying it");
                 Ok(false)
@@ -81,27 +153,29 @@ impl OciDir {
     }
 
     /// Store `body` as the blob `digest` of `repo` (see the module
-    /// documentation). A blob already there is kept and `body` left unread.
+    /// documentation). A blob already there whole is kept and `body` left
+    /// unread; a wrong file under its name is replaced.
     pub(super) async fn write_blob(&self, repo: &RepoName, digest: &Digest, size: Option<u64>, mut body: UploadStream) -> Result<(), RegistryError> {
         let layout = self.prepare(repo).await?;
         let path = Self::blob_path(&layout, digest);
-        if tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()) {
+        if self.intact(&path, digest, size).await? {
             self.saw(digest, path);
             return Ok(());
         }
         let temp = self.temp_path(&layout, digest.hex());
         let result = self.write_temp(&temp, repo, digest, size, &mut body).await;
         let result = match result {
-            Ok(()) => self.commit(&temp, &path).await,
+            Ok(len) => self.commit(&temp, &path).await.map(|()| len),
             Err(e) => Err(e),
         };
-        if result.is_ok() {
+        if let Ok(len) = result {
+            self.verified().insert(path.clone(), len);
             self.saw(digest, path);
         }
         if result.is_err() {
             let _ = tokio::fs::remove_file(&temp).await;
         }
-        result
+        result.map(|_| ())
     }
 
     /// Store `bytes` (a manifest) as the blob `digest` of `repo`.
@@ -110,7 +184,9 @@ impl OciDir {
         self.write_blob(repo, digest, Some(size), futures::stream::iter([Ok(bytes)]).boxed()).await
     }
 
-    async fn write_temp(&self, temp: &Path, repo: &RepoName, digest: &Digest, size: Option<u64>, body: &mut UploadStream) -> Result<(), RegistryError> {
+    /// Write `body` to `temp`, flushed and fsynced, and check it; returns
+    /// its size.
+    async fn write_temp(&self, temp: &Path, repo: &RepoName, digest: &Digest, size: Option<u64>, body: &mut UploadStream) -> Result<u64, RegistryError> {
         let mut file = tokio::fs::File::create(temp).await.map_err(|e| self.io(temp, &e))?;
         let mut verifier = Verifier::new(digest);
         while let Some(chunk) = body.next().await {
@@ -118,6 +194,9 @@ impl OciDir {
             verifier.update(&chunk);
             file.write_all(&chunk).await.map_err(|e| self.io(temp, &e))?;
         }
+        // tokio's file writes in the background: the last write's error
+        // comes with the flush (`sync_all` would drop it).
+        file.flush().await.map_err(|e| self.io(temp, &e))?;
         let what = || format!("blob {repo}@{digest}");
         if let Some(expected) = size.filter(|&s| s != verifier.len()) {
             return Err(RegistryError::SizeMismatch { registry: self.name.clone(), what: what(), expected, actual: verifier.len() });
@@ -126,7 +205,12 @@ impl OciDir {
             return Err(RegistryError::DigestMismatch { registry: self.name.clone(), what: what(), expected: digest.clone(), actual: verifier.actual() });
         }
         file.sync_all().await.map_err(|e| self.io(temp, &e))?;
-        Ok(())
+        // What the disk holds, not what was handed to it.
+        let on_disk = file.metadata().await.map_err(|e| self.io(temp, &e))?.len();
+        if on_disk != verifier.len() {
+            return Err(self.local(temp, format!("{} bytes were written but the file holds {on_disk}", verifier.len())));
+        }
+        Ok(verifier.len())
     }
 
     /// Move a complete, verified, fsynced temporary file to `path`, and make
