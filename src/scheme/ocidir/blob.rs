@@ -228,3 +228,106 @@ impl OciDir {
         done.map_err(|(p, e)| self.io(&p, &e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::registry::RegistryUrl;
+
+    fn layout_dir() -> (tempfile::TempDir, Arc<OciDir>) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = RegistryUrl::parse(&format!("oci:{}", dir.path().display())).unwrap();
+        let oci = Arc::new(OciDir::new(&url, true).unwrap());
+        (dir, oci)
+    }
+
+    fn body(bytes: &[u8]) -> UploadStream {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = bytes.chunks(1000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        futures::stream::iter(chunks).boxed()
+    }
+
+    /// Put `content` under the blob name of `digest` in `repo`'s layout, as
+    /// a cut-off write (or another tool) would have left it.
+    fn plant(root: &Path, repo: &str, digest: &Digest, content: &[u8]) -> PathBuf {
+        let path = root.join(repo).join("blobs/sha256").join(digest.hex());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(root.join(repo).join("oci-layout"), super::super::LAYOUT_FILE).unwrap();
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_planted_empty_or_truncated_blob_file_counts_as_missing_and_is_rewritten() {
+        let (dir, oci) = layout_dir();
+        let repo: RepoName = "team/app".parse().unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#.to_vec();
+        let (layer, config) = (Digest::sha256_of(&data), Digest::sha256_of(&manifest));
+        let empty = plant(dir.path(), "team/app", &config, b"");
+        let cut = plant(dir.path(), "team/app", &layer, &data[..4096]);
+
+        // Neither is trusted by its name: with the size the manifest gives,
+        // and without it (hashed).
+        assert!(!oci.has_blob(&repo, &layer, Some(data.len() as u64)).await.unwrap());
+        assert!(!oci.has_blob(&repo, &layer, None).await.unwrap());
+        assert!(!oci.has_blob(&repo, &config, None).await.unwrap());
+        // Nor read as a manifest.
+        assert!(oci.get(&repo, &crate::registry::Reference::Digest(config.clone())).await.is_err());
+
+        // Written again: replaced by the right bytes.
+        oci.write_blob(&repo, &layer, Some(data.len() as u64), body(&data)).await.unwrap();
+        oci.write_bytes(&repo, &config, Bytes::from(manifest.clone())).await.unwrap();
+        assert_eq!(std::fs::read(&cut).unwrap(), data);
+        assert_eq!(std::fs::read(&empty).unwrap(), manifest);
+        assert!(oci.has_blob(&repo, &layer, Some(data.len() as u64)).await.unwrap());
+        assert!(std::fs::read_dir(dir.path().join("team/app").join(crate::scheme::ocidir::TEMP_DIR)).unwrap().next().is_none(), "no temporary file left");
+
+        // A file that is right is kept as it is (not rewritten).
+        let before = std::fs::metadata(&cut).unwrap().modified().unwrap();
+        oci.write_blob(&repo, &layer, Some(data.len() as u64), body(b"never read")).await.unwrap();
+        assert_eq!(std::fs::metadata(&cut).unwrap().modified().unwrap(), before);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_wrong_file_where_a_blob_is_linked_is_replaced_by_the_link() {
+        use std::os::unix::fs::MetadataExt;
+        let (dir, oci) = layout_dir();
+        let (a, b): (RepoName, RepoName) = ("a/app".parse().unwrap(), "b/app".parse().unwrap());
+        let data = vec![42u8; 5000];
+        let digest = Digest::sha256_of(&data);
+        oci.write_blob(&a, &digest, Some(5000), body(&data)).await.unwrap();
+        let wrong = plant(dir.path(), "b/app", &digest, &data[..100]);
+        assert!(oci.link(&b, &digest).await.unwrap(), "linked");
+        assert_eq!(std::fs::read(&wrong).unwrap(), data);
+        let good = dir.path().join("a/app/blobs/sha256").join(digest.hex());
+        assert_eq!(std::fs::metadata(&wrong).unwrap().ino(), std::fs::metadata(&good).unwrap().ino(), "one file, two names");
+
+        // The source of links is checked too: cut short after it was
+        // written, it is no longer linked from (the caller streams).
+        std::fs::remove_file(&wrong).unwrap();
+        std::fs::write(&good, &data[..10]).unwrap();
+        assert!(!oci.link(&b, &digest).await.unwrap());
+        assert!(!wrong.exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_blob_file_is_hashed_once_per_process_and_its_size_checked_every_time() {
+        let (dir, oci) = layout_dir();
+        let repo: RepoName = "team/app".parse().unwrap();
+        let data = vec![9u8; 3000];
+        let digest = Digest::sha256_of(&data);
+        let path = plant(dir.path(), "team/app", &digest, &data);
+        assert!(oci.has_blob(&repo, &digest, None).await.unwrap());
+        // Same size, other bytes: this process hashed it already and trusts
+        // that (once per run); a new one hashes it again and does not.
+        std::fs::write(&path, vec![8u8; 3000]).unwrap();
+        assert!(oci.has_blob(&repo, &digest, None).await.unwrap());
+        let fresh = OciDir::new(&RegistryUrl::parse(&format!("oci:{}", dir.path().display())).unwrap(), false).unwrap();
+        assert!(!fresh.has_blob(&repo, &digest, None).await.unwrap());
+        // Another size: noticed at once, hashed or not.
+        std::fs::write(&path, vec![9u8; 2999]).unwrap();
+        assert!(!oci.has_blob(&repo, &digest, None).await.unwrap());
+    }
+}
