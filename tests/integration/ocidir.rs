@@ -411,5 +411,17 @@ async fn an_export_onto_a_full_disk_fails_without_bad_blobs_and_completes_once_t
             }
         }
     }
+
+    // verify --deep checks the layout's blobs by size and digest: all
+    // good now; a layer file cut short afterwards (same name) is found.
+    let verify_args = ["verify", "--from", src.url.as_str(), "--to", to.as_str(), "--deep", "--json"];
+    let run = regferry(&scratch, &verify_args, &[]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let (layer, len) = snapshot(&export.join(&repos[0]).join("blobs/sha256")).into_iter().map(|(p, (len, _))| (p, len)).max_by_key(|(_, len)| *len).expect("blobs");
+    std::fs::write(&layer, &std::fs::read(&layer).expect("layer")[..(len / 2) as usize]).expect("cut the layer short");
+    let run = regferry(&scratch, &verify_args, &[]).await;
+    assert_ne!(run.code, 0, "verify --deep missed a blob file cut short: {}", run.stdout);
+    let name = layer.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    assert!(run.stdout.contains(&name), "verify names the damaged blob {name}: {}", run.stdout);
     drop(disk);
 }
