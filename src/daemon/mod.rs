@@ -246,8 +246,21 @@ fn spawn_loops(shared: &Arc<Shared>, set: &PolicySet, cancel: &Cancel, tasks: &m
     retire
 }
 
-/// Take or renew the [`SHARED_SERIES_LEASE`] (every poll, well within the
-/// lease time): the worker holding it exports the shared-state series. A
+/// Take or renew the [`SHARED_SERIES_LEASE`] every heartbeat (a third of
+/// the lease time, as every lease) until `stop`.
+async fn keep_electing(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = shared.state.worker().heartbeat();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        elect_exporter(&shared).await;
+    }
+}
+
+/// Take or renew the [`SHARED_SERIES_LEASE`]: the worker holding it
+/// exports the shared-state series. A
 /// state database that does not answer: not the exporter (nothing could be
 /// read for those series anyway).
 async fn elect_exporter(shared: &Shared) {
@@ -287,6 +300,7 @@ pub async fn run(options: DaemonOptions, state: StateDb, cancel: Cancel, hangup:
         exports_shared: AtomicBool::new(false),
     });
     elect_exporter(&shared).await;
+    let exporter = tokio::spawn(keep_electing(shared.clone(), cancel.stop.clone()));
     let server = {
         let app = http::router(shared.clone());
         let stop = cancel.stop.clone();
@@ -377,11 +391,11 @@ pub async fn run(options: DaemonOptions, state: StateDb, cancel: Cancel, hangup:
                 tracing::warn!(error = %e, "cannot prune old push events");
             }
         }
-        elect_exporter(&shared).await;
         while tasks.try_join_next().is_some() {}
     }
 
     shared.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = exporter.await;
     if shared.exports_shared.swap(false, std::sync::atomic::Ordering::Relaxed)
         && let Err(e) = state.release_lease(SHARED_SERIES_LEASE).await
     {
