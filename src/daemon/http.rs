@@ -39,6 +39,12 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let mut body = shared.metrics.render();
+    // The series read from the shared state: from one worker only.
+    let exporter = shared.exports_shared.load(Ordering::Relaxed);
+    body.push_str(&crate::pass::metrics::render_exporter(exporter));
+    if !exporter {
+        return ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body);
+    }
     let mut lags = Vec::new();
     for policy in &shared.policies().policies {
         match shared.state.replication_lag(&policy.name).await {

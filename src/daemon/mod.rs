@@ -71,7 +71,16 @@ pub struct Shared {
     pub tokens: auth::Tokens,
     parallel: Semaphore,
     notifier: notify::Notifier,
+    /// Whether this daemon is the one of the workers sharing the state that
+    /// exports the series read from it (replication lag, outstanding tags):
+    /// it holds the [`SHARED_SERIES_LEASE`]. Every other worker leaves them
+    /// out, so that dashboards and alerts count them once.
+    pub exports_shared: AtomicBool,
 }
+
+/// The lease naming the worker that exports the shared-state series on
+/// `/metrics` (`|` once: no job's scope key looks like it).
+pub const SHARED_SERIES_LEASE: &str = "daemon|shared-series";
 
 /// Per policy name: how to wake its loop, and what keeps passes apart.
 #[derive(Default)]
@@ -237,6 +246,38 @@ fn spawn_loops(shared: &Arc<Shared>, set: &PolicySet, cancel: &Cancel, tasks: &m
     retire
 }
 
+/// Take or renew the [`SHARED_SERIES_LEASE`] every heartbeat (a third of
+/// the lease time, as every lease) until `stop`.
+async fn keep_electing(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = shared.state.worker().heartbeat();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        elect_exporter(&shared).await;
+    }
+}
+
+/// Take or renew the [`SHARED_SERIES_LEASE`]: the worker holding it
+/// exports the shared-state series. A
+/// state database that does not answer: not the exporter (nothing could be
+/// read for those series anyway).
+async fn elect_exporter(shared: &Shared) {
+    let held = match shared.state.acquire_lease(SHARED_SERIES_LEASE).await {
+        Ok(None) => true,
+        Ok(Some(_)) => false,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot take the shared-series lease");
+            false
+        }
+    };
+    let was = shared.exports_shared.swap(held, std::sync::atomic::Ordering::Relaxed);
+    if was != held {
+        tracing::info!(exporter = held, "shared-state series on /metrics: {}", if held { "this worker exports them" } else { "another worker exports them" });
+    }
+}
+
 /// Run the daemon until `cancel.stop` fires; in-flight passes then finish
 /// their tags (until `cancel.abort`), and it returns.
 pub async fn run(options: DaemonOptions, state: StateDb, cancel: Cancel, hangup: Arc<Notify>) -> Result<(), DaemonError> {
@@ -256,7 +297,10 @@ pub async fn run(options: DaemonOptions, state: StateDb, cancel: Cancel, hangup:
         tokens: options.tokens.clone(),
         parallel: Semaphore::new(options.max_parallel.max(1)),
         notifier: notify::Notifier::start(state.clone()),
+        exports_shared: AtomicBool::new(false),
     });
+    elect_exporter(&shared).await;
+    let exporter = tokio::spawn(keep_electing(shared.clone(), cancel.stop.clone()));
     let server = {
         let app = http::router(shared.clone());
         let stop = cancel.stop.clone();
@@ -351,6 +395,12 @@ pub async fn run(options: DaemonOptions, state: StateDb, cancel: Cancel, hangup:
     }
 
     shared.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = exporter.await;
+    if shared.exports_shared.swap(false, std::sync::atomic::Ordering::Relaxed)
+        && let Err(e) = state.release_lease(SHARED_SERIES_LEASE).await
+    {
+        tracing::warn!(error = %e, "cannot release the shared-series lease; it expires on its own");
+    }
     tracing::info!("stopping: waiting for in-flight passes");
     while tasks.join_next().await.is_some() {}
     let _ = server.await;

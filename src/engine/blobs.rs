@@ -192,7 +192,7 @@ impl BlobMover {
     ) -> Result<BlobOutcome, RegistryError> {
         let digest = &desc.digest;
         let asked = !self.new_repos.contains(dst_repo);
-        if asked && self.dst.blob_exists(dst_repo, digest, &Scopes::push(dst_repo)).await? {
+        if asked && self.dst.blob_exists_sized(dst_repo, digest, desc.size, &Scopes::push(dst_repo)).await? {
             return Ok(BlobOutcome::Present);
         }
         let Some(fence) = &self.fence else { return self.ensure_missing(src_repo, dst_repo, desc, slot).await };
@@ -203,7 +203,7 @@ impl BlobMover {
         if holders.contains(dst_repo) {
             let present = match asked {
                 false => Ok(true),
-                true => self.dst.blob_exists(dst_repo, digest, &Scopes::push(dst_repo)).await,
+                true => self.dst.blob_exists_sized(dst_repo, digest, desc.size, &Scopes::push(dst_repo)).await,
             };
             if !matches!(present, Ok(false)) {
                 fence.leave(digest, None).await;

@@ -171,6 +171,16 @@ impl Metrics {
     }
 }
 
+/// Whether this worker exports the shared-state series (the lag
+/// families below): one worker of those sharing a state does.
+pub fn render_exporter(exporter: bool) -> String {
+    format!(
+        "# HELP regferry_shared_series_exporter 1 on the one worker that exports the series read from the shared state (replication lag, outstanding tags).\n\
+         # TYPE regferry_shared_series_exporter gauge\nregferry_shared_series_exporter {}\n",
+        u8::from(exporter)
+    )
+}
+
 /// The replication lag families, from the state database's view of each
 /// policy in its current direction (a policy that never ran has no lag
 /// sample, only its outstanding count of 0).

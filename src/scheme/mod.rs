@@ -106,6 +106,13 @@ pub trait Scheme: Send + Sync {
 
     /// Whether `repo` holds the blob `digest`.
     fn blob_exists<'a>(&'a self, repo: &'a RepoName, digest: &'a Digest, scopes: &'a Scopes) -> BoxFuture<'a, Result<bool, RegistryError>>;
+    /// [`Scheme::blob_exists`] for a blob whose size a manifest gives: a
+    /// store that can tell the size of what it holds (a layout) counts a
+    /// blob of another size as absent.
+    fn blob_exists_sized<'a>(&'a self, repo: &'a RepoName, digest: &'a Digest, _size: Option<u64>, scopes: &'a Scopes)
+    -> BoxFuture<'a, Result<bool, RegistryError>> {
+        self.blob_exists(repo, digest, scopes)
+    }
     /// Start reading the blob `repo@digest`; `expected` is the size the
     /// manifest gives. Returns the bytes and the size, when known. Fails
     /// when the store knows another size than `expected`.

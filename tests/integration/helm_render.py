@@ -34,6 +34,28 @@ for name, files in chart.render(shared, name="rf", namespace="ops", is_install=T
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(files)
+# GitOps: tokens from a Secret the user manages, files a policy needs
+# mounted, more environment, a ServiceAccount for workload identity —
+# rendered twice, as `helm template` would on every sync.
+extras = {**values, "api": {"existingSecret": "regferry-tokens", "publicStatus": False},
+          "extraVolumes": [{"name": "registry-ca", "configMap": {"name": "registry-ca"}},
+                           {"name": "registry-client", "secret": {"secretName": "registry-client-cert"}}],
+          "extraVolumeMounts": [{"name": "registry-ca", "mountPath": "/etc/regferry/ca", "readOnly": True},
+                                {"name": "registry-client", "mountPath": "/etc/regferry/client", "readOnly": True}],
+          "extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"},
+                       {"name": "HARBOR_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "harbor-robot", "key": "password"}}}],
+          "serviceAccount": {"create": True, "name": "", "automountToken": False,
+                             "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/regferry"}}}
+renders = [chart.render(extras, name="rf", namespace="ops", is_install=False) for _ in range(2)]
+report["extras_stable"] = renders[0] == renders[1]
+report["extras_lint"] = lint(chart_dir, extras, strict=True)
+for name, files in renders[0].items():
+    path = os.path.join(out_dir, "extras", name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(files)
+# The chart's own random tokens differ between two renders (why existingSecret is the GitOps way).
+report["generated_stable"] = chart.render(values, name="rf", namespace="ops", is_install=False) == chart.render(values, name="rf", namespace="ops", is_install=False)
 for case, broken in [("no image", {**values, "image": {"repository": ""}}), ("no policies", {**values, "policies": {}}),
                      ("replicas on SQLite", {**values, "replicas": 2})]:
     try:

@@ -315,3 +315,113 @@ async fn a_layout_skopeo_wrote_is_imported_with_its_digests() {
     assert_eq!(run.json()["counts"]["tags_copied"], 2);
     assert_eq!(assert_mirrored(&s, &d, &["team/app".to_string()], "").await, 2);
 }
+
+/// A tmpfs mounted for one test (root only), unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mount a tmpfs of `size` (`3m`) on `dir`; why not, when it cannot.
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let out = std::process::Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.0).output().expect("run mount");
+        assert!(out.status.success(), "remount {}: {}", self.0.display(), String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Blob files below `root` whose content does not hash to their name.
+fn bad_blobs(root: &Path) -> Vec<(PathBuf, u64)> {
+    snapshot(root)
+        .into_iter()
+        .filter(|(p, _)| p.parent().is_some_and(|d| d.ends_with("blobs/sha256")))
+        .filter(|(p, _)| {
+            let bytes = std::fs::read(p).expect("blob");
+            p.file_name().is_none_or(|n| n.to_string_lossy() != hex::encode(sha2::Sha256::digest(&bytes)))
+        })
+        .map(|(p, (len, _))| (p, len))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_onto_a_full_disk_fails_without_bad_blobs_and_completes_once_there_is_room() {
+    let scratch = Scratch::new();
+    let mnt = scratch.path("small-disk");
+    let disk = match Tmpfs::mount(&mnt, "3m") {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("SKIPPED an_export_onto_a_full_disk…: cannot mount a tmpfs here (needs root): {why}");
+            return;
+        }
+    };
+    let (src, check, s, c) = registries();
+    let pushed = dataset::fill(&s, &Spec { repos: 3, tags_per_repo: 3, multi_arch_every: 3, signatures: true, ..Spec::default() }).await;
+    // ~6 MiB more: four 1.5 MiB layers, one image each.
+    const BIG: u64 = 3 << 19;
+    for i in 0..4 {
+        let repo = format!("bench/repo-{}", i % 3);
+        let big = s.push_random_blob(&repo, &format!("full-disk-{i}"), BIG).await;
+        s.push(&repo, &format!("v-big-{i}"), &image::image_with_external_layers(Flavor::Oci, &format!("big-{i}"), &[(big, BIG)])).await;
+    }
+    let mut repos = repos_of(&pushed);
+    repos.sort();
+    let export = mnt.join("export");
+    let to = format!("oci:{}", export.display());
+    // The disk is nearly full before the export starts (another file takes
+    // all but FREE of it), so it stays full while small blobs are written
+    // too, not only while a large one is (whose temporary file, removed
+    // when its write fails, would free the space again).
+    const FREE: usize = 256 << 10;
+    std::fs::write(mnt.join("other-data"), vec![7u8; (3 << 20) - FREE]).expect("fill the disk");
+
+    let run = migrate(&scratch, &src.url, &to, &[]).await;
+    assert_ne!(run.code, 0, "an export of ~6.5 MiB onto a 3 MiB disk succeeded?\n{}\n{}", run.stdout, run.stderr);
+    let bad_after_failure = bad_blobs(&export);
+    eprintln!("after the disk-full run (exit {}): {} blob files, {} not matching their digest: {bad_after_failure:?}", run.code, snapshot(&export).keys().filter(|p| p.parent().is_some_and(|d| d.ends_with("blobs/sha256"))).count(), bad_after_failure.len());
+
+    disk.resize("64m");
+    let rerun = migrate(&scratch, &src.url, &to, &[]).await;
+    let first_error = serde_json::from_str::<Value>(&rerun.stdout).ok().and_then(|r| r["failures"][0]["error"].as_str().map(String::from));
+    eprintln!("the rerun with room: exit {}, first failure: {first_error:?}", rerun.code);
+    assert_eq!(bad_after_failure, vec![], "a failed write left blob files under their digest names with the wrong content");
+    rerun.assert_ok();
+    assert_eq!(rerun.json()["status"], "succeeded");
+    let checked = assert_layouts_valid(&export);
+    assert!(bad_blobs(&export).is_empty());
+    eprintln!("after the rerun: {checked} blob files, every one hashed to its name");
+    for repo in &repos {
+        let tags = layout_tags(&export.join(repo));
+        assert_eq!(tags, s.tag_map(repo).await, "{repo}: the layout's tags are the source's");
+        for (tag, (_, media_type)) in &tags {
+            if media_type.starts_with("application/vnd.oci.") {
+                skopeo_copy(&scratch, &export.join(repo), tag, &format!("{}/{repo}:{tag}", host(&check.url))).await;
+                assert!(c.missing_content(repo, &tags[tag].0).await.is_empty());
+            }
+        }
+    }
+
+    // verify --deep checks the layout's blobs by size and digest: all
+    // good now; a layer file cut short afterwards (same name) is found.
+    let verify_args = ["verify", "--from", src.url.as_str(), "--to", to.as_str(), "--deep", "--json"];
+    let run = regferry(&scratch, &verify_args, &[]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let (layer, len) = snapshot(&export.join(&repos[0]).join("blobs/sha256")).into_iter().map(|(p, (len, _))| (p, len)).max_by_key(|(_, len)| *len).expect("blobs");
+    std::fs::write(&layer, &std::fs::read(&layer).expect("layer")[..(len / 2) as usize]).expect("cut the layer short");
+    let run = regferry(&scratch, &verify_args, &[]).await;
+    assert_ne!(run.code, 0, "verify --deep missed a blob file cut short: {}", run.stdout);
+    let name = layer.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    assert!(run.stdout.contains(&name), "verify names the damaged blob {name}: {}", run.stdout);
+    drop(disk);
+}

@@ -518,9 +518,11 @@ fn deployment_files_start_under_the_restricted_level() {
 
     // Alert rules: promtool's check, and the four alerts the issue names.
     checker("promtool", &["check", "rules", "deploy/prometheus/regferry-rules.yaml"]);
+    // Their unit tests: several pods reporting the shared-state series alert once.
+    checker("promtool", &["test", "rules", "deploy/prometheus/regferry-rules.test.yaml"]);
     let rules: Value = serde_saphyr::from_str(&repo_file("deploy/prometheus/regferry-rules.yaml")).expect("rules parse");
     let alerts: Vec<&str> = rules["groups"][0]["rules"].as_array().into_iter().flatten().filter_map(|r| r["alert"].as_str()).collect();
-    for a in ["RegferryDown", "RegferryLagAboveRPO", "RegferryTagsFailing", "RegferryPassesFailing"] {
+    for a in ["RegferryDown", "RegferryLagAboveRPO", "RegferryTagsFailing", "RegferryPassesFailing", "RegferrySharedSeriesExporters"] {
         assert!(alerts.contains(&a), "{a} in {alerts:?}");
     }
     let dashboard: Value = serde_json::from_str(&repo_file("deploy/grafana/regferry-dashboard.json")).expect("dashboard JSON");
@@ -575,6 +577,44 @@ fn helm_chart_renders_and_lints_under_the_restricted_level() {
     let rules = out.path().join("rules.yaml");
     std::fs::write(&rules, serde_json::to_string(&rendered("prometheusrule.yaml")["spec"]).expect("JSON")).expect("write rules");
     checker("promtool", &["check", "rules", &rules.to_string_lossy()]);
+    // ...and its unit tests too (the chart's rules are the same rules).
+    std::fs::write(out.path().join("regferry-rules.yaml"), serde_json::to_string(&rendered("prometheusrule.yaml")["spec"]).expect("JSON")).expect("write rules");
+    std::fs::write(out.path().join("regferry-rules.test.yaml"), repo_file("deploy/prometheus/regferry-rules.test.yaml")).expect("write the rule tests");
+    checker("promtool", &["test", "rules", &out.path().join("regferry-rules.test.yaml").to_string_lossy()]);
+
+    // GitOps extras: tokens from a Secret the user manages (two renders
+    // identical, no generated token Secret), files a policy references
+    // mounted, more environment, a ServiceAccount with annotations.
+    assert_eq!(report["extras_stable"], true, "two renders with api.existingSecret differ: {report}");
+    assert_eq!(report["extras_lint"]["errors"], json!([]), "{report}");
+    let extras_dir = out.path().join("extras/regferry/templates");
+    let extras = |name: &str| -> Value {
+        serde_saphyr::from_str(&std::fs::read_to_string(extras_dir.join(name)).unwrap_or_else(|e| panic!("{name} not rendered: {e}"))).expect("YAML")
+    };
+    assert!(!std::fs::read_to_string(extras_dir.join("secrets.yaml")).unwrap_or_default().contains("admin-token"), "no token Secret is generated next to an existing one");
+    let deploy = extras("deployment.yaml");
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_restricted(pod, "helm chart with extras");
+    let volume = |n: &str| pod["volumes"].as_array().into_iter().flatten().find(|v| v["name"] == n).cloned().unwrap_or(Value::Null);
+    assert_eq!(volume("api-tokens")["secret"]["secretName"], "regferry-tokens");
+    assert_eq!(volume("registry-ca")["configMap"]["name"], "registry-ca");
+    assert_eq!(volume("registry-client")["secret"]["secretName"], "registry-client-cert");
+    let c = &pod["containers"][0];
+    let mount = |p: &str| c["volumeMounts"].as_array().into_iter().flatten().find(|m| m["mountPath"] == p).cloned().unwrap_or(Value::Null);
+    assert_eq!(mount("/etc/regferry/ca")["name"], "registry-ca");
+    assert_eq!(mount("/etc/regferry/client")["readOnly"], true);
+    let env = |n: &str| c["env"].as_array().into_iter().flatten().find(|e| e["name"] == n).cloned().unwrap_or(Value::Null);
+    assert_eq!(env("AWS_REGION")["value"], "eu-west-1");
+    assert_eq!(env("HARBOR_PASSWORD")["valueFrom"]["secretKeyRef"], json!({"name": "harbor-robot", "key": "password"}));
+    assert_eq!(env("REGFERRY_EVENTS_TOKEN")["valueFrom"]["secretKeyRef"], json!({"name": "regferry-tokens", "key": "events-token", "optional": true}));
+    let account = extras("serviceaccount.yaml");
+    assert_eq!(account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"], "arn:aws:iam::123456789012:role/regferry");
+    assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let validated: Vec<String> = ["deployment.yaml", "serviceaccount.yaml"].iter().map(|f| extras_dir.join(f).to_string_lossy().into_owned()).collect();
+    let mut args = vec!["--strict", "--quiet"];
+    args.extend(validated.iter().map(String::as_str));
+    checker("kubernetes-validate", &args);
 
     // Every `.Values.x.y` a template uses exists in values.yaml (a typo renders as empty).
     let values: Value = serde_saphyr::from_str(&repo_file("deploy/helm/regferry/values.yaml")).expect("values.yaml");

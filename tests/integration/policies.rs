@@ -312,3 +312,23 @@ async fn failed_tags_are_kept_backed_off_and_retried_on_request() {
     assert_eq!(missing.code, 2);
     assert!(missing.stderr.contains("no execution 999999"), "{}", missing.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_registry_recipes_in_the_docs_pass_policy_check() {
+    // docs/registries.md promises that its policy examples are valid.
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/registries.md")).expect("docs/registries.md");
+    let scratch = Scratch::new();
+    let dir = scratch.path("recipes");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut n = 0;
+    for block in doc.split("```yaml\n").skip(1) {
+        let policy = block.split("```").next().unwrap_or_default();
+        std::fs::write(dir.join(format!("recipe-{n}.yaml")), policy).expect("write");
+        n += 1;
+    }
+    assert!(n >= 11, "one example per registry: {n}");
+    let vars: Vec<String> = regex::Regex::new(r"password_env: ([A-Z0-9_]+)").unwrap().captures_iter(&doc).map(|c| c[1].to_string()).collect();
+    let env: Vec<(&str, &str)> = vars.iter().map(|v| (v.as_str(), "not-a-real-secret")).collect();
+    let run = regferry(&scratch, &["policy", "check", &dir.to_string_lossy()], &env).await;
+    assert_eq!(run.code, 0, "the examples of docs/registries.md do not pass policy check:\n{}\n{}", run.stdout, run.stderr);
+}

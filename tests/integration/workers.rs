@@ -3,7 +3,8 @@
 //! its lease and tasks to another within the lease time, the destination
 //! ends identical and deep-pullable, no task is worked by two workers at
 //! once, and a blob crosses the wire once however many workers need it.
-//! And `run` waits while another `run` holds the pass.
+//! And `run` waits while another `run` holds the pass, and one worker only
+//! exports the series read from the shared state on `/metrics`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -75,9 +76,13 @@ struct Worker {
 }
 
 fn start_worker(scratch: &Scratch, state: &str, policies: &str, id: &str) -> Worker {
+    start_worker_at(scratch, state, policies, id, free_port())
+}
+
+fn start_worker_at(scratch: &Scratch, state: &str, policies: &str, id: &str, port: u16) -> Worker {
     let log = scratch.path(&format!("{id}.log"));
     let mut cmd = tokio::process::Command::new(binary());
-    cmd.args(["daemon", "--policies", policies, "--state", state, "--listen", &format!("127.0.0.1:{}", free_port())])
+    cmd.args(["daemon", "--policies", policies, "--state", state, "--listen", &format!("127.0.0.1:{port}")])
         .args(["--worker-id", id, "--lease-time", LEASE])
         .env("DOCKER_CONFIG", scratch.path("none"))
         .env("HOME", scratch.dir.path())
@@ -248,4 +253,75 @@ async fn run_waits_while_another_run_holds_the_pass() {
     assert_mirrored(&s, &d, &repos, "").await;
     let (up, distinct) = (proxy.counters.bytes_up.load(std::sync::atomic::Ordering::Relaxed), stored_bytes(&src.storage()));
     assert!(up as f64 <= 1.1 * distinct as f64, "uploaded {up} bytes for {distinct} distinct blob bytes");
+}
+
+/// `/metrics` of the daemon on `port`, once it answers.
+async fn metrics(port: u16) -> Option<String> {
+    let resp = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.text().await.ok()
+}
+
+/// Whether a `/metrics` text is the exporter's: the flag, and the series
+/// read from the shared state.
+fn exports_shared(text: &str) -> bool {
+    let flag = text.lines().any(|l| l == "regferry_shared_series_exporter 1");
+    let series = text.lines().any(|l| l.starts_with("regferry_outstanding_tags{") || l.starts_with("regferry_replication_lag_seconds{"));
+    assert_eq!(flag, series, "the exporter flag and the shared series disagree:\n{text}");
+    flag
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_daemons_on_postgres_export_the_shared_series_once_and_hand_them_over() {
+    let pg = testkit::TestPostgres::start();
+    let state = pg.database();
+    let (src, _dst, proxy, _repos) = setup(1, 2).await;
+    let scratch = Scratch::new();
+    let policies = policy(&scratch, &src.url, &proxy.url, "10MiB");
+    let ports = [free_port(), free_port()];
+    let mut workers: Vec<Worker> = ["m1", "m2"].iter().zip(ports).map(|(id, port)| start_worker_at(&scratch, &state, &policies, id, port)).collect();
+
+    // Both serve /metrics; exactly one of them exports the shared series.
+    let mut flags = Vec::new();
+    wait_until(Duration::from_secs(30), "both daemons to serve /metrics, one of them the shared series", async || {
+        flags.clear();
+        for port in ports {
+            match metrics(port).await {
+                Some(text) => flags.push(exports_shared(&text)),
+                None => return false,
+            }
+        }
+        flags.iter().filter(|f| **f).count() == 1
+    })
+    .await;
+    // ...and it stays that way over several lease times.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut now = Vec::new();
+        for port in ports {
+            now.push(exports_shared(&metrics(port).await.expect("/metrics")));
+        }
+        assert_eq!(now, flags, "the exporter changed with both workers alive");
+    }
+    let exporter = flags.iter().position(|f| *f).expect("an exporter");
+    let other = 1 - exporter;
+
+    // kill -9 the exporter: the other takes over within the lease time (plus a tick).
+    let mut dead = workers.remove(exporter);
+    dead.child.start_kill().expect("kill -9");
+    let _ = dead.child.wait().await;
+    let killed_at = Instant::now();
+    wait_until(Duration::from_secs(20), "the surviving daemon to export the shared series", async || {
+        metrics(ports[other]).await.is_some_and(|t| exports_shared(&t))
+    })
+    .await;
+    let handover = killed_at.elapsed();
+    eprintln!("shared series hand-over after kill -9 of {}: {handover:?}", dead.id);
+    assert!(handover < Duration::from_secs(8), "hand-over took {handover:?}");
+    for w in workers {
+        let log = w.log.clone();
+        stop_daemon(w.child, &log).await;
+    }
 }

@@ -25,7 +25,7 @@ impl OciDir {
                 };
                 Ok(entries.into_iter().rev().find(|e| e.tag.as_deref() == Some(tag.as_str())).map(|e| (e.digest, e.media_type)))
             }
-            Reference::Digest(d) => Ok(self.has_blob(repo, d).await?.then(|| (d.clone(), None))),
+            Reference::Digest(d) => Ok(self.has_blob(repo, d, None).await?.then(|| (d.clone(), None))),
         }
     }
 

@@ -14,9 +14,13 @@
 //! hard-linked into the others (`tar` keeps the links; a copy that does not
 //! only costs space).
 //!
-//! Crash safety: a blob appears under its digest only complete, fsynced and
-//! checked against its digest (written to a temporary file in the layout,
-//! then renamed); `index.json` is replaced atomically (temporary file,
+//! Crash safety: a blob appears under its digest only complete, flushed,
+//! fsynced and checked against its digest and size (written to a temporary
+//! file in the layout, then renamed); a blob file already there is never
+//! trusted by its name: its size is checked every time it is used and its
+//! content hashed once per process before it is reused, hard-linked or
+//! reported present, and one that is wrong (a file another tool or an
+//! older version cut short) is replaced; `index.json` is replaced atomically (temporary file,
 //! fsync, rename, directory fsync) by one writer at a time (an advisory
 //! lock on `.regferry-index.lock`, plus an in-process lock), and the tag
 //! edits that queue up meanwhile go into its next write together (so a
@@ -67,6 +71,10 @@ pub struct OciDir {
     /// Where this process wrote or found each blob complete (for
     /// [`Scheme::link_blob`]).
     seen: Mutex<HashMap<Digest, PathBuf>>,
+    /// Blob files this process hashed (or wrote) and found right, with the
+    /// size they had then: each is hashed once per process, its size
+    /// checked every time it is used again.
+    verified: Mutex<HashMap<PathBuf, u64>>,
     /// Layouts whose directories this process has made sure of.
     prepared: Mutex<std::collections::HashSet<PathBuf>>,
     temp_counter: AtomicU64,
@@ -88,6 +96,7 @@ impl OciDir {
             index_writers: Mutex::default(),
             prepared: Mutex::default(),
             seen: Mutex::default(),
+            verified: Mutex::default(),
             temp_counter: AtomicU64::new(0),
         })
     }
@@ -205,7 +214,11 @@ impl Scheme for OciDir {
     }
 
     fn blob_exists<'a>(&'a self, repo: &'a RepoName, digest: &'a Digest, _scopes: &'a Scopes) -> BoxFuture<'a, Result<bool, RegistryError>> {
-        self.has_blob(repo, digest).boxed()
+        self.has_blob(repo, digest, None).boxed()
+    }
+    fn blob_exists_sized<'a>(&'a self, repo: &'a RepoName, digest: &'a Digest, size: Option<u64>, _scopes: &'a Scopes)
+    -> BoxFuture<'a, Result<bool, RegistryError>> {
+        self.has_blob(repo, digest, size).boxed()
     }
     fn open_blob(self: Arc<Self>, repo: &RepoName, digest: &Digest, expected: Option<u64>)
     -> BoxFuture<'static, Result<(ByteStream, Option<u64>), RegistryError>> {

@@ -25,3 +25,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "regferry.credentialsSecret" -}}
 {{- default (printf "%s-registry-credentials" (include "regferry.fullname" .)) .Values.credentials.existingSecret -}}
 {{- end -}}
+
+{{- define "regferry.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "regferry.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
