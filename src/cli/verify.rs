@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::json;
 
 use regferry::pass::jobs_of;
-use regferry::dr::lag::Lag;
+use regferry::state::lag::Lag;
 use regferry::dr::verify::{VerifyOptions, VerifyReport, verify};
 use regferry::engine::discover::{AllTags, RepoFilter, Scope};
 use regferry::engine::plan::RepoMapping;

@@ -13,8 +13,10 @@
 pub mod backend;
 pub mod backoff;
 pub mod jobs;
+pub mod lag;
 pub mod leases;
 mod location;
+mod owned;
 pub mod overview;
 mod refused;
 mod referrers;
@@ -30,6 +32,7 @@ use sqlx::{AnyPool, Row};
 
 pub use backend::Backend;
 pub use location::{LocationError, StateLocation};
+pub use owned::{Direction, Owned};
 pub use recorder::Recorder;
 pub use status::{ExecutionStatus, TaskStatus};
 
