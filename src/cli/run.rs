@@ -58,6 +58,7 @@ pub fn outcome_json(o: &PassOutcome) -> serde_json::Value {
             "deferred": d.deferred,
             "deleted": d.prune.as_ref().map(|p| &p.deleted),
             "deletions_refused": d.prune.as_ref().map(|p| &p.refused),
+            "kept": d.prune.as_ref().map(|p| &p.kept),
             "fenced": d.fenced,
             "unmatched_patterns": d.unmatched,
             "report": d.report.as_ref().map(output::report_json),

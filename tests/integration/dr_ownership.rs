@@ -255,16 +255,24 @@ async fn a_pass_queued_behind_a_failover_never_runs_the_old_direction() {
         &format!("name: queued\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    namespace: mirror\ndelete: true\n", slow.url, dr.url),
     );
     let state = scratch.state();
-    let failover = {
-        let (scratch, policies, state) = (&scratch, policies.clone(), state.clone());
-        async move { policy_verb(scratch, &policies, &state, "queued", "failover", &[]).await }
-    };
+    let started = std::time::Instant::now();
+    let failover = policy_verb(&scratch, &policies, &state, "queued", "failover", &[]);
     let queued = async {
-        // Start once the failover's catch-up pass holds the job.
-        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        // Start once the failover's catch-up pass has an execution running.
+        let list = ["jobs", "list", "--policy", "queued", "--state", state.as_str(), "--json"];
+        loop {
+            let jobs = crate::support::regferry(&scratch, &list, &[]).await;
+            if jobs.code == 0 && jobs.stdout.contains("\"running\"") {
+                break;
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "the failover's catch-up pass never ran: {}", text(&jobs));
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        eprintln!("queued pass started {:?} after the failover", started.elapsed());
         policy_verb(&scratch, &policies, &state, "queued", "run", &["--json"]).await
     };
     let (fo, run) = tokio::join!(failover, queued);
+    eprintln!("failover and queued pass done after {:?}", started.elapsed());
     assert_eq!(fo.code, 0, "{}", text(&fo));
     assert_eq!(run.code, 1, "the queued pass must not run forward after the switch: {}", text(&run));
     let err = run.json()[0]["destinations"][0]["error"].as_str().unwrap_or_default().to_string();
