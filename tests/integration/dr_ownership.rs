@@ -282,3 +282,66 @@ async fn a_pass_queued_behind_a_failover_never_runs_the_old_direction() {
     assert_eq!(run.code, 0, "{}", text(&run));
     assert_eq!(run.json()[0]["destinations"][0]["reversed"], true);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_racing_a_second_worker_on_postgres_never_deletes_what_it_just_copied() {
+    let pg = testkit::TestPostgres::start();
+    let state = pg.database();
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let proxy = testkit::FaultProxy::start(&dst.url, testkit::Faults::default());
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let d = Registry::new(&dst.url, Access::Anonymous);
+    push_tags(&s, "team/app", &["v1"], "race").await;
+    let scratch = Scratch::new();
+    let policies = write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!("name: race\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\ndelete: true\nmax_delete: 100%\n", src.url, proxy.url),
+    );
+    let run = |id: &'static str| {
+        let (scratch, policies, state) = (&scratch, policies.clone(), state.clone());
+        async move { crate::support::regferry(scratch, &["run", "--policies", &policies, "--state", &state, "--worker-id", id, "--json"], &[]).await }
+    };
+    run("setup").await.assert_ok();
+
+    // Worker A's pass copies a larger v0 over a slow link; once its plan has
+    // listed the destination, the next listing — its deletion sweep's — is held…
+    let big = image::image(Flavor::Oci, "race-big", vec![image::layer(Flavor::Oci, "race-big", 600_000)]);
+    s.push("team/app", "v0", &big).await;
+    proxy.set_faults(testkit::Faults { bandwidth: 300_000, ..testkit::Faults::default() });
+    let listings = || proxy.counters.seen().iter().filter(|r| r.method == "GET" && r.target.starts_with("/v2/team/app/tags/list")).count();
+    let before = listings();
+    let a = run("A");
+    let race = async {
+        let started = std::time::Instant::now();
+        while listings() == before {
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "worker A never planned");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        proxy.set_faults(testkit::Faults { hold: 1.0, only: vec!["GET /v2/team/app/tags/list".into()], limit: 1, ..testkit::Faults::default() });
+        while proxy.counters.injected("hold") == 0 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "worker A's sweep never listed the destination");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // …while v2 is pushed and worker B starts a pass that copies it.
+        push_tags(&s, "team/app", &["v2"], "race").await;
+        let b = run("B");
+        tokio::pin!(b);
+        let b_done = tokio::select! {
+            r = &mut b => Some(r),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(4)) => None,
+        };
+        proxy.release();
+        match b_done {
+            Some(r) => r,
+            None => b.await,
+        }
+    };
+    let (a, b) = tokio::join!(a, race);
+    assert_eq!(a.code, 0, "{}", text(&a));
+    assert_eq!(b.code, 0, "{}", text(&b));
+    assert_eq!(d.head("team/app", "v2").await.map(|h| h.0), s.head("team/app", "v2").await.map(|h| h.0), "a sweep deleted the tag another worker had just copied: A {} / B {}", a.stdout, b.stdout);
+    assert!(d.missing_content("team/app", "v2").await.is_empty());
+}
