@@ -324,13 +324,26 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
         "pass planned"
     );
     let stats = Arc::new(Stats::default());
-    let report = match job.run_leased(&plan, Some(state), &stats, cancel, Some(lease)).await {
+    // Fencing while it writes: a switch recorded meanwhile (a failover that
+    // could not reach the primary does not wait for this pass) stops it
+    // before its next writes.
+    let switched = tokio_util::sync::CancellationToken::new();
+    let watch = tokio::spawn(watch_direction(state.clone(), policy.name.clone(), direction, cancel.stop.clone(), switched.clone()));
+    let report = job.run_leased(&plan, Some(state), &stats, cancel, Some(lease)).await;
+    watch.abort();
+    let report = match report {
         Ok(report) => report,
         Err(e) => {
             outcome.error = Some(e.to_string());
             return outcome;
         }
     };
+    if switched.is_cancelled() {
+        outcome.error = Some(format!("policy {} was switched (failover/failback) during this pass: stopped it, nothing deleted", policy.name));
+        outcome.fenced = true;
+        outcome.report = Some(report);
+        return outcome;
+    }
     let retry = policy.retry;
     let delay = move |failures: u32| -> Duration { retry.delay(failures) };
     let outcomes = outcomes_of(&plan, &report);
@@ -388,6 +401,25 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     }
     outcome.report = Some(report);
     outcome
+}
+
+/// Stop a pass (`stop`) and say so (`switched`) once the direction or its
+/// generation differs from `direction`; read every second.
+async fn watch_direction(state: StateDb, policy: String, direction: crate::state::Direction, stop: tokio_util::sync::CancellationToken, switched: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Ok(now) = state.direction(&policy).await
+            && now != direction
+        {
+            tracing::error!(policy = %policy, from = direction.generation, to = now.generation, "the policy was switched during this pass: stopping it");
+            switched.cancel();
+            stop.cancel();
+            return;
+        }
+    }
 }
 
 /// The deletion sweep of a pass, under the job's lease (taken again: the

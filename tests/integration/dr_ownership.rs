@@ -345,3 +345,40 @@ async fn prune_racing_a_second_worker_on_postgres_never_deletes_what_it_just_cop
     assert_eq!(d.head("team/app", "v2").await.map(|h| h.0), s.head("team/app", "v2").await.map(|h| h.0), "a sweep deleted the tag another worker had just copied: A {} / B {}", a.stdout, b.stdout);
     assert!(d.missing_content("team/app", "v2").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_running_when_the_policy_is_switched_stops_before_its_next_writes() {
+    let primary = TestRegistry::start();
+    let dr = TestRegistry::start();
+    // A slow link to DR: the pass takes several seconds.
+    let slow = testkit::FaultProxy::start(&dr.url, testkit::Faults { bandwidth: 250_000, ..testkit::Faults::default() });
+    let p = Registry::new(&primary.url, Access::Anonymous);
+    let d = Registry::new(&dr.url, Access::Anonymous);
+    let tags: Vec<String> = (1..=8).map(|i| format!("v{i}")).collect();
+    for t in &tags {
+        let img = image::image(Flavor::Oci, &format!("switch-{t}"), vec![image::layer(Flavor::Oci, &format!("switch-{t}"), 250_000)]);
+        p.push("team/app", t, &img).await;
+    }
+    let scratch = Scratch::new();
+    let body = |source: &str| format!("name: cut\nsource: {{ registry: '{source}' }}\ndestinations:\n  - registry: '{}'\n    namespace: mirror\nconcurrency: 1\n", slow.url);
+    let policies = write(&scratch, "policies", "p.yaml", &body(&primary.url));
+    // The failover runs where the primary cannot be reached (a partition): no catch-up pass, no wait for the job.
+    let cut_off = write(&scratch, "cut-off", "p.yaml", &body("http://127.0.0.1:1"));
+    let state = scratch.state();
+    let run = policy_verb(&scratch, &policies, &state, "cut", "run", &["--json"]);
+    let switch = async {
+        let started = std::time::Instant::now();
+        while d.tags("mirror/team/app").await.is_empty() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "the pass never copied a tag");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        policy_verb(&scratch, &cut_off, &state, "cut", "failover", &["--force"]).await
+    };
+    let (run, fo) = tokio::join!(run, switch);
+    assert_eq!(fo.code, 0, "{}", text(&fo));
+    assert_eq!(run.code, 1, "the pass must stop once the policy is switched: {}", text(&run));
+    let err = run.json()[0]["destinations"][0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("was switched (failover/failback) during this pass"), "{err}");
+    let copied = d.tags("mirror/team/app").await.len();
+    assert!(copied < tags.len(), "the pass went on writing to DR after the switch: {copied} tags");
+}
