@@ -382,3 +382,36 @@ async fn a_pass_running_when_the_policy_is_switched_stops_before_its_next_writes
     let copied = d.tags("mirror/team/app").await.len();
     assert!(copied < tags.len(), "the pass went on writing to DR after the switch: {copied} tags");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_deep_repair_copies_again_exactly_what_is_missing() {
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let amd64 = image::image(Flavor::Oci, "fix-amd64", vec![image::layer(Flavor::Oci, "fix-amd64", 500)]);
+    let arm64 = image::image(Flavor::Oci, "fix-arm64", vec![image::layer(Flavor::Oci, "fix-arm64", 500)]);
+    let index = image::index(Flavor::Oci, vec![(amd64.clone(), "amd64"), (arm64.clone(), "arm64")]);
+    s.push("team/app", "1.0", &index).await;
+    let scratch = Scratch::new();
+    crate::support::migrate(&scratch, &src.url, &dst.url, &[]).await.assert_ok();
+    // DR's storage loses the arm64 child manifest and a layer of the amd64 child.
+    let blob_dir = |d: &str| {
+        let hex = d.trim_start_matches("sha256:").to_string();
+        dst.storage().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}", &hex[..2]))
+    };
+    std::fs::remove_dir_all(blob_dir(&arm64.digest)).expect("remove the child manifest");
+    std::fs::remove_dir_all(blob_dir(&amd64.blobs.last().expect("a layer").digest)).expect("remove the layer");
+    assert!(skopeo_pulls(&scratch, &dst.url, "team/app:1.0").await.is_err());
+
+    let args = ["verify", "--from", src.url.as_str(), "--to", dst.url.as_str(), "--deep", "--json"];
+    let v = crate::support::regferry(&scratch, &args, &[]).await;
+    assert_eq!(v.code, 1, "{}", text(&v));
+    let mut with_repair = args.to_vec();
+    with_repair.push("--repair");
+    let v = crate::support::regferry(&scratch, &with_repair, &[]).await;
+    assert_eq!(v.code, 0, "repaired, then verified: {}", text(&v));
+    let repair = &v.json()["results"][0]["repair"];
+    assert_eq!(repair["blobs"].as_array().map(Vec::len), Some(1), "{repair}");
+    assert_eq!(repair["manifests"].as_array().map(Vec::len), Some(1), "{repair}");
+    skopeo_pulls(&scratch, &dst.url, "team/app:1.0").await.expect("the index pulls after the repair");
+}
