@@ -2,7 +2,9 @@
 //! enabled): pushes and tag deletions at whichever site is active (plain
 //! version tags under `latest: 3`, multi-arch indexes with a per-arch tag
 //! deleted alone), passes, failover and failback at random moments, `kill -9`
-//! of a pass, a lost state file. After every step it checks the invariants:
+//! of a pass or of the daemon that runs beside it all along (trigger every
+//! second), a lost state file (the daemon restarted on a fresh one). After
+//! every step it checks the invariants:
 //!
 //! 1. no tag pushed at the active site is lost or overwritten;
 //! 2. every tag at either site pulls completely (every child and blob);
@@ -19,7 +21,7 @@ use testkit::image::{self, Flavor};
 use testkit::{Access, Registry, TestRegistry};
 
 use crate::policies::write;
-use crate::support::{Scratch, command, policy_verb};
+use crate::support::{Scratch, command, daemon_command, policy_verb};
 
 /// xorshift64*: a seeded sequence, no dependency.
 struct Rng(u64);
@@ -82,8 +84,8 @@ struct Tally {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dr_soak_short_seed() {
-    let seed: u64 = std::env::var("DR_SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
-    let steps: usize = std::env::var("DR_SOAK_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(16);
+    let seed: u64 = std::env::var("DR_SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let steps: usize = std::env::var("DR_SOAK_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(24);
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let primary_reg = TestRegistry::start();
     let dr_reg = TestRegistry::start();
@@ -98,11 +100,13 @@ async fn dr_soak_short_seed() {
         "p.yaml",
         &format!(
             "name: soak\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    namespace: mirror\n\
-             tags: {{ latest: {LATEST} }}\ndelete: true\nmax_delete: 100%\n",
+             tags: {{ latest: {LATEST} }}\ndelete: true\nmax_delete: 100%\ntrigger: {{ interval: 1s }}\n",
             primary_reg.url, dr_reg.url
         ),
     );
     let state = scratch.state();
+    let start_daemon = || daemon_command(&scratch, &policies, testkit::free_port()).spawn().expect("start the daemon");
+    let mut daemon = start_daemon();
     let mut active = 0usize; // 0: primary, 1: DR
     // Tags the soak pushed at the active site since it became active (and did not delete).
     let mut pushed: BTreeMap<(String, String), String> = BTreeMap::new();
@@ -169,6 +173,12 @@ async fn dr_soak_short_seed() {
                 pushed.clear();
             }
             format!("{verb}: exit {}", r.code)
+        } else if op < 88 {
+            let _ = daemon.start_kill();
+            let _ = daemon.wait().await;
+            daemon = start_daemon();
+            t.kills += 1;
+            "kill -9 of the daemon, started again".into()
         } else if op < 92 {
             let mut child = command(&scratch, &["run", "--policies", &policies, "--state", &state], &[]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("start run");
             let after = rng.below(400);
@@ -178,6 +188,8 @@ async fn dr_soak_short_seed() {
             t.kills += 1;
             format!("kill -9 of a pass after {after} ms")
         } else {
+            let _ = daemon.start_kill();
+            let _ = daemon.wait().await;
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{state}{suffix}"));
             }
@@ -196,7 +208,8 @@ async fn dr_soak_short_seed() {
                     t.violations.push(format!("step {step}: failover could not take the fence's direction over: {}", fo.stdout));
                 }
             }
-            format!("lost the state file (run after it: exit {})", run.code)
+            daemon = start_daemon();
+            format!("lost the state file (run after it: exit {}); the daemon started again on a fresh one", run.code)
         };
         log.push(format!("{step}: {what}"));
 
@@ -248,6 +261,8 @@ async fn dr_soak_short_seed() {
             }
         }
     }
+    let _ = daemon.start_kill();
+    let _ = daemon.wait().await;
     eprintln!(
         "dr soak seed {seed}: {} steps, {} passes, {} failovers, {} failbacks, {} kill -9, {} lost states ({} fenced runs), {} invariants checked, {} violations",
         t.steps,
