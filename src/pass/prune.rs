@@ -290,7 +290,11 @@ async fn sweep_repo(dst: &dyn Scheme, source: RepoName, repo: &RepoName, have: &
     sweep
 }
 
-/// The manifest digests the tags `stays` need in `repo` at `dst`.
+/// The manifest digests the tags `stays` need in `repo` at `dst`: their
+/// own, an index's children at any depth (read with one `GET` per index),
+/// and the subject a referrer or signature tag names (`sha256-<hex>…`; an
+/// untagged referrer found only through the referrers API is not a tag that
+/// stays, so it protects nothing here).
 async fn needed_by(dst: &dyn Scheme, repo: &RepoName, stays: &[&Tag], heads: &HashMap<&Tag, crate::registry::ManifestHead>) -> Result<HashSet<Digest>, RegistryError> {
     let mut needed: HashSet<Digest> = HashSet::new();
     let mut indexes: Vec<(Digest, usize)> = Vec::new();
@@ -302,9 +306,6 @@ async fn needed_by(dst: &dyn Scheme, repo: &RepoName, stays: &[&Tag], heads: &Ha
         if needed.insert(head.digest.clone()) && crate::registry::manifest::kind_of(&head.media_type) == Some(crate::registry::manifest::Kind::Index) {
             indexes.push((head.digest.clone(), 0));
         }
-        // A kept referrer names its subject inside: read image manifests only
-        // when they might be one (an artifact or a tag that names a subject is
-        // handled above; other image manifests have no subject to keep).
     }
     let mut seen: HashSet<Digest> = HashSet::new();
     while let Some((digest, depth)) = indexes.pop() {

@@ -228,6 +228,10 @@ async fn dr_soak_short_seed() {
                 for tag in s.client.tags(&s.repo(repo)).await {
                     t.checks += 1;
                     let missing = s.client.missing_content(&s.repo(repo), &tag).await;
+                    // The daemon may have deleted it (mirroring a deletion) since the listing.
+                    if !missing.is_empty() && !s.client.tags(&s.repo(repo)).await.contains(&tag) {
+                        continue;
+                    }
                     if !missing.is_empty() {
                         t.violations.push(format!("step {step} ({what}): {}:{tag} does not pull: {missing:?}", s.repo(repo)));
                     }
