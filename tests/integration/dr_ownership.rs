@@ -130,6 +130,19 @@ async fn a_reversed_pass_never_deletes_the_primarys_tags_that_dr_never_had() {
     for repo in repos {
         assert!(p.head(repo, "1.0.1").await.is_some(), "{repo}:1.0.1 stays at the primary");
     }
+
+    // A state that lost its records deletes nothing, and says so.
+    remove_state(&state);
+    let fo = cmd("failover", &[]).await;
+    assert_eq!(fo.code, 0, "the operator takes the fence's direction over: {}", text(&fo));
+    let gone = d.head("mirror/team/b", "1.0.4").await.expect("1.0.4 at DR").0;
+    d.delete_manifest("mirror/team/b", &gone).await;
+    let run = cmd("run", &["--json"]).await;
+    assert_eq!(run.code, 0, "{}", text(&run));
+    let dest = &run.json()[0]["destinations"][0];
+    assert_eq!(dest["deleted"], serde_json::json!([]), "{dest}");
+    assert!(dest["kept"].to_string().contains("team/b:1.0.4 (regferry has no record of writing it here)"), "{dest}");
+    assert!(p.head("team/b", "1.0.4").await.is_some());
 }
 
 /// A failover behind `front` at DR, then a new build pushed at DR and a lost
