@@ -227,10 +227,15 @@ async fn dr_soak_short_seed() {
             for repo in REPOS {
                 for tag in s.client.tags(&s.repo(repo)).await {
                     t.checks += 1;
-                    let missing = s.client.missing_content(&s.repo(repo), &tag).await;
-                    // The daemon may have deleted it (mirroring a deletion) since the listing.
-                    if !missing.is_empty() && !s.client.tags(&s.repo(repo)).await.contains(&tag) {
-                        continue;
+                    let mut missing = s.client.missing_content(&s.repo(repo), &tag).await;
+                    if !missing.is_empty() {
+                        // The daemon may be deleting it (mirroring a deletion: the registry
+                        // removes the manifest, then its tags): look again a moment later.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if !s.client.tags(&s.repo(repo)).await.contains(&tag) {
+                            continue;
+                        }
+                        missing = s.client.missing_content(&s.repo(repo), &tag).await;
                     }
                     if !missing.is_empty() {
                         t.violations.push(format!("step {step} ({what}): {}:{tag} does not pull: {missing:?}", s.repo(repo)));
