@@ -80,8 +80,17 @@ fn report_text(r: &SwitchReport, dry_run: bool) -> String {
     if let Some(rpo) = &r.rpo {
         out.push_str(&rpo_text(rpo));
     }
+    if let Some(rep) = &r.repair {
+        out.push_str(&format!(
+            "  repaired the DR site from the primary: {} blob(s), {} manifest(s) copied again{}\n",
+            rep.blobs.len(),
+            rep.manifests.len(),
+            if rep.errors.is_empty() { String::new() } else { format!("; not repaired: {}", rep.errors.join("; ")) }
+        ));
+    }
     if let Some(v) = &r.verification {
-        out.push_str(&super::verify::report_text(&format!("DR site {}", r.to), v));
+        let side = if r.switch == Switch::Failover { "DR site" } else { "primary" };
+        out.push_str(&super::verify::report_text(&format!("{side} {}", r.to), v));
     }
     if let Some(e) = &r.verification_error {
         out.push_str(&format!("  cannot verify the DR site: {e}\n"));

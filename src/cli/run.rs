@@ -38,6 +38,12 @@ pub struct RunArgs {
     /// and in repositories whose source lists no tags (the deletion guard is off).
     #[arg(long)]
     pub force_delete: bool,
+
+    /// For this pass only, run even when the failover fence at the DR site cannot be
+    /// read (401/403/5xx, a timeout, not a fence), as if there were none. Without it
+    /// such a pass is refused: a fence that cannot be read is never taken for "no fence".
+    #[arg(long)]
+    pub ignore_unreadable_fence: bool,
 }
 
 pub fn outcome_json(o: &PassOutcome) -> serde_json::Value {
@@ -52,6 +58,7 @@ pub fn outcome_json(o: &PassOutcome) -> serde_json::Value {
             "deferred": d.deferred,
             "deleted": d.prune.as_ref().map(|p| &p.deleted),
             "deletions_refused": d.prune.as_ref().map(|p| &p.refused),
+            "kept": d.prune.as_ref().map(|p| &p.kept),
             "fenced": d.fenced,
             "unmatched_patterns": d.unmatched,
             "report": d.report.as_ref().map(output::report_json),
@@ -102,6 +109,7 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
     let mut policies = set.select(&args.names).map_err(CliError::usage)?;
     for p in &mut policies {
         p.force_delete = args.force_delete;
+        p.ignore_unreadable_fence = args.ignore_unreadable_fence;
     }
     let state = StateDb::open_for(&args.state.state, 8).await?.with_worker(args.state.worker(false));
     let cancel = Cancel::default();

@@ -1,6 +1,7 @@
 //! `regferry verify`: prove that a destination holds every in-scope tag at
 //! the same digest and media type (and, with --deep, everything needed to
-//! pull it), for two registries given on the command line or for policies.
+//! pull it), for two registries given on the command line or for policies;
+//! with --repair, copy again what the deep check found missing first.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -10,8 +11,10 @@ use clap::Args;
 use serde_json::json;
 
 use regferry::pass::jobs_of;
-use regferry::dr::lag::Lag;
-use regferry::dr::verify::{VerifyOptions, VerifyReport, verify};
+use regferry::state::lag::Lag;
+use regferry::dr::repair::RepairReport;
+use regferry::dr::verify::{ProblemKind, VerifyOptions, VerifyReport, verify};
+use regferry::scheme::Scheme;
 use regferry::engine::discover::{AllTags, RepoFilter, Scope};
 use regferry::engine::plan::RepoMapping;
 use regferry::engine::platforms::{FilterMode, PlatformFilter};
@@ -60,6 +63,12 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub deep: bool,
 
+    /// With --deep: copy again, from the source, exactly what the deep check found missing
+    /// at the destination (blobs, then child manifests, by digest; no tag is written), then
+    /// verify again. What could not be repaired is still reported.
+    #[arg(long, requires = "deep")]
+    pub repair: bool,
+
     /// Requests in flight at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
     pub concurrency: u16,
@@ -85,6 +94,22 @@ struct Outcome {
     source: String,
     destination: String,
     result: Result<VerifyReport, String>,
+    /// What `--repair` copied again (before the verification reported).
+    repair: Option<RepairReport>,
+}
+
+/// Verify, and with `repair` copy again what the deep check found missing, then verify again.
+async fn checked(src: Arc<dyn Scheme>, dst: &dyn Scheme, scope: &Scope, options: &VerifyOptions, repair: bool) -> (Result<VerifyReport, String>, Option<RepairReport>) {
+    let first = verify(&*src, dst, scope, options).await.map_err(|e| JobError::from(e).to_string());
+    let broken = |r: &VerifyReport| r.problems.iter().any(|p| p.kind == ProblemKind::NotPullable);
+    match first {
+        Ok(r) if repair && broken(&r) => {
+            let done = regferry::dr::repair::repair(src.clone(), dst, &r).await;
+            let again = verify(&*src, dst, scope, options).await.map_err(|e| JobError::from(e).to_string());
+            (again, Some(done))
+        }
+        other => (other, None),
+    }
 }
 
 fn short(d: Option<&str>) -> &str {
@@ -97,6 +122,15 @@ fn text(o: &Outcome) -> String {
         Some(p) => format!("{p}{} {} → {}", if o.reversed { " (reversed)" } else { "" }, o.source, o.destination),
         None => format!("{} → {}", o.source, o.destination),
     };
+    if let Some(rep) = &o.repair {
+        let _ = writeln!(
+            out,
+            "repair {title}: {} blob(s), {} manifest(s) copied again{}",
+            rep.blobs.len(),
+            rep.manifests.len(),
+            if rep.errors.is_empty() { String::new() } else { format!("; not repaired: {}", rep.errors.join("; ")) }
+        );
+    }
     let r = match &o.result {
         Ok(r) => r,
         Err(e) => {
@@ -189,13 +223,20 @@ async fn run_one(
     scope: &Scope,
     options: &VerifyOptions,
     client: &ClientOptions,
-) -> Result<VerifyReport, String> {
-    let src = regferry::scheme::connect(source, client, "source").map_err(|e| format!("source {e}"))?;
-    let dst = regferry::scheme::connect(destination, client, "destination").map_err(|e| format!("destination {e}"))?;
-    let (a, b) = tokio::join!(src.ping(), dst.ping());
-    a.map_err(|e| format!("source {e}"))?;
-    b.map_err(|e| format!("destination {e}"))?;
-    verify(&*src, &*dst, scope, options).await.map_err(|e| JobError::from(e).to_string())
+    repair: bool,
+) -> (Result<VerifyReport, String>, Option<RepairReport>) {
+    let connected = async {
+        let src = regferry::scheme::connect(source, client, "source").map_err(|e| format!("source {e}"))?;
+        let dst = regferry::scheme::connect(destination, client, "destination").map_err(|e| format!("destination {e}"))?;
+        let (a, b) = tokio::join!(src.ping(), dst.ping());
+        a.map_err(|e| format!("source {e}"))?;
+        b.map_err(|e| format!("destination {e}"))?;
+        Ok::<_, String>((src, dst))
+    };
+    match connected.await {
+        Ok((src, dst)) => checked(src, &*dst, scope, options, repair).await,
+        Err(e) => (Err(e), None),
+    }
 }
 
 pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
@@ -215,8 +256,8 @@ pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
             };
             let scope = Scope { platforms, ..Scope::new(mapping, repos, Arc::new(AllTags)) };
             let options = VerifyOptions { deep: args.deep, concurrency, covers: None };
-            let result = run_one(&source, &destination, &scope, &options, &args.timeouts.client_options()).await;
-            outcomes.push(Outcome { policy: None, reversed: false, source: source.url.to_string(), destination: destination.url.to_string(), result });
+            let (result, repair) = run_one(&source, &destination, &scope, &options, &args.timeouts.client_options(), args.repair).await;
+            outcomes.push(Outcome { policy: None, reversed: false, source: source.url.to_string(), destination: destination.url.to_string(), result, repair });
         }
         (None, None, Some(path)) => {
             let set = super::policy::load(path)?.with_timeouts(&args.timeouts.overrides());
@@ -226,11 +267,11 @@ pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
                 let options = VerifyOptions { deep: args.deep, concurrency, covers: Some(p.tags.clone()) };
                 for spec in jobs_of(p, &state).await? {
                     let (source, destination, reversed) = (spec.source.url.to_string(), spec.destination.url.to_string(), spec.reversed);
-                    let result = match Job::connect(spec).await {
-                        Ok(job) => verify(&*job.src, &*job.dst, &job.spec.scope, &options).await.map_err(|e| JobError::from(e).to_string()),
-                        Err(e) => Err(e.to_string()),
+                    let (result, repair) = match Job::connect(spec).await {
+                        Ok(job) => checked(job.src.clone(), &*job.dst, &job.spec.scope, &options, args.repair).await,
+                        Err(e) => (Err(e.to_string()), None),
                     };
-                    outcomes.push(Outcome { policy: Some(p.name.clone()), reversed, source, destination, result });
+                    outcomes.push(Outcome { policy: Some(p.name.clone()), reversed, source, destination, result, repair });
                 }
                 lags.push(state.replication_lag(&p.name).await?);
             }
@@ -251,6 +292,7 @@ pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
                     "ok": o.result.as_ref().is_ok_and(VerifyReport::ok),
                     "error": o.result.as_ref().err(),
                     "report": o.result.as_ref().ok(),
+                    "repair": o.repair,
                 })
             })
             .collect();

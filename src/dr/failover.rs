@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::lag::Lag;
+use crate::state::lag::Lag;
+use super::repair::{RepairReport, repair};
 use super::verify::{ProblemKind, VerifyOptions, VerifyReport, pullable, verify};
 use crate::engine::execute::Cancel;
 use crate::job::Job;
@@ -116,6 +117,9 @@ pub struct SwitchReport {
     pub verification: Option<VerifyReport>,
     /// Why the verification could not run.
     pub verification_error: Option<String>,
+    /// Failover: what was missing at DR and copied again from the primary
+    /// before the verification that decided.
+    pub repair: Option<RepairReport>,
     /// Things the operator should know that did not stop the switch.
     pub warnings: Vec<String>,
 }
@@ -127,6 +131,10 @@ pub enum SwitchError {
     NoDestination(String),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("interrupted while another worker was switching the policy")]
+    Interrupted,
+    #[error("lost the switch lease {0} (this worker stalled past it): the switch stopped where it was; run it again")]
+    LeaseLost(String),
 }
 
 async fn reachable(endpoint: &Endpoint) -> bool {
@@ -148,26 +156,86 @@ fn unfit(report: &VerifyReport, synced: bool) -> usize {
     report.problems.iter().filter(|p| counts(p.kind)).count()
 }
 
-/// Deep-verify the DR site: against the primary when it answers, else on its own.
-async fn verify_dr(policy: &Policy, primary_up: bool) -> Result<VerifyReport, String> {
-    let dr = policy.destinations.first().ok_or("no DR destination")?;
-    let forward = policy.forward(dr);
-    let options = VerifyOptions { deep: true, concurrency: policy.concurrency.max(4) * 2, covers: Some(policy.tags.clone()) };
-    let dr_site = crate::scheme::connect(&forward.destination, &policy.client, "probe").map_err(|e| format!("DR {e}"))?;
-    dr_site.ping().await.map_err(|e| format!("DR {e}"))?;
-    if primary_up {
-        let primary = crate::scheme::connect(&forward.source, &policy.client, "source").map_err(|e| format!("primary {e}"))?;
-        verify(&*primary, &*dr_site, &forward.scope, &options).await.map_err(|e| e.to_string())
-    } else {
-        let back = policy.reverse(dr);
-        pullable(&*dr_site, &back.destination.url, &back.scope, &options).await.map_err(|e| e.to_string())
+/// The pair a switch works on: the side it leaves as the source, the side
+/// it switches to as the destination (with the scope read from the first).
+fn sides(policy: &Policy, switch: Switch) -> Option<crate::job::JobSpec> {
+    let dr = policy.destinations.first()?;
+    Some(match switch {
+        Switch::Failover => policy.forward(dr),
+        Switch::Failback => policy.reverse(dr),
+    })
+}
+
+/// Copy again, from the side being left, what `v` found missing at the side switched to.
+async fn repair_target(policy: &Policy, switch: Switch, v: &VerifyReport) -> RepairReport {
+    let Some(spec) = sides(policy, switch) else { return RepairReport::default() };
+    let stores = crate::scheme::connect(&spec.source, &policy.client, "source")
+        .and_then(|from| Ok((from, crate::scheme::connect(&spec.destination, &policy.client, "destination")?)));
+    match stores {
+        Ok((from, to)) => repair(from, &*to, v).await,
+        Err(e) => RepairReport { errors: vec![format!("cannot connect to repair {}: {e}", spec.destination.url)], ..RepairReport::default() },
     }
 }
 
-/// Fail `policy` over to its first destination, or back.
+/// Deep-verify the side switched to (DR for a failover, the primary for a
+/// failback): against the side being left when it answers, else on its own.
+async fn verify_target(policy: &Policy, switch: Switch, from_up: bool) -> Result<VerifyReport, String> {
+    let spec = sides(policy, switch).ok_or("no DR destination")?;
+    let options = VerifyOptions { deep: true, concurrency: policy.concurrency.max(4) * 2, covers: Some(policy.tags.clone()) };
+    let to = crate::scheme::connect(&spec.destination, &policy.client, "probe").map_err(|e| format!("{} {e}", spec.destination.url))?;
+    to.ping().await.map_err(|e| format!("{} {e}", spec.destination.url))?;
+    if from_up {
+        let from = crate::scheme::connect(&spec.source, &policy.client, "source").map_err(|e| format!("{} {e}", spec.source.url))?;
+        verify(&*from, &*to, &spec.scope, &options).await.map_err(|e| e.to_string())
+    } else {
+        // The side switched to, on its own: its repositories as the source of the other direction.
+        let other = match switch {
+            Switch::Failover => Switch::Failback,
+            Switch::Failback => Switch::Failover,
+        };
+        let back = sides(policy, other).ok_or("no DR destination")?;
+        pullable(&*to, &back.destination.url, &back.scope, &options).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Fail `policy` over to its first destination, or back. The policy's
+/// switch lease ([`crate::pass::switch_lease`]) is held from before the
+/// catch-up pass until the new direction is recorded: passes of other
+/// workers wait, and then find the new direction (and generation).
 pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: SwitchOptions, cancel: &Cancel) -> Result<SwitchReport, SwitchError> {
+    if options.dry_run {
+        return switch_held(policy, state, switch, options, cancel).await;
+    }
+    let name = crate::pass::switch_lease(&policy.name);
+    let mut told = false;
+    let lease = loop {
+        match state.hold_lease(&name).await? {
+            Ok(lease) => break lease,
+            Err(holder) => {
+                if !told {
+                    told = true;
+                    tracing::warn!(policy = %policy.name, holder = %holder.worker, "another worker is switching this policy; waiting");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = cancel.stop.cancelled() => return Err(SwitchError::Interrupted),
+        }
+    };
+    let lost = lease.lost.clone();
+    let result = tokio::select! {
+        r = switch_held(policy, state, switch, options, cancel) => r,
+        _ = lost.cancelled() => Err(SwitchError::LeaseLost(name.clone())),
+    };
+    lease.release().await;
+    result
+}
+
+async fn switch_held(policy: &Policy, state: &StateDb, switch: Switch, options: SwitchOptions, cancel: &Cancel) -> Result<SwitchReport, SwitchError> {
     let dr = policy.destinations.first().ok_or_else(|| SwitchError::NoDestination(policy.name.clone()))?;
-    let mut reversed = state.is_reversed(&policy.name).await?;
+    let direction = state.direction(&policy.name).await?;
+    let mut reversed = direction.reversed;
     let want_reversed = switch == Switch::Failover;
     // The sync pass runs in the current direction: primary → DR before a
     // failover, DR → primary before a failback.
@@ -193,6 +261,7 @@ pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: S
         rpo: None,
         verification: None,
         verification_error: None,
+        repair: None,
         warnings: Vec::new(),
     };
 
@@ -211,7 +280,8 @@ pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: S
         report.adopted = true;
         reversed = f.reversed;
         if !options.dry_run {
-            state.set_reversed(&policy.name, reversed).await?;
+            let generation = f.generation.max(direction.generation);
+            state.set_direction(&policy.name, crate::state::Direction { reversed, generation }).await?;
             tracing::warn!(policy = %policy.name, generation = f.generation, direction = if reversed { "reversed" } else { "forward" }, "took over the direction recorded by the failover fence");
         }
     }
@@ -233,10 +303,8 @@ pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: S
             Switch::Failback => {}
         }
     }
-    let lag_before = match switch {
-        Switch::Failover => Some(state.replication_lag(&policy.name).await?),
-        Switch::Failback => None,
-    };
+    // Both ways: the RPO of the side being left, and a deep check of the side switched to.
+    let lag_before = Some(state.replication_lag(&policy.name).await?);
     if options.dry_run {
         if report.from_reachable {
             match Job::connect(spec).await {
@@ -249,7 +317,7 @@ pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: S
         }
         if let Some(lag) = &lag_before {
             report.rpo = Some(Rpo::of(lag, false));
-            check_dr(policy, &mut report, options, false).await;
+            check_target(policy, switch, &mut report, options, false).await;
         }
         return Ok(report);
     }
@@ -276,14 +344,29 @@ pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: S
         let caught_up = report.sync_ok == Some(true);
         let lag = if caught_up { state.replication_lag(&policy.name).await? } else { lag.clone() };
         report.rpo = Some(Rpo::of(&lag, caught_up && lag.outstanding_tags == 0));
-        check_dr(policy, &mut report, options, true).await;
+        let warned = report.warnings.len();
+        check_target(policy, switch, &mut report, options, true).await;
+        // Repair before refusing: what the deep check found missing at DR
+        // is copied again from the primary, then DR is verified again.
+        let broken = report.verification.as_ref().is_some_and(|v| v.problems.iter().any(|p| p.kind == ProblemKind::NotPullable));
+        if report.from_reachable && broken
+            && let Some(v) = report.verification.take()
+        {
+            let repaired = repair_target(policy, switch, &v).await;
+            tracing::info!(policy = %policy.name, repaired = repaired.repaired(), errors = repaired.errors.len(), "repaired the DR site from the primary");
+            report.repair = Some(repaired);
+            report.refused = None;
+            report.warnings.truncate(warned);
+            check_target(policy, switch, &mut report, options, true).await;
+        }
         if report.refused.is_some() {
             return Ok(report);
         }
     }
 
     // The fence first: a state lost after this point is recovered from it.
-    let generation = report.fence.as_ref().map_or(0, |f| f.generation) + 1;
+    // The fencing token: above both what the fence and the state knew.
+    let generation = report.fence.as_ref().map_or(0, |f| f.generation).max(direction.generation) + 1;
     let fence = Fence {
         policy: policy.name.clone(),
         reversed: want_reversed,
@@ -312,24 +395,32 @@ pub async fn switch(policy: &Policy, state: &StateDb, switch: Switch, options: S
             Err(e) => report.warnings.push(format!("cannot write the failover fence at the primary: {e}")),
         }
     }
-    state.set_reversed(&policy.name, want_reversed).await?;
+    state.set_direction(&policy.name, crate::state::Direction { reversed: want_reversed, generation }).await?;
     report.switched = true;
     tracing::info!(policy = %policy.name, direction = if want_reversed { "reversed" } else { "forward" }, generation, "direction changed");
     Ok(report)
 }
 
-/// Failover: deep-verify the DR site and refuse (unless forced) when it is
+/// Deep-verify the side switched to and refuse (unless forced) when it is
 /// not fit to become the source. `synced`: the sync pass has run.
-async fn check_dr(policy: &Policy, report: &mut SwitchReport, options: SwitchOptions, synced: bool) {
-    match verify_dr(policy, report.from_reachable).await {
+async fn check_target(policy: &Policy, switch: Switch, report: &mut SwitchReport, options: SwitchOptions, synced: bool) {
+    let site = match switch {
+        Switch::Failover => "the DR site",
+        Switch::Failback => "the primary",
+    };
+    match verify_target(policy, switch, report.from_reachable).await {
         Ok(v) => {
             let bad = unfit(&v, synced);
             for g in &v.unmatched_patterns {
                 report.warnings.push(format!("repository pattern {g:?} matches no repository at {}", v.source));
             }
             if bad > 0 && report.refused.is_none() {
-                let what = if report.from_reachable { "is not identical to the primary or not pullable" } else { "is not pullable" };
-                let why = format!("the DR site {what}: {bad} problem(s) (see the verification above)");
+                let what = match (switch, report.from_reachable) {
+                    (Switch::Failover, true) => "is not identical to the primary or not pullable",
+                    (Switch::Failback, true) => "is not identical to the DR site or not pullable",
+                    (_, false) => "is not pullable",
+                };
+                let why = format!("{site} {what}: {bad} problem(s) (see the verification above)");
                 if options.force {
                     report.warnings.push(why);
                 } else {
@@ -339,7 +430,7 @@ async fn check_dr(policy: &Policy, report: &mut SwitchReport, options: SwitchOpt
             report.verification = Some(v);
         }
         Err(e) => {
-            let why = format!("cannot verify the DR site: {e}");
+            let why = format!("cannot verify {site}: {e}");
             if options.force {
                 report.warnings.push(why.clone());
             } else if report.refused.is_none() {

@@ -315,6 +315,8 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
             .map(|i| (i.dest_repo.clone(), i.tag.clone()))
             .filter(|key| !referrer_problems.contains(key))
             .collect();
+        // Where each destination repository comes from (a repair copies from there).
+        let sources: HashMap<&RepoName, &RepoName> = plan.items.iter().map(|i| (&i.dest_repo, &i.source_repo)).collect();
         let deep = deep_check(dst, &present, concurrency).await;
         report.manifests_checked = deep.manifests;
         report.blobs_checked = deep.blobs;
@@ -333,7 +335,9 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
                 continue;
             }
             report.identical -= 1;
-            report.push(missing.problem(repo, tag, digest));
+            let mut p = missing.problem(repo, tag, digest);
+            p.source_repository = sources.get(repo).map(ToString::to_string);
+            report.push(p);
         }
     }
     report.problems.sort_by_key(|p| (p.destination_repository.clone(), p.tag.clone()));

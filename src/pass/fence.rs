@@ -8,9 +8,9 @@
 //! the policy already writes to, so the same credentials can write it. It
 //! says which way the policy runs (`reversed` after a failover, `forward`
 //! after a failback), when, and a generation that grows with every switch.
-//! Every pass reads it at the DR site (one manifest `HEAD`, and a `GET`
-//! when there is one) and refuses to
-//! run when it contradicts the local state — the case of a fresh or restored
+//! Every pass reads it at the DR site (one manifest `GET`) and refuses to
+//! run when it contradicts the local state, or when the site does not
+//! clearly say that there is none — the case of a fresh or restored
 //! state database meeting a site that was failed over.
 //!
 //! The repository is reserved (`engine::discover::RESERVED_REPOSITORY`):
@@ -118,26 +118,20 @@ impl Site {
         }
     }
 
-    /// The fence of `policy` at this site; `None` when there is none (or
-    /// these credentials may not see it — then they never wrote it either).
+    /// The fence of `policy` at this site; `None` only when the site clearly
+    /// says there is no such manifest, and a `GET` confirms it (a front that
+    /// answers `HEAD` with 404 for manifests that exist is not "no fence").
+    /// Anything else — 401, 403, 5xx, a timeout, a body that is not a fence —
+    /// is an error: the fence never fails open.
     pub async fn read(&self, policy: &str) -> Result<Option<Fence>, FenceError> {
         let tag = tag(policy)?;
         let reference = Reference::Tag(tag);
         let scopes = Scopes::pull(&self.repo);
-        let missing = |e: &RegistryError| {
-            matches!(e.status(), Some(401 | 403 | 404))
-                || ["MANIFEST_UNKNOWN", "NAME_UNKNOWN", "DENIED", "UNAUTHORIZED"].iter().any(|c| e.has_code(c))
-        };
-        // A `HEAD` first: a site that never saw a failover costs what a tag check costs.
-        match self.client.head_manifest(&self.repo, &reference, &scopes).await {
-            Ok(None) => return Ok(None),
-            Ok(Some(_)) => {}
-            Err(e) if missing(&e) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
+        // One `GET` (never a `HEAD` alone: a front may answer it 404 for a
+        // manifest that exists); a site without a fence costs what a `HEAD` would.
         let body = match self.client.get_manifest(&self.repo, &reference, &scopes).await {
             Ok(body) => body,
-            Err(e) if missing(&e) => return Ok(None),
+            Err(e) if absent(&e) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         parse(&body.bytes).map(Some).ok_or_else(|| FenceError::Malformed(self.location(policy)))
@@ -169,6 +163,13 @@ impl Site {
         self.client.delete_manifest(&self.repo, &head.digest).await?;
         Ok(())
     }
+}
+
+/// A clear "no such manifest" (or repository): 404, or the registry's own
+/// code for it. 401/403 are not: credentials that may not read the fence say
+/// nothing about whether there is one.
+fn absent(e: &RegistryError) -> bool {
+    e.status() == Some(404) || ["MANIFEST_UNKNOWN", "NAME_UNKNOWN"].iter().any(|c| e.has_code(c))
 }
 
 fn rfc3339(ms: i64) -> String {

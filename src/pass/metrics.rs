@@ -184,7 +184,7 @@ pub fn render_exporter(exporter: bool) -> String {
 /// The replication lag families, from the state database's view of each
 /// policy in its current direction (a policy that never ran has no lag
 /// sample, only its outstanding count of 0).
-pub fn render_lag(lags: &[crate::dr::lag::Lag]) -> String {
+pub fn render_lag(lags: &[crate::state::lag::Lag]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,

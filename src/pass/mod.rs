@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::dr::prune::{Guard, PruneReport, prune};
+use prune::{Guard, PruneReport, prune};
 use crate::engine::execute::Cancel;
 use crate::engine::plan::{Action, Plan, Problem, SkipReason};
 use crate::engine::referrers;
@@ -26,6 +26,7 @@ use crate::state::backoff::Outcome;
 use crate::state::{StateDb, now_ms};
 
 pub mod fence;
+pub mod prune;
 pub mod metrics;
 
 use fence::Site;
@@ -87,6 +88,18 @@ impl PassOutcome {
     }
 }
 
+/// The name of `policy`'s switch lease: held by `failover`/`failback` from
+/// their catch-up pass until the new direction is recorded. A pass that
+/// finds another worker holding it gives its job lease back and waits.
+pub fn switch_lease(policy: &str) -> String {
+    format!("switch|{policy}")
+}
+
+/// Whether another worker is switching `policy` right now.
+async fn switching_elsewhere(policy: &str, state: &StateDb) -> Result<bool, crate::state::StateError> {
+    Ok(state.lease_holder(&switch_lease(policy)).await?.is_some_and(|h| h.worker != state.worker().id))
+}
+
 /// The jobs a pass of `policy` runs now: one per destination, or — after a
 /// failover — one from the first destination back to the source.
 pub async fn jobs_of(policy: &Policy, state: &StateDb) -> Result<Vec<JobSpec>, crate::state::StateError> {
@@ -120,7 +133,11 @@ pub async fn run_pass(policy: &Policy, state: &StateDb, cancel: &Cancel, metrics
         let stop = match &fence {
             FenceCheck::Agrees => None,
             FenceCheck::Refused(why) => Some((why.clone(), true)),
-            FenceCheck::Unreadable(why) if i == 0 => Some((why.clone(), false)),
+            FenceCheck::Unreadable(why) if i == 0 && policy.ignore_unreadable_fence => {
+                tracing::warn!(policy = %policy.name, reason = %why, "running without the failover fence (--ignore-unreadable-fence)");
+                None
+            }
+            FenceCheck::Unreadable(why) if i == 0 => Some((format!("{why}: refusing the pass (a fence that cannot be read is not \"no fence\"; `regferry run --ignore-unreadable-fence` runs it once anyway)"), true)),
             FenceCheck::Unreadable(_) => None,
         };
         let events = only.is_some();
@@ -204,7 +221,23 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
             }
         };
         match held {
-            Ok(lease) => break lease,
+            // Fencing: never start while another worker switches the policy
+            // (its catch-up pass needs this lease: give it back and wait).
+            Ok(lease) => match switching_elsewhere(&policy.name, state).await {
+                Ok(false) => break lease,
+                Ok(true) => {
+                    lease.release().await;
+                    if !told {
+                        told = true;
+                        tracing::info!(policy = %policy.name, "the policy is being switched (failover/failback); waiting");
+                    }
+                }
+                Err(e) => {
+                    lease.release().await;
+                    outcome.error = Some(e.to_string());
+                    return outcome;
+                }
+            },
             Err(holder) if state.worker().joins => {
                 if let Some(execution) = holder.execution {
                     let stats = Arc::new(Stats::default());
@@ -232,6 +265,27 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
             }
         }
     };
+    // The direction and its generation, read under the lease: a pass built
+    // for the other direction (it waited behind a switch) writes nothing.
+    let direction = match state.direction(&policy.name).await {
+        Ok(d) => d,
+        Err(e) => {
+            lease.release().await;
+            outcome.error = Some(e.to_string());
+            return outcome;
+        }
+    };
+    if direction.reversed != job.spec.reversed {
+        lease.release().await;
+        outcome.error = Some(format!(
+            "policy {} was switched to run {} (generation {}) while this pass waited: not running the old direction",
+            policy.name,
+            if direction.reversed { "reversed" } else { "forward" },
+            direction.generation
+        ));
+        outcome.fenced = true;
+        return outcome;
+    }
     let mut plan = match job.plan().await {
         Ok(plan) => plan,
         Err(e) => {
@@ -270,13 +324,26 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
         "pass planned"
     );
     let stats = Arc::new(Stats::default());
-    let report = match job.run_leased(&plan, Some(state), &stats, cancel, Some(lease)).await {
+    // Fencing while it writes: a switch recorded meanwhile (a failover that
+    // could not reach the primary does not wait for this pass) stops it
+    // before its next writes.
+    let switched = tokio_util::sync::CancellationToken::new();
+    let watch = tokio::spawn(watch_direction(state.clone(), policy.name.clone(), direction, cancel.stop.clone(), switched.clone()));
+    let report = job.run_leased(&plan, Some(state), &stats, cancel, Some(lease)).await;
+    watch.abort();
+    let report = match report {
         Ok(report) => report,
         Err(e) => {
             outcome.error = Some(e.to_string());
             return outcome;
         }
     };
+    if switched.is_cancelled() {
+        outcome.error = Some(format!("policy {} was switched (failover/failback) during this pass: stopped it, nothing deleted", policy.name));
+        outcome.fenced = true;
+        outcome.report = Some(report);
+        return outcome;
+    }
     let retry = policy.retry;
     let delay = move |failures: u32| -> Duration { retry.delay(failures) };
     let outcomes = outcomes_of(&plan, &report);
@@ -300,11 +367,18 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     if let Err(e) = state.record_outcomes(&scope_key, &outcomes, &delay).await {
         tracing::error!(policy = %policy.name, error = %e, "cannot record retry state");
     }
-    // Deletions only after a pass that ran to its end.
+    // What this pass wrote (or found identical to what it would write) is
+    // regferry's at the destination: the only tags deletion sync may delete.
+    let destination = job.spec.destination.url.base().as_str().trim_end_matches('/').to_string();
+    if report.status.as_str() != "canceled"
+        && let Err(e) = state.record_owned(&policy.name, &destination, direction, &owned_by(&plan, &report)).await
+    {
+        tracing::error!(policy = %policy.name, error = %e, "cannot record what the pass wrote");
+    }
+    // Deletions only after a pass that ran to its end, inside the job's
+    // lease, and only while the direction is still the one this pass ran.
     if policy.delete && report.status.as_str() != "canceled" && !cancel.stop.is_cancelled() {
-        let concurrency = policy.concurrency.max(4) * 2;
-        let guard = Guard { max_delete: policy.max_delete, force: policy.force_delete };
-        let p = match prune(&*job.src, &*job.dst, &job.spec.scope, &policy.tags, concurrency, guard).await {
+        let p = match prune_leased(policy, &job, state, &scope_key, direction, &destination).await {
             Ok(p) => p,
             Err(e) => PruneReport { errors: vec![format!("deletions not mirrored: {e}")], ..PruneReport::default() },
         };
@@ -327,6 +401,71 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     }
     outcome.report = Some(report);
     outcome
+}
+
+/// Stop a pass (`stop`) and say so (`switched`) once the direction or its
+/// generation differs from `direction`; read every second.
+async fn watch_direction(state: StateDb, policy: String, direction: crate::state::Direction, stop: tokio_util::sync::CancellationToken, switched: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Ok(now) = state.direction(&policy).await
+            && now != direction
+        {
+            tracing::error!(policy = %policy, from = direction.generation, to = now.generation, "the policy was switched during this pass: stopping it");
+            switched.cancel();
+            stop.cancel();
+            return;
+        }
+    }
+}
+
+/// The deletion sweep of a pass, under the job's lease (taken again: the
+/// run gave it up) and only while the direction and its generation are the
+/// ones the pass ran with. Returns a report that says why when it did not run.
+async fn prune_leased(policy: &Policy, job: &Job, state: &StateDb, scope_key: &str, direction: crate::state::Direction, destination: &str) -> Result<PruneReport, String> {
+    let lease = match state.hold_lease(scope_key).await.map_err(|e| e.to_string())? {
+        Ok(lease) => lease,
+        Err(holder) => {
+            return Ok(PruneReport { kept: vec![format!("deletions wait for the next pass: worker {} holds this job now", holder.worker)], ..PruneReport::default() });
+        }
+    };
+    let result = async {
+        let now = state.direction(&policy.name).await.map_err(|e| e.to_string())?;
+        if now != direction || switching_elsewhere(&policy.name, state).await.map_err(|e| e.to_string())? {
+            return Err(format!(
+                "policy {} is being switched or was switched (generation {} → {}) during this pass: nothing deleted",
+                policy.name, direction.generation, now.generation
+            ));
+        }
+        let owned = state.owned(&policy.name, destination).await.map_err(|e| e.to_string())?;
+        let concurrency = policy.concurrency.max(4) * 2;
+        let guard = Guard { max_delete: policy.max_delete, force: policy.force_delete };
+        let p = prune(&*job.src, &*job.dst, &job.spec.scope, &policy.tags, concurrency, guard, &owned).await.map_err(|e| e.to_string())?;
+        for (repo, tag) in &p.forget {
+            if let Err(e) = state.forget_owned(&policy.name, destination, repo, tag).await {
+                tracing::error!(policy = %policy.name, error = %e, "cannot forget a deleted tag");
+            }
+        }
+        Ok(p)
+    }
+    .await;
+    lease.release().await;
+    result
+}
+
+/// The tags a pass wrote at the destination, or found there identical to
+/// what it would write: (destination repository, tag, digest).
+fn owned_by(plan: &Plan, report: &Report) -> Vec<crate::state::Owned> {
+    let failed: HashSet<(&str, &str)> = report.failures.iter().map(|f| (f.repository.as_str(), f.tag.as_str())).collect();
+    plan.items
+        .iter()
+        .filter(|i| matches!(i.action, Action::Copy(_) | Action::Skip(SkipReason::UpToDate)))
+        .filter(|i| !failed.contains(&(i.source_repo.as_str(), i.tag.as_str())))
+        .map(|i| crate::state::Owned { dest_repo: i.dest_repo.to_string(), tag: i.tag.to_string(), digest: i.target_digest().to_string() })
+        .collect()
 }
 
 /// Hold back tags that failed on earlier passes: not yet due → skipped for

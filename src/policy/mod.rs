@@ -193,6 +193,10 @@ pub struct Policy {
     /// Override the deletion guard for one pass (`run --force-delete`;
     /// never read from a policy file).
     pub force_delete: bool,
+    /// Run a pass whose DR fence cannot be read (401, 403, 5xx, a timeout, a
+    /// body that is not a fence) as if there were none: `run
+    /// --ignore-unreadable-fence`, never read from a policy file.
+    pub ignore_unreadable_fence: bool,
     pub trigger: Trigger,
     pub retry: RetryPolicy,
     pub concurrency: usize,
@@ -582,6 +586,7 @@ impl Checker<'_> {
             delete: raw.delete.unwrap_or(false),
             max_delete,
             force_delete: false,
+            ignore_unreadable_fence: false,
             trigger: trigger?,
             retry,
             concurrency,

@@ -88,6 +88,12 @@ pub trait Scheme: Send + Sync {
     /// Remove the manifest `digest` (and every tag pointing at it) from `repo`;
     /// one already gone is fine.
     fn delete_manifest<'a>(&'a self, repo: &'a RepoName, digest: &'a Digest) -> BoxFuture<'a, Result<(), RegistryError>>;
+    /// Remove the tag `repo:tag` alone, leaving its manifest and every other
+    /// tag on it (OCI 1.1 `DELETE /v2/<name>/manifests/<tag>`). `Ok(false)`:
+    /// this store cannot delete a tag alone (nothing was deleted).
+    fn delete_tag<'a>(&'a self, _repo: &'a RepoName, _tag: &'a crate::registry::Tag) -> BoxFuture<'a, Result<bool, RegistryError>> {
+        Box::pin(async { Ok(false) })
+    }
 
     /// Store `bytes` as [`Scheme::put_manifest`] does, also returning the
     /// subject the store says it indexed among its referrers (a registry's

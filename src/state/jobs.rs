@@ -355,7 +355,8 @@ impl StateDb {
         })
     }
 
-    /// Record the direction of `policy`.
+    /// Record the direction of `policy` (its generation unchanged; a switch
+    /// sets both with `set_direction`).
     pub async fn set_reversed(&self, policy: &str, reversed: bool) -> Result<(), StateError> {
         sqlx::query(
             "INSERT INTO policy_direction (policy, reversed, changed_at) VALUES ($1, $2, $3) \

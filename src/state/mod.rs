@@ -15,8 +15,10 @@ pub mod backoff;
 mod claims;
 mod fences;
 pub mod jobs;
+pub mod lag;
 pub mod leases;
 mod location;
+mod owned;
 pub mod overview;
 mod push_events;
 mod refused;
@@ -33,6 +35,7 @@ use sqlx::{AnyPool, Row};
 
 pub use backend::Backend;
 pub use location::{LocationError, StateLocation};
+pub use owned::{Direction, Owned};
 pub use recorder::Recorder;
 pub use status::{ExecutionStatus, TaskStatus};
 

@@ -9,6 +9,8 @@ mod cli_errors;
 mod crash;
 mod dr;
 mod dr_safety;
+mod dr_ownership;
+mod dr_soak;
 mod identities;
 mod faults;
 mod memory;

@@ -49,8 +49,11 @@ impl Scratch {
     }
 }
 
+/// The binary under test: this build's, or `REGFERRY_TEST_BINARY` (to show
+/// that a new test fails on an older build).
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_regferry")
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| std::env::var("REGFERRY_TEST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_regferry").to_string()))
 }
 
 /// `regferry args…` with `env`, isolated from the user's docker config and

@@ -81,6 +81,23 @@ impl Scheme for RegistryClient {
         .boxed()
     }
 
+    /// `DELETE /v2/<repo>/manifests/<tag>` (OCI 1.1): `Ok(false)` when the
+    /// registry answers that it cannot (distribution 2.8 and others refuse a
+    /// tag there); a tag already gone is refused the same way, so nothing is
+    /// assumed deleted that was not.
+    fn delete_tag<'a>(&'a self, repo: &'a RepoName, tag: &'a crate::registry::Tag) -> BoxFuture<'a, Result<bool, RegistryError>> {
+        async move {
+            let url = self.endpoint_url(&format!("/v2/{repo}/manifests/{tag}"));
+            let req = Request::new(Method::DELETE, url, Scopes::delete(repo));
+            match self.send(&req).await {
+                Ok(_) => Ok(true),
+                Err(e) if tag_delete_refused(&e) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+        .boxed()
+    }
+
     /// The registry's referrers API is not asked here yet: the caller
     /// falls back to the `sha256-<hex>` tag (the referrers work plugs the
     /// `/v2/<name>/referrers/<digest>` request in at this verb).
@@ -123,5 +140,36 @@ impl Scheme for RegistryClient {
             result
         }
         .boxed()
+    }
+}
+
+/// Whether a registry's answer to `DELETE /v2/<name>/manifests/<tag>` says it
+/// cannot delete a tag alone: distribution 2.8 answers `400 DIGEST_INVALID`
+/// (it reads the tag as a digest), others `405` or `UNSUPPORTED`; a `404`
+/// (no such tag, or no such route) deleted nothing either.
+pub fn tag_delete_refused(e: &RegistryError) -> bool {
+    matches!(e.status(), Some(400 | 404 | 405)) || ["UNSUPPORTED", "DIGEST_INVALID", "MANIFEST_UNKNOWN", "TAG_INVALID"].iter().any(|c| e.has_code(c))
+}
+
+#[cfg(test)]
+mod delete_tag_tests {
+    use super::*;
+    use crate::registry::error::ApiError;
+
+    fn answer(status: u16, code: &str) -> RegistryError {
+        let errors = if code.is_empty() { Vec::new() } else { vec![ApiError { code: code.into(), message: String::new(), detail: None }] };
+        RegistryError::Status { registry: "r".into(), method: "DELETE".into(), path: "/v2/a/manifests/t".into(), status, errors, retry_after: None }
+    }
+
+    #[test]
+    fn a_registry_that_cannot_delete_a_tag_alone_is_told_apart_from_a_failure() {
+        // docker-registry 2.8's own answer, seen against the real process.
+        assert!(tag_delete_refused(&answer(400, "DIGEST_INVALID")));
+        assert!(tag_delete_refused(&answer(405, "UNSUPPORTED")));
+        assert!(tag_delete_refused(&answer(405, "")));
+        assert!(tag_delete_refused(&answer(404, "MANIFEST_UNKNOWN")));
+        assert!(!tag_delete_refused(&answer(403, "DENIED")), "a refusal of the credentials is an error, not a capability");
+        assert!(!tag_delete_refused(&answer(500, "")));
+        assert!(!tag_delete_refused(&answer(401, "UNAUTHORIZED")));
     }
 }

@@ -37,6 +37,7 @@ fn migrations() -> Migrator {
         migration(4, "platforms", include_str!("../migrations/postgres/0004_platforms.sql")),
         migration(5, "referrers", include_str!("../migrations/postgres/0005_referrers.sql")),
         migration(6, "workers", include_str!("../migrations/postgres/0006_workers.sql")),
+        migration(8, "dr", include_str!("../migrations/postgres/0008_dr.sql")),
     ])
 }
 

@@ -8,7 +8,7 @@
 //! `failing_tags`. Read-only queries; no registry access.
 
 use serde::Serialize;
-use crate::state::{StateDb, StateError, now_ms};
+use super::{StateDb, StateError, now_ms};
 
 /// The lag of one policy in its current direction.
 #[derive(Debug, Clone, Serialize)]
