@@ -36,6 +36,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match args.command {
             Command::Migrate(a) => cli::migrate::run(a, quiet).await,
+            Command::Copy(a) => cli::copy::run(a, quiet).await,
             Command::Policy(c) => cli::policy::run(c).await,
             Command::Run(a) => cli::run::run(a).await,
             Command::Daemon(a) => cli::daemon::run(a).await,

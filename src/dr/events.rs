@@ -166,7 +166,12 @@ pub fn relative_in_scope(policy: &Policy, reversed: bool, event: &RepoEvent) -> 
         }
     let repo: RepoName = event.repository.parse().ok()?;
     let relative = repo.strip_prefix(source.prefix())?;
-    if !policy.repos.matches(relative.as_str()) {
+    // Globs match the names the policy's source gives (renames mapped back).
+    let name = match reversed {
+        true => policy.reverse(policy.destinations.first()?).scope.mapping.scope_name(relative.as_str()),
+        false => relative.to_string(),
+    };
+    if !policy.repos.matches(&name) {
         return None;
     }
     if !reversed && !policy.source_repositories.is_empty() && !policy.source_repositories.iter().any(|r| r == relative.as_str()) {

@@ -40,6 +40,8 @@ pub struct PruneReport {
     pub due: usize,
     /// The guard was overridden for this pass.
     pub forced: bool,
+    /// Nothing was deleted: `deleted` is what would have been.
+    pub dry_run: bool,
 }
 
 /// The deletion guard of a sweep.
@@ -48,6 +50,8 @@ pub struct Guard {
     pub max_delete: MaxDelete,
     /// Delete beyond the share and from repositories whose source lists no tags.
     pub force: bool,
+    /// Decide and report only (`run --dry-run`): `deleted` lists what would go.
+    pub dry_run: bool,
 }
 
 /// Delete the manifest `digest` from `repo` (a registry: `DELETE
@@ -83,7 +87,7 @@ pub async fn prune(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, covers: &A
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
-    let mut report = PruneReport { forced: guard.force, ..PruneReport::default() };
+    let mut report = PruneReport { forced: guard.force, dry_run: guard.dry_run, ..PruneReport::default() };
     let mut due: Vec<RepoSweep> = Vec::new();
     for mut s in sweeps {
         report.in_scope += s.covered;
@@ -123,7 +127,7 @@ pub async fn prune(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, covers: &A
         let Some(repo) = &s.repo else { continue };
         let mut done: HashSet<&Digest> = HashSet::new();
         for (t, digest) in &s.delete {
-            if done.contains(digest) {
+            if done.contains(digest) || guard.dry_run {
                 report.deleted.push(format!("{repo}:{t}"));
                 continue;
             }

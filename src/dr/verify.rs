@@ -214,6 +214,7 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
         unmatched: found.unmatched,
         referrers: scope.referrers.clone(),
         immutable: false,
+        counters: found.counters.clone(),
     };
     for mut r in found.repos {
         source_tags.insert(r.dest.clone(), r.tags.iter().cloned().collect());
@@ -417,7 +418,7 @@ async fn only_at_destination(
                 for name in names {
                     let Ok(repo) = name.parse::<RepoName>() else { continue };
                     let Some(relative) = back.relative(&repo) else { continue };
-                    if !known.contains(&repo) && scope.repos.matches(relative.as_str()) {
+                    if !known.contains(&repo) && !crate::engine::discover::is_reserved(relative.as_str()) && scope.repos.matches(&back.scope_name(relative.as_str())) {
                         repos.push((back.map(&repo), repo));
                     }
                 }

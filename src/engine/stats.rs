@@ -25,6 +25,28 @@ pub struct Stats {
     pub digest_mismatches: AtomicU64,
 }
 
+/// Counters of planning (discovery and diffing), for a progress display
+/// while thousands of tags are listed and compared. Only grow.
+#[derive(Debug, Default)]
+pub struct PlanCounters {
+    /// Repositories in scope (known once the catalog is read).
+    pub repos_total: AtomicU64,
+    /// Repositories whose tags are listed.
+    pub repos_listed: AtomicU64,
+    /// Tags selected so far.
+    pub tags_found: AtomicU64,
+    /// Tags compared with the destination so far.
+    pub tags_compared: AtomicU64,
+}
+
+impl PlanCounters {
+    /// (repos listed, repos in scope, tags found, tags compared).
+    pub fn read(&self) -> (u64, u64, u64, u64) {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        (g(&self.repos_listed), g(&self.repos_total), g(&self.tags_found), g(&self.tags_compared))
+    }
+}
+
 /// A point-in-time copy of [`Stats`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]

@@ -27,6 +27,7 @@ use crate::state::{StateDb, now_ms};
 
 pub mod fence;
 pub mod metrics;
+pub mod preview;
 
 use fence::Site;
 use metrics::Metrics;
@@ -107,7 +108,11 @@ pub async fn run_pass(policy: &Policy, state: &StateDb, cancel: &Cancel, metrics
     };
     let (specs, reversed) = match (jobs_of(policy, state).await, state.is_reversed(&policy.name).await) {
         (Ok(specs), Ok(reversed)) => (specs, reversed),
-        (Err(e), _) | (_, Err(e)) => return failed(e.to_string()),
+        (Err(e), _) | (_, Err(e)) => {
+            let outcome = failed(e.to_string());
+            record_errors(policy, state, &outcome.destinations).await;
+            return outcome;
+        }
     };
     // The fence at the DR site: a contradiction stops every job of the
     // pass; a fence that cannot be read stops the DR job only.
@@ -150,11 +155,30 @@ pub async fn run_pass(policy: &Policy, state: &StateDb, cancel: &Cancel, metrics
         );
     }
     let destinations = futures::future::join_all(runs).await;
+    record_errors(policy, state, &destinations).await;
     PassOutcome { policy: policy.name.clone(), destinations }
 }
 
+/// Keep the pass-level errors and refusals of a pass (with their time) for
+/// the status page, the API and `jobs list`: a pass refused before it
+/// started has no execution to carry them.
+async fn record_errors(policy: &Policy, state: &StateDb, destinations: &[DestinationOutcome]) {
+    for d in destinations {
+        let refused = d.prune.as_ref().map(|p| p.refused.iter().map(|r| format!("deletions refused: {r}")).collect::<Vec<_>>().join("; "));
+        let error = match (&d.error, refused) {
+            (Some(e), _) if d.fenced => format!("pass refused by the failover fence: {e}"),
+            (Some(e), _) => format!("pass failed: {e}"),
+            (None, Some(r)) if !r.is_empty() => r,
+            _ => continue,
+        };
+        if let Err(e) = state.record_pass_error(&policy.name, &d.destination, &error).await {
+            tracing::error!(policy = %policy.name, error = %e, "cannot record the pass's error");
+        }
+    }
+}
+
 /// What the fence at the DR site says about a pass.
-enum FenceCheck {
+pub(crate) enum FenceCheck {
     Agrees,
     /// It contradicts the state: the reason and the way out.
     Refused(String),
@@ -162,7 +186,7 @@ enum FenceCheck {
     Unreadable(String),
 }
 
-async fn check_fence(policy: &Policy, reversed: bool) -> FenceCheck {
+pub(crate) async fn check_fence(policy: &Policy, reversed: bool) -> FenceCheck {
     let site = match Site::dr(policy) {
         None => return FenceCheck::Agrees,
         Some(Ok(site)) => site,
@@ -303,7 +327,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     // Deletions only after a pass that ran to its end.
     if policy.delete && report.status.as_str() != "canceled" && !cancel.stop.is_cancelled() {
         let concurrency = policy.concurrency.max(4) * 2;
-        let guard = Guard { max_delete: policy.max_delete, force: policy.force_delete };
+        let guard = Guard { max_delete: policy.max_delete, force: policy.force_delete, dry_run: false };
         let p = match prune(&*job.src, &*job.dst, &job.spec.scope, &policy.tags, concurrency, guard).await {
             Ok(p) => p,
             Err(e) => PruneReport { errors: vec![format!("deletions not mirrored: {e}")], ..PruneReport::default() },
@@ -332,7 +356,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
 /// Hold back tags that failed on earlier passes: not yet due → skipped for
 /// now; failed too often with the same source digest → given up (recorded as
 /// failed, with the last error). Returns how many were deferred.
-async fn hold_back(plan: &mut Plan, state: &StateDb, scope_key: &str, give_up_after: u32) -> Result<usize, crate::state::StateError> {
+pub(crate) async fn hold_back(plan: &mut Plan, state: &StateDb, scope_key: &str, give_up_after: u32) -> Result<usize, crate::state::StateError> {
     let failing = state.failing_tags(scope_key).await?;
     if failing.is_empty() {
         return Ok(0);

@@ -151,6 +151,18 @@ pub struct RawRepositories {
     pub include: Vec<At<String>>,
     #[serde(default)]
     pub exclude: Vec<At<String>>,
+    /// Ordered renaming rules, first match wins.
+    #[serde(default)]
+    pub rename: Vec<At<RawRename>>,
+}
+
+/// One renaming rule: `from` a regex over the name relative to the source
+/// prefix, `to` a template (`$1`, `${name}`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRename {
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Debug, Deserialize)]

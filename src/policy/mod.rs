@@ -20,6 +20,7 @@ use std::time::Duration;
 use crate::engine::discover::{RepoFilter, Scope};
 use crate::engine::execute::ExecuteOptions;
 use crate::engine::plan::RepoMapping;
+use crate::engine::rename::{Rename, RenameRule};
 use crate::engine::platforms::{FilterMode, PlatformFilter};
 use crate::engine::referrers::ReferrerOptions;
 use crate::job::JobSpec;
@@ -181,6 +182,8 @@ pub struct Policy {
     pub source_repositories: Vec<String>,
     pub destinations: Vec<Destination>,
     pub repos: RepoFilter,
+    /// `repositories.rename`: names relative to the prefixes, mapped back after a failover.
+    pub rename: Arc<Rename>,
     pub tags: Arc<TagFilter>,
     /// Copy only these platforms of multi-platform images.
     pub platforms: Option<Arc<PlatformFilter>>,
@@ -214,7 +217,7 @@ impl Policy {
     /// The job that replicates this policy from `source` to `destination`
     /// (normally its own source and one of its destinations; reversed after a failover).
     pub fn job_spec(&self, source: &Endpoint, source_prefix: &str, destination: &Endpoint, dest_prefix: &str) -> JobSpec {
-        let mapping = RepoMapping::new(source_prefix, dest_prefix);
+        let mapping = RepoMapping::new(source_prefix, dest_prefix).with_rename(self.rename.as_ref().clone(), true);
         let mut source = source.clone();
         source.url = source.url.with_prefix(source_prefix);
         let mut destination = destination.clone();
@@ -253,6 +256,10 @@ impl Policy {
         let mut spec = self.job_spec(&destination.endpoint, dest_prefix.prefix(), &self.source, self.source.url.prefix());
         spec.reversed = true;
         spec.scope.explicit = Vec::new();
+        // Names mapped back: strip the DR prefix, undo the renames, add the source's.
+        spec.scope.mapping = RepoMapping::new(self.source.url.prefix(), dest_prefix.prefix())
+            .with_rename(self.rename.as_ref().clone(), true)
+            .reversed();
         // The primary keeps every platform; the DR site holds the selection.
         spec.scope.platforms =
             self.platforms.as_deref().map(|f| Arc::new(PlatformFilter { destination_may_hold_more: true, ..f.clone() }));
@@ -340,12 +347,27 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
 /// Load and check every policy at `path`. `env` looks up environment
 /// variables (credentials); pass `|k| std::env::var(k).ok()`.
 pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<PolicySet, PolicyError> {
+    load_with(path, env, false)
+}
+
+/// [`load`] for `policy check --offline` (CI without secrets): credentials'
+/// environment variables, password files, auth files, CA bundles and client
+/// certificates need not exist (their fields are still checked); nothing
+/// loaded this way is fit to connect with.
+pub fn load_offline(path: &Path) -> Result<PolicySet, PolicyError> {
+    load_with(path, &|_| Some(OFFLINE_PLACEHOLDER.to_string()), true)
+}
+
+/// What an absent secret reads as in an offline check.
+const OFFLINE_PLACEHOLDER: &str = "offline-check";
+
+fn load_with(path: &Path, env: &dyn Fn(&str) -> Option<String>, offline: bool) -> Result<PolicySet, PolicyError> {
     let mut issues = Vec::new();
     let mut policies: Vec<Policy> = Vec::new();
     let mut names: HashMap<String, (PathBuf, u64)> = HashMap::new();
     for file in files(path)? {
         let text = std::fs::read_to_string(&file).map_err(|source| PolicyError::Read { path: file.clone(), source })?;
-        let mut check = Checker { file: &file, issues: &mut issues, env };
+        let mut check = Checker { file: &file, issues: &mut issues, env, offline };
         let Some(policy) = check.policy(&text) else { continue };
         let line = policy_line(&text, "name");
         if let Some((other, other_line)) = names.get(&policy.name) {
@@ -368,6 +390,8 @@ struct Checker<'a> {
     file: &'a Path,
     issues: &'a mut Vec<PolicyIssue>,
     env: &'a dyn Fn(&str) -> Option<String>,
+    /// Files holding secrets (and TLS files) need not exist.
+    offline: bool,
 }
 
 fn line<T>(v: &At<T>) -> Option<u64> {
@@ -460,6 +484,16 @@ impl Checker<'_> {
         }
         let values = |l: &[At<String>]| l.iter().map(|g| g.value.clone()).collect::<Vec<_>>();
         let repos = RepoFilter::new(&values(include), &values(exclude)).ok();
+        // Renames must map back exactly (failover and failback use the inverse).
+        let mut rename_rules = Vec::new();
+        for (i, r) in raw.repositories.iter().flat_map(|r| r.rename.iter()).enumerate() {
+            let ok = RenameRule::new(&r.value.from, &r.value.to).and_then(|rule| rule.inverse().map(|_| rule)).map_err(|e| e.to_string());
+            if let Some(rule) = self.ok(r, &format!("repositories.rename[{i}]"), ok) {
+                rename_rules.push(rule);
+            }
+        }
+        let rename_words: Vec<String> = rename_rules.iter().map(|r| format!("rename:{r}")).collect();
+        let rename = Rename::new(rename_rules);
 
         let signatures = raw.signatures.unwrap_or(true);
         let mut tags = TagFilter { signatures, ..TagFilter::default() };
@@ -568,6 +602,7 @@ impl Checker<'_> {
         let mut scope_words: Vec<String> = values(include).into_iter().map(|g| format!("+{g}")).collect();
         scope_words.extend(values(exclude).into_iter().map(|g| format!("-{g}")));
         scope_words.extend(platforms.as_ref().map(|p| p.scope_word()));
+        scope_words.extend(rename_words);
         Some(Policy {
             name,
             file: self.file.to_path_buf(),
@@ -575,6 +610,7 @@ impl Checker<'_> {
             source_repositories,
             destinations,
             repos: repos?,
+            rename: Arc::new(rename),
             tags: Arc::new(tags),
             platforms: platforms.map(Arc::new),
             referrers: Arc::new(referrers),
@@ -641,7 +677,9 @@ impl Checker<'_> {
         let (client_cert, client_key) = match (fields.client_cert, fields.client_key) {
             (Some(c), Some(k)) => {
                 let (cert, key) = (PathBuf::from(&c.value), PathBuf::from(&k.value));
-                self.ok(c, &format!("{field}.client_cert"), Tls::check_client_identity(&cert, &key))?;
+                if !self.offline {
+                    self.ok(c, &format!("{field}.client_cert"), Tls::check_client_identity(&cert, &key))?;
+                }
                 (Some(cert), Some(key))
             }
             (None, None) => (None, None),
@@ -657,7 +695,7 @@ impl Checker<'_> {
         let ca = match fields.ca_file {
             Some(ca) => {
                 let path = PathBuf::from(&ca.value);
-                let ok = Tls::check_ca_file(&path).map(|()| path);
+                let ok = if self.offline { Ok(path) } else { Tls::check_ca_file(&path).map(|()| path) };
                 Some(self.ok(ca, &format!("{field}.ca_file"), ok)?)
             }
             None => None,
@@ -688,6 +726,9 @@ impl Checker<'_> {
             // Read (and helpers run) when a client needs them, each pass;
             // here only check that the files parse.
             let files: Vec<PathBuf> = raw.auth_file.iter().map(PathBuf::from).collect();
+            if self.offline {
+                return Some(CredentialSource::ConfigFiles { files });
+            }
             return docker_config::check(&files).map(|()| CredentialSource::ConfigFiles { files }).map_err(|e| self.issue(at, field, e.to_string())).ok();
         }
         let username = match (&raw.username, &raw.username_env) {
@@ -713,6 +754,7 @@ impl Checker<'_> {
                     return None;
                 }
             },
+            (None, Some(_)) if self.offline => Some(OFFLINE_PLACEHOLDER.to_string()),
             (None, Some(path)) => match std::fs::read_to_string(path) {
                 Ok(v) => Some(v.trim_end_matches(['\n', '\r']).to_string()),
                 Err(e) => {
@@ -783,9 +825,10 @@ mod tests {
         assert!(matches!(p.trigger, Trigger::Cron(_)));
         assert_eq!((p.overwrite, p.delete, p.concurrency, p.retry), (true, false, 8, RetryPolicy::default()));
         let spec = p.forward(&p.destinations[0]);
-        assert_eq!(spec.scope.mapping, RepoMapping::new("team", "base/mirror"));
+        let prefixes = |m: &RepoMapping| (m.source_prefix.clone(), m.dest_prefix.clone(), m.backwards);
+        assert_eq!(prefixes(&spec.scope.mapping), ("team".into(), "base/mirror".into(), false));
         let back = p.reverse(&p.destinations[0]);
-        assert_eq!(back.scope.mapping, RepoMapping::new("base/mirror", "team"));
+        assert_eq!(prefixes(&back.scope.mapping), ("base/mirror".into(), "team".into(), true));
         assert!(back.reversed && back.scope_key() != spec.scope_key());
     }
 

@@ -17,6 +17,7 @@ pub mod leases;
 mod location;
 pub mod overview;
 mod refused;
+pub mod pass_errors;
 mod referrers;
 mod recorder;
 pub mod status;

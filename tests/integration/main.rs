@@ -9,6 +9,7 @@ mod cli_errors;
 mod crash;
 mod dr;
 mod dr_safety;
+mod firsthour;
 mod identities;
 mod faults;
 mod memory;
