@@ -210,7 +210,7 @@ async fn repositories(
         match src.catalog().await {
             Ok(all) => {
                 for literal in &scope.repos.literals {
-                    let name = full(literal);
+                    let name = full(&scope.mapping.source_name_of(literal));
                     if !all.contains(&name) {
                         problems.push(repo_problem(&name, format!("repository {name} not found in the catalog of {}", src.name())));
                     }
@@ -219,7 +219,7 @@ async fn repositories(
             }
             Err(e) if scope.repos.all_literal() => {
                 tracing::warn!(registry = %src.name(), error = %e, "catalog unavailable; using the repositories named on the command line");
-                scope.repos.literals.iter().map(|l| full(l)).collect()
+                scope.repos.literals.iter().map(|l| full(&scope.mapping.source_name_of(l))).collect()
             }
             Err(e) => return Err(EngineError::Catalog(Box::new(e))),
         }

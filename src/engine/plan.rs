@@ -65,6 +65,16 @@ impl RepoMapping {
         if self.backwards { self.rename.apply(relative) } else { relative.to_string() }
     }
 
+    /// The name (relative to the source prefix) that a plain name in the
+    /// scope's globs has at this mapping's source: itself, or — running
+    /// backwards — its renamed name. The inverse of [`RepoMapping::scope_name`].
+    pub fn source_name_of(&self, scope_name: &str) -> String {
+        match self.backwards {
+            true => self.rename.reversed().map_or_else(|_| scope_name.to_string(), |forward| forward.apply(scope_name)),
+            false => scope_name.to_string(),
+        }
+    }
+
     /// The destination name of `source`: `None` when it lies outside the
     /// source prefix, an error when the name it would get breaks the
     /// grammar (e.g. over 255 characters once the prefix is added).
