@@ -162,6 +162,8 @@ pub struct Destination {
     pub endpoint: Endpoint,
     /// Prefix for repository names at the destination ("" keeps names).
     pub namespace: String,
+    /// Other `host[:port]` names of the registry, matched in push events.
+    pub aliases: Vec<String>,
 }
 
 impl Destination {
@@ -180,6 +182,8 @@ pub struct Policy {
     pub source: Endpoint,
     /// Repositories to take instead of the catalog.
     pub source_repositories: Vec<String>,
+    /// Other `host[:port]` names of the source registry, matched in push events.
+    pub source_aliases: Vec<String>,
     pub destinations: Vec<Destination>,
     pub repos: RepoFilter,
     /// `repositories.rename`: names relative to the prefixes, mapped back after a failover.
@@ -450,6 +454,7 @@ impl Checker<'_> {
             })
             .collect();
 
+        let source_aliases = self.aliases(&raw.source.aliases, "source");
         if raw.destinations.value.is_empty() {
             self.issue(line(&raw.destinations), "destinations", "at least one destination is required");
         }
@@ -468,7 +473,8 @@ impl Checker<'_> {
                     self.ok(n, &format!("{field}.namespace"), ok);
                 }
             if let Some(endpoint) = endpoint {
-                destinations.push(Destination { endpoint, namespace });
+                let aliases = self.aliases(&d.aliases, &field);
+                destinations.push(Destination { endpoint, namespace, aliases });
             }
         }
 
@@ -608,6 +614,7 @@ impl Checker<'_> {
             file: self.file.to_path_buf(),
             source: source?,
             source_repositories,
+            source_aliases,
             destinations,
             repos: repos?,
             rename: Arc::new(rename),
@@ -650,6 +657,21 @@ impl Checker<'_> {
             good.extend(self.ok(p, &format!("platforms[{i}]"), ok));
         }
         (good.len() == list.value.len()).then(|| PlatformFilter::parse(&good, mode).ok()).flatten()
+    }
+
+    /// A registry entry's `aliases:`: `host[:port]` each.
+    fn aliases(&mut self, list: &[At<String>], field: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, a) in list.iter().enumerate() {
+            let v = a.value.trim().to_ascii_lowercase();
+            let ok = if !v.is_empty() && !v.contains(['/', '@', ' ']) && url::Url::parse(&format!("https://{v}")).is_ok() {
+                Ok(v)
+            } else {
+                Err(format!("{:?} is not a host[:port] (e.g. 10.0.0.5:5000 or harbor.example.com)", a.value))
+            };
+            out.extend(self.ok(a, &format!("{field}.aliases[{i}]"), ok));
+        }
+        out
     }
 
     /// `endpoint` with the registry entry's `chunk_size`, if it gives one.
