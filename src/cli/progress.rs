@@ -85,17 +85,26 @@ impl Progress {
     }
 }
 
-/// Progress of planning on a terminal: repositories listed so far (of those
-/// in scope), tags found and compared. Nothing when not on a terminal (the
-/// log says when planning starts and ends) or when quiet / JSON.
+/// Progress of a long phase on a terminal: planning (repositories listed so
+/// far of those in scope, tags found and compared), then the transfer (tags
+/// done, bytes) or a deep verification (manifests and blobs checked).
+/// Nothing when not on a terminal (the log says when phases start and end)
+/// or when quiet / JSON.
 pub struct Planning {
     stop: CancellationToken,
     handle: Option<JoinHandle<()>>,
 }
 
 fn planning_line(counters: &PlanCounters) -> String {
+    // The phase running now (a terminal line is short).
+    if let Some(s) = counters.transfer() {
+        return format!("copying: {}/{} tags · {} copied, {} failed · {} uploaded", s.tags_done(), s.tags_total, s.tags_copied, s.tags_failed, human_bytes(s.bytes_uploaded));
+    }
     let (listed, total, found, compared) = counters.read();
-    format!("repositories listed {listed}/{total} · tags found {found} · compared {compared}")
+    match counters.deep_checked() {
+        0 => format!("repositories listed {listed}/{total} · tags found {found} · compared {compared}"),
+        deep => format!("deep: {deep} manifests and blobs checked ({compared} tags compared)"),
+    }
 }
 
 impl Planning {

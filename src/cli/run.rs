@@ -168,7 +168,7 @@ pub fn outcome_text(o: &PassOutcome) -> String {
     out
 }
 
-pub async fn run(args: RunArgs) -> Result<u8, CliError> {
+pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, CliError> {
     let set = super::policy::load(&args.policies)?.with_timeouts(&args.timeouts.overrides());
     let mut policies = set.select(&args.names).map_err(CliError::usage)?;
     for p in &mut policies {
@@ -180,7 +180,7 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
         let mut all = Vec::new();
         for p in &policies {
             let counters = std::sync::Arc::default();
-            let planning = super::progress::Planning::start(std::sync::Arc::clone(&counters), args.json, &format!("planning {}", p.name));
+            let planning = super::progress::Planning::start(std::sync::Arc::clone(&counters), quiet || args.json, &format!("planning {}", p.name));
             let previews = preview(p, &state, &counters).await;
             planning.finish().await;
             ok &= previews.iter().all(|d| d.error.is_none() && d.plan.as_ref().is_some_and(|pl| pl.problems.is_empty()));
@@ -205,7 +205,9 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
             break;
         }
         tracing::info!(policy = %p.name, "pass started");
+        let shown = super::progress::Planning::start(p.progress.clone(), quiet || args.json, &format!("pass {}", p.name));
         let outcome = run_pass(p, &state, &cancel, &metrics, None).await;
+        shown.finish().await;
         ok &= outcome.ok();
         if args.json {
             all.push(outcome_json(&outcome));

@@ -316,7 +316,7 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
             .map(|i| (i.dest_repo.clone(), i.tag.clone()))
             .filter(|key| !referrer_problems.contains(key))
             .collect();
-        let deep = deep_check(dst, &present, concurrency).await;
+        let deep = deep_check(dst, &present, concurrency, &scope.counters).await;
         report.manifests_checked = deep.manifests;
         report.blobs_checked = deep.blobs;
         for (repo, tag, digest) in &present {
@@ -384,7 +384,7 @@ pub async fn pullable(site: &dyn Scheme, elsewhere: &crate::registry::RegistryUr
             Err(e) => report.push(TagProblem { kind: ProblemKind::Error, error: Some(e), ..t }),
         }
     }
-    let deep = deep_check(site, &present, concurrency).await;
+    let deep = deep_check(site, &present, concurrency, &scope.counters).await;
     report.manifests_checked = deep.manifests;
     report.blobs_checked = deep.blobs;
     for (repo, tag, digest) in &present {
@@ -509,7 +509,7 @@ enum Node {
 
 /// Walk every manifest tree at the destination once per (repository,
 /// digest), then `HEAD` every distinct (repository, blob) once.
-async fn deep_check(dst: &dyn Scheme, roots: &[(RepoName, Tag, Digest)], concurrency: usize) -> Deep {
+async fn deep_check(dst: &dyn Scheme, roots: &[(RepoName, Tag, Digest)], concurrency: usize, counters: &crate::engine::stats::PlanCounters) -> Deep {
     let mut nodes: HashMap<(RepoName, Digest), Node> = HashMap::new();
     let mut level: Vec<(RepoName, Digest)> = {
         let set: BTreeSet<(RepoName, String)> = roots.iter().map(|(r, _, d)| (r.clone(), d.to_string())).collect();
@@ -529,6 +529,7 @@ async fn deep_check(dst: &dyn Scheme, roots: &[(RepoName, Tag, Digest)], concurr
                     Err(e) if is_not_found(&e) => Node::Absent,
                     Err(e) => Node::Failed(e.to_string()),
                 };
+                crate::engine::stats::Stats::add(&counters.deep_checked, 1);
                 ((repo, digest), node)
             })
             .buffer_unordered(concurrency)
@@ -564,6 +565,7 @@ async fn deep_check(dst: &dyn Scheme, roots: &[(RepoName, Tag, Digest)], concurr
                 Ok(d) => dst.blob_exists(&repo, &d, &Scopes::pull(&repo)).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
+            crate::engine::stats::Stats::add(&counters.deep_checked, 1);
             ((repo, digest), state)
         })
         .buffer_unordered(concurrency)

@@ -294,6 +294,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
         "pass planned"
     );
     let stats = Arc::new(Stats::default());
+    job.spec.scope.counters.set_transfer(stats.clone());
     let report = match job.run_leased(&plan, Some(state), &stats, cancel, Some(lease)).await {
         Ok(report) => report,
         Err(e) => {

@@ -200,6 +200,8 @@ pub struct Policy {
     /// Override the deletion guard for one pass (`run --force-delete`;
     /// never read from a policy file).
     pub force_delete: bool,
+    /// Where the jobs of this policy count their progress (a CLI shows it).
+    pub progress: Arc<crate::engine::stats::PlanCounters>,
     pub trigger: Trigger,
     pub retry: RetryPolicy,
     pub concurrency: usize,
@@ -236,6 +238,7 @@ impl Policy {
                 referrers: self.referrers.clone(),
                 immutable: self.tags.immutable,
                 platforms: self.platforms.clone(),
+                counters: self.progress.clone(),
                 ..Scope::new(mapping, self.repos.clone(), self.tags.clone())
             },
             scope_words: self.scope_words.clone(),
@@ -625,6 +628,7 @@ impl Checker<'_> {
             delete: raw.delete.unwrap_or(false),
             max_delete,
             force_delete: false,
+            progress: Arc::default(),
             trigger: trigger?,
             retry,
             concurrency,

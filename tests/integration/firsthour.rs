@@ -227,30 +227,41 @@ async fn offline_check_state_location_and_progress_on_a_terminal() {
     assert!(stderr.contains(&format!("state database {}", absolute.display())), "{stderr}");
     assert!(absolute.exists());
 
-    // Planning progress on a terminal (a pseudo-terminal from script(1)); none with --json.
-    let line = |json: &str| {
-        format!(
-            "{} migrate --from {} --to {}/tty --state {} {json}",
-            crate::support::binary(),
-            src.url,
-            dst.url,
-            scratch.state()
-        )
+    // Progress on a terminal (a pseudo-terminal from script(1)); none with --json.
+    let tty = |args: String| {
+        let scratch = &scratch;
+        async move {
+            let env = command(scratch, &[], &[]);
+            let mut script = tokio::process::Command::new("script");
+            script
+                .args(["-qec", &format!("{} {args}", crate::support::binary()), "/dev/null"])
+                .envs(env.as_std().get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
+                .env("TERM", "xterm")
+                .stdin(std::process::Stdio::null());
+            let out = tokio::time::timeout(Duration::from_secs(120), script.output()).await.expect("in time").expect("script");
+            (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+        }
     };
-    let tty = command(&scratch, &[], &[]);
-    let std = tty.as_std();
-    let mut script = tokio::process::Command::new("script");
-    script.args(["-qec", &line(""), "/dev/null"]).envs(std.get_envs().filter_map(|(k, v)| v.map(|v| (k, v)))).env("TERM", "xterm");
-    let out = tokio::time::timeout(Duration::from_secs(120), script.output()).await.expect("in time").expect("script");
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{shown}");
+    let state = scratch.state();
+    let (ok, shown) = tty(format!("migrate --from {} --to {}/tty --state {state}", src.url, dst.url)).await;
+    assert!(ok, "{shown}");
     assert!(shown.contains("planning: repositories listed 1/1 · tags found 2 · compared 2"), "{shown}");
-    let mut script = tokio::process::Command::new("script");
-    script.args(["-qec", &line("--json"), "/dev/null"]).envs(std.get_envs().filter_map(|(k, v)| v.map(|v| (k, v)))).env("TERM", "xterm");
-    let out = tokio::time::timeout(Duration::from_secs(120), script.output()).await.expect("in time").expect("script");
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{shown}");
+    let (ok, shown) = tty(format!("migrate --from {} --to {}/tty2 --state {state} --json", src.url, dst.url)).await;
+    assert!(ok, "{shown}");
     assert!(!shown.contains("repositories listed"), "JSON output has no progress: {shown}");
+    // verify --deep: the manifests and blobs checked so far.
+    let (ok, shown) = tty(format!("verify --from {} --to {}/tty --deep", src.url, dst.url)).await;
+    assert!(ok, "{shown}");
+    assert!(shown.contains("verify --deep: repositories listed") && shown.contains("verify --deep: deep: 6 manifests and blobs checked"), "{shown}");
+    // run: planning, then the transfer.
+    let text = format!("name: tty\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}/tty3'\n", src.url, dst.url);
+    let policies = write(&scratch, "tty-policies", "p.yaml", &text);
+    let (ok, shown) = tty(format!("run --policies {policies} --state {state}")).await;
+    assert!(ok, "{shown}");
+    assert!(shown.contains("pass tty: repositories listed") && shown.contains("pass tty: copying: 2/2 tags · 2 copied"), "{shown}");
+    let (ok, shown) = tty(format!("run --policies {policies} --state {state} -q")).await;
+    assert!(ok, "{shown}");
+    assert!(!shown.contains("repositories listed"), "quiet: no progress: {shown}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
