@@ -88,8 +88,8 @@ impl Progress {
 /// Progress of a long phase on a terminal: planning (repositories listed so
 /// far of those in scope, tags found and compared), then the transfer (tags
 /// done, bytes) or a deep verification (manifests and blobs checked).
-/// Nothing when not on a terminal (the log says when phases start and end)
-/// or when quiet / JSON.
+/// Nothing when not on a terminal (the log says when phases start and end),
+/// with `NO_COLOR`, or when quiet / JSON.
 pub struct Planning {
     stop: CancellationToken,
     handle: Option<JoinHandle<()>>,
@@ -111,7 +111,8 @@ impl Planning {
     /// Show `counters` under `what` (e.g. "planning") on stderr when it is a terminal.
     pub fn start(counters: Arc<PlanCounters>, quiet: bool, what: &str) -> Planning {
         let stop = CancellationToken::new();
-        if quiet || !std::io::stderr().is_terminal() {
+        // A live line needs terminal control sequences: none with NO_COLOR either.
+        if quiet || !logging::color_allowed() {
             return Planning { stop, handle: None };
         }
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(8));
