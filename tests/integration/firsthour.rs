@@ -204,7 +204,8 @@ async fn offline_check_state_location_and_progress_on_a_terminal() {
 
     // policy check without the secrets: offline passes, the default names the missing variable.
     let text = format!(
-        "name: ci\nsource:\n  registry: '{}'\n  credentials: {{ username: bot, password_env: CI_ONLY_SECRET }}\ndestinations:\n  - registry: '{}'\n    credentials: {{ username: bot, password_file: /nonexistent/secret }}\n",
+        "name: ci\nsource:\n  registry: '{}'\n  credentials: {{ username: bot, password_env: CI_ONLY_SECRET }}\ndestinations:\n  - registry: '{}'\n    credentials: {{ username: bot, password_file: /nonexistent/secret }}\n\
+         notify:\n  - {{ url_env: CI_ONLY_HOOK }}\n  - {{ url_file: /nonexistent/hook }}\n",
         src.url, dst.url
     );
     let policies = write(&scratch, "policies", "p.yaml", &text);
