@@ -277,7 +277,10 @@ async fn a_failing_policy_says_why_without_an_execution() {
         &scratch,
         "policies",
         "p.yaml",
-        &format!("name: down\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{down}'\ntrigger: {{ interval: 1h }}\n", src.url),
+        &format!(
+            "name: down\nsource: {{ registry: '{}', aliases: ['registry.example.com:5000'] }}\ndestinations:\n  - registry: '{down}'\ntrigger: {{ interval: 1h }}\n",
+            src.url
+        ),
     );
     let state = scratch.state();
     let run = regferry(&scratch, &["run", "--policies", &policies, "--state", &state], &[]).await;
@@ -290,8 +293,9 @@ async fn a_failing_policy_says_why_without_an_execution() {
 
     // The daemon serves it with the policy (API and status page).
     let port = free_port();
+    let token = "Bearer firsthour-events";
     let mut daemon = daemon_command(&scratch, &policies, port);
-    let child = daemon.spawn().expect("daemon");
+    let child = daemon.env("REGFERRY_EVENTS_TOKEN", token).spawn().expect("daemon");
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/api/v1/policies/down");
     let mut body = serde_json::Value::Null;
@@ -308,5 +312,24 @@ async fn a_failing_policy_says_why_without_an_execution() {
     assert_eq!(body["latest_executions"].as_array().map(Vec::len), Some(0), "refused before it started: {body}");
     let page = client.get(format!("http://127.0.0.1:{port}/")).send().await.expect("page").text().await.expect("text");
     assert!(page.contains("Why it fails") && page.contains("cannot reach"), "{page}");
-    stop_daemon(child, &scratch.path("daemon.log")).await;
+
+    // A push event naming the source by another of its names matches through `aliases:`.
+    let harbor = |host: &str| {
+        format!(
+            r#"{{"type":"PUSH_ARTIFACT","occur_at":1,"operator":"admin","event_data":{{"resources":[{{"digest":"sha256:00","tag":"v2","resource_url":"{host}/team/app:v2"}}],"repository":{{"name":"app","namespace":"team","repo_full_name":"team/app","repo_type":"private"}}}}}}"#
+        )
+    };
+    let post = |host: &str| {
+        let (client, body) = (client.clone(), harbor(host));
+        async move {
+            let r = client.post(format!("http://127.0.0.1:{port}/events/harbor")).header("Authorization", token).body(body).send().await.expect("post");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    let (code, body) = post("registry.example.com:5000").await;
+    assert_eq!((code, body.contains(r#""policies":["down"]"#)), (202, true), "{body}");
+    let (code, body) = post("elsewhere.example.com").await;
+    assert_eq!((code, body.contains(r#""policies":[]"#)), (202, true), "{body}");
+    let log = stop_daemon(child, &scratch.path("daemon.log")).await;
+    assert!(log.contains("matched no policy") && log.contains("elsewhere.example.com"), "{log}");
 }
