@@ -20,7 +20,11 @@ async fn copy_one_image_and_migrate_by_tag_rules_and_renames() {
     let d = Registry::new(&dst.url, Access::Anonymous);
     let amd = image::image(Flavor::Oci, "amd", vec![image::layer(Flavor::Oci, "amd-layer", 500)]);
     let arm = image::image(Flavor::Oci, "arm", vec![image::layer(Flavor::Oci, "arm-layer", 500)]);
-    s.push("team/app", "multi", &image::index(Flavor::Oci, vec![(amd, "amd64"), (arm, "arm64")])).await;
+    let multi = image::index(Flavor::Oci, vec![(amd, "amd64"), (arm, "arm64")]);
+    s.push("team/app", "multi", &multi).await;
+    // Its cosign signature travels with it, as with migrate.
+    let sig = image::signature_tag(&multi.digest);
+    s.push("team/app", &sig, &image::signature(&multi)).await;
     push_tags(&s, "team/app", &["v1", "1.2.0", "1.3.0", "2.0.0", "dev"], "app").await;
     push_tags(&s, "other/app", &["v1"], "other").await;
     let scratch = Scratch::new();
@@ -37,9 +41,12 @@ async fn copy_one_image_and_migrate_by_tag_rules_and_renames() {
     };
     let run = copy(format!("{}/team/app:multi", src.url), format!("{}/mirror/app", dst.url), &[]).await;
     run.assert_ok();
-    assert_eq!(run.json()["counts"]["tags_copied"].as_u64(), Some(1), "{}", run.stdout);
+    assert_eq!(run.json()["counts"]["tags_copied"].as_u64(), Some(2), "the tag and its signature: {}", run.stdout);
     assert_eq!(d.head("mirror/app", "multi").await, s.head("team/app", "multi").await, "same digest and media type");
-    assert_eq!(d.tags("mirror/app").await, ["multi"], "only the one tag");
+    let mut tags = d.tags("mirror/app").await;
+    tags.sort();
+    assert_eq!(tags, ["multi".to_string(), sig.clone()], "the one tag and its signature");
+    assert_eq!(d.head("mirror/app", &sig).await, s.head("team/app", &sig).await);
     assert!(d.missing_content("mirror/app", &s.head("team/app", "multi").await.expect("multi").0).await.is_empty(), "every platform pullable");
     // Again: nothing to do. A DEST tag that is the source's is fine.
     let run = copy(format!("{}/team/app:multi", src.url), format!("{}/mirror/app:multi", dst.url), &[]).await;
