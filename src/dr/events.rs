@@ -266,6 +266,24 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_over_policy_matches_renamed_names_by_the_primary_s_globs() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "name: p\nsource: { registry: 'https://prod.example.com' }\ndestinations:\n  - { registry: 'https://dr.example.com', namespace: mirror }\n\
+                    repositories:\n  include: ['team/**']\n  rename:\n    - { from: 'team/([^/]+)/([^/]+)', to: 'team-$1-$2' }\n";
+        std::fs::write(dir.path().join("p.yaml"), text).unwrap();
+        let set = crate::policy::load(dir.path(), &|_| None).unwrap();
+        let policy = set.get("p").unwrap();
+        let event = |host: &str, repo: &str| RepoEvent { host: Some(host.into()), repository: repo.into(), tag: Some("v1".into()), delete: false };
+        // Forward: the primary's names; after a failover: DR's renamed names, matched as team/a/b.
+        assert_eq!(relative_in_scope(policy, false, &event("prod.example.com", "team/a/b")).as_deref(), Some("team/a/b"));
+        assert_eq!(relative_in_scope(policy, true, &event("dr.example.com", "mirror/team-a-b")).as_deref(), Some("team-a-b"));
+        assert_eq!(relative_in_scope(policy, true, &event("dr.example.com", "mirror/other")), None, "other is outside team/**");
+        let back = policy.reverse(&policy.destinations[0]);
+        let name: crate::registry::RepoName = "mirror/team-a-b".parse().unwrap();
+        assert_eq!(back.scope.mapping.map(&name).map(|n| n.to_string()).as_deref(), Some("team/a/b"));
+    }
+
+    #[test]
     fn hosts_and_secrets() {
         let u = RegistryUrl::parse("https://reg.example.com/team").unwrap();
         assert!(same_host(&u, "REG.example.com:443"));
