@@ -36,13 +36,14 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match args.command {
             Command::Migrate(a) => cli::migrate::run(a, quiet).await,
+            Command::Copy(a) => cli::copy::run(a, quiet).await,
             Command::Policy(c) => cli::policy::run(c).await,
-            Command::Run(a) => cli::run::run(a).await,
+            Command::Run(a) => cli::run::run(a, quiet).await,
             Command::Daemon(a) => cli::daemon::run(a).await,
             Command::Jobs(c) => cli::jobs::run(c).await,
-            Command::Verify(a) => cli::verify::run(a).await,
-            Command::Failover(a) => cli::failover::run(a, regferry::dr::failover::Switch::Failover).await,
-            Command::Failback(a) => cli::failover::run(a, regferry::dr::failover::Switch::Failback).await,
+            Command::Verify(a) => cli::verify::run(a, quiet).await,
+            Command::Failover(a) => cli::failover::run(a, regferry::dr::failover::Switch::Failover, quiet).await,
+            Command::Failback(a) => cli::failover::run(a, regferry::dr::failover::Switch::Failback, quiet).await,
             Command::Completions(a) => cli::docs::completions(a),
             Command::Man(a) => cli::docs::man(a),
         }

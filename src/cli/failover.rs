@@ -43,6 +43,13 @@ pub struct SwitchArgs {
     pub json: bool,
 }
 
+fn which_word(which: Switch) -> &'static str {
+    match which {
+        Switch::Failover => "failover",
+        Switch::Failback => "failback",
+    }
+}
+
 fn report_text(r: &SwitchReport, dry_run: bool) -> String {
     let what = match r.switch {
         Switch::Failover => "failover",
@@ -131,14 +138,17 @@ fn rpo_text(rpo: &Rpo) -> String {
     }
 }
 
-pub async fn run(args: SwitchArgs, which: Switch) -> Result<u8, CliError> {
+pub async fn run(args: SwitchArgs, which: Switch, quiet: bool) -> Result<u8, CliError> {
     let set = super::policy::load(&args.policies)?;
     let policy = set.select(std::slice::from_ref(&args.policy)).map_err(CliError::usage)?.remove(0);
+    let shown = super::progress::Planning::start(policy.progress.clone(), quiet || args.json, &format!("{} {}", which_word(which), policy.name));
     let state = StateDb::open(&args.state.state).await?;
     let cancel = Cancel::default();
     signals::watch(cancel.clone(), Duration::from_secs(30));
     let options = SwitchOptions { dry_run: args.dry_run, force: args.force };
-    let report = switch(&policy, &state, which, options, &cancel).await.map_err(|e| CliError::usage(e.to_string()))?;
+    let report = switch(&policy, &state, which, options, &cancel).await;
+    shown.finish().await;
+    let report = report.map_err(|e| CliError::usage(e.to_string()))?;
     if args.json {
         let mut v = serde_json::to_value(&report).unwrap_or_default();
         v["sync"] = report.sync.as_ref().map(outcome_json).unwrap_or(serde_json::Value::Null);

@@ -188,6 +188,15 @@ pub async fn run(command: JobsCommand) -> Result<u8, CliError> {
                 println!("{}", json!(rows));
             } else {
                 print!("{}", list_text(&rows));
+                // Why policies fail when no execution says so (a pass refused before it started).
+                let errors = db.pass_errors(filter.policy.as_deref()).await?;
+                if !errors.is_empty() {
+                    println!("\nlast pass errors (newest first; a pass refused before it started has no execution):");
+                    for e in errors {
+                        let dest = if e.destination.is_empty() { String::new() } else { format!(" → {}", e.destination) };
+                        println!("  {}  {}{dest}: {}", when(e.at), e.policy, e.error);
+                    }
+                }
             }
             Ok(exit::OK)
         }

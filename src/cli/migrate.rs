@@ -5,15 +5,17 @@ use std::time::Duration;
 
 use clap::Args;
 
-use regferry::engine::discover::{AllTags, RepoFilter, Scope};
+use regferry::engine::discover::{AllTags, RepoFilter, Scope, TagSelector};
 use regferry::engine::execute::{Cancel, ExecuteOptions};
 use regferry::engine::plan::RepoMapping;
+use regferry::engine::rename::{Rename, RenameRule};
+use regferry::policy::TagFilter;
 use regferry::engine::platforms::{FilterMode, PlatformFilter};
 use regferry::engine::referrers::ReferrerOptions;
 use regferry::engine::stats::Stats;
 use regferry::job::{Job, JobSpec};
 use regferry::registry::Limits;
-use regferry::state::{ExecutionStatus, StateDb};
+use regferry::state::ExecutionStatus;
 
 use super::output;
 use super::progress::Progress;
@@ -100,6 +102,65 @@ pub struct MigrateArgs {
     /// fallback tags are still compared.
     #[arg(long)]
     pub missing_only: bool,
+
+    #[command(flatten)]
+    pub tags: TagArgs,
+
+    /// Rename repositories: REGEX=TEMPLATE over the name relative to the --from prefix
+    /// (whole name unless the regex says ^ or $), e.g. 'library/(.*)=mirror/$1' or
+    /// 'team/([^/]+)/([^/]+)=team-$1-$2'. Repeatable; the first rule that matches decides;
+    /// other names are kept. Two names renamed to one are refused with both names.
+    #[arg(long = "rename", value_name = "REGEX=TEMPLATE", value_parser = parse_rename)]
+    pub rename: Vec<RenameRule>,
+}
+
+/// Which tags to copy (the policy's `tags:` rules as flags).
+#[derive(Debug, Args, Clone, Default)]
+pub struct TagArgs {
+    /// Only tags matching REGEX (the whole tag unless the regex says ^ or $). Repeatable.
+    #[arg(long = "tag", value_name = "REGEX", value_parser = parse_tag_regex)]
+    pub tags: Vec<regex::Regex>,
+
+    /// Only versions in this semver range (e.g. '>=1.20, <2'); tags that are not versions
+    /// are unaffected (combine with --tag to leave them out).
+    #[arg(long, value_name = "RANGE", value_parser = parse_semver)]
+    pub semver: Option<semver::VersionReq>,
+
+    /// Only the newest N versions of each repository (tags that are not versions are unaffected).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub latest: Option<u32>,
+}
+
+impl TagArgs {
+    /// The tag rules, or `None` for every tag; with the words that make them part of the job's key.
+    pub fn filter(&self) -> Option<(TagFilter, Vec<String>)> {
+        if self.tags.is_empty() && self.semver.is_none() && self.latest.is_none() {
+            return None;
+        }
+        let mut words: Vec<String> = self.tags.iter().map(|r| format!("tag:{r}")).collect();
+        words.extend(self.semver.as_ref().map(|s| format!("semver:{s}")));
+        words.extend(self.latest.map(|n| format!("latest:{n}")));
+        let filter = TagFilter {
+            include: self.tags.clone(),
+            semver: self.semver.clone(),
+            latest: self.latest.map(|n| n as usize),
+            signatures: true,
+            ..TagFilter::default()
+        };
+        Some((filter, words))
+    }
+}
+
+fn parse_tag_regex(s: &str) -> Result<regex::Regex, String> {
+    regferry::policy::tags::anchored(s).map_err(|e| e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+fn parse_semver(s: &str) -> Result<semver::VersionReq, String> {
+    semver::VersionReq::parse(s).map_err(|e| format!("not a semver range ({e}); e.g. '>=1.2, <2' or '~1.4'"))
+}
+
+fn parse_rename(s: &str) -> Result<RenameRule, String> {
+    RenameRule::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_artifact_type(s: &str) -> Result<String, String> {
@@ -124,7 +185,16 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
     destination.limits = Limits { requests_per_second: args.to_rps, bytes_per_second: args.to_bandwidth };
     destination.chunk_size = args.to_chunk_size;
     let repos = RepoFilter::new(&args.repos, &[]).map_err(|e| CliError::usage(format!("--repo: {e}")))?;
-    let mapping = RepoMapping::new(source.url.prefix(), destination.url.prefix());
+    let mut scope_words = args.repos.clone();
+    scope_words.extend(args.rename.iter().map(|r| format!("rename:{r}")));
+    let mapping = RepoMapping::new(source.url.prefix(), destination.url.prefix()).with_rename(Rename::new(args.rename.clone()), false);
+    let tags: Arc<dyn TagSelector> = match args.tags.filter() {
+        Some((filter, words)) => {
+            scope_words.extend(words);
+            Arc::new(filter)
+        }
+        None => Arc::new(AllTags),
+    };
     let concurrency = usize::from(args.concurrency);
     let platforms = match args.platforms.is_empty() {
         true => None,
@@ -132,7 +202,6 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
             PlatformFilter::parse(&args.platforms, args.platform_filter).map_err(|e| CliError::usage(format!("--platform: {e}")))?,
         ),
     };
-    let mut scope_words = args.repos.clone();
     scope_words.extend(platforms.as_ref().map(PlatformFilter::scope_word));
     let spec = JobSpec {
         kind: "migrate".into(),
@@ -141,7 +210,7 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
             referrers: Arc::new(ReferrerOptions { enabled: !args.no_referrers, types: args.referrer_types.clone() }),
             immutable: args.missing_only,
             platforms: platforms.map(Arc::new),
-            ..Scope::new(mapping, repos, Arc::new(AllTags))
+            ..Scope::new(mapping, repos, tags)
         },
         scope_words,
         source,
@@ -151,13 +220,38 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
         execute: ExecuteOptions { concurrency, attempts: args.attempts, ..ExecuteOptions::default() },
         client: args.timeouts.client_options(),
     };
-    let (from, to) = (spec.source.url.to_string(), spec.destination.url.to_string());
+    let title = format!("migrate {} → {}", spec.source.url, spec.destination.url);
+    run_job(spec, &args.state, Output { dry_run: args.dry_run, json: args.json, quiet, title }, |_| Ok(())).await
+}
 
+/// How a one-shot job reports.
+pub struct Output {
+    pub dry_run: bool,
+    pub json: bool,
+    pub quiet: bool,
+    /// The summary's first line.
+    pub title: String,
+}
+
+/// Plan and run one job (migrate, copy) with a progress display, print its
+/// plan (dry run) or summary, and pick the exit code. `check_plan` may
+/// refuse a plan before anything is copied (copy: the tag must exist).
+pub async fn run_job(
+    spec: JobSpec,
+    state_args: &StateArgs,
+    out: Output,
+    check_plan: impl FnOnce(&regferry::engine::plan::Plan) -> Result<(), CliError>,
+) -> Result<u8, CliError> {
+    let (from, to) = (spec.source.url.to_string(), spec.destination.url.to_string());
+    let concurrency = spec.execute.concurrency;
     let job = Job::connect(spec).await?;
-    let state = if args.dry_run { None } else { Some(StateDb::open_for(&args.state.state, concurrency).await?.with_worker(args.state.worker(false))) };
+    let state = if out.dry_run { None } else { Some(super::open_state(state_args, concurrency).await?) };
 
     tracing::info!("planning: listing repositories and tags at {from}");
-    let plan = if args.dry_run { job.plan_read_only().await? } else { job.plan().await? };
+    let planning = super::progress::Planning::start(job.spec.scope.counters.clone(), out.quiet || out.json, "planning");
+    let plan = if out.dry_run { job.plan_read_only().await } else { job.plan().await };
+    planning.finish().await;
+    let plan = plan?;
     tracing::info!(
         repositories = plan.repositories,
         tags = plan.items.len(),
@@ -165,9 +259,10 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
         problems = plan.problems.len(),
         "plan ready"
     );
+    check_plan(&plan)?;
 
-    if args.dry_run {
-        if args.json {
+    if out.dry_run {
+        if out.json {
             println!("{}", output::plan_json(&plan));
         } else {
             print!("{}", output::plan_text(&plan, &from, &to));
@@ -178,15 +273,15 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
     let stats = Arc::new(Stats::default());
     let cancel = Cancel::default();
     signals::watch(cancel.clone(), Duration::from_secs(30));
-    let progress = Progress::start(stats.clone(), quiet || args.json);
+    let progress = Progress::start(stats.clone(), out.quiet || out.json);
     let report = job.run(&plan, state.as_ref(), &stats, &cancel).await;
     progress.finish().await;
     let report = report?;
 
-    if args.json {
+    if out.json {
         println!("{}", output::report_json(&report));
     } else {
-        print!("{}", output::report_text(&report, &format!("migrate {from} → {to}")));
+        print!("{}", output::report_text(&report, &out.title));
     }
     Ok(match report.status {
         ExecutionStatus::Succeeded => exit::OK,

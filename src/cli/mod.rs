@@ -5,6 +5,7 @@
 //! library modules return typed errors. Secrets given on the command line
 //! are taken from the environment when possible and never echoed.
 
+pub mod copy;
 pub mod daemon;
 pub mod docs;
 pub mod failover;
@@ -129,6 +130,15 @@ regferry migrate --from registry.example --repo 'base/**' --to oci:/media/usb/ex
 regferry migrate --from oci:/media/usb/export --to dr.example")]
     Migrate(migrate::MigrateArgs),
 
+    /// Copy one image (all its platforms, or those named) with its signatures and referrers.
+    #[command(long_about = "Copy one image (all its platforms, or those named with --platform) with its \
+signatures and referrers, as migrate copies a tag: same digest, same media type, unchanged images \
+cost a HEAD per side, recorded and resumable. Exit codes and --json as for migrate.")]
+    #[command(after_help = "Examples:\n  \
+regferry copy docker.io/library/nginx:1.27 registry.example.com/mirror/nginx\n  \
+regferry copy http://127.0.0.1:5001/team/app:v1 http://127.0.0.1:5002/team-app:v1 --platform linux/amd64")]
+    Copy(copy::CopyArgs),
+
     /// Validate policy files.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -198,9 +208,12 @@ the failover: the fence at DR tells it the policy runs reversed.")]
 /// Where the state database lives.
 #[derive(Debug, Args, Clone)]
 pub struct StateArgs {
-    /// State database: a SQLite file path (created if missing) or a postgres://user:password@host/db URL
+    /// State database: a SQLite file path (created if missing; a relative path is resolved
+    /// against the current directory and printed) or a postgres://user:password@host/db URL
     /// (a shared PostgreSQL database; the database must exist, its schema is created).
-    #[arg(long, env = "REGFERRY_STATE", default_value = "state/regferry.db", value_name = "PATH|URL",
+    /// Default: $XDG_STATE_HOME/regferry/regferry.db, else /var/lib/regferry/regferry.db as
+    /// root, else ~/.local/state/regferry/regferry.db.
+    #[arg(long, env = "REGFERRY_STATE", default_value_t = default_state(), hide_default_value = true, value_name = "PATH|URL",
           hide_env_values = true, value_parser = StateParser)]
     pub state: StateLocation,
 
@@ -238,8 +251,36 @@ impl clap::builder::TypedValueParser for StateParser {
     fn parse_ref(&self, _: &clap::Command, _: Option<&clap::Arg>, value: &std::ffi::OsStr) -> Result<StateLocation, clap::Error> {
         let invalid = |message: String| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{message}\n"));
         let value = value.to_str().ok_or_else(|| invalid("--state is not valid UTF-8".into()))?;
-        value.parse().map_err(|e: regferry::state::LocationError| invalid(e.to_string()))
+        let location: StateLocation = value.parse().map_err(|e: regferry::state::LocationError| invalid(e.to_string()))?;
+        // A relative path depends on where the command runs: resolve it once
+        // and say where it points (a rerun from another directory would
+        // otherwise start a half-done migration over in a new file).
+        match location {
+            StateLocation::Sqlite(path) if path.is_relative() => {
+                let cwd = std::env::current_dir().map_err(|e| invalid(format!("--state is relative and the current directory is unknown: {e}")))?;
+                let absolute = cwd.join(&path);
+                eprintln!("regferry: state database {} (--state {} is relative to {})", absolute.display(), path.display(), cwd.display());
+                Ok(StateLocation::Sqlite(absolute))
+            }
+            other => Ok(other),
+        }
     }
+}
+
+/// The state database when none is given: `$XDG_STATE_HOME/regferry/regferry.db`,
+/// else `/var/lib/regferry/regferry.db` for root, else
+/// `~/.local/state/regferry/regferry.db` — always an absolute path.
+pub fn default_state() -> StateLocation {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from).filter(|p| p.is_absolute());
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let dir = match (env("XDG_STATE_HOME"), root, env("HOME")) {
+        (Some(xdg), _, _) => xdg.join("regferry"),
+        (None, true, _) => PathBuf::from("/var/lib/regferry"),
+        (None, false, Some(home)) => home.join(".local/state/regferry"),
+        (None, false, None) => PathBuf::from("/var/tmp/regferry"),
+    };
+    StateLocation::sqlite(dir.join("regferry.db"))
 }
 
 /// Source and destination registries with their credentials and TLS settings.
@@ -392,4 +433,10 @@ impl RegistryArgs {
     pub fn endpoints(&self) -> Result<(Endpoint, Endpoint), CliError> {
         self.access.endpoints(&self.from, &self.to)
     }
+}
+
+/// Open the state database of `args` as a worker that waits for passes
+/// other workers hold, its pool sized for `concurrency` tasks.
+pub async fn open_state(args: &StateArgs, concurrency: usize) -> Result<regferry::state::StateDb, CliError> {
+    Ok(regferry::state::StateDb::open_for(&args.state, concurrency).await?.with_worker(args.worker(false)))
 }

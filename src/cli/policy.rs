@@ -21,6 +21,12 @@ pub struct CheckArgs {
     /// A directory of *.yaml / *.yml policy files, or one file.
     #[arg(default_value = "policies", value_name = "PATH")]
     pub path: PathBuf,
+
+    /// Check without the secrets (e.g. in CI): credentials' environment variables,
+    /// password files, auth files, CA bundles and client certificates need not exist.
+    /// Everything else is checked as usual; no registry is contacted either way.
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// Load the policy set at `path`, turning problems into a usage error (exit 2).
@@ -34,7 +40,11 @@ pub fn load(path: &std::path::Path) -> Result<policy::PolicySet, CliError> {
 pub async fn run(command: PolicyCommand) -> Result<u8, CliError> {
     match command {
         PolicyCommand::Check(args) => {
-            let set = load(&args.path)?;
+            let set = if args.offline {
+                policy::load_offline(&args.path).map_err(|e| CliError::usage(e.to_string()))?
+            } else {
+                load(&args.path)?
+            };
             for p in &set.policies {
                 let destinations: Vec<String> = p.destinations.iter().map(|d| d.url().to_string()).collect();
                 println!("ok  {:<24} {} → {}  ({})", p.name, p.source.url, destinations.join(", "), p.trigger);

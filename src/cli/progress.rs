@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use regferry::engine::stats::{Snapshot, Stats, human_bytes};
+use regferry::engine::stats::{PlanCounters, Snapshot, Stats, human_bytes};
 
 use super::logging;
 
@@ -75,6 +75,65 @@ impl Progress {
             })
         };
         Progress { stop, handle: Some(handle) }
+    }
+
+    pub async fn finish(mut self) {
+        self.stop.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+/// Progress of a long phase on a terminal: planning (repositories listed so
+/// far of those in scope, tags found and compared), then the transfer (tags
+/// done, bytes) or a deep verification (manifests and blobs checked).
+/// Nothing when not on a terminal (the log says when phases start and end),
+/// with `NO_COLOR`, or when quiet / JSON.
+pub struct Planning {
+    stop: CancellationToken,
+    handle: Option<JoinHandle<()>>,
+}
+
+fn planning_line(counters: &PlanCounters) -> String {
+    // The phase running now (a terminal line is short).
+    if let Some(s) = counters.transfer() {
+        return format!("copying: {}/{} tags · {} copied, {} failed · {} uploaded", s.tags_done(), s.tags_total, s.tags_copied, s.tags_failed, human_bytes(s.bytes_uploaded));
+    }
+    let (listed, total, found, compared) = counters.read();
+    match counters.deep_checked() {
+        0 => format!("repositories listed {listed}/{total} · tags found {found} · compared {compared}"),
+        deep => format!("deep: {deep} manifests and blobs checked ({compared} tags compared)"),
+    }
+}
+
+impl Planning {
+    /// Show `counters` under `what` (e.g. "planning") on stderr when it is a terminal.
+    pub fn start(counters: Arc<PlanCounters>, quiet: bool, what: &str) -> Planning {
+        let stop = CancellationToken::new();
+        // A live line needs terminal control sequences: none with NO_COLOR either.
+        if quiet || !logging::color_allowed() {
+            return Planning { stop, handle: None };
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(8));
+        bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {prefix}: {wide_msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        bar.set_prefix(what.to_string());
+        logging::set_bar(bar.clone());
+        let token = stop.clone();
+        let handle = tokio::spawn(async move {
+            loop {
+                bar.set_message(planning_line(&counters));
+                bar.tick();
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(150)) => {}
+                }
+            }
+            logging::clear_bar();
+            // Leave the last state on the terminal: it says what planning found.
+            bar.finish_with_message(planning_line(&counters));
+        });
+        Planning { stop, handle: Some(handle) }
     }
 
     pub async fn finish(mut self) {

@@ -7,9 +7,9 @@ use clap::Args;
 use serde_json::json;
 
 use regferry::pass::metrics::Metrics;
+use regferry::pass::preview::{Preview, preview};
 use regferry::pass::{PassOutcome, run_pass};
 use regferry::engine::execute::Cancel;
-use regferry::state::StateDb;
 
 use super::output;
 use super::{CliError, StateArgs, TimeoutArgs, exit, signals};
@@ -44,6 +44,77 @@ pub struct RunArgs {
     /// such a pass is refused: a fence that cannot be read is never taken for "no fence".
     #[arg(long)]
     pub ignore_unreadable_fence: bool,
+
+    /// Print what each policy's pass would do — tags it would copy and why, tags it would
+    /// delete (`delete: true`) and the deletion guard's verdict, a fence that would refuse
+    /// it — and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `run --dry-run`, human form.
+pub fn preview_text(policy: &regferry::policy::Policy, previews: &[Preview]) -> String {
+    let mut out = String::new();
+    for p in previews {
+        let title = format!("policy {} {} → {}{}", policy.name, p.source, p.destination, if p.reversed { " (failed over)" } else { "" });
+        if let Some(e) = &p.error {
+            out.push_str(&format!("{title}: {e}\n"));
+            continue;
+        }
+        if let Some(plan) = &p.plan {
+            out.push_str(&format!("{title}\n"));
+            out.push_str(&output::plan_text(plan, &p.source, &p.destination));
+        }
+        if p.deferred > 0 {
+            out.push_str(&format!("  deferred      {} tag(s) that failed before; retry not due yet\n", p.deferred));
+        }
+        match &p.prune {
+            None => out.push_str("  deletions     none (the policy does not say delete: true)\n"),
+            Some(r) => {
+                for t in &r.deleted {
+                    out.push_str(&format!("  would delete  {t} (no longer at the source)\n"));
+                }
+                for t in &r.kept {
+                    out.push_str(&format!("  not deleted   {t}\n"));
+                }
+                for e in &r.errors {
+                    out.push_str(&format!("  delete check failed {e}\n"));
+                }
+                if r.refused.is_empty() {
+                    out.push_str(&format!(
+                        "  deletion guard: allows {} deletion(s) of {} in-scope tag(s) (max_delete {})\n",
+                        r.deleted.len(),
+                        r.in_scope,
+                        policy.max_delete
+                    ));
+                } else {
+                    for why in &r.refused {
+                        out.push_str(&format!("  deletion guard: WOULD REFUSE {why}\n"));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `run --dry-run --json`: one object per policy destination.
+pub fn preview_json(policy: &regferry::policy::Policy, previews: &[Preview]) -> serde_json::Value {
+    json!({
+        "policy": policy.name,
+        "dry_run": true,
+        "destinations": previews.iter().map(|p| json!({
+            "source": p.source,
+            "destination": p.destination,
+            "reversed": p.reversed,
+            "error": p.error,
+            "deferred": p.deferred,
+            "plan": p.plan.as_ref().map(output::plan_json),
+            "would_delete": p.prune.as_ref().map(|r| &r.deleted),
+            "deletions_refused": p.prune.as_ref().map(|r| &r.refused),
+            "deletion_errors": p.prune.as_ref().map(|r| &r.errors),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 pub fn outcome_json(o: &PassOutcome) -> serde_json::Value {
@@ -104,14 +175,34 @@ pub fn outcome_text(o: &PassOutcome) -> String {
     out
 }
 
-pub async fn run(args: RunArgs) -> Result<u8, CliError> {
+pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, CliError> {
     let set = super::policy::load(&args.policies)?.with_timeouts(&args.timeouts.overrides());
     let mut policies = set.select(&args.names).map_err(CliError::usage)?;
     for p in &mut policies {
         p.force_delete = args.force_delete;
         p.ignore_unreadable_fence = args.ignore_unreadable_fence;
     }
-    let state = StateDb::open_for(&args.state.state, 8).await?.with_worker(args.state.worker(false));
+    let state = super::open_state(&args.state, 8).await?;
+    if args.dry_run {
+        let mut ok = true;
+        let mut all = Vec::new();
+        for p in &policies {
+            let counters = std::sync::Arc::default();
+            let planning = super::progress::Planning::start(std::sync::Arc::clone(&counters), quiet || args.json, &format!("planning {}", p.name));
+            let previews = preview(p, &state, &counters).await;
+            planning.finish().await;
+            ok &= previews.iter().all(|d| d.error.is_none() && d.plan.as_ref().is_some_and(|pl| pl.problems.is_empty()));
+            if args.json {
+                all.push(preview_json(p, &previews));
+            } else {
+                print!("{}", preview_text(p, &previews));
+            }
+        }
+        if args.json {
+            println!("{}", serde_json::Value::Array(all));
+        }
+        return Ok(if ok { exit::OK } else { exit::FAILED });
+    }
     let cancel = Cancel::default();
     signals::watch(cancel.clone(), Duration::from_secs(30));
     let metrics = Metrics::for_worker(&state.worker().id);
@@ -122,7 +213,9 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
             break;
         }
         tracing::info!(policy = %p.name, "pass started");
+        let shown = super::progress::Planning::start(p.progress.clone(), quiet || args.json, &format!("pass {}", p.name));
         let outcome = run_pass(p, &state, &cancel, &metrics, None).await;
+        shown.finish().await;
         ok &= outcome.ok();
         if args.json {
             all.push(outcome_json(&outcome));

@@ -239,7 +239,17 @@ async fn run_one(
     }
 }
 
-pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
+pub async fn run(args: VerifyArgs, quiet: bool) -> Result<u8, CliError> {
+    let counters: Arc<regferry::engine::stats::PlanCounters> = Arc::default();
+    let shown = super::progress::Planning::start(counters.clone(), quiet || args.json, if args.deep { "verify --deep" } else { "verify" });
+    let result = verify_all(&args, counters).await;
+    shown.finish().await;
+    let (outcomes, lags) = result?;
+    report(&args, outcomes, lags)
+}
+
+/// Verify every pair asked for, counting progress in `counters`.
+async fn verify_all(args: &VerifyArgs, counters: Arc<regferry::engine::stats::PlanCounters>) -> Result<(Vec<Outcome>, Vec<regferry::state::lag::Lag>), CliError> {
     let concurrency = usize::from(args.concurrency);
     let mut outcomes = Vec::new();
     let mut lags = Vec::new();
@@ -254,16 +264,18 @@ pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
                     PlatformFilter::parse(&args.platforms, args.platform_filter).map_err(|e| CliError::usage(format!("--platform: {e}")))?,
                 )),
             };
-            let scope = Scope { platforms, ..Scope::new(mapping, repos, Arc::new(AllTags)) };
+            let scope = Scope { platforms, counters, ..Scope::new(mapping, repos, Arc::new(AllTags)) };
             let options = VerifyOptions { deep: args.deep, concurrency, covers: None };
             let (result, repair) = run_one(&source, &destination, &scope, &options, &args.timeouts.client_options(), args.repair).await;
             outcomes.push(Outcome { policy: None, reversed: false, source: source.url.to_string(), destination: destination.url.to_string(), result, repair });
         }
         (None, None, Some(path)) => {
             let set = super::policy::load(path)?.with_timeouts(&args.timeouts.overrides());
-            let policies = set.select(&args.names).map_err(CliError::usage)?;
+            let mut policies = set.select(&args.names).map_err(CliError::usage)?;
             let state = StateDb::open(&args.state.state).await?;
-            for p in &policies {
+            for p in &mut policies {
+                p.progress = counters.clone();
+                let p = &*p;
                 let options = VerifyOptions { deep: args.deep, concurrency, covers: Some(p.tags.clone()) };
                 for spec in jobs_of(p, &state).await? {
                     let (source, destination, reversed) = (spec.source.url.to_string(), spec.destination.url.to_string(), spec.reversed);
@@ -278,7 +290,11 @@ pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
         }
         _ => return Err(CliError::usage("give either --from URL --to URL, or --policies PATH")),
     }
+    Ok((outcomes, lags))
+}
 
+/// Print the outcomes (and lags) and pick the exit code.
+fn report(args: &VerifyArgs, outcomes: Vec<Outcome>, lags: Vec<regferry::state::lag::Lag>) -> Result<u8, CliError> {
     let ok = outcomes.iter().all(|o| o.result.as_ref().is_ok_and(VerifyReport::ok));
     if args.json {
         let results: Vec<_> = outcomes

@@ -25,6 +25,7 @@ use crate::policy::Policy;
 use crate::state::StateError;
 use crate::state::jobs::{CancelOutcome, ExecutionFilter, ExecutionRow};
 use crate::state::overview::{FailingTag, Health};
+use crate::state::pass_errors::PassError;
 
 /// The OpenAPI 3 document describing every route below.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -79,6 +80,10 @@ pub struct PolicyView {
     pub health: Option<Health>,
     /// The latest execution of each of its jobs.
     pub latest_executions: Vec<ExecutionRow>,
+    /// The last refusal or pass-level error at each destination, newest
+    /// first, with its time — also for passes refused before they started
+    /// (no execution).
+    pub last_errors: Vec<PassError>,
 }
 
 /// A policy with its failing tags.
@@ -105,6 +110,7 @@ pub async fn policy_detail(shared: &Shared, policy: &Policy) -> Result<PolicyDet
         failing_tags: failing.len(),
         health: shared.state.health(&policy.name).await?,
         latest_executions: shared.state.latest_executions_of(&policy.name).await?,
+        last_errors: shared.state.pass_errors(Some(&policy.name)).await?,
     };
     Ok(PolicyDetail { policy: view, failing })
 }

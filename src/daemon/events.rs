@@ -52,6 +52,18 @@ async fn accept(shared: Arc<Shared>, headers: HeaderMap, body: Bytes, parse: fn(
     }
     let matched: Vec<String> = wanted.keys().cloned().collect();
     tracing::info!(kind, events = events.len(), policies = matched.len(), "registry event received");
+    if matched.is_empty() {
+        let mut hosts: Vec<&str> = events.iter().filter_map(|e| e.host.as_deref()).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        if !hosts.is_empty() {
+            tracing::warn!(
+                kind, hosts = %hosts.join(", "),
+                "registry event matched no policy; if the registry is also known by this name (an IP, a front's hostname), \
+                 add it to the policy's `aliases:` for that registry"
+            );
+        }
+    }
     for (policy, repos) in wanted {
         tracing::debug!(policy = %policy, repositories = ?repos, "pass requested by an event");
         // Stored, so that whichever worker holds the policy acts on it; this

@@ -156,6 +156,22 @@ fn policy_section(out: &mut String, d: &PolicyDetail) {
         outstanding = p.outstanding_tags,
         failing = p.failing_tags,
     );
+    // Why it fails when no tag says so (a pass refused before it started leaves no execution).
+    let failing_now = p.health.as_ref().is_some_and(|h| h.failing);
+    if !p.last_errors.is_empty() {
+        out.push_str(if failing_now { "<h3>Why it fails</h3>" } else { "<h3>Last pass errors</h3>" });
+        out.push_str("<table><tr><th>When</th><th>Destination</th><th>Error</th></tr>");
+        for e in &p.last_errors {
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td class=mono>{}</td><td class=err>{}</td></tr>",
+                when(e.at),
+                escape(&e.destination),
+                escape(&e.error)
+            );
+        }
+        out.push_str("</table>");
+    }
     if !d.failing.is_empty() {
         out.push_str("<h3>Failing tags</h3><table><tr><th>Tag</th><th>Failed passes</th><th>Next attempt</th><th>Last error</th></tr>");
         for f in d.failing.iter().take(50) {

@@ -149,24 +149,42 @@ pub fn parse_harbor(body: &[u8]) -> Result<Vec<RepoEvent>, String> {
 /// Whether `host` names the registry at `url` (`host` and `host:443` are
 /// the same https registry).
 fn same_host(url: &RegistryUrl, host: &str) -> bool {
-    let ours = url.host_port().to_ascii_lowercase();
+    same_name(url, &url.host_port(), host)
+}
+
+/// Whether `name` and `host` are one `host[:port]` of the registry at `url`
+/// (its default port may be left out of either).
+fn same_name(url: &RegistryUrl, name: &str, host: &str) -> bool {
     let default = if url.is_plain_http() { ":80" } else { ":443" };
-    let strip = |h: &str| h.strip_suffix(default).map(str::to_string).unwrap_or_else(|| h.to_string());
-    strip(&ours) == strip(&host.to_ascii_lowercase())
+    let strip = |h: &str| {
+        let h = h.to_ascii_lowercase();
+        h.strip_suffix(default).map(str::to_string).unwrap_or(h)
+    };
+    strip(name) == strip(host)
 }
 
 /// The repository name relative to the policy's current source prefix when
 /// `event` is in the policy's scope; `None` otherwise. `reversed`: the
 /// policy runs from its first destination back to its source.
 pub fn relative_in_scope(policy: &Policy, reversed: bool, event: &RepoEvent) -> Option<String> {
-    let source = if reversed { policy.destinations.first()?.url() } else { policy.source.url.clone() };
+    let (source, aliases) = match reversed {
+        true => (policy.destinations.first()?.url(), &policy.destinations.first()?.aliases),
+        false => (policy.source.url.clone(), &policy.source_aliases),
+    };
+    // The registry's own name, or another name of it (an IP, a front's hostname).
     if let Some(host) = &event.host
-        && !same_host(&source, host) {
+        && !same_host(&source, host)
+        && !aliases.iter().any(|a| same_name(&source, a, host)) {
             return None;
         }
     let repo: RepoName = event.repository.parse().ok()?;
     let relative = repo.strip_prefix(source.prefix())?;
-    if !policy.repos.matches(relative.as_str()) {
+    // Globs match the names the policy's source gives (renames mapped back).
+    let name = match reversed {
+        true => policy.reverse(policy.destinations.first()?).scope.mapping.scope_name(relative.as_str()),
+        false => relative.to_string(),
+    };
+    if !policy.repos.matches(&name) {
         return None;
     }
     if !reversed && !policy.source_repositories.is_empty() && !policy.source_repositories.iter().any(|r| r == relative.as_str()) {
@@ -222,6 +240,47 @@ mod tests {
             vec![RepoEvent { host: Some("harbor.example.com".into()), repository: "library/app".into(), tag: Some("v2".into()), delete: false }]
         );
         assert!(parse_harbor(br#"{"type":"PULL_ARTIFACT","event_data":{}}"#).unwrap().is_empty());
+    }
+
+    #[test]
+    fn events_for_another_name_of_the_registry_match_through_aliases() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "name: p\nsource:\n  registry: https://harbor.internal:8443\n  aliases: ['harbor.example.com', '10.0.0.5:8443']\n\
+                    destinations:\n  - registry: https://dr.example.com\n    aliases: [10.0.0.9]\n";
+        std::fs::write(dir.path().join("p.yaml"), text).unwrap();
+        let set = crate::policy::load(dir.path(), &|_| None).unwrap();
+        let policy = set.get("p").unwrap();
+        let event = |host: &str| RepoEvent { host: Some(host.into()), repository: "team/app".into(), tag: Some("v1".into()), delete: false };
+        for host in ["harbor.internal:8443", "harbor.example.com", "harbor.example.com:443", "10.0.0.5:8443"] {
+            assert_eq!(relative_in_scope(policy, false, &event(host)).as_deref(), Some("team/app"), "{host}");
+        }
+        for host in ["harbor.internal", "10.0.0.5", "other.example.com", "10.0.0.9"] {
+            assert_eq!(relative_in_scope(policy, false, &event(host)), None, "{host}");
+        }
+        // After a failover the DR registry's names count.
+        assert_eq!(relative_in_scope(policy, true, &event("10.0.0.9")).as_deref(), Some("team/app"));
+        let bad = "name: q\nsource:\n  registry: https://a\n  aliases: ['http://x/y']\ndestinations:\n  - registry: https://b\n";
+        std::fs::write(dir.path().join("p.yaml"), bad).unwrap();
+        let e = crate::policy::load(dir.path(), &|_| None).unwrap_err().to_string();
+        assert!(e.contains("source.aliases[0]") && e.contains("is not a host[:port]"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_over_policy_matches_renamed_names_by_the_primary_s_globs() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "name: p\nsource: { registry: 'https://prod.example.com' }\ndestinations:\n  - { registry: 'https://dr.example.com', namespace: mirror }\n\
+                    repositories:\n  include: ['team/**']\n  rename:\n    - { from: 'team/([^/]+)/([^/]+)', to: 'team-$1-$2' }\n";
+        std::fs::write(dir.path().join("p.yaml"), text).unwrap();
+        let set = crate::policy::load(dir.path(), &|_| None).unwrap();
+        let policy = set.get("p").unwrap();
+        let event = |host: &str, repo: &str| RepoEvent { host: Some(host.into()), repository: repo.into(), tag: Some("v1".into()), delete: false };
+        // Forward: the primary's names; after a failover: DR's renamed names, matched as team/a/b.
+        assert_eq!(relative_in_scope(policy, false, &event("prod.example.com", "team/a/b")).as_deref(), Some("team/a/b"));
+        assert_eq!(relative_in_scope(policy, true, &event("dr.example.com", "mirror/team-a-b")).as_deref(), Some("team-a-b"));
+        assert_eq!(relative_in_scope(policy, true, &event("dr.example.com", "mirror/other")), None, "other is outside team/**");
+        let back = policy.reverse(&policy.destinations[0]);
+        let name: crate::registry::RepoName = "mirror/team-a-b".parse().unwrap();
+        assert_eq!(back.scope.mapping.map(&name).map(|n| n.to_string()).as_deref(), Some("team/a/b"));
     }
 
     #[test]

@@ -214,6 +214,7 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
         unmatched: found.unmatched,
         referrers: scope.referrers.clone(),
         immutable: false,
+        counters: found.counters.clone(),
     };
     for mut r in found.repos {
         source_tags.insert(r.dest.clone(), r.tags.iter().cloned().collect());
@@ -317,7 +318,7 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
             .collect();
         // Where each destination repository comes from (a repair copies from there).
         let sources: HashMap<&RepoName, &RepoName> = plan.items.iter().map(|i| (&i.dest_repo, &i.source_repo)).collect();
-        let deep = deep_check(dst, &present, concurrency).await;
+        let deep = deep_check(dst, &present, concurrency, &scope.counters).await;
         report.manifests_checked = deep.manifests;
         report.blobs_checked = deep.blobs;
         for (repo, tag, digest) in &present {
@@ -387,7 +388,7 @@ pub async fn pullable(site: &dyn Scheme, elsewhere: &crate::registry::RegistryUr
             Err(e) => report.push(TagProblem { kind: ProblemKind::Error, error: Some(e), ..t }),
         }
     }
-    let deep = deep_check(site, &present, concurrency).await;
+    let deep = deep_check(site, &present, concurrency, &scope.counters).await;
     report.manifests_checked = deep.manifests;
     report.blobs_checked = deep.blobs;
     for (repo, tag, digest) in &present {
@@ -421,7 +422,7 @@ async fn only_at_destination(
                 for name in names {
                     let Ok(repo) = name.parse::<RepoName>() else { continue };
                     let Some(relative) = back.relative(&repo) else { continue };
-                    if !known.contains(&repo) && scope.repos.matches(relative.as_str()) {
+                    if !known.contains(&repo) && !crate::engine::discover::is_reserved(relative.as_str()) && scope.repos.matches(&back.scope_name(relative.as_str())) {
                         repos.push((back.map(&repo), repo));
                     }
                 }
@@ -512,7 +513,7 @@ enum Node {
 
 /// Walk every manifest tree at the destination once per (repository,
 /// digest), then `HEAD` every distinct (repository, blob) once.
-async fn deep_check(dst: &dyn Scheme, roots: &[(RepoName, Tag, Digest)], concurrency: usize) -> Deep {
+async fn deep_check(dst: &dyn Scheme, roots: &[(RepoName, Tag, Digest)], concurrency: usize, counters: &crate::engine::stats::PlanCounters) -> Deep {
     let mut nodes: HashMap<(RepoName, Digest), Node> = HashMap::new();
     let mut level: Vec<(RepoName, Digest)> = {
         let set: BTreeSet<(RepoName, String)> = roots.iter().map(|(r, _, d)| (r.clone(), d.to_string())).collect();
@@ -532,6 +533,7 @@ async fn deep_check(dst: &dyn Scheme, roots: &[(RepoName, Tag, Digest)], concurr
                     Err(e) if is_not_found(&e) => Node::Absent,
                     Err(e) => Node::Failed(e.to_string()),
                 };
+                crate::engine::stats::Stats::add(&counters.deep_checked, 1);
                 ((repo, digest), node)
             })
             .buffer_unordered(concurrency)
@@ -567,6 +569,7 @@ async fn deep_check(dst: &dyn Scheme, roots: &[(RepoName, Tag, Digest)], concurr
                 Ok(d) => dst.blob_exists(&repo, &d, &Scopes::pull(&repo)).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
+            crate::engine::stats::Stats::add(&counters.deep_checked, 1);
             ((repo, digest), state)
         })
         .buffer_unordered(concurrency)

@@ -186,12 +186,14 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
     let referrers = &referrers;
     let budget = &AtomicUsize::new(KEPT_BODIES_BUDGET);
     let mismatches = &AtomicU64::new(0);
+    let counters = &discovered.counters.clone();
     let mut plan = Plan { repositories, problems: discovered.problems, new_repos, unmatched: discovered.unmatched, ..Plan::default() };
     // Straight into the plan (no intermediate Vec of results): what a plan
     // item costs is what a no-op pass over many tags holds in memory.
     plan.items.reserve_exact(tags);
     let plan = futures::stream::iter(pairs)
         .map(|(source_repo, dest_repo, tag)| async move {
+            super::stats::Stats::add(&counters.tags_compared, 1);
             let problem = |error: String| Problem {
                 source_repo: source_repo.to_string(),
                 dest_repo: Some(dest_repo.to_string()),

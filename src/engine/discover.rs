@@ -132,6 +132,8 @@ pub struct Scope {
     pub referrers: Arc<ReferrerOptions>,
     /// Immutable tags: a tag the destination lists is never checked again.
     pub immutable: bool,
+    /// Planning progress (read by a progress display).
+    pub counters: Arc<super::stats::PlanCounters>,
 }
 
 impl Scope {
@@ -141,7 +143,7 @@ impl Scope {
 
     /// A scope with the default referrer handling and mutable tags.
     pub fn new(mapping: RepoMapping, repos: RepoFilter, tags: Arc<dyn TagSelector>) -> Scope {
-        Scope { mapping, repos, explicit: Vec::new(), tags, platforms: None, referrers: Arc::default(), immutable: false }
+        Scope { mapping, repos, explicit: Vec::new(), tags, platforms: None, referrers: Arc::default(), immutable: false, counters: Arc::default() }
     }
 
     /// The tags of `repo` this scope replicates: the selector's choice,
@@ -179,6 +181,8 @@ pub struct Discovered {
     pub referrers: Arc<ReferrerOptions>,
     /// Immutable tags (see [`Scope::immutable`]).
     pub immutable: bool,
+    /// Planning progress, carried on to the diff.
+    pub counters: Arc<super::stats::PlanCounters>,
 }
 
 fn repo_problem(source: &str, error: String) -> Problem {
@@ -206,7 +210,7 @@ async fn repositories(
         match src.catalog().await {
             Ok(all) => {
                 for literal in &scope.repos.literals {
-                    let name = full(literal);
+                    let name = full(&scope.mapping.source_name_of(literal));
                     if !all.contains(&name) {
                         problems.push(repo_problem(&name, format!("repository {name} not found in the catalog of {}", src.name())));
                     }
@@ -215,7 +219,7 @@ async fn repositories(
             }
             Err(e) if scope.repos.all_literal() => {
                 tracing::warn!(registry = %src.name(), error = %e, "catalog unavailable; using the repositories named on the command line");
-                scope.repos.literals.iter().map(|l| full(l)).collect()
+                scope.repos.literals.iter().map(|l| full(&scope.mapping.source_name_of(l))).collect()
             }
             Err(e) => return Err(EngineError::Catalog(Box::new(e))),
         }
@@ -234,7 +238,7 @@ async fn repositories(
             }
         };
         let Some(relative) = scope.mapping.relative(&repo) else { continue };
-        if !scope.repos.matches(relative.as_str()) {
+        if is_reserved(relative.as_str()) || !scope.repos.matches(&scope.mapping.scope_name(relative.as_str())) {
             continue;
         }
         if same_registry && scope.mapping.is_own_output(&repo) {
@@ -243,9 +247,14 @@ async fn repositories(
         }
         in_scope.push(relative.to_string());
         match scope.mapping.try_map(&repo) {
+            Some(Ok(dest)) if is_reserved(dest.as_str()) => problems.push(repo_problem(
+                repo.as_str(),
+                format!("repository {repo} would be renamed to {dest}, regferry's own fence repository: refused (change the rename rule)"),
+            )),
             Some(Ok(dest)) => out.push((repo, dest)),
             Some(Err(_)) => {
-                let dest = format!("{}/{relative}", scope.mapping.dest_prefix);
+                let dest = format!("{}/{}", scope.mapping.dest_prefix, scope.mapping.renamed(relative.as_str()));
+                let dest = dest.trim_start_matches('/').to_string();
                 let error = if dest.len() > MAX_NAME {
                     format!(
                         "repository {repo} cannot be replicated: its destination name {dest} would be {} characters, \
@@ -266,7 +275,20 @@ async fn repositories(
             "source and destination are one registry: the destination namespace is not replicated into itself"
         );
     }
-    *unmatched = scope.repos.unmatched(in_scope.iter().map(String::as_str));
+    // Renames: two names that would get one destination name, and (for a
+    // policy) names that would not map back, are refused with their names.
+    let conflicts = scope.mapping.conflicts(in_scope.iter().map(String::as_str));
+    if !conflicts.is_empty() {
+        let refused: std::collections::HashSet<&str> = conflicts.iter().flat_map(|c| c.sources.iter().map(String::as_str)).collect();
+        out.retain(|(repo, _)| scope.mapping.relative(repo).is_none_or(|r| !refused.contains(r.as_str())));
+        for c in &conflicts {
+            for source in &c.sources {
+                problems.push(repo_problem(&full(source), c.message.clone()));
+            }
+        }
+    }
+    let scope_names: Vec<String> = in_scope.iter().map(|r| scope.mapping.scope_name(r)).collect();
+    *unmatched = scope.repos.unmatched(scope_names.iter().map(String::as_str));
     out.sort();
     out.dedup();
     Ok(out)
@@ -279,17 +301,28 @@ pub async fn discover(src: &dyn Scheme, dest: &RegistryUrl, scope: &Scope, concu
     let mut problems = Vec::new();
     let mut unmatched = Vec::new();
     let repos = repositories(src, dest, scope, &mut problems, &mut unmatched).await?;
+    let counters = &scope.counters;
+    super::stats::Stats::add(&counters.repos_total, repos.len() as u64);
 
     let listings: Vec<_> = futures::stream::iter(repos)
         .map(|(repo, dest)| async move {
             let tags = src.tags(&repo).await;
+            super::stats::Stats::add(&counters.repos_listed, 1);
+            super::stats::Stats::add(&counters.tags_found, tags.as_ref().map_or(0, |t| t.len() as u64));
             (repo, dest, tags)
         })
         .buffered(concurrency.max(1))
         .collect()
         .await;
 
-    let mut out = Discovered { repos: Vec::new(), problems, unmatched, referrers: scope.referrers.clone(), immutable: scope.immutable };
+    let mut out = Discovered {
+        repos: Vec::new(),
+        problems,
+        unmatched,
+        referrers: scope.referrers.clone(),
+        immutable: scope.immutable,
+        counters: scope.counters.clone(),
+    };
     for (source, dest, listing) in listings {
         let raw = match listing {
             Ok(raw) => raw,

@@ -19,6 +19,7 @@ pub mod execute;
 pub mod plan;
 pub mod platforms;
 pub mod referrers;
+pub mod rename;
 pub mod stats;
 pub mod verify_stream;
 

@@ -6,14 +6,28 @@
 
 use std::fmt;
 
+use super::rename::Rename;
 use crate::registry::{ManifestHead, RepoName, Tag};
 
-/// How source repository names become destination names:
-/// strip `source_prefix/`, then prepend `dest_prefix/`.
+/// How source repository names become destination names: strip
+/// `source_prefix/`, rename (see [`super::rename`]: ordered rules, first
+/// match wins, none by default), then prepend `dest_prefix/`. Discovery,
+/// verify, prune, the fence's scope and push events all map names here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RepoMapping {
     pub source_prefix: String,
     pub dest_prefix: String,
+    /// Renames of the names relative to the prefixes.
+    pub rename: std::sync::Arc<Rename>,
+    /// The mapping of a policy running backwards (after a failover): its
+    /// rename is the inverse one, and scope globs still match the names
+    /// the policy's source gives.
+    pub backwards: bool,
+    /// Refuse (per repository, at run time) names whose new name would not
+    /// map back to them: a policy's renames must survive failover and failback.
+    pub must_invert: bool,
+    /// Why this (reversed) mapping cannot map names back: every name is refused.
+    pub broken: Option<String>,
 }
 
 impl RepoMapping {
@@ -21,19 +35,44 @@ impl RepoMapping {
         RepoMapping {
             source_prefix: source_prefix.trim_matches('/').to_string(),
             dest_prefix: dest_prefix.trim_matches('/').to_string(),
+            ..RepoMapping::default()
         }
+    }
+
+    /// This mapping with renaming rules.
+    pub fn with_rename(mut self, rename: Rename, must_invert: bool) -> RepoMapping {
+        self.rename = std::sync::Arc::new(rename);
+        self.must_invert = must_invert;
+        self
     }
 
     /// The name a source repository gets at the destination, or `None` when
     /// it lies outside the source prefix.
     pub fn map(&self, source: &RepoName) -> Option<RepoName> {
-        let relative = source.strip_prefix(&self.source_prefix)?;
-        relative.with_prefix(&self.dest_prefix).ok()
+        self.try_map(source)?.ok()
     }
 
-    /// The name relative to the source prefix (what `--repo` globs match).
+    /// The name relative to the source prefix.
     pub fn relative(&self, source: &RepoName) -> Option<RepoName> {
         source.strip_prefix(&self.source_prefix)
+    }
+
+    /// The name scope globs (`--repo`, `repositories.include`) and a
+    /// policy's tag and repository rules are matched against: the name
+    /// relative to the source prefix, as the policy's own source names it
+    /// (mapped back when the policy runs backwards).
+    pub fn scope_name(&self, relative: &str) -> String {
+        if self.backwards { self.rename.apply(relative) } else { relative.to_string() }
+    }
+
+    /// The name (relative to the source prefix) that a plain name in the
+    /// scope's globs has at this mapping's source: itself, or — running
+    /// backwards — its renamed name. The inverse of [`RepoMapping::scope_name`].
+    pub fn source_name_of(&self, scope_name: &str) -> String {
+        match self.backwards {
+            true => self.rename.reversed().map_or_else(|_| scope_name.to_string(), |forward| forward.apply(scope_name)),
+            false => scope_name.to_string(),
+        }
     }
 
     /// The destination name of `source`: `None` when it lies outside the
@@ -41,7 +80,16 @@ impl RepoMapping {
     /// grammar (e.g. over 255 characters once the prefix is added).
     pub fn try_map(&self, source: &RepoName) -> Option<Result<RepoName, crate::registry::name::NameError>> {
         let relative = source.strip_prefix(&self.source_prefix)?;
-        Some(relative.with_prefix(&self.dest_prefix))
+        if self.rename.is_empty() {
+            return Some(relative.with_prefix(&self.dest_prefix));
+        }
+        Some(self.rename.apply(relative.as_str()).parse::<RepoName>().and_then(|r| r.with_prefix(&self.dest_prefix)))
+    }
+
+    /// The destination name relative to the destination prefix, as text
+    /// (for messages about names that break the grammar).
+    pub fn renamed(&self, relative: &str) -> String {
+        self.rename.apply(relative)
     }
 
     /// Whether `repo` lies in the namespace this mapping writes to, when
@@ -56,9 +104,36 @@ impl RepoMapping {
         dst_inside_src && (name == dst || name.starts_with(&format!("{dst}/")))
     }
 
-    /// The reverse mapping (for failover: destination becomes source).
+    /// The reverse mapping (for failover: destination becomes source),
+    /// renames inverted. Rules that cannot be inverted (refused in
+    /// policies by `policy check`) leave names unchanged on the way back,
+    /// and every name is then refused by [`RepoMapping::conflicts`].
     pub fn reversed(&self) -> RepoMapping {
-        RepoMapping { source_prefix: self.dest_prefix.clone(), dest_prefix: self.source_prefix.clone() }
+        let (rename, broken) = match self.rename.reversed() {
+            Ok(r) => (std::sync::Arc::new(r), None),
+            Err(e) => (std::sync::Arc::new(Rename::default()), Some(e.to_string())),
+        };
+        RepoMapping {
+            source_prefix: self.dest_prefix.clone(),
+            dest_prefix: self.source_prefix.clone(),
+            rename,
+            backwards: !self.backwards,
+            must_invert: self.must_invert,
+            broken,
+        }
+    }
+
+    /// The names (relative to the source prefix) this mapping must refuse:
+    /// two that get one destination name, and — for a policy — one whose
+    /// destination name does not map back to it.
+    pub fn conflicts<'a>(&self, relatives: impl IntoIterator<Item = &'a str>) -> Vec<super::rename::NameConflict> {
+        match &self.broken {
+            Some(why) => relatives
+                .into_iter()
+                .map(|r| super::rename::NameConflict { sources: vec![r.to_string()], message: why.clone() })
+                .collect(),
+            None => self.rename.check_names(relatives, self.must_invert),
+        }
     }
 }
 

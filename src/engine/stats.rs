@@ -25,6 +25,51 @@ pub struct Stats {
     pub digest_mismatches: AtomicU64,
 }
 
+/// Counters of the long phases before and after copying — planning
+/// (discovery and diffing) and deep verification — and the transfer in
+/// progress, for a progress display while thousands of tags are listed,
+/// compared and checked. Counters only grow.
+#[derive(Debug, Default)]
+pub struct PlanCounters {
+    /// Repositories in scope (known once the catalog is read).
+    pub repos_total: AtomicU64,
+    /// Repositories whose tags are listed.
+    pub repos_listed: AtomicU64,
+    /// Tags selected so far.
+    pub tags_found: AtomicU64,
+    /// Tags compared with the destination so far.
+    pub tags_compared: AtomicU64,
+    /// Manifests fetched and blobs checked by a deep verification so far.
+    pub deep_checked: AtomicU64,
+    /// The counters of the transfer running now, once planning is done.
+    transfer: std::sync::Mutex<Option<std::sync::Arc<Stats>>>,
+}
+
+impl PlanCounters {
+    /// (repos listed, repos in scope, tags found, tags compared).
+    pub fn read(&self) -> (u64, u64, u64, u64) {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        (g(&self.repos_listed), g(&self.repos_total), g(&self.tags_found), g(&self.tags_compared))
+    }
+
+    /// Manifests and blobs checked by a deep verification so far.
+    pub fn deep_checked(&self) -> u64 {
+        self.deep_checked.load(Ordering::Relaxed)
+    }
+
+    /// Say that `stats` count the transfer that runs now.
+    pub fn set_transfer(&self, stats: std::sync::Arc<Stats>) {
+        if let Ok(mut t) = self.transfer.lock() {
+            *t = Some(stats);
+        }
+    }
+
+    /// The transfer running now (the latest started), if any.
+    pub fn transfer(&self) -> Option<Snapshot> {
+        self.transfer.lock().ok().and_then(|t| t.as_ref().map(|s| s.snapshot()))
+    }
+}
+
 /// A point-in-time copy of [`Stats`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]

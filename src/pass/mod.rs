@@ -28,6 +28,7 @@ use crate::state::{StateDb, now_ms};
 pub mod fence;
 pub mod prune;
 pub mod metrics;
+pub mod preview;
 
 use fence::Site;
 use metrics::Metrics;
@@ -120,7 +121,11 @@ pub async fn run_pass(policy: &Policy, state: &StateDb, cancel: &Cancel, metrics
     };
     let (specs, reversed) = match (jobs_of(policy, state).await, state.is_reversed(&policy.name).await) {
         (Ok(specs), Ok(reversed)) => (specs, reversed),
-        (Err(e), _) | (_, Err(e)) => return failed(e.to_string()),
+        (Err(e), _) | (_, Err(e)) => {
+            let outcome = failed(e.to_string());
+            record_errors(policy, state, &outcome.destinations).await;
+            return outcome;
+        }
     };
     // The fence at the DR site: a contradiction stops every job of the
     // pass; a fence that cannot be read stops the DR job only.
@@ -167,11 +172,30 @@ pub async fn run_pass(policy: &Policy, state: &StateDb, cancel: &Cancel, metrics
         );
     }
     let destinations = futures::future::join_all(runs).await;
+    record_errors(policy, state, &destinations).await;
     PassOutcome { policy: policy.name.clone(), destinations }
 }
 
+/// Keep the pass-level errors and refusals of a pass (with their time) for
+/// the status page, the API and `jobs list`: a pass refused before it
+/// started has no execution to carry them.
+async fn record_errors(policy: &Policy, state: &StateDb, destinations: &[DestinationOutcome]) {
+    for d in destinations {
+        let refused = d.prune.as_ref().map(|p| p.refused.iter().map(|r| format!("deletions refused: {r}")).collect::<Vec<_>>().join("; "));
+        let error = match (&d.error, refused) {
+            (Some(e), _) if d.fenced => format!("pass refused by the failover fence: {e}"),
+            (Some(e), _) => format!("pass failed: {e}"),
+            (None, Some(r)) if !r.is_empty() => r,
+            _ => continue,
+        };
+        if let Err(e) = state.record_pass_error(&policy.name, &d.destination, &error).await {
+            tracing::error!(policy = %policy.name, error = %e, "cannot record the pass's error");
+        }
+    }
+}
+
 /// What the fence at the DR site says about a pass.
-enum FenceCheck {
+pub(crate) enum FenceCheck {
     Agrees,
     /// It contradicts the state: the reason and the way out.
     Refused(String),
@@ -179,7 +203,7 @@ enum FenceCheck {
     Unreadable(String),
 }
 
-async fn check_fence(policy: &Policy, reversed: bool) -> FenceCheck {
+pub(crate) async fn check_fence(policy: &Policy, reversed: bool) -> FenceCheck {
     let site = match Site::dr(policy) {
         None => return FenceCheck::Agrees,
         Some(Ok(site)) => site,
@@ -329,6 +353,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     // before its next writes.
     let switched = tokio_util::sync::CancellationToken::new();
     let watch = tokio::spawn(watch_direction(state.clone(), policy.name.clone(), direction, cancel.stop.clone(), switched.clone()));
+    job.spec.scope.counters.set_transfer(stats.clone());
     let report = job.run_leased(&plan, Some(state), &stats, cancel, Some(lease)).await;
     watch.abort();
     let report = match report {
@@ -442,7 +467,7 @@ async fn prune_leased(policy: &Policy, job: &Job, state: &StateDb, scope_key: &s
         }
         let owned = state.owned(&policy.name, destination).await.map_err(|e| e.to_string())?;
         let concurrency = policy.concurrency.max(4) * 2;
-        let guard = Guard { max_delete: policy.max_delete, force: policy.force_delete };
+        let guard = Guard { max_delete: policy.max_delete, force: policy.force_delete, dry_run: false };
         let p = prune(&*job.src, &*job.dst, &job.spec.scope, &policy.tags, concurrency, guard, &owned).await.map_err(|e| e.to_string())?;
         for (repo, tag) in &p.forget {
             if let Err(e) = state.forget_owned(&policy.name, destination, repo, tag).await {
@@ -471,7 +496,7 @@ fn owned_by(plan: &Plan, report: &Report) -> Vec<crate::state::Owned> {
 /// Hold back tags that failed on earlier passes: not yet due → skipped for
 /// now; failed too often with the same source digest → given up (recorded as
 /// failed, with the last error). Returns how many were deferred.
-async fn hold_back(plan: &mut Plan, state: &StateDb, scope_key: &str, give_up_after: u32) -> Result<usize, crate::state::StateError> {
+pub(crate) async fn hold_back(plan: &mut Plan, state: &StateDb, scope_key: &str, give_up_after: u32) -> Result<usize, crate::state::StateError> {
     let failing = state.failing_tags(scope_key).await?;
     if failing.is_empty() {
         return Ok(0);

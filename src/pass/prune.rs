@@ -53,6 +53,8 @@ pub struct PruneReport {
     pub due: usize,
     /// The guard was overridden for this pass.
     pub forced: bool,
+    /// Nothing was deleted: `deleted` is what would have been.
+    pub dry_run: bool,
     /// (destination repository, tag) deleted: their ownership records go.
     #[serde(skip)]
     pub forget: Vec<(String, String)>,
@@ -64,6 +66,8 @@ pub struct Guard {
     pub max_delete: MaxDelete,
     /// Delete beyond the share and from repositories whose source lists no tags.
     pub force: bool,
+    /// Decide and report only (`run --dry-run`): `deleted` lists what would go.
+    pub dry_run: bool,
 }
 
 /// What regferry wrote at the destination: digest by (destination repository, tag).
@@ -122,7 +126,7 @@ pub async fn prune(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, covers: &A
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
-    let mut report = PruneReport { forced: guard.force, ..PruneReport::default() };
+    let mut report = PruneReport { forced: guard.force, dry_run: guard.dry_run, ..PruneReport::default() };
     if owned.is_empty() && sweeps.iter().any(|s| !s.kept.is_empty()) {
         report.kept.push(format!(
             "the state has no record of what this policy wrote at {}: deleting nothing there until passes have recorded it",
@@ -184,6 +188,10 @@ pub async fn prune(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, covers: &A
                     report.errors.push(format!("not deleting {repo}:{t}: cannot confirm at the source that {source}:{t} is gone: {e}"));
                     continue;
                 }
+            }
+            if guard.dry_run {
+                report.deleted.push(format!("{repo}:{t}"));
+                continue;
             }
             let deleted = match how {
                 How::Digest => delete_manifest(dst, repo, digest).await.map(|()| true),

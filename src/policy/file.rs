@@ -88,6 +88,10 @@ pub struct RawSource {
     /// Upload blobs to this registry in chunks of this size (e.g. `8MiB`).
     #[serde(default)]
     pub chunk_size: Option<At<String>>,
+    /// Other `host[:port]` names of this registry (an IP, a front's
+    /// external hostname) that its push events may carry.
+    #[serde(default)]
+    pub aliases: Vec<At<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +124,10 @@ pub struct RawDestination {
     /// Upload blobs to this registry in chunks of this size (e.g. `8MiB`).
     #[serde(default)]
     pub chunk_size: Option<At<String>>,
+    /// Other `host[:port]` names of this registry (an IP, a front's
+    /// external hostname) that its push events may carry.
+    #[serde(default)]
+    pub aliases: Vec<At<String>>,
 }
 
 /// Where a registry's credentials come from. Secrets are never written in
@@ -151,6 +159,18 @@ pub struct RawRepositories {
     pub include: Vec<At<String>>,
     #[serde(default)]
     pub exclude: Vec<At<String>>,
+    /// Ordered renaming rules, first match wins.
+    #[serde(default)]
+    pub rename: Vec<At<RawRename>>,
+}
+
+/// One renaming rule: `from` a regex over the name relative to the source
+/// prefix, `to` a template (`$1`, `${name}`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRename {
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,6 +20,7 @@ use std::time::Duration;
 use crate::engine::discover::{RepoFilter, Scope};
 use crate::engine::execute::ExecuteOptions;
 use crate::engine::plan::RepoMapping;
+use crate::engine::rename::{Rename, RenameRule};
 use crate::engine::platforms::{FilterMode, PlatformFilter};
 use crate::engine::referrers::ReferrerOptions;
 use crate::job::JobSpec;
@@ -161,6 +162,8 @@ pub struct Destination {
     pub endpoint: Endpoint,
     /// Prefix for repository names at the destination ("" keeps names).
     pub namespace: String,
+    /// Other `host[:port]` names of the registry, matched in push events.
+    pub aliases: Vec<String>,
 }
 
 impl Destination {
@@ -179,8 +182,12 @@ pub struct Policy {
     pub source: Endpoint,
     /// Repositories to take instead of the catalog.
     pub source_repositories: Vec<String>,
+    /// Other `host[:port]` names of the source registry, matched in push events.
+    pub source_aliases: Vec<String>,
     pub destinations: Vec<Destination>,
     pub repos: RepoFilter,
+    /// `repositories.rename`: names relative to the prefixes, mapped back after a failover.
+    pub rename: Arc<Rename>,
     pub tags: Arc<TagFilter>,
     /// Copy only these platforms of multi-platform images.
     pub platforms: Option<Arc<PlatformFilter>>,
@@ -197,6 +204,8 @@ pub struct Policy {
     /// body that is not a fence) as if there were none: `run
     /// --ignore-unreadable-fence`, never read from a policy file.
     pub ignore_unreadable_fence: bool,
+    /// Where the jobs of this policy count their progress (a CLI shows it).
+    pub progress: Arc<crate::engine::stats::PlanCounters>,
     pub trigger: Trigger,
     pub retry: RetryPolicy,
     pub concurrency: usize,
@@ -218,7 +227,7 @@ impl Policy {
     /// The job that replicates this policy from `source` to `destination`
     /// (normally its own source and one of its destinations; reversed after a failover).
     pub fn job_spec(&self, source: &Endpoint, source_prefix: &str, destination: &Endpoint, dest_prefix: &str) -> JobSpec {
-        let mapping = RepoMapping::new(source_prefix, dest_prefix);
+        let mapping = RepoMapping::new(source_prefix, dest_prefix).with_rename(self.rename.as_ref().clone(), true);
         let mut source = source.clone();
         source.url = source.url.with_prefix(source_prefix);
         let mut destination = destination.clone();
@@ -233,6 +242,7 @@ impl Policy {
                 referrers: self.referrers.clone(),
                 immutable: self.tags.immutable,
                 platforms: self.platforms.clone(),
+                counters: self.progress.clone(),
                 ..Scope::new(mapping, self.repos.clone(), self.tags.clone())
             },
             scope_words: self.scope_words.clone(),
@@ -257,6 +267,10 @@ impl Policy {
         let mut spec = self.job_spec(&destination.endpoint, dest_prefix.prefix(), &self.source, self.source.url.prefix());
         spec.reversed = true;
         spec.scope.explicit = Vec::new();
+        // Names mapped back: strip the DR prefix, undo the renames, add the source's.
+        spec.scope.mapping = RepoMapping::new(self.source.url.prefix(), dest_prefix.prefix())
+            .with_rename(self.rename.as_ref().clone(), true)
+            .reversed();
         // The primary keeps every platform; the DR site holds the selection.
         spec.scope.platforms =
             self.platforms.as_deref().map(|f| Arc::new(PlatformFilter { destination_may_hold_more: true, ..f.clone() }));
@@ -344,12 +358,28 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
 /// Load and check every policy at `path`. `env` looks up environment
 /// variables (credentials); pass `|k| std::env::var(k).ok()`.
 pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<PolicySet, PolicyError> {
+    load_with(path, env, false)
+}
+
+/// [`load`] for `policy check --offline` (CI without secrets): credentials'
+/// environment variables, password files, auth files, CA bundles and client
+/// certificates need not exist (their fields are still checked); nothing
+/// loaded this way is fit to connect with.
+pub fn load_offline(path: &Path) -> Result<PolicySet, PolicyError> {
+    load_with(path, &|k| std::env::var(k).ok().or_else(|| Some(OFFLINE_PLACEHOLDER.to_string())), true)
+}
+
+/// What an absent secret reads as in an offline check (a URL, so that a
+/// webhook address from the environment passes as well).
+const OFFLINE_PLACEHOLDER: &str = "https://offline-check.invalid/";
+
+fn load_with(path: &Path, env: &dyn Fn(&str) -> Option<String>, offline: bool) -> Result<PolicySet, PolicyError> {
     let mut issues = Vec::new();
     let mut policies: Vec<Policy> = Vec::new();
     let mut names: HashMap<String, (PathBuf, u64)> = HashMap::new();
     for file in files(path)? {
         let text = std::fs::read_to_string(&file).map_err(|source| PolicyError::Read { path: file.clone(), source })?;
-        let mut check = Checker { file: &file, issues: &mut issues, env };
+        let mut check = Checker { file: &file, issues: &mut issues, env, offline };
         let Some(policy) = check.policy(&text) else { continue };
         let line = policy_line(&text, "name");
         if let Some((other, other_line)) = names.get(&policy.name) {
@@ -372,6 +402,8 @@ struct Checker<'a> {
     file: &'a Path,
     issues: &'a mut Vec<PolicyIssue>,
     env: &'a dyn Fn(&str) -> Option<String>,
+    /// Files holding secrets (and TLS files) need not exist.
+    offline: bool,
 }
 
 fn line<T>(v: &At<T>) -> Option<u64> {
@@ -430,6 +462,7 @@ impl Checker<'_> {
             })
             .collect();
 
+        let source_aliases = self.aliases(&raw.source.aliases, "source");
         if raw.destinations.value.is_empty() {
             self.issue(line(&raw.destinations), "destinations", "at least one destination is required");
         }
@@ -448,7 +481,8 @@ impl Checker<'_> {
                     self.ok(n, &format!("{field}.namespace"), ok);
                 }
             if let Some(endpoint) = endpoint {
-                destinations.push(Destination { endpoint, namespace });
+                let aliases = self.aliases(&d.aliases, &field);
+                destinations.push(Destination { endpoint, namespace, aliases });
             }
         }
 
@@ -464,6 +498,16 @@ impl Checker<'_> {
         }
         let values = |l: &[At<String>]| l.iter().map(|g| g.value.clone()).collect::<Vec<_>>();
         let repos = RepoFilter::new(&values(include), &values(exclude)).ok();
+        // Renames must map back exactly (failover and failback use the inverse).
+        let mut rename_rules = Vec::new();
+        for (i, r) in raw.repositories.iter().flat_map(|r| r.rename.iter()).enumerate() {
+            let ok = RenameRule::new(&r.value.from, &r.value.to).and_then(|rule| rule.inverse().map(|_| rule)).map_err(|e| e.to_string());
+            if let Some(rule) = self.ok(r, &format!("repositories.rename[{i}]"), ok) {
+                rename_rules.push(rule);
+            }
+        }
+        let rename_words: Vec<String> = rename_rules.iter().map(|r| format!("rename:{r}")).collect();
+        let rename = Rename::new(rename_rules);
 
         let signatures = raw.signatures.unwrap_or(true);
         let mut tags = TagFilter { signatures, ..TagFilter::default() };
@@ -544,6 +588,9 @@ impl Checker<'_> {
 
         let mut receivers = Vec::new();
         for (i, r) in raw.notify.iter().flatten().enumerate() {
+            if self.offline && r.value.url_file.as_ref().is_some_and(|f| !Path::new(f).exists()) {
+                continue; // a secret file of the deployment, absent in CI
+            }
             match notify::check(&r.value, self.env) {
                 Ok(receiver) => receivers.push(receiver),
                 Err((field, message)) => {
@@ -572,13 +619,16 @@ impl Checker<'_> {
         let mut scope_words: Vec<String> = values(include).into_iter().map(|g| format!("+{g}")).collect();
         scope_words.extend(values(exclude).into_iter().map(|g| format!("-{g}")));
         scope_words.extend(platforms.as_ref().map(|p| p.scope_word()));
+        scope_words.extend(rename_words);
         Some(Policy {
             name,
             file: self.file.to_path_buf(),
             source: source?,
             source_repositories,
+            source_aliases,
             destinations,
             repos: repos?,
+            rename: Arc::new(rename),
             tags: Arc::new(tags),
             platforms: platforms.map(Arc::new),
             referrers: Arc::new(referrers),
@@ -587,6 +637,7 @@ impl Checker<'_> {
             max_delete,
             force_delete: false,
             ignore_unreadable_fence: false,
+            progress: Arc::default(),
             trigger: trigger?,
             retry,
             concurrency,
@@ -621,6 +672,21 @@ impl Checker<'_> {
         (good.len() == list.value.len()).then(|| PlatformFilter::parse(&good, mode).ok()).flatten()
     }
 
+    /// A registry entry's `aliases:`: `host[:port]` each.
+    fn aliases(&mut self, list: &[At<String>], field: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, a) in list.iter().enumerate() {
+            let v = a.value.trim().to_ascii_lowercase();
+            let ok = if !v.is_empty() && !v.contains(['/', '@', ' ']) && url::Url::parse(&format!("https://{v}")).is_ok() {
+                Ok(v)
+            } else {
+                Err(format!("{:?} is not a host[:port] (e.g. 10.0.0.5:5000 or harbor.example.com)", a.value))
+            };
+            out.extend(self.ok(a, &format!("{field}.aliases[{i}]"), ok));
+        }
+        out
+    }
+
     /// `endpoint` with the registry entry's `chunk_size`, if it gives one.
     fn chunk_size(&mut self, mut endpoint: Endpoint, size: Option<&At<String>>, field: &str) -> Option<Endpoint> {
         if let Some(size) = size {
@@ -646,7 +712,9 @@ impl Checker<'_> {
         let (client_cert, client_key) = match (fields.client_cert, fields.client_key) {
             (Some(c), Some(k)) => {
                 let (cert, key) = (PathBuf::from(&c.value), PathBuf::from(&k.value));
-                self.ok(c, &format!("{field}.client_cert"), Tls::check_client_identity(&cert, &key))?;
+                if !self.offline {
+                    self.ok(c, &format!("{field}.client_cert"), Tls::check_client_identity(&cert, &key))?;
+                }
                 (Some(cert), Some(key))
             }
             (None, None) => (None, None),
@@ -662,7 +730,7 @@ impl Checker<'_> {
         let ca = match fields.ca_file {
             Some(ca) => {
                 let path = PathBuf::from(&ca.value);
-                let ok = Tls::check_ca_file(&path).map(|()| path);
+                let ok = if self.offline { Ok(path) } else { Tls::check_ca_file(&path).map(|()| path) };
                 Some(self.ok(ca, &format!("{field}.ca_file"), ok)?)
             }
             None => None,
@@ -693,6 +761,9 @@ impl Checker<'_> {
             // Read (and helpers run) when a client needs them, each pass;
             // here only check that the files parse.
             let files: Vec<PathBuf> = raw.auth_file.iter().map(PathBuf::from).collect();
+            if self.offline {
+                return Some(CredentialSource::ConfigFiles { files });
+            }
             return docker_config::check(&files).map(|()| CredentialSource::ConfigFiles { files }).map_err(|e| self.issue(at, field, e.to_string())).ok();
         }
         let username = match (&raw.username, &raw.username_env) {
@@ -718,6 +789,7 @@ impl Checker<'_> {
                     return None;
                 }
             },
+            (None, Some(_)) if self.offline => Some(OFFLINE_PLACEHOLDER.to_string()),
             (None, Some(path)) => match std::fs::read_to_string(path) {
                 Ok(v) => Some(v.trim_end_matches(['\n', '\r']).to_string()),
                 Err(e) => {
@@ -788,9 +860,10 @@ mod tests {
         assert!(matches!(p.trigger, Trigger::Cron(_)));
         assert_eq!((p.overwrite, p.delete, p.concurrency, p.retry), (true, false, 8, RetryPolicy::default()));
         let spec = p.forward(&p.destinations[0]);
-        assert_eq!(spec.scope.mapping, RepoMapping::new("team", "base/mirror"));
+        let prefixes = |m: &RepoMapping| (m.source_prefix.clone(), m.dest_prefix.clone(), m.backwards);
+        assert_eq!(prefixes(&spec.scope.mapping), ("team".into(), "base/mirror".into(), false));
         let back = p.reverse(&p.destinations[0]);
-        assert_eq!(back.scope.mapping, RepoMapping::new("base/mirror", "team"));
+        assert_eq!(prefixes(&back.scope.mapping), ("base/mirror".into(), "team".into(), true));
         assert!(back.reversed && back.scope_key() != spec.scope_key());
     }
 

@@ -86,7 +86,7 @@ pub enum RegistryError {
     Transport { registry: String, method: String, path: String, message: String },
 
     /// The registry answered with an unexpected status.
-    #[error("{method} {path} at {registry}: HTTP {status}{}", fmt_api_errors(errors))]
+    #[error("{method} {path} at {registry}: HTTP {status}{}{}", fmt_api_errors(errors), what_to_do(*status, errors))]
     Status {
         registry: String,
         method: String,
@@ -153,6 +153,20 @@ pub enum RegistryError {
 /// `repo:tag` or `repo@digest`.
 fn name_ref(repo: &str, reference: &str) -> String {
     if reference.contains(':') { format!("{repo}@{reference}") } else { format!("{repo}:{reference}") }
+}
+
+/// What the operator should do about an answer that only a front (not the
+/// registry) gives: nginx answers a TLS client without the client
+/// certificate it requires with `400 No required SSL certificate was sent`
+/// (and one it does not accept with `400 The SSL certificate error`).
+fn what_to_do(status: u16, errors: &[ApiError]) -> &'static str {
+    let says = |text: &str| errors.iter().any(|e| e.message.to_ascii_lowercase().contains(text));
+    if status == 400 && (says("no required ssl certificate was sent") || says("the ssl certificate error")) {
+        " — the registry requires a client certificate (--from-cert/--from-key or --to-cert/--to-key, \
+         a policy's client_cert/client_key, or certs.d/<host>/client.cert and client.key)"
+    } else {
+        ""
+    }
 }
 
 fn fmt_api_errors(errors: &[ApiError]) -> String {

@@ -22,6 +22,7 @@ mod owned;
 pub mod overview;
 mod push_events;
 mod refused;
+pub mod pass_errors;
 mod referrers;
 mod recorder;
 pub mod status;

@@ -383,6 +383,9 @@ async fn mutual_tls_with_client_certificates() {
     // Without a client certificate nginx refuses.
     let run = regferry(&scratch, &["migrate", "--from", &front.url, "--to", &dst.url, "--state", &state, "--from-ca", &ca], &[]).await;
     assert_eq!(run.code, 1, "{}", run.stderr);
+    // …and the error says what to do about it.
+    assert!(run.stderr.contains("No required SSL certificate was sent"), "{}", run.stderr);
+    assert!(run.stderr.contains("the registry requires a client certificate (--from-cert/--from-key"), "{}", run.stderr);
 
     let run = regferry(
         &scratch,

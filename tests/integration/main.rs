@@ -11,6 +11,7 @@ mod dr;
 mod dr_safety;
 mod dr_ownership;
 mod dr_soak;
+mod firsthour;
 mod identities;
 mod faults;
 mod memory;

@@ -70,6 +70,7 @@ pub fn command(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> tokio:
         .env_remove("REGFERRY_FROM_CREDS")
         .env_remove("REGFERRY_TO_CREDS")
         .env("HOME", scratch.dir.path())
+        .env("XDG_STATE_HOME", scratch.path("xdg-state"))
         .env("DOCKER_CONFIG", scratch.path("no-docker-config"))
         .stdin(Stdio::null())
         .kill_on_drop(true);
