@@ -60,7 +60,7 @@ impl StateDb {
         delay: &(dyn Fn(u32) -> Duration + Sync),
     ) -> Result<(), StateError> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         for o in outcomes {
             match o {
                 Outcome::Succeeded { repo, tag } => {
@@ -116,7 +116,7 @@ impl StateDb {
 
     /// Forget the failures of the given tags (an operator asked for a retry).
     pub async fn clear_failing(&self, tags: &[(String, String, String)]) -> Result<u64, StateError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut n = 0;
         for (scope_key, repo, tag) in tags {
             n += sqlx::query("DELETE FROM failing_tags WHERE scope_key = $1 AND source_repo = $2 AND tag = $3")

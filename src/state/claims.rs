@@ -71,7 +71,7 @@ impl StateDb {
                AND EXISTS (SELECT 1 FROM executions e WHERE e.id = $4 AND e.status = 'running' AND e.cancel_requested = 0) \
              RETURNING id, source_repo, dest_repo, tag, source_digest, media_type, reason"
         );
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&w.id).bind(now + w.lease_ms()).bind(now).bind(execution).bind(i64::from(coordinator)).fetch_optional(&mut *tx).await?;
         let Some(row) = row else {
             tx.commit().await?;
@@ -111,7 +111,7 @@ impl StateDb {
     pub async fn end_claim(&self, id: i64, status: super::TaskStatus, error: Option<&str>) -> Result<(), StateError> {
         let now = self.clock().await?;
         let me = &self.worker().id;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE tasks SET status = $1, last_error = COALESCE($2, CASE WHEN $1 = 'succeeded' THEN NULL ELSE last_error END), \
              finished_at = CASE WHEN $1 = 'canceled' THEN finished_at ELSE $3 END, updated_at = $3 \

@@ -58,7 +58,7 @@ impl StateDb {
     /// next worker through the fence mounts from there).
     pub async fn leave_fence(&self, registry: &str, digest: &str, holder_repo: Option<&str>) -> Result<(), StateError> {
         let now = self.clock().await?;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         if let Some(repo) = holder_repo {
             sqlx::query(
                 "INSERT INTO blob_locations (registry, digest, repo, seen_at) VALUES ($1, $2, $3, $4) \

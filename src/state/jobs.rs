@@ -217,7 +217,7 @@ impl StateDb {
     /// of tasks queued, or `None` when there is no such execution.
     pub async fn request_retry(&self, execution: i64) -> Result<Option<u64>, StateError> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let Some(row) = sqlx::query("SELECT scope_key, status FROM executions WHERE id = $1").bind(execution).fetch_optional(&mut *tx).await?
         else {
             return Ok(None);
@@ -252,7 +252,7 @@ impl StateDb {
     /// one that is not running has its unfinished tasks canceled now.
     pub async fn request_cancel(&self, execution: i64) -> Result<Option<CancelOutcome>, StateError> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let Some(row) = sqlx::query("SELECT status FROM executions WHERE id = $1").bind(execution).fetch_optional(&mut *tx).await? else {
             return Ok(None);
         };

@@ -193,7 +193,7 @@ impl StateDb {
 
     /// Expire everything worker `worker` holds: its leases, task claims and blob fences.
     async fn reap(&self, worker: &str) -> Result<(), StateError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE leases SET expires_at = 0 WHERE holder = $1").bind(worker).execute(&mut *tx).await?;
         sqlx::query("UPDATE tasks SET lease_expires_at = 0 WHERE worker = $1 AND status IN ('running', 'retrying')")
             .bind(worker)

@@ -146,6 +146,18 @@ impl StateDb {
         &self.pool
     }
 
+    /// Begin a transaction that writes. On SQLite it takes the write lock at
+    /// once (`BEGIN IMMEDIATE`, waiting up to the busy timeout for another
+    /// process): a deferred transaction that read first and then writes is
+    /// refused at once with "database is locked" when another process wrote
+    /// in between, and cannot wait for it.
+    pub(in crate::state) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StateError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Now, in milliseconds since the Unix epoch, on the clock that decides
     /// expiries (leases, claims, fences): the PostgreSQL server's, shared by
     /// every worker whatever its own clock says; this machine's for SQLite,
@@ -173,7 +185,7 @@ impl StateDb {
     /// else create a new one.
     pub async fn begin_execution(&self, spec: &ExecutionSpec) -> Result<ExecutionStart, StateError> {
         let now = self.clock().await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let latest =
             // An execution an operator asked to retry comes first, then the latest.
             sqlx::query(
@@ -265,7 +277,7 @@ impl StateDb {
     /// date keeps its `succeeded` status.
     pub async fn record_plan(&self, execution: i64, plan: &Plan) -> Result<Vec<i64>, StateError> {
         let now = self.clock().await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut ids = Vec::with_capacity(plan.items.len());
         for item in &plan.items {
             let status = match item.action {
@@ -361,7 +373,7 @@ impl StateDb {
         error: Option<&str>,
     ) -> Result<(), StateError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if status != ExecutionStatus::Canceled {
             sqlx::query(
                 "UPDATE tasks SET status = 'canceled', last_error = 'no longer at the source or in scope', updated_at = $1 \

@@ -150,7 +150,7 @@ impl StateDb {
     /// when the policy flips between failing and healthy.
     pub async fn record_health(&self, policy: &str, failing: bool, direction: &str) -> Result<Option<Health>, StateError> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let before = sqlx::query("SELECT failing, since, direction FROM policy_health WHERE policy = $1")
             .bind(policy)
             .fetch_optional(&mut *tx)

@@ -73,7 +73,7 @@ async fn run(db: StateDb, registry: String, mut rx: mpsc::Receiver<Event>) -> Re
 async fn write(db: &StateDb, registry: &str, events: &[Event]) -> Result<(), StateError> {
     let now = now_ms();
     let me = db.worker().id.clone();
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin_write().await?;
     for event in events {
         let id = |index: &usize| i64::try_from(*index).unwrap_or(-1);
         let query = match event {

@@ -30,7 +30,7 @@ impl StateDb {
             return Ok(());
         }
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         for (repo, subject, digest) in lists {
             sqlx::query(
                 "INSERT INTO referrer_lists (scope_key, source_repo, subject, list_digest, checked_at) VALUES ($1, $2, $3, $4, $5) \

@@ -374,7 +374,8 @@ async fn a_worker_frozen_mid_upload_blocks_nobody_and_corrupts_nothing() {
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let stopped = Instant::now();
     // The other worker gets on with it while the first is frozen.
-    wait_until(Duration::from_secs(12), "the other worker to finish a task while the first is frozen", async || {
+    // (Fence expiry 2 s, then 3 MiB at 1 MiB/s: ~5 s on a quiet machine.)
+    wait_until(Duration::from_secs(40), "the other worker to finish a task while the first is frozen", async || {
         count(&pg, &db, &format!("SELECT COUNT(*) FROM task_claims WHERE worker = '{other}' AND ended_at IS NOT NULL")) > 0
     })
     .await;

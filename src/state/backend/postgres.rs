@@ -24,10 +24,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Set on every connection, so that nothing the database does can wedge a
 /// run: a statement waits at most this long for a row lock, and …
-const LOCK_TIMEOUT: &str = "20s";
+const LOCK_TIMEOUT: &str = "10s";
 /// … a transaction left open by a process that stopped talking (frozen,
 /// or a bug) is ended by the server, releasing its locks.
-const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "10s";
 
 fn migrations() -> Migrator {
     migrator(vec![

@@ -153,6 +153,31 @@ mod tests {
         assert!(shown.contains("file is not a database") && shown.contains("garbage.db") && !shown.contains('\n'), "{shown}");
     }
 
+    /// Two processes writing one file at once (here two pools) wait for
+    /// each other: a transaction that reads and then writes takes the write
+    /// lock first, so SQLite never refuses it at once as "database is
+    /// locked" (seen with two migrates at once on one state file).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_writers_of_one_file_wait_for_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let location: crate::state::StateLocation = dir.path().join("s.db").into();
+        let (a, b) = (StateDb::open(&location).await.unwrap(), StateDb::open(&location).await.unwrap());
+        let writer = |db: StateDb, name: &'static str| {
+            tokio::spawn(async move {
+                for i in 0..60 {
+                    let mut spec = crate::state::testing::spec("migrate");
+                    spec.scope_key = format!("{name}-{}", i % 3);
+                    let id = db.begin_execution(&spec).await?.id;
+                    db.request_retry(id).await?;
+                }
+                Ok::<_, crate::state::StateError>(())
+            })
+        };
+        let (ra, rb) = tokio::join!(writer(a, "a"), writer(b, "b"));
+        ra.unwrap().unwrap();
+        rb.unwrap().unwrap();
+    }
+
     /// Six connections creating one new file at once all open it (each
     /// process has its own pool; here each `open` does).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
