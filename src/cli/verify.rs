@@ -11,7 +11,7 @@ use serde_json::json;
 
 use regferry::pass::jobs_of;
 use regferry::dr::lag::Lag;
-use regferry::dr::verify::{VerifyOptions, VerifyReport, verify};
+use regferry::dr::verify::{VerifyOptions, VerifyReport, check_required, verify};
 use regferry::engine::discover::{AllTags, RepoFilter, Scope};
 use regferry::engine::plan::RepoMapping;
 use regferry::engine::platforms::{FilterMode, PlatformFilter};
@@ -115,7 +115,7 @@ pub(super) fn report_text(title: &str, r: &VerifyReport) -> String {
     let _ = writeln!(out, "verify {title}{}: {verdict}", if r.deep { " (deep)" } else { "" });
     let _ = writeln!(
         out,
-        "  {} repositories, {} tags: {} identical, {} missing, {} digest differs, {} media type differs, {} only at destination{}{}, {} errors",
+        "  {} repositories, {} tags: {} identical, {} missing, {} digest differs, {} media type differs, {} only at destination{}{}{}, {} errors",
         r.repositories,
         r.tags,
         r.identical,
@@ -125,6 +125,7 @@ pub(super) fn report_text(title: &str, r: &VerifyReport) -> String {
         r.only_at_destination,
         if r.deep { format!(", {} not pullable", r.not_pullable) } else { String::new() },
         if r.referrers_missing > 0 { format!(", {} with referrers missing", r.referrers_missing) } else { String::new() },
+        if r.unsigned > 0 { format!(", {} unsigned", r.unsigned) } else { String::new() },
         r.errors
     );
     if r.no_selected_platform > 0 {
@@ -227,7 +228,13 @@ pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
                 for spec in jobs_of(p, &state).await? {
                     let (source, destination, reversed) = (spec.source.url.to_string(), spec.destination.url.to_string(), spec.reversed);
                     let result = match Job::connect(spec).await {
-                        Ok(job) => verify(&*job.src, &*job.dst, &job.spec.scope, &options).await.map_err(|e| JobError::from(e).to_string()),
+                        Ok(job) => match verify(&*job.src, &*job.dst, &job.spec.scope, &options).await {
+                            Ok(mut report) => {
+                                check_required(&job.dst, &job.spec.scope, &mut report, concurrency).await;
+                                Ok(report)
+                            }
+                            Err(e) => Err(JobError::from(e).to_string()),
+                        },
                         Err(e) => Err(e.to_string()),
                     };
                     outcomes.push(Outcome { policy: Some(p.name.clone()), reversed, source, destination, result });

@@ -132,6 +132,8 @@ pub struct Scope {
     pub referrers: Arc<ReferrerOptions>,
     /// Immutable tags: a tag the destination lists is never checked again.
     pub immutable: bool,
+    /// What a tag must have to be copied (policy `require:`; see [`super::gate`]).
+    pub require: Option<Arc<super::gate::Requirement>>,
 }
 
 impl Scope {
@@ -141,7 +143,7 @@ impl Scope {
 
     /// A scope with the default referrer handling and mutable tags.
     pub fn new(mapping: RepoMapping, repos: RepoFilter, tags: Arc<dyn TagSelector>) -> Scope {
-        Scope { mapping, repos, explicit: Vec::new(), tags, platforms: None, referrers: Arc::default(), immutable: false }
+        Scope { mapping, repos, explicit: Vec::new(), tags, platforms: None, referrers: Arc::default(), immutable: false, require: None }
     }
 
     /// The tags of `repo` this scope replicates: the selector's choice,

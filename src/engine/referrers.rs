@@ -527,6 +527,27 @@ pub async fn check_api_referrers(
     ApiCheck { lists: out, unsupported: false }
 }
 
+/// The entries (of the wanted `types`) of the source's fallback tag `tag`
+/// that the destination's index of the same tag does not list, for
+/// `verify` to name each one.
+pub async fn referrer_gap(
+    src: &dyn Scheme,
+    dst: &dyn Scheme,
+    source_repo: &RepoName,
+    dest_repo: &RepoName,
+    tag: &Tag,
+    types: &[String],
+) -> Result<Vec<ReferrerEntry>, RegistryError> {
+    let body = src.get_manifest(source_repo, &Reference::Tag(tag.clone()), &Scopes::pull(source_repo)).await?;
+    let entries = verbs::filter(verbs::parse_index(&body.bytes).map_err(|e| protocol(src, format!("{source_repo}:{tag}: {e}")))?, types);
+    let have: HashSet<Digest> = match dst.get_manifest(dest_repo, &Reference::Tag(tag.clone()), &Scopes::pull(dest_repo)).await {
+        Ok(b) => verbs::parse_index(&b.bytes).map_err(|e| protocol(dst, format!("{dest_repo}:{tag}: {e}")))?.into_iter().map(|e| e.digest).collect(),
+        Err(e) if e.status() == Some(404) || e.has_code("MANIFEST_UNKNOWN") => HashSet::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(entries.into_iter().filter(|e| !have.contains(&e.digest)).collect())
+}
+
 /// Destination referrers a verified fallback tag lists at the source but
 /// the destination lacks (as manifests), for `verify`.
 pub async fn missing_referrers(

@@ -32,6 +32,7 @@ struct Series {
     deletions_refused: u64,
     fenced_passes: u64,
     unmatched_patterns: u64,
+    tags_unsigned: u64,
 }
 
 /// The daemon's metrics (cheap to share behind an `Arc`).
@@ -103,8 +104,9 @@ impl Metrics {
             s.deletions_refused += u64::from(!p.refused.is_empty());
         }
         s.fenced_passes += u64::from(outcome.fenced);
-        if outcome.report.is_some() {
+        if let Some(r) = &outcome.report {
             s.unmatched_patterns = outcome.unmatched.len() as u64;
+            s.tags_unsigned = r.unsigned.len() as u64;
         }
         if outcome.ok() {
             s.last_success_timestamp = now;
@@ -120,7 +122,7 @@ impl Metrics {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP regferry_policies Policies loaded.\n# TYPE regferry_policies gauge\nregferry_policies {policies}");
         type Get = fn(&Series) -> f64;
-        let families: [(&str, &str, &str, Get); 18] = [
+        let families: [(&str, &str, &str, Get); 19] = [
             ("regferry_tags_copied_total", "counter", "Tags copied.", |s| s.tags_copied as f64),
             ("regferry_tags_skipped_total", "counter", "Tags left alone (up to date, deferred or not to be overwritten).", |s| {
                 s.tags_skipped as f64
@@ -149,6 +151,9 @@ impl Metrics {
             }),
             ("regferry_fenced_passes_total", "counter", "Passes refused because the failover fence at the DR site contradicts the state.", |s| {
                 s.fenced_passes as f64
+            }),
+            ("regferry_tags_unsigned", "gauge", "Tags held back in the last pass because they do not meet the policy's require (unsigned).", |s| {
+                s.tags_unsigned as f64
             }),
             ("regferry_policy_unmatched_patterns", "gauge", "Repository globs of the policy that matched no source repository in the last pass.", |s| {
                 s.unmatched_patterns as f64

@@ -21,6 +21,8 @@ use crate::engine::discover::{RepoFilter, Scope};
 use crate::engine::execute::ExecuteOptions;
 use crate::engine::plan::RepoMapping;
 use crate::engine::platforms::{FilterMode, PlatformFilter};
+use crate::engine::cosign::TrustedKey;
+use crate::engine::gate::Requirement;
 use crate::engine::referrers::ReferrerOptions;
 use crate::job::JobSpec;
 use crate::registry::endpoint::parse_size;
@@ -186,6 +188,8 @@ pub struct Policy {
     pub platforms: Option<Arc<PlatformFilter>>,
     /// Whether (and which) referrers travel with their subjects.
     pub referrers: Arc<ReferrerOptions>,
+    /// What a tag must have to be copied (`require:`).
+    pub require: Option<Arc<Requirement>>,
     pub overwrite: bool,
     pub delete: bool,
     /// The deletion guard's limit per pass and destination.
@@ -229,6 +233,7 @@ impl Policy {
                 referrers: self.referrers.clone(),
                 immutable: self.tags.immutable,
                 platforms: self.platforms.clone(),
+                require: self.require.clone(),
                 ..Scope::new(mapping, self.repos.clone(), self.tags.clone())
             },
             scope_words: self.scope_words.clone(),
@@ -495,6 +500,7 @@ impl Checker<'_> {
         }
 
         let platforms = self.platforms(raw.platforms.as_ref(), raw.platform_filter.as_ref());
+        let require = raw.require.as_ref().and_then(|r| self.require(r));
 
         let trigger = match &raw.trigger {
             Some(t) => match (&t.interval, &t.cron) {
@@ -578,6 +584,7 @@ impl Checker<'_> {
             tags: Arc::new(tags),
             platforms: platforms.map(Arc::new),
             referrers: Arc::new(referrers),
+            require: require.map(Arc::new),
             overwrite: raw.overwrite.unwrap_or(true),
             delete: raw.delete.unwrap_or(false),
             max_delete,
@@ -589,6 +596,26 @@ impl Checker<'_> {
             client,
             scope_words,
         })
+    }
+
+    /// `require:`: each key file read now (relative to the policy file's
+    /// directory), each type checked on its own line. `None` when empty.
+    fn require(&mut self, raw: &At<file::RawRequire>) -> Option<Requirement> {
+        let mut req = Requirement::default();
+        let dir = self.file.parent().map(Path::to_path_buf).unwrap_or_default();
+        for (i, k) in raw.value.signed_by.iter().enumerate() {
+            let path = dir.join(&k.value);
+            let ok = TrustedKey::load(&path).map_err(|e| e.to_string());
+            req.signed_by.extend(self.ok(k, &format!("require.signed_by[{i}]"), ok));
+        }
+        for (i, t) in raw.value.referrer_types.iter().enumerate() {
+            let ok = crate::engine::referrers::check_artifact_type(&t.value).map(|()| t.value.clone());
+            req.referrer_types.extend(self.ok(t, &format!("require.referrer_types[{i}]"), ok));
+        }
+        if raw.value.signed_by.is_empty() && raw.value.referrer_types.is_empty() {
+            self.issue(line(raw), "require", "is empty: give signed_by: [cosign.pub, …] and/or referrer_types: [type/subtype, …]");
+        }
+        (!req.is_empty()).then_some(req)
     }
 
     /// `platforms:` and `platform_filter:`, each value checked on its own line.

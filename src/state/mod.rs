@@ -239,6 +239,7 @@ impl StateDb {
         for item in &plan.items {
             let status = match item.action {
                 Action::Copy(_) => TaskStatus::Pending,
+                Action::Skip(SkipReason::Unsigned) => TaskStatus::Unsigned,
                 Action::Skip(_) => TaskStatus::Skipped,
             };
             // A resumed task found up to date with the digest it was
@@ -277,6 +278,9 @@ impl StateDb {
             .fetch_one(&mut *tx)
             .await?
             .try_get("id")?;
+            if let Some(why) = plan.refused.get(&(item.source_repo.clone(), item.tag.clone())) {
+                sqlx::query("UPDATE tasks SET last_error = $1 WHERE id = $2").bind(why).bind(id).execute(&mut *tx).await?;
+            }
             if let Some(n) = &item.platforms {
                 sqlx::query("UPDATE tasks SET dest_digest = $1, platforms = $2 WHERE id = $3")
                     .bind(n.destination_digest().as_str())

@@ -25,3 +25,4 @@ mod shapes_transfer;
 mod shapes_corners;
 mod workers;
 mod state_postgres;
+mod supply;
