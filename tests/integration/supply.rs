@@ -270,3 +270,44 @@ async fn a_required_referrer_type_holds_back_what_lacks_it() {
     assert_eq!(refs::digests(&d.referrers(REPO, &with.digest).await), vec![sbom.digest.clone()]);
     assert_eq!(d.head(REPO, "without").await, None);
 }
+
+/// Item 5: `verify --deep` asks only for the selected children of a
+/// narrowed index: a sparse export (an OCI layout keeps the index's digest
+/// with only the selected children) verifies clean, and a rewrite DR site
+/// fails over without `--force` while its primary is down.
+#[tokio::test(flavor = "multi_thread")]
+async fn deep_verify_and_failover_accept_narrowed_indexes() {
+    let src = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let multi = image::platform_index(Flavor::Oci, vec![(child("deep-amd64"), "linux/amd64"), (child("deep-arm64"), "linux/arm64")]);
+    s.push(REPO, "multi", &multi).await;
+
+    let scratch = Scratch::new();
+    let to = format!("oci:{}", scratch.path("export").display());
+    let narrow = ["--platform", "linux/amd64", "--platform-filter", "sparse"];
+    let copy = crate::support::migrate(&scratch, &src.url, &to, &narrow).await;
+    copy.assert_ok();
+    let mut args = vec!["verify", "--from", src.url.as_str(), "--to", to.as_str(), "--deep"];
+    args.extend(narrow);
+    let verify = regferry(&scratch, &args, &[]).await;
+    assert_eq!(verify.code, 0, "{}\n{}", verify.stdout, verify.stderr);
+    assert!(verify.stdout.contains("checked 2 manifests"), "the index and its selected child: {}", verify.stdout);
+
+    let mut primary = src;
+    let dr = TestRegistry::start();
+    let policies = write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: dr\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    namespace: mirror\n\
+             platforms: [linux/amd64]\ntrigger: {{ interval: 1h }}\n",
+            primary.url, dr.url
+        ),
+    );
+    let state = scratch.state();
+    regferry(&scratch, &["run", "--policies", &policies, "--state", &state], &[]).await.assert_ok();
+    primary.stop();
+    let failover = regferry(&scratch, &["failover", "--policies", &policies, "--state", &state, "--policy", "dr"], &[]).await;
+    assert_eq!(failover.code, 0, "{}\n{}", failover.stdout, failover.stderr);
+}
