@@ -148,7 +148,7 @@ impl Job {
             crate::engine::gate::hold_back_unsigned(&self.src, &mut plan, req, concurrency).await;
         }
         // Signatures and fallback tags of manifests that will not be there.
-        crate::engine::referrers::settle_subject_bound(&*self.dst, &mut plan, writes, concurrency).await;
+        crate::engine::referrers::settle_subject_bound(&*self.dst, &mut plan, writes, concurrency, self.spec.scope.referrers.untagged_subjects).await;
         plan.planning_time = started.elapsed();
         Ok(plan)
     }

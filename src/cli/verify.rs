@@ -214,7 +214,9 @@ pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
                     PlatformFilter::parse(&args.platforms, args.platform_filter).map_err(|e| CliError::usage(format!("--platform: {e}")))?,
                 )),
             };
-            let scope = Scope { platforms, ..Scope::new(mapping, repos, Arc::new(AllTags)) };
+            // Compared as `migrate` copies: every tag, signatures of untagged manifests included.
+            let referrers = Arc::new(regferry::engine::referrers::ReferrerOptions { untagged_subjects: true, ..Default::default() });
+            let scope = Scope { platforms, referrers, ..Scope::new(mapping, repos, Arc::new(AllTags)) };
             let options = VerifyOptions { deep: args.deep, concurrency, covers: None };
             let result = run_one(&source, &destination, &scope, &options, &args.timeouts.client_options()).await;
             outcomes.push(Outcome { policy: None, reversed: false, source: source.url.to_string(), destination: destination.url.to_string(), result });

@@ -239,7 +239,7 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
         crate::engine::platforms::narrow(src, dst, &mut plan, filter, concurrency, true).await;
     }
     // Signatures and fallback tags of manifests that are not in scope.
-    settle_subject_bound(dst, &mut plan, false, concurrency).await;
+    settle_subject_bound(dst, &mut plan, false, concurrency, scope.referrers.untagged_subjects).await;
     report.tags = plan.items.len();
     for p in &plan.problems {
         let mut t = TagProblem::new(ProblemKind::Error);

@@ -488,7 +488,7 @@ impl Checker<'_> {
             tags.immutable = t.immutable.unwrap_or(false);
         }
 
-        let mut referrers = ReferrerOptions { enabled: raw.referrers.unwrap_or(true), types: Vec::new() };
+        let mut referrers = ReferrerOptions { enabled: raw.referrers.unwrap_or(true), types: Vec::new(), untagged_subjects: false };
         for (i, t) in raw.referrer_types.iter().flatten().enumerate() {
             let ok = crate::engine::referrers::check_artifact_type(&t.value);
             if self.ok(t, &format!("referrer_types[{i}]"), ok).is_some() {

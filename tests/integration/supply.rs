@@ -311,3 +311,44 @@ async fn deep_verify_and_failover_accept_narrowed_indexes() {
     let failover = regferry(&scratch, &["failover", "--policies", &policies, "--state", &state, "--policy", "dr"], &[]).await;
     assert_eq!(failover.code, 0, "{}\n{}", failover.stdout, failover.stderr);
 }
+
+/// Item 4: `migrate` copies every tag, signature tags whose subject is no
+/// longer tagged at the source included (the subject travels by digest
+/// with them), so the destination equals the source; `verify --from --to`
+/// agrees. A policy keeps "a signature never travels alone".
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_copies_signatures_of_untagged_manifests() {
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let d = Registry::new(&dst.url, Access::Anonymous);
+    let old = child("orphan-old");
+    s.push(REPO, "app", &old).await;
+    let sig = image::signature(&old);
+    s.push(REPO, &image::signature_tag(&old.digest), &sig).await;
+    // The tag moves on: the old manifest is untagged, its signature tag stays.
+    let new = child("orphan-new");
+    s.push(REPO, "app", &new).await;
+
+    let scratch = Scratch::new();
+    let copy = crate::support::migrate(&scratch, &src.url, &dst.url, &[]).await;
+    copy.assert_ok();
+    assert_eq!(d.head(REPO, "app").await, s.head(REPO, "app").await);
+    assert_eq!(d.head(REPO, &image::signature_tag(&old.digest)).await, s.head(REPO, &image::signature_tag(&old.digest)).await, "the signature tag is copied");
+    assert!(d.head(REPO, &old.digest).await.is_some(), "with its subject, by digest");
+    let verify = regferry(&scratch, &["verify", "--from", &src.url, "--to", &dst.url], &[]).await;
+    assert_eq!(verify.code, 0, "{}\n{}", verify.stdout, verify.stderr);
+
+    // A policy does not copy a signature without its subject.
+    let dst2 = TestRegistry::start();
+    let d2 = Registry::new(&dst2.url, Access::Anonymous);
+    let policies = write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!("name: p\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n", src.url, dst2.url),
+    );
+    regferry(&scratch, &["run", "--policies", &policies, "--state", &scratch.state()], &[]).await.assert_ok();
+    assert!(d2.head(REPO, "app").await.is_some());
+    assert_eq!(d2.head(REPO, &image::signature_tag(&old.digest)).await, None);
+}
