@@ -526,6 +526,15 @@ pub async fn check_api_referrers(
         .iter()
         .enumerate()
         .filter(|(_, i)| subject_of_tag(&i.tag).is_none() && matches!(i.action, Action::Copy(_) | Action::Skip(SkipReason::UpToDate)))
+        // A rewritten index is another manifest at the destination: the
+        // source digest's referrers have no subject there and are not copied.
+        .filter(|(_, i)| {
+            let rewritten = i.target_digest() != &i.source.digest;
+            if rewritten {
+                tracing::debug!(repository = %i.source_repo, tag = %i.tag, subject = %i.source.digest, "referrers of the source index are not copied: the destination holds a rewritten index (another digest)");
+            }
+            !rewritten
+        })
         .filter(|(_, i)| subjects.insert((i.source_repo.clone(), i.source.digest.clone())))
         .map(|(n, i)| (n, i.source_repo.clone(), i.source.digest.clone()))
         .collect();

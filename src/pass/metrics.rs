@@ -200,3 +200,38 @@ pub fn render_lag(lags: &[crate::dr::lag::Lag]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{Failure, Report};
+
+    /// Tags held back by `require:` show as a gauge of the last pass.
+    #[test]
+    fn unsigned_tags_are_a_gauge_of_the_last_pass() {
+        let metrics = Metrics::for_worker("w1");
+        let held = |n: usize| {
+            let mut outcome = DestinationOutcome::new("http://src".into(), "http://dst".into(), false);
+            outcome.report = Some(Report {
+                execution: Some(1),
+                resumed: false,
+                status: crate::state::ExecutionStatus::Succeeded,
+                counts: Default::default(),
+                failures: Vec::new(),
+                elapsed: std::time::Duration::ZERO,
+                source_requests: 0,
+                destination_requests: 0,
+                conditions: Vec::new(),
+                not_attempted: 0,
+                unsigned: (0..n).map(|i| Failure { repository: "a/b".into(), tag: format!("t{i}"), error: "not signed".into() }).collect(),
+            });
+            outcome
+        };
+        metrics.record("p", &held(2));
+        let line = |text: &str| text.lines().find(|l| l.starts_with("regferry_tags_unsigned{")).map(str::to_string);
+        assert_eq!(line(&metrics.render()).as_deref(), Some("regferry_tags_unsigned{policy=\"p\",destination=\"http://dst\",worker=\"w1\"} 2"));
+        metrics.record("p", &held(0));
+        assert!(line(&metrics.render()).is_some_and(|l| l.ends_with(" 0")), "once signed, the gauge falls");
+        assert!(held(2).ok(), "held-back tags do not fail the pass");
+    }
+}
