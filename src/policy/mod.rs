@@ -846,6 +846,37 @@ mod tests {
     }
 
     #[test]
+    fn require_reads_each_key_file_and_points_at_each_mistake() {
+        use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+        let key = p256::ecdsa::SigningKey::from_bytes(&[5u8; 32].into()).unwrap();
+        let pem = key.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
+        let base = "name: p\nsource: { registry: https://src.example.com }\ndestinations: [{ registry: https://dst.example.com }]\n";
+        let ok = format!("{base}require: {{ signed_by: [keys/cosign.pub], referrer_types: [application/spdx+json] }}\n");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        std::fs::write(dir.path().join("keys/cosign.pub"), &pem).unwrap();
+        std::fs::write(dir.path().join("p.yaml"), &ok).unwrap();
+        let set = load(dir.path(), &|_| None).unwrap();
+        let p = set.get("p").unwrap();
+        let spec = p.forward(&p.destinations[0]);
+        let req = spec.scope.require.as_deref().expect("require reaches the scope");
+        assert_eq!(req.signed_by.len(), 1);
+        assert!(req.signed_by[0].file.ends_with("keys/cosign.pub"), "{:?}", req.signed_by[0].file);
+        assert_eq!(req.referrer_types, ["application/spdx+json"]);
+        assert!(set.get("p").unwrap().forward(&p.destinations[0]).scope.require.is_some());
+        assert!(p.reverse(&p.destinations[0]).scope.require.is_some(), "the gate holds after a failover too");
+
+        let bad = format!("{base}require:\n  signed_by: [missing.pub, p.yaml]\n  referrer_types: [spdx]\n");
+        let e = load_text(&[("p.yaml", &bad)], &[]).unwrap_err().to_string();
+        assert!(e.contains("p.yaml:5: require.signed_by[0]: cannot read"), "{e}");
+        assert!(e.contains("require.signed_by[1]") && e.contains("not an ECDSA P-256 public key"), "{e}");
+        assert!(e.contains("p.yaml:6: require.referrer_types[0]") && e.contains("not a media type"), "{e}");
+        let empty = format!("{base}require: {{}}\n");
+        let e = load_text(&[("p.yaml", &empty)], &[]).unwrap_err().to_string();
+        assert!(e.contains("require: is empty"), "{e}");
+    }
+
+    #[test]
     fn referrers_and_immutable_tags_reach_the_scope() {
         let base = "name: p\nsource: { registry: https://src.example.com }\ndestinations: [{ registry: https://dst.example.com }]\n";
         let set = load_text(&[("p.yaml", base)], &[]).unwrap();
