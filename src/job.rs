@@ -180,7 +180,19 @@ impl Job {
 
         // A policy pass that finds nothing to do does not pile up executions:
         // the last successful one is marked as checked again.
-        if let (Some(db), "policy", 0, true) = (state, self.spec.kind.as_str(), plan.count_copy(), plan.problems.is_empty() && plan.refused.is_empty())
+        // (Tags held back by `require:` are news only when the last execution
+        // did not already record them so.)
+        let refused_known = match state {
+            Some(db) if !plan.refused.is_empty() => {
+                let known = db.latest_unsigned(&self.spec.scope_key()).await?;
+                plan.items
+                    .iter()
+                    .filter(|i| i.action == Action::Skip(crate::engine::plan::SkipReason::Unsigned))
+                    .all(|i| known.contains(&(i.source_repo.to_string(), i.tag.to_string(), i.source.digest.to_string())))
+            }
+            _ => true,
+        };
+        if let (Some(db), "policy", 0, true) = (state, self.spec.kind.as_str(), plan.count_copy(), plan.problems.is_empty() && refused_known)
             && let Some(id) = db.touch_if_succeeded(&self.spec.scope_key()).await? {
                 if let Some(lease) = lease {
                     lease.release().await;

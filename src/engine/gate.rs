@@ -193,11 +193,13 @@ pub async fn hold_back_unsigned(src: &Arc<dyn Scheme>, plan: &mut Plan, req: &Re
         .collect()
         .await;
     let mut failed = Vec::new();
+    let mut held = std::collections::HashSet::new();
     for (n, verdict) in judged {
         let item = &mut plan.items[n];
         match verdict {
             Ok(None) => {}
             Ok(Some(reason)) => {
+                held.insert((item.source_repo.clone(), item.source.digest.clone()));
                 tracing::info!(repository = %item.source_repo, tag = %item.tag, digest = %item.source.digest, reason = %reason, "held back: it does not meet the policy's require");
                 item.action = Action::Skip(SkipReason::Unsigned);
                 plan.refused.insert((item.source_repo.clone(), item.tag.clone()), reason);
@@ -210,4 +212,9 @@ pub async fn hold_back_unsigned(src: &Arc<dyn Scheme>, plan: &mut Plan, req: &Re
         let item = plan.items.remove(n);
         plan.problems.push(Problem { source_repo: item.source_repo.to_string(), dest_repo: Some(item.dest_repo.to_string()), tag: Some(item.tag.to_string()), error });
     }
+    // The signatures and referrers of a held-back manifest stay behind with
+    // it (not planned, so a pass that only holds back copies nothing).
+    plan.items.retain(|i| {
+        !(matches!(i.action, Action::Copy(_)) && subject_of_tag(&i.tag).is_some_and(|s| held.contains(&(i.source_repo.clone(), s))))
+    });
 }

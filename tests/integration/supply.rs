@@ -220,6 +220,15 @@ async fn the_signature_gate_copies_only_what_a_trusted_key_signed() {
     assert_eq!(report["unsigned"].as_array().map(Vec::len), Some(3), "{out}");
     assert_eq!(d.head(dr, "unsigned").await, s.head(REPO, "unsigned").await, "copied once signed");
     assert!(d.head(dr, &image::signature_tag(&unsigned.digest)).await.is_some());
+    // Nothing new: the pass adds no execution (the held-back tags are recorded already).
+    let second = report["execution"].as_i64();
+    let third = regferry(&scratch, &["run", "--policies", &policies, "--state", &state, "--json"], &[]).await;
+    third.assert_ok();
+    let out = third.json();
+    let report = &out[0]["destinations"][0]["report"];
+    assert_eq!(report["execution"].as_i64(), second, "{out}");
+    assert_eq!(report["unsigned"].as_array().map(Vec::len), Some(3), "{out}");
+    assert_eq!(report["counts"]["tags_copied"], 0, "{out}");
 
     // verify: clean for what was copied; a destination signature that no
     // longer holds (replaced by a stranger's) makes its tag `unsigned`.
