@@ -100,6 +100,8 @@ pub struct Report {
     pub conditions: Vec<String>,
     /// Tags not started because of such a condition.
     pub not_attempted: usize,
+    /// Tags held back by the policy's `require:` (the reason in `error`).
+    pub unsigned: Vec<Failure>,
 }
 
 /// Connected clients for a job.
@@ -141,8 +143,12 @@ impl Job {
         if let Some(filter) = &self.spec.scope.platforms {
             crate::engine::platforms::narrow(&*self.src, &*self.dst, &mut plan, filter, concurrency, self.spec.overwrite).await;
         }
+        // Tags that do not meet the policy's `require:` stay behind (and so do their signatures).
+        if let Some(req) = &self.spec.scope.require {
+            crate::engine::gate::hold_back_unsigned(&self.src, &mut plan, req, concurrency).await;
+        }
         // Signatures and fallback tags of manifests that will not be there.
-        crate::engine::referrers::settle_subject_bound(&*self.dst, &mut plan, writes, concurrency).await;
+        crate::engine::referrers::settle_subject_bound(&*self.dst, &mut plan, writes, concurrency, self.spec.scope.referrers.untagged_subjects).await;
         plan.planning_time = started.elapsed();
         Ok(plan)
     }
@@ -174,7 +180,19 @@ impl Job {
 
         // A policy pass that finds nothing to do does not pile up executions:
         // the last successful one is marked as checked again.
-        if let (Some(db), "policy", 0, true) = (state, self.spec.kind.as_str(), plan.count_copy(), plan.problems.is_empty())
+        // (Tags held back by `require:` are news only when the last execution
+        // did not already record them so.)
+        let refused_known = match state {
+            Some(db) if !plan.refused.is_empty() => {
+                let known = db.latest_unsigned(&self.spec.scope_key()).await?;
+                plan.items
+                    .iter()
+                    .filter(|i| i.action == Action::Skip(crate::engine::plan::SkipReason::Unsigned))
+                    .all(|i| known.contains(&(i.source_repo.to_string(), i.tag.to_string(), i.source.digest.to_string())))
+            }
+            _ => true,
+        };
+        if let (Some(db), "policy", 0, true) = (state, self.spec.kind.as_str(), plan.count_copy(), plan.problems.is_empty() && refused_known)
             && let Some(id) = db.touch_if_succeeded(&self.spec.scope_key()).await? {
                 if let Some(lease) = lease {
                     lease.release().await;
@@ -190,6 +208,7 @@ impl Job {
                     destination_requests: self.dst.request_count(),
                     conditions: Vec::new(),
                     not_attempted: 0,
+                    unsigned: unsigned_of(plan),
                 });
             }
 
@@ -411,8 +430,20 @@ impl Job {
             destination_requests: self.dst.request_count(),
             conditions,
             not_attempted,
+            unsigned: unsigned_of(plan),
         }
     }
+}
+
+/// The tags `plan` holds back for the policy's `require:`, sorted.
+fn unsigned_of(plan: &Plan) -> Vec<Failure> {
+    let mut out: Vec<Failure> = plan
+        .refused
+        .iter()
+        .map(|((repo, tag), why)| Failure { repository: repo.to_string(), tag: tag.to_string(), error: why.clone() })
+        .collect();
+    out.sort_by(|a, b| (&a.repository, &a.tag).cmp(&(&b.repository, &b.tag)));
+    out
 }
 
 /// How a task of a run ended: by plan index (this process ran it), or as

@@ -154,7 +154,7 @@ pub async fn run(args: CopyArgs, quiet: bool) -> Result<u8, CliError> {
         policy: None,
         scope: Scope {
             explicit: vec![src.repository.to_string()],
-            referrers: Arc::new(ReferrerOptions { enabled: !args.no_referrers, types: Vec::new() }),
+            referrers: Arc::new(ReferrerOptions { enabled: !args.no_referrers, types: Vec::new(), untagged_subjects: false }),
             platforms,
             ..Scope::new(mapping, repos, Arc::new(tags))
         },

@@ -112,7 +112,7 @@ fn when(ms: i64) -> String {
 }
 
 fn counts(row: &ExecutionRow) -> String {
-    let order = ["succeeded", "failed", "skipped", "pending", "running", "retrying", "canceled"];
+    let order = ["succeeded", "failed", "unsigned", "skipped", "pending", "running", "retrying", "canceled"];
     order.iter().filter_map(|s| row.tasks.get(*s).map(|n| format!("{n} {s}"))).collect::<Vec<_>>().join(", ")
 }
 
@@ -157,7 +157,7 @@ fn show_text(e: &ExecutionRow, tasks: &[TaskRow]) -> String {
         let digest = t.source_digest.as_deref().map(|d| d.chars().take(19).collect::<String>()).unwrap_or_else(|| "-".into());
         let name = format!("{}:{}", t.dest_repo, t.tag);
         let detail = match (&t.last_error, t.status.as_str()) {
-            (Some(err), "failed" | "retrying" | "pending" | "canceled") => err.clone(),
+            (Some(err), "failed" | "retrying" | "pending" | "canceled" | "unsigned") => err.clone(),
             _ => t.reason.clone().unwrap_or_default(),
         };
         // A narrowed index: say which platforms and what the destination holds.

@@ -207,7 +207,7 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
         kind: "migrate".into(),
         policy: None,
         scope: Scope {
-            referrers: Arc::new(ReferrerOptions { enabled: !args.no_referrers, types: args.referrer_types.clone() }),
+            referrers: Arc::new(ReferrerOptions { enabled: !args.no_referrers, types: args.referrer_types.clone(), untagged_subjects: true }),
             immutable: args.missing_only,
             platforms: platforms.map(Arc::new),
             ..Scope::new(mapping, repos, tags)

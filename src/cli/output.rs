@@ -125,6 +125,12 @@ pub fn report_text(report: &Report, title: &str) -> String {
             let _ = writeln!(out, "  {} remaining tag(s) not attempted", report.not_attempted);
         }
     }
+    if !report.unsigned.is_empty() {
+        let _ = writeln!(out, "held back (the policy's require is not met; copied once it is):");
+        for f in &report.unsigned {
+            let _ = writeln!(out, "  {}:{}: unsigned: {}", f.repository, f.tag, f.error);
+        }
+    }
     // Tags that failed because of a registry condition are counted above,
     // not listed one by one.
     let listed: Vec<_> =
@@ -152,6 +158,9 @@ pub fn report_json(report: &Report) -> serde_json::Value {
         "not_attempted": report.not_attempted,
         "failures": report.failures.iter().map(|f| json!({
             "repository": f.repository, "tag": f.tag, "error": f.error,
+        })).collect::<Vec<_>>(),
+        "unsigned": report.unsigned.iter().map(|f| json!({
+            "repository": f.repository, "tag": f.tag, "reason": f.error,
         })).collect::<Vec<_>>(),
     })
 }

@@ -13,7 +13,7 @@ use serde_json::json;
 use regferry::pass::jobs_of;
 use regferry::state::lag::Lag;
 use regferry::dr::repair::RepairReport;
-use regferry::dr::verify::{ProblemKind, VerifyOptions, VerifyReport, verify};
+use regferry::dr::verify::{ProblemKind, VerifyOptions, VerifyReport, check_required, verify};
 use regferry::scheme::Scheme;
 use regferry::engine::discover::{AllTags, RepoFilter, Scope};
 use regferry::engine::plan::RepoMapping;
@@ -99,17 +99,26 @@ struct Outcome {
 }
 
 /// Verify, and with `repair` copy again what the deep check found missing, then verify again.
-async fn checked(src: Arc<dyn Scheme>, dst: &dyn Scheme, scope: &Scope, options: &VerifyOptions, repair: bool) -> (Result<VerifyReport, String>, Option<RepairReport>) {
-    let first = verify(&*src, dst, scope, options).await.map_err(|e| JobError::from(e).to_string());
+async fn checked(src: Arc<dyn Scheme>, dst: &Arc<dyn Scheme>, scope: &Scope, options: &VerifyOptions, repair: bool) -> (Result<VerifyReport, String>, Option<RepairReport>) {
+    let first = verify(&*src, &**dst, scope, options).await.map_err(|e| JobError::from(e).to_string());
     let broken = |r: &VerifyReport| r.problems.iter().any(|p| p.kind == ProblemKind::NotPullable);
-    match first {
+    let (result, repaired) = match first {
         Ok(r) if repair && broken(&r) => {
-            let done = regferry::dr::repair::repair(src.clone(), dst, &r).await;
-            let again = verify(&*src, dst, scope, options).await.map_err(|e| JobError::from(e).to_string());
+            let done = regferry::dr::repair::repair(src.clone(), &**dst, &r).await;
+            let again = verify(&*src, &**dst, scope, options).await.map_err(|e| JobError::from(e).to_string());
             (again, Some(done))
         }
         other => (other, None),
-    }
+    };
+    // Tags at the destination that the policy's `require:` would not let through.
+    let result = match result {
+        Ok(mut report) => {
+            check_required(dst, scope, &mut report, options.concurrency).await;
+            Ok(report)
+        }
+        Err(e) => Err(e),
+    };
+    (result, repaired)
 }
 
 fn short(d: Option<&str>) -> &str {
@@ -149,7 +158,7 @@ pub(super) fn report_text(title: &str, r: &VerifyReport) -> String {
     let _ = writeln!(out, "verify {title}{}: {verdict}", if r.deep { " (deep)" } else { "" });
     let _ = writeln!(
         out,
-        "  {} repositories, {} tags: {} identical, {} missing, {} digest differs, {} media type differs, {} only at destination{}{}, {} errors",
+        "  {} repositories, {} tags: {} identical, {} missing, {} digest differs, {} media type differs, {} only at destination{}{}{}, {} errors",
         r.repositories,
         r.tags,
         r.identical,
@@ -159,6 +168,7 @@ pub(super) fn report_text(title: &str, r: &VerifyReport) -> String {
         r.only_at_destination,
         if r.deep { format!(", {} not pullable", r.not_pullable) } else { String::new() },
         if r.referrers_missing > 0 { format!(", {} with referrers missing", r.referrers_missing) } else { String::new() },
+        if r.unsigned > 0 { format!(", {} unsigned", r.unsigned) } else { String::new() },
         r.errors
     );
     if r.no_selected_platform > 0 {
@@ -234,7 +244,7 @@ async fn run_one(
         Ok::<_, String>((src, dst))
     };
     match connected.await {
-        Ok((src, dst)) => checked(src, &*dst, scope, options, repair).await,
+        Ok((src, dst)) => checked(src, &dst, scope, options, repair).await,
         Err(e) => (Err(e), None),
     }
 }
@@ -264,7 +274,9 @@ async fn verify_all(args: &VerifyArgs, counters: Arc<regferry::engine::stats::Pl
                     PlatformFilter::parse(&args.platforms, args.platform_filter).map_err(|e| CliError::usage(format!("--platform: {e}")))?,
                 )),
             };
-            let scope = Scope { platforms, counters, ..Scope::new(mapping, repos, Arc::new(AllTags)) };
+            // Compared as `migrate` copies: every tag, signatures of untagged manifests included.
+            let referrers = Arc::new(regferry::engine::referrers::ReferrerOptions { untagged_subjects: true, ..Default::default() });
+            let scope = Scope { platforms, referrers, counters, ..Scope::new(mapping, repos, Arc::new(AllTags)) };
             let options = VerifyOptions { deep: args.deep, concurrency, covers: None };
             let (result, repair) = run_one(&source, &destination, &scope, &options, &args.timeouts.client_options(), args.repair).await;
             outcomes.push(Outcome { policy: None, reversed: false, source: source.url.to_string(), destination: destination.url.to_string(), result, repair });
@@ -280,7 +292,7 @@ async fn verify_all(args: &VerifyArgs, counters: Arc<regferry::engine::stats::Pl
                 for spec in jobs_of(p, &state).await? {
                     let (source, destination, reversed) = (spec.source.url.to_string(), spec.destination.url.to_string(), spec.reversed);
                     let (result, repair) = match Job::connect(spec).await {
-                        Ok(job) => checked(job.src.clone(), &*job.dst, &job.spec.scope, &options, args.repair).await,
+                        Ok(job) => checked(job.src.clone(), &job.dst, &job.spec.scope, &options, args.repair).await,
                         Err(e) => (Err(e.to_string()), None),
                     };
                     outcomes.push(Outcome { policy: Some(p.name.clone()), reversed, source, destination, result, repair });

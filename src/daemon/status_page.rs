@@ -101,7 +101,7 @@ fn status_badge(status: &str) -> String {
     let class = match status {
         "succeeded" => "ok",
         "failed" | "canceled" => "bad",
-        "running" | "retrying" | "pending" => "warn",
+        "running" | "retrying" | "pending" | "unsigned" => "warn",
         _ => "idle",
     };
     format!("<span class=\"badge {class}\">{}</span>", escape(status))

@@ -151,7 +151,7 @@ fn unfit(report: &VerifyReport, synced: bool) -> usize {
     let counts = |k: ProblemKind| match k {
         ProblemKind::OnlyAtDestination => false,
         ProblemKind::NotPullable | ProblemKind::Error => true,
-        ProblemKind::Missing | ProblemKind::DigestDiffers | ProblemKind::MediaTypeDiffers | ProblemKind::ReferrersMissing => synced,
+        ProblemKind::Missing | ProblemKind::DigestDiffers | ProblemKind::MediaTypeDiffers | ProblemKind::ReferrersMissing | ProblemKind::Unsigned => synced,
     };
     report.problems.iter().filter(|p| counts(p.kind)).count()
 }

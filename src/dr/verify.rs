@@ -20,8 +20,9 @@ use crate::engine::EngineError;
 use crate::engine::diff::{DiffOptions, diff};
 use crate::engine::discover::{AllTags, Discovered, Scope, discover};
 use crate::engine::plan::{Action, CopyReason, SkipReason};
-use crate::engine::referrers::{ReferrerOptions, missing_referrers, settle_subject_bound};
-use crate::registry::referrers::fallback_subject;
+use crate::engine::platforms::{self, PlatformFilter, Selection};
+use crate::engine::referrers::{ReferrerOptions, missing_referrers, referrer_gap, settle_subject_bound};
+use crate::registry::referrers::{fallback_subject, subject_of_tag};
 use crate::policy::TagFilter;
 use crate::registry::manifest::{self, Kind};
 use crate::registry::{Digest, Reference, RegistryError, RepoName, Scopes, Tag};
@@ -56,6 +57,8 @@ pub enum ProblemKind {
     NotPullable,
     /// A subject's referrers are not (all) listed or present at the destination.
     ReferrersMissing,
+    /// The destination's tag does not meet the policy's `require:` there.
+    Unsigned,
     Error,
 }
 
@@ -68,6 +71,7 @@ impl ProblemKind {
             ProblemKind::OnlyAtDestination => "only at destination",
             ProblemKind::NotPullable => "not pullable",
             ProblemKind::ReferrersMissing => "referrers missing",
+            ProblemKind::Unsigned => "unsigned",
             ProblemKind::Error => "error",
         }
     }
@@ -136,6 +140,8 @@ pub struct VerifyReport {
     pub only_at_destination: usize,
     pub not_pullable: usize,
     pub referrers_missing: usize,
+    /// Destination tags that do not meet the policy's `require:` there.
+    pub unsigned: usize,
     pub errors: usize,
     /// Deep: distinct manifests fetched and distinct (repository, blob) pairs checked.
     pub manifests_checked: usize,
@@ -151,6 +157,10 @@ pub struct VerifyReport {
     /// Repository globs that matched nothing at the source (a warning: the
     /// scope is probably not what was meant).
     pub unmatched_patterns: Vec<String>,
+    /// The destination's in-scope tags (repository, tag, digest), for
+    /// [`check_required`].
+    #[serde(skip)]
+    pub held: Vec<(RepoName, Tag, Digest)>,
 }
 
 /// A tag compared against its index narrowed to the selected platforms.
@@ -178,6 +188,7 @@ impl VerifyReport {
             ProblemKind::OnlyAtDestination => self.only_at_destination += 1,
             ProblemKind::NotPullable => self.not_pullable += 1,
             ProblemKind::ReferrersMissing => self.referrers_missing += 1,
+            ProblemKind::Unsigned => self.unsigned += 1,
             ProblemKind::Error => self.errors += 1,
         }
         self.problems.push(p);
@@ -229,7 +240,7 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
         crate::engine::platforms::narrow(src, dst, &mut plan, filter, concurrency, true).await;
     }
     // Signatures and fallback tags of manifests that are not in scope.
-    settle_subject_bound(dst, &mut plan, false, concurrency).await;
+    settle_subject_bound(dst, &mut plan, false, concurrency, scope.referrers.untagged_subjects).await;
     report.tags = plan.items.len();
     for p in &plan.problems {
         let mut t = TagProblem::new(ProblemKind::Error);
@@ -238,6 +249,11 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
         t.tag = p.tag.clone();
         t.error = Some(p.error.clone());
         report.push(t);
+    }
+    // The tags of each source manifest, for naming a referrer's subject.
+    let mut subject_names: HashMap<(RepoName, Digest), Vec<String>> = HashMap::new();
+    for i in plan.items.iter().filter(|i| subject_of_tag(&i.tag).is_none()) {
+        subject_names.entry((i.source_repo.clone(), i.source.digest.clone())).or_default().push(format!("{}:{}", i.source_repo, i.tag));
     }
     let mut present: Vec<(RepoName, Tag, Digest)> = Vec::new();
     // Fallback tags already reported (their deep findings are not counted twice).
@@ -264,14 +280,57 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
             t.destination_media_type = Some(d.media_type.clone());
             present.push((item.dest_repo.clone(), item.tag.clone(), d.digest.clone()));
         }
-        if fallback_subject(&item.tag).is_some() {
+        if let Some(subject) = fallback_subject(&item.tag) {
+            // Which tags the subject is (for naming it in reports).
+            let named = subject_names.get(&(item.source_repo.clone(), subject.clone())).map(|tags| tags.join(", ")).unwrap_or_default();
+            let subject_name = if named.is_empty() { format!("subject {subject}") } else { format!("subject {subject} (tag {named})") };
+            // Whether the subject is at the destination: referrers travel
+            // only with their subject (a platform the filter dropped, a
+            // manifest not in scope), and a destination listing referrers
+            // of a subject it does not hold is named.
+            let listed = item.dest_head().is_some();
+            if listed || matches!(item.action, Action::Copy(_)) {
+                match dst.head_manifest(&item.dest_repo, &Reference::Digest(subject.clone()), &Scopes::pull(&item.dest_repo)).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) if !listed => {
+                        // Not replicated with its subject, which is not there (its own check reports it if it should be).
+                        report.tags -= 1;
+                        continue;
+                    }
+                    Ok(None) => {
+                        let mut p = t.clone();
+                        p.error = Some(format!("the destination lists referrers of {subject_name}, which it does not hold"));
+                        report.push(TagProblem { kind: ProblemKind::ReferrersMissing, ..p });
+                        continue;
+                    }
+                    Err(e) => {
+                        let mut p = t.clone();
+                        p.error = Some(format!("cannot check the {subject_name} at the destination: {e}"));
+                        report.push(TagProblem { kind: ProblemKind::Error, ..p });
+                        continue;
+                    }
+                }
+            }
             // A fallback index at the destination may list more (others'
             // referrers): what counts is that it lists all of the source's.
             match item.action {
                 Action::Copy(reason) => {
+                    let gap = match referrer_gap(src, dst, &item.source_repo, &item.dest_repo, &item.tag, &scope.referrers.types).await {
+                        Ok(gap) => gap,
+                        Err(e) => {
+                            t.error = Some(e.to_string());
+                            report.push(TagProblem { kind: ProblemKind::Error, ..t });
+                            continue;
+                        }
+                    };
+                    let listed: Vec<String> = gap
+                        .iter()
+                        .map(|e| format!("{} ({})", e.digest, e.artifact_type.as_deref().unwrap_or("no artifactType")))
+                        .collect();
+                    t.missing_manifests = listed.clone();
                     t.error = Some(match reason {
-                        CopyReason::Missing => "the destination does not list the referrers of this subject".to_string(),
-                        _ => "the destination's referrers index lacks some of the source's entries".to_string(),
+                        CopyReason::Missing => format!("the destination does not list the referrers of {subject_name}: missing {}", listed.join(", ")),
+                        _ => format!("the destination's referrers index of {subject_name} lacks {}", listed.join(", ")),
                     });
                     report.push(TagProblem { kind: ProblemKind::ReferrersMissing, ..t });
                 }
@@ -284,7 +343,7 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
                         }
                         Ok(missing) => {
                             t.missing_manifests = missing.iter().map(|d| d.to_string()).collect();
-                            t.error = Some("listed referrers are not at the destination".into());
+                            t.error = Some(format!("listed referrers of {subject_name} are not at the destination"));
                             report.push(TagProblem { kind: ProblemKind::ReferrersMissing, ..t });
                         }
                         Err(e) => {
@@ -307,6 +366,7 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
     }
 
     only_at_destination(dst, scope, options, &dest_repos, &source_tags, &mut report).await;
+    report.held = present.iter().filter(|(_, tag, _)| subject_of_tag(tag).is_none()).cloned().collect();
 
     if options.deep && !present.is_empty() {
         let identical: HashSet<(RepoName, Tag)> = plan
@@ -318,7 +378,10 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
             .collect();
         // Where each destination repository comes from (a repair copies from there).
         let sources: HashMap<&RepoName, &RepoName> = plan.items.iter().map(|i| (&i.dest_repo, &i.source_repo)).collect();
-        let deep = deep_check(dst, &present, concurrency, &scope.counters).await;
+                // Narrowed tags need only their selected platforms (a fuller index
+        // held by a primary replicated back into is checked in full).
+        let narrowed_by = scope.platforms.as_deref().filter(|f| !f.destination_may_hold_more);
+        let deep = deep_check(dst, &present, concurrency, narrowed_by, &scope.counters).await;
         report.manifests_checked = deep.manifests;
         report.blobs_checked = deep.blobs;
         for (repo, tag, digest) in &present {
@@ -343,6 +406,39 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
     }
     report.problems.sort_by_key(|p| (p.destination_repository.clone(), p.tag.clone()));
     Ok(report)
+}
+
+/// With a policy `require:`, judge every in-scope tag the destination
+/// holds (see [`VerifyReport::held`]) by the destination's own signatures
+/// and referrers: a tag there that would not pass the gate is reported
+/// `unsigned`, with its reason. One judgement per distinct manifest.
+pub async fn check_required(dst: &Arc<dyn Scheme>, scope: &Scope, report: &mut VerifyReport, concurrency: usize) {
+    let Some(req) = scope.require.as_deref() else { return };
+    let mut seen = HashSet::new();
+    let held: Vec<(RepoName, Tag, Digest)> = report.held.iter().filter(|(r, _, d)| seen.insert((r.clone(), d.clone()))).cloned().collect();
+    let judged: Vec<((RepoName, Digest), Result<Option<String>, RegistryError>)> = futures::stream::iter(held)
+        .map(|(repo, _, digest)| async move { ((repo.clone(), digest.clone()), crate::engine::gate::judge_manifest(dst, &repo, &digest, req).await) })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let judged: HashMap<(RepoName, Digest), Result<Option<String>, RegistryError>> = judged.into_iter().collect();
+    for (repo, tag, digest) in report.held.clone() {
+        let (kind, error) = match judged.get(&(repo.clone(), digest.clone())) {
+            Some(Ok(Some(why))) => (ProblemKind::Unsigned, why.clone()),
+            Some(Err(e)) => (ProblemKind::Error, format!("cannot check its signature: {e}")),
+            _ => continue,
+        };
+        let mut t = TagProblem::new(kind);
+        t.destination_repository = Some(repo.to_string());
+        t.tag = Some(tag.to_string());
+        t.destination_digest = Some(digest.to_string());
+        t.error = Some(error);
+        if report.identical > 0 && !report.problems.iter().any(|p| p.destination_repository.as_deref() == Some(repo.as_str()) && p.tag.as_deref() == Some(tag.as_str())) {
+            report.identical -= 1;
+        }
+        report.push(t);
+    }
+    report.problems.sort_by_key(|p| (p.destination_repository.clone(), p.tag.clone()));
 }
 
 /// Prove that `site` alone serves in full every tag of `scope` it holds
@@ -388,7 +484,9 @@ pub async fn pullable(site: &dyn Scheme, elsewhere: &crate::registry::RegistryUr
             Err(e) => report.push(TagProblem { kind: ProblemKind::Error, error: Some(e), ..t }),
         }
     }
-    let deep = deep_check(site, &present, concurrency, &scope.counters).await;
+    // The site holds what a platform filter selected (its policy's, in
+    // either direction): only those children must be pullable.
+    let deep = deep_check(site, &present, concurrency, scope.platforms.as_deref(), &scope.counters).await;
     report.manifests_checked = deep.manifests;
     report.blobs_checked = deep.blobs;
     for (repo, tag, digest) in &present {
@@ -513,7 +611,8 @@ enum Node {
 
 /// Walk every manifest tree at the destination once per (repository,
 /// digest), then `HEAD` every distinct (repository, blob) once.
-async fn deep_check(dst: &dyn Scheme, roots: &[(RepoName, Tag, Digest)], concurrency: usize, counters: &crate::engine::stats::PlanCounters) -> Deep {
+async fn deep_check(dst: &dyn Scheme, roots: &[(RepoName, Tag, Digest)], concurrency: usize, narrowed_by: Option<&PlatformFilter>, counters: &crate::engine::stats::PlanCounters) -> Deep {
+    let root_keys: HashSet<(RepoName, Digest)> = roots.iter().map(|(r, _, d)| (r.clone(), d.clone())).collect();
     let mut nodes: HashMap<(RepoName, Digest), Node> = HashMap::new();
     let mut level: Vec<(RepoName, Digest)> = {
         let set: BTreeSet<(RepoName, String)> = roots.iter().map(|(r, _, d)| (r.clone(), d.to_string())).collect();
@@ -521,11 +620,23 @@ async fn deep_check(dst: &dyn Scheme, roots: &[(RepoName, Tag, Digest)], concurr
     };
     while !level.is_empty() {
         let fetched: Vec<((RepoName, Digest), Node)> = futures::stream::iter(level)
-            .map(|(repo, digest)| async move {
+            .map(|(repo, digest)| {
+                let is_root = root_keys.contains(&(repo.clone(), digest.clone()));
+                async move {
                 let node = match dst.get_manifest(&repo, &Reference::Digest(digest.clone()), &Scopes::pull(&repo)).await {
                     Ok(body) => match manifest::parse(&body.bytes, &body.content_type) {
                         Ok(p) => Node::Tree {
-                            children: if p.kind == Kind::Index { p.manifests.into_iter().map(|d| d.digest).collect() } else { Vec::new() },
+                            children: match (p.kind, narrowed_by.filter(|_| is_root)) {
+                                // A tag's index narrowed to some platforms (sparse: the
+                                // original index, only the selected children copied):
+                                // only the selected children must be there.
+                                (Kind::Index, Some(filter)) => match platforms::select(filter, &body.bytes, &body.content_type) {
+                                    Ok(Selection::Narrowed(n)) => n.children.into_iter().map(|d| d.digest).collect(),
+                                    _ => p.manifests.into_iter().map(|d| d.digest).collect(),
+                                },
+                                (Kind::Index, None) => p.manifests.into_iter().map(|d| d.digest).collect(),
+                                _ => Vec::new(),
+                            },
                             blobs: p.blobs.into_iter().filter(|b| !b.foreign).map(|b| b.digest).collect(),
                         },
                         Err(e) => Node::Failed(format!("manifest {digest}: {e}")),
@@ -535,6 +646,7 @@ async fn deep_check(dst: &dyn Scheme, roots: &[(RepoName, Tag, Digest)], concurr
                 };
                 crate::engine::stats::Stats::add(&counters.deep_checked, 1);
                 ((repo, digest), node)
+                }
             })
             .buffer_unordered(concurrency)
             .collect()

@@ -83,6 +83,10 @@ impl Copier {
     /// nothing to copy (the subject is not there).
     pub async fn copy_item(&self, item: &PlanItem) -> Result<bool, RegistryError> {
         if item.action == super::plan::Action::Copy(super::plan::CopyReason::ReferrersChanged) {
+            if item.target_digest() != &item.source.digest {
+                // A rewritten index: the source digest is not a subject at the destination.
+                return Ok(false);
+            }
             referrers::sync_subject(self, &item.source_repo, &item.dest_repo, &item.source.digest, 0, None).await?;
             return Ok(true);
         }

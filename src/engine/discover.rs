@@ -134,6 +134,8 @@ pub struct Scope {
     pub immutable: bool,
     /// Planning progress (read by a progress display).
     pub counters: Arc<super::stats::PlanCounters>,
+    /// What a tag must have to be copied (policy `require:`; see [`super::gate`]).
+    pub require: Option<Arc<super::gate::Requirement>>,
 }
 
 impl Scope {
@@ -143,7 +145,7 @@ impl Scope {
 
     /// A scope with the default referrer handling and mutable tags.
     pub fn new(mapping: RepoMapping, repos: RepoFilter, tags: Arc<dyn TagSelector>) -> Scope {
-        Scope { mapping, repos, explicit: Vec::new(), tags, platforms: None, referrers: Arc::default(), immutable: false, counters: Arc::default() }
+        Scope { mapping, repos, explicit: Vec::new(), tags, platforms: None, referrers: Arc::default(), immutable: false, counters: Arc::default(), require: None }
     }
 
     /// The tags of `repo` this scope replicates: the selector's choice,

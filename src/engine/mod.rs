@@ -12,10 +12,12 @@
 pub mod blobs;
 pub mod chunked;
 pub mod copy;
+pub mod cosign;
 pub mod diff;
 pub mod discover;
 pub mod events;
 pub mod execute;
+pub mod gate;
 pub mod plan;
 pub mod platforms;
 pub mod referrers;

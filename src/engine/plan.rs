@@ -159,6 +159,10 @@ pub enum SkipReason {
     RetryDeferred,
     /// An index with none of the selected platforms (nothing to push).
     NoSelectedPlatform,
+    /// It does not meet the policy's `require:` (not signed by a trusted
+    /// key, or a required referrer missing): held back until it does
+    /// (the reason is in [`Plan::refused`]).
+    Unsigned,
 }
 
 /// What to do with one tag.
@@ -179,6 +183,7 @@ impl fmt::Display for Action {
             Action::Skip(SkipReason::OverwriteForbidden) => "differs, overwrite disabled",
             Action::Skip(SkipReason::RetryDeferred) => "failed before, retry not due yet",
             Action::Skip(SkipReason::NoSelectedPlatform) => "none of the selected platforms",
+            Action::Skip(SkipReason::Unsigned) => "does not meet the policy's require (unsigned)",
         })
     }
 }
@@ -254,6 +259,9 @@ pub struct Plan {
     /// Tags left alone unchecked because the destination lists them and
     /// tags are immutable (no item each: they cost nothing but the listing).
     pub unchecked: usize,
+    /// Why each tag held back by the signature gate ([`SkipReason::Unsigned`])
+    /// does not meet the policy's `require:`, by (source repository, tag).
+    pub refused: std::collections::HashMap<(RepoName, Tag), String>,
 }
 
 impl Plan {

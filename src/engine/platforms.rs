@@ -18,9 +18,13 @@
 //! primary index whose narrowing is what the DR site holds is in sync (the
 //! primary keeps every platform; see [`PlatformFilter::destination_may_hold_more`]).
 //!
-//! Only indexes are narrowed: a single-platform image passes through
+//! Only image indexes are narrowed: a single-platform image passes through
 //! unchanged (its tag was chosen by the tag rules; it has no other platform
-//! to drop). A child without a `platform` is dropped, except buildkit's
+//! to drop), and so do referrers indexes (the fallback tags `sha256-<hex>`),
+//! cosign companions (`.sig`, `.att`, `.sbom`) and any index none of whose
+//! children names a platform (an artifact index): they are not images, and
+//! filtering them would lose the signatures and SBOMs of what is copied.
+//! A child without a `platform` is dropped, except buildkit's
 //! attestation manifests (`vnd.docker.reference.digest`) of a kept child.
 //!
 //! This module decides and rewrites; it never pushes anything. It reads
@@ -38,6 +42,7 @@ use serde_json::value::RawValue;
 use super::plan::{Action, CopyReason, Plan, PlanItem, SkipReason};
 use crate::scheme::Scheme;
 use crate::registry::manifest::{self, Descriptor, Kind};
+use crate::registry::referrers::subject_of_tag;
 use crate::registry::{Digest, Reference, RegistryError, RepoName, Scopes};
 
 /// One platform: `os/architecture[/variant]`, as in an index's `platform`.
@@ -226,6 +231,9 @@ pub enum Selection {
     /// No child matches: the tag is skipped (an empty index is never pushed).
     /// The platforms the index has, for the message.
     NoMatch(Vec<String>),
+    /// No child names a platform: not a multi-platform image (an artifact
+    /// or referrers index); it passes through untouched.
+    NotAnImageIndex,
 }
 
 #[derive(Deserialize)]
@@ -269,6 +277,9 @@ pub fn select(filter: &PlatformFilter, bytes: &Bytes, media_type: &str) -> Resul
         .iter()
         .map(|r| serde_json::from_str(r.get()).map_err(|e| manifest::ManifestError::NotJson(e.to_string())))
         .collect::<Result<_, _>>()?;
+    if !children.iter().any(|c| c.platform.is_some()) {
+        return Ok(Selection::NotAnImageIndex);
+    }
     let mut keep: Vec<bool> = children.iter().map(|c| c.platform.as_ref().is_some_and(|p| filter.matches(p))).collect();
     // Attestations of kept images travel with them.
     let kept: std::collections::HashSet<&str> =
@@ -344,6 +355,7 @@ async fn keep_fuller_indexes(dst: &dyn Scheme, plan: &mut Plan, filter: &Platfor
         .iter()
         .enumerate()
         .filter(|(_, i)| matches!(i.action, Action::Copy(CopyReason::DigestDiffers) | Action::Skip(SkipReason::OverwriteForbidden)))
+        .filter(|(_, i)| subject_of_tag(&i.tag).is_none())
         .filter(|(_, i)| manifest::kind_of(&manifest::normalise_media_type(&i.source.media_type)) == Some(Kind::Index))
         .filter_map(|(n, i)| {
             let target = i.source.digest.clone();
@@ -408,6 +420,8 @@ pub async fn narrow(
         .iter()
         .enumerate()
         .filter(|(_, i)| manifest::kind_of(&manifest::normalise_media_type(&i.source.media_type)) == Some(Kind::Index))
+        // Referrers indexes and cosign companions exist for another manifest: never narrowed.
+        .filter(|(_, i)| subject_of_tag(&i.tag).is_none())
         .filter(|(_, i)| match i.action {
             Action::Skip(SkipReason::RetryDeferred) => false,
             Action::Skip(_) => filter.mode == FilterMode::Rewrite,
@@ -453,6 +467,9 @@ pub async fn narrow(
                 );
                 item.action = Action::Skip(SkipReason::NoSelectedPlatform);
                 not_copied.insert((item.source_repo.clone(), item.source.digest.as_str().replacen(':', "-", 1)));
+            }
+            Ok(Selection::NotAnImageIndex) => {
+                tracing::debug!(repository = %item.source_repo, tag = %item.tag, "not a multi-platform image (no child names a platform): copied as it is");
             }
             Err(error) => failed.push((n, error)),
         }
@@ -630,6 +647,21 @@ mod tests {
         planned.platforms = Some(Box::new(s));
         assert_eq!(planned.target_digest(), &source);
         assert_eq!(selected_children(&planned).map(|c| c.len()), Some(1));
+    }
+
+    /// A referrers index (or any index whose children name no platform) is
+    /// not a multi-platform image: it is never narrowed nor skipped.
+    #[test]
+    fn referrers_and_artifact_indexes_are_not_image_indexes() {
+        let referrers = Bytes::from(format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":10,"artifactType":"application/spdx+json"}}]}}"#,
+            d(1)
+        ));
+        for mode in [FilterMode::Rewrite, FilterMode::Sparse] {
+            assert!(matches!(select(&filter(&["linux/amd64"], mode), &referrers, OCI_INDEX).unwrap(), Selection::NotAnImageIndex));
+        }
+        let empty = Bytes::from(format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#));
+        assert!(matches!(select(&filter(&["linux/amd64"], FilterMode::Rewrite), &empty, OCI_INDEX).unwrap(), Selection::NotAnImageIndex));
     }
 
     #[test]

@@ -56,11 +56,16 @@ pub struct ReferrerOptions {
     pub enabled: bool,
     /// Only referrers with one of these `artifactType`s (all when empty).
     pub types: Vec<String>,
+    /// Tags that exist for a manifest no tag of the source names any more
+    /// (a signature of an image whose tag moved on) travel too, with that
+    /// manifest copied by digest: `migrate` copies every tag. Policies keep
+    /// "a signature never travels alone" (false).
+    pub untagged_subjects: bool,
 }
 
 impl Default for ReferrerOptions {
     fn default() -> Self {
-        ReferrerOptions { enabled: true, types: Vec::new() }
+        ReferrerOptions { enabled: true, types: Vec::new(), untagged_subjects: false }
     }
 }
 
@@ -93,11 +98,21 @@ pub struct Referrers {
     /// By (destination repository, subject): the lock makes two tasks that
     /// meet on one subject take turns, so no merge of the fallback index is lost.
     slots: Mutex<HashMap<(RepoName, Digest), Slot>>,
+    /// (source repository, subject) of tags bound to a manifest that no tag
+    /// of the plan names (with [`ReferrerOptions::untagged_subjects`]).
+    untagged: HashSet<(RepoName, Digest)>,
 }
 
 impl Referrers {
     pub fn new(options: ReferrerOptions) -> Referrers {
-        Referrers { options, source_fallback: None, api: AtomicU8::new(UNKNOWN), indexes: AtomicU8::new(UNKNOWN), slots: Mutex::default() }
+        Referrers {
+            options,
+            source_fallback: None,
+            api: AtomicU8::new(UNKNOWN),
+            indexes: AtomicU8::new(UNKNOWN),
+            slots: Mutex::default(),
+            untagged: HashSet::new(),
+        }
     }
 
     /// Learn the source's fallback tags from `plan` (its items are every
@@ -105,6 +120,9 @@ impl Referrers {
     pub fn with_plan(mut self, plan: &Plan) -> Referrers {
         let tags = plan.items.iter().filter(|i| fallback_subject(&i.tag).is_some()).map(|i| (i.source_repo.clone(), i.tag.clone()));
         self.source_fallback = Some(tags.collect());
+        if self.options.untagged_subjects {
+            self.untagged = untagged_subjects_of(plan);
+        }
         self
     }
 
@@ -263,6 +281,19 @@ pub async fn merge_fallback(
     Ok(true)
 }
 
+/// (source repository, subject) of the plan's tags that exist for a
+/// manifest no other tag of the plan names (every tag of a repository is
+/// in a `migrate` plan, so such a manifest is untagged at the source).
+fn untagged_subjects_of(plan: &Plan) -> HashSet<(RepoName, Digest)> {
+    let tagged: HashSet<(&RepoName, &Digest)> =
+        plan.items.iter().filter(|i| subject_of_tag(&i.tag).is_none()).map(|i| (&i.source_repo, &i.source.digest)).collect();
+    plan.items
+        .iter()
+        .filter_map(|i| subject_of_tag(&i.tag).map(|s| (i.source_repo.clone(), s)))
+        .filter(|(repo, s)| !tagged.contains(&(repo, s)))
+        .collect()
+}
+
 /// Whether `repo@digest` is at `client`.
 async fn present(client: &dyn Scheme, repo: &RepoName, digest: &Digest, scopes: &Scopes) -> Result<bool, RegistryError> {
     Ok(client.head_manifest(repo, &Reference::Digest(digest.clone()), scopes).await?.is_some())
@@ -273,8 +304,18 @@ async fn present(client: &dyn Scheme, repo: &RepoName, digest: &Digest, scopes: 
 /// the destination. Returns `false` when it is not (nothing to copy).
 pub async fn copy_subject_bound(copier: &Copier, item: &PlanItem, subject: &Digest) -> Result<bool, RegistryError> {
     if !present(copier.destination(), &item.dest_repo, subject, &Scopes::push(&item.dest_repo)).await? {
-        tracing::debug!(repository = %item.dest_repo, tag = %item.tag, "its subject is not at the destination; not copied");
-        return Ok(false);
+        let untagged = copier.referrers().is_some_and(|r| r.untagged.contains(&(item.source_repo.clone(), subject.clone())));
+        if !untagged {
+            tracing::debug!(repository = %item.dest_repo, tag = %item.tag, "its subject is not at the destination; not copied");
+            return Ok(false);
+        }
+        // No tag names the subject at the source: it travels by digest with this tag.
+        match copier.source().head_manifest(&item.source_repo, &Reference::Digest(subject.clone()), &Scopes::pull(&item.source_repo)).await? {
+            Some(head) => {
+                copier.ensure_manifest(&item.source_repo, &item.dest_repo, subject, Some(&head.media_type), 0).await?;
+            }
+            None => tracing::info!(repository = %item.source_repo, tag = %item.tag, subject = %subject, "its subject is not at the source either; the tag is copied alone"),
+        }
     }
     if fallback_subject(&item.tag).is_none() {
         copier.copy_tag(item).await?;
@@ -375,7 +416,8 @@ pub async fn plan_fallback(
 /// repository is copied). A signature of a tag the policy does not select
 /// thus costs one `HEAD` per pass, and a pass that copies nothing stays a
 /// no-op.
-pub async fn settle_subject_bound(dst: &dyn Scheme, plan: &mut Plan, writes: bool, concurrency: usize) {
+pub async fn settle_subject_bound(dst: &dyn Scheme, plan: &mut Plan, writes: bool, concurrency: usize, untagged_subjects: bool) {
+    let untagged = if untagged_subjects { untagged_subjects_of(plan) } else { HashSet::new() };
     let tagged: HashSet<(RepoName, Digest)> = plan
         .items
         .iter()
@@ -396,7 +438,8 @@ pub async fn settle_subject_bound(dst: &dyn Scheme, plan: &mut Plan, writes: boo
         .filter(|(_, i)| matches!(i.action, Action::Copy(_)) && !may_bring.contains(&i.source_repo))
         .filter_map(|(n, i)| {
             let subject = subject_of_tag(&i.tag)?;
-            (!tagged.contains(&(i.source_repo.clone(), subject.clone()))).then(|| (n, i.dest_repo.clone(), subject))
+            let keep = tagged.contains(&(i.source_repo.clone(), subject.clone())) || untagged.contains(&(i.source_repo.clone(), subject.clone()));
+            (!keep).then(|| (n, i.dest_repo.clone(), subject))
         })
         .collect();
     if to_check.is_empty() {
@@ -483,6 +526,15 @@ pub async fn check_api_referrers(
         .iter()
         .enumerate()
         .filter(|(_, i)| subject_of_tag(&i.tag).is_none() && matches!(i.action, Action::Copy(_) | Action::Skip(SkipReason::UpToDate)))
+        // A rewritten index is another manifest at the destination: the
+        // source digest's referrers have no subject there and are not copied.
+        .filter(|(_, i)| {
+            let rewritten = i.target_digest() != &i.source.digest;
+            if rewritten {
+                tracing::debug!(repository = %i.source_repo, tag = %i.tag, subject = %i.source.digest, "referrers of the source index are not copied: the destination holds a rewritten index (another digest)");
+            }
+            !rewritten
+        })
         .filter(|(_, i)| subjects.insert((i.source_repo.clone(), i.source.digest.clone())))
         .map(|(n, i)| (n, i.source_repo.clone(), i.source.digest.clone()))
         .collect();
@@ -525,6 +577,27 @@ pub async fn check_api_referrers(
         out.push((n, list));
     }
     ApiCheck { lists: out, unsupported: false }
+}
+
+/// The entries (of the wanted `types`) of the source's fallback tag `tag`
+/// that the destination's index of the same tag does not list, for
+/// `verify` to name each one.
+pub async fn referrer_gap(
+    src: &dyn Scheme,
+    dst: &dyn Scheme,
+    source_repo: &RepoName,
+    dest_repo: &RepoName,
+    tag: &Tag,
+    types: &[String],
+) -> Result<Vec<ReferrerEntry>, RegistryError> {
+    let body = src.get_manifest(source_repo, &Reference::Tag(tag.clone()), &Scopes::pull(source_repo)).await?;
+    let entries = verbs::filter(verbs::parse_index(&body.bytes).map_err(|e| protocol(src, format!("{source_repo}:{tag}: {e}")))?, types);
+    let have: HashSet<Digest> = match dst.get_manifest(dest_repo, &Reference::Tag(tag.clone()), &Scopes::pull(dest_repo)).await {
+        Ok(b) => verbs::parse_index(&b.bytes).map_err(|e| protocol(dst, format!("{dest_repo}:{tag}: {e}")))?.into_iter().map(|e| e.digest).collect(),
+        Err(e) if e.status() == Some(404) || e.has_code("MANIFEST_UNKNOWN") => HashSet::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(entries.into_iter().filter(|e| !have.contains(&e.digest)).collect())
 }
 
 /// Destination referrers a verified fallback tag lists at the source but

@@ -32,6 +32,7 @@ struct Series {
     deletions_refused: u64,
     fenced_passes: u64,
     unmatched_patterns: u64,
+    tags_unsigned: u64,
 }
 
 /// The daemon's metrics (cheap to share behind an `Arc`).
@@ -103,8 +104,9 @@ impl Metrics {
             s.deletions_refused += u64::from(!p.refused.is_empty());
         }
         s.fenced_passes += u64::from(outcome.fenced);
-        if outcome.report.is_some() {
+        if let Some(r) = &outcome.report {
             s.unmatched_patterns = outcome.unmatched.len() as u64;
+            s.tags_unsigned = r.unsigned.len() as u64;
         }
         if outcome.ok() {
             s.last_success_timestamp = now;
@@ -120,7 +122,7 @@ impl Metrics {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP regferry_policies Policies loaded.\n# TYPE regferry_policies gauge\nregferry_policies {policies}");
         type Get = fn(&Series) -> f64;
-        let families: [(&str, &str, &str, Get); 18] = [
+        let families: [(&str, &str, &str, Get); 19] = [
             ("regferry_tags_copied_total", "counter", "Tags copied.", |s| s.tags_copied as f64),
             ("regferry_tags_skipped_total", "counter", "Tags left alone (up to date, deferred or not to be overwritten).", |s| {
                 s.tags_skipped as f64
@@ -149,6 +151,9 @@ impl Metrics {
             }),
             ("regferry_fenced_passes_total", "counter", "Passes refused because the failover fence at the DR site contradicts the state.", |s| {
                 s.fenced_passes as f64
+            }),
+            ("regferry_tags_unsigned", "gauge", "Tags held back in the last pass because they do not meet the policy's require (unsigned).", |s| {
+                s.tags_unsigned as f64
             }),
             ("regferry_policy_unmatched_patterns", "gauge", "Repository globs of the policy that matched no source repository in the last pass.", |s| {
                 s.unmatched_patterns as f64
@@ -204,4 +209,39 @@ pub fn render_lag(lags: &[crate::state::lag::Lag]) -> String {
         let _ = writeln!(out, "regferry_outstanding_tags{{policy=\"{}\",direction=\"{}\"}} {}", escape(&lag.policy), lag.direction, lag.outstanding_tags);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{Failure, Report};
+
+    /// Tags held back by `require:` show as a gauge of the last pass.
+    #[test]
+    fn unsigned_tags_are_a_gauge_of_the_last_pass() {
+        let metrics = Metrics::for_worker("w1");
+        let held = |n: usize| {
+            let mut outcome = DestinationOutcome::new("http://src".into(), "http://dst".into(), false);
+            outcome.report = Some(Report {
+                execution: Some(1),
+                resumed: false,
+                status: crate::state::ExecutionStatus::Succeeded,
+                counts: Default::default(),
+                failures: Vec::new(),
+                elapsed: std::time::Duration::ZERO,
+                source_requests: 0,
+                destination_requests: 0,
+                conditions: Vec::new(),
+                not_attempted: 0,
+                unsigned: (0..n).map(|i| Failure { repository: "a/b".into(), tag: format!("t{i}"), error: "not signed".into() }).collect(),
+            });
+            outcome
+        };
+        metrics.record("p", &held(2));
+        let line = |text: &str| text.lines().find(|l| l.starts_with("regferry_tags_unsigned{")).map(str::to_string);
+        assert_eq!(line(&metrics.render()).as_deref(), Some("regferry_tags_unsigned{policy=\"p\",destination=\"http://dst\",worker=\"w1\"} 2"));
+        metrics.record("p", &held(0));
+        assert!(line(&metrics.render()).is_some_and(|l| l.ends_with(" 0")), "once signed, the gauge falls");
+        assert!(held(2).ok(), "held-back tags do not fail the pass");
+    }
 }

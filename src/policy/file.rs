@@ -34,6 +34,10 @@ pub struct RawPolicy {
     /// Only referrers with these `artifactType`s (all when absent).
     #[serde(default)]
     pub referrer_types: Option<Vec<At<String>>>,
+    /// What a tag must have to be copied: a cosign signature by one of
+    /// these keys, referrers of these types.
+    #[serde(default)]
+    pub require: Option<At<RawRequire>>,
     #[serde(default)]
     pub overwrite: Option<bool>,
     #[serde(default)]
@@ -56,6 +60,17 @@ pub struct RawPolicy {
     /// Webhook receivers of this policy's notifications.
     #[serde(default)]
     pub notify: Option<Vec<At<super::notify::RawReceiver>>>,
+}
+
+/// `require: { signed_by: [KEY_FILE…], referrer_types: [TYPE…] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequire {
+    /// cosign public key files (`cosign.pub`), relative to the policy file's directory.
+    #[serde(default)]
+    pub signed_by: Vec<At<String>>,
+    #[serde(default)]
+    pub referrer_types: Vec<At<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,6 +22,8 @@ use crate::engine::execute::ExecuteOptions;
 use crate::engine::plan::RepoMapping;
 use crate::engine::rename::{Rename, RenameRule};
 use crate::engine::platforms::{FilterMode, PlatformFilter};
+use crate::engine::cosign::TrustedKey;
+use crate::engine::gate::Requirement;
 use crate::engine::referrers::ReferrerOptions;
 use crate::job::JobSpec;
 use crate::registry::endpoint::parse_size;
@@ -193,6 +195,8 @@ pub struct Policy {
     pub platforms: Option<Arc<PlatformFilter>>,
     /// Whether (and which) referrers travel with their subjects.
     pub referrers: Arc<ReferrerOptions>,
+    /// What a tag must have to be copied (`require:`).
+    pub require: Option<Arc<Requirement>>,
     pub overwrite: bool,
     pub delete: bool,
     /// The deletion guard's limit per pass and destination.
@@ -243,6 +247,7 @@ impl Policy {
                 immutable: self.tags.immutable,
                 platforms: self.platforms.clone(),
                 counters: self.progress.clone(),
+                require: self.require.clone(),
                 ..Scope::new(mapping, self.repos.clone(), self.tags.clone())
             },
             scope_words: self.scope_words.clone(),
@@ -531,7 +536,7 @@ impl Checker<'_> {
             tags.immutable = t.immutable.unwrap_or(false);
         }
 
-        let mut referrers = ReferrerOptions { enabled: raw.referrers.unwrap_or(true), types: Vec::new() };
+        let mut referrers = ReferrerOptions { enabled: raw.referrers.unwrap_or(true), types: Vec::new(), untagged_subjects: false };
         for (i, t) in raw.referrer_types.iter().flatten().enumerate() {
             let ok = crate::engine::referrers::check_artifact_type(&t.value);
             if self.ok(t, &format!("referrer_types[{i}]"), ok).is_some() {
@@ -543,6 +548,7 @@ impl Checker<'_> {
         }
 
         let platforms = self.platforms(raw.platforms.as_ref(), raw.platform_filter.as_ref());
+        let require = raw.require.as_ref().and_then(|r| self.require(r));
 
         let trigger = match &raw.trigger {
             Some(t) => match (&t.interval, &t.cron) {
@@ -632,6 +638,7 @@ impl Checker<'_> {
             tags: Arc::new(tags),
             platforms: platforms.map(Arc::new),
             referrers: Arc::new(referrers),
+            require: require.map(Arc::new),
             overwrite: raw.overwrite.unwrap_or(true),
             delete: raw.delete.unwrap_or(false),
             max_delete,
@@ -645,6 +652,26 @@ impl Checker<'_> {
             client,
             scope_words,
         })
+    }
+
+    /// `require:`: each key file read now (relative to the policy file's
+    /// directory), each type checked on its own line. `None` when empty.
+    fn require(&mut self, raw: &At<file::RawRequire>) -> Option<Requirement> {
+        let mut req = Requirement::default();
+        let dir = self.file.parent().map(Path::to_path_buf).unwrap_or_default();
+        for (i, k) in raw.value.signed_by.iter().enumerate() {
+            let path = dir.join(&k.value);
+            let ok = TrustedKey::load(&path).map_err(|e| e.to_string());
+            req.signed_by.extend(self.ok(k, &format!("require.signed_by[{i}]"), ok));
+        }
+        for (i, t) in raw.value.referrer_types.iter().enumerate() {
+            let ok = crate::engine::referrers::check_artifact_type(&t.value).map(|()| t.value.clone());
+            req.referrer_types.extend(self.ok(t, &format!("require.referrer_types[{i}]"), ok));
+        }
+        if raw.value.signed_by.is_empty() && raw.value.referrer_types.is_empty() {
+            self.issue(line(raw), "require", "is empty: give signed_by: [cosign.pub, …] and/or referrer_types: [type/subtype, …]");
+        }
+        (!req.is_empty()).then_some(req)
     }
 
     /// `platforms:` and `platform_filter:`, each value checked on its own line.
@@ -894,6 +921,37 @@ mod tests {
         };
         let fields: Vec<&str> = issues.iter().map(|i| i.field.as_str()).collect();
         assert_eq!(fields, ["source.chunk_size", "destinations[0].chunk_size", "stall_timeout", "commit_timeout"], "{issues:?}");
+    }
+
+    #[test]
+    fn require_reads_each_key_file_and_points_at_each_mistake() {
+        use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+        let key = p256::ecdsa::SigningKey::from_bytes(&[5u8; 32].into()).unwrap();
+        let pem = key.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
+        let base = "name: p\nsource: { registry: https://src.example.com }\ndestinations: [{ registry: https://dst.example.com }]\n";
+        let ok = format!("{base}require: {{ signed_by: [keys/cosign.pub], referrer_types: [application/spdx+json] }}\n");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        std::fs::write(dir.path().join("keys/cosign.pub"), &pem).unwrap();
+        std::fs::write(dir.path().join("p.yaml"), &ok).unwrap();
+        let set = load(dir.path(), &|_| None).unwrap();
+        let p = set.get("p").unwrap();
+        let spec = p.forward(&p.destinations[0]);
+        let req = spec.scope.require.as_deref().expect("require reaches the scope");
+        assert_eq!(req.signed_by.len(), 1);
+        assert!(req.signed_by[0].file.ends_with("keys/cosign.pub"), "{:?}", req.signed_by[0].file);
+        assert_eq!(req.referrer_types, ["application/spdx+json"]);
+        assert!(set.get("p").unwrap().forward(&p.destinations[0]).scope.require.is_some());
+        assert!(p.reverse(&p.destinations[0]).scope.require.is_some(), "the gate holds after a failover too");
+
+        let bad = format!("{base}require:\n  signed_by: [missing.pub, p.yaml]\n  referrer_types: [spdx]\n");
+        let e = load_text(&[("p.yaml", &bad)], &[]).unwrap_err().to_string();
+        assert!(e.contains("p.yaml:5: require.signed_by[0]: cannot read"), "{e}");
+        assert!(e.contains("require.signed_by[1]") && e.contains("not an ECDSA P-256 public key"), "{e}");
+        assert!(e.contains("p.yaml:6: require.referrer_types[0]") && e.contains("not a media type"), "{e}");
+        let empty = format!("{base}require: {{}}\n");
+        let e = load_text(&[("p.yaml", &empty)], &[]).unwrap_err().to_string();
+        assert!(e.contains("require: is empty"), "{e}");
     }
 
     #[test]

@@ -271,6 +271,24 @@ impl StateDb {
         Ok(row.map(|r| r.try_get("id")).transpose()?)
     }
 
+    /// (source repository, tag, source digest) of the tasks the latest
+    /// execution of `scope_key` recorded as `unsigned`.
+    pub async fn latest_unsigned(&self, scope_key: &str) -> Result<std::collections::HashSet<(String, String, String)>, StateError> {
+        let rows = sqlx::query(
+            "SELECT source_repo, tag, source_digest FROM tasks \
+             WHERE execution_id = (SELECT MAX(id) FROM executions WHERE scope_key = $1) AND status = 'unsigned'",
+        )
+        .bind(scope_key)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = std::collections::HashSet::new();
+        for r in rows {
+            let digest: Option<String> = r.try_get("source_digest")?;
+            out.insert((r.try_get("source_repo")?, r.try_get("tag")?, digest.unwrap_or_default()));
+        }
+        Ok(out)
+    }
+
     /// Write the plan's tasks (and its problems, as failed tasks) into
     /// `execution`, in one transaction. Returns the task id of each plan
     /// item, in order. A task that already succeeded and is still up to
@@ -282,6 +300,7 @@ impl StateDb {
         for item in &plan.items {
             let status = match item.action {
                 Action::Copy(_) => TaskStatus::Pending,
+                Action::Skip(SkipReason::Unsigned) => TaskStatus::Unsigned,
                 Action::Skip(_) => TaskStatus::Skipped,
             };
             // A resumed task found up to date with the digest it was
@@ -320,6 +339,9 @@ impl StateDb {
             .fetch_one(&mut *tx)
             .await?
             .try_get("id")?;
+            if let Some(why) = plan.refused.get(&(item.source_repo.clone(), item.tag.clone())) {
+                sqlx::query("UPDATE tasks SET last_error = $1 WHERE id = $2").bind(why).bind(id).execute(&mut *tx).await?;
+            }
             if let Some(n) = &item.platforms {
                 sqlx::query("UPDATE tasks SET dest_digest = $1, platforms = $2 WHERE id = $3")
                     .bind(n.destination_digest().as_str())

@@ -49,6 +49,7 @@ status_enum! {
         Succeeded => "succeeded",
         Failed => "failed",
         Skipped => "skipped",
+        Unsigned => "unsigned",
         Canceled => "canceled",
     }
 }

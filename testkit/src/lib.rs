@@ -7,6 +7,7 @@
 
 pub mod bench_report;
 pub mod client;
+pub mod cosign;
 pub mod dataset;
 pub mod image;
 pub mod nginx;

@@ -29,3 +29,4 @@ mod shapes_corners;
 mod workers;
 mod state_postgres;
 mod state_wedge;
+mod supply;
