@@ -157,7 +157,7 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
     let state = if args.dry_run { None } else { Some(StateDb::open(&args.state.state).await?.with_worker(args.state.worker(false))) };
 
     tracing::info!("planning: listing repositories and tags at {from}");
-    let plan = if args.dry_run { job.plan_read_only().await? } else { job.plan().await? };
+    let plan = if args.dry_run { job.plan_read_only().await? } else { job.plan_remembering(state.as_ref()).await? };
     tracing::info!(
         repositories = plan.repositories,
         tags = plan.items.len(),

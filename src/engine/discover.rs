@@ -22,6 +22,19 @@ use crate::scheme::Scheme;
 /// Chooses the tags of a repository to replicate (regexes, semver, newest N…).
 pub trait TagSelector: Send + Sync {
     fn select(&self, repo: &RepoName, tags: Vec<Tag>) -> Vec<Tag>;
+    /// The tags, when the rules name them exactly (no pattern, no version
+    /// rule): discovery then asks for them directly instead of listing.
+    fn literal(&self) -> Option<LiteralTags> {
+        None
+    }
+}
+
+/// Tags named exactly by the rules.
+#[derive(Debug, Clone, Default)]
+pub struct LiteralTags {
+    pub tags: Vec<Tag>,
+    /// Their cosign companions (`sha256-<hex>.sig|.att|.sbom`) travel too.
+    pub companions: bool,
 }
 
 /// Every tag.
@@ -132,6 +145,8 @@ pub struct Scope {
     pub referrers: Arc<ReferrerOptions>,
     /// Immutable tags: a tag the destination lists is never checked again.
     pub immutable: bool,
+    /// What narrowing to `platforms` produced on earlier passes.
+    pub narrowed: Arc<super::platforms::NarrowMemory>,
 }
 
 impl Scope {
@@ -141,7 +156,16 @@ impl Scope {
 
     /// A scope with the default referrer handling and mutable tags.
     pub fn new(mapping: RepoMapping, repos: RepoFilter, tags: Arc<dyn TagSelector>) -> Scope {
-        Scope { mapping, repos, explicit: Vec::new(), tags, platforms: None, referrers: Arc::default(), immutable: false }
+        Scope {
+            mapping,
+            repos,
+            explicit: Vec::new(),
+            tags,
+            platforms: None,
+            referrers: Arc::default(),
+            immutable: false,
+            narrowed: Arc::default(),
+        }
     }
 
     /// The tags of `repo` this scope replicates: the selector's choice,
@@ -166,6 +190,9 @@ pub struct RepoTags {
     pub source: RepoName,
     pub dest: RepoName,
     pub tags: Vec<Tag>,
+    /// The tags were named by the rules, not listed: they may not exist,
+    /// and their referrers fallback tags are looked up by name.
+    pub literal: bool,
 }
 
 /// The result of discovery.
@@ -179,6 +206,13 @@ pub struct Discovered {
     pub referrers: Arc<ReferrerOptions>,
     /// Immutable tags (see [`Scope::immutable`]).
     pub immutable: bool,
+    /// Indexes will be narrowed to some platforms: a tag missing at the
+    /// destination is asked with `HEAD` (free where pulls are counted), not
+    /// `GET`, since what is remembered about its narrowing may spare the pull.
+    pub narrowing: bool,
+    /// Cosign companions of tags named by the rules (not listed) are
+    /// looked up by name.
+    pub literal_companions: bool,
 }
 
 fn repo_problem(source: &str, error: String) -> Problem {
@@ -280,6 +314,20 @@ pub async fn discover(src: &dyn Scheme, dest: &RegistryUrl, scope: &Scope, concu
     let mut unmatched = Vec::new();
     let repos = repositories(src, dest, scope, &mut problems, &mut unmatched).await?;
 
+    // Tags named exactly: no listing (a listing can be many pages).
+    if let Some(named) = scope.tags.literal() {
+        let repos = repos.into_iter().map(|(source, dest)| RepoTags { source, dest, tags: named.tags.clone(), literal: true }).collect();
+        return Ok(Discovered {
+            repos,
+            problems,
+            unmatched,
+            referrers: scope.referrers.clone(),
+            immutable: scope.immutable,
+            narrowing: scope.platforms.is_some(),
+            literal_companions: named.companions,
+        });
+    }
+
     let listings: Vec<_> = futures::stream::iter(repos)
         .map(|(repo, dest)| async move {
             let tags = src.tags(&repo).await;
@@ -289,7 +337,15 @@ pub async fn discover(src: &dyn Scheme, dest: &RegistryUrl, scope: &Scope, concu
         .collect()
         .await;
 
-    let mut out = Discovered { repos: Vec::new(), problems, unmatched, referrers: scope.referrers.clone(), immutable: scope.immutable };
+    let mut out = Discovered {
+        repos: Vec::new(),
+        problems,
+        unmatched,
+        referrers: scope.referrers.clone(),
+        immutable: scope.immutable,
+        narrowing: scope.platforms.is_some(),
+        literal_companions: false,
+    };
     for (source, dest, listing) in listings {
         let raw = match listing {
             Ok(raw) => raw,
@@ -317,7 +373,7 @@ pub async fn discover(src: &dyn Scheme, dest: &RegistryUrl, scope: &Scope, concu
         tags.sort();
         tags.dedup();
         let tags = scope.select(&source, tags);
-        out.repos.push(RepoTags { source, dest, tags });
+        out.repos.push(RepoTags { source, dest, tags, literal: false });
     }
     Ok(out)
 }

@@ -35,6 +35,7 @@ use super::authn::Authenticator;
 use super::endpoint::{Endpoint, RegistryUrl};
 use super::error::{RegistryError, parse_error_body};
 use super::gate::{Gate, Ticket, Verdict};
+use super::usage::Usage;
 use progress::{Progress, Watched};
 
 /// How hard to retry transient failures of a single request.
@@ -191,6 +192,8 @@ pub struct RegistryClient {
     pub(super) manifest_head: super::manifests::HeadProbe,
     /// Shared by every task on this registry: pauses, rates, breaker.
     gate: Gate,
+    /// What was asked of the registry (pulls, HEADs, bytes, 429s, retries).
+    usage: Usage,
 }
 
 /// Build the message of a reqwest error: its chain of causes, without URLs.
@@ -310,6 +313,7 @@ impl RegistryClient {
             foreign: Default::default(),
             manifest_head: Default::default(),
             gate: Gate::new(name.clone(), &endpoint.limits),
+            usage: Usage::default(),
             name,
         })
     }
@@ -326,13 +330,29 @@ impl RegistryClient {
         &self.gate
     }
 
-    /// Report a request's outcome to the gate, and run the `/v2/` probe
-    /// the breaker asks for.
-    async fn observe(&self, ticket: Ticket<'_>, method: &Method, url: &Url, result: &Result<Response, RegistryError>) {
+    /// What was asked of this registry so far.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    /// Report a request's outcome to the gate and the counters (`sent`:
+    /// body bytes of an upload, `took`: time to the answer), and run the
+    /// `/v2/` probe the breaker asks for.
+    async fn observe(&self, ticket: Ticket<'_>, method: &Method, url: &Url, result: &Result<Response, RegistryError>, sent: u64, took: Duration) {
         let (headers, error) = match result {
             Ok(r) => (Some(r.headers()), None),
             Err(e) => (None, Some(e)),
         };
+        let status = match result {
+            Ok(r) => Some(r.status().as_u16()),
+            Err(e) => e.status(),
+        };
+        let bytes = match result {
+            Ok(r) if method == Method::GET => r.content_length().unwrap_or(0),
+            Ok(_) => sent,
+            Err(_) => 0,
+        };
+        self.usage.record(&self.name, method.as_str(), url.path(), status, bytes, took);
         if ticket.observe(method.as_str(), url.path(), headers, error) == Verdict::Probe {
             self.requests.fetch_add(1, Ordering::Relaxed);
             let probe = self.http.get(self.endpoint_url("/v2/")).send().await;
@@ -415,16 +435,26 @@ impl RegistryClient {
         let attempts = std::sync::atomic::AtomicUsize::new(0);
         let attempt = || async {
             attempts.fetch_add(1, Ordering::Relaxed);
+            // A pull is not sent while the registry's quota is at its reserve.
+            if super::usage::Kind::of(req.method.as_str(), req.url.path()) == super::usage::Kind::ManifestGet
+                && let Some(e) = self.gate.pull_refused()
+            {
+                return Err(e);
+            }
             let ticket = self.gate.admit(req.method.as_str()).await?;
+            let started = std::time::Instant::now();
             let result = self.send_following(req).await;
-            self.observe(ticket, &req.method, &req.url, &result).await;
+            self.observe(ticket, &req.method, &req.url, &result, 0, started.elapsed()).await;
             result
         };
         let result = attempt
             .retry(self.retry.backoff())
             .when(RegistryError::is_transient)
             .adjust(move |e: &RegistryError, d| d.map(|d| e.retry_after().map(|r| r.min(cap)).unwrap_or(d)))
-            .notify(|e, d| tracing::debug!(registry = %self.name, error = %e, "retrying in {d:?}"))
+            .notify(|e, d| {
+                self.usage.retried(&self.name);
+                tracing::debug!(registry = %self.name, error = %e, "retrying in {d:?}")
+            })
             .await;
         // An upload session the registry lost is restarted by the caller, not given up.
         result.map_err(|e| match e {
@@ -454,8 +484,10 @@ impl RegistryClient {
         body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     ) -> Result<Response, RegistryError> {
         let ticket = self.gate.admit(method.as_str()).await?;
+        let sent = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let started = std::time::Instant::now();
         let result = self.send_stream_once(method.clone(), url.clone(), scopes, headers, body).await;
-        self.observe(ticket, &method, &url, &result).await;
+        self.observe(ticket, &method, &url, &result, sent, started.elapsed()).await;
         result
     }
 
@@ -621,8 +653,17 @@ impl RegistryClient {
     /// Turn an error response into [`RegistryError::Status`], reading (a
     /// bounded amount of) its body for the registry's error codes, waiting
     /// for it at most the stall timeout.
+    ///
+    /// A `429` that spends the registry's quota (see
+    /// [`Gate::note_refusal`]) comes back as [`RegistryError::QuotaLow`],
+    /// which is not retried.
     pub(crate) async fn status_error(&self, method: &Method, url: &Url, resp: Response) -> RegistryError {
         let status = resp.status().as_u16();
+        if self.gate.note_refusal(status, resp.headers())
+            && let Some(e) = self.gate.halted(false)
+        {
+            return e;
+        }
         let retry_after = retry_after(resp.headers(), self.retry.max_retry_after);
         let body = tokio::time::timeout(self.stall_timeout, read_limited(resp, 64 * 1024))
             .await

@@ -61,7 +61,8 @@ pub enum Condition {
     ReadOnly(String),
     /// Writes fail for lack of storage (`507`, "no space left on device").
     OutOfSpace(String),
-    /// `RateLimit-Remaining` is at or below [`QUOTA_RESERVE`].
+    /// `RateLimit-Remaining` is at or below [`QUOTA_RESERVE`], or a `429`
+    /// said the quota is spent.
     QuotaLow { remaining: u64, window: Option<u64> },
 }
 
@@ -85,6 +86,9 @@ struct State {
     space_refusals: u32,
     probing: bool,
     condition: Option<Condition>,
+    /// When the registry's quota window resets, when it said (or, at the
+    /// latest, one window after the quota was found low).
+    quota_reset: Option<Instant>,
 }
 
 /// Spaces out units (requests, bytes) to at most `per_sec` per second.
@@ -261,9 +265,65 @@ impl Gate {
         let s = self.lock();
         let c = s.condition.as_ref()?;
         if let Condition::QuotaLow { remaining, window } = c {
-            return Some(RegistryError::QuotaLow { registry: self.label.clone(), remaining: *remaining, window: *window });
+            let resets_in = s.quota_reset.map(|t| t.saturating_duration_since(Instant::now()));
+            return Some(RegistryError::QuotaLow { registry: self.label.clone(), remaining: *remaining, window: *window, resets_in });
         }
         self.refusal(c, writes)
+    }
+
+    /// Whether a pull (manifest `GET`) may be sent: not while the quota
+    /// is at or below the reserve (`HEAD`s and blobs are not pulls and
+    /// always may). A window that has passed its reset time lets pulls go
+    /// again (the next answer tells the new count).
+    pub fn pull_refused(&self) -> Option<RegistryError> {
+        let mut s = self.lock();
+        if let Some(reset) = s.quota_reset
+            && reset <= Instant::now()
+            && matches!(s.condition, Some(Condition::QuotaLow { .. }))
+        {
+            s.condition = None;
+            s.quota_reset = None;
+            return None;
+        }
+        drop(s);
+        self.halted(false).filter(|e| matches!(e, RegistryError::QuotaLow { .. }))
+    }
+
+    /// How long until the quota that stopped work resets, if it did.
+    pub fn quota_resets_in(&self) -> Option<Duration> {
+        let s = self.lock();
+        if !matches!(s.condition, Some(Condition::QuotaLow { .. })) {
+            return None;
+        }
+        s.quota_reset.map(|t| t.saturating_duration_since(Instant::now()))
+    }
+
+    /// Read the quota headers of an answer that was an error (`429` and
+    /// others carry `RateLimit-Remaining` too). A `429` that says no
+    /// request is left (`RateLimit-Remaining: 0`), or arrives while the
+    /// quota is known to be low, spends the quota: returns true, and the
+    /// caller does not retry it.
+    pub fn note_refusal(&self, status: u16, headers: &HeaderMap) -> bool {
+        let mut s = self.lock();
+        let quota = rate_limit_remaining(headers);
+        if let Some(q) = quota {
+            self.note_quota(&mut s, q, headers);
+        }
+        let spent = status == 429
+            && (quota.is_some_and(|(r, _)| r == 0) || matches!(s.condition, Some(Condition::QuotaLow { .. })));
+        if spent {
+            let window = quota.and_then(|(_, w)| w).or(match &s.condition {
+                Some(Condition::QuotaLow { window, .. }) => *window,
+                _ => None,
+            });
+            self.note_quota(&mut s, (0, window), headers);
+            if let Some(reset) = reset_after(headers) {
+                s.quota_reset = Some(Instant::now() + reset);
+            }
+        }
+        drop(s);
+        self.changed.notify_waiters();
+        spent
     }
 
     /// The registry's condition, if one was found.
@@ -293,8 +353,10 @@ impl Gate {
                     s.half_open = false;
                     s.scout_out = None;
                 }
-                if let Some(quota) = headers.and_then(rate_limit_remaining) {
-                    self.note_quota(&mut s, quota);
+                if let Some(h) = headers
+                    && let Some(quota) = rate_limit_remaining(h)
+                {
+                    self.note_quota(&mut s, quota, h);
                 }
             }
             Some(RegistryError::Status { status, retry_after, errors, .. }) => {
@@ -387,12 +449,21 @@ impl Gate {
         s.scout_out = None;
     }
 
-    fn note_quota(&self, s: &mut State, (remaining, window): (u64, Option<u64>)) {
+    fn note_quota(&self, s: &mut State, (remaining, window): (u64, Option<u64>), headers: &HeaderMap) {
         if remaining > QUOTA_RESERVE {
             if matches!(s.condition, Some(Condition::QuotaLow { .. })) {
                 s.condition = None;
+                s.quota_reset = None;
             }
             return;
+        }
+        // The registry's word on the reset, else one window from now at
+        // the latest (a sliding window frees a pull at most that late).
+        if let Some(reset) = quota_reset(headers).or_else(|| window.map(Duration::from_secs)) {
+            let at = Instant::now() + reset;
+            if quota_reset(headers).is_some() || s.quota_reset.is_none() {
+                s.quota_reset = Some(at);
+            }
         }
         match &mut s.condition {
             Some(Condition::QuotaLow { remaining: r, window: w }) => {
@@ -420,6 +491,18 @@ pub fn rate_limit_remaining(headers: &HeaderMap) -> Option<(u64, Option<u64>)> {
     let remaining = parts.next()?.trim().parse().ok()?;
     let window = parts.find_map(|p| p.trim().strip_prefix("w=").and_then(|w| w.trim().parse().ok()));
     Some((remaining, window))
+}
+
+/// `RateLimit-Reset: SECONDS` (the IETF draft's header), if sent.
+fn quota_reset(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("ratelimit-reset")?.to_str().ok()?;
+    v.split(';').next()?.trim().parse().ok().map(Duration::from_secs)
+}
+
+/// When a spent quota comes back: `RateLimit-Reset`, else `Retry-After`
+/// in seconds.
+fn reset_after(headers: &HeaderMap) -> Option<Duration> {
+    quota_reset(headers).or_else(|| headers.get("retry-after")?.to_str().ok()?.trim().parse().ok().map(Duration::from_secs))
 }
 
 /// Opening an upload session (a mount too) or pushing a manifest: the

@@ -17,6 +17,7 @@ pub mod leases;
 mod location;
 pub mod overview;
 mod refused;
+mod narrowed;
 mod referrers;
 mod recorder;
 pub mod status;

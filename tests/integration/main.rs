@@ -24,4 +24,5 @@ mod shapes_limits;
 mod shapes_transfer;
 mod shapes_corners;
 mod workers;
+mod quota;
 mod state_postgres;

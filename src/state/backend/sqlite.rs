@@ -30,6 +30,7 @@ fn migrations() -> Migrator {
         migration(4, "platforms", include_str!("../migrations/sqlite/0004_platforms.sql")),
         migration(5, "referrers", include_str!("../migrations/sqlite/0005_referrers.sql")),
         migration(6, "workers", include_str!("../migrations/sqlite/0006_workers.sql")),
+        migration(9, "narrowed", include_str!("../migrations/sqlite/0009_narrowed.sql")),
     ])
 }
 
