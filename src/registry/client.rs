@@ -194,6 +194,8 @@ pub struct RegistryClient {
     gate: Gate,
     /// What was asked of the registry (pulls, HEADs, bytes, 429s, retries).
     usage: Usage,
+    /// Held by the one quota probe in flight (see [`RegistryClient::probe_quota`]).
+    quota_probe: tokio::sync::Mutex<()>,
 }
 
 /// Build the message of a reqwest error: its chain of causes, without URLs.
@@ -314,6 +316,7 @@ impl RegistryClient {
             manifest_head: Default::default(),
             gate: Gate::new(name.clone(), &endpoint.limits),
             usage: Usage::default(),
+            quota_probe: tokio::sync::Mutex::new(()),
             name,
         })
     }
@@ -431,6 +434,9 @@ impl RegistryClient {
     /// failure that used up the retries comes back as
     /// [`RegistryError::Exhausted`], which callers do not retry again.
     pub async fn send(&self, req: &Request) -> Result<Response, RegistryError> {
+        if super::usage::Kind::of(req.method.as_str(), req.url.path()) == super::usage::Kind::ManifestGet && !self.gate.quota_known() {
+            self.probe_quota(req).await;
+        }
         let cap = self.retry.max_retry_after;
         let attempts = std::sync::atomic::AtomicUsize::new(0);
         let attempt = || async {
@@ -463,6 +469,33 @@ impl RegistryClient {
             }
             e => e,
         })
+    }
+
+    /// Before the first pull (manifest `GET`) to a registry whose quota is
+    /// not known yet: a `HEAD` of the same manifest (free on Docker Hub,
+    /// and the way it documents reading the quota), one at a time, so that
+    /// a registry at its reserve sees no pull at all. Its answer goes to
+    /// the gate like any other; a failure is left to the `GET` itself.
+    async fn probe_quota(&self, req: &Request) {
+        let _one = self.quota_probe.lock().await;
+        if self.gate.quota_known() {
+            return;
+        }
+        let head = Request {
+            method: Method::HEAD,
+            url: req.url.clone(),
+            scopes: req.scopes.clone(),
+            headers: req.headers.clone(),
+            body: None,
+            also_ok: &[404],
+            download: false,
+        };
+        if let Ok(ticket) = self.gate.admit("HEAD").await {
+            let started = std::time::Instant::now();
+            let result = self.send_following(&head).await;
+            self.observe(ticket, &head.method, &head.url, &result, 0, started.elapsed()).await;
+        }
+        self.gate.note_quota_known();
     }
 
     /// Send a request whose body is a one-shot stream: one attempt, with the

@@ -89,6 +89,8 @@ struct State {
     /// When the registry's quota window resets, when it said (or, at the
     /// latest, one window after the quota was found low).
     quota_reset: Option<Instant>,
+    /// An answer said what the quota is, or a probe found none.
+    quota_known: bool,
 }
 
 /// Spaces out units (requests, bytes) to at most `per_sec` per second.
@@ -289,6 +291,16 @@ impl Gate {
         self.halted(false).filter(|e| matches!(e, RegistryError::QuotaLow { .. }))
     }
 
+    /// Whether the registry's quota (or that it announces none) is known.
+    pub fn quota_known(&self) -> bool {
+        self.lock().quota_known
+    }
+
+    /// The quota was probed (announced or not).
+    pub fn note_quota_known(&self) {
+        self.lock().quota_known = true;
+    }
+
     /// How long until the quota that stopped work resets, if it did.
     pub fn quota_resets_in(&self) -> Option<Duration> {
         let s = self.lock();
@@ -450,10 +462,13 @@ impl Gate {
     }
 
     fn note_quota(&self, s: &mut State, (remaining, window): (u64, Option<u64>), headers: &HeaderMap) {
+        s.quota_known = true;
         if remaining > QUOTA_RESERVE {
-            if matches!(s.condition, Some(Condition::QuotaLow { .. })) {
+            // Answers overtake each other: a higher count after a low one
+            // may be older. With a reset time known, the quota stays low
+            // until then ([`Gate::pull_refused`] lifts it).
+            if matches!(s.condition, Some(Condition::QuotaLow { .. })) && s.quota_reset.is_none() {
                 s.condition = None;
-                s.quota_reset = None;
             }
             return;
         }
@@ -467,8 +482,8 @@ impl Gate {
         }
         match &mut s.condition {
             Some(Condition::QuotaLow { remaining: r, window: w }) => {
-                *r = remaining;
-                *w = window;
+                *r = remaining.min(*r);
+                *w = window.or(*w);
             }
             Some(_) => {}
             None => {
@@ -646,6 +661,42 @@ mod tests {
         let e = gate.halted(false).expect("halted");
         assert!(e.to_string().contains("5"), "{e}");
         assert!(gate.admit("GET").await.is_ok(), "in-flight work may finish");
+    }
+
+    #[tokio::test]
+    async fn a_429_that_spends_the_quota_stops_pulls_until_the_reset() {
+        let spent = |extra: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            h.insert("ratelimit-remaining", HeaderValue::from_static("0;w=21600"));
+            for (k, v) in extra {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let gate = Gate::new("source https://hub".into(), &Limits::default());
+        assert!(gate.pull_refused().is_none());
+        assert!(gate.note_refusal(429, &spent(&[])), "a 429 with nothing left spends the quota");
+        let e = gate.pull_refused().expect("no more pulls");
+        assert!(matches!(e, RegistryError::QuotaLow { remaining: 0, .. }) && !e.is_transient(), "{e}");
+        assert!(e.to_string().contains("waiting for the registry's quota (resets in 5h 59m"), "{e}");
+        assert!(gate.quota_resets_in().is_some_and(|d| d > Duration::from_secs(21500)));
+        // An older answer with more left does not lift it before the reset.
+        let mut more = HeaderMap::new();
+        more.insert("ratelimit-remaining", HeaderValue::from_static("50;w=21600"));
+        gate.admit("HEAD").await.unwrap().observe("HEAD", "/v2/a/manifests/1", Some(&more), None);
+        assert!(gate.pull_refused().is_some());
+
+        // The registry's own word on the reset wins; once it passed, pulls go again.
+        let gate = Gate::new("source https://hub".into(), &Limits::default());
+        assert!(gate.note_refusal(429, &spent(&[("ratelimit-reset", "1")])));
+        assert!(gate.quota_resets_in().is_some_and(|d| d <= Duration::from_secs(1)));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(gate.pull_refused().is_none(), "the window reset");
+
+        // A 429 from a registry that announces no quota is an ordinary pause.
+        let gate = Gate::new("source http://r".into(), &Limits::default());
+        assert!(!gate.note_refusal(429, &HeaderMap::new()));
+        assert!(gate.pull_refused().is_none() && gate.halted(false).is_none());
     }
 
     #[tokio::test]
