@@ -218,7 +218,8 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
                     .await
                     .map_err(problem);
             }
-            let (source, source_body) = if at_destination || narrowing {
+            // (A named tag may not exist: a HEAD says so without a pull.)
+            let (source, source_body) = if at_destination || narrowing || literal {
                 // A named tag was not listed: one HEAD, its 404 is an answer.
                 let head = if literal {
                     src.head_manifest(&source_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&source_repo)).await
@@ -233,17 +234,7 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
             } else {
                 // Certainly missing at the destination: the copy will need
                 // the body, so fetch it now instead of a HEAD now and a GET later.
-                let got = if literal {
-                    let unknown = |e: &RegistryError| e.status() == Some(404) || e.has_code("MANIFEST_UNKNOWN");
-                    match src.get_manifest(&source_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&source_repo)).await {
-                        Ok(body) => Ok(Some(body)),
-                        Err(e) if unknown(&e) => Ok(None),
-                        Err(e) => Err(e),
-                    }
-                } else {
-                    get_source(src, &source_repo, &tag).await
-                };
-                match got {
+                match get_source(src, &source_repo, &tag).await {
                     Ok(Some(body)) => {
                         if body.ignored_header.is_some() {
                             mismatches.fetch_add(1, Ordering::Relaxed);
