@@ -356,6 +356,11 @@ impl RegistryClient {
             Err(_) => 0,
         };
         self.usage.record(&self.name, method.as_str(), url.path(), status, bytes, took);
+        // Registries that count pulls announce the quota on every manifest
+        // answer: after one, it is known (announced or not).
+        if status.is_some() && url.path().contains("/manifests/") {
+            self.gate.note_quota_known();
+        }
         if ticket.observe(method.as_str(), url.path(), headers, error) == Verdict::Probe {
             self.requests.fetch_add(1, Ordering::Relaxed);
             let probe = self.http.get(self.endpoint_url("/v2/")).send().await;
@@ -471,14 +476,16 @@ impl RegistryClient {
         })
     }
 
-    /// Before the first pull (manifest `GET`) to a registry whose quota is
-    /// not known yet: a `HEAD` of the same manifest (free on Docker Hub,
-    /// and the way it documents reading the quota), one at a time, so that
-    /// a registry at its reserve sees no pull at all. Its answer goes to
-    /// the gate like any other; a failure is left to the `GET` itself.
+    /// Before the first pull (manifest `GET`) to a registry that has not
+    /// answered any manifest request yet (whose quota is therefore not
+    /// known): a `HEAD` of the same manifest (free on Docker Hub, and the
+    /// way it documents reading the quota), one at a time, so that a
+    /// registry at its reserve sees no pull at all. Not where `HEAD` on
+    /// manifests is known to be refused. Its answer goes to the gate like
+    /// any other; a failure is left to the `GET` itself.
     async fn probe_quota(&self, req: &Request) {
         let _one = self.quota_probe.lock().await;
-        if self.gate.quota_known() {
+        if self.gate.quota_known() || self.refuses_manifest_head() {
             return;
         }
         let head = Request {
