@@ -127,3 +127,46 @@ async fn tags_named_exactly_are_asked_for_without_listing_and_their_signatures_t
     let lines: Vec<String> = src.lines_by("regferry/").into_iter().skip(before).collect();
     assert!(lines.iter().all(|l| !l.contains("/tags/list") && !(l.contains("\"GET ") && l.contains("/manifests/"))), "{lines:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_tries_again_when_the_quota_resets_not_at_its_next_trigger() {
+    use std::time::Duration;
+
+    let (src, dst, s, d) = registries();
+    let pushed = dataset::fill(&s, &plain_images(2, 10)).await;
+    // A 12-pull quota in a 4-second window: 2 pulls above the reserve
+    // (and up to 8 more already on their way when it is reached).
+    let sp = FaultProxy::start(&src.url, Faults { pull_quota: Some(12), quota_window_secs: 4, ..Faults::default() });
+    let scratch = Scratch::new();
+    let policies = crate::policies::write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: hub\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\ntrigger: {{ interval: 1h }}\nconcurrency: 1\n",
+            sp.url, dst.url
+        ),
+    );
+    let daemon = crate::support::daemon_command(&scratch, &policies, testkit::free_port()).spawn().expect("start daemon");
+    let log = scratch.path("daemon.log");
+    crate::support::wait_until(Duration::from_secs(30), "the first pass to stop at the quota", async || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("the next pass starts when it resets")
+    })
+    .await;
+    let first = sp.counters.kind("GET manifest");
+    assert!(first < pushed.len() as u64, "{first} pulls");
+    // The window resets with room for the rest: the next pass comes then, not in an hour.
+    sp.set_faults(Faults { pull_quota: Some(100), quota_window_secs: 4, ..Faults::default() });
+    crate::support::wait_until(Duration::from_secs(30), "the rest copied after the reset", async || {
+        for p in &pushed {
+            if d.head(&p.repo, &p.tag).await.is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let text = crate::support::stop_daemon(daemon, &log).await;
+    assert_eq!(text.matches("its rate limit allows only").count(), 1, "announced once:\n{text}");
+    assert_mirrored(&s, &d, &repos_of(&pushed), "").await;
+}
