@@ -456,7 +456,12 @@ impl RegistryClient {
             let started = std::time::Instant::now();
             let result = self.send_following(req).await;
             self.observe(ticket, &req.method, &req.url, &result, 0, started.elapsed()).await;
-            result
+            // A `429` that spent the registry's quota (see [`Gate::note_refusal`])
+            // comes back as [`RegistryError::QuotaLow`], which is not retried.
+            match result {
+                Err(e) if e.status() == Some(429) => Err(self.gate.halted(false).filter(|q| matches!(q, RegistryError::QuotaLow { .. })).unwrap_or(e)),
+                other => other,
+            }
         };
         let result = attempt
             .retry(self.retry.backoff())
@@ -693,17 +698,10 @@ impl RegistryClient {
     /// Turn an error response into [`RegistryError::Status`], reading (a
     /// bounded amount of) its body for the registry's error codes, waiting
     /// for it at most the stall timeout.
-    ///
-    /// A `429` that spends the registry's quota (see
-    /// [`Gate::note_refusal`]) comes back as [`RegistryError::QuotaLow`],
-    /// which is not retried.
+    /// The answer's quota headers go to the gate ([`Gate::note_refusal`]).
     pub(crate) async fn status_error(&self, method: &Method, url: &Url, resp: Response) -> RegistryError {
         let status = resp.status().as_u16();
-        if self.gate.note_refusal(status, resp.headers())
-            && let Some(e) = self.gate.halted(false)
-        {
-            return e;
-        }
+        self.gate.note_refusal(status, resp.headers());
         let retry_after = retry_after(resp.headers(), self.retry.max_retry_after);
         let body = tokio::time::timeout(self.stall_timeout, read_limited(resp, 64 * 1024))
             .await

@@ -91,6 +91,12 @@ struct State {
     quota_reset: Option<Instant>,
     /// An answer said what the quota is, or a probe found none.
     quota_known: bool,
+    /// Pulls left by our own count: the lowest count announced, less every
+    /// pull sent since (answers overtake each other and lag behind the
+    /// pulls in flight, so this errs low, never high).
+    pulls_left: Option<u64>,
+    /// The window the registry announced (`w=`), in seconds.
+    quota_window: Option<u64>,
 }
 
 /// Spaces out units (requests, bytes) to at most `per_sec` per second.
@@ -285,7 +291,21 @@ impl Gate {
         {
             s.condition = None;
             s.quota_reset = None;
+            s.pulls_left = None;
             return None;
+        }
+        if s.condition.is_none()
+            && let Some(left) = s.pulls_left
+        {
+            if left > QUOTA_RESERVE {
+                // This pull is on its way: one less.
+                s.pulls_left = Some(left - 1);
+                return None;
+            }
+            if s.quota_reset.is_none() {
+                s.quota_reset = s.quota_window.map(|w| Instant::now() + Duration::from_secs(w));
+            }
+            self.quota_low(&mut s, left, None);
         }
         drop(s);
         self.halted(false).filter(|e| matches!(e, RegistryError::QuotaLow { .. }))
@@ -463,11 +483,16 @@ impl Gate {
 
     fn note_quota(&self, s: &mut State, (remaining, window): (u64, Option<u64>), headers: &HeaderMap) {
         s.quota_known = true;
+        s.pulls_left = Some(s.pulls_left.map_or(remaining, |left| left.min(remaining)));
+        s.quota_window = window.or(s.quota_window);
         if remaining > QUOTA_RESERVE {
             // Answers overtake each other: a higher count after a low one
             // may be older. With a reset time known, the quota stays low
             // until then ([`Gate::pull_refused`] lifts it).
-            if matches!(s.condition, Some(Condition::QuotaLow { .. })) && s.quota_reset.is_none() {
+            if matches!(s.condition, Some(Condition::QuotaLow { .. }))
+                && s.quota_reset.is_none()
+                && s.pulls_left.is_none_or(|left| left > QUOTA_RESERVE)
+            {
                 s.condition = None;
             }
             return;
@@ -480,6 +505,11 @@ impl Gate {
                 s.quota_reset = Some(at);
             }
         }
+        self.quota_low(s, remaining, window);
+    }
+
+    /// The quota is at or below the reserve: say so once, stop new work.
+    fn quota_low(&self, s: &mut State, remaining: u64, window: Option<u64>) {
         match &mut s.condition {
             Some(Condition::QuotaLow { remaining: r, window: w }) => {
                 *r = remaining.min(*r);
@@ -487,6 +517,7 @@ impl Gate {
             }
             Some(_) => {}
             None => {
+                let window = window.or(s.quota_window);
                 let span = window.map(|w| format!(" (the window is {w}s)")).unwrap_or_default();
                 tracing::warn!(
                     "{}: its rate limit allows only {remaining} more requests{span}; no new work is started on it, \
@@ -697,6 +728,20 @@ mod tests {
         let gate = Gate::new("source http://r".into(), &Limits::default());
         assert!(!gate.note_refusal(429, &HeaderMap::new()));
         assert!(gate.pull_refused().is_none() && gate.halted(false).is_none());
+    }
+
+    #[test]
+    fn pulls_are_counted_as_they_are_sent_down_to_the_reserve() {
+        let gate = Gate::new("source https://hub".into(), &Limits::default());
+        let mut h = HeaderMap::new();
+        h.insert("ratelimit-remaining", HeaderValue::from_static("16;w=3600"));
+        gate.note_refusal(404, &h);
+        let sent = (0..20).take_while(|_| gate.pull_refused().is_none()).count();
+        assert_eq!(sent, 6, "16 left, 10 kept in reserve");
+        // A late answer announcing more does not give pulls back.
+        gate.note_refusal(404, &h);
+        let e = gate.pull_refused().expect("at the reserve");
+        assert!(e.to_string().contains("resets in 59m"), "{e}");
     }
 
     #[tokio::test]
