@@ -8,7 +8,12 @@
 //! at all is recorded in [`Plan::new_repos`], so the copy can skip asking
 //! that repository for blobs and manifests only this run can have put there.
 //! For a tag the destination certainly lacks, the source manifest is fetched
-//! with `GET` instead of `HEAD` and kept for the copy (within a memory budget).
+//! with `GET` instead of `HEAD` and kept for the copy (within a memory budget)
+//! — unless its index is to be narrowed or the tag was named rather than
+//! listed (then a `HEAD`: `GET`s are what quota-counting registries count),
+//! or the source's pull quota is spent (a `HEAD` plans the tag, which waits).
+//! Tags named by the rules are not listed; their fallback and cosign
+//! companion tags are looked up by name (see [`literal_companion_tags`]).
 //! Referrers fallback tags are diffed by content (see
 //! [`super::referrers::plan_fallback`]); with immutable tags, a tag the
 //! destination lists costs nothing beyond the listings.
@@ -218,9 +223,10 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
                     .await
                     .map_err(problem);
             }
-            // (A named tag may not exist: a HEAD says so without a pull.)
+            // A tag the destination may have: a HEAD. So too a tag to be
+            // narrowed (what the state remembers may spare the pull) and a
+            // named tag (it may not exist; one HEAD, its 404 is the answer).
             let (source, source_body) = if at_destination || narrowing || literal {
-                // A named tag was not listed: one HEAD, its 404 is an answer.
                 let head = if literal {
                     src.head_manifest(&source_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&source_repo)).await
                 } else {
