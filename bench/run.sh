@@ -16,6 +16,8 @@
 #                                # quota of 16 pulls: pulls, 429s, time; then a pass with the quota spent
 #   bench/run.sh --platforms     # only: a platform-filtered (linux/amd64, rewrite) initial copy of
 #                                # multi-arch tags, then the no-op pass: its manifest GETs must be 0
+#   bench/run.sh --tags 100000   # only: the scale scenario with 20 repositories × N/20 tags (initial
+#                                # copy, then no-op passes with HEADs and with --missing-only)
 #
 # The tls and slow scenarios run regferry single-threaded (--threads 1) and
 # multi-threaded (--threads BENCH_THREADS, default: the cores) against
@@ -67,7 +69,8 @@ while [ $# -gt 0 ]; do
     --workers) shift; WORKERS="$1"; scenarios=(workers) ;;
     --quota) shift; QUOTA="$1"; scenarios=(quota) ;;
     --platforms) scenarios=(platforms) ;;
-    -h|--help) sed -n '2,52p' "$0"; exit 0 ;;
+    --tags) shift; BENCH_SCALE_REPOS=20; BENCH_SCALE_TAGS=$(( $1 / 20 )); scenarios=(scale) ;;
+    -h|--help) sed -n '2,54p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -518,6 +521,8 @@ for scenario in "${scenarios[@]}"; do
       measure scale 1 regferry noop-part "${ssrc_log[0]}" "${ssrc_pid[0]}" "${sdst_log[0]}" "${sdst_pid[0]}" -- "${rf[@]}" "${part[@]}"
     fi
     measure scale 1 regferry noop "${ssrc_log[0]}" "${ssrc_pid[0]}" "${sdst_log[0]}" "${sdst_pid[0]}" -- "${rf[@]}"
+    # Immutable tags: a tag the destination lists is not compared (listings only).
+    measure scale 1 regferry noop-immutable "${ssrc_log[0]}" "${ssrc_pid[0]}" "${sdst_log[0]}" "${sdst_pid[0]}" -- "${rf[@]}" --missing-only
     if [ "$SCALE_SKOPEO" = 1 ]; then
       skopeo_yaml "$src" "$work/scale.skopeo.yaml"
       sk=(skopeo sync --all --preserve-digests --src yaml --dest docker --dest-tls-verify=false "$work/scale.skopeo.yaml" "$(hostport "${sdst_url[1]}")/mirror")
