@@ -150,6 +150,12 @@ fn log_pass(outcome: &PassOutcome) {
             (None, Some(r)) => {
                 let c = &r.counts;
                 let fields = (c.tags_copied, c.tags_skipped, c.tags_failed, c.bytes_uploaded);
+                // What the pass asked of each registry (pulls are what quotas count).
+                for u in r.usage.iter().filter(|u| u.usage != Default::default()) {
+                    let n = &u.usage;
+                    tracing::debug!(policy = %outcome.policy, role = u.role, registry = %u.registry, pulls = n.pulls, heads = n.heads,
+                        bytes_read = n.blob_bytes_read, bytes_written = n.blob_bytes_written, throttled = n.throttled, retries = n.retries, "registry usage");
+                }
                 if r.failures.is_empty() {
                     tracing::info!(policy = %outcome.policy, destination = %d.destination, copied = fields.0, skipped = fields.1,
                         failed = fields.2, bytes = fields.3, deferred = d.deferred, execution = r.execution, status = %r.status, "pass finished");
