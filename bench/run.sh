@@ -12,6 +12,12 @@
 #   bench/run.sh --only tls      # just one scenario (main|big|scale|tls|slow)
 #   bench/run.sh --workers 3     # only: one large pass by 1 daemon vs 3 daemons on one PostgreSQL,
 #                                # each capped at BENCH_WORKER_BPS; then a kill -9 of the pass's holder
+#   bench/run.sh --quota 16      # only: 30 tags to copy from a source answering as Docker Hub with a
+#                                # quota of 16 pulls: pulls, 429s, time; then a pass with the quota spent
+#   bench/run.sh --platforms     # only: a platform-filtered (linux/amd64, rewrite) initial copy of
+#                                # multi-arch tags, then the no-op pass: its manifest GETs must be 0
+#   bench/run.sh --tags 100000   # only: the scale scenario with 20 repositories × N/20 tags (initial
+#                                # copy, then no-op passes with HEADs and with --missing-only)
 #
 # The tls and slow scenarios run regferry single-threaded (--threads 1) and
 # multi-threaded (--threads BENCH_THREADS, default: the cores) against
@@ -61,7 +67,10 @@ while [ $# -gt 0 ]; do
     --tls) scenarios+=(tls) ;;
     --slow) scenarios+=(slow) ;;
     --workers) shift; WORKERS="$1"; scenarios=(workers) ;;
-    -h|--help) sed -n '2,48p' "$0"; exit 0 ;;
+    --quota) shift; QUOTA="$1"; scenarios=(quota) ;;
+    --platforms) scenarios=(platforms) ;;
+    --tags) shift; BENCH_SCALE_REPOS=20; BENCH_SCALE_TAGS=$(( $1 / 20 )); scenarios=(scale) ;;
+    -h|--help) sed -n '2,54p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -401,8 +410,64 @@ run_workers() {
   stop_registries
 }
 
+# The cost scenarios (issue #21): each writes $out/<scenario>.txt.
+# Pulls, HEADs and 429s are what regferry's --json reports for the source
+# (checked against the fault proxy's view in tests/integration/quota.rs).
+source_usage() { jq -r '[.registries[] | select(.role == "source")][0] | "\(.pulls) pulls, \(.heads) HEADs, \(.throttled) answered 429"' "$1"; }
+start_proxy() {
+  local file="$work/$1.proxy"
+  shift
+  "$kit" proxy "$@" >"$file" 2>"$file.log" &
+  serve_pids+=($!)
+  for _ in $(seq 100); do grep -q '^PROXY=' "$file" 2>/dev/null && break; sleep 0.1; done
+  sed -n 's/^PROXY=//p' "$file"
+}
+timed_migrate() { # JSON-FILE ARGS…: runs regferry migrate --json, prints "exit wall_s"
+  local json=$1 t0 t1 code=0
+  shift
+  t0=$(date +%s.%N)
+  "$regferry" -q migrate --json "$@" >"$json" 2>"$json.log" || code=$?
+  t1=$(date +%s.%N)
+  echo "$code $(awk "BEGIN { printf \"%.2f\", $t1 - $t0 }")"
+}
+run_quota() {
+  local repos=${BENCH_QUOTA_REPOS:-3} tags=${BENCH_QUOTA_TAGS:-10} purl r
+  echo "== quota: $repos × $tags tags, a source with a quota of $QUOTA pulls ==" >&2
+  start_registries qsrc 1
+  start_registries qdst 1
+  "$kit" fill --registry "${qsrc_url[0]}" --prefix quota --repos "$repos" --tags "$tags" --base-layers 1 --base-size 65536 \
+    --repo-size 16384 --tag-size 4096 --multi-arch-every 0 --no-signatures >&2
+  purl=$(start_proxy quota --upstream "${qsrc_url[0]}" --pull-quota "$QUOTA" --quota-window-secs 3600)
+  {
+    echo "quota: $((repos * tags)) tags to copy, a quota of $QUOTA pulls (reserve 10)"
+    r=$(timed_migrate "$out/quota-1.json" --from "$purl" --to "${qdst_url[0]}/mirror" --state "$work/quota-1.db")
+    echo "  first pass:  exit ${r%% *} in ${r#* }s, $(source_usage "$out/quota-1.json"), $(jq -r '.counts.tags_copied' "$out/quota-1.json") copied, $(jq -r '.failures | length' "$out/quota-1.json") waiting for the quota"
+    r=$(timed_migrate "$out/quota-2.json" --from "$purl" --to "${qdst_url[0]}/mirror" --state "$work/quota-2.db")
+    echo "  second pass: exit ${r%% *} in ${r#* }s, $(source_usage "$out/quota-2.json") (quota at its reserve)"
+  } | tee "$out/quota.txt" >&2
+  stop_registries
+}
+run_platforms() {
+  local repos=${BENCH_PLATFORM_REPOS:-5} tags=${BENCH_PLATFORM_TAGS:-10} r
+  echo "== platforms: $repos × $tags multi-arch tags, --platform linux/amd64 (rewrite) ==" >&2
+  start_registries psrc 1
+  start_registries pdst 1
+  "$kit" fill --registry "${psrc_url[0]}" --prefix plat --repos "$repos" --tags "$tags" --base-layers 1 --base-size 65536 \
+    --repo-size 16384 --tag-size 4096 --multi-arch-every 1 --no-signatures >&2
+  {
+    echo "platforms: $((repos * tags)) two-platform indexes, narrowed to linux/amd64"
+    r=$(timed_migrate "$out/platforms-1.json" --from "${psrc_url[0]}" --to "${pdst_url[0]}/mirror" --state "$work/platforms.db" --platform linux/amd64)
+    echo "  initial copy: exit ${r%% *} in ${r#* }s, $(source_usage "$out/platforms-1.json")"
+    r=$(timed_migrate "$out/platforms-2.json" --from "${psrc_url[0]}" --to "${pdst_url[0]}/mirror" --state "$work/platforms.db" --platform linux/amd64)
+    echo "  no-op pass:   exit ${r%% *} in ${r#* }s, $(source_usage "$out/platforms-2.json") (manifest GETs must be 0)"
+  } | tee "$out/platforms.txt" >&2
+  stop_registries
+}
+
 for scenario in "${scenarios[@]}"; do
   case "$scenario" in
+  quota) run_quota ;;
+  platforms) run_platforms ;;
   main)
     echo "== main: $REPOS repositories × $TAGS tags ==" >&2
     start_registries msrc 1
@@ -456,6 +521,8 @@ for scenario in "${scenarios[@]}"; do
       measure scale 1 regferry noop-part "${ssrc_log[0]}" "${ssrc_pid[0]}" "${sdst_log[0]}" "${sdst_pid[0]}" -- "${rf[@]}" "${part[@]}"
     fi
     measure scale 1 regferry noop "${ssrc_log[0]}" "${ssrc_pid[0]}" "${sdst_log[0]}" "${sdst_pid[0]}" -- "${rf[@]}"
+    # Immutable tags: a tag the destination lists is not compared (listings only).
+    measure scale 1 regferry noop-immutable "${ssrc_log[0]}" "${ssrc_pid[0]}" "${sdst_log[0]}" "${sdst_pid[0]}" -- "${rf[@]}" --missing-only
     if [ "$SCALE_SKOPEO" = 1 ]; then
       skopeo_yaml "$src" "$work/scale.skopeo.yaml"
       sk=(skopeo sync --all --preserve-digests --src yaml --dest docker --dest-tls-verify=false "$work/scale.skopeo.yaml" "$(hostport "${sdst_url[1]}")/mirror")
@@ -511,8 +578,8 @@ for scenario in "${scenarios[@]}"; do
 done
 echo "loadavg_after=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$params"
 
-if [ "${scenarios[*]}" = workers ]; then
-  cp "$out/workers.txt" "$out/report.txt"
+if [ "${scenarios[*]}" = workers ] || [ "${scenarios[*]}" = quota ] || [ "${scenarios[*]}" = platforms ]; then
+  cp "$out/${scenarios[0]}.txt" "$out/report.txt"
 else
   "$kit" bench-report --dir "$out" | tee "$out/report.txt"
 fi

@@ -13,7 +13,7 @@
 #                            Helm chart rendered by Helm's Go SDK), and PostgreSQL
 #                            (the tests start throwaway clusters of their own), and
 #                            faketime (a worker whose clock runs ahead)
-#   scripts/deps.sh --bench  the benchmark: nginx, moto, skopeo, PostgreSQL and GNU
+#   scripts/deps.sh --bench  the benchmark: nginx, moto, skopeo, PostgreSQL, jq and GNU
 #                            time (/usr/bin/time, for peak RSS and CPU time)
 # PostgreSQL is installed without its system cluster (none is created or started).
 set -euo pipefail
@@ -41,6 +41,7 @@ fi
 if [ "$mode" = "--bench" ]; then
   command -v skopeo >/dev/null 2>&1 || want+=(skopeo)
   [ -x /usr/bin/time ] || want+=(time)
+  command -v jq >/dev/null 2>&1 || want+=(jq)   # bench/run.sh --quota/--platforms read regferry's --json
 fi
 [ ${#pips[@]} -gt 0 ] && ! command -v pip3 >/dev/null 2>&1 && want+=(python3-pip)
 if [ ${#want[@]} -gt 0 ]; then

@@ -102,6 +102,21 @@ pub struct Report {
     pub not_attempted: usize,
     /// Tags held back by the policy's `require:` (the reason in `error`).
     pub unsigned: Vec<Failure>,
+    /// What was asked of each registry (pulls, HEADs, bytes, 429s).
+    pub usage: Vec<RegistryUsage>,
+    /// When a registry's quota ran out: how long until it resets (the
+    /// daemon tries again then).
+    pub quota_resets_in: Option<Duration>,
+}
+
+/// One registry's share of a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RegistryUsage {
+    /// `source` or `destination`.
+    pub role: &'static str,
+    pub registry: String,
+    #[serde(flatten)]
+    pub usage: crate::registry::usage::UsageSnapshot,
 }
 
 /// Connected clients for a job.
@@ -134,6 +149,21 @@ impl Job {
         self.plan_for(false).await
     }
 
+    /// [`Job::plan`], with what narrowing to platforms produced on earlier
+    /// passes read from `state` before and what it learned saved after
+    /// (an unchanged platform-filtered pass then costs `HEAD`s only).
+    pub async fn plan_remembering(&self, state: Option<&StateDb>) -> Result<Plan, JobError> {
+        let selection = self.spec.scope.platforms.as_deref().filter(|f| f.mode == crate::engine::platforms::FilterMode::Rewrite).map(|f| f.scope_word());
+        if let (Some(db), Some(selection)) = (state, &selection) {
+            self.spec.scope.narrowed.load(db.narrowed_indexes(selection).await?);
+        }
+        let plan = self.plan_for(true).await?;
+        if let (Some(db), Some(selection)) = (state, &selection) {
+            db.record_narrowed_indexes(selection, &self.spec.scope.narrowed.take_learned()).await?;
+        }
+        Ok(plan)
+    }
+
     async fn plan_for(&self, writes: bool) -> Result<Plan, JobError> {
         let started = Instant::now();
         let concurrency = self.spec.execute.concurrency.max(4) * 2;
@@ -141,7 +171,8 @@ impl Job {
         let options = DiffOptions { concurrency, overwrite: self.spec.overwrite, writes };
         let mut plan = diff(&*self.src, &*self.dst, found, options).await;
         if let Some(filter) = &self.spec.scope.platforms {
-            crate::engine::platforms::narrow(&*self.src, &*self.dst, &mut plan, filter, concurrency, self.spec.overwrite).await;
+            crate::engine::platforms::narrow(&*self.src, &*self.dst, &mut plan, filter, concurrency, self.spec.overwrite, &self.spec.scope.narrowed)
+                .await;
         }
         // Tags that do not meet the policy's `require:` stay behind (and so do their signatures).
         if let Some(req) = &self.spec.scope.require {
@@ -209,6 +240,8 @@ impl Job {
                     conditions: Vec::new(),
                     not_attempted: 0,
                     unsigned: unsigned_of(plan),
+                    usage: self.usage(),
+                    quota_resets_in: None,
                 });
             }
 
@@ -431,7 +464,21 @@ impl Job {
             conditions,
             not_attempted,
             unsigned: unsigned_of(plan),
+            usage: self.usage(),
+            quota_resets_in: [self.src.quota_resets_in(), self.dst.quota_resets_in()].into_iter().flatten().max(),
         }
+    }
+
+    /// What each side was asked so far.
+    fn usage(&self) -> Vec<RegistryUsage> {
+        [("source", &self.src), ("destination", &self.dst)]
+            .into_iter()
+            .map(|(role, s)| RegistryUsage {
+                role,
+                registry: s.name().to_string(),
+                usage: s.registry().map(|c| c.usage().snapshot()).unwrap_or_default(),
+            })
+            .collect()
     }
 }
 

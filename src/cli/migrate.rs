@@ -249,7 +249,7 @@ pub async fn run_job(
 
     tracing::info!("planning: listing repositories and tags at {from}");
     let planning = super::progress::Planning::start(job.spec.scope.counters.clone(), out.quiet || out.json, "planning");
-    let plan = if out.dry_run { job.plan_read_only().await } else { job.plan().await };
+    let plan = if out.dry_run { job.plan_read_only().await } else { job.plan_remembering(state.as_ref()).await };
     planning.finish().await;
     let plan = plan?;
     tracing::info!(

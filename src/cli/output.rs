@@ -111,6 +111,22 @@ pub fn report_text(report: &Report, title: &str) -> String {
     }
     let _ = writeln!(out, "  bytes         {} uploaded", human_bytes(c.bytes_uploaded));
     let _ = writeln!(out, "  requests      {} to the source, {} to the destination", report.source_requests, report.destination_requests);
+    for u in &report.usage {
+        let n = &u.usage;
+        if n == &Default::default() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "  {:<13} {} pulls (manifest GETs), {} HEADs, {} read, {} written, {} answered 429",
+            u.role,
+            n.pulls,
+            n.heads,
+            human_bytes(n.blob_bytes_read),
+            human_bytes(n.blob_bytes_written),
+            n.throttled
+        );
+    }
     let _ = writeln!(out, "  time          {secs:.1}s{rate}");
     if !report.conditions.is_empty() {
         let _ = writeln!(out, "registry problems:");
@@ -156,6 +172,8 @@ pub fn report_json(report: &Report) -> serde_json::Value {
         "requests": { "source": report.source_requests, "destination": report.destination_requests },
         "conditions": report.conditions,
         "not_attempted": report.not_attempted,
+        "registries": report.usage,
+        "quota_resets_in_seconds": report.quota_resets_in.map(|d| d.as_secs()),
         "failures": report.failures.iter().map(|f| json!({
             "repository": f.repository, "tag": f.tag, "error": f.error,
         })).collect::<Vec<_>>(),

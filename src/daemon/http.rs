@@ -53,5 +53,6 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         }
     }
     body.push_str(&crate::pass::metrics::render_lag(&lags));
+    body.push_str(&crate::registry::usage::global().render());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }

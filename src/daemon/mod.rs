@@ -92,6 +92,8 @@ struct Handle {
     busy: Mutex<()>,
     /// When the last full pass ended.
     last_full: std::sync::Mutex<Option<SystemTime>>,
+    /// A registry's quota stopped the last pass: the next one is when it resets.
+    quota_reset: std::sync::Mutex<Option<SystemTime>>,
 }
 
 impl Handle {
@@ -157,6 +159,12 @@ fn log_pass(outcome: &PassOutcome) {
             (None, Some(r)) => {
                 let c = &r.counts;
                 let fields = (c.tags_copied, c.tags_skipped, c.tags_failed, c.bytes_uploaded);
+                // What the pass asked of each registry (pulls are what quotas count).
+                for u in r.usage.iter().filter(|u| u.usage != Default::default()) {
+                    let n = &u.usage;
+                    tracing::debug!(policy = %outcome.policy, role = u.role, registry = %u.registry, pulls = n.pulls, heads = n.heads,
+                        bytes_read = n.blob_bytes_read, bytes_written = n.blob_bytes_written, throttled = n.throttled, retries = n.retries, "registry usage");
+                }
                 if r.failures.is_empty() {
                     tracing::info!(policy = %outcome.policy, destination = %d.destination, copied = fields.0, skipped = fields.1,
                         failed = fields.2, bytes = fields.3, deferred = d.deferred, execution = r.execution, status = %r.status, "pass finished");
@@ -178,7 +186,8 @@ async fn policy_loop(shared: Arc<Shared>, policy: Policy, retire: CancellationTo
     let handle = shared.handle(&policy.name).await;
     loop {
         let last = handle.last_full.lock().ok().and_then(|l| *l);
-        let due = last.map_or_else(SystemTime::now, |t| policy.trigger.next_after(t));
+        let quota_reset = handle.quota_reset.lock().ok().and_then(|r| *r);
+        let due = quota_reset.unwrap_or_else(|| last.map_or_else(SystemTime::now, |t| policy.trigger.next_after(t)));
         let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
         let mut only = tokio::select! {
             biased;
@@ -227,6 +236,13 @@ async fn policy_loop(shared: Arc<Shared>, policy: Policy, retire: CancellationTo
         // nor does this worker's share of another worker's pass.
         if !cancel.stop.is_cancelled() && !helped {
             shared.notifier.pass_finished(&policy, &outcome, full).await;
+        }
+        let resets_in = outcome.destinations.iter().filter_map(|d| d.report.as_ref()?.quota_resets_in).max();
+        if let Ok(mut r) = handle.quota_reset.lock() {
+            *r = resets_in.map(|d| SystemTime::now() + d + Duration::from_secs(1));
+        }
+        if let Some(d) = resets_in {
+            tracing::info!(policy = %policy.name, "waiting for the registry's quota: the next pass starts when it resets, in {}", humantime::format_duration(Duration::from_secs(d.as_secs() + 1)));
         }
         if full
             && let Ok(mut l) = handle.last_full.lock() {

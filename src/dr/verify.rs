@@ -226,6 +226,8 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
         referrers: scope.referrers.clone(),
         immutable: false,
         counters: found.counters.clone(),
+        narrowing: false,
+        literal_companions: false,
     };
     for mut r in found.repos {
         source_tags.insert(r.dest.clone(), r.tags.iter().cloned().collect());
@@ -237,7 +239,8 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
 
     let mut plan = diff(src, dst, selected, DiffOptions { concurrency, overwrite: true, writes: false }).await;
     if let Some(filter) = &scope.platforms {
-        crate::engine::platforms::narrow(src, dst, &mut plan, filter, concurrency, true).await;
+        // No memory: verify reads every index it checks.
+        crate::engine::platforms::narrow(src, dst, &mut plan, filter, concurrency, true, &Default::default()).await;
     }
     // Signatures and fallback tags of manifests that are not in scope.
     settle_subject_bound(dst, &mut plan, false, concurrency, scope.referrers.untagged_subjects).await;

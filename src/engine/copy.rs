@@ -109,6 +109,19 @@ impl Copier {
         self.src.halted(false).or_else(|| self.dst.halted(true))
     }
 
+    /// [`Copier::halted`] for `item`: a source whose pull quota is at its
+    /// reserve still lets through an image whose manifest planning already
+    /// pulled (its blobs are not pulls); an index needs its children pulled.
+    pub fn halted_for(&self, item: &super::plan::PlanItem) -> Option<RegistryError> {
+        let index = matches!(
+            crate::registry::manifest::normalise_media_type(&item.source.media_type).as_str(),
+            crate::registry::manifest::OCI_INDEX | crate::registry::manifest::DOCKER_LIST
+        );
+        let pulls = item.source_body.is_none() || index || item.platforms.is_some();
+        let src = self.src.halted(false).filter(|e| pulls || !matches!(e, RegistryError::QuotaLow { .. }));
+        src.or_else(|| self.dst.halted(true))
+    }
+
     fn child_slot(&self, repo: &RepoName, digest: &Digest) -> ChildSlot {
         let mut map = self.children.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((repo.clone(), digest.clone())).or_default().clone()

@@ -8,7 +8,12 @@
 //! at all is recorded in [`Plan::new_repos`], so the copy can skip asking
 //! that repository for blobs and manifests only this run can have put there.
 //! For a tag the destination certainly lacks, the source manifest is fetched
-//! with `GET` instead of `HEAD` and kept for the copy (within a memory budget).
+//! with `GET` instead of `HEAD` and kept for the copy (within a memory budget)
+//! — unless its index is to be narrowed or the tag was named rather than
+//! listed (then a `HEAD`: `GET`s are what quota-counting registries count),
+//! or the source's pull quota is spent (a `HEAD` plans the tag, which waits).
+//! Tags named by the rules are not listed; their fallback and cosign
+//! companion tags are looked up by name (see [`literal_companion_tags`]).
 //! Referrers fallback tags are diffed by content (see
 //! [`super::referrers::plan_fallback`]); with immutable tags, a tag the
 //! destination lists costs nothing beyond the listings.
@@ -149,6 +154,8 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
     let repositories = discovered.repos.len();
     let referrers = discovered.referrers.clone();
     let immutable = discovered.immutable;
+    let narrowing = discovered.narrowing;
+    let literal_companions = discovered.literal_companions;
     let tags: usize = discovered.repos.iter().map(|r| r.tags.len()).sum();
     let concurrency = options.concurrency.max(1);
     // One listing per destination repository that has tags to compare.
@@ -169,6 +176,8 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
     // exist for another manifest are: cosign appends to a `.sig`, a
     // fallback index grows).
     let unchecked = &AtomicUsize::new(0);
+    let literal_repos: HashSet<RepoName> = discovered.repos.iter().filter(|r| r.literal).map(|r| r.source.clone()).collect();
+    let literal_repos = &literal_repos;
     let pairs = discovered
         .repos
         .into_iter()
@@ -200,7 +209,14 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
                 tag: Some(tag.to_string()),
                 error,
             };
-            let unknown = || problem(format!("tag {source_repo}:{tag} was listed but its manifest is unknown at {}", src.name()));
+            let literal = literal_repos.contains(&source_repo);
+            let unknown = || {
+                problem(if literal {
+                    format!("tag {source_repo}:{tag} (named by the tag rules) does not exist at {}", src.name())
+                } else {
+                    format!("tag {source_repo}:{tag} was listed but its manifest is unknown at {}", src.name())
+                })
+            };
             let at_destination = dest_listings.get(&dest_repo).is_none_or(|l| l.may_have(&tag));
             if referrers.enabled && crate::registry::referrers::fallback_subject(&tag).is_some() {
                 let scopes = dest_scopes(&dest_repo, options.writes);
@@ -209,8 +225,16 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
                     .await
                     .map_err(problem);
             }
-            let (source, source_body) = if at_destination {
-                match head_source(src, &source_repo, &tag).await {
+            // A tag the destination may have: a HEAD. So too a tag to be
+            // narrowed (what the state remembers may spare the pull) and a
+            // named tag (it may not exist; one HEAD, its 404 is the answer).
+            let (source, source_body) = if at_destination || narrowing || literal {
+                let head = if literal {
+                    src.head_manifest(&source_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&source_repo)).await
+                } else {
+                    head_source(src, &source_repo, &tag).await
+                };
+                match head {
                     Ok(Some(h)) => (h, None),
                     Ok(None) => return Err(unknown()),
                     Err(e) => return Err(problem(e.to_string())),
@@ -228,6 +252,13 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
                         (head_of(&body), kept.then(|| Box::new(body.bytes)))
                     }
                     Ok(None) => return Err(unknown()),
+                    // No pulls left: a HEAD (free) still plans the tag, which
+                    // then waits for the quota.
+                    Err(RegistryError::QuotaLow { .. }) => match head_source(src, &source_repo, &tag).await {
+                        Ok(Some(h)) => (h, None),
+                        Ok(None) => return Err(unknown()),
+                        Err(e) => return Err(problem(e.to_string())),
+                    },
                     Err(e) => return Err(problem(e.to_string())),
                 }
             };
@@ -261,6 +292,10 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
         })
         .await;
     let mut plan = plan;
+    if (referrers.enabled || literal_companions) && !literal_repos.is_empty() {
+        let found = Found { referrers: referrers.enabled, companions: literal_companions };
+        literal_companion_tags(src, dst, &mut plan, literal_repos, dest_listings, &referrers.types, budget, options, found).await;
+    }
     plan.digest_mismatches = mismatches.load(Ordering::Relaxed);
     plan.unchecked = unchecked.load(Ordering::Relaxed);
     // Order: by repository, images before their signature companions (the
@@ -269,6 +304,93 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
         (&a.source_repo, a.tag.is_signature_companion(), &a.tag).cmp(&(&b.source_repo, b.tag.is_signature_companion(), &b.tag))
     });
     plan
+}
+
+/// Which tags that exist for another manifest a named tag may have.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    /// Its referrers fallback tag (`sha256-<hex>`).
+    referrers: bool,
+    /// Its cosign companions (`sha256-<hex>.sig|.att|.sbom`).
+    companions: bool,
+}
+
+/// The tags that exist for the manifests of tags named by the tag rules
+/// (referrers fallback tags, cosign companions), which no listing showed:
+/// one `HEAD` each at the source (free on registries that count pulls);
+/// those that exist are planned like listed ones. (Companions of an
+/// index's children are found only through a listing.)
+#[allow(clippy::too_many_arguments)]
+async fn literal_companion_tags(
+    src: &dyn Scheme,
+    dst: &dyn Scheme,
+    plan: &mut Plan,
+    literal_repos: &HashSet<RepoName>,
+    dest_listings: &HashMap<RepoName, DestTags>,
+    types: &[String],
+    budget: &AtomicUsize,
+    options: DiffOptions,
+    found: Found,
+) {
+    let mut seen = HashSet::new();
+    let mut candidates: Vec<(RepoName, RepoName, Tag, bool)> = Vec::new();
+    for i in plan.items.iter().filter(|i| literal_repos.contains(&i.source_repo)) {
+        if crate::registry::referrers::fallback_subject(&i.tag).is_some() || i.tag.is_signature_companion() {
+            continue;
+        }
+        let base = i.source.digest.as_str().replacen(':', "-", 1);
+        let mut names = Vec::new();
+        if found.referrers {
+            names.push(base.clone());
+        }
+        if found.companions {
+            names.extend(["sig", "att", "sbom"].map(|s| format!("{base}.{s}")));
+        }
+        for name in names {
+            let Ok(tag) = name.parse::<Tag>() else { continue };
+            let at_destination = dest_listings.get(&i.dest_repo).is_none_or(|l| l.may_have(&tag));
+            if seen.insert((i.source_repo.clone(), tag.clone())) {
+                candidates.push((i.source_repo.clone(), i.dest_repo.clone(), tag, at_destination));
+            }
+        }
+    }
+    let planned: Vec<Result<Option<PlanItem>, Problem>> = futures::stream::iter(candidates)
+        .map(|(source_repo, dest_repo, tag, at_destination)| async move {
+            let problem = |error: String| Problem {
+                source_repo: source_repo.to_string(),
+                dest_repo: Some(dest_repo.to_string()),
+                tag: Some(tag.to_string()),
+                error,
+            };
+            let source = match src.head_manifest(&source_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&source_repo)).await {
+                Ok(None) => return Ok(None),
+                Ok(Some(head)) => head,
+                Err(e) => return Err(problem(e.to_string())),
+            };
+            let scopes = dest_scopes(&dest_repo, options.writes);
+            if crate::registry::referrers::fallback_subject(&tag).is_some() {
+                let (s, d, t) = (source_repo.clone(), dest_repo.clone(), tag.clone());
+                return super::referrers::plan_fallback(src, dst, s, d, t, at_destination, scopes, types, budget).await.map(Some).map_err(problem);
+            }
+            let dest = if at_destination {
+                dst.head_listed_manifest(&dest_repo, &Reference::Tag(tag.clone()), &scopes).await.map_err(|e| problem(e.to_string()))?
+            } else {
+                None
+            };
+            let action = decide(&source, dest.as_ref(), options.overwrite);
+            let dest = if action == Action::Skip(SkipReason::UpToDate) { None } else { dest.map(Box::new) };
+            Ok(Some(PlanItem { source_repo, dest_repo, tag, source, source_body: None, dest, action, platforms: None }))
+        })
+        .buffer_unordered(options.concurrency.max(1))
+        .collect()
+        .await;
+    for r in planned {
+        match r {
+            Ok(Some(item)) => plan.items.push(item),
+            Ok(None) => {}
+            Err(p) => plan.problems.push(p),
+        }
+    }
 }
 
 #[cfg(test)]

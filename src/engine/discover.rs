@@ -22,6 +22,19 @@ use crate::scheme::Scheme;
 /// Chooses the tags of a repository to replicate (regexes, semver, newest N…).
 pub trait TagSelector: Send + Sync {
     fn select(&self, repo: &RepoName, tags: Vec<Tag>) -> Vec<Tag>;
+    /// The tags, when the rules name them exactly (no pattern, no version
+    /// rule): discovery then asks for them directly instead of listing.
+    fn literal(&self) -> Option<LiteralTags> {
+        None
+    }
+}
+
+/// Tags named exactly by the rules.
+#[derive(Debug, Clone, Default)]
+pub struct LiteralTags {
+    pub tags: Vec<Tag>,
+    /// Their cosign companions (`sha256-<hex>.sig|.att|.sbom`) travel too.
+    pub companions: bool,
 }
 
 /// Every tag.
@@ -136,6 +149,8 @@ pub struct Scope {
     pub counters: Arc<super::stats::PlanCounters>,
     /// What a tag must have to be copied (policy `require:`; see [`super::gate`]).
     pub require: Option<Arc<super::gate::Requirement>>,
+    /// What narrowing to `platforms` produced on earlier passes.
+    pub narrowed: Arc<super::platforms::NarrowMemory>,
 }
 
 impl Scope {
@@ -145,7 +160,7 @@ impl Scope {
 
     /// A scope with the default referrer handling and mutable tags.
     pub fn new(mapping: RepoMapping, repos: RepoFilter, tags: Arc<dyn TagSelector>) -> Scope {
-        Scope { mapping, repos, explicit: Vec::new(), tags, platforms: None, referrers: Arc::default(), immutable: false, counters: Arc::default(), require: None }
+        Scope { mapping, repos, explicit: Vec::new(), tags, platforms: None, referrers: Arc::default(), immutable: false, counters: Arc::default(), require: None, narrowed: Arc::default() }
     }
 
     /// The tags of `repo` this scope replicates: the selector's choice,
@@ -170,6 +185,9 @@ pub struct RepoTags {
     pub source: RepoName,
     pub dest: RepoName,
     pub tags: Vec<Tag>,
+    /// The tags were named by the rules, not listed: they may not exist,
+    /// and their referrers fallback tags are looked up by name.
+    pub literal: bool,
 }
 
 /// The result of discovery.
@@ -185,6 +203,13 @@ pub struct Discovered {
     pub immutable: bool,
     /// Planning progress, carried on to the diff.
     pub counters: Arc<super::stats::PlanCounters>,
+    /// Indexes will be narrowed to some platforms: a tag missing at the
+    /// destination is asked with `HEAD` (free where pulls are counted), not
+    /// `GET`, since what is remembered about its narrowing may spare the pull.
+    pub narrowing: bool,
+    /// Cosign companions of tags named by the rules (not listed) are
+    /// looked up by name.
+    pub literal_companions: bool,
 }
 
 fn repo_problem(source: &str, error: String) -> Problem {
@@ -306,6 +331,21 @@ pub async fn discover(src: &dyn Scheme, dest: &RegistryUrl, scope: &Scope, concu
     let counters = &scope.counters;
     super::stats::Stats::add(&counters.repos_total, repos.len() as u64);
 
+    // Tags named exactly: no listing (a listing can be many pages).
+    if let Some(named) = scope.tags.literal() {
+        let repos = repos.into_iter().map(|(source, dest)| RepoTags { source, dest, tags: named.tags.clone(), literal: true }).collect();
+        return Ok(Discovered {
+            repos,
+            problems,
+            unmatched,
+            referrers: scope.referrers.clone(),
+            immutable: scope.immutable,
+            narrowing: scope.platforms.is_some(),
+            literal_companions: named.companions,
+            counters: scope.counters.clone(),
+        });
+    }
+
     let listings: Vec<_> = futures::stream::iter(repos)
         .map(|(repo, dest)| async move {
             let tags = src.tags(&repo).await;
@@ -324,6 +364,8 @@ pub async fn discover(src: &dyn Scheme, dest: &RegistryUrl, scope: &Scope, concu
         referrers: scope.referrers.clone(),
         immutable: scope.immutable,
         counters: scope.counters.clone(),
+        narrowing: scope.platforms.is_some(),
+        literal_companions: false,
     };
     for (source, dest, listing) in listings {
         let raw = match listing {
@@ -352,7 +394,7 @@ pub async fn discover(src: &dyn Scheme, dest: &RegistryUrl, scope: &Scope, concu
         tags.sort();
         tags.dedup();
         let tags = scope.select(&source, tags);
-        out.repos.push(RepoTags { source, dest, tags });
+        out.repos.push(RepoTags { source, dest, tags, literal: false });
     }
     Ok(out)
 }

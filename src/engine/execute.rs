@@ -151,7 +151,7 @@ pub async fn run_task(
         events.send(Event::TaskCanceled { index, attempts: 0 }).await;
         return TaskEnd::Canceled;
     }
-    if let Some(e) = copier.halted() {
+    if let Some(e) = copier.halted_for(item) {
         return not_attempted(index, &e, stats, events).await;
     }
     events.send(Event::TaskStarted { index }).await;

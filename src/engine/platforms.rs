@@ -162,6 +162,54 @@ impl PlatformFilter {
     }
 }
 
+/// What narrowing produced on earlier passes: source index digest →
+/// destination digest, for one filter (narrowing is a function of the
+/// source bytes and the filter, so a pair stays true forever). With it an
+/// unchanged source index whose destination tag holds the remembered
+/// digest is decided by `HEAD`s alone, without pulling the index again.
+/// Loaded from and saved to the state by the caller (see `pass`); this
+/// module only reads and fills it.
+#[derive(Debug, Default)]
+pub struct NarrowMemory {
+    known: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    learned: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+impl NarrowMemory {
+    /// Add pairs (source digest, destination digest) read from the state.
+    pub fn load(&self, pairs: impl IntoIterator<Item = (String, String)>) {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).extend(pairs);
+    }
+
+    fn get(&self, source: &Digest) -> Option<String> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).get(source.as_str()).cloned()
+    }
+
+    /// Recorded for an index with none of the selected platforms.
+    pub const NONE: &'static str = "none";
+
+    fn learn(&self, source: &Digest, dest: &Digest) {
+        self.learn_str(source, dest.as_str());
+    }
+
+    fn learn_none(&self, source: &Digest) {
+        self.learn_str(source, Self::NONE);
+    }
+
+    fn learn_str(&self, source: &Digest, dest: &str) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.get(source.as_str()).map(String::as_str) != Some(dest) {
+            known.insert(source.to_string(), dest.to_string());
+            self.learned.lock().unwrap_or_else(|p| p.into_inner()).push((source.to_string(), dest.to_string()));
+        }
+    }
+
+    /// The pairs learned since the last call, for the state.
+    pub fn take_learned(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.learned.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 /// A tag whose index was narrowed: what to push and what to copy first.
 #[derive(Debug, Clone)]
 pub struct Narrowed {
@@ -400,6 +448,10 @@ fn decide(item: &PlanItem, target: &Digest, overwrite: bool) -> Action {
 /// narrowed digest. With `rewrite` that is every index tag; with `sparse`
 /// only those being copied (the digest is the source's, the diff decided
 /// right). An index with no selected platform is skipped and logged.
+///
+/// With `rewrite`, an index whose source digest `memory` maps to the digest
+/// the destination tag holds is up to date without a `GET` (an unchanged
+/// pass costs `HEAD`s only); every digest narrowing produces is learned.
 pub async fn narrow(
     src: &dyn Scheme,
     dst: &dyn Scheme,
@@ -407,11 +459,43 @@ pub async fn narrow(
     filter: &PlatformFilter,
     concurrency: usize,
     overwrite: bool,
+    memory: &NarrowMemory,
 ) {
     if filter.destination_may_hold_more {
         // Replicating back: what the DR site holds goes back as it is.
         keep_fuller_indexes(dst, plan, filter, concurrency).await;
         return;
+    }
+    let mut remembered_none = std::collections::HashSet::new();
+    if filter.mode == FilterMode::Rewrite {
+        for item in plan.items.iter_mut().filter(|i| manifest::kind_of(&manifest::normalise_media_type(&i.source.media_type)) == Some(Kind::Index)) {
+            let Some(known) = memory.get(&item.source.digest) else { continue };
+            if known == NarrowMemory::NONE {
+                if !matches!(item.action, Action::Skip(SkipReason::RetryDeferred)) {
+                    tracing::debug!(repository = %item.source_repo, tag = %item.tag, digest = %item.source.digest, "skipped: the index has none of the selected platforms {} (remembered)", filter.label());
+                    item.action = Action::Skip(SkipReason::NoSelectedPlatform);
+                    remembered_none.insert((item.source_repo.clone(), item.source.digest.as_str().replacen(':', "-", 1)));
+                }
+                continue;
+            }
+            let remembered = matches!(item.action, Action::Copy(CopyReason::DigestDiffers) | Action::Skip(SkipReason::OverwriteForbidden))
+                && item.dest_head().is_some_and(|d| d.digest.as_str() == known);
+            let Ok(digest) = known.parse::<Digest>() else { continue };
+            if remembered {
+                item.action = Action::Skip(SkipReason::UpToDate);
+                item.dest = None;
+                item.platforms = Some(Box::new(Narrowed {
+                    mode: filter.mode,
+                    bytes: Bytes::new(),
+                    digest,
+                    media_type: item.source.media_type.clone(),
+                    children: Vec::new(),
+                    of: 0,
+                    label: filter.label(),
+                    held_by_destination: None,
+                }));
+            }
+        }
     }
     // Owned inputs (no borrowed plan items inside the stream: a closure over
     // references makes the future unprovably Send for callers that spawn it).
@@ -422,6 +506,7 @@ pub async fn narrow(
         .filter(|(_, i)| manifest::kind_of(&manifest::normalise_media_type(&i.source.media_type)) == Some(Kind::Index))
         // Referrers indexes and cosign companions exist for another manifest: never narrowed.
         .filter(|(_, i)| subject_of_tag(&i.tag).is_none())
+        .filter(|(_, i)| i.platforms.is_none() && i.action != Action::Skip(SkipReason::NoSelectedPlatform))
         .filter(|(_, i)| match i.action {
             Action::Skip(SkipReason::RetryDeferred) => false,
             Action::Skip(_) => filter.mode == FilterMode::Rewrite,
@@ -448,11 +533,14 @@ pub async fn narrow(
         .collect()
         .await;
     let mut failed = Vec::new();
-    let mut not_copied = std::collections::HashSet::new();
+    let mut not_copied = remembered_none;
     for (n, selection) in fetched {
         let item = &mut plan.items[n];
         match selection {
             Ok(Selection::Narrowed(narrowed)) => {
+                if narrowed.mode == FilterMode::Rewrite {
+                    memory.learn(&item.source.digest, &narrowed.digest);
+                }
                 let dest = item.dest_head().cloned();
                 item.action = decide(item, &narrowed.digest, overwrite);
                 // Keep what the destination holds when it is not the source digest.
@@ -467,6 +555,9 @@ pub async fn narrow(
                 );
                 item.action = Action::Skip(SkipReason::NoSelectedPlatform);
                 not_copied.insert((item.source_repo.clone(), item.source.digest.as_str().replacen(':', "-", 1)));
+                if filter.mode == FilterMode::Rewrite {
+                    memory.learn_none(&item.source.digest);
+                }
             }
             Ok(Selection::NotAnImageIndex) => {
                 tracing::debug!(repository = %item.source_repo, tag = %item.tag, "not a multi-platform image (no child names a platform): copied as it is");

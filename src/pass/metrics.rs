@@ -234,6 +234,8 @@ mod tests {
                 conditions: Vec::new(),
                 not_attempted: 0,
                 unsigned: (0..n).map(|i| Failure { repository: "a/b".into(), tag: format!("t{i}"), error: "not signed".into() }).collect(),
+                usage: Vec::new(),
+                quota_resets_in: None,
             });
             outcome
         };

@@ -310,7 +310,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
         outcome.fenced = true;
         return outcome;
     }
-    let mut plan = match job.plan().await {
+    let mut plan = match job.plan_remembering(Some(state)).await {
         Ok(plan) => plan,
         Err(e) => {
             lease.release().await;
@@ -547,6 +547,11 @@ fn outcomes_of<'a>(plan: &'a Plan, report: &'a Report) -> Vec<Outcome<'a>> {
             Action::Skip(SkipReason::RetryDeferred) => {}
             _ if failed.contains(&(repo, tag)) => {
                 let error = report.failures.iter().find(|f| f.repository == repo && f.tag == tag).map_or("", |f| f.error.as_str());
+                // Waiting for a registry's quota is not the tag's failure:
+                // no backoff, no count towards giving up.
+                if error.contains(crate::registry::error::QUOTA_WAIT) {
+                    continue;
+                }
                 out.push(Outcome::Failed { repo, tag, digest: Some(item.source.digest.as_str()), error });
             }
             Action::Copy(_) | Action::Skip(SkipReason::UpToDate) => out.push(Outcome::Succeeded { repo, tag }),

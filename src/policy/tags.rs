@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 use regex::Regex;
 use semver::{Version, VersionReq};
 
-use crate::engine::discover::TagSelector;
+use crate::engine::discover::{LiteralTags, TagSelector};
 use crate::registry::{RepoName, Tag};
 
 /// The tag rules of one policy.
@@ -109,6 +109,33 @@ impl TagSelector for TagFilter {
         plain.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         plain
     }
+
+    /// The include rules as names, when each one is a plain name (`latest`,
+    /// `1.25.3`: no regex syntax but the dot) and nothing else needs the
+    /// listing (no semver range, no "newest N"). Signature companions of
+    /// the named tags are then looked up by name.
+    fn literal(&self) -> Option<LiteralTags> {
+        if self.include.is_empty() || self.semver.is_some() || self.latest.is_some() {
+            return None;
+        }
+        let mut out = Vec::new();
+        for r in &self.include {
+            let name = r.as_str().strip_prefix("^(?:")?.strip_suffix(")$")?;
+            // `.` is a regex's any-character, but in a tag rule it means the
+            // dot (`1.25.3`): escaped or not, a name of tag characters is a name.
+            let unescaped = name.replace(r"\.", ".").replace(r"\-", "-");
+            if !unescaped.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+                return None;
+            }
+            let tag: Tag = unescaped.parse().ok()?;
+            if self.by_name(tag.as_str()) {
+                out.push(tag);
+            }
+        }
+        out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        out.dedup();
+        Some(LiteralTags { tags: out, companions: self.signatures })
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +149,21 @@ mod tests {
     }
 
     const SIG: &str = "sha256-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.sig";
+
+    #[test]
+    fn exact_names_are_asked_for_without_a_listing() {
+        let names = |patterns: &[&str]| TagFilter { include: patterns.iter().map(|p| anchored(p).unwrap()).collect(), ..TagFilter::default() };
+        let got = |f: &TagFilter| f.literal().map(|l| l.tags.into_iter().map(|t| t.to_string()).collect::<Vec<_>>());
+        assert_eq!(got(&names(&["latest", "1.25.3", r"1\.24\.0"])), Some(vec!["1.24.0".to_string(), "1.25.3".into(), "latest".into()]));
+        assert_eq!(got(&names(&[r"v\d+", "latest"])), None);
+        assert_eq!(got(&names(&["1.2[0-9]"])), None);
+        assert_eq!(got(&names(&["^latest"])), None);
+        assert_eq!(got(&TagFilter::default()), None, "no rule: every tag");
+        let excluded = TagFilter { exclude: vec![anchored("old").unwrap()], ..names(&["old", "new"]) };
+        assert_eq!(got(&excluded), Some(vec!["new".to_string()]));
+        assert_eq!(got(&TagFilter { latest: Some(2), ..names(&["1"]) }), None);
+        assert_eq!(TagFilter { signatures: true, ..names(&["1"]) }.literal().map(|l| l.companions), Some(true));
+    }
 
     #[test]
     fn include_exclude_are_anchored() {

@@ -35,6 +35,7 @@ use super::authn::Authenticator;
 use super::endpoint::{Endpoint, RegistryUrl};
 use super::error::{RegistryError, parse_error_body};
 use super::gate::{Gate, Ticket, Verdict};
+use super::usage::Usage;
 use progress::{Progress, Watched};
 
 /// How hard to retry transient failures of a single request.
@@ -191,6 +192,10 @@ pub struct RegistryClient {
     pub(super) manifest_head: super::manifests::HeadProbe,
     /// Shared by every task on this registry: pauses, rates, breaker.
     gate: Gate,
+    /// What was asked of the registry (pulls, HEADs, bytes, 429s, retries).
+    usage: Usage,
+    /// Held by the one quota probe in flight (see [`RegistryClient::probe_quota`]).
+    quota_probe: tokio::sync::Mutex<()>,
 }
 
 /// Build the message of a reqwest error: its chain of causes, without URLs.
@@ -310,6 +315,8 @@ impl RegistryClient {
             foreign: Default::default(),
             manifest_head: Default::default(),
             gate: Gate::new(name.clone(), &endpoint.limits),
+            usage: Usage::default(),
+            quota_probe: tokio::sync::Mutex::new(()),
             name,
         })
     }
@@ -326,13 +333,34 @@ impl RegistryClient {
         &self.gate
     }
 
-    /// Report a request's outcome to the gate, and run the `/v2/` probe
-    /// the breaker asks for.
-    async fn observe(&self, ticket: Ticket<'_>, method: &Method, url: &Url, result: &Result<Response, RegistryError>) {
+    /// What was asked of this registry so far.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    /// Report a request's outcome to the gate and the counters (`sent`:
+    /// body bytes of an upload, `took`: time to the answer), and run the
+    /// `/v2/` probe the breaker asks for.
+    async fn observe(&self, ticket: Ticket<'_>, method: &Method, url: &Url, result: &Result<Response, RegistryError>, sent: u64, took: Duration) {
         let (headers, error) = match result {
             Ok(r) => (Some(r.headers()), None),
             Err(e) => (None, Some(e)),
         };
+        let status = match result {
+            Ok(r) => Some(r.status().as_u16()),
+            Err(e) => e.status(),
+        };
+        let bytes = match result {
+            Ok(r) if method == Method::GET => r.content_length().unwrap_or(0),
+            Ok(_) => sent,
+            Err(_) => 0,
+        };
+        self.usage.record(&self.name, method.as_str(), url.path(), status, bytes, took);
+        // Registries that count pulls announce the quota on every manifest
+        // answer: after one, it is known (announced or not).
+        if status.is_some() && url.path().contains("/manifests/") {
+            self.gate.note_quota_known();
+        }
         if ticket.observe(method.as_str(), url.path(), headers, error) == Verdict::Probe {
             self.requests.fetch_add(1, Ordering::Relaxed);
             let probe = self.http.get(self.endpoint_url("/v2/")).send().await;
@@ -411,20 +439,38 @@ impl RegistryClient {
     /// failure that used up the retries comes back as
     /// [`RegistryError::Exhausted`], which callers do not retry again.
     pub async fn send(&self, req: &Request) -> Result<Response, RegistryError> {
+        if super::usage::Kind::of(req.method.as_str(), req.url.path()) == super::usage::Kind::ManifestGet && !self.gate.quota_known() {
+            self.probe_quota(req).await;
+        }
         let cap = self.retry.max_retry_after;
         let attempts = std::sync::atomic::AtomicUsize::new(0);
         let attempt = || async {
             attempts.fetch_add(1, Ordering::Relaxed);
+            // A pull is not sent while the registry's quota is at its reserve.
+            if super::usage::Kind::of(req.method.as_str(), req.url.path()) == super::usage::Kind::ManifestGet
+                && let Some(e) = self.gate.pull_refused()
+            {
+                return Err(e);
+            }
             let ticket = self.gate.admit(req.method.as_str()).await?;
+            let started = std::time::Instant::now();
             let result = self.send_following(req).await;
-            self.observe(ticket, &req.method, &req.url, &result).await;
-            result
+            self.observe(ticket, &req.method, &req.url, &result, 0, started.elapsed()).await;
+            // A `429` that spent the registry's quota (see [`Gate::note_refusal`])
+            // comes back as [`RegistryError::QuotaLow`], which is not retried.
+            match result {
+                Err(e) if e.status() == Some(429) => Err(self.gate.halted(false).filter(|q| matches!(q, RegistryError::QuotaLow { .. })).unwrap_or(e)),
+                other => other,
+            }
         };
         let result = attempt
             .retry(self.retry.backoff())
             .when(RegistryError::is_transient)
             .adjust(move |e: &RegistryError, d| d.map(|d| e.retry_after().map(|r| r.min(cap)).unwrap_or(d)))
-            .notify(|e, d| tracing::debug!(registry = %self.name, error = %e, "retrying in {d:?}"))
+            .notify(|e, d| {
+                self.usage.retried(&self.name);
+                tracing::debug!(registry = %self.name, error = %e, "retrying in {d:?}")
+            })
             .await;
         // An upload session the registry lost is restarted by the caller, not given up.
         result.map_err(|e| match e {
@@ -433,6 +479,35 @@ impl RegistryClient {
             }
             e => e,
         })
+    }
+
+    /// Before the first pull (manifest `GET`) to a registry that has not
+    /// answered any manifest request yet (whose quota is therefore not
+    /// known): a `HEAD` of the same manifest (free on Docker Hub, and the
+    /// way it documents reading the quota), one at a time, so that a
+    /// registry at its reserve sees no pull at all. Not where `HEAD` on
+    /// manifests is known to be refused. Its answer goes to the gate like
+    /// any other; a failure is left to the `GET` itself.
+    async fn probe_quota(&self, req: &Request) {
+        let _one = self.quota_probe.lock().await;
+        if self.gate.quota_known() || self.refuses_manifest_head() {
+            return;
+        }
+        let head = Request {
+            method: Method::HEAD,
+            url: req.url.clone(),
+            scopes: req.scopes.clone(),
+            headers: req.headers.clone(),
+            body: None,
+            also_ok: &[404],
+            download: false,
+        };
+        if let Ok(ticket) = self.gate.admit("HEAD").await {
+            let started = std::time::Instant::now();
+            let result = self.send_following(&head).await;
+            self.observe(ticket, &head.method, &head.url, &result, 0, started.elapsed()).await;
+        }
+        self.gate.note_quota_known();
     }
 
     /// Send a request whose body is a one-shot stream: one attempt, with the
@@ -454,8 +529,10 @@ impl RegistryClient {
         body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     ) -> Result<Response, RegistryError> {
         let ticket = self.gate.admit(method.as_str()).await?;
+        let sent = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let started = std::time::Instant::now();
         let result = self.send_stream_once(method.clone(), url.clone(), scopes, headers, body).await;
-        self.observe(ticket, &method, &url, &result).await;
+        self.observe(ticket, &method, &url, &result, sent, started.elapsed()).await;
         result
     }
 
@@ -621,8 +698,10 @@ impl RegistryClient {
     /// Turn an error response into [`RegistryError::Status`], reading (a
     /// bounded amount of) its body for the registry's error codes, waiting
     /// for it at most the stall timeout.
+    /// The answer's quota headers go to the gate ([`Gate::note_refusal`]).
     pub(crate) async fn status_error(&self, method: &Method, url: &Url, resp: Response) -> RegistryError {
         let status = resp.status().as_u16();
+        self.gate.note_refusal(status, resp.headers());
         let retry_after = retry_after(resp.headers(), self.retry.max_retry_after);
         let body = tokio::time::timeout(self.stall_timeout, read_limited(resp, 64 * 1024))
             .await

@@ -135,8 +135,8 @@ pub enum RegistryError {
     OutOfSpace { registry: String, reason: String },
 
     /// The registry's announced quota (`RateLimit-Remaining`) is nearly used up.
-    #[error("{registry} allows only {remaining} more requests{}; no new work is started on it", window.map(|w| format!(" in its {w}s rate-limit window")).unwrap_or_else(|| " under its rate limit".into()))]
-    QuotaLow { registry: String, remaining: u64, window: Option<u64> },
+    #[error("{registry} allows only {remaining} more requests{}; no new work is started on it, waiting for the registry's quota (resets in {})", window.map(|w| format!(" in its {w}s rate-limit window")).unwrap_or_else(|| " under its rate limit".into()), resets_in.map(|d| humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()).unwrap_or_else(|| "an unknown time".into()))]
+    QuotaLow { registry: String, remaining: u64, window: Option<u64>, resets_in: Option<Duration> },
 
     /// A transient failure that already used up its request's retries:
     /// callers further up do not retry it again (one budget, not one per level).
@@ -149,6 +149,9 @@ pub enum RegistryError {
     #[error(transparent)]
     Digest(#[from] DigestError),
 }
+
+/// What a [`RegistryError::QuotaLow`] says about the work it stopped.
+pub const QUOTA_WAIT: &str = "waiting for the registry's quota";
 
 /// `repo:tag` or `repo@digest`.
 fn name_ref(repo: &str, reference: &str) -> String {

@@ -61,7 +61,8 @@ pub enum Condition {
     ReadOnly(String),
     /// Writes fail for lack of storage (`507`, "no space left on device").
     OutOfSpace(String),
-    /// `RateLimit-Remaining` is at or below [`QUOTA_RESERVE`].
+    /// `RateLimit-Remaining` is at or below [`QUOTA_RESERVE`], or a `429`
+    /// said the quota is spent.
     QuotaLow { remaining: u64, window: Option<u64> },
 }
 
@@ -85,6 +86,17 @@ struct State {
     space_refusals: u32,
     probing: bool,
     condition: Option<Condition>,
+    /// When the registry's quota window resets, when it said (or, at the
+    /// latest, one window after the quota was found low).
+    quota_reset: Option<Instant>,
+    /// An answer said what the quota is, or a probe found none.
+    quota_known: bool,
+    /// Pulls left by our own count: the lowest count announced, less every
+    /// pull sent since (answers overtake each other and lag behind the
+    /// pulls in flight, so this errs low, never high).
+    pulls_left: Option<u64>,
+    /// The window the registry announced (`w=`), in seconds.
+    quota_window: Option<u64>,
 }
 
 /// Spaces out units (requests, bytes) to at most `per_sec` per second.
@@ -261,9 +273,89 @@ impl Gate {
         let s = self.lock();
         let c = s.condition.as_ref()?;
         if let Condition::QuotaLow { remaining, window } = c {
-            return Some(RegistryError::QuotaLow { registry: self.label.clone(), remaining: *remaining, window: *window });
+            let resets_in = s.quota_reset.map(|t| t.saturating_duration_since(Instant::now()));
+            return Some(RegistryError::QuotaLow { registry: self.label.clone(), remaining: *remaining, window: *window, resets_in });
         }
         self.refusal(c, writes)
+    }
+
+    /// Whether a pull (manifest `GET`) may be sent: not while the quota
+    /// is at or below the reserve (`HEAD`s and blobs are not pulls and
+    /// always may). A window that has passed its reset time lets pulls go
+    /// again (the next answer tells the new count).
+    pub fn pull_refused(&self) -> Option<RegistryError> {
+        let mut s = self.lock();
+        if let Some(reset) = s.quota_reset
+            && reset <= Instant::now()
+            && matches!(s.condition, Some(Condition::QuotaLow { .. }))
+        {
+            s.condition = None;
+            s.quota_reset = None;
+            s.pulls_left = None;
+            return None;
+        }
+        if s.condition.is_none()
+            && let Some(left) = s.pulls_left
+        {
+            if left > QUOTA_RESERVE {
+                // This pull is on its way: one less.
+                s.pulls_left = Some(left - 1);
+                return None;
+            }
+            if s.quota_reset.is_none() {
+                s.quota_reset = s.quota_window.map(|w| Instant::now() + Duration::from_secs(w));
+            }
+            self.quota_low(&mut s, left, None);
+        }
+        drop(s);
+        self.halted(false).filter(|e| matches!(e, RegistryError::QuotaLow { .. }))
+    }
+
+    /// Whether the registry's quota (or that it announces none) is known.
+    pub fn quota_known(&self) -> bool {
+        self.lock().quota_known
+    }
+
+    /// The quota was probed (announced or not).
+    pub fn note_quota_known(&self) {
+        self.lock().quota_known = true;
+    }
+
+    /// How long until the quota that stopped work resets, if it did.
+    pub fn quota_resets_in(&self) -> Option<Duration> {
+        let s = self.lock();
+        if !matches!(s.condition, Some(Condition::QuotaLow { .. })) {
+            return None;
+        }
+        s.quota_reset.map(|t| t.saturating_duration_since(Instant::now()))
+    }
+
+    /// Read the quota headers of an answer that was an error (`429` and
+    /// others carry `RateLimit-Remaining` too). A `429` that says no
+    /// request is left (`RateLimit-Remaining: 0`), or arrives while the
+    /// quota is known to be low, spends the quota: returns true, and the
+    /// caller does not retry it.
+    pub fn note_refusal(&self, status: u16, headers: &HeaderMap) -> bool {
+        let mut s = self.lock();
+        let quota = rate_limit_remaining(headers);
+        if let Some(q) = quota {
+            self.note_quota(&mut s, q, headers);
+        }
+        let spent = status == 429
+            && (quota.is_some_and(|(r, _)| r == 0) || matches!(s.condition, Some(Condition::QuotaLow { .. })));
+        if spent {
+            let window = quota.and_then(|(_, w)| w).or(match &s.condition {
+                Some(Condition::QuotaLow { window, .. }) => *window,
+                _ => None,
+            });
+            self.note_quota(&mut s, (0, window), headers);
+            if let Some(reset) = reset_after(headers) {
+                s.quota_reset = Some(Instant::now() + reset);
+            }
+        }
+        drop(s);
+        self.changed.notify_waiters();
+        spent
     }
 
     /// The registry's condition, if one was found.
@@ -293,8 +385,10 @@ impl Gate {
                     s.half_open = false;
                     s.scout_out = None;
                 }
-                if let Some(quota) = headers.and_then(rate_limit_remaining) {
-                    self.note_quota(&mut s, quota);
+                if let Some(h) = headers
+                    && let Some(quota) = rate_limit_remaining(h)
+                {
+                    self.note_quota(&mut s, quota, h);
                 }
             }
             Some(RegistryError::Status { status, retry_after, errors, .. }) => {
@@ -387,20 +481,43 @@ impl Gate {
         s.scout_out = None;
     }
 
-    fn note_quota(&self, s: &mut State, (remaining, window): (u64, Option<u64>)) {
+    fn note_quota(&self, s: &mut State, (remaining, window): (u64, Option<u64>), headers: &HeaderMap) {
+        s.quota_known = true;
+        s.pulls_left = Some(s.pulls_left.map_or(remaining, |left| left.min(remaining)));
+        s.quota_window = window.or(s.quota_window);
         if remaining > QUOTA_RESERVE {
-            if matches!(s.condition, Some(Condition::QuotaLow { .. })) {
+            // Answers overtake each other: a higher count after a low one
+            // may be older. With a reset time known, the quota stays low
+            // until then ([`Gate::pull_refused`] lifts it).
+            if matches!(s.condition, Some(Condition::QuotaLow { .. }))
+                && s.quota_reset.is_none()
+                && s.pulls_left.is_none_or(|left| left > QUOTA_RESERVE)
+            {
                 s.condition = None;
             }
             return;
         }
+        // The registry's word on the reset, else one window from now at
+        // the latest (a sliding window frees a pull at most that late).
+        if let Some(reset) = quota_reset(headers).or_else(|| window.map(Duration::from_secs)) {
+            let at = Instant::now() + reset;
+            if quota_reset(headers).is_some() || s.quota_reset.is_none() {
+                s.quota_reset = Some(at);
+            }
+        }
+        self.quota_low(s, remaining, window);
+    }
+
+    /// The quota is at or below the reserve: say so once, stop new work.
+    fn quota_low(&self, s: &mut State, remaining: u64, window: Option<u64>) {
         match &mut s.condition {
             Some(Condition::QuotaLow { remaining: r, window: w }) => {
-                *r = remaining;
-                *w = window;
+                *r = remaining.min(*r);
+                *w = window.or(*w);
             }
             Some(_) => {}
             None => {
+                let window = window.or(s.quota_window);
                 let span = window.map(|w| format!(" (the window is {w}s)")).unwrap_or_default();
                 tracing::warn!(
                     "{}: its rate limit allows only {remaining} more requests{span}; no new work is started on it, \
@@ -420,6 +537,18 @@ pub fn rate_limit_remaining(headers: &HeaderMap) -> Option<(u64, Option<u64>)> {
     let remaining = parts.next()?.trim().parse().ok()?;
     let window = parts.find_map(|p| p.trim().strip_prefix("w=").and_then(|w| w.trim().parse().ok()));
     Some((remaining, window))
+}
+
+/// `RateLimit-Reset: SECONDS` (the IETF draft's header), if sent.
+fn quota_reset(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("ratelimit-reset")?.to_str().ok()?;
+    v.split(';').next()?.trim().parse().ok().map(Duration::from_secs)
+}
+
+/// When a spent quota comes back: `RateLimit-Reset`, else `Retry-After`
+/// in seconds.
+fn reset_after(headers: &HeaderMap) -> Option<Duration> {
+    quota_reset(headers).or_else(|| headers.get("retry-after")?.to_str().ok()?.trim().parse().ok().map(Duration::from_secs))
 }
 
 /// Opening an upload session (a mount too) or pushing a manifest: the
@@ -563,6 +692,56 @@ mod tests {
         let e = gate.halted(false).expect("halted");
         assert!(e.to_string().contains("5"), "{e}");
         assert!(gate.admit("GET").await.is_ok(), "in-flight work may finish");
+    }
+
+    #[tokio::test]
+    async fn a_429_that_spends_the_quota_stops_pulls_until_the_reset() {
+        let spent = |extra: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            h.insert("ratelimit-remaining", HeaderValue::from_static("0;w=21600"));
+            for (k, v) in extra {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let gate = Gate::new("source https://hub".into(), &Limits::default());
+        assert!(gate.pull_refused().is_none());
+        assert!(gate.note_refusal(429, &spent(&[])), "a 429 with nothing left spends the quota");
+        let e = gate.pull_refused().expect("no more pulls");
+        assert!(matches!(e, RegistryError::QuotaLow { remaining: 0, .. }) && !e.is_transient(), "{e}");
+        assert!(e.to_string().contains("waiting for the registry's quota (resets in 5h 59m"), "{e}");
+        assert!(gate.quota_resets_in().is_some_and(|d| d > Duration::from_secs(21500)));
+        // An older answer with more left does not lift it before the reset.
+        let mut more = HeaderMap::new();
+        more.insert("ratelimit-remaining", HeaderValue::from_static("50;w=21600"));
+        gate.admit("HEAD").await.unwrap().observe("HEAD", "/v2/a/manifests/1", Some(&more), None);
+        assert!(gate.pull_refused().is_some());
+
+        // The registry's own word on the reset wins; once it passed, pulls go again.
+        let gate = Gate::new("source https://hub".into(), &Limits::default());
+        assert!(gate.note_refusal(429, &spent(&[("ratelimit-reset", "1")])));
+        assert!(gate.quota_resets_in().is_some_and(|d| d <= Duration::from_secs(1)));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(gate.pull_refused().is_none(), "the window reset");
+
+        // A 429 from a registry that announces no quota is an ordinary pause.
+        let gate = Gate::new("source http://r".into(), &Limits::default());
+        assert!(!gate.note_refusal(429, &HeaderMap::new()));
+        assert!(gate.pull_refused().is_none() && gate.halted(false).is_none());
+    }
+
+    #[test]
+    fn pulls_are_counted_as_they_are_sent_down_to_the_reserve() {
+        let gate = Gate::new("source https://hub".into(), &Limits::default());
+        let mut h = HeaderMap::new();
+        h.insert("ratelimit-remaining", HeaderValue::from_static("16;w=3600"));
+        gate.note_refusal(404, &h);
+        let sent = (0..20).take_while(|_| gate.pull_refused().is_none()).count();
+        assert_eq!(sent, 6, "16 left, 10 kept in reserve");
+        // A late answer announcing more does not give pulls back.
+        gate.note_refusal(404, &h);
+        let e = gate.pull_refused().expect("at the reserve");
+        assert!(e.to_string().contains("resets in 59m"), "{e}");
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@ pub mod manifests;
 pub mod name;
 pub mod referrers;
 pub mod throttle;
+pub mod usage;
 
 pub use auth::Scopes;
 pub use blobs::MountOutcome;

@@ -54,6 +54,10 @@ pub trait Scheme: Send + Sync {
     fn halted(&self, _writes: bool) -> Option<RegistryError> {
         None
     }
+    /// How long until the quota that stopped work on the store resets.
+    fn quota_resets_in(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// The byte rate the store is limited to, if any.
     fn bandwidth(&self) -> Option<Arc<Pacer>> {
         None

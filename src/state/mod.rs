@@ -23,6 +23,7 @@ pub mod overview;
 mod push_events;
 mod refused;
 pub mod pass_errors;
+mod narrowed;
 mod referrers;
 mod recorder;
 pub mod status;

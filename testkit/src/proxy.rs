@@ -81,6 +81,13 @@ pub struct Faults {
     /// bodies are paced to it, each direction capped separately (a
     /// full-duplex link) and shared by all connections through the proxy.
     pub bandwidth: u64,
+    /// Docker Hub's pull quota: this many manifest `GET`s are answered
+    /// (counted over the proxy's life), then `429 TOOMANYREQUESTS`; every
+    /// manifest answer (`HEAD` too, which costs nothing) carries
+    /// `RateLimit-Limit` / `RateLimit-Remaining: N;w=WINDOW` (None: off).
+    pub pull_quota: Option<u64>,
+    /// The quota window announced (`w=`), in seconds (0: Docker Hub's 21600).
+    pub quota_window_secs: u64,
 }
 
 /// Paces bytes through one direction of a capped link shared by every
@@ -292,6 +299,8 @@ struct Shared {
     counters: Arc<Counters>,
     gate: Arc<tokio::sync::watch::Sender<u64>>,
     storage_url: Option<String>,
+    /// Manifest `GET`s answered under [`Faults::pull_quota`].
+    pulls: AtomicU64,
     /// The capped link, client → registry and registry → client.
     uplink: Arc<Link>,
     downlink: Arc<Link>,
@@ -450,6 +459,7 @@ impl FaultProxy {
             counters: counters.clone(),
             gate: gate.clone(),
             storage_url: storage_url.clone(),
+            pulls: AtomicU64::new(0),
             uplink: Arc::new(Link::new()),
             downlink: Arc::new(Link::new()),
         });
@@ -584,6 +594,34 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     if roll("reset", faults.reset) {
         return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset"));
     }
+    // Docker Hub's pull quota: manifest GETs are counted, HEADs are free.
+    let mut quota_headers: Vec<(String, String)> = Vec::new();
+    if let Some(limit) = faults.pull_quota.filter(|_| kind == "manifest" && (method == Method::GET || method == Method::HEAD)) {
+        let window = if faults.quota_window_secs == 0 { 21600 } else { faults.quota_window_secs };
+        let used = if method == Method::GET {
+            let before = shared.pulls.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < limit).then_some(n + 1));
+            match before {
+                Ok(n) => n + 1,
+                Err(_) => {
+                    c.note("quota");
+                    mark("quota");
+                    let mut body = req.into_body();
+                    while let Some(Ok(_)) = body.frame().await {}
+                    let limit_h = format!("{limit};w={window}");
+                    let remaining_h = format!("0;w={window}");
+                    return Ok(full(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your unauthenticated pull rate limit. https://www.docker.com/increase-rate-limit"}]}"#,
+                        &[("ratelimit-limit", &limit_h), ("ratelimit-remaining", &remaining_h)],
+                    ));
+                }
+            }
+        } else {
+            shared.pulls.load(Ordering::SeqCst)
+        };
+        quota_headers.push(("ratelimit-limit".into(), format!("{limit};w={window}")));
+        quota_headers.push(("ratelimit-remaining".into(), format!("{};w={window}", limit.saturating_sub(used))));
+    }
     // An injected answer is given after reading the request body, as a
     // server that looked at the whole request would: the client then
     // reliably sees the answer, not a connection closed under its upload.
@@ -667,6 +705,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     }
     if let Some(lie) = lie {
         out = out.header("docker-content-digest", lie.as_str());
+    }
+    for (name, value) in &quota_headers {
+        out = out.header(name.as_str(), value.as_str());
     }
     let blob_body = kind == "blob" && method == Method::GET && status.is_success();
     let truncate = blob_body && roll("truncate", faults.truncate);

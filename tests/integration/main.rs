@@ -27,6 +27,7 @@ mod shapes_limits;
 mod shapes_transfer;
 mod shapes_corners;
 mod workers;
+mod quota;
 mod state_postgres;
 mod state_wedge;
 mod supply;

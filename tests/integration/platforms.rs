@@ -127,14 +127,23 @@ async fn rewrite_copies_only_the_selected_platforms_records_the_new_digest_and_s
     let says = format!("linux/amd64,linux/arm64 of {} (rewritten to {rewritten})", four.digest);
     assert!(verify.stdout.contains(&says), "{}", verify.stdout);
 
-    // A second pass over the unchanged source writes nothing.
+    // A second pass over the unchanged source writes nothing, and pulls
+    // nothing: the state remembers what each source index narrowed to (or
+    // that it has none of the platforms), so HEADs decide.
     let before = dst.lines_by("regferry/").len();
+    let source_before = src.lines_by("regferry/").len();
     let again = regferry(&scratch, &["run", "--policies", &policies, "--state", &state, "--json"], &[]).await;
     again.assert_ok();
-    let counts = &again.json()[0]["destinations"][0]["report"]["counts"];
+    let out = again.json();
+    let counts = &out[0]["destinations"][0]["report"]["counts"];
     assert_eq!(counts["tags_copied"], 0, "{counts}");
     let writes: Vec<String> = dst.lines_by("regferry/").into_iter().skip(before).filter(|l| l.contains("\"PUT ") || l.contains("\"POST ")).collect();
     assert!(writes.is_empty(), "a no-op pass wrote: {writes:?}");
+    let pulls: Vec<String> =
+        src.lines_by("regferry/").into_iter().skip(source_before).filter(|l| l.contains("\"GET ") && l.contains("/manifests/")).collect();
+    assert!(pulls.is_empty(), "an unchanged platform-filtered pass pulled: {pulls:?}");
+    let usage = out[0]["destinations"][0]["report"]["registries"].as_array().and_then(|r| r.iter().find(|u| u["role"] == "source").cloned());
+    assert_eq!(usage.as_ref().map(|u| u["pulls"].clone()), Some(serde_json::json!(0)), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -230,6 +230,25 @@ async fn daemon_replicates_pushes_serves_metrics_and_stops_cleanly() {
     // Caught up: no lag, nothing outstanding.
     assert!(metrics.lines().any(|l| l == "regferry_replication_lag_seconds{policy=\"live\",direction=\"forward\"} 0"), "{metrics}");
     assert!(metrics.lines().any(|l| l == "regferry_outstanding_tags{policy=\"live\",direction=\"forward\"} 0"), "{metrics}");
+    // Per registry, not per job: requests by method and status, pulls, latency histograms, the build.
+    let at_source = format!("{{registry=\"{}\",method=\"HEAD\"", src.url);
+    let heads = metrics.lines().find(|l| l.starts_with(&format!("regferry_registry_requests_total{at_source},status=\"200\"}} "))).expect("HEADs counted");
+    assert!(heads.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n >= 4), "{heads}");
+    assert!(metrics.lines().any(|l| l.starts_with(&format!("regferry_registry_request_duration_seconds_bucket{at_source},le=\"+Inf\"}} "))), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with(&format!("regferry_registry_pulls_total{{registry=\"{}\"}} ", src.url))), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("regferry_build_info{version=\"") && l.ends_with("} 1")), "{metrics}");
+    // And Prometheus' own parser (promtool) takes the whole exposition.
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/deps.sh --test installs it)");
+    std::io::Write::write_all(&mut check.stdin.take().expect("stdin"), metrics.as_bytes()).expect("feed promtool");
+    let checked = check.wait_with_output().expect("promtool");
+    let said = format!("{}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+    assert!(checked.status.success() && !said.contains("error"), "promtool: {said}");
 
     // SIGTERM: exit 0, promptly.
     let pid = daemon.id().expect("pid") as libc::pid_t;

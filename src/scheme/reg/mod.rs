@@ -35,6 +35,9 @@ impl Scheme for RegistryClient {
     fn halted(&self, writes: bool) -> Option<RegistryError> {
         self.gate().halted(writes)
     }
+    fn quota_resets_in(&self) -> Option<std::time::Duration> {
+        self.gate().quota_resets_in()
+    }
     fn bandwidth(&self) -> Option<Arc<Pacer>> {
         self.gate().bandwidth()
     }

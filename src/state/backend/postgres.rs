@@ -38,6 +38,7 @@ fn migrations() -> Migrator {
         migration(5, "referrers", include_str!("../migrations/postgres/0005_referrers.sql")),
         migration(6, "workers", include_str!("../migrations/postgres/0006_workers.sql")),
         migration(8, "dr", include_str!("../migrations/postgres/0008_dr.sql")),
+        migration(9, "narrowed", include_str!("../migrations/postgres/0009_narrowed.sql")),
         migration(11, "pass_errors", include_str!("../migrations/postgres/0011_pass_errors.sql")),
     ])
 }

@@ -9,6 +9,7 @@
 //!   regferry-testkit rawcopy --from URL --to URL --list blobs.tsv   # the raw limit
 //!   regferry-testkit compare --from URL --to URL --dest-prefix mirror [--basename]
 //!   regferry-testkit proxy --upstream URL --bandwidth 1500000 --latency-ms 20   # a slow link
+//!   regferry-testkit proxy --upstream URL --pull-quota 16   # Docker Hub's pull quota
 
 use std::time::Duration;
 
@@ -103,6 +104,13 @@ enum Cmd {
         /// Added to every request.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+        /// Answer as Docker Hub does with a pull quota of N manifest GETs
+        /// (RateLimit headers on manifest answers, then 429 TOOMANYREQUESTS).
+        #[arg(long)]
+        pull_quota: Option<u64>,
+        /// The quota window announced (w=), seconds.
+        #[arg(long, default_value_t = 21600)]
+        quota_window_secs: u64,
     },
     /// Print the benchmark report of a bench/run.sh output directory.
     BenchReport {
@@ -239,8 +247,14 @@ async fn main() {
                 s.blobs, s.bytes, s.requests_source, s.requests_destination, s.seconds
             );
         }
-        Cmd::Proxy { upstream, bandwidth, latency_ms } => {
-            let faults = testkit::Faults { bandwidth, latency: std::time::Duration::from_millis(latency_ms), ..testkit::Faults::default() };
+        Cmd::Proxy { upstream, bandwidth, latency_ms, pull_quota, quota_window_secs } => {
+            let faults = testkit::Faults {
+                bandwidth,
+                latency: std::time::Duration::from_millis(latency_ms),
+                pull_quota,
+                quota_window_secs,
+                ..testkit::Faults::default()
+            };
             let proxy = testkit::FaultProxy::start(&upstream, faults);
             println!("PROXY={}", proxy.url);
             ready_until_stopped().await;
