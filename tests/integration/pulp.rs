@@ -44,7 +44,9 @@ async fn pulp_behind_a_front_first_migrates_no_op_verify_and_anonymous_pull() {
     for round in 1..=3 {
         let scratch = Scratch::new();
         let to = format!("{}/first{round}", pulp.url);
+        let t = std::time::Instant::now();
         let run = migrate_with(&scratch, &src.url, &to, &["--to-creds", &creds]).await;
+        eprintln!("first migrate into Pulp, round {round}: {:.1}s", t.elapsed().as_secs_f64());
         assert_eq!(run.code, 0, "round {round}: first migrate into fresh Pulp repositories failed\n{}\n{}\n{}", run.stdout, run.stderr, pulp.logs());
         assert_eq!(run.json()["counts"]["tags_copied"], pushed.len() as u64, "round {round}");
         assert_eq!(assert_mirrored(&s, &p, &repos, &format!("first{round}")).await, pushed.len(), "round {round}");
