@@ -11,9 +11,11 @@
 //! registry catching up). All there: the `PUT` is tried again after a short,
 //! bounded backoff, and from then on every manifest `PUT` into that
 //! repository waits for the one before it (the registry showed the race
-//! there). Something really missing: the refusal stays final, with what is
-//! missing named. This module never sends content (no blob, no child):
-//! deciding what to copy is [`super::copy`]'s job.
+//! there). Something really missing: the refusal stays final and unchanged
+//! (its code decides what the callers do), what is missing named in the
+//! log. A refusal that goes on while everything is present ends after
+//! [`BUDGET`], saying so. This module never sends content (no blob, no
+//! child): deciding what to copy is [`super::copy`]'s job.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

@@ -116,3 +116,21 @@ async fn an_http_upload_location_behind_a_tls_front_gets_no_credentials() {
     assert!(!plain.is_empty(), "the insecure registry's http location was used: {:?}", front.access_lines());
     assert!(plain_with_auth(&front).is_empty(), "credentials went over plain http: {plain:?}");
 }
+
+/// With no credentials, a `401` on `/v2/` no longer ends the run at the
+/// probe (Pulp serves public repositories anonymously, see `pulp.rs`); a
+/// registry that refuses the repository requests too fails with the request
+/// that was refused named.
+#[tokio::test(flavor = "multi_thread")]
+async fn anonymous_access_refused_beyond_the_probe_names_the_refused_request() {
+    let src = TestRegistry::start_with(Options { auth: Auth::Htpasswd { user: "ci".into(), password: "ci-pw".into() }, ..Options::default() });
+    let dst = TestRegistry::start();
+    let scratch = Scratch::new();
+    let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &dst.url, "--state", &scratch.state()], &[]).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("GET /v2/_catalog was refused (401)"), "{}", run.stderr);
+    assert!(run.stderr.contains("requires credentials and none were given"), "{}", run.stderr);
+    let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &dst.url, "--repo", "app/web", "--state", &scratch.state()], &[]).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("/v2/app/web/tags/list was refused (401)"), "{}", run.stderr);
+}

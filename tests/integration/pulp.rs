@@ -9,14 +9,10 @@
 //! which test shows which feature against which implementation.
 
 use testkit::dataset::{self, Spec};
+use testkit::image::{self, Flavor};
 use testkit::{Access, PulpAuth, PulpOptions, Registry, TestPulp, TestRegistry};
 
 use crate::support::{Scratch, assert_mirrored, migrate, regferry, repos_of};
-
-/// `migrate` from `from` to `to` with credentials for the Pulp side(s).
-async fn migrate_with(scratch: &Scratch, from: &str, to: &str, extra: &[&str]) -> crate::support::Run {
-    migrate(scratch, from, to, extra).await
-}
 
 /// The lines of the front's access log after the first `from`.
 fn since(lines: Vec<String>, from: usize) -> Vec<String> {
@@ -35,7 +31,7 @@ async fn pulp_behind_a_front_first_migrates_no_op_verify_and_anonymous_pull() {
     let p = Registry::new(&pulp.url, Access::Basic(pulp.user.clone(), pulp.password.clone()));
     let src = TestRegistry::start();
     let s = Registry::new(&src.url, Access::Anonymous);
-    let spec = Spec { prefix: "lab".into(), repos: 2, tags_per_repo: 3, multi_arch_every: 2, ..Spec::default() };
+    let spec = Spec { prefix: "lab".into(), repos: 2, tags_per_repo: 2, multi_arch_every: 2, ..Spec::default() };
     let pushed = dataset::fill(&s, &spec).await;
     let repos = repos_of(&pushed);
     let creds = pulp.creds();
@@ -45,10 +41,12 @@ async fn pulp_behind_a_front_first_migrates_no_op_verify_and_anonymous_pull() {
         let scratch = Scratch::new();
         let to = format!("{}/first{round}", pulp.url);
         let t = std::time::Instant::now();
-        let run = migrate_with(&scratch, &src.url, &to, &["--to-creds", &creds]).await;
+        let run = migrate(&scratch, &src.url, &to, &["--to-creds", &creds]).await;
         eprintln!("first migrate into Pulp, round {round}: {:.1}s", t.elapsed().as_secs_f64());
         assert_eq!(run.code, 0, "round {round}: first migrate into fresh Pulp repositories failed\n{}\n{}\n{}", run.stdout, run.stderr, pulp.logs());
-        assert_eq!(run.json()["counts"]["tags_copied"], pushed.len() as u64, "round {round}");
+        let counts = &run.json()["counts"];
+        eprintln!("round {round} counts: {counts}");
+        assert_eq!(counts["tags_copied"], pushed.len() as u64, "round {round}");
         assert_eq!(assert_mirrored(&s, &p, &repos, &format!("first{round}")).await, pushed.len(), "round {round}");
     }
 
@@ -57,7 +55,7 @@ async fn pulp_behind_a_front_first_migrates_no_op_verify_and_anonymous_pull() {
     let scratch = Scratch::new();
     let to = format!("{}/first1", pulp.url);
     let before = front.access_lines().len();
-    let run = migrate_with(&scratch, &src.url, &to, &["--to-creds", &creds]).await;
+    let run = migrate(&scratch, &src.url, &to, &["--to-creds", &creds]).await;
     run.assert_ok();
     assert_eq!(run.json()["counts"]["tags_copied"], 0, "{}", run.stdout);
     assert_eq!(run.json()["counts"]["tags_skipped"], pushed.len() as u64, "{}", run.stdout);
@@ -85,12 +83,8 @@ async fn pulp_behind_a_front_first_migrates_no_op_verify_and_anonymous_pull() {
     // content app's signed redirects.
     let out = TestRegistry::start();
     let o = Registry::new(&out.url, Access::Anonymous);
-    let run = migrate_with(&scratch, &format!("{}/first2", pulp.url), &out.url, &[]).await;
+    let run = migrate(&scratch, &format!("{}/first2", pulp.url), &out.url, &[]).await;
     assert_eq!(run.code, 0, "anonymous pull from Pulp\n{}\n{}", run.stdout, run.stderr);
-    let pulled: Vec<String> = repos.iter().map(|r| r.to_string()).collect();
-    for repo in &pulled {
-        assert_eq!(o.tag_map(repo).await, s.tag_map(repo).await, "{repo} came back out of Pulp unchanged");
-    }
     assert_eq!(assert_mirrored(&s, &o, &repos, "").await, pushed.len());
     assert!(front.count("GET", "/pulp/container/", Some(200)) > 0, "blobs were served by the content app: {:?}", front.access_lines());
 }
@@ -110,7 +104,7 @@ async fn pulp_with_token_auth_and_cross_origin_redirects_both_ways() {
     let scratch = Scratch::new();
 
     let to = format!("{}/in", pulp.url);
-    let run = migrate_with(&scratch, &src.url, &to, &["--to-creds", &creds]).await;
+    let run = migrate(&scratch, &src.url, &to, &["--to-creds", &creds]).await;
     assert_eq!(run.code, 0, "into token-auth Pulp\n{}\n{}\n{}", run.stdout, run.stderr, pulp.logs());
     let run = regferry(&scratch, &["verify", "--from", &src.url, "--to", &to, "--to-creds", &creds, "--deep", "--json"], &[]).await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
@@ -118,7 +112,25 @@ async fn pulp_with_token_auth_and_cross_origin_redirects_both_ways() {
     // Back out, with credentials: blob GETs redirect to the content app's port.
     let out = TestRegistry::start();
     let o = Registry::new(&out.url, Access::Anonymous);
-    let run = migrate_with(&scratch, &format!("{}/in", pulp.url), &out.url, &["--from-creds", &creds]).await;
+    let run = migrate(&scratch, &format!("{}/in", pulp.url), &out.url, &["--from-creds", &creds]).await;
     assert_eq!(run.code, 0, "out of token-auth Pulp\n{}\n{}", run.stdout, run.stderr);
     assert_eq!(assert_mirrored(&s, &o, &repos, "").await, pushed.len());
+
+    // Chunked uploads into Pulp: a 700 KiB layer in 256 KiB PATCHes.
+    let big = image::image(Flavor::Oci, "big", vec![image::layer(Flavor::Oci, "big", 700 * 1024)]);
+    s.push("big/app", "v1", &big).await;
+    let to = format!("{}/chunked", pulp.url);
+    let run = migrate(&scratch, &src.url, &to, &["--repo", "big/app", "--to-creds", &creds, "--to-chunk-size", "256KiB"]).await;
+    assert_eq!(run.code, 0, "chunked into Pulp\n{}\n{}", run.stdout, run.stderr);
+    let run = regferry(&scratch, &["verify", "--from", &src.url, "--to", &to, "--repo", "big/app", "--to-creds", &creds, "--deep"], &[]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+
+    // An OCI layout imported into Pulp.
+    let layout = format!("oci:{}", scratch.path("layout").display());
+    migrate(&scratch, &src.url, &layout, &[]).await.assert_ok();
+    let to = format!("{}/layout", pulp.url);
+    let run = migrate(&scratch, &layout, &to, &["--to-creds", &creds]).await;
+    assert_eq!(run.code, 0, "layout into Pulp\n{}\n{}", run.stdout, run.stderr);
+    let run = regferry(&scratch, &["verify", "--from", &src.url, "--to", &to, "--to-creds", &creds, "--deep", "--json"], &[]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
 }
