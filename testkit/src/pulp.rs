@@ -239,6 +239,11 @@ impl TestPulp {
     /// this version, else migrated (and dumped for the next start).
     fn schema(&self) {
         let dump = venv().with_file_name(format!("pulp-schema-admin-{}.sql", versions()));
+        // One process migrates and dumps; the others (tests starting a Pulp
+        // at the same time) wait for its dump instead of migrating too.
+        let lock = fs::OpenOptions::new().create(true).append(true).open(dump.with_extension("lock")).expect("schema lock file");
+        // SAFETY: flock on a file descriptor we own; released when `lock` is closed.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
         if dump.is_file() {
             self.pg.psql_file("pulp", &dump);
             return;

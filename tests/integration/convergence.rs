@@ -132,5 +132,6 @@ async fn anonymous_access_refused_beyond_the_probe_names_the_refused_request() {
     assert!(run.stderr.contains("requires credentials and none were given"), "{}", run.stderr);
     let run = regferry(&scratch, &["migrate", "--from", &src.url, "--to", &dst.url, "--repo", "app/web", "--state", &scratch.state()], &[]).await;
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("/v2/app/web/tags/list was refused (401)"), "{}", run.stderr);
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(all.contains("/v2/app/web/tags/list was refused (401)"), "{all}");
 }
