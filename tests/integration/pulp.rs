@@ -87,6 +87,29 @@ async fn pulp_behind_a_front_first_migrates_no_op_verify_and_anonymous_pull() {
     assert_eq!(run.code, 0, "anonymous pull from Pulp\n{}\n{}", run.stdout, run.stderr);
     assert_eq!(assert_mirrored(&s, &o, &repos, "").await, pushed.len());
     assert!(front.count("GET", "/pulp/container/", Some(200)) > 0, "blobs were served by the content app: {:?}", front.access_lines());
+
+    // Deletion sync: Pulp deletes by digest with 202 and its worker does it
+    // later; the tag is reported deleted only once Pulp stops serving it.
+    let gone = pushed.iter().rev().find(|x| !x.tag.ends_with(".sig")).expect("a plain tag");
+    let digest = s.head(&gone.repo, &gone.tag).await.expect("at the source").0;
+    s.delete_manifest(&gone.repo, &digest).await;
+    let policy = format!(
+        "name: del\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    namespace: first3\n    \
+         credentials: {{ username_env: PULP_USER, password_env: PULP_PASS }}\ndelete: true\n",
+        src.url, pulp.url
+    );
+    let dir = scratch.path("policies");
+    std::fs::create_dir_all(&dir).expect("policies dir");
+    std::fs::write(dir.join("p.yaml"), policy).expect("policy");
+    let (dir, state) = (dir.to_string_lossy().into_owned(), scratch.path("del.db").to_string_lossy().into_owned());
+    let env = [("PULP_USER", pulp.user.as_str()), ("PULP_PASS", pulp.password.as_str())];
+    let run = regferry(&scratch, &["run", "--policies", &dir, "--state", &state, "--json", "--force-delete"], &env).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let deleted = &run.json()[0]["destinations"][0]["deleted"];
+    assert_eq!(deleted, &serde_json::json!([format!("first3/{}:{}", gone.repo, gone.tag)]), "{}", run.stdout);
+    let left = p.tags(&format!("first3/{}", gone.repo)).await;
+    assert!(!left.contains(&gone.tag), "reported deleted but still listed at Pulp: {left:?}");
+    assert!(p.head(&format!("first3/{}", gone.repo), &digest).await.is_none(), "reported deleted but still served by Pulp");
 }
 
 /// Pulp without a front (blob redirects to the content app's own port:
