@@ -11,8 +11,11 @@
 #                            schemathesis and helm-python-sdk (deployment files,
 #                            the OpenAPI document and the live API against it, the
 #                            Helm chart rendered by Helm's Go SDK), and PostgreSQL
-#                            (the tests start throwaway clusters of their own), and
-#                            faketime (a worker whose clock runs ahead)
+#                            (the tests start throwaway clusters of their own),
+#                            faketime (a worker whose clock runs ahead), and
+#                            Pulp's container registry (pulp-container from
+#                            PyPI, pinned in scripts/pulp-requirements.txt) in a
+#                            virtualenv at ~/.cache/regferry/pulp-venv
 #   scripts/deps.sh --bench  the benchmark: nginx, moto, skopeo, PostgreSQL, jq and GNU
 #                            time (/usr/bin/time, for peak RSS and CPU time)
 # PostgreSQL is installed without its system cluster (none is created or started).
@@ -57,6 +60,24 @@ if [ ${#want[@]} -gt 0 ]; then
   apt=(apt-get install -y --no-install-recommends -o Dpkg::Options::=--force-confold)
   $sudo "${apt[@]}" "${want[@]}" </dev/null \
     || { $sudo apt-get update </dev/null && $sudo "${apt[@]}" "${want[@]}" </dev/null; }
+fi
+if [ "$mode" = "--test" ]; then
+  # Pulp's container registry (a second registry implementation for the
+  # tests, testkit/src/pulp.rs): pinned versions in a virtualenv of its own,
+  # kept between runs (skipped when present).
+  pulp_venv="${REGFERRY_PULP_VENV:-$HOME/.cache/regferry/pulp-venv}"
+  if [ ! -x "$pulp_venv/bin/pulpcore-api" ]; then
+    echo "installing: pulp-container into $pulp_venv (pip)" >&2
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+      sudo=""
+      [ "$(id -u)" -eq 0 ] || sudo="sudo"
+      $sudo apt-get install -y --no-install-recommends python3-venv </dev/null \
+        || { $sudo apt-get update </dev/null && $sudo apt-get install -y --no-install-recommends python3-venv </dev/null; }
+    fi
+    rm -rf "$pulp_venv"
+    python3 -m venv "$pulp_venv"
+    "$pulp_venv/bin/pip" install -q -r "$(dirname "$0")/pulp-requirements.txt" </dev/null
+  fi
 fi
 for p in ${pips[@]+"${pips[@]}"}; do
   echo "installing: $p (pip)" >&2

@@ -31,6 +31,9 @@ use crate::registry::manifest::Descriptor;
 use crate::registry::{Digest, MountOutcome, RegistryClient, RegistryError, RepoName, Scopes};
 use crate::scheme::{ByteStream, Scheme};
 
+/// The pause before a new upload session after one was lost or refused.
+const SESSION_PAUSE: Duration = Duration::from_millis(300);
+
 /// Where else at the destination a blob is known to live (from earlier runs).
 pub trait MountHints: Send + Sync {
     fn holders<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Vec<RepoName>>;
@@ -159,6 +162,7 @@ impl BlobMover {
             return Ok(BlobOutcome::Present);
         }
         let mut attempt = 1;
+        let mut invalid_sessions = 0;
         loop {
             match self.ensure_once(src_repo, dst_repo, desc, &mut slot).await {
                 Ok(outcome) => {
@@ -171,6 +175,31 @@ impl BlobMover {
                     Stats::add(counter, 1);
                     self.events.send(Event::BlobAt { digest: desc.digest.clone(), repo: dst_repo.clone() }).await;
                     return Ok(outcome);
+                }
+                // Upload state refused: once may be a session that expired;
+                // again in a new session is what replicas do that do not
+                // share the secret they sign upload state with.
+                Err(e) if e.has_code("BLOB_UPLOAD_INVALID") => {
+                    invalid_sessions += 1;
+                    if invalid_sessions >= 2 || attempt >= self.attempts {
+                        return Err(RegistryError::Protocol {
+                            registry: self.dst.name().to_string(),
+                            message: format!(
+                                "{e}; refused as BLOB_UPLOAD_INVALID in {invalid_sessions} upload sessions in a row: usually \
+                                 registry replicas behind a load balancer without a shared http.secret (a replica refuses \
+                                 the upload state another one signed); give every replica the same http.secret"
+                            ),
+                        });
+                    }
+                    tracing::warn!(blob = %desc.digest.short(), repository = %dst_repo, error = %e, "upload state refused; trying a new session");
+                    tokio::time::sleep(SESSION_PAUSE).await;
+                    attempt += 1;
+                }
+                // A session lost (or not visible yet) right after its POST: a new one, soon.
+                Err(e) if e.upload_session_lost() && attempt < self.attempts => {
+                    tracing::warn!(blob = %desc.digest.short(), repository = %dst_repo, error = %e, "upload session lost; starting a new one");
+                    tokio::time::sleep(SESSION_PAUSE * attempt).await;
+                    attempt += 1;
                 }
                 Err(e) if e.is_transient() && attempt < self.attempts => {
                     let pause = e.pause(Duration::from_millis(500 * 2u64.pow(attempt)));

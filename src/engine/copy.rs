@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use super::blobs::BlobMover;
+use super::converge::Converge;
 use super::plan::PlanItem;
 use super::platforms::Narrowed;
 use super::referrers::{self, Referrers};
@@ -41,6 +42,8 @@ pub struct Copier {
     children: Mutex<HashMap<(RepoName, Digest), ChildSlot>>,
     /// Referrers copied after their subjects (`None`: not copied).
     referrers: Option<Arc<Referrers>>,
+    /// Manifest pushes refused while the registry catches up are tried again.
+    converge: Converge,
 }
 
 /// What making sure of one manifest by digest did.
@@ -56,7 +59,7 @@ type ChildSlot = Arc<tokio::sync::Mutex<bool>>;
 
 impl Copier {
     pub fn new(src: Arc<dyn Scheme>, dst: Arc<dyn Scheme>, blobs: BlobMover, stats: Arc<Stats>, fan_out: usize) -> Copier {
-        Copier { src, dst, blobs, stats, fan_out: fan_out.max(1), new_repos: Arc::default(), children: Mutex::default(), referrers: None }
+        Copier { src, dst, blobs, stats, fan_out: fan_out.max(1), new_repos: Arc::default(), children: Mutex::default(), referrers: None, converge: Converge::default() }
     }
 
     /// Copy the referrers of every manifest this copier pushes (see [`referrers`]).
@@ -185,7 +188,8 @@ impl Copier {
         };
         self.copy_references(&item.source_repo, &item.dest_repo, &parsed, 0).await?;
         // put_manifest checks the digest the destination reports against the bytes.
-        let digest = self.dst.put_manifest(&item.dest_repo, &reference, bytes, &parsed.media_type).await?;
+        let put = || self.dst.put_manifest(&item.dest_repo, &reference, bytes.clone(), &parsed.media_type);
+        let digest = self.converge.put(&*self.dst, &item.dest_repo, &parsed, put).await?;
         Stats::add(&self.stats.manifests_pushed, 1);
         referrers::sync_subject(self, &item.source_repo, &item.dest_repo, &digest, 0, None).await
     }
@@ -197,10 +201,12 @@ impl Copier {
         let work: Vec<BoxFuture<'_, Result<(), RegistryError>>> =
             narrowed.children.iter().map(|d| self.copy_child(src, dst, d, 1).boxed()).collect();
         futures::stream::iter(work).buffer_unordered(self.fan_out).try_collect::<Vec<()>>().await?;
-        self.dst
-            .put_manifest(dst, reference, narrowed.bytes.clone(), &narrowed.media_type)
-            .await
-            .map_err(|e| narrowed.refusal(self.dst.name(), dst.as_str(), item.tag.as_str(), e))?;
+        let put = || self.dst.put_manifest(dst, reference, narrowed.bytes.clone(), &narrowed.media_type);
+        let pushed = match manifest::parse(&narrowed.bytes, &narrowed.media_type) {
+            Ok(parsed) => self.converge.put(&*self.dst, dst, &parsed, put).await,
+            Err(_) => put().await,
+        };
+        pushed.map_err(|e| narrowed.refusal(self.dst.name(), dst.as_str(), item.tag.as_str(), e))?;
         Stats::add(&self.stats.manifests_pushed, 1);
         Ok(())
     }
@@ -270,7 +276,8 @@ impl Copier {
         }
         let (body, parsed) = self.fetch(src_repo, &reference, media_type).await?;
         self.copy_references(src_repo, dst_repo, &parsed, depth).await?;
-        let (_, indexed_subject) = self.dst.put_manifest_indexed(dst_repo, &reference, body.bytes, &parsed.media_type).await?;
+        let put = || self.dst.put_manifest_indexed(dst_repo, &reference, body.bytes.clone(), &parsed.media_type);
+        let (_, indexed_subject) = self.converge.put(&*self.dst, dst_repo, &parsed, put).await?;
         Stats::add(&self.stats.manifests_pushed, 1);
         *done = true;
         drop(done);

@@ -11,6 +11,7 @@
 
 pub mod blobs;
 pub mod chunked;
+pub mod converge;
 pub mod copy;
 pub mod cosign;
 pub mod diff;

@@ -200,6 +200,12 @@ impl Authenticator {
         Ok(resolved)
     }
 
+    /// Whether no credentials are configured (asked of their source; a
+    /// source that fails to answer is not "none").
+    pub async fn is_anonymous(&self) -> bool {
+        matches!(self.credentials(None).await, Ok(r) if matches!(*r.creds, Credentials::Anonymous))
+    }
+
     /// The `Authorization` header for a request needing `scopes`, as far as
     /// the registry's challenge is known (none before the first `401`).
     pub async fn authorization(&self, scopes: &Scopes) -> Result<Option<HeaderValue>, RegistryError> {
@@ -251,7 +257,7 @@ impl Authenticator {
             },
         };
         match challenge {
-            Challenge::Basic => self.basic_after_401(sent, round).await,
+            Challenge::Basic => self.basic_after_401(sent, round, method, path).await,
             Challenge::Bearer { realm, service } => {
                 if round == 0 {
                     // A token known to lack what the request needs will not
@@ -282,13 +288,13 @@ impl Authenticator {
         }
     }
 
-    async fn basic_after_401(&self, sent: Option<&HeaderValue>, round: u32) -> Result<HeaderValue, RegistryError> {
+    async fn basic_after_401(&self, sent: Option<&HeaderValue>, round: u32, method: &Method, path: &str) -> Result<HeaderValue, RegistryError> {
         let current = self.credentials(None).await?;
         let none_given = || {
-            self.error(
-                "the registry requires credentials and none were given (use --from-creds/--to-creds, a policy's \
-                 credentials, or docker login)",
-            )
+            self.error(format!(
+                "{method} {path} was refused (401): the registry requires credentials and none were given (use \
+                 --from-creds/--to-creds, a policy's credentials, or docker login)"
+            ))
         };
         let header = basic_header(&current.creds);
         if header.is_some() && header.as_ref() != sent {

@@ -64,10 +64,34 @@ impl RegistryClient {
         let loc = resp.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
             RegistryError::Protocol { registry: self.name().to_string(), message: format!("{what}: no Location header") }
         })?;
-        resp.url().join(loc).map_err(|e| RegistryError::Protocol {
+        let url = resp.url().join(loc).map_err(|e| RegistryError::Protocol {
             registry: self.name().to_string(),
             message: format!("{what}: unusable Location header: {e}"),
-        })
+        })?;
+        self.check_downgrade(&url, what)?;
+        Ok(url)
+    }
+
+    /// An `https://` registry's upload session must not continue over
+    /// plain http (a TLS front that does not pass `X-Forwarded-Proto` makes
+    /// the registry hand out `http://` locations): refused, unless the
+    /// registry is marked insecure. Either way, no credentials go there
+    /// (another origin, see [`super::client`]).
+    fn check_downgrade(&self, url: &Url, what: &str) -> Result<(), RegistryError> {
+        if self.url().base().scheme() == "https" && url.scheme() == "http" && !self.insecure() {
+            let port = url.port_or_known_default().map(|p| format!(":{p}")).unwrap_or_default();
+            return Err(RegistryError::Protocol {
+                registry: self.name().to_string(),
+                message: format!(
+                    "{what}: the registry handed out a plain-http location (http://{}{port}{}) for an https registry; \
+                     regferry refuses to downgrade to http (often a TLS front that does not pass X-Forwarded-Proto to \
+                     the registry; fix the front, or mark the registry insecure to allow it)",
+                    url.host_str().unwrap_or_default(),
+                    url.path()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Whether `repo` holds `digest` (`HEAD`, redirects followed).

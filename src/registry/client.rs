@@ -196,6 +196,9 @@ pub struct RegistryClient {
     usage: Usage,
     /// Held by the one quota probe in flight (see [`RegistryClient::probe_quota`]).
     quota_probe: tokio::sync::Mutex<()>,
+    /// The registry is marked insecure: an `http://` upload location of
+    /// an `https://` registry is used (still without credentials).
+    insecure: bool,
 }
 
 /// Build the message of a reqwest error: its chain of causes, without URLs.
@@ -317,6 +320,7 @@ impl RegistryClient {
             gate: Gate::new(name.clone(), &endpoint.limits),
             usage: Usage::default(),
             quota_probe: tokio::sync::Mutex::new(()),
+            insecure: endpoint.tls.insecure_skip_verify,
             name,
         })
     }
@@ -382,6 +386,11 @@ impl RegistryClient {
         self.requests.load(Ordering::Relaxed) + self.authn.request_count()
     }
 
+    /// Whether the registry is marked insecure (certificate checks off).
+    pub fn insecure(&self) -> bool {
+        self.insecure
+    }
+
     /// The stall timeout this client applies.
     pub fn stall_timeout(&self) -> Duration {
         self.stall_timeout
@@ -420,8 +429,27 @@ impl RegistryClient {
     }
 
     /// Check that the registry answers `/v2/` and accepts our credentials.
+    ///
+    /// With no credentials configured, a refusal of `/v2/` (`401`) is not
+    /// the end: some registries (Pulp, Artifactory, Nexus) refuse the
+    /// anonymous probe yet serve public repositories anonymously. The
+    /// repository requests then decide, and their errors name what was
+    /// refused.
     pub async fn ping(&self) -> Result<(), RegistryError> {
-        self.send(&Request::new(Method::GET, self.endpoint_url("/v2/"), Scopes::none())).await.map(|_| ())
+        match self.send(&Request::new(Method::GET, self.endpoint_url("/v2/"), Scopes::none())).await {
+            Ok(_) => Ok(()),
+            Err(e @ RegistryError::Auth { .. }) => {
+                if !self.authn.is_anonymous().await {
+                    return Err(e);
+                }
+                tracing::info!(
+                    registry = %self.name, error = %e,
+                    "the registry refuses anonymous access to /v2/; going on without credentials (the repository requests decide)"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `base` joined with an absolute path such as `/v2/x/tags/list`.
@@ -544,7 +572,10 @@ impl RegistryClient {
         headers: HeaderMap,
         body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     ) -> Result<Response, RegistryError> {
-        let auth = self.authorization(scopes, false).await?;
+        // The registry's credentials go to its own origin only: an upload
+        // session elsewhere (storage, another front) gets none.
+        let own_origin = same_origin(&url, self.url.base());
+        let auth = if own_origin { self.authorization(scopes, false).await? } else { None };
         // The HTTP stack stops asking for more once it has the promised
         // length: that is the last byte handed over.
         let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -573,7 +604,7 @@ impl RegistryClient {
                 }
             }
         };
-        if resp.status() == StatusCode::UNAUTHORIZED {
+        if resp.status() == StatusCode::UNAUTHORIZED && own_origin {
             self.authn.forget(scopes).await;
             return Err(RegistryError::Auth {
                 registry: self.name.clone(),

@@ -230,6 +230,19 @@ impl RegistryError {
         }
     }
 
+    /// An upload session's `PATCH`/`PUT` answered `404` (with any code,
+    /// or none: "Path not found") or `500`: the session is lost or not
+    /// visible yet (an S3-backed registry behind a load balancer right
+    /// after the `POST`); worth a new session after a short pause.
+    pub fn upload_session_lost(&self) -> bool {
+        match self {
+            RegistryError::Status { status, path, method, .. } => {
+                matches!(status, 404 | 500) && path.contains("/blobs/uploads/") && matches!(method.as_str(), "PATCH" | "PUT")
+            }
+            _ => false,
+        }
+    }
+
     /// The pause the registry asked for (`Retry-After`).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

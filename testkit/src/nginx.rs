@@ -36,6 +36,9 @@ pub struct Front {
     pub redirect_to: Option<String>,
     /// Extra directives placed inside the `server` block.
     pub extra: String,
+    /// Do not pass `X-Forwarded-Proto` upstream (a TLS front set up that
+    /// way makes distribution hand out `http://` upload locations).
+    pub no_forwarded_proto: bool,
 }
 
 /// A running nginx.
@@ -78,6 +81,7 @@ impl Nginx {
             ),
             None => format!("listen 127.0.0.1:{port};\n"),
         };
+        let forwarded_proto = if front.no_forwarded_proto { "" } else { "proxy_set_header X-Forwarded-Proto $scheme;" };
         let max_body = front.max_body.clone().unwrap_or_else(|| "0".into());
         let limit_rate = front.limit_rate.as_ref().map(|r| format!("limit_rate {r};\n")).unwrap_or_default();
         let v2 = match &front.redirect_to {
@@ -102,14 +106,15 @@ impl Nginx {
              error_log {error} info;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  \
-               log_format front '$request_method $request_uri $status $request_length $bytes_sent';\n  \
+               map $http_authorization $auth_seen {{ \"\" no; default yes; }}\n  \
+               log_format front '$request_method $request_uri $status $request_length $bytes_sent auth=$auth_seen tls=$https';\n  \
                access_log {access} front;\n  \
                client_body_temp_path {body};\n  proxy_temp_path {proxy};\n  fastcgi_temp_path {fastcgi};\n  \
                uwsgi_temp_path {uwsgi};\n  scgi_temp_path {scgi};\n  \
                server {{\n    {listen}    \
                  client_max_body_size {max_body};\n    \
                  proxy_request_buffering off;\n    proxy_buffering off;\n    proxy_http_version 1.1;\n    \
-                 proxy_set_header Host $http_host;\n    proxy_set_header X-Forwarded-Proto $scheme;\n    \
+                 proxy_set_header Host $http_host;\n    {forwarded_proto}\n    \
                  proxy_read_timeout 900s;\n    proxy_send_timeout 900s;\n    \
                  {limit_rate}    {v2}    {extra}\n  \
                }}\n\
@@ -160,7 +165,10 @@ impl Nginx {
         format!("{}{}", read("stderr.log"), read("error.log"))
     }
 
-    /// Access-log lines: `METHOD URI STATUS REQUEST_LENGTH BYTES_SENT`.
+    /// Access-log lines: `METHOD URI STATUS REQUEST_LENGTH BYTES_SENT
+    /// auth=yes|no tls=on|` (whether the request carried `Authorization`,
+    /// and whether it came over TLS: a plain-http request to a TLS port is
+    /// logged with status 400 and `tls=`).
     pub fn access_lines(&self) -> Vec<String> {
         fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default().lines().map(str::to_string).collect()
     }

@@ -189,6 +189,49 @@ impl TestPostgres {
         String::from_utf8_lossy(&self.run(psql, &args).stdout).into_owned()
     }
 
+    /// Run the SQL of `file` in `database` (read here and handed to
+    /// `psql` on its standard input, so the file need not be readable by
+    /// the `postgres` user); panics when it fails.
+    pub fn psql_file(&self, database: &str, file: &Path) {
+        let sql = std::fs::read(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+        let psql = if self.bin.join("psql").is_file() { "psql" } else { "/usr/bin/psql" };
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let port = self.port.to_string();
+        let mut child = self
+            .command(psql)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", &dir, "-p", &port, "-U", USER, "-d", database])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run psql");
+        let mut stdin = child.stdin.take().expect("psql stdin");
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&sql);
+        });
+        let out = child.wait_with_output().expect("psql");
+        let _ = writer.join();
+        assert!(out.status.success(), "psql -f {} failed: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `pg_dump` of `database` (no owners, no privileges) into `file`;
+    /// `false` when it failed.
+    pub fn dump(&self, database: &str, file: &Path) -> bool {
+        let pg_dump = if self.bin.join("pg_dump").is_file() { "pg_dump" } else { "/usr/bin/pg_dump" };
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let port = self.port.to_string();
+        let out = self
+            .command(pg_dump)
+            .args(["--no-owner", "--no-privileges", "-h", &dir, "-p", &port, "-U", USER, "-d", database])
+            .stderr(Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() && !o.stdout.is_empty() => std::fs::write(file, &o.stdout).is_ok(),
+            _ => false,
+        }
+    }
+
     /// The URL of database `name` (with the password).
     pub fn url_of(&self, name: &str) -> String {
         format!("postgres://{USER}:{}@127.0.0.1:{}/{name}", self.password, self.port)

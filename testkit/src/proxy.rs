@@ -1,7 +1,9 @@
 //! A fault-injecting HTTP proxy to put in front of a real registry: with
 //! seeded randomness it answers 5xx / 429 + `Retry-After`, drops
 //! connections, cuts, stalls or corrupts blob bodies, loses upload sessions
-//! (`BLOB_UPLOAD_UNKNOWN`), refuses chunked uploads, claims just-listed tags
+//! (`BLOB_UPLOAD_UNKNOWN`, or a bare `404 Path not found`), refuses
+//! upload state (`BLOB_UPLOAD_INVALID`) or manifests (`MANIFEST_INVALID`),
+//! refuses chunked uploads, claims just-listed tags
 //! are unknown, lies in `Docker-Content-Digest`, redirects blob downloads to
 //! a separate "object storage" listener, holds requests until released, and
 //! adds latency. It can also answer fixed paths with canned responses (for
@@ -54,6 +56,16 @@ pub struct Faults {
     pub stall: f64,
     /// Upload PATCH/PUT: answer 404 BLOB_UPLOAD_UNKNOWN (not forwarded).
     pub upload_unknown: f64,
+    /// Upload PATCH/PUT: answer 404 `Path not found` without a registry
+    /// error code, like an S3-backed registry behind a load balancer whose
+    /// new session is not visible yet (not forwarded).
+    pub upload_path_not_found: f64,
+    /// Upload PATCH/PUT: answer 400 BLOB_UPLOAD_INVALID, like registry
+    /// replicas that do not share `http.secret` (not forwarded).
+    pub upload_invalid: f64,
+    /// Manifest PUT: answer 400 MANIFEST_INVALID, like a registry that
+    /// commits blobs to the repository asynchronously (not forwarded).
+    pub manifest_put_invalid: f64,
     /// Upload PATCH: answer 405 UNSUPPORTED, like registries without
     /// chunked uploads (not forwarded).
     pub refuse_chunked: f64,
@@ -642,6 +654,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         let upload_write = kind == "upload" && (method == Method::PATCH || method == Method::PUT);
         if upload_write && roll("upload_unknown", faults.upload_unknown) {
             break 'inject Some(registry_error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry"));
+        }
+        if upload_write && roll("upload_path_not_found", faults.upload_path_not_found) {
+            break 'inject Some(full(StatusCode::NOT_FOUND, "Path not found", &[("content-type", "text/plain")]));
+        }
+        if upload_write && roll("upload_invalid", faults.upload_invalid) {
+            break 'inject Some(registry_error(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", "blob upload invalid"));
+        }
+        if kind == "manifest" && method == Method::PUT && roll("manifest_put_invalid", faults.manifest_put_invalid) {
+            break 'inject Some(registry_error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", "manifest invalid"));
         }
         if kind == "upload" && method == Method::PATCH && roll("refuse_chunked", faults.refuse_chunked) {
             break 'inject Some(registry_error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "chunked uploads are not supported"));

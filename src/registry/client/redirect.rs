@@ -78,7 +78,9 @@ impl RegistryClient {
     /// `HEAD`. Errors come back unretried; [`RegistryClient::send`] decides.
     pub(super) async fn send_following(&self, req: &Request) -> Result<Response, RegistryError> {
         if !followable(&req.method) {
-            return self.send_authed(req).await;
+            // Not followed, but still never credentials to another origin
+            // (an upload session's `Location` may name one).
+            return self.send_hop(req).await;
         }
         let mut resp = self.send_hop(req).await?;
         let mut hops = 0;

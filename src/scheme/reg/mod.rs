@@ -74,12 +74,40 @@ impl Scheme for RegistryClient {
     -> BoxFuture<'a, Result<Digest, RegistryError>> {
         RegistryClient::put_manifest(self, repo, reference, bytes, media_type).boxed()
     }
-    /// `DELETE /v2/<repo>/manifests/<digest>`; a manifest already gone is fine.
+    /// `DELETE /v2/<repo>/manifests/<digest>`; a manifest already gone is
+    /// fine. A deletion the registry only accepted (`202`: Pulp deletes by
+    /// digest in a task worker, later) is done when a `HEAD` says `404`:
+    /// asked after 0, 0.25, 0.5 … s for up to 10 s, then an error (never
+    /// reported as deleted while it is still served).
     fn delete_manifest<'a>(&'a self, repo: &'a RepoName, digest: &'a Digest) -> BoxFuture<'a, Result<(), RegistryError>> {
         async move {
             let url = self.endpoint_url(&format!("/v2/{repo}/manifests/{digest}"));
             let req = Request::new(Method::DELETE, url, Scopes::delete(repo)).also_ok(&[404]);
-            self.send(&req).await.map(|_| ())
+            let resp = self.send(&req).await?;
+            if resp.status() != reqwest::StatusCode::ACCEPTED {
+                return Ok(());
+            }
+            drop(resp);
+            let reference = Reference::Digest(digest.clone());
+            let started = std::time::Instant::now();
+            let mut pause = std::time::Duration::from_millis(250);
+            loop {
+                if RegistryClient::head_manifest(self, repo, &reference, &Scopes::pull(repo)).await?.is_none() {
+                    return Ok(());
+                }
+                if started.elapsed() + pause > std::time::Duration::from_secs(10) {
+                    return Err(RegistryError::Protocol {
+                        registry: self.name().to_string(),
+                        message: format!(
+                            "DELETE /v2/{repo}/manifests/{digest} was accepted (202) but the manifest is still served after \
+                             {}s (deleted later by a worker?); not counted as deleted",
+                            started.elapsed().as_secs()
+                        ),
+                    });
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
         }
         .boxed()
     }

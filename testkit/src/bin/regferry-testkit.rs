@@ -8,6 +8,7 @@
 //!   regferry-testkit rawcopy-plan --from URL > blobs.tsv      # untimed: the distinct blobs
 //!   regferry-testkit rawcopy --from URL --to URL --list blobs.tsv   # the raw limit
 //!   regferry-testkit compare --from URL --to URL --dest-prefix mirror [--basename]
+//!   regferry-testkit pulp --front [--token]   # Pulp's container registry: PULP_URL=…, PULP_CREDS=…
 //!   regferry-testkit proxy --upstream URL --bandwidth 1500000 --latency-ms 20   # a slow link
 //!   regferry-testkit proxy --upstream URL --pull-quota 16   # Docker Hub's pull quota
 
@@ -133,6 +134,17 @@ enum Cmd {
     /// `POSTGRES_URL=postgres://…` (a database `regferry`) and `READY=1`,
     /// and remove it on SIGINT/SIGTERM.
     Postgres,
+    /// Start Pulp's container registry (see testkit::pulp; installed by
+    /// scripts/deps.sh --test), print `PULP_URL=…`, `PULP_CREDS=user:pw`
+    /// and `READY=1`, and stop it on SIGINT/SIGTERM.
+    Pulp {
+        /// Bearer tokens from Pulp's token service instead of basic auth.
+        #[arg(long)]
+        token: bool,
+        /// Put an nginx front before the API and the content app.
+        #[arg(long)]
+        front: bool,
+    },
 }
 
 /// Say `READY=1` (what the scripts wait for), then wait for SIGINT or SIGTERM.
@@ -154,6 +166,15 @@ async fn main() {
             println!("POSTGRES_DIR={}", pg.dir().display());
             ready_until_stopped().await;
             drop(pg);
+        }
+        Cmd::Pulp { token, front } => {
+            let auth = if token { testkit::PulpAuth::Token } else { testkit::PulpAuth::Basic };
+            let pulp = testkit::TestPulp::start(testkit::PulpOptions { auth, front });
+            println!("PULP_URL={}", pulp.url);
+            println!("PULP_CREDS={}", pulp.creds());
+            println!("PULP_DIR={}", pulp.dir().display());
+            ready_until_stopped().await;
+            drop(pulp);
         }
         Cmd::Serve { count, tls, link_latency_ms, link_bandwidth } => {
             let registries: Vec<TestRegistry> = (0..count).map(|_| TestRegistry::start()).collect();
