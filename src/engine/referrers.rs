@@ -579,6 +579,12 @@ pub async fn check_api_referrers(
     ApiCheck { lists: out, unsupported: false }
 }
 
+/// The entries (of the wanted `types`) the source's fallback tag `tag` lists.
+async fn source_entries(src: &dyn Scheme, source_repo: &RepoName, tag: &Tag, types: &[String]) -> Result<Vec<ReferrerEntry>, RegistryError> {
+    let body = src.get_manifest(source_repo, &Reference::Tag(tag.clone()), &Scopes::pull(source_repo)).await?;
+    Ok(verbs::filter(verbs::parse_index(&body.bytes).map_err(|e| protocol(src, format!("{source_repo}:{tag}: {e}")))?, types))
+}
+
 /// The entries (of the wanted `types`) of the source's fallback tag `tag`
 /// that the destination's index of the same tag does not list, for
 /// `verify` to name each one.
@@ -590,8 +596,7 @@ pub async fn referrer_gap(
     tag: &Tag,
     types: &[String],
 ) -> Result<Vec<ReferrerEntry>, RegistryError> {
-    let body = src.get_manifest(source_repo, &Reference::Tag(tag.clone()), &Scopes::pull(source_repo)).await?;
-    let entries = verbs::filter(verbs::parse_index(&body.bytes).map_err(|e| protocol(src, format!("{source_repo}:{tag}: {e}")))?, types);
+    let entries = source_entries(src, source_repo, tag, types).await?;
     let have: HashSet<Digest> = match dst.get_manifest(dest_repo, &Reference::Tag(tag.clone()), &Scopes::pull(dest_repo)).await {
         Ok(b) => verbs::parse_index(&b.bytes).map_err(|e| protocol(dst, format!("{dest_repo}:{tag}: {e}")))?.into_iter().map(|e| e.digest).collect(),
         Err(e) if e.status() == Some(404) || e.has_code("MANIFEST_UNKNOWN") => HashSet::new(),
@@ -610,8 +615,7 @@ pub async fn missing_referrers(
     tag: &Tag,
     types: &[String],
 ) -> Result<Vec<Digest>, RegistryError> {
-    let body = src.get_manifest(source_repo, &Reference::Tag(tag.clone()), &Scopes::pull(source_repo)).await?;
-    let entries = verbs::filter(verbs::parse_index(&body.bytes).map_err(|e| protocol(src, format!("{source_repo}:{tag}: {e}")))?, types);
+    let entries = source_entries(src, source_repo, tag, types).await?;
     let mut missing = Vec::new();
     for e in entries {
         if !present(dst, dest_repo, &e.digest, &Scopes::pull(dest_repo)).await? {
