@@ -188,7 +188,11 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
     let mut scope_words = args.repos.clone();
     scope_words.extend(args.rename.iter().map(|r| format!("rename:{r}")));
     let mapping = RepoMapping::new(source.url.prefix(), destination.url.prefix()).with_rename(Rename::new(args.rename.clone()), false);
-    let tags: Arc<dyn TagSelector> = match args.tags.filter() {
+    // Every tag is in the plan unless tag rules select some: only then is a
+    // signature whose subject no planned tag names one of an untagged manifest.
+    let selected = args.tags.filter();
+    let every_tag = selected.is_none();
+    let tags: Arc<dyn TagSelector> = match selected {
         Some((filter, words)) => {
             scope_words.extend(words);
             Arc::new(filter)
@@ -207,7 +211,7 @@ pub async fn run(args: MigrateArgs, quiet: bool) -> Result<u8, CliError> {
         kind: "migrate".into(),
         policy: None,
         scope: Scope {
-            referrers: Arc::new(ReferrerOptions { enabled: !args.no_referrers, types: args.referrer_types.clone(), untagged_subjects: true }),
+            referrers: Arc::new(ReferrerOptions { enabled: !args.no_referrers, types: args.referrer_types.clone(), untagged_subjects: every_tag }),
             immutable: args.missing_only,
             platforms: platforms.map(Arc::new),
             ..Scope::new(mapping, repos, tags)

@@ -92,7 +92,6 @@ async fn pulp_behind_a_front_first_migrates_no_op_verify_and_anonymous_pull() {
     // later; the tag is reported deleted only once Pulp stops serving it.
     let gone = pushed.iter().rev().find(|x| !x.tag.ends_with(".sig")).expect("a plain tag");
     let digest = s.head(&gone.repo, &gone.tag).await.expect("at the source").0;
-    s.delete_manifest(&gone.repo, &digest).await;
     let policy = format!(
         "name: del\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    namespace: first3\n    \
          credentials: {{ username_env: PULP_USER, password_env: PULP_PASS }}\ndelete: true\n",
@@ -103,6 +102,11 @@ async fn pulp_behind_a_front_first_migrates_no_op_verify_and_anonymous_pull() {
     std::fs::write(dir.join("p.yaml"), policy).expect("policy");
     let (dir, state) = (dir.to_string_lossy().into_owned(), scratch.path("del.db").to_string_lossy().into_owned());
     let env = [("PULP_USER", pulp.user.as_str()), ("PULP_PASS", pulp.password.as_str())];
+    // A first pass records what regferry holds there (#19: only what it
+    // wrote or found identical is ever deleted), then the source deletes.
+    let run = regferry(&scratch, &["run", "--policies", &dir, "--state", &state, "--json"], &env).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    s.delete_manifest(&gone.repo, &digest).await;
     let run = regferry(&scratch, &["run", "--policies", &dir, "--state", &state, "--json", "--force-delete"], &env).await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let deleted = &run.json()[0]["destinations"][0]["deleted"];
