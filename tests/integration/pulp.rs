@@ -125,6 +125,7 @@ async fn pulp_behind_a_front_first_migrates_no_op_verify_and_anonymous_pull() {
     // Pulp as the DR site of a policy, with referrers through fallback tags:
     // an image with an SBOM and a signature of the SBOM (attached the way
     // `oras attach` does) travels into Pulp, the fallback indexes with it.
+    let t = std::time::Instant::now();
     let app = image::image(Flavor::Oci, "dr-app", vec![image::layer(Flavor::Oci, "dr-app", 400)]);
     s.push("ref/app", "v1", &app).await;
     let sbom = artifact(&app, SPDX, r#"{"spdxVersion":"SPDX-2.3"}"#);
@@ -199,6 +200,7 @@ async fn pulp_behind_a_front_first_migrates_no_op_verify_and_anonymous_pull() {
     assert_eq!(run.code, 0, "verify after failback\n{}\n{}", run.stdout, run.stderr);
     let report = &run.json()["results"][0]["report"];
     assert_eq!(report["problems"].as_array().map(Vec::len), Some(0), "{report}");
+    eprintln!("Pulp as the DR site (referrers, failover, reversed pass, failback): {:.1}s", t.elapsed().as_secs_f64());
 }
 
 /// Pulp without a front (blob redirects to the content app's own port:
@@ -251,6 +253,7 @@ async fn pulp_with_token_auth_and_cross_origin_redirects_both_ways() {
     // Pulp (a new index, a new digest), verify --deep compares through the
     // state's record of the narrowed digest, and the index read back out of
     // Pulp holds only the selected child.
+    let t = std::time::Instant::now();
     let kids: Vec<(image::Manifest, &str)> =
         ["amd64", "arm64"].iter().map(|a| (image::image(Flavor::Oci, &format!("plat-{a}"), vec![image::layer(Flavor::Oci, &format!("plat-{a}"), 300)]), *a)).collect();
     let multi = image::index(Flavor::Oci, kids);
@@ -282,4 +285,5 @@ async fn pulp_with_token_auth_and_cross_origin_redirects_both_ways() {
     assert_ne!(image::raw(&multi.media_type, bytes).digest, multi.digest, "a rewritten index has a new digest");
     assert!(o.head("platout/plat/app", &arm64).await.is_none(), "linux/arm64 must not have been copied");
     assert!(o.missing_content("platout/plat/app", "multi").await.is_empty(), "the rewritten index is pullable");
+    eprintln!("platform rewrite into Pulp: {:.1}s", t.elapsed().as_secs_f64());
 }
