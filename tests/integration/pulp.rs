@@ -176,6 +176,13 @@ async fn pulp_behind_a_front_first_migrates_no_op_verify_and_anonymous_pull() {
     assert_eq!(fence["artifactType"], "application/vnd.regferry.fence.v1", "{fence}");
     assert_eq!(fence["annotations"]["io.regferry.fence.direction"], "reversed", "{fence}");
     assert!(s.head("regferry-fence", "dr").await.is_some(), "the reachable old primary is fenced too");
+    // A fresh state (the disk holding it lost) reads the fence back from Pulp and is refused.
+    let fresh = scratch.path("fresh.db").to_string_lossy().into_owned();
+    let run = regferry(&scratch, &["run", "--policies", &dir, "--state", &fresh, "--json"], &env).await;
+    assert_eq!(run.code, 1, "a fresh state must be refused by the fence in Pulp\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.json()[0]["destinations"][0]["fenced"], true, "{}", run.stdout);
+    let err = run.json()[0]["destinations"][0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("was failed over") && err.contains("regferry failback --policy dr"), "{err}");
 
     // Work goes on at Pulp; the reversed pass brings it to the primary, names mapped back.
     let v2 = image::image(Flavor::Oci, "dr-v2", vec![image::layer(Flavor::Oci, "dr-v2", 300)]);
