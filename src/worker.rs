@@ -49,6 +49,8 @@ fn item_of(task: &ClaimedTask) -> Result<PlanItem, String> {
         dest_repo: task.dest_repo.parse().map_err(|e| format!("{e}"))?,
         tag: task.tag.parse().map_err(|e| format!("{e}"))?,
         source: ManifestHead { digest: digest.parse().map_err(|e| format!("{e}"))?, media_type: task.media_type.clone().unwrap_or_default() },
+        // (A pinned item, `copy` under another reference, is never shared with helpers.)
+        from: None,
         source_body: None,
         dest: None,
         action: Action::Copy(reason),

@@ -1,6 +1,8 @@
-//! `regferry copy SOURCE[:TAG] DEST[:TAG]`: one image (all its platforms,
-//! or those named), with its signatures and referrers, as `migrate` copies
-//! it — same engine, same state, same summary, `--json` and exit codes.
+//! `regferry copy SOURCE[:TAG|@DIGEST] DEST[:TAG]`: one image (all its
+//! platforms, or those named), with its signatures and referrers, as
+//! `migrate` copies it — same engine, same state, same summary, `--json` and
+//! exit codes. A digest, or a DEST tag other than the source's, pins the one
+//! planned tag to that source reference (see [`regferry::engine::plan::Pin`]).
 //!
 //! Only parses image references and builds a one-repository, one-tag job;
 //! it never copies by itself (see [`super::migrate::run_job`]).
@@ -11,26 +13,26 @@ use clap::Args;
 
 use regferry::engine::discover::{RepoFilter, Scope};
 use regferry::engine::execute::ExecuteOptions;
-use regferry::engine::plan::RepoMapping;
+use regferry::engine::plan::{Pin, RepoMapping};
 use regferry::engine::platforms::{FilterMode, PlatformFilter};
 use regferry::engine::referrers::ReferrerOptions;
 use regferry::engine::rename::{Rename, RenameRule};
 use regferry::job::JobSpec;
 use regferry::policy::TagFilter;
-use regferry::registry::{RepoName, Tag};
+use regferry::registry::{Digest, Reference, RepoName, Tag};
 
 use super::migrate::{Output, run_job};
 use super::{AccessArgs, CliError, StateArgs, TimeoutArgs};
 
 #[derive(Debug, Args)]
 pub struct CopyArgs {
-    /// The image: [http://|https://]HOST[:PORT]/REPOSITORY[:TAG] (tag `latest` when none;
-    /// a name without a registry host is Docker Hub's, `nginx` = docker.io/library/nginx).
+    /// The image: [http://|https://]HOST[:PORT]/REPOSITORY[:TAG|@DIGEST] (tag `latest` when
+    /// none; a name without a registry host is Docker Hub's, `nginx` = docker.io/library/nginx).
     #[arg(value_name = "SOURCE")]
     pub source: String,
 
-    /// Where it goes: [http://|https://]HOST[:PORT]/REPOSITORY[:TAG]. The tag, when given,
-    /// must be the source's (copies keep their tags).
+    /// Where it goes: [http://|https://]HOST[:PORT]/REPOSITORY[:TAG]. Without a tag it keeps
+    /// the source's; a tag is required when SOURCE names a digest.
     #[arg(value_name = "DEST")]
     pub destination: String,
 
@@ -79,19 +81,22 @@ pub struct ImageRef {
     pub registry: String,
     pub repository: RepoName,
     pub tag: Option<Tag>,
+    /// `@sha256:…`: the manifest by digest (a tag given too is ignored, as docker does).
+    pub digest: Option<Digest>,
 }
 
-/// Parse `[scheme://]HOST[:PORT]/REPO[:TAG]`; a first component without a
-/// `.` or `:` (and not `localhost`) is a Docker Hub name.
+/// Parse `[scheme://]HOST[:PORT]/REPO[:TAG|@DIGEST]`; a first component
+/// without a `.` or `:` (and not `localhost`) is a Docker Hub name.
 pub fn parse_image(input: &str, what: &str) -> Result<ImageRef, String> {
-    let bad = |why: &str| format!("{what} {input:?}: {why} (expected [https://]HOST[:PORT]/REPOSITORY[:TAG])");
+    let bad = |why: &str| format!("{what} {input:?}: {why} (expected [https://]HOST[:PORT]/REPOSITORY[:TAG|@DIGEST])");
     let (scheme, rest) = match input.split_once("://") {
         Some((s, rest)) => (Some(s), rest),
         None => (None, input),
     };
-    if rest.contains('@') {
-        return Err(bad("copying by digest is not supported yet: name a tag"));
-    }
+    let (rest, digest) = match rest.split_once('@') {
+        Some((rest, d)) => (rest, Some(d.parse::<Digest>().map_err(|e| bad(&format!("digest: {e}")))?)),
+        None => (rest, None),
+    };
     let (host, path) = match rest.split_once('/') {
         Some((h, p)) if scheme.is_some() || h.contains(['.', ':']) || h == "localhost" => (h.to_string(), p.to_string()),
         _ if scheme.is_some() => return Err(bad("no repository")),
@@ -118,23 +123,37 @@ pub fn parse_image(input: &str, what: &str) -> Result<ImageRef, String> {
         Some(s) => format!("{s}://{host}"),
         None => host,
     };
-    Ok(ImageRef { registry, repository, tag })
+    Ok(ImageRef { registry, repository, tag, digest })
 }
 
 pub async fn run(args: CopyArgs, quiet: bool) -> Result<u8, CliError> {
     let src = parse_image(&args.source, "SOURCE").map_err(CliError::usage)?;
     let dst = parse_image(&args.destination, "DEST").map_err(CliError::usage)?;
-    let tag = match &src.tag {
+    if dst.digest.is_some() {
+        return Err(CliError::usage(format!("DEST {:?}: name a tag, not a digest (the digest is the source's)", args.destination)));
+    }
+    let src_tag = match &src.tag {
         Some(t) => t.clone(),
         None => "latest".parse::<Tag>().map_err(|e| CliError::usage(e.to_string()))?,
     };
-    if let Some(t) = &dst.tag
-        && t != &tag
-    {
+    // What the source is read under, when it is not the destination tag.
+    let (tag, pin) = match (&src.digest, &dst.tag) {
+        (Some(_), None) => {
+            return Err(CliError::usage(format!("SOURCE names a digest: DEST must name the tag it gets ({}:TAG)", args.destination)));
+        }
+        (Some(d), Some(t)) => (t.clone(), Some(Pin { tag: t.clone(), from: Reference::Digest(d.clone()) })),
+        (None, Some(t)) if t != &src_tag => (t.clone(), Some(Pin { tag: t.clone(), from: Reference::Tag(src_tag.clone()) })),
+        (None, _) => (src_tag.clone(), None),
+    };
+    if pin.is_some() && [&tag, &src_tag].iter().any(|t| regferry::registry::referrers::subject_of_tag(t).is_some()) {
         return Err(CliError::usage(format!(
-            "DEST tag {t} differs from the source tag {tag}: copies keep their tags (give DEST without a tag, or :{tag})"
+            "{tag}: a signature or referrers tag exists for another manifest and travels with it; it cannot be copied under another name"
         )));
     }
+    let shown_source = match &pin {
+        Some(Pin { from: Reference::Digest(d), .. }) => format!("{}@{d}", src.repository),
+        _ => format!("{}:{src_tag}", src.repository),
+    };
     let (source, destination) = args.access.endpoints(&src.registry, &dst.registry)?;
     let platforms = match args.platforms.is_empty() {
         true => None,
@@ -147,7 +166,10 @@ pub async fn run(args: CopyArgs, quiet: bool) -> Result<u8, CliError> {
     let repos = RepoFilter::new(&[src.repository.to_string()], &[]).map_err(|e| CliError::usage(e.to_string()))?;
     let exact = regferry::policy::tags::anchored(&regex::escape(tag.as_str())).map_err(|e| CliError::usage(e.to_string()))?;
     let tags = TagFilter { include: vec![exact], signatures: true, ..TagFilter::default() };
-    let mut scope_words = vec![format!("copy:{}:{tag}", src.repository), format!("to:{}", dst.repository)];
+    let mut scope_words = vec![format!("copy:{shown_source}"), format!("to:{}", dst.repository)];
+    if pin.is_some() {
+        scope_words.push(format!("as:{tag}"));
+    }
     scope_words.extend(platforms.as_ref().map(|p| p.scope_word()));
     let spec = JobSpec {
         kind: "copy".into(),
@@ -156,6 +178,7 @@ pub async fn run(args: CopyArgs, quiet: bool) -> Result<u8, CliError> {
             explicit: vec![src.repository.to_string()],
             referrers: Arc::new(ReferrerOptions { enabled: !args.no_referrers, types: Vec::new(), untagged_subjects: false }),
             platforms,
+            pin,
             ..Scope::new(mapping, repos, Arc::new(tags))
         },
         scope_words,
@@ -166,7 +189,7 @@ pub async fn run(args: CopyArgs, quiet: bool) -> Result<u8, CliError> {
         execute: ExecuteOptions { concurrency: 4, attempts: args.attempts, ..ExecuteOptions::default() },
         client: args.timeouts.client_options(),
     };
-    let title = format!("copy {}/{}:{tag} → {}/{}:{tag}", spec.source.url, src.repository, spec.destination.url, dst.repository);
+    let title = format!("copy {}/{shown_source} → {}/{}:{tag}", spec.source.url, spec.destination.url, dst.repository);
     let out = Output { dry_run: args.dry_run, json: args.json, quiet, title };
     let (repo, wanted) = (src.repository.clone(), tag.clone());
     run_job(spec, &args.state, out, move |plan| {
@@ -174,7 +197,7 @@ pub async fn run(args: CopyArgs, quiet: bool) -> Result<u8, CliError> {
         if found || !plan.problems.is_empty() {
             Ok(())
         } else {
-            Err(CliError::failed(format!("{repo}:{wanted} not found at the source (it lists no such tag)")))
+            Err(CliError::failed(format!("{shown_source} not found at the source")))
         }
     })
     .await
@@ -195,6 +218,12 @@ mod tests {
         let r = parse_image("bitnami/redis", "SOURCE").unwrap();
         assert_eq!((r.registry.as_str(), r.repository.as_str()), ("docker.io", "bitnami/redis"));
         assert!(parse_image("ghcr.io/a/b@sha256:00", "SOURCE").unwrap_err().contains("digest"));
+        let hex = "a".repeat(64);
+        let r = parse_image(&format!("localhost:5000/team/app@sha256:{hex}"), "SOURCE").unwrap();
+        assert_eq!((r.repository.as_str(), r.tag, r.digest.as_ref().map(Digest::as_str)), ("team/app", None, Some(format!("sha256:{hex}").as_str())));
+        let r = parse_image(&format!("http://127.0.0.1:5000/app:v1@sha256:{hex}"), "SOURCE").unwrap();
+        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_ref().map(Tag::as_str)), ("http://127.0.0.1:5000", "app", Some("v1")));
+        assert!(r.digest.is_some());
         assert!(parse_image("http://host", "DEST").is_err());
         assert!(parse_image("ghcr.io/A/b", "DEST").is_err());
     }

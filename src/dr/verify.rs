@@ -228,6 +228,7 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
         counters: found.counters.clone(),
         narrowing: false,
         literal_companions: false,
+        pin: None,
     };
     for mut r in found.repos {
         source_tags.insert(r.dest.clone(), r.tags.iter().cloned().collect());

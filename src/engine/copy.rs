@@ -160,9 +160,12 @@ impl Copier {
     /// The manifest is fetched by tag, not by the digest planned from a
     /// `HEAD`: the bytes decide what is copied. A registry whose
     /// `Docker-Content-Digest` names some other manifest cannot make us
-    /// copy that one under this tag.
+    /// copy that one under this tag. A pinned item (see
+    /// [`super::plan::Pin`]) is read under its own reference at the source
+    /// (a digest is checked against the bytes) and pushed under `tag`.
     pub async fn copy_tag(&self, item: &PlanItem) -> Result<(), RegistryError> {
         let reference = Reference::Tag(item.tag.clone());
+        let source_reference = item.source_reference();
         if let Some(narrowed) = &item.platforms {
             return self.copy_narrowed(item, narrowed, &reference).await;
         }
@@ -170,15 +173,15 @@ impl Copier {
             // Planning already fetched the tag's bytes and took its digest from them.
             Some(bytes) => {
                 let parsed = manifest::parse(bytes, &item.source.media_type)
-                    .map_err(|e| self.manifest_error(&item.source_repo, &reference, e))?;
+                    .map_err(|e| self.manifest_error(&item.source_repo, &source_reference, e))?;
                 (bytes.as_ref().clone(), parsed)
             }
             None => {
-                let (body, parsed) = self.fetch(&item.source_repo, &reference, None).await?;
+                let (body, parsed) = self.fetch(&item.source_repo, &source_reference, None).await?;
                 if body.digest != item.source.digest && body.ignored_header.is_none() {
                     Stats::add(&self.stats.digest_mismatches, 1);
                     tracing::warn!(
-                        repository = %item.source_repo, tag = %item.tag, planned = %item.source.digest, actual = %body.digest,
+                        repository = %item.source_repo, tag = %item.tag, source = %source_reference, planned = %item.source.digest, actual = %body.digest,
                         "the tag's manifest bytes do not hash to the digest planned from its HEAD (the tag moved, or the \
                          registry's Docker-Content-Digest is wrong); copying the bytes"
                     );

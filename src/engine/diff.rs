@@ -156,6 +156,7 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
     let immutable = discovered.immutable;
     let narrowing = discovered.narrowing;
     let literal_companions = discovered.literal_companions;
+    let pin = &discovered.pin;
     let tags: usize = discovered.repos.iter().map(|r| r.tags.len()).sum();
     let concurrency = options.concurrency.max(1);
     // One listing per destination repository that has tags to compare.
@@ -210,8 +211,12 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
                 error,
             };
             let literal = literal_repos.contains(&source_repo);
+            // A named tag the source has under another reference (`copy`).
+            let from = pin.as_ref().filter(|p| literal && p.tag == tag).map(|p| p.from.clone());
             let unknown = || {
-                problem(if literal {
+                problem(if let Some(from) = &from {
+                    format!("{source_repo}{}{from} does not exist at {}", if matches!(from, Reference::Digest(_)) { "@" } else { ":" }, src.name())
+                } else if literal {
                     format!("tag {source_repo}:{tag} (named by the tag rules) does not exist at {}", src.name())
                 } else {
                     format!("tag {source_repo}:{tag} was listed but its manifest is unknown at {}", src.name())
@@ -230,7 +235,8 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
             // named tag (it may not exist; one HEAD, its 404 is the answer).
             let (source, source_body) = if at_destination || narrowing || literal {
                 let head = if literal {
-                    src.head_manifest(&source_repo, &Reference::Tag(tag.clone()), &Scopes::pull(&source_repo)).await
+                    let reference = from.clone().unwrap_or_else(|| Reference::Tag(tag.clone()));
+                    src.head_manifest(&source_repo, &reference, &Scopes::pull(&source_repo)).await
                 } else {
                     head_source(src, &source_repo, &tag).await
                 };
@@ -280,7 +286,8 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
             }
             // Identical to the source: not worth a second copy in memory.
             let dest = if action == Action::Skip(SkipReason::UpToDate) { None } else { dest.map(Box::new) };
-            Ok(PlanItem { source_repo, dest_repo, tag, source, source_body, dest, action, platforms: None })
+            let from = from.map(Box::new);
+            Ok(PlanItem { source_repo, dest_repo, tag, source, from, source_body, dest, action, platforms: None })
         })
         .buffer_unordered(concurrency)
         .fold(plan, |mut plan, r| async move {
@@ -379,7 +386,7 @@ async fn literal_companion_tags(
             };
             let action = decide(&source, dest.as_ref(), options.overwrite);
             let dest = if action == Action::Skip(SkipReason::UpToDate) { None } else { dest.map(Box::new) };
-            Ok(Some(PlanItem { source_repo, dest_repo, tag, source, source_body: None, dest, action, platforms: None }))
+            Ok(Some(PlanItem { source_repo, dest_repo, tag, source, from: None, source_body: None, dest, action, platforms: None }))
         })
         .buffer_unordered(options.concurrency.max(1))
         .collect()

@@ -151,6 +151,9 @@ pub struct Scope {
     pub require: Option<Arc<super::gate::Requirement>>,
     /// What narrowing to `platforms` produced on earlier passes.
     pub narrowed: Arc<super::platforms::NarrowMemory>,
+    /// The one named tag is read at the source under another reference
+    /// (`copy`; see [`super::plan::Pin`]). Ignored unless the tag rules name tags exactly.
+    pub pin: Option<super::plan::Pin>,
 }
 
 impl Scope {
@@ -160,7 +163,7 @@ impl Scope {
 
     /// A scope with the default referrer handling and mutable tags.
     pub fn new(mapping: RepoMapping, repos: RepoFilter, tags: Arc<dyn TagSelector>) -> Scope {
-        Scope { mapping, repos, explicit: Vec::new(), tags, platforms: None, referrers: Arc::default(), immutable: false, counters: Arc::default(), require: None, narrowed: Arc::default() }
+        Scope { mapping, repos, explicit: Vec::new(), tags, platforms: None, referrers: Arc::default(), immutable: false, counters: Arc::default(), require: None, narrowed: Arc::default(), pin: None }
     }
 
     /// The tags of `repo` this scope replicates: the selector's choice,
@@ -210,6 +213,8 @@ pub struct Discovered {
     /// Cosign companions of tags named by the rules (not listed) are
     /// looked up by name.
     pub literal_companions: bool,
+    /// A named tag read at the source under another reference (see [`Scope::pin`]).
+    pub pin: Option<super::plan::Pin>,
 }
 
 fn repo_problem(source: &str, error: String) -> Problem {
@@ -343,6 +348,7 @@ pub async fn discover(src: &dyn Scheme, dest: &RegistryUrl, scope: &Scope, concu
             narrowing: scope.platforms.is_some(),
             literal_companions: named.companions,
             counters: scope.counters.clone(),
+            pin: scope.pin.clone(),
         });
     }
 
@@ -366,6 +372,7 @@ pub async fn discover(src: &dyn Scheme, dest: &RegistryUrl, scope: &Scope, concu
         counters: scope.counters.clone(),
         narrowing: scope.platforms.is_some(),
         literal_companions: false,
+        pin: None,
     };
     for (source, dest, listing) in listings {
         let raw = match listing {

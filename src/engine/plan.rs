@@ -7,7 +7,19 @@
 use std::fmt;
 
 use super::rename::Rename;
-use crate::registry::{ManifestHead, RepoName, Tag};
+use crate::registry::{ManifestHead, Reference, RepoName, Tag};
+
+/// One named tag whose manifest the source serves under another reference
+/// (`copy SRC:TAG DEST:OTHER`, `copy SRC@DIGEST DEST:TAG`): the plan item of
+/// `tag` reads `from` at the source and diffs and pushes `tag` at the
+/// destination. Only a scope that names exactly this tag may carry one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The destination tag (what the scope's tag rules name).
+    pub tag: Tag,
+    /// Where the source has it: another tag, or a digest.
+    pub from: Reference,
+}
 
 /// How source repository names become destination names: strip
 /// `source_prefix/`, rename (see [`super::rename`]: ordered rules, first
@@ -196,6 +208,9 @@ pub struct PlanItem {
     pub tag: Tag,
     /// Digest and media type at the source when planned.
     pub source: ManifestHead,
+    /// Where the source has the manifest when not under `tag` (see [`Pin`]);
+    /// `None` for every item of a listing or a policy.
+    pub from: Option<Box<Reference>>,
     /// The source manifest's exact bytes, when planning already fetched them
     /// (boxed: most items have none, and a plan may hold many items).
     pub source_body: Option<Box<bytes::Bytes>>,
@@ -215,6 +230,11 @@ impl PlanItem {
     /// copied: the source's, unless its index was rewritten.
     pub fn target_digest(&self) -> &crate::registry::Digest {
         self.platforms.as_deref().map_or(&self.source.digest, |n| n.destination_digest())
+    }
+
+    /// Where the source has this item's manifest: [`PlanItem::from`], or the tag.
+    pub fn source_reference(&self) -> Reference {
+        self.from.as_deref().cloned().unwrap_or_else(|| Reference::Tag(self.tag.clone()))
     }
 
     /// What the destination resolved the tag to when planned, `None` when it

@@ -719,6 +719,7 @@ mod tests {
             dest_repo: "a/b".parse().unwrap(),
             tag: "v1".parse().unwrap(),
             source: head(&source),
+            from: None,
             source_body: None,
             dest: dest.map(|d| Box::new(head(d))),
             action,

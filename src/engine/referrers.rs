@@ -379,6 +379,7 @@ pub async fn plan_fallback(
         dest_repo: dest_repo.clone(),
         tag: tag.clone(),
         source: source.clone(),
+        from: None,
         source_body,
         dest,
         action,

@@ -520,6 +520,7 @@ pub(crate) mod testing {
             dest_repo: "a/b".parse().expect("repository"),
             tag: tag.parse().expect("tag"),
             source: ManifestHead { digest: digest.clone(), media_type: "m".into() },
+            from: None,
             source_body: None,
             dest: None,
             action,

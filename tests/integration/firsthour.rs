@@ -58,9 +58,10 @@ async fn copy_one_image_and_migrate_by_tag_rules_and_renames() {
     // A named tag is asked for directly (no listing, #21): the plan says it does not exist.
     let said = format!("{}{}", run.stdout, run.stderr);
     assert!(said.contains("team/app:nope (named by the tag rules) does not exist") || said.contains("team/app:nope not found at the source"), "{said}");
-    let run = copy(format!("{}/team/app:v1", src.url), format!("{}/mirror/app:v9", dst.url), &[]).await;
+    // A DEST digest is bad input (2): the digest is the source's.
+    let run = copy(format!("{}/team/app:v1", src.url), format!("{}/mirror/app@sha256:{}", dst.url, "a".repeat(64)), &[]).await;
     assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(run.stderr.contains("DEST tag v9 differs from the source tag v1"), "{}", run.stderr);
+    assert!(run.stderr.contains("name a tag, not a digest"), "{}", run.stderr);
     // One platform of the index.
     let run = copy(format!("{}/team/app:multi", src.url), format!("{}/amd/app", dst.url), &["--platform", "linux/amd64"]).await;
     run.assert_ok();
@@ -89,6 +90,76 @@ async fn copy_one_image_and_migrate_by_tag_rules_and_renames() {
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("repositories other/app and team/app would both be renamed to app"), "{}", run.stdout);
     assert!(d.head("collide/app", "v1").await.is_none());
+}
+
+/// `copy SOURCE@DIGEST DEST:TAG` and `copy SRC:TAG DEST:OTHER`: the manifest the
+/// source has under that reference, exact bytes and media type, under the
+/// destination tag only, with its signature; a rerun is a no-op.
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_by_digest_and_under_another_tag() {
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let d = Registry::new(&dst.url, Access::Anonymous);
+    let amd = image::image(Flavor::Oci, "pin-amd", vec![image::layer(Flavor::Oci, "pin-amd-layer", 400)]);
+    let arm = image::image(Flavor::Oci, "pin-arm", vec![image::layer(Flavor::Oci, "pin-arm-layer", 400)]);
+    let multi = image::index(Flavor::Oci, vec![(amd, "amd64"), (arm, "arm64")]);
+    s.push("team/app", "build-41", &multi).await;
+    let sig = image::signature_tag(&multi.digest);
+    s.push("team/app", &sig, &image::signature(&multi)).await;
+    // The tag moves on: the digest still names the first build.
+    let later = image::image(Flavor::Oci, "pin-later", vec![image::layer(Flavor::Oci, "pin-later-layer", 400)]);
+    s.push("team/app", "build-41", &later).await;
+    let v1 = image::image(Flavor::Docker, "pin-docker", vec![image::layer(Flavor::Docker, "pin-docker-layer", 400)]);
+    s.push("team/app", "v1", &v1).await;
+    let scratch = Scratch::new();
+    let state = scratch.state();
+    let copy = |from: String, to: String| {
+        let (scratch, state) = (&scratch, state.clone());
+        async move { regferry(scratch, &["copy", &from, &to, "--state", &state, "--json"], &[]).await }
+    };
+
+    // By digest, tagged at the destination.
+    let by_digest = format!("{}/team/app@{}", src.url, multi.digest);
+    let run = copy(by_digest.clone(), format!("{}/mirror/app:stable", dst.url)).await;
+    run.assert_ok();
+    assert_eq!(run.json()["counts"]["tags_copied"].as_u64(), Some(2), "the manifest and its signature: {}", run.stdout);
+    let head = d.head("mirror/app", "stable").await;
+    assert_eq!(head, s.head("team/app", &multi.digest).await, "same digest and media type");
+    assert_eq!(head.as_ref().map(|h| h.0.as_str()), Some(multi.digest.as_str()));
+    assert_eq!(d.get_manifest("mirror/app", "stable").await.map(|m| m.0), Some(multi.bytes.to_vec()), "the exact bytes");
+    assert_eq!(d.tags("mirror/app").await, [sig.clone(), "stable".to_string()], "only the named tag and the digest's signature");
+    assert_eq!(d.head("mirror/app", &sig).await, s.head("team/app", &sig).await);
+    assert!(d.missing_content("mirror/app", &multi.digest).await.is_empty(), "every platform pullable");
+    let run = copy(by_digest.clone(), format!("{}/mirror/app:stable", dst.url)).await;
+    run.assert_ok();
+    assert_eq!(run.json()["counts"]["tags_copied"].as_u64(), Some(0), "a rerun is a no-op: {}", run.stdout);
+
+    // A tag under another name: a Docker v2 manifest keeps its media type.
+    let run = copy(format!("{}/team/app:v1", src.url), format!("{}/mirror/app:release", dst.url)).await;
+    run.assert_ok();
+    assert_eq!(run.json()["counts"]["tags_copied"].as_u64(), Some(1), "{}", run.stdout);
+    let head = d.head("mirror/app", "release").await;
+    assert_eq!(head, s.head("team/app", "v1").await, "same digest and media type");
+    assert_eq!(head.map(|h| h.1), Some("application/vnd.docker.distribution.manifest.v2+json".to_string()));
+    assert!(d.head("mirror/app", "v1").await.is_none(), "the source tag is not created at the destination");
+    let run = copy(format!("{}/team/app:v1", src.url), format!("{}/mirror/app:release", dst.url)).await;
+    run.assert_ok();
+    assert_eq!(run.json()["counts"]["tags_copied"].as_u64(), Some(0), "a rerun is a no-op: {}", run.stdout);
+    // The source's tag moved to another manifest: the destination tag follows it.
+    let run = copy(format!("{}/team/app:build-41", src.url), format!("{}/mirror/app:stable", dst.url)).await;
+    run.assert_ok();
+    assert_eq!(d.head("mirror/app", "stable").await.map(|h| h.0), Some(later.digest.clone()));
+
+    // A digest the source does not have fails (1); a digest without a DEST tag is bad input (2).
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let run = copy(format!("{}/team/app@{missing}", src.url), format!("{}/mirror/app:x", dst.url)).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(format!("{}{}", run.stdout, run.stderr).contains(&format!("team/app@{missing}")), "{}\n{}", run.stdout, run.stderr);
+    assert!(d.head("mirror/app", "x").await.is_none());
+    let run = copy(by_digest, format!("{}/mirror/app", dst.url)).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("DEST must name the tag"), "{}", run.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]
