@@ -91,6 +91,7 @@ impl Copier {
                 return Ok(false);
             }
             referrers::sync_subject(self, &item.source_repo, &item.dest_repo, &item.source.digest, 0, None).await?;
+            referrers::sync_children(self, item).await?;
             return Ok(true);
         }
         match crate::registry::referrers::subject_of_tag(&item.tag) {

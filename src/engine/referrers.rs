@@ -242,6 +242,25 @@ pub fn sync_subject<'a>(
     .boxed()
 }
 
+/// Sync the referrers of every child of the (unnarrowed) index `item`
+/// names, whose lists [`check_api_referrers`] found changed: one `GET` of
+/// the source index, then each child like a subject. Nothing for an image.
+pub async fn sync_children(copier: &Copier, item: &PlanItem) -> Result<(), RegistryError> {
+    if item.platforms.is_some() || manifest::kind_of(&manifest::normalise_media_type(&item.source.media_type)) != Some(manifest::Kind::Index) {
+        return Ok(());
+    }
+    let (repo, reference) = (&item.source_repo, Reference::Digest(item.source.digest.clone()));
+    let bytes = match &item.source_body {
+        Some(b) => b.as_ref().clone(),
+        None => copier.source().get_manifest(repo, &reference, &Scopes::pull(repo)).await?.bytes,
+    };
+    let parsed = manifest::parse(&bytes, &item.source.media_type).map_err(|e| protocol(copier.source(), format!("{repo}@{}: {e}", item.source.digest)))?;
+    for child in &parsed.manifests {
+        sync_subject(copier, repo, &item.dest_repo, &child.digest, 0, None).await?;
+    }
+    Ok(())
+}
+
 /// Add `entries` to the destination's fallback index of `subject`: read it,
 /// append what it lacks, put it back. Never drops an entry that is there.
 /// When the destination has none, the source's own bytes go (`verbatim`),
@@ -476,10 +495,19 @@ pub fn list_digest(entries: &[ReferrerEntry]) -> String {
 /// What [`check_api_referrers`] found.
 #[derive(Debug, Default)]
 pub struct ApiCheck {
-    /// By plan index: the list digest to record once that item succeeded.
-    pub lists: Vec<(usize, String)>,
+    /// By plan index: (subject key, value) to record once that item
+    /// succeeded — a subject's list digest, or an index's children
+    /// ([`children_key`]).
+    pub lists: Vec<(usize, String, String)>,
     /// The source answered `404`: it does not serve the API.
     pub unsupported: bool,
+}
+
+/// The key under which a job's state remembers the children of the index
+/// `index` (their digests, space-separated). A digest names its bytes, so
+/// the children never change: an unchanged index costs no `GET` to find them.
+pub fn children_key(index: &Digest) -> String {
+    format!("children@{index}")
 }
 
 /// The key under which a job's state remembers that its source does not
@@ -503,14 +531,21 @@ pub fn api_known_unsupported(seen: &HashMap<(String, String), String>, now_ms: i
 }
 
 /// For a source that serves the referrers API (which has no change feed):
-/// ask it for the referrers of the manifest of every tag of `plan` (one
-/// request per distinct manifest), and mark the up-to-date tags whose list
-/// differs from the one `seen` last time ([`CopyReason::ReferrersChanged`]):
-/// only their referrers are synced. A source without the API costs one
-/// request (`404`) and nothing is marked: its fallback tags are diffed like
-/// tags (the caller remembers that for a day, see [`api_known_unsupported`],
-/// so a steady pass costs nothing here). Children of an index are not asked here (that would cost a `GET`
-/// of every unchanged index); their referrers travel when they are copied.
+/// ask it for the referrers of the manifest of every tag of `plan` and of
+/// every child of an index among them (one request per distinct manifest),
+/// and mark the up-to-date tags for which one of those lists differs from
+/// the one `seen` last time ([`CopyReason::ReferrersChanged`]): only their
+/// referrers are synced. An index's children are read once (its `GET`, or
+/// the body planning kept) and remembered under [`children_key`]. The lists
+/// of a copied index's children are recorded only once the index is up to
+/// date (a child already at the destination is not synced by the copy), so
+/// its first no-op pass syncs a child whose list is not empty. A source
+/// without the API costs one request (`404`) and nothing is marked: its
+/// fallback tags are diffed like tags (the caller remembers that for a
+/// day, see [`api_known_unsupported`], so a steady pass costs nothing here).
+/// Never asked: the source digest of an index the destination holds
+/// rewritten or narrowed (another manifest there, so its referrers would
+/// have no subject), nor the children of such an index.
 pub async fn check_api_referrers(
     src: &dyn Scheme,
     plan: &mut Plan,
@@ -547,7 +582,7 @@ pub async fn check_api_referrers(
         let answer = src.referrers(&repo, &digest, one).await;
         (n, repo, digest, answer)
     };
-    let mut rest = candidates.into_iter();
+    let mut rest = candidates.clone().into_iter();
     let Some(first) = rest.next() else { return ApiCheck::default() };
     let first = ask(first).await;
     match &first.3 {
@@ -558,8 +593,67 @@ pub async fn check_api_referrers(
             return ApiCheck::default();
         }
     }
-    let answers: Vec<_> = futures::stream::iter(rest).map(ask).buffer_unordered(concurrency.max(1)).collect().await;
     let mut out = Vec::new();
+    // The children of the (unnarrowed) indexes: remembered, else read once.
+    let indexes: Vec<(usize, RepoName, Digest)> = candidates
+        .into_iter()
+        .filter(|(n, _, _)| {
+            let i = &plan.items[*n];
+            i.platforms.is_none() && manifest::kind_of(&manifest::normalise_media_type(&i.source.media_type)) == Some(manifest::Kind::Index)
+        })
+        .collect();
+    let plan_ref = &*plan;
+    let children: Vec<(usize, RepoName, Vec<Digest>, Option<String>)> = futures::stream::iter(indexes)
+        .map(|(n, repo, digest)| async move {
+            let known = seen.get(&(repo.to_string(), children_key(&digest)));
+            if let Some(known) = known {
+                let parsed: Result<Vec<Digest>, _> = known.split_whitespace().map(str::parse::<Digest>).collect();
+                if let Ok(children) = parsed {
+                    return Some((n, repo, children, None));
+                }
+            }
+            let item = &plan_ref.items[n];
+            let bytes = match &item.source_body {
+                Some(b) => b.as_ref().clone(),
+                None => match src.get_manifest(&repo, &Reference::Digest(digest.clone()), &Scopes::pull(&repo)).await {
+                    Ok(body) => body.bytes,
+                    Err(e) => {
+                        tracing::warn!(repository = %repo, index = %digest, error = %e, "cannot read the index; its children's referrers are checked again next pass");
+                        return None;
+                    }
+                },
+            };
+            match manifest::parse(&bytes, &item.source.media_type) {
+                Ok(parsed) => {
+                    let children: Vec<Digest> = parsed.manifests.into_iter().map(|d| d.digest).collect();
+                    let record = children.iter().map(Digest::to_string).collect::<Vec<_>>().join(" ");
+                    Some((n, repo, children, Some(record)))
+                }
+                Err(e) => {
+                    tracing::warn!(repository = %repo, index = %digest, error = %e, "cannot parse the index; its children's referrers are not checked");
+                    None
+                }
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .filter_map(|c| async move { c })
+        .collect()
+        .await;
+    // The children asked (a copied index's children lists are not recorded).
+    let mut child_of: HashSet<(RepoName, Digest)> = HashSet::new();
+    let mut asked_children = Vec::new();
+    for (n, repo, kids, record) in children {
+        if let Some(record) = record {
+            out.push((n, children_key(&plan.items[n].source.digest), record));
+        }
+        for child in kids {
+            if subjects.insert((repo.clone(), child.clone())) {
+                child_of.insert((repo.clone(), child.clone()));
+                asked_children.push((n, repo.clone(), child));
+            }
+        }
+    }
+    let answers: Vec<_> = futures::stream::iter(rest.chain(asked_children)).map(ask).buffer_unordered(concurrency.max(1)).collect().await;
     for (n, repo, digest, answer) in std::iter::once(first).chain(answers) {
         let entries = match answer {
             Ok(ApiAnswer::Listed { entries, .. }) => verbs::filter(entries, &options.types),
@@ -570,12 +664,16 @@ pub async fn check_api_referrers(
             }
         };
         let list = list_digest(&entries);
+        let child = child_of.contains(&(repo.clone(), digest.clone()));
         let item = &mut plan.items[n];
         let known = seen.get(&(repo.to_string(), digest.to_string()));
+        let up_to_date = matches!(item.action, Action::Skip(SkipReason::UpToDate) | Action::Copy(CopyReason::ReferrersChanged));
         if item.action == Action::Skip(SkipReason::UpToDate) && known != Some(&list) && !(known.is_none() && entries.is_empty()) {
             item.action = Action::Copy(CopyReason::ReferrersChanged);
         }
-        out.push((n, list));
+        if !child || up_to_date {
+            out.push((n, digest.to_string(), list));
+        }
     }
     ApiCheck { lists: out, unsupported: false }
 }

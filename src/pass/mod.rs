@@ -376,9 +376,9 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     let mut lists: Vec<(String, String, String)> = api
         .lists
         .into_iter()
-        .map(|(n, list)| (&plan.items[n], list))
-        .filter(|(i, _)| !matches!(i.action, Action::Skip(SkipReason::RetryDeferred)) && !failed.contains(&(i.source_repo.as_str(), i.tag.as_str())))
-        .map(|(i, list)| (i.source_repo.to_string(), i.source.digest.to_string(), list))
+        .map(|(n, subject, list)| (&plan.items[n], subject, list))
+        .filter(|(i, _, _)| !matches!(i.action, Action::Skip(SkipReason::RetryDeferred)) && !failed.contains(&(i.source_repo.as_str(), i.tag.as_str())))
+        .map(|(i, subject, list)| (i.source_repo.to_string(), subject, list))
         .collect();
     if api.unsupported {
         let (repo, subject) = referrers::API_SENTINEL;

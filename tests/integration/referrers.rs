@@ -332,3 +332,87 @@ async fn referrers_found_through_the_api_travel_too() {
     assert_eq!(refs::digests(&d.referrers(REPO, &image.digest).await), want);
     assert_eq!(pass(4).await["counts"]["tags_copied"], 0);
 }
+
+/// Item 3 of issue 22: referrers listed through the API are checked for
+/// the children of an index too, each pass, at a cost of one referrers
+/// request per manifest (the index's children are remembered, not read
+/// again); one added later to a child travels on the next pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn referrers_of_index_children_listed_by_the_api_are_checked_each_pass() {
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let d = Registry::new(&dst.url, Access::Anonymous);
+    let children: Vec<(Manifest, &str)> = ["amd64", "arm64"]
+        .iter()
+        .map(|arch| (image::image(Flavor::Oci, &format!("kids-{arch}"), vec![image::layer(Flavor::Oci, &format!("kids-{arch}"), 300)]), *arch))
+        .collect();
+    let index = image::index(Flavor::Oci, children);
+    s.push(REPO, "multi", &index).await;
+    let child = index.children[0].clone();
+
+    let api = FaultProxy::start(&src.url, Faults::default());
+    let listing = |entries: Vec<Value>| testkit::Canned {
+        status: 200,
+        headers: vec![("content-type".into(), image::OCI_INDEX.into())],
+        body: serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "mediaType": image::OCI_INDEX, "manifests": entries }))
+            .expect("index")
+            .into(),
+    };
+    for m in index.children.iter().chain([&index]) {
+        api.answer(&format!("/v2/{REPO}/referrers/{}", m.digest), listing(Vec::new()));
+    }
+    let scratch = Scratch::new();
+    let policies = write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!("name: kids\nsource: {{ registry: '{}' }}\ndestinations: [{{ registry: '{}' }}]\nretry: {{ attempts: 1 }}\n", api.url, dst.url),
+    );
+    let state = scratch.state();
+    let pass = |n: u32| {
+        let (scratch, policies, state) = (&scratch, policies.clone(), state.clone());
+        async move {
+            let run = regferry(scratch, &["run", "--policies", &policies, "--state", &state, "--json"], &[]).await;
+            assert_eq!(run.code, 0, "pass {n}\n{}\n{}", run.stdout, run.stderr);
+            run.json()[0]["destinations"][0]["report"].clone()
+        }
+    };
+    assert_eq!(pass(1).await["counts"]["tags_copied"], 1, "the index is copied");
+    assert_eq!(pass(2).await["counts"]["tags_copied"], 0, "empty lists are nothing to sync");
+    // A no-op pass: one referrers request per manifest (the index and its
+    // two children), and the index is not read again to find its children.
+    let before = api.counters.seen().len();
+    assert_eq!(pass(3).await["counts"]["tags_copied"], 0);
+    let seen = api.counters.seen()[before..].to_vec();
+    let asked: Vec<&str> = seen.iter().filter(|r| r.target.contains("/referrers/")).map(|r| r.target.as_str()).collect();
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    for m in index.children.iter().chain([&index]) {
+        assert!(asked.iter().any(|t| t.contains(&m.digest)), "{} not asked: {asked:?}", m.digest);
+    }
+    let reads: Vec<String> = seen.iter().filter(|r| r.method == "GET" && r.target.contains("/manifests/")).map(|r| r.target.clone()).collect();
+    assert!(reads.is_empty(), "a no-op pass reads no manifest: {reads:?}");
+    let total = seen.len();
+
+    // An SBOM attached later to one child (not to the index, whose tag is
+    // unchanged): the next pass copies it and the destination lists it.
+    let sbom = artifact(&child, SPDX, r#"{"spdxVersion":"SPDX-2.3","name":"amd64"}"#);
+    for b in &sbom.blobs {
+        s.push_blob(REPO, b).await;
+    }
+    assert!(s.put_manifest(REPO, &sbom.digest, &sbom.media_type, &sbom.bytes).await.status().is_success());
+    api.answer(&format!("/v2/{REPO}/referrers/{}", child.digest), listing(vec![refs::referrer_descriptor(&sbom, SPDX)]));
+    api.answer(&format!("/v2/{REPO}/referrers/{}", sbom.digest), listing(Vec::new()));
+    assert!(d.get_manifest(REPO, &sbom.digest).await.is_none());
+    let fourth = pass(4).await;
+    assert_eq!(fourth["counts"]["tags_copied"], 1, "{fourth}");
+    assert_eq!(fourth["counts"]["tags_failed"], 0, "{fourth}");
+    assert_eq!(d.get_manifest(REPO, &sbom.digest).await.map(|(b, _)| b), Some(sbom.bytes.clone()));
+    assert_eq!(refs::digests(&d.referrers(REPO, &child.digest).await), vec![sbom.digest.clone()]);
+    // Back to a no-op, at the same cost as before.
+    let before = api.counters.seen().len();
+    assert_eq!(pass(5).await["counts"]["tags_copied"], 0);
+    let seen = api.counters.seen()[before..].to_vec();
+    assert_eq!(seen.iter().filter(|r| r.target.contains("/referrers/")).count(), 3, "{:?}", seen.iter().map(|r| &r.target).collect::<Vec<_>>());
+    assert_eq!(seen.len(), total, "a no-op pass costs what it cost before the SBOM");
+}
