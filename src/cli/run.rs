@@ -10,6 +10,7 @@ use regferry::pass::metrics::Metrics;
 use regferry::pass::preview::{Preview, preview};
 use regferry::pass::{PassOutcome, run_pass};
 use regferry::engine::execute::Cancel;
+use regferry::dr::verify::VerifyOptions;
 
 use super::output;
 use super::{CliError, StateArgs, TimeoutArgs, exit, signals};
@@ -50,6 +51,13 @@ pub struct RunArgs {
     /// it — and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// After each policy's pass, deep-check each destination it ran (every child manifest
+    /// and blob of every tag), copy again from the source exactly what is missing (blobs,
+    /// then child manifests, by digest; no tag is written, nothing deleted), then verify
+    /// again. Fails when something is still not pullable.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub repair: bool,
 }
 
 /// `run --dry-run`, human form.
@@ -217,10 +225,31 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, CliError> {
         let outcome = run_pass(p, &state, &cancel, &metrics, None).await;
         shown.finish().await;
         ok &= outcome.ok();
+        let repairs = match args.repair && !cancel.stop.is_cancelled() {
+            true => {
+                // Not where the pass failed (or a fence refused it): only what it ran.
+                let skip: Vec<String> = outcome.destinations.iter().filter(|d| d.error.is_some()).map(|d| d.destination.clone()).collect();
+                let options = VerifyOptions { deep: true, concurrency: p.concurrency.max(4) * 2, covers: Some(p.tags.clone()) };
+                let shown = super::progress::Planning::start(p.progress.clone(), quiet || args.json, &format!("repair {}", p.name));
+                let repairs = super::verify::policy_outcomes(p, &state, &options, true, &skip).await;
+                shown.finish().await;
+                let repairs = repairs?;
+                ok &= repairs.iter().all(super::verify::repaired);
+                Some(repairs)
+            }
+            false => None,
+        };
         if args.json {
-            all.push(outcome_json(&outcome));
+            let mut value = outcome_json(&outcome);
+            if let (Some(repairs), Some(obj)) = (&repairs, value.as_object_mut()) {
+                obj.insert("repair".into(), repairs.iter().map(super::verify::outcome_json).collect());
+            }
+            all.push(value);
         } else {
             print!("{}", outcome_text(&outcome));
+            for r in repairs.iter().flatten() {
+                print!("{}", super::verify::text(r));
+            }
         }
     }
     if args.json {

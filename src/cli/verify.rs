@@ -88,7 +88,7 @@ pub struct VerifyArgs {
 }
 
 /// One comparison: its report, or why it could not run.
-struct Outcome {
+pub(super) struct Outcome {
     policy: Option<String>,
     reversed: bool,
     source: String,
@@ -125,7 +125,7 @@ fn short(d: Option<&str>) -> &str {
     d.unwrap_or("-")
 }
 
-fn text(o: &Outcome) -> String {
+pub(super) fn text(o: &Outcome) -> String {
     let mut out = String::new();
     let title = match &o.policy {
         Some(p) => format!("{p}{} {} → {}", if o.reversed { " (reversed)" } else { "" }, o.source, o.destination),
@@ -289,20 +289,54 @@ async fn verify_all(args: &VerifyArgs, counters: Arc<regferry::engine::stats::Pl
                 p.progress = counters.clone();
                 let p = &*p;
                 let options = VerifyOptions { deep: args.deep, concurrency, covers: Some(p.tags.clone()) };
-                for spec in jobs_of(p, &state).await? {
-                    let (source, destination, reversed) = (spec.source.url.to_string(), spec.destination.url.to_string(), spec.reversed);
-                    let (result, repair) = match Job::connect(spec).await {
-                        Ok(job) => checked(job.src.clone(), &job.dst, &job.spec.scope, &options, args.repair).await,
-                        Err(e) => (Err(e.to_string()), None),
-                    };
-                    outcomes.push(Outcome { policy: Some(p.name.clone()), reversed, source, destination, result, repair });
-                }
+                outcomes.extend(policy_outcomes(p, &state, &options, args.repair, &[]).await?);
                 lags.push(state.replication_lag(&p.name).await?);
             }
         }
         _ => return Err(CliError::usage("give either --from URL --to URL, or --policies PATH")),
     }
     Ok((outcomes, lags))
+}
+
+/// Verify each destination of `p` in its current direction (and with
+/// `repair`, copy again what the deep check found missing, then verify
+/// again), except the destinations named in `skip`.
+pub(super) async fn policy_outcomes(p: &regferry::policy::Policy, state: &StateDb, options: &VerifyOptions, repair: bool, skip: &[String]) -> Result<Vec<Outcome>, CliError> {
+    let mut outcomes = Vec::new();
+    for spec in jobs_of(p, state).await? {
+        let (source, destination, reversed) = (spec.source.url.to_string(), spec.destination.url.to_string(), spec.reversed);
+        if skip.contains(&destination) {
+            continue;
+        }
+        let (result, repair) = match Job::connect(spec).await {
+            Ok(job) => checked(job.src.clone(), &job.dst, &job.spec.scope, options, repair).await,
+            Err(e) => (Err(e.to_string()), None),
+        };
+        outcomes.push(Outcome { policy: Some(p.name.clone()), reversed, source, destination, result, repair });
+    }
+    Ok(outcomes)
+}
+
+/// `run --repair`'s verdict on one destination: the deep check after the
+/// repair could run, nothing is left unpullable or unchecked, and the
+/// repair copied everything it tried (tags that only differ are the pass's
+/// business, reported but not judged here).
+pub(super) fn repaired(o: &Outcome) -> bool {
+    let left = |r: &VerifyReport| r.problems.iter().any(|p| matches!(p.kind, ProblemKind::NotPullable | ProblemKind::Error));
+    o.result.as_ref().is_ok_and(|r| !left(r)) && o.repair.as_ref().is_none_or(|r| r.errors.is_empty())
+}
+
+/// `run --repair --json`: one object per destination checked.
+pub(super) fn outcome_json(o: &Outcome) -> serde_json::Value {
+    json!({
+        "source": o.source,
+        "destination": o.destination,
+        "reversed": o.reversed,
+        "ok": repaired(o),
+        "error": o.result.as_ref().err(),
+        "report": o.result.as_ref().ok(),
+        "repair": o.repair,
+    })
 }
 
 /// Print the outcomes (and lags) and pick the exit code.

@@ -428,3 +428,47 @@ async fn verify_deep_repair_copies_again_exactly_what_is_missing() {
     assert_eq!(repair["manifests"].as_array().map(Vec::len), Some(1), "{repair}");
     skopeo_pulls(&scratch, &dst.url, "team/app:1.0").await.expect("the index pulls after the repair");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_repair_copies_again_a_blob_lost_at_dr() {
+    let primary = TestRegistry::start();
+    let dr = TestRegistry::start();
+    let p = Registry::new(&primary.url, Access::Anonymous);
+    let img = image::image(Flavor::Docker, "gone", vec![image::layer(Flavor::Docker, "gone-layer", 700)]);
+    p.push("team/app", "v1", &img).await;
+    push_tags(&p, "team/app", &["v2"], "app").await;
+    let scratch = Scratch::new();
+    let policies = write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!("name: mend\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    namespace: mirror\n", primary.url, dr.url),
+    );
+    let state = scratch.state();
+    policy_verb(&scratch, &policies, &state, "mend", "run", &[]).await.assert_ok();
+
+    // "Tag lists match, pulls 404": a layer of v1 is gone from DR's storage.
+    let layer = img.blobs.last().expect("a layer").digest.clone();
+    let hex = layer.trim_start_matches("sha256:");
+    std::fs::remove_dir_all(dr.storage().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}", &hex[..2]))).expect("remove the blob");
+    assert!(skopeo_pulls(&scratch, &dr.url, "mirror/team/app:v1").await.is_err(), "the lost blob breaks the pull");
+
+    // A plain pass sees nothing to do (the tag is "unchanged") and leaves it broken.
+    policy_verb(&scratch, &policies, &state, "mend", "run", &[]).await.assert_ok();
+    assert!(skopeo_pulls(&scratch, &dr.url, "mirror/team/app:v1").await.is_err(), "a plain pass does not repair");
+
+    let run = policy_verb(&scratch, &policies, &state, "mend", "run", &["--repair", "--json"]).await;
+    assert_eq!(run.code, 0, "repaired, then verified: {}", text(&run));
+    let repair = &run.json()[0]["repair"][0];
+    assert_eq!(repair["ok"], true, "{repair}");
+    assert_eq!(repair["repair"]["blobs"], serde_json::json!([format!("mirror/team/app@{layer}")]), "exactly the lost blob: {repair}");
+    assert_eq!(repair["repair"]["manifests"].as_array().map(Vec::len), Some(0), "{repair}");
+    assert_eq!(repair["report"]["not_pullable"], 0, "verified again after the repair: {repair}");
+    skopeo_pulls(&scratch, &dr.url, "mirror/team/app:v1").await.expect("v1 pulls at DR after run --repair");
+
+    // Nothing left to repair: the text says the deep check passed and nothing was copied.
+    let run = policy_verb(&scratch, &policies, &state, "mend", "run", &["--repair"]).await;
+    assert_eq!(run.code, 0, "{}", text(&run));
+    assert!(run.stdout.contains("(deep): identical"), "{}", run.stdout);
+    assert!(!run.stdout.contains("copied again"), "{}", run.stdout);
+}
