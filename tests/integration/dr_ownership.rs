@@ -255,8 +255,11 @@ async fn a_blob_lost_at_dr_is_repaired_by_the_failover() {
 async fn a_pass_queued_behind_a_failover_never_runs_the_old_direction() {
     let primary = TestRegistry::start();
     let dr = TestRegistry::start();
-    // A slow primary: the failover's catch-up pass takes a few seconds.
-    let slow = Nginx::start(&primary.url, Front { limit_rate: Some("300k".into()), ..Front::default() });
+    // A slow primary: the failover's catch-up pass takes a few seconds (the
+    // fault proxy's shared bandwidth limit; nginx's limit_rate does not slow
+    // an unbuffered proxied response, and the pass then ran in ~0.1 s, too
+    // short for the test to see it running).
+    let slow = testkit::FaultProxy::start(&primary.url, testkit::Faults { bandwidth: 300_000, ..testkit::Faults::default() });
     let p = Registry::new(&primary.url, Access::Anonymous);
     let img = image::image(Flavor::Oci, "big", vec![image::layer(Flavor::Oci, "big-layer", 1_200_000)]);
     p.push("team/app", "v1", &img).await;
