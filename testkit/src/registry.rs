@@ -230,6 +230,13 @@ impl TestRegistry {
         self.dir.path().join("data")
     }
 
+    /// The directory holding the blob `digest` (`sha256:<hex>`) in the
+    /// registry's storage: remove it to make the registry lose that blob.
+    pub fn blob_dir(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.storage().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}", &hex[..2.min(hex.len())]))
+    }
+
     /// The file the registry logs to (access log included).
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("registry.log")

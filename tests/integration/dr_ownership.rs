@@ -222,27 +222,7 @@ async fn a_fence_the_credentials_may_not_read_refuses_the_pass() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_blob_lost_at_dr_is_repaired_by_the_failover() {
-    let primary = TestRegistry::start();
-    let dr = TestRegistry::start();
-    let p = Registry::new(&primary.url, Access::Anonymous);
-    let img = image::image(Flavor::Docker, "lost", vec![image::layer(Flavor::Docker, "lost-layer", 900)]);
-    p.push("team/app", "v1", &img).await;
-    push_tags(&p, "team/app", &["v2"], "app").await;
-    let scratch = Scratch::new();
-    let policies = write(
-        &scratch,
-        "policies",
-        "p.yaml",
-        &format!("name: fix\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    namespace: mirror\n", primary.url, dr.url),
-    );
-    let state = scratch.state();
-    policy_verb(&scratch, &policies, &state, "fix", "run", &[]).await.assert_ok();
-
-    // "Tag lists match, pulls 404": a layer of v1 is gone from DR's storage.
-    let layer = img.blobs.last().expect("a layer").digest.clone();
-    let hex = layer.trim_start_matches("sha256:");
-    std::fs::remove_dir_all(dr.storage().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}", &hex[..2]))).expect("remove the blob");
-    assert!(skopeo_pulls(&scratch, &dr.url, "mirror/team/app:v1").await.is_err(), "the lost blob breaks the pull");
+    let LostLayer { primary: _primary, dr, scratch, policies, state, .. } = lost_layer_at_dr("fix").await;
 
     let fo = policy_verb(&scratch, &policies, &state, "fix", "failover", &[]).await;
     assert_eq!(fo.code, 0, "the failover repairs the DR site, then switches: {}", text(&fo));
@@ -411,12 +391,8 @@ async fn verify_deep_repair_copies_again_exactly_what_is_missing() {
     let scratch = Scratch::new();
     crate::support::migrate(&scratch, &src.url, &dst.url, &[]).await.assert_ok();
     // DR's storage loses the arm64 child manifest and a layer of the amd64 child.
-    let blob_dir = |d: &str| {
-        let hex = d.trim_start_matches("sha256:").to_string();
-        dst.storage().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}", &hex[..2]))
-    };
-    std::fs::remove_dir_all(blob_dir(&arm64.digest)).expect("remove the child manifest");
-    std::fs::remove_dir_all(blob_dir(&amd64.blobs.last().expect("a layer").digest)).expect("remove the layer");
+    std::fs::remove_dir_all(dst.blob_dir(&arm64.digest)).expect("remove the child manifest");
+    std::fs::remove_dir_all(dst.blob_dir(&amd64.blobs.last().expect("a layer").digest)).expect("remove the layer");
     assert!(skopeo_pulls(&scratch, &dst.url, "team/app:1.0").await.is_err());
 
     let args = ["verify", "--from", src.url.as_str(), "--to", dst.url.as_str(), "--deep", "--json"];
@@ -434,27 +410,7 @@ async fn verify_deep_repair_copies_again_exactly_what_is_missing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_repair_copies_again_a_blob_lost_at_dr() {
-    let primary = TestRegistry::start();
-    let dr = TestRegistry::start();
-    let p = Registry::new(&primary.url, Access::Anonymous);
-    let img = image::image(Flavor::Docker, "gone", vec![image::layer(Flavor::Docker, "gone-layer", 700)]);
-    p.push("team/app", "v1", &img).await;
-    push_tags(&p, "team/app", &["v2"], "app").await;
-    let scratch = Scratch::new();
-    let policies = write(
-        &scratch,
-        "policies",
-        "p.yaml",
-        &format!("name: mend\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    namespace: mirror\n", primary.url, dr.url),
-    );
-    let state = scratch.state();
-    policy_verb(&scratch, &policies, &state, "mend", "run", &[]).await.assert_ok();
-
-    // "Tag lists match, pulls 404": a layer of v1 is gone from DR's storage.
-    let layer = img.blobs.last().expect("a layer").digest.clone();
-    let hex = layer.trim_start_matches("sha256:");
-    std::fs::remove_dir_all(dr.storage().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}", &hex[..2]))).expect("remove the blob");
-    assert!(skopeo_pulls(&scratch, &dr.url, "mirror/team/app:v1").await.is_err(), "the lost blob breaks the pull");
+    let LostLayer { primary: _primary, dr, scratch, policies, state, layer } = lost_layer_at_dr("mend").await;
 
     // A plain pass sees nothing to do (the tag is "unchanged") and leaves it broken.
     policy_verb(&scratch, &policies, &state, "mend", "run", &[]).await.assert_ok();
@@ -474,4 +430,39 @@ async fn run_repair_copies_again_a_blob_lost_at_dr() {
     assert_eq!(run.code, 0, "{}", text(&run));
     assert!(run.stdout.contains("(deep): identical"), "{}", run.stdout);
     assert!(!run.stdout.contains("copied again"), "{}", run.stdout);
+}
+
+/// A primary and a DR site replicated by policy `name` (namespace `mirror`,
+/// tags v1 and v2 of team/app), then a layer of v1 removed from DR's
+/// storage: "tag lists match, pulls 404".
+struct LostLayer {
+    primary: TestRegistry,
+    dr: TestRegistry,
+    scratch: Scratch,
+    policies: String,
+    state: String,
+    /// The digest of the lost layer.
+    layer: String,
+}
+
+async fn lost_layer_at_dr(name: &str) -> LostLayer {
+    let primary = TestRegistry::start();
+    let dr = TestRegistry::start();
+    let p = Registry::new(&primary.url, Access::Anonymous);
+    let img = image::image(Flavor::Docker, name, vec![image::layer(Flavor::Docker, &format!("{name}-layer"), 900)]);
+    p.push("team/app", "v1", &img).await;
+    push_tags(&p, "team/app", &["v2"], "app").await;
+    let scratch = Scratch::new();
+    let policies = write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!("name: {name}\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    namespace: mirror\n", primary.url, dr.url),
+    );
+    let state = scratch.state();
+    policy_verb(&scratch, &policies, &state, name, "run", &[]).await.assert_ok();
+    let layer = img.blobs.last().expect("a layer").digest.clone();
+    std::fs::remove_dir_all(dr.blob_dir(&layer)).expect("remove the blob");
+    assert!(skopeo_pulls(&scratch, &dr.url, "mirror/team/app:v1").await.is_err(), "the lost blob breaks the pull");
+    LostLayer { primary, dr, scratch, policies, state, layer }
 }

@@ -251,9 +251,8 @@ async fn failover_reports_the_rpo_and_refuses_a_dr_site_that_is_not_pullable() {
     // Tag lists agree, but a layer of v1 is gone from DR's storage — and from the
     // primary's too, so the failover cannot repair it (dr_ownership tests the repair).
     let layer = img.blobs.last().expect("a layer").digest.clone();
-    let hex = layer.trim_start_matches("sha256:");
-    std::fs::remove_dir_all(dr.storage().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}", &hex[..2]))).expect("remove the blob");
-    std::fs::remove_dir_all(primary.storage().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}", &hex[..2]))).expect("remove the blob at the primary");
+    std::fs::remove_dir_all(dr.blob_dir(&layer)).expect("remove the blob");
+    std::fs::remove_dir_all(primary.blob_dir(&layer)).expect("remove the blob at the primary");
 
     let fo = cmd(&[]).await;
     assert_eq!(fo.code, 1, "{}", text(&fo));
