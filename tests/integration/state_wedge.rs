@@ -405,28 +405,7 @@ async fn a_worker_frozen_mid_upload_blocks_nobody_and_corrupts_nothing() {
 /// `running` with a live lease (its lease is released).
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_to_a_daemon_mid_pass_on_postgres_ends_within_the_grace() {
-    let pg = TestPostgres::start();
-    let url = pg.database();
-    let db = url.rsplit('/').next().unwrap_or_default().to_string();
-    let (src, dst, s, _d) = registries();
-    let spec = testkit::dataset::Spec { tag_layer_size: 256 * 1024, ..plain_images(3, 4) };
-    testkit::dataset::fill(&s, &spec).await;
-    let scratch = Scratch::new();
-    let policies = crate::policies::write(
-        &scratch,
-        "policies",
-        "p.yaml",
-        &format!(
-            "name: slow\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    bytes_per_second: 200KiB\ntrigger: {{ interval: 1h }}\n",
-            src.url, dst.url
-        ),
-    );
-    let log = scratch.path("daemon.log");
-    let listen = format!("127.0.0.1:{}", testkit::free_port());
-    let mut cmd = command(&scratch, &["daemon", "--policies", &policies, "--state", &url, "--listen", &listen, "--grace", "3s"], &[]);
-    cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log"));
-    let mut daemon = cmd.spawn().expect("start daemon");
-    wait_until(Duration::from_secs(30), "a tag copied", async || count(&pg, &db, "SELECT COUNT(*) FROM tasks WHERE status = 'succeeded'") > 0).await;
+    let MidPass { pg, db, log, mut daemon, .. } = daemon_mid_pass("3s").await;
     assert!(count(&pg, &db, "SELECT COUNT(*) FROM tasks WHERE status IN ('pending', 'running')") > 0, "still mid-pass");
     let pid = daemon.id().expect("pid") as libc::pid_t;
     let signalled = Instant::now();
@@ -461,28 +440,7 @@ fn cluster_pids(pg: &TestPostgres) -> Vec<libc::pid_t> {
 /// its grace and the 10 s after it, whatever the database does.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_ends_the_daemon_even_when_the_database_hangs() {
-    let pg = TestPostgres::start();
-    let url = pg.database();
-    let db = url.rsplit('/').next().unwrap_or_default().to_string();
-    let (src, dst, s, _d) = registries();
-    let spec = testkit::dataset::Spec { tag_layer_size: 256 * 1024, ..plain_images(3, 4) };
-    testkit::dataset::fill(&s, &spec).await;
-    let scratch = Scratch::new();
-    let policies = crate::policies::write(
-        &scratch,
-        "policies",
-        "p.yaml",
-        &format!(
-            "name: slow\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    bytes_per_second: 200KiB\ntrigger: {{ interval: 1h }}\n",
-            src.url, dst.url
-        ),
-    );
-    let log = scratch.path("daemon.log");
-    let listen = format!("127.0.0.1:{}", testkit::free_port());
-    let mut cmd = command(&scratch, &["daemon", "--policies", &policies, "--state", &url, "--listen", &listen, "--grace", "1s"], &[]);
-    cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log"));
-    let mut daemon = cmd.spawn().expect("start daemon");
-    wait_until(Duration::from_secs(30), "a tag copied", async || count(&pg, &db, "SELECT COUNT(*) FROM tasks WHERE status = 'succeeded'") > 0).await;
+    let MidPass { pg, log, mut daemon, .. } = daemon_mid_pass("1s").await;
     let frozen = cluster_pids(&pg);
     for pid in &frozen {
         // SAFETY: stopping processes of the cluster this test started.
@@ -576,4 +534,41 @@ async fn two_workers_with_the_same_pid_have_different_ids() {
         let _ = d.start_kill();
         let _ = d.wait().await;
     }
+}
+
+/// A daemon on a fresh PostgreSQL state (`--grace GRACE`) in the middle of a
+/// slow pass (200 KiB/s to the destination): at least one tag copied.
+struct MidPass {
+    pg: TestPostgres,
+    db: String,
+    log: std::path::PathBuf,
+    daemon: tokio::process::Child,
+    _registries: (testkit::TestRegistry, testkit::TestRegistry, testkit::Registry, testkit::Registry),
+    _scratch: Scratch,
+}
+
+async fn daemon_mid_pass(grace: &str) -> MidPass {
+    let pg = TestPostgres::start();
+    let url = pg.database();
+    let db = url.rsplit('/').next().unwrap_or_default().to_string();
+    let (src, dst, s, d) = registries();
+    let spec = testkit::dataset::Spec { tag_layer_size: 256 * 1024, ..plain_images(3, 4) };
+    testkit::dataset::fill(&s, &spec).await;
+    let scratch = Scratch::new();
+    let policies = crate::policies::write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: slow\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    bytes_per_second: 200KiB\ntrigger: {{ interval: 1h }}\n",
+            src.url, dst.url
+        ),
+    );
+    let log = scratch.path("daemon.log");
+    let listen = format!("127.0.0.1:{}", testkit::free_port());
+    let mut cmd = command(&scratch, &["daemon", "--policies", &policies, "--state", &url, "--listen", &listen, "--grace", grace], &[]);
+    cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log"));
+    let daemon = cmd.spawn().expect("start daemon");
+    wait_until(Duration::from_secs(30), "a tag copied", async || count(&pg, &db, "SELECT COUNT(*) FROM tasks WHERE status = 'succeeded'") > 0).await;
+    MidPass { pg, db, log: log.into(), daemon, _registries: (src, dst, s, d), _scratch: scratch }
 }
