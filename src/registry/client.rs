@@ -15,15 +15,19 @@
 //! byte of the body for the stall timeout, or gives no answer within the
 //! commit wait after the last byte (see [`progress`]).
 
+mod options;
 mod progress;
 mod redirect;
+mod request;
+pub use options::{ClientOptions, RetryConfig};
+pub use request::Request;
 pub(crate) use redirect::same_origin;
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use bytes::Bytes;
 use futures::Stream;
 use reqwest::header::{self, HeaderMap, HeaderValue};
@@ -37,119 +41,6 @@ use super::error::{RegistryError, parse_error_body};
 use super::gate::{Gate, Ticket, Verdict};
 use super::usage::Usage;
 use progress::{Progress, Watched};
-
-/// How hard to retry transient failures of a single request.
-#[derive(Debug, Clone)]
-pub struct RetryConfig {
-    /// Retries after the first attempt.
-    pub retries: usize,
-    pub min_delay: Duration,
-    pub max_delay: Duration,
-    /// The longest `Retry-After` we are willing to honour.
-    pub max_retry_after: Duration,
-}
-
-impl RetryConfig {
-    /// The jittered exponential backoff these settings describe.
-    pub(crate) fn backoff(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay)
-            .with_max_times(self.retries)
-            .with_jitter()
-    }
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig {
-            retries: 4,
-            min_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(10),
-            max_retry_after: Duration::from_secs(120),
-        }
-    }
-}
-
-/// Transport settings shared by every registry client.
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    pub retry: RetryConfig,
-    /// A request fails when no byte moves for this long: no response, no
-    /// byte of a download, no byte of an upload taken by the registry. Not a
-    /// deadline on the whole request: multi-GiB layers take as long as they
-    /// take.
-    pub stall_timeout: Duration,
-    /// How long the registry may take to answer after the last byte of an
-    /// upload (it may be verifying and moving a large blob in its storage).
-    /// Never shorter than `stall_timeout`.
-    pub commit_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub max_idle_per_host: usize,
-}
-
-impl ClientOptions {
-    /// The default stall timeout.
-    pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-    /// The default commit wait for a stall timeout: five minutes, or the
-    /// stall timeout when that is longer.
-    pub fn default_commit_timeout(stall: Duration) -> Duration {
-        stall.max(Duration::from_secs(300))
-    }
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        ClientOptions {
-            retry: RetryConfig::default(),
-            stall_timeout: ClientOptions::STALL_TIMEOUT,
-            commit_timeout: ClientOptions::default_commit_timeout(ClientOptions::STALL_TIMEOUT),
-            connect_timeout: Duration::from_secs(10),
-            max_idle_per_host: 64,
-        }
-    }
-}
-
-/// One request that can be sent (and re-sent) as often as needed.
-pub struct Request {
-    pub method: Method,
-    pub url: Url,
-    pub scopes: Scopes,
-    pub headers: HeaderMap,
-    pub body: Option<Bytes>,
-    /// Statuses besides 2xx the caller handles itself (e.g. 404 on HEAD).
-    pub also_ok: &'static [u16],
-    /// A blob download (`GET /v2/<name>/blobs/<digest>`, and every hop of
-    /// its redirects), whose body is read by a reader that bounds its own
-    /// waits: sent without a read timeout.
-    pub download: bool,
-}
-
-impl Request {
-    pub fn new(method: Method, url: Url, scopes: Scopes) -> Request {
-        let path = url.path();
-        let download = method == Method::GET && path.contains("/blobs/") && !path.contains("/blobs/uploads");
-        Request { method, url, scopes, headers: HeaderMap::new(), body: None, also_ok: &[], download }
-    }
-
-    pub fn header(mut self, name: header::HeaderName, value: &str) -> Request {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            self.headers.insert(name, v);
-        }
-        self
-    }
-
-    pub fn body(mut self, body: Bytes) -> Request {
-        self.body = Some(body);
-        self
-    }
-
-    pub fn also_ok(mut self, statuses: &'static [u16]) -> Request {
-        self.also_ok = statuses;
-        self
-    }
-}
 
 static CRYPTO: Once = Once::new();
 
