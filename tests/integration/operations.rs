@@ -826,3 +826,61 @@ async fn a_running_execution_is_canceled_through_the_api_and_the_daemon_goes_on(
     let log = daemon.stop().await;
     assert_eq!(log.matches("stopping: waiting for in-flight passes").count(), 1, "only SIGTERM stops the daemon:\n{log}");
 }
+
+/// Issue 22: a tag the signature gate holds back (`require:`) is
+/// `unsigned` everywhere an operator looks: the API's tasks (with the
+/// reason), the execution's task counts, `/metrics` (a gauge that parses
+/// like the rest of the exposition) and the status page in Chromium.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_unsigned_status_reaches_the_api_metrics_and_status_page() {
+    use testkit::image::{self, Flavor};
+    use testkit::referrers::artifact;
+    const SPDX: &str = "application/spdx+json";
+    let (src, dst, s, _d) = registries();
+    let with = image::image(Flavor::Oci, "gate-api-with", vec![image::layer(Flavor::Oci, "gate-api-with", 200)]);
+    s.push("team/app", "with", &with).await;
+    let sbom = artifact(&with, SPDX, r#"{"spdxVersion":"SPDX-2.3"}"#);
+    s.attach("team/app", &with.digest, &sbom, SPDX).await;
+    let without = image::image(Flavor::Oci, "gate-api-without", vec![image::layer(Flavor::Oci, "gate-api-without", 200)]);
+    s.push("team/app", "without", &without).await;
+    let scratch = Scratch::new();
+    let policies = write(
+        &scratch,
+        "policies",
+        "gate.yaml",
+        &format!(
+            "name: gate\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    namespace: dr\n\
+             require: {{ referrer_types: [{SPDX}] }}\ntrigger: {{ interval: 1h }}\nretry: {{ attempts: 1 }}\n",
+            src.url, dst.url
+        ),
+    );
+    let daemon = Daemon::start(&scratch, &policies, &[("REGFERRY_API_TOKEN", ADMIN), ("REGFERRY_API_READ_TOKEN", READER)], &["--public-status"]);
+    daemon.wait_passes(1, "the first pass").await;
+
+    // The API: the execution counts the unsigned task; its tasks name it and why.
+    let (code, execs) = get(&daemon, "/api/v1/executions?policy=gate", Some(READER)).await;
+    assert_eq!(code, 200, "{execs}");
+    let id = execs[0]["id"].as_i64().unwrap_or_else(|| panic!("an execution: {execs}"));
+    assert_eq!(execs[0]["tasks"]["unsigned"], 1, "{execs}");
+    let (code, tasks) = get(&daemon, &format!("/api/v1/executions/{id}/tasks?status=unsigned"), Some(READER)).await;
+    assert_eq!(code, 200, "{tasks}");
+    let tasks = tasks.as_array().cloned().unwrap_or_default();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!((tasks[0]["tag"].as_str(), tasks[0]["status"].as_str()), (Some("without"), Some("unsigned")), "{tasks:?}");
+    let reason = format!("no referrer of type {SPDX}");
+    assert_eq!(tasks[0]["last_error"].as_str(), Some(reason.as_str()), "{tasks:?}");
+
+    // /metrics: the gauge of the last pass, in an exposition that parses.
+    let metrics = reqwest::get(daemon.url("/metrics")).await.expect("metrics").text().await.expect("body");
+    crate::policies::assert_prometheus(&metrics);
+    let gauge = format!("regferry_tags_unsigned{{policy=\"gate\",destination=\"{}/dr\",worker=\"", dst.url);
+    assert!(metrics.lines().any(|l| l.starts_with(&gauge) && l.ends_with("\"} 1")), "{metrics}");
+
+    // The status page, as a browser shows it.
+    let dom = chromium_run(&scratch, &["--dump-dom", &daemon.url("/")]).await;
+    assert!(dom.contains("1 unsigned"), "the execution's task counts:\n{dom}");
+    let page = chromium_run(&scratch, &["--dump-dom", &daemon.url(&format!("/executions/{id}"))]).await;
+    assert!(page.contains("<span class=\"badge warn\">unsigned</span>"), "{page}");
+    assert!(page.contains("team/app:without") && page.contains(&reason), "the tag and why:\n{page}");
+    daemon.stop().await;
+}

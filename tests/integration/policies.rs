@@ -143,7 +143,7 @@ async fn get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// Every sample line of a Prometheus text exposition parses.
-fn assert_prometheus(text: &str) {
+pub(crate) fn assert_prometheus(text: &str) {
     let sample = regex::Regex::new(r#"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? -?[0-9.eE+-]+$"#).unwrap();
     let mut samples = 0;
     for line in text.lines().filter(|l| !l.is_empty()) {
