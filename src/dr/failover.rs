@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::state::lag::Lag;
 use super::repair::{RepairReport, repair};
-use super::verify::{ProblemKind, VerifyOptions, VerifyReport, pullable, verify};
+use super::verify::{ProblemKind, VerifyOptions, VerifyReport, check_required, pullable, verify};
 use crate::engine::execute::Cancel;
 use crate::job::Job;
 use crate::pass::fence::{Fence, Site};
@@ -150,8 +150,9 @@ async fn reachable(endpoint: &Endpoint) -> bool {
 fn unfit(report: &VerifyReport, synced: bool) -> usize {
     let counts = |k: ProblemKind| match k {
         ProblemKind::OnlyAtDestination => false,
-        ProblemKind::NotPullable | ProblemKind::Error => true,
-        ProblemKind::Missing | ProblemKind::DigestDiffers | ProblemKind::MediaTypeDiffers | ProblemKind::ReferrersMissing | ProblemKind::Unsigned => synced,
+        // A tag the gate would refuse is the DR site's own content: no sync pass fixes it.
+        ProblemKind::NotPullable | ProblemKind::Error | ProblemKind::Unsigned => true,
+        ProblemKind::Missing | ProblemKind::DigestDiffers | ProblemKind::MediaTypeDiffers | ProblemKind::ReferrersMissing => synced,
     };
     report.problems.iter().filter(|p| counts(p.kind)).count()
 }
@@ -184,9 +185,9 @@ async fn verify_target(policy: &Policy, switch: Switch, from_up: bool) -> Result
     let options = VerifyOptions { deep: true, concurrency: policy.concurrency.max(4) * 2, covers: Some(policy.tags.clone()) };
     let to = crate::scheme::connect(&spec.destination, &policy.client, "probe").map_err(|e| format!("{} {e}", spec.destination.url))?;
     to.ping().await.map_err(|e| format!("{} {e}", spec.destination.url))?;
-    if from_up {
+    let mut report = if from_up {
         let from = crate::scheme::connect(&spec.source, &policy.client, "source").map_err(|e| format!("{} {e}", spec.source.url))?;
-        verify(&*from, &*to, &spec.scope, &options).await.map_err(|e| e.to_string())
+        verify(&*from, &*to, &spec.scope, &options).await.map_err(|e| e.to_string())?
     } else {
         // The side switched to, on its own: its repositories as the source of the other direction.
         let other = match switch {
@@ -194,8 +195,34 @@ async fn verify_target(policy: &Policy, switch: Switch, from_up: bool) -> Result
             Switch::Failback => Switch::Failover,
         };
         let back = sides(policy, other).ok_or("no DR destination")?;
-        pullable(&*to, &back.destination.url, &back.scope, &options).await.map_err(|e| e.to_string())
+        pullable(&*to, &back.destination.url, &back.scope, &options).await.map_err(|e| e.to_string())?
+    };
+    // The policy's `require:` (signed_by, referrer_types), judged by the
+    // switched-to side's own signatures and referrers: promoting a tag the
+    // gate would refuse hands it to admission controllers that refuse it.
+    check_required(&to, &spec.scope, &mut report, options.concurrency).await;
+    Ok(report)
+}
+
+/// What the refusal of a switch says about tags the gate would refuse at
+/// `site`: each one named (up to ten), and what to do about them.
+fn unsigned_advice(v: &VerifyReport, site: &str) -> Option<String> {
+    let tags: Vec<String> = v
+        .problems
+        .iter()
+        .filter(|p| p.kind == ProblemKind::Unsigned)
+        .map(|p| format!("{}:{}", p.destination_repository.as_deref().unwrap_or("?"), p.tag.as_deref().unwrap_or("?")))
+        .collect();
+    if tags.is_empty() {
+        return None;
     }
+    let more = if tags.len() > 10 { format!(" and {} more", tags.len() - 10) } else { String::new() };
+    Some(format!(
+        "{} tag(s) at {site} do not meet the policy's require: (signed_by / referrer_types): {}{more}; sign them there \
+         (cosign sign --key …) or attach what is required, or delete them, then run the failover again",
+        tags.len(),
+        tags.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+    ))
 }
 
 /// Fail `policy` over to its first destination, or back. The policy's
@@ -420,7 +447,10 @@ async fn check_target(policy: &Policy, switch: Switch, report: &mut SwitchReport
                     (Switch::Failback, true) => "is not identical to the DR site or not pullable",
                     (_, false) => "is not pullable",
                 };
-                let why = format!("{site} {what}: {bad} problem(s) (see the verification above)");
+                let mut why = format!("{site} {what}: {bad} problem(s) (see the verification above)");
+                if let Some(advice) = unsigned_advice(&v, site) {
+                    why = format!("{why}; {advice}");
+                }
                 if options.force {
                     report.warnings.push(why);
                 } else {

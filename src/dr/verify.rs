@@ -488,6 +488,7 @@ pub async fn pullable(site: &dyn Scheme, elsewhere: &crate::registry::RegistryUr
             Err(e) => report.push(TagProblem { kind: ProblemKind::Error, error: Some(e), ..t }),
         }
     }
+    report.held = present.iter().filter(|(_, tag, _)| subject_of_tag(tag).is_none()).cloned().collect();
     // The site holds what a platform filter selected (its policy's, in
     // either direction): only those children must be pullable.
     let deep = deep_check(site, &present, concurrency, scope.platforms.as_deref(), &scope.counters).await;

@@ -361,3 +361,63 @@ async fn migrate_copies_signatures_of_untagged_manifests() {
     assert!(d2.head(REPO, "app").await.is_some());
     assert_eq!(d2.head(REPO, &image::signature_tag(&old.digest)).await, None);
 }
+
+/// Item 3 of the follow-up: `failover` runs the `require:` gate against
+/// the DR site before promoting it. A DR tag whose signature there does
+/// not hold (replaced by a stranger's) is named, and failover refuses with
+/// what to do; once the DR site holds a valid signature again, it fails over.
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_refuses_a_dr_site_the_signature_gate_would_refuse() {
+    use testkit::cosign::{self, CosignKey};
+    let mut primary = TestRegistry::start();
+    let dr_site = TestRegistry::start();
+    let s = Registry::new(&primary.url, Access::Anonymous);
+    let d = Registry::new(&dr_site.url, Access::Anonymous);
+    let trusted = CosignKey::generate();
+    let stranger = CosignKey::generate();
+    let reference = |tag: &str| format!("{}/{REPO}:{tag}", primary.host());
+    let good = child("failover-good");
+    s.push(REPO, "good", &good).await;
+    s.push(REPO, &image::signature_tag(&good.digest), &cosign::sign_image(&trusted, &reference("good"), &good)).await;
+    let also = child("failover-also");
+    s.push(REPO, "also", &also).await;
+    s.push(REPO, &image::signature_tag(&also.digest), &cosign::sign_image(&trusted, &reference("also"), &also)).await;
+
+    let scratch = Scratch::new();
+    let dir = scratch.path("policies");
+    std::fs::create_dir_all(&dir).expect("policy dir");
+    std::fs::write(dir.join("cosign.pub"), trusted.public_pem()).expect("key file");
+    let policies = write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: gated\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n    namespace: dr\n\
+             require: {{ signed_by: [cosign.pub] }}\ntrigger: {{ interval: 1h }}\nretry: {{ attempts: 1 }}\n",
+            primary.url, dr_site.url
+        ),
+    );
+    let state = scratch.state();
+    regferry(&scratch, &["run", "--policies", &policies, "--state", &state], &[]).await.assert_ok();
+    let dr = "dr/team/app";
+    assert_eq!(d.head(dr, "good").await, s.head(REPO, "good").await);
+    // At the DR site, good's signature is replaced by one of another key.
+    let valid_there = d.get_manifest(dr, &image::signature_tag(&good.digest)).await.expect("signature at DR");
+    d.push(dr, &image::signature_tag(&good.digest), &cosign::sign_image(&stranger, &reference("good"), &good)).await;
+    primary.stop();
+
+    let failover = regferry(&scratch, &["failover", "--policies", &policies, "--state", &state, "--policy", "gated"], &[]).await;
+    assert_ne!(failover.code, 0, "{}\n{}", failover.stdout, failover.stderr);
+    let said = format!("{}\n{}", failover.stdout, failover.stderr);
+    let refusal = said.lines().find(|l| l.contains("not switched")).unwrap_or_else(|| panic!("{said}"));
+    assert!(refusal.contains("do not meet the policy's require:") && refusal.contains(&format!("{dr}:good")), "{refusal}");
+    assert!(!refusal.contains(&format!("{dr}:also")), "only the tag that fails is named: {refusal}");
+    assert!(refusal.contains("cosign sign") && refusal.contains("--force"), "says what to do: {refusal}");
+    assert!(said.contains("no key of signed_by verifies"), "the verification says why: {said}");
+
+    // Signed validly at the DR site again: failover promotes it.
+    let resp = d.put_manifest(dr, &image::signature_tag(&good.digest), &valid_there.1, &valid_there.0).await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let failover = regferry(&scratch, &["failover", "--policies", &policies, "--state", &state, "--policy", "gated"], &[]).await;
+    assert_eq!(failover.code, 0, "{}\n{}", failover.stdout, failover.stderr);
+}
