@@ -177,17 +177,22 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
     // exist for another manifest are: cosign appends to a `.sig`, a
     // fallback index grows).
     let unchecked = &AtomicUsize::new(0);
+    let unchecked_tags: &std::sync::Mutex<Vec<(RepoName, RepoName, Tag)>> = &std::sync::Mutex::default();
+    let keep_unchecked = referrers.enabled;
     let literal_repos: HashSet<RepoName> = discovered.repos.iter().filter(|r| r.literal).map(|r| r.source.clone()).collect();
     let literal_repos = &literal_repos;
     let pairs = discovered
         .repos
         .into_iter()
         .flat_map(|r| r.tags.into_iter().map(move |t| (r.source.clone(), r.dest.clone(), t)))
-        .filter(|(_, dest, tag)| {
+        .filter(|(source, dest, tag)| {
             let listed = || matches!(dest_listings.get(dest), Some(DestTags::Listed(tags)) if tags.contains(tag.as_str()));
             let skip = immutable && crate::registry::referrers::subject_of_tag(tag).is_none() && listed();
             if skip {
                 unchecked.fetch_add(1, Ordering::Relaxed);
+                if keep_unchecked {
+                    unchecked_tags.lock().unwrap_or_else(|p| p.into_inner()).push((source.clone(), dest.clone(), tag.clone()));
+                }
             }
             !skip
         });
@@ -305,6 +310,7 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
     }
     plan.digest_mismatches = mismatches.load(Ordering::Relaxed);
     plan.unchecked = unchecked.load(Ordering::Relaxed);
+    plan.unchecked_tags = std::mem::take(&mut *unchecked_tags.lock().unwrap_or_else(|p| p.into_inner()));
     // Order: by repository, images before their signature companions (the
     // keys are unique, so an unstable sort, which needs no buffer, is exact).
     plan.items.sort_unstable_by(|a, b| {

@@ -19,6 +19,7 @@ pub mod discover;
 pub mod events;
 pub mod execute;
 pub mod gate;
+pub mod immutable;
 pub mod plan;
 pub mod platforms;
 pub mod referrers;

@@ -279,6 +279,14 @@ pub struct Plan {
     /// Tags left alone unchecked because the destination lists them and
     /// tags are immutable (no item each: they cost nothing but the listing).
     pub unchecked: usize,
+    /// Those tags as (source repository, destination repository, tag), kept
+    /// only when referrers travel: their referrers listed through the
+    /// source's API are still checked each pass (see [`super::immutable`]).
+    pub unchecked_tags: Vec<(RepoName, RepoName, Tag)>,
+    /// Tags of [`Plan::unchecked_tags`] put back into `items` as up to date
+    /// for that check alone: nothing was compared, so nothing is claimed
+    /// about them (not recorded as written by regferry).
+    pub rechecked: std::collections::HashSet<(RepoName, Tag)>,
     /// Why each tag held back by the signature gate ([`SkipReason::Unsigned`])
     /// does not meet the policy's `require:`, by (source repository, tag).
     pub refused: std::collections::HashMap<(RepoName, Tag), String>,

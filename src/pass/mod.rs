@@ -337,7 +337,13 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     let api = if referrers::api_known_unsupported(&seen, now_ms()) {
         referrers::ApiCheck::default()
     } else {
-        referrers::check_api_referrers(&*job.src, &mut plan, &job.spec.scope.referrers, &seen, concurrency).await
+        // Immutable tags the destination lists are not compared, but their
+        // referrers are asked about like any other tag's.
+        let narrowing = job.spec.scope.platforms.is_some();
+        let back = crate::engine::immutable::bring_back(&*job.dst, &mut plan, &seen, narrowing, concurrency).await;
+        let mut api = referrers::check_api_referrers(&*job.src, &mut plan, &job.spec.scope.referrers, &seen, concurrency).await;
+        api.lists.extend(back);
+        api
     };
     tracing::info!(
         policy = %policy.name,
@@ -488,6 +494,7 @@ fn owned_by(plan: &Plan, report: &Report) -> Vec<crate::state::Owned> {
     plan.items
         .iter()
         .filter(|i| matches!(i.action, Action::Copy(_) | Action::Skip(SkipReason::UpToDate)))
+        .filter(|i| !plan.rechecked.contains(&(i.source_repo.clone(), i.tag.clone())))
         .filter(|i| !failed.contains(&(i.source_repo.as_str(), i.tag.as_str())))
         .map(|i| crate::state::Owned { dest_repo: i.dest_repo.to_string(), tag: i.tag.to_string(), digest: i.target_digest().to_string() })
         .collect()

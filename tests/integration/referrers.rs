@@ -416,3 +416,89 @@ async fn referrers_of_index_children_listed_by_the_api_are_checked_each_pass() {
     assert_eq!(seen.iter().filter(|r| r.target.contains("/referrers/")).count(), 3, "{:?}", seen.iter().map(|r| &r.target).collect::<Vec<_>>());
     assert_eq!(seen.len(), total, "a no-op pass costs what it cost before the SBOM");
 }
+
+/// Item 3 of issue 22 for immutable tags: a tag the destination lists is
+/// never compared again, but its referrers listed through the source's API
+/// are checked each pass — one referrers request per tag and no manifest
+/// request on either side once the tag's manifest is remembered — and an
+/// SBOM attached later to the immutable image travels on the next pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn referrers_of_immutable_tags_listed_by_the_api_are_checked_each_pass() {
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let d = Registry::new(&dst.url, Access::Anonymous);
+    let images: Vec<Manifest> =
+        ["1.0", "1.1"].iter().map(|v| image::image(Flavor::Oci, &format!("frozen-{v}"), vec![image::layer(Flavor::Oci, &format!("frozen-{v}"), 300)])).collect();
+    for (v, m) in ["1.0", "1.1"].iter().zip(&images) {
+        s.push(REPO, v, m).await;
+    }
+    let api = FaultProxy::start(&src.url, Faults::default());
+    let listing = |entries: Vec<Value>| testkit::Canned {
+        status: 200,
+        headers: vec![("content-type".into(), image::OCI_INDEX.into())],
+        body: serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "mediaType": image::OCI_INDEX, "manifests": entries }))
+            .expect("index")
+            .into(),
+    };
+    for m in &images {
+        api.answer(&format!("/v2/{REPO}/referrers/{}", m.digest), listing(Vec::new()));
+    }
+    let scratch = Scratch::new();
+    let policies = write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: frozen\nsource: {{ registry: '{}' }}\ndestinations: [{{ registry: '{}' }}]\n\
+             tags: {{ immutable: true }}\nretry: {{ attempts: 1 }}\n",
+            api.url, dst.url
+        ),
+    );
+    let state = scratch.state();
+    let pass = |n: u32| {
+        let (scratch, policies, state) = (&scratch, policies.clone(), state.clone());
+        async move {
+            let run = regferry(scratch, &["run", "--policies", &policies, "--state", &state, "--json"], &[]).await;
+            assert_eq!(run.code, 0, "pass {n}\n{}\n{}", run.stdout, run.stderr);
+            run.json()[0]["destinations"][0]["report"].clone()
+        }
+    };
+    assert_eq!(pass(1).await["counts"]["tags_copied"], 2, "both tags are copied");
+    // The first pass over the immutable tags reads each one's manifest at
+    // the destination once (a HEAD) and remembers it.
+    assert_eq!(pass(2).await["counts"]["tags_copied"], 0);
+    // A no-op pass: one referrers request per tag, no manifest request on either side.
+    let (before, dst_before) = (api.counters.seen().len(), dst.lines_by("regferry/").len());
+    assert_eq!(pass(3).await["counts"]["tags_copied"], 0);
+    let seen: Vec<String> = api.counters.seen()[before..].iter().map(|r| format!("{} {}", r.method, r.target)).collect();
+    let asked: Vec<&String> = seen.iter().filter(|t| t.contains("/referrers/")).collect();
+    assert_eq!(asked.len(), 2, "{seen:?}");
+    for m in &images {
+        assert!(asked.iter().any(|t| t.contains(&m.digest)), "{} not asked: {seen:?}", m.digest);
+    }
+    assert!(!seen.iter().any(|t| t.contains("/manifests/")), "a no-op pass reads no source manifest: {seen:?}");
+    // (The failover fence is read each pass, like in every policy pass.)
+    let at_dst: Vec<String> =
+        dst.lines_by("regferry/").into_iter().skip(dst_before).filter(|l| l.contains("/manifests/") && !l.contains("/regferry-fence/")).collect();
+    assert!(at_dst.is_empty(), "a no-op pass asks the destination for no image manifest: {at_dst:?}");
+    let total = seen.len();
+
+    // An SBOM attached later to the immutable 1.0: the next pass copies it.
+    let sbom = artifact(&images[0], SPDX, r#"{"spdxVersion":"SPDX-2.3","name":"frozen"}"#);
+    for b in &sbom.blobs {
+        s.push_blob(REPO, b).await;
+    }
+    assert!(s.put_manifest(REPO, &sbom.digest, &sbom.media_type, &sbom.bytes).await.status().is_success());
+    api.answer(&format!("/v2/{REPO}/referrers/{}", images[0].digest), listing(vec![refs::referrer_descriptor(&sbom, SPDX)]));
+    api.answer(&format!("/v2/{REPO}/referrers/{}", sbom.digest), listing(Vec::new()));
+    let fourth = pass(4).await;
+    assert_eq!(fourth["counts"]["tags_copied"], 1, "{fourth}");
+    assert_eq!(fourth["counts"]["tags_failed"], 0, "{fourth}");
+    assert_eq!(d.get_manifest(REPO, &sbom.digest).await.map(|(b, _)| b), Some(sbom.bytes.clone()));
+    assert_eq!(refs::digests(&d.referrers(REPO, &images[0].digest).await), vec![sbom.digest.clone()]);
+    // Back to a no-op, at the same cost as before.
+    let before = api.counters.seen().len();
+    assert_eq!(pass(5).await["counts"]["tags_copied"], 0);
+    assert_eq!(api.counters.seen().len() - before, total, "a no-op pass costs what it cost before the SBOM");
+}
