@@ -179,7 +179,8 @@ impl Job {
             crate::engine::gate::hold_back_unsigned(&self.src, &mut plan, req, concurrency).await;
         }
         // Signatures and fallback tags of manifests that will not be there.
-        crate::engine::referrers::settle_subject_bound(&*self.dst, &mut plan, writes, concurrency, self.spec.scope.referrers.untagged_subjects).await;
+        plan.left_behind =
+            crate::engine::left_behind::settle_subject_bound(&*self.dst, &mut plan, writes, concurrency, self.spec.scope.referrers.untagged_subjects).await;
         plan.planning_time = started.elapsed();
         Ok(plan)
     }

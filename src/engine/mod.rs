@@ -20,6 +20,7 @@ pub mod events;
 pub mod execute;
 pub mod gate;
 pub mod immutable;
+pub mod left_behind;
 pub mod plan;
 pub mod platforms;
 pub mod referrers;

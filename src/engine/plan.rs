@@ -287,6 +287,9 @@ pub struct Plan {
     /// for that check alone: nothing was compared, so nothing is claimed
     /// about them (not recorded as written by regferry).
     pub rechecked: std::collections::HashSet<(RepoName, Tag)>,
+    /// Tags bound to a manifest that will not be at the destination, dropped
+    /// from `items` (see [`super::left_behind`]).
+    pub left_behind: Vec<super::left_behind::LeftBehind>,
     /// Why each tag held back by the signature gate ([`SkipReason::Unsigned`])
     /// does not meet the policy's `require:`, by (source repository, tag).
     pub refused: std::collections::HashMap<(RepoName, Tag), String>,

@@ -303,7 +303,7 @@ pub async fn merge_fallback(
 /// (source repository, subject) of the plan's tags that exist for a
 /// manifest no other tag of the plan names (every tag of a repository is
 /// in a `migrate` plan, so such a manifest is untagged at the source).
-fn untagged_subjects_of(plan: &Plan) -> HashSet<(RepoName, Digest)> {
+pub(super) fn untagged_subjects_of(plan: &Plan) -> HashSet<(RepoName, Digest)> {
     let tagged: HashSet<(&RepoName, &Digest)> =
         plan.items.iter().filter(|i| subject_of_tag(&i.tag).is_none()).map(|i| (&i.source_repo, &i.source.digest)).collect();
     plan.items
@@ -314,7 +314,7 @@ fn untagged_subjects_of(plan: &Plan) -> HashSet<(RepoName, Digest)> {
 }
 
 /// Whether `repo@digest` is at `client`.
-async fn present(client: &dyn Scheme, repo: &RepoName, digest: &Digest, scopes: &Scopes) -> Result<bool, RegistryError> {
+pub(super) async fn present(client: &dyn Scheme, repo: &RepoName, digest: &Digest, scopes: &Scopes) -> Result<bool, RegistryError> {
     Ok(client.head_manifest(repo, &Reference::Digest(digest.clone()), scopes).await?.is_some())
 }
 
@@ -427,60 +427,6 @@ pub async fn plan_fallback(
     } else {
         Ok(item(Action::Copy(CopyReason::DigestDiffers), dest_head, source_body))
     }
-}
-
-/// Drop, before execution, the tags that exist for another manifest
-/// (fallback tags, cosign companions) that have something to copy but
-/// whose subject is neither a tag of the plan nor at the destination, and
-/// cannot arrive there in this pass (no index and no fallback tag of the
-/// repository is copied). A signature of a tag the policy does not select
-/// thus costs one `HEAD` per pass, and a pass that copies nothing stays a
-/// no-op.
-pub async fn settle_subject_bound(dst: &dyn Scheme, plan: &mut Plan, writes: bool, concurrency: usize, untagged_subjects: bool) {
-    let untagged = if untagged_subjects { untagged_subjects_of(plan) } else { HashSet::new() };
-    let tagged: HashSet<(RepoName, Digest)> = plan
-        .items
-        .iter()
-        // (A tag whose index is narrowed to some platforms puts another
-        // digest at the destination: its source digest is not a subject there.)
-        .filter(|i| subject_of_tag(&i.tag).is_none() && i.target_digest() == &i.source.digest)
-        .map(|i| (i.source_repo.clone(), i.source.digest.clone()))
-        .collect();
-    let may_bring: HashSet<RepoName> = plan
-        .to_copy()
-        .filter(|i| fallback_subject(&i.tag).is_some() || manifest::kind_of(&i.source.media_type) == Some(manifest::Kind::Index))
-        .map(|i| i.source_repo.clone())
-        .collect();
-    let to_check: Vec<(usize, RepoName, Digest)> = plan
-        .items
-        .iter()
-        .enumerate()
-        .filter(|(_, i)| matches!(i.action, Action::Copy(_)) && !may_bring.contains(&i.source_repo))
-        .filter_map(|(n, i)| {
-            let subject = subject_of_tag(&i.tag)?;
-            let keep = tagged.contains(&(i.source_repo.clone(), subject.clone())) || untagged.contains(&(i.source_repo.clone(), subject.clone()));
-            (!keep).then(|| (n, i.dest_repo.clone(), subject))
-        })
-        .collect();
-    if to_check.is_empty() {
-        return;
-    }
-    let absent: HashSet<usize> = futures::stream::iter(to_check)
-        .map(|(n, repo, subject)| async move {
-            let scopes = if writes { Scopes::push(&repo) } else { Scopes::pull(&repo) };
-            // An error keeps the item: execution will say what is wrong.
-            let here = present(dst, &repo, &subject, &scopes).await.unwrap_or(true);
-            (n, here)
-        })
-        .buffer_unordered(concurrency.max(1))
-        .filter_map(|(n, here)| async move { (!here).then_some(n) })
-        .collect()
-        .await;
-    let mut n = 0;
-    plan.items.retain(|_| {
-        n += 1;
-        !absent.contains(&(n - 1))
-    });
 }
 
 /// The digest of a referrers list: sha256 over its referrers' digests,

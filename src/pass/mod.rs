@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use prune::{Guard, PruneReport, prune};
 use crate::engine::execute::Cancel;
 use crate::engine::plan::{Action, Plan, Problem, SkipReason};
-use crate::engine::referrers;
+use crate::engine::{left_behind, referrers};
 use crate::engine::stats::Stats;
 use crate::job::{Job, JobSpec, Report};
 use crate::policy::Policy;
@@ -343,8 +343,13 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
         let back = crate::engine::immutable::bring_back(&*job.dst, &mut plan, &seen, narrowing, concurrency).await;
         let mut api = referrers::check_api_referrers(&*job.src, &mut plan, &job.spec.scope.referrers, &seen, concurrency).await;
         api.lists.extend(back);
+        if !api.unsupported {
+            api.lists.extend(left_behind::name_rewritten(&*job.src, &plan, &job.spec.scope.referrers.types, &seen, concurrency).await);
+        }
         api
     };
+    // Referrers whose subject will not be at the destination: named once.
+    let left_rows = left_behind::name_tags(&plan.left_behind, &seen);
     tracing::info!(
         policy = %policy.name,
         destination = %outcome.destination,
@@ -386,6 +391,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
         .filter(|(i, _, _)| !matches!(i.action, Action::Skip(SkipReason::RetryDeferred)) && !failed.contains(&(i.source_repo.as_str(), i.tag.as_str())))
         .map(|(i, subject, list)| (i.source_repo.to_string(), subject, list))
         .collect();
+    lists.extend(left_rows);
     if api.unsupported {
         let (repo, subject) = referrers::API_SENTINEL;
         lists.push((repo.to_string(), subject.to_string(), referrers::api_unsupported_mark(now_ms())));

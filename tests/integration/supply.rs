@@ -421,3 +421,113 @@ async fn failover_refuses_a_dr_site_the_signature_gate_would_refuse() {
     let failover = regferry(&scratch, &["failover", "--policies", &policies, "--state", &state, "--policy", "gated"], &[]).await;
     assert_eq!(failover.code, 0, "{}\n{}", failover.stdout, failover.stderr);
 }
+
+/// Item 3 (the rest): a referrer whose subject will not exist at the
+/// destination — an SBOM of a platform the filter drops, the signature of
+/// a tag the tag rules exclude — is not copied, and is named once: one
+/// warning per referrer over several passes, not one every pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn referrers_whose_subject_will_not_exist_are_named_once() {
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let d = Registry::new(&dst.url, Access::Anonymous);
+    let multi = image::platform_index(Flavor::Oci, vec![(child("orphan-amd64"), "linux/amd64"), (child("orphan-arm64"), "linux/arm64")]);
+    s.push(REPO, "multi", &multi).await;
+    let arm64 = multi.children.iter().find(|c| c.digest == child_of(&multi, "linux/arm64")).expect("arm64 child").clone();
+    let arm64_sbom = artifact(&arm64, SPDX, r#"{"spdxVersion":"SPDX-2.3","name":"arm64"}"#);
+    s.attach(REPO, &arm64.digest, &arm64_sbom, SPDX).await;
+    let kept = child("orphan-kept");
+    s.push(REPO, "v1", &kept).await;
+    let excluded = child("orphan-dev");
+    s.push(REPO, "dev", &excluded).await;
+    let dev_sig = image::signature(&excluded);
+    s.push(REPO, &image::signature_tag(&excluded.digest), &dev_sig).await;
+
+    let scratch = Scratch::new();
+    let policies = write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: orphans\nsource: {{ registry: '{}' }}\ndestinations: [{{ registry: '{}' }}]\n\
+             platforms: [linux/amd64]\ntags: {{ include: ['multi', 'v\\d+'] }}\nretry: {{ attempts: 1 }}\n",
+            src.url, dst.url
+        ),
+    );
+    let state = scratch.state();
+    let mut said = String::new();
+    for n in 1..=3 {
+        let run = regferry(&scratch, &["run", "--policies", &policies, "--state", &state, "--json"], &[]).await;
+        assert_eq!(run.code, 0, "pass {n}\n{}\n{}", run.stdout, run.stderr);
+        assert_eq!(run.json()[0]["destinations"][0]["report"]["counts"]["tags_failed"], 0, "pass {n}: {}", run.stdout);
+        said.push_str(&run.stderr);
+    }
+    assert_eq!(d.head(REPO, &arm64_sbom.digest).await, None, "the SBOM of the dropped platform is not copied");
+    assert_eq!(d.head(REPO, &fallback_tag(&arm64.digest)).await, None);
+    assert_eq!(d.head(REPO, &image::signature_tag(&excluded.digest)).await, None, "the signature of the excluded tag is not copied");
+    assert_eq!(d.head(REPO, "v1").await, s.head(REPO, "v1").await);
+    let named = |digest: &str| said.lines().filter(|l| l.contains(digest) && l.contains("will not exist at the destination")).count();
+    assert_eq!(named(&arm64_sbom.digest), 1, "the SBOM is named once over three passes:\n{said}");
+    let sbom_line = said.lines().find(|l| l.contains(&arm64_sbom.digest)).unwrap_or_default();
+    assert!(sbom_line.contains(SPDX) && sbom_line.contains(&arm64.digest), "with its artifactType and subject: {sbom_line}");
+    assert_eq!(named(&dev_sig.digest), 1, "the signature is named once over three passes:\n{said}");
+}
+
+/// Item 3 (the rest), the referrers API side: the referrers of an index
+/// the destination holds rewritten to the selected platforms (another
+/// digest) have no subject there: not copied, named once, and the API is
+/// asked about that index once, not every pass. (Debian's registry 2.8
+/// does not serve the API: the proxy in front of it answers it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn referrers_of_a_rewritten_index_are_named_once() {
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let d = Registry::new(&dst.url, Access::Anonymous);
+    let multi = image::platform_index(Flavor::Oci, vec![(child("rewritten-amd64"), "linux/amd64"), (child("rewritten-arm64"), "linux/arm64")]);
+    s.push(REPO, "multi", &multi).await;
+    let sbom = artifact(&multi, SPDX, r#"{"spdxVersion":"SPDX-2.3","name":"multi"}"#);
+    for b in &sbom.blobs {
+        s.push_blob(REPO, b).await;
+    }
+    assert!(s.put_manifest(REPO, &sbom.digest, &sbom.media_type, &sbom.bytes).await.status().is_success());
+    let api = testkit::FaultProxy::start(&src.url, testkit::Faults::default());
+    let listing = |entries: Vec<Value>| testkit::Canned {
+        status: 200,
+        headers: vec![("content-type".into(), image::OCI_INDEX.into())],
+        body: serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "mediaType": image::OCI_INDEX, "manifests": entries }))
+            .expect("index")
+            .into(),
+    };
+    api.answer(&format!("/v2/{REPO}/referrers/{}", multi.digest), listing(vec![refs::referrer_descriptor(&sbom, SPDX)]));
+    for m in multi.children.iter().chain([&sbom]) {
+        api.answer(&format!("/v2/{REPO}/referrers/{}", m.digest), listing(Vec::new()));
+    }
+    let scratch = Scratch::new();
+    let policies = write(
+        &scratch,
+        "policies",
+        "p.yaml",
+        &format!(
+            "name: rewritten\nsource: {{ registry: '{}' }}\ndestinations: [{{ registry: '{}' }}]\n\
+             platforms: [linux/amd64]\nretry: {{ attempts: 1 }}\n",
+            api.url, dst.url
+        ),
+    );
+    let state = scratch.state();
+    let mut said = String::new();
+    for n in 1..=3 {
+        let run = regferry(&scratch, &["run", "--policies", &policies, "--state", &state, "--json"], &[]).await;
+        assert_eq!(run.code, 0, "pass {n}\n{}\n{}", run.stdout, run.stderr);
+        assert_eq!(run.json()[0]["destinations"][0]["report"]["counts"]["tags_failed"], 0, "pass {n}: {}", run.stdout);
+        said.push_str(&run.stderr);
+    }
+    assert!(d.head(REPO, "multi").await.is_some_and(|(digest, _)| digest != multi.digest), "the destination holds the index rewritten");
+    assert_eq!(d.head(REPO, &sbom.digest).await, None, "the SBOM of the source index is not copied");
+    let named: Vec<&str> = said.lines().filter(|l| l.contains(&sbom.digest) && l.contains("will not exist at the destination")).collect();
+    assert_eq!(named.len(), 1, "named once over three passes:\n{said}");
+    assert!(named[0].contains(SPDX) && named[0].contains(&multi.digest) && named[0].contains("rewritten"), "{}", named[0]);
+    let asked = api.counters.seen().iter().filter(|r| r.target.contains(&format!("/referrers/{}", multi.digest))).count();
+    assert_eq!(asked, 1, "the source index's referrers are asked about once");
+}
