@@ -52,6 +52,33 @@ async fn fill(s: &Registry) -> Source {
     Source { image, sbom, signature, index }
 }
 
+/// What a registry serving the referrers API answers with `entries` (an OCI index).
+pub(crate) fn api_listing(entries: Vec<Value>) -> testkit::Canned {
+    testkit::Canned {
+        status: 200,
+        headers: vec![("content-type".into(), image::OCI_INDEX.into())],
+        body: serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "mediaType": image::OCI_INDEX, "manifests": entries }))
+            .expect("index")
+            .into(),
+    }
+}
+
+/// Push `m` (an artifact with a `subject`) by digest only, as to a
+/// registry that indexes referrers itself: no fallback tag.
+pub(crate) async fn push_by_digest(s: &Registry, m: &Manifest) {
+    for b in &m.blobs {
+        s.push_blob(REPO, b).await;
+    }
+    assert!(s.put_manifest(REPO, &m.digest, &m.media_type, &m.bytes).await.status().is_success());
+}
+
+/// Pass `n` of `regferry run --policies --json`: its first destination's report (the pass must exit 0).
+pub(crate) async fn pass_report(scratch: &Scratch, policies: &str, state: &str, n: u32) -> Value {
+    let run = regferry(scratch, &["run", "--policies", policies, "--state", state, "--json"], &[]).await;
+    assert_eq!(run.code, 0, "pass {n}\n{}\n{}", run.stdout, run.stderr);
+    run.json()[0]["destinations"][0]["report"].clone()
+}
+
 fn counts(run: &Value) -> (u64, u64, u64) {
     let c = &run["counts"];
     (c["tags_copied"].as_u64().unwrap_or(u64::MAX), c["tags_failed"].as_u64().unwrap_or(u64::MAX), c["manifests_pushed"].as_u64().unwrap_or(u64::MAX))
@@ -202,14 +229,7 @@ async fn fallback_tags_survive_tag_rules_and_immutable_tags_cost_only_listings()
         ),
     );
     let state = scratch.state();
-    let run = |n: u32| {
-        let (scratch, policies, state) = (&scratch, policies.clone(), state.clone());
-        async move {
-            let run = regferry(scratch, &["run", "--policies", &policies, "--state", &state, "--json"], &[]).await;
-            assert_eq!(run.code, 0, "pass {n}\n{}\n{}", run.stdout, run.stderr);
-            run.json()[0]["destinations"][0]["report"].clone()
-        }
-    };
+    let run = |n: u32| pass_report(&scratch, &policies, &state, n);
     let first = run(1).await;
     assert_eq!(first["failures"].as_array().map(Vec::len), Some(0), "{first}");
     // The fallback tags are not tag-rule material: the SBOM and its
@@ -262,22 +282,11 @@ async fn referrers_found_through_the_api_travel_too() {
     let image = image::image(Flavor::Oci, "api-app", vec![image::layer(Flavor::Oci, "api-app", 400)]);
     s.push(REPO, "stable", &image).await;
     let sbom = artifact(&image, SPDX, r#"{"spdxVersion":"SPDX-2.3"}"#);
-    for b in &sbom.blobs {
-        s.push_blob(REPO, b).await;
-    }
-    let resp = s.put_manifest(REPO, &sbom.digest, &sbom.media_type, &sbom.bytes).await;
-    assert!(resp.status().is_success());
+    push_by_digest(&s, &sbom).await;
 
     let api = FaultProxy::start(&src.url, Faults::default());
-    let listing = |entries: Vec<Value>| testkit::Canned {
-        status: 200,
-        headers: vec![("content-type".into(), image::OCI_INDEX.into())],
-        body: serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "mediaType": image::OCI_INDEX, "manifests": entries }))
-            .expect("index")
-            .into(),
-    };
-    api.answer(&format!("/v2/{REPO}/referrers/{}", image.digest), listing(vec![refs::referrer_descriptor(&sbom, SPDX)]));
-    api.answer(&format!("/v2/{REPO}/referrers/{}", sbom.digest), listing(Vec::new()));
+    api.answer(&format!("/v2/{REPO}/referrers/{}", image.digest), api_listing(vec![refs::referrer_descriptor(&sbom, SPDX)]));
+    api.answer(&format!("/v2/{REPO}/referrers/{}", sbom.digest), api_listing(Vec::new()));
 
     let scratch = Scratch::new();
     let run = migrate(&scratch, &api.url, &dst.url, &["--referrer-type", SPDX]).await;
@@ -300,14 +309,7 @@ async fn referrers_found_through_the_api_travel_too() {
         &format!("name: api\nsource: {{ registry: '{}' }}\ndestinations: [{{ registry: '{}' }}]\nretry: {{ attempts: 1 }}\n", api.url, dst.url),
     );
     let state = scratch.state();
-    let pass = |n: u32| {
-        let (scratch, policies, state) = (&scratch, policies.clone(), state.clone());
-        async move {
-            let run = regferry(scratch, &["run", "--policies", &policies, "--state", &state, "--json"], &[]).await;
-            assert_eq!(run.code, 0, "pass {n}\n{}\n{}", run.stdout, run.stderr);
-            run.json()[0]["destinations"][0]["report"].clone()
-        }
-    };
+    let pass = |n: u32| pass_report(&scratch, &policies, &state, n);
     // First pass: nothing recorded yet, so the image's list is synced once (nothing new to write).
     let first = pass(1).await;
     assert_eq!(first["counts"]["tags_copied"], 1, "{first}");
@@ -318,13 +320,10 @@ async fn referrers_found_through_the_api_travel_too() {
     assert_eq!(asked, 1, "one referrers request for the one tag");
     // A new referrer of the unchanged image: the next pass carries it.
     let vex = artifact(&image, VEX, "a vex statement");
-    for b in &vex.blobs {
-        s.push_blob(REPO, b).await;
-    }
-    assert!(s.put_manifest(REPO, &vex.digest, &vex.media_type, &vex.bytes).await.status().is_success());
+    push_by_digest(&s, &vex).await;
     let both = vec![refs::referrer_descriptor(&sbom, SPDX), refs::referrer_descriptor(&vex, VEX)];
-    api.answer(&format!("/v2/{REPO}/referrers/{}", image.digest), listing(both));
-    api.answer(&format!("/v2/{REPO}/referrers/{}", vex.digest), listing(Vec::new()));
+    api.answer(&format!("/v2/{REPO}/referrers/{}", image.digest), api_listing(both));
+    api.answer(&format!("/v2/{REPO}/referrers/{}", vex.digest), api_listing(Vec::new()));
     let third = pass(3).await;
     assert_eq!(third["counts"]["tags_copied"], 1, "{third}");
     let mut want = vec![sbom.digest.clone(), vex.digest.clone()];
@@ -352,15 +351,8 @@ async fn referrers_of_index_children_listed_by_the_api_are_checked_each_pass() {
     let child = index.children[0].clone();
 
     let api = FaultProxy::start(&src.url, Faults::default());
-    let listing = |entries: Vec<Value>| testkit::Canned {
-        status: 200,
-        headers: vec![("content-type".into(), image::OCI_INDEX.into())],
-        body: serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "mediaType": image::OCI_INDEX, "manifests": entries }))
-            .expect("index")
-            .into(),
-    };
     for m in index.children.iter().chain([&index]) {
-        api.answer(&format!("/v2/{REPO}/referrers/{}", m.digest), listing(Vec::new()));
+        api.answer(&format!("/v2/{REPO}/referrers/{}", m.digest), api_listing(Vec::new()));
     }
     let scratch = Scratch::new();
     let policies = write(
@@ -370,14 +362,7 @@ async fn referrers_of_index_children_listed_by_the_api_are_checked_each_pass() {
         &format!("name: kids\nsource: {{ registry: '{}' }}\ndestinations: [{{ registry: '{}' }}]\nretry: {{ attempts: 1 }}\n", api.url, dst.url),
     );
     let state = scratch.state();
-    let pass = |n: u32| {
-        let (scratch, policies, state) = (&scratch, policies.clone(), state.clone());
-        async move {
-            let run = regferry(scratch, &["run", "--policies", &policies, "--state", &state, "--json"], &[]).await;
-            assert_eq!(run.code, 0, "pass {n}\n{}\n{}", run.stdout, run.stderr);
-            run.json()[0]["destinations"][0]["report"].clone()
-        }
-    };
+    let pass = |n: u32| pass_report(&scratch, &policies, &state, n);
     assert_eq!(pass(1).await["counts"]["tags_copied"], 1, "the index is copied");
     assert_eq!(pass(2).await["counts"]["tags_copied"], 0, "empty lists are nothing to sync");
     // A no-op pass: one referrers request per manifest (the index and its
@@ -397,12 +382,9 @@ async fn referrers_of_index_children_listed_by_the_api_are_checked_each_pass() {
     // An SBOM attached later to one child (not to the index, whose tag is
     // unchanged): the next pass copies it and the destination lists it.
     let sbom = artifact(&child, SPDX, r#"{"spdxVersion":"SPDX-2.3","name":"amd64"}"#);
-    for b in &sbom.blobs {
-        s.push_blob(REPO, b).await;
-    }
-    assert!(s.put_manifest(REPO, &sbom.digest, &sbom.media_type, &sbom.bytes).await.status().is_success());
-    api.answer(&format!("/v2/{REPO}/referrers/{}", child.digest), listing(vec![refs::referrer_descriptor(&sbom, SPDX)]));
-    api.answer(&format!("/v2/{REPO}/referrers/{}", sbom.digest), listing(Vec::new()));
+    push_by_digest(&s, &sbom).await;
+    api.answer(&format!("/v2/{REPO}/referrers/{}", child.digest), api_listing(vec![refs::referrer_descriptor(&sbom, SPDX)]));
+    api.answer(&format!("/v2/{REPO}/referrers/{}", sbom.digest), api_listing(Vec::new()));
     assert!(d.get_manifest(REPO, &sbom.digest).await.is_none());
     let fourth = pass(4).await;
     assert_eq!(fourth["counts"]["tags_copied"], 1, "{fourth}");
@@ -434,15 +416,8 @@ async fn referrers_of_immutable_tags_listed_by_the_api_are_checked_each_pass() {
         s.push(REPO, v, m).await;
     }
     let api = FaultProxy::start(&src.url, Faults::default());
-    let listing = |entries: Vec<Value>| testkit::Canned {
-        status: 200,
-        headers: vec![("content-type".into(), image::OCI_INDEX.into())],
-        body: serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "mediaType": image::OCI_INDEX, "manifests": entries }))
-            .expect("index")
-            .into(),
-    };
     for m in &images {
-        api.answer(&format!("/v2/{REPO}/referrers/{}", m.digest), listing(Vec::new()));
+        api.answer(&format!("/v2/{REPO}/referrers/{}", m.digest), api_listing(Vec::new()));
     }
     let scratch = Scratch::new();
     let policies = write(
@@ -456,14 +431,7 @@ async fn referrers_of_immutable_tags_listed_by_the_api_are_checked_each_pass() {
         ),
     );
     let state = scratch.state();
-    let pass = |n: u32| {
-        let (scratch, policies, state) = (&scratch, policies.clone(), state.clone());
-        async move {
-            let run = regferry(scratch, &["run", "--policies", &policies, "--state", &state, "--json"], &[]).await;
-            assert_eq!(run.code, 0, "pass {n}\n{}\n{}", run.stdout, run.stderr);
-            run.json()[0]["destinations"][0]["report"].clone()
-        }
-    };
+    let pass = |n: u32| pass_report(&scratch, &policies, &state, n);
     assert_eq!(pass(1).await["counts"]["tags_copied"], 2, "both tags are copied");
     // The first pass over the immutable tags reads each one's manifest at
     // the destination once (a HEAD) and remembers it.
@@ -486,12 +454,9 @@ async fn referrers_of_immutable_tags_listed_by_the_api_are_checked_each_pass() {
 
     // An SBOM attached later to the immutable 1.0: the next pass copies it.
     let sbom = artifact(&images[0], SPDX, r#"{"spdxVersion":"SPDX-2.3","name":"frozen"}"#);
-    for b in &sbom.blobs {
-        s.push_blob(REPO, b).await;
-    }
-    assert!(s.put_manifest(REPO, &sbom.digest, &sbom.media_type, &sbom.bytes).await.status().is_success());
-    api.answer(&format!("/v2/{REPO}/referrers/{}", images[0].digest), listing(vec![refs::referrer_descriptor(&sbom, SPDX)]));
-    api.answer(&format!("/v2/{REPO}/referrers/{}", sbom.digest), listing(Vec::new()));
+    push_by_digest(&s, &sbom).await;
+    api.answer(&format!("/v2/{REPO}/referrers/{}", images[0].digest), api_listing(vec![refs::referrer_descriptor(&sbom, SPDX)]));
+    api.answer(&format!("/v2/{REPO}/referrers/{}", sbom.digest), api_listing(Vec::new()));
     let fourth = pass(4).await;
     assert_eq!(fourth["counts"]["tags_copied"], 1, "{fourth}");
     assert_eq!(fourth["counts"]["tags_failed"], 0, "{fourth}");

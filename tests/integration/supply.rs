@@ -29,6 +29,25 @@ fn child_of(index: &Manifest, platform: &str) -> String {
     found.and_then(|d| d["digest"].as_str()).expect("platform in index").to_string()
 }
 
+/// Put `key`'s public half where the policies' `signed_by: [cosign.pub]` finds it.
+fn trust(scratch: &Scratch, key: &testkit::cosign::CosignKey) {
+    let dir = scratch.path("policies");
+    std::fs::create_dir_all(&dir).expect("policy dir");
+    std::fs::write(dir.join("cosign.pub"), key.public_pem()).expect("key file");
+}
+
+/// Three `run` passes of `policies`, each without a failed tag: what they logged.
+async fn three_passes(scratch: &Scratch, policies: &str, state: &str) -> String {
+    let mut said = String::new();
+    for n in 1..=3 {
+        let run = regferry(scratch, &["run", "--policies", policies, "--state", state, "--json"], &[]).await;
+        assert_eq!(run.code, 0, "pass {n}\n{}\n{}", run.stdout, run.stderr);
+        assert_eq!(run.json()[0]["destinations"][0]["report"]["counts"]["tags_failed"], 0, "pass {n}: {}", run.stdout);
+        said.push_str(&run.stderr);
+    }
+    said
+}
+
 /// Item 1: with `platforms:` set, the referrers of every kept manifest
 /// (fallback-tag SBOMs, a signature of an SBOM, cosign `.sig` tags of a
 /// single image and of a kept child) travel; `verify` is clean; a second
@@ -160,9 +179,7 @@ async fn the_signature_gate_copies_only_what_a_trusted_key_signed() {
     s.push(REPO, &image::signature_tag(&replayed.digest), &cosign::sign_image(&trusted, &reference("good"), &good)).await;
 
     let scratch = Scratch::new();
-    let dir = scratch.path("policies");
-    std::fs::create_dir_all(&dir).expect("policy dir");
-    std::fs::write(dir.join("cosign.pub"), trusted.public_pem()).expect("key file");
+    trust(&scratch, &trusted);
     let policies = write(
         &scratch,
         "policies",
@@ -384,9 +401,7 @@ async fn failover_refuses_a_dr_site_the_signature_gate_would_refuse() {
     s.push(REPO, &image::signature_tag(&also.digest), &cosign::sign_image(&trusted, &reference("also"), &also)).await;
 
     let scratch = Scratch::new();
-    let dir = scratch.path("policies");
-    std::fs::create_dir_all(&dir).expect("policy dir");
-    std::fs::write(dir.join("cosign.pub"), trusted.public_pem()).expect("key file");
+    trust(&scratch, &trusted);
     let policies = write(
         &scratch,
         "policies",
@@ -456,13 +471,7 @@ async fn referrers_whose_subject_will_not_exist_are_named_once() {
         ),
     );
     let state = scratch.state();
-    let mut said = String::new();
-    for n in 1..=3 {
-        let run = regferry(&scratch, &["run", "--policies", &policies, "--state", &state, "--json"], &[]).await;
-        assert_eq!(run.code, 0, "pass {n}\n{}\n{}", run.stdout, run.stderr);
-        assert_eq!(run.json()[0]["destinations"][0]["report"]["counts"]["tags_failed"], 0, "pass {n}: {}", run.stdout);
-        said.push_str(&run.stderr);
-    }
+    let said = three_passes(&scratch, &policies, &state).await;
     assert_eq!(d.head(REPO, &arm64_sbom.digest).await, None, "the SBOM of the dropped platform is not copied");
     assert_eq!(d.head(REPO, &fallback_tag(&arm64.digest)).await, None);
     assert_eq!(d.head(REPO, &image::signature_tag(&excluded.digest)).await, None, "the signature of the excluded tag is not copied");
@@ -488,21 +497,11 @@ async fn referrers_of_a_rewritten_index_are_named_once() {
     let multi = image::platform_index(Flavor::Oci, vec![(child("rewritten-amd64"), "linux/amd64"), (child("rewritten-arm64"), "linux/arm64")]);
     s.push(REPO, "multi", &multi).await;
     let sbom = artifact(&multi, SPDX, r#"{"spdxVersion":"SPDX-2.3","name":"multi"}"#);
-    for b in &sbom.blobs {
-        s.push_blob(REPO, b).await;
-    }
-    assert!(s.put_manifest(REPO, &sbom.digest, &sbom.media_type, &sbom.bytes).await.status().is_success());
+    crate::referrers::push_by_digest(&s, &sbom).await;
     let api = testkit::FaultProxy::start(&src.url, testkit::Faults::default());
-    let listing = |entries: Vec<Value>| testkit::Canned {
-        status: 200,
-        headers: vec![("content-type".into(), image::OCI_INDEX.into())],
-        body: serde_json::to_vec(&serde_json::json!({ "schemaVersion": 2, "mediaType": image::OCI_INDEX, "manifests": entries }))
-            .expect("index")
-            .into(),
-    };
-    api.answer(&format!("/v2/{REPO}/referrers/{}", multi.digest), listing(vec![refs::referrer_descriptor(&sbom, SPDX)]));
+    api.answer(&format!("/v2/{REPO}/referrers/{}", multi.digest), crate::referrers::api_listing(vec![refs::referrer_descriptor(&sbom, SPDX)]));
     for m in multi.children.iter().chain([&sbom]) {
-        api.answer(&format!("/v2/{REPO}/referrers/{}", m.digest), listing(Vec::new()));
+        api.answer(&format!("/v2/{REPO}/referrers/{}", m.digest), crate::referrers::api_listing(Vec::new()));
     }
     let scratch = Scratch::new();
     let policies = write(
@@ -516,13 +515,7 @@ async fn referrers_of_a_rewritten_index_are_named_once() {
         ),
     );
     let state = scratch.state();
-    let mut said = String::new();
-    for n in 1..=3 {
-        let run = regferry(&scratch, &["run", "--policies", &policies, "--state", &state, "--json"], &[]).await;
-        assert_eq!(run.code, 0, "pass {n}\n{}\n{}", run.stdout, run.stderr);
-        assert_eq!(run.json()[0]["destinations"][0]["report"]["counts"]["tags_failed"], 0, "pass {n}: {}", run.stdout);
-        said.push_str(&run.stderr);
-    }
+    let said = three_passes(&scratch, &policies, &state).await;
     assert!(d.head(REPO, "multi").await.is_some_and(|(digest, _)| digest != multi.digest), "the destination holds the index rewritten");
     assert_eq!(d.head(REPO, &sbom.digest).await, None, "the SBOM of the source index is not copied");
     let named: Vec<&str> = said.lines().filter(|l| l.contains(&sbom.digest) && l.contains("will not exist at the destination")).collect();
