@@ -500,7 +500,7 @@ fn owned_by(plan: &Plan, report: &Report) -> Vec<crate::state::Owned> {
     plan.items
         .iter()
         .filter(|i| matches!(i.action, Action::Copy(_) | Action::Skip(SkipReason::UpToDate)))
-        .filter(|i| !plan.rechecked.contains(&(i.source_repo.clone(), i.tag.clone())))
+        .filter(|i| plan.rechecked.is_empty() || !plan.rechecked.contains(&(i.source_repo.clone(), i.tag.clone())))
         .filter(|i| !failed.contains(&(i.source_repo.as_str(), i.tag.as_str())))
         .map(|i| crate::state::Owned { dest_repo: i.dest_repo.to_string(), tag: i.tag.to_string(), digest: i.target_digest().to_string() })
         .collect()
