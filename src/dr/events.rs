@@ -9,7 +9,7 @@
 use serde::Deserialize;
 
 use crate::policy::Policy;
-use crate::registry::{RegistryUrl, RepoName};
+use crate::registry::{RegistryUrl, RepoName, Tag};
 use crate::registry::manifest::kind_of;
 
 /// One change at a registry.
@@ -190,10 +190,17 @@ pub fn relative_in_scope(policy: &Policy, reversed: bool, event: &RepoEvent) -> 
     if !reversed && !policy.source_repositories.is_empty() && !policy.source_repositories.iter().any(|r| r == relative.as_str()) {
         return None;
     }
-    if let Some(tag) = &event.tag
-        && !policy.tags.covers(tag) {
+    if let Some(tag) = &event.tag {
+        // The rules name the policy's source's tags: a renamed DR tag by the
+        // name it maps back to (`tags.rename`); one not fitting is not ours.
+        let named = match (reversed, tag.parse::<Tag>()) {
+            (true, Ok(t)) => policy.reverse(policy.destinations.first()?).scope.mapping.scope_tag(&t)?.to_string(),
+            _ => tag.clone(),
+        };
+        if !policy.tags.covers(&named) {
             return None;
         }
+    }
     Some(relative.to_string())
 }
 

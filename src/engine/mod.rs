@@ -24,6 +24,7 @@ pub mod platforms;
 pub mod referrers;
 pub mod rename;
 pub mod stats;
+pub mod tag_rename;
 pub mod verify_stream;
 
 use crate::registry::RegistryError;

@@ -147,6 +147,10 @@ impl Checker<'_> {
                 tags.latest = self.ok(n, "tags.latest", ok);
             }
             tags.immutable = t.immutable.unwrap_or(false);
+            if let Some(r) = &t.rename {
+                let ok = crate::engine::tag_rename::TagRename::parse(&r.value).map_err(|e| e.to_string());
+                tags.rename = self.ok(r, "tags.rename", ok).map(Arc::new);
+            }
         }
 
         let mut referrers = ReferrerOptions { enabled: raw.referrers.unwrap_or(true), types: Vec::new(), untagged_subjects: false };
@@ -239,6 +243,7 @@ impl Checker<'_> {
         scope_words.extend(values(exclude).into_iter().map(|g| format!("-{g}")));
         scope_words.extend(platforms.as_ref().map(|p| p.scope_word()));
         scope_words.extend(rename_words);
+        scope_words.extend(tags.rename.as_ref().map(|t| format!("tag-rename:{t}")));
         Some(Policy {
             name,
             file: self.file.to_path_buf(),

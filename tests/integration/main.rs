@@ -33,3 +33,4 @@ mod quota;
 mod state_postgres;
 mod state_wedge;
 mod supply;
+mod tag_rename;
