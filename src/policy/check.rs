@@ -117,12 +117,25 @@ impl Checker<'_> {
         let values = |l: &[At<String>]| l.iter().map(|g| g.value.clone()).collect::<Vec<_>>();
         let repos = RepoFilter::new(&values(include), &values(exclude)).ok();
         // Renames must map back exactly (failover and failback use the inverse).
+        // Two names renamed to one are refused from the rules where they can be
+        // (the catalog check at run time finds the rest).
         let mut rename_rules = Vec::new();
+        let mut rename_at = Vec::new();
         for (i, r) in raw.repositories.iter().flat_map(|r| r.rename.iter()).enumerate() {
-            let ok = RenameRule::new(&r.value.from, &r.value.to).and_then(|rule| rule.inverse().map(|_| rule)).map_err(|e| e.to_string());
+            let ok = RenameRule::new(&r.value.from, &r.value.to).map_err(|e| e.to_string()).and_then(|rule| {
+                match crate::engine::rename_collisions::merges_names(&rule) {
+                    Some(why) => Err(why),
+                    None => rule.inverse().map(|_| rule).map_err(|e| e.to_string()),
+                }
+            });
             if let Some(rule) = self.ok(r, &format!("repositories.rename[{i}]"), ok) {
                 rename_rules.push(rule);
+                rename_at.push((i, r));
             }
+        }
+        for (_, j, why) in crate::engine::rename_collisions::same_form(&rename_rules) {
+            let (i, at) = rename_at[j];
+            self.issue(line(at), &format!("repositories.rename[{i}]"), why);
         }
         let rename_words: Vec<String> = rename_rules.iter().map(|r| format!("rename:{r}")).collect();
         let rename = Rename::new(rename_rules);

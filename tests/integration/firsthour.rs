@@ -225,6 +225,32 @@ async fn renamed_policy_round_trips_through_failover_and_failback() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn policy_check_refuses_renames_that_merge_names_from_the_rules_alone() {
+    let scratch = Scratch::new();
+    let policy = |rules: &str| {
+        format!(
+            "name: m\nsource: {{ registry: 'http://127.0.0.1:1' }}\ndestinations:\n  - registry: 'http://127.0.0.1:2'\n\
+             repositories:\n  rename:\n{rules}"
+        )
+    };
+    // A template without a group: every name the pattern matches gets one name.
+    let policies = write(&scratch, "one", "p.yaml", &policy("    - { from: '[a-z]+/app', to: 'app' }\n"));
+    let check = regferry(&scratch, &["policy", "check", "--offline", &policies], &[]).await;
+    assert_eq!(check.code, 2, "{}\n{}", check.stdout, check.stderr);
+    assert!(check.stderr.contains("p.yaml:7: repositories.rename[0]") && check.stderr.contains("to the one name \"app\""), "{}", check.stderr);
+    // Two rules giving names of one form: named, with two names that collide.
+    let rules = "    - { from: 'a/(.*)', to: 'x-$1' }\n    - { from: 'b/(.*)', to: 'x-$1' }\n";
+    let policies = write(&scratch, "two", "p.yaml", &policy(rules));
+    let check = regferry(&scratch, &["policy", "check", "--offline", &policies], &[]).await;
+    assert_eq!(check.code, 2, "{}\n{}", check.stdout, check.stderr);
+    assert!(check.stderr.contains("p.yaml:8: repositories.rename[1]") && check.stderr.contains("a/app and b/app would both become x-app"), "{}", check.stderr);
+    // Distinct forms pass.
+    let rules = "    - { from: 'a/(.*)', to: 'x-$1' }\n    - { from: 'b/(.*)', to: 'y-$1' }\n";
+    let policies = write(&scratch, "ok", "p.yaml", &policy(rules));
+    regferry(&scratch, &["policy", "check", "--offline", &policies], &[]).await.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn run_dry_run_shows_copies_deletions_and_the_guard() {
     let src = TestRegistry::start();
     let dst = TestRegistry::start();
