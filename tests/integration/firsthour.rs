@@ -10,7 +10,7 @@ use testkit::image::{self, Flavor};
 use testkit::{Access, Registry, TestRegistry, free_port};
 
 use crate::policies::{push_tags, write};
-use crate::support::{Scratch, command, daemon_command, migrate, policy_verb, regferry, stop_daemon, wait_until};
+use crate::support::{Scratch, command, daemon_command, in_terminal, migrate, policy_verb, regferry, stop_daemon, wait_until};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn copy_one_image_and_migrate_by_tag_rules_and_renames() {
@@ -337,17 +337,7 @@ async fn offline_check_state_location_and_progress_on_a_terminal() {
     // Progress on a terminal (a pseudo-terminal from script(1)); none with --json.
     let tty = |args: String| {
         let scratch = &scratch;
-        async move {
-            let env = command(scratch, &[], &[]);
-            let mut script = tokio::process::Command::new("script");
-            script
-                .args(["-qec", &format!("{} {args}", crate::support::binary()), "/dev/null"])
-                .envs(env.as_std().get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
-                .env("TERM", "xterm")
-                .stdin(std::process::Stdio::null());
-            let out = tokio::time::timeout(Duration::from_secs(120), script.output()).await.expect("in time").expect("script");
-            (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
-        }
+        async move { in_terminal(scratch, &args).await }
     };
     let state = scratch.state();
     let (ok, shown) = tty(format!("migrate --from {} --to {}/tty --state {state}", src.url, dst.url)).await;
@@ -369,6 +359,33 @@ async fn offline_check_state_location_and_progress_on_a_terminal() {
     let (ok, shown) = tty(format!("run --policies {policies} --state {state} -q")).await;
     assert!(ok, "{shown}");
     assert!(!shown.contains("repositories listed"), "quiet: no progress: {shown}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_and_failback_show_progress_on_a_terminal_only() {
+    let (primary, dr) = (TestRegistry::start(), TestRegistry::start());
+    let p = Registry::new(&primary.url, Access::Anonymous);
+    push_tags(&p, "team/app", &["v1", "v2"], "app").await;
+    let scratch = Scratch::new();
+    let text = format!("name: dr\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\ntrigger: {{ interval: 1h }}\n", primary.url, dr.url);
+    let policies = write(&scratch, "policies", "p.yaml", &text);
+    let state = scratch.state();
+    policy_verb(&scratch, &policies, &state, "dr", "run", &[]).await.assert_ok();
+    let verb = |verb: &str, extra: &str| format!("{verb} --policy dr --policies {policies} --state {state} {extra}");
+    // With --json on a terminal: no progress.
+    let (ok, shown) = in_terminal(&scratch, &verb("failover", "--dry-run --json")).await;
+    assert!(ok, "{shown}");
+    assert!(!shown.contains("repositories listed") && !shown.contains("manifests and blobs checked"), "JSON output has no progress: {shown}");
+    // On a terminal: the sync pass's planning, then the deep verification of DR.
+    let (ok, shown) = in_terminal(&scratch, &verb("failover", "")).await;
+    assert!(ok, "{shown}");
+    assert!(shown.contains("failover dr: repositories listed 1/1 · tags found 2"), "{shown}");
+    assert!(shown.contains("failover dr: deep: ") && shown.contains("manifests and blobs checked"), "{shown}");
+    // Not a terminal: the report only.
+    let back = policy_verb(&scratch, &policies, &state, "dr", "failback", &[]).await;
+    back.assert_ok();
+    assert!(back.stdout.contains("failback dr: done"), "{}", back.stdout);
+    assert!(!back.stderr.contains("repositories listed") && !back.stderr.contains("manifests and blobs checked"), "{}", back.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]
