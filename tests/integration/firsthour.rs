@@ -135,6 +135,16 @@ async fn copy_by_digest_and_under_another_tag() {
     run.assert_ok();
     assert_eq!(run.json()["counts"]["tags_copied"].as_u64(), Some(0), "a rerun is a no-op: {}", run.stdout);
 
+    // A dry run names the destination tag and what it would copy there, changing nothing.
+    let dry = regferry(&scratch, &["copy", &format!("{}/team/app:v1", src.url), &format!("{}/mirror/app:release", dst.url), "--dry-run"], &[]).await;
+    dry.assert_ok();
+    let short = &v1.digest[..19];
+    assert!(dry.stdout.contains(&format!("copy  mirror/app:release  (missing)  from team/app:v1 ({short}")), "{}", dry.stdout);
+    let dry = regferry(&scratch, &["copy", &format!("{}/team/app:v1", src.url), &format!("{}/mirror/app:release", dst.url), "--dry-run", "--json"], &[]).await;
+    let item = &dry.json()["items"][0];
+    assert_eq!((&item["tag"], &item["source_reference"], &item["source_digest"]), (&"release".into(), &"v1".into(), &v1.digest.as_str().into()), "{}", dry.stdout);
+    assert!(d.head("mirror/app", "release").await.is_none(), "a dry run copies nothing");
+
     // A tag under another name: a Docker v2 manifest keeps its media type.
     let run = copy(format!("{}/team/app:v1", src.url), format!("{}/mirror/app:release", dst.url)).await;
     run.assert_ok();
