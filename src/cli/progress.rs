@@ -159,7 +159,8 @@ impl Planning {
         let token = stop.clone();
         let what = what.to_string();
         let handle = tokio::spawn(async move {
-            let mut shown = Phase::Planning;
+            // (Phases that ended before this display began are not its business.)
+            let mut shown = Phase::of(&counters);
             // Each phase that ended leaves its last state on the terminal
             // (however quickly it went by between two redraws).
             let passed = |shown: &mut Phase| {

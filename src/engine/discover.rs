@@ -348,8 +348,8 @@ pub async fn discover(src: &dyn Scheme, dest: &RegistryUrl, scope: &Scope, concu
 
     // Tags named exactly: no listing (a listing can be many pages).
     if let Some(literal) = scope.tags.literal() {
-        let named = &literal;
-        let named: Vec<Tag> = named.tags.iter().filter_map(|t| scope.mapping.source_tag_of_scope(t)).collect();
+        // The rules name the policy's source's tags; this source may call them otherwise (`tags.rename`).
+        let named: Vec<Tag> = literal.tags.iter().filter_map(|t| scope.mapping.source_tag_of_scope(t)).collect();
         let repos = repos.into_iter().map(|(source, dest)| RepoTags { source, dest, tags: named.clone(), literal: true }).collect();
         return Ok(Discovered {
             repos,

@@ -24,8 +24,9 @@ pub struct Pin {
 
 /// How source repository names become destination names: strip
 /// `source_prefix/`, rename (see [`super::rename`]: ordered rules, first
-/// match wins, none by default), then prepend `dest_prefix/`. Discovery,
-/// verify, prune, the fence's scope and push events all map names here.
+/// match wins, none by default), then prepend `dest_prefix/`; tags keep
+/// their names unless `tags.rename` gives a template. Discovery, verify,
+/// prune, the fence's scope and push events all map names here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RepoMapping {
     pub source_prefix: String,
