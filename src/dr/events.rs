@@ -291,6 +291,23 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_over_policy_matches_renamed_tags_by_the_primary_s_tag_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "name: p\nsource: { registry: 'https://prod.example.com' }\ndestinations:\n  - { registry: 'https://dr.example.com' }\n\
+                    tags:\n  include: ['v.*']\n  rename: '{tag}-dr'\n";
+        std::fs::write(dir.path().join("p.yaml"), text).unwrap();
+        let set = crate::policy::load(dir.path(), &|_| None).unwrap();
+        let policy = set.get("p").unwrap();
+        let event = |host: &str, tag: &str| RepoEvent { host: Some(host.into()), repository: "app".into(), tag: Some(tag.into()), delete: false };
+        assert_eq!(relative_in_scope(policy, false, &event("prod.example.com", "v1")).as_deref(), Some("app"));
+        assert_eq!(relative_in_scope(policy, false, &event("prod.example.com", "dev")), None);
+        // After a failover DR's `v1-dr` is the primary's v1; DR's own tags are not the policy's.
+        assert_eq!(relative_in_scope(policy, true, &event("dr.example.com", "v1-dr")).as_deref(), Some("app"));
+        assert_eq!(relative_in_scope(policy, true, &event("dr.example.com", "v1")), None, "does not fit the template");
+        assert_eq!(relative_in_scope(policy, true, &event("dr.example.com", "dev-dr")), None, "dev is outside the tag rules");
+    }
+
+    #[test]
     fn hosts_and_secrets() {
         let u = RegistryUrl::parse("https://reg.example.com/team").unwrap();
         assert!(same_host(&u, "REG.example.com:443"));
