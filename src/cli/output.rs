@@ -8,6 +8,7 @@ use serde_json::json;
 use regferry::engine::execute::NOT_ATTEMPTED;
 use regferry::engine::plan::{Action, CopyReason, Plan, SkipReason};
 use regferry::engine::stats::human_bytes;
+use regferry::registry::Reference;
 use regferry::job::Report;
 
 /// The dry-run plan, human form.
@@ -44,8 +45,17 @@ pub fn plan_text(plan: &Plan, source: &str, destination: &str) -> String {
             Action::Copy(_) => "copy",
             Action::Skip(_) => "skip",
         };
+        // Renamed (copy SRC DEST:TAG, repositories.rename, tags.rename): where it comes from.
+        let from = match (item.source_reference(), item.action) {
+            (_, Action::Skip(_)) => String::new(),
+            (Reference::Tag(t), _) if t == item.tag && item.source_repo == item.dest_repo => String::new(),
+            (reference, _) => {
+                let at = if matches!(reference, Reference::Digest(_)) { "@" } else { ":" };
+                format!("  from {}{at}{reference} ({}, {})", item.source_repo, item.source.digest.short(), item.source.media_type)
+            }
+        };
         if item.action != Action::Skip(SkipReason::UpToDate) {
-            let _ = writeln!(out, "  {verb}  {}:{}  ({why})", item.dest_repo, item.tag);
+            let _ = writeln!(out, "  {verb}  {}:{}  ({why}){from}", item.dest_repo, item.tag);
         }
     }
     for p in &plan.problems {
@@ -64,6 +74,7 @@ pub fn plan_json(plan: &Plan) -> serde_json::Value {
             "source_repository": i.source_repo.as_str(),
             "destination_repository": i.dest_repo.as_str(),
             "tag": i.tag.as_str(),
+            "source_reference": i.source_reference().to_string(),
             "action": match i.action { Action::Copy(_) => "copy", Action::Skip(_) => "skip" },
             "reason": i.action.to_string(),
             "source_digest": i.source.digest.as_str(),

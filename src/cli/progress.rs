@@ -87,7 +87,8 @@ impl Progress {
 
 /// Progress of a long phase on a terminal: planning (repositories listed so
 /// far of those in scope, tags found and compared), then the transfer (tags
-/// done, bytes) or a deep verification (manifests and blobs checked).
+/// done, bytes) and/or a deep verification (manifests and blobs checked), as
+/// `failover` runs them all; each phase that ended leaves its last line.
 /// Nothing when not on a terminal (the log says when phases start and end),
 /// with `NO_COLOR`, or when quiet / JSON.
 pub struct Planning {
@@ -95,16 +96,52 @@ pub struct Planning {
     handle: Option<JoinHandle<()>>,
 }
 
+/// The phases of a long command, in the order they run (a failover:
+/// the sync pass's planning and copying, then the deep verification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Planning,
+    Copying,
+    Deep,
+}
+
+impl Phase {
+    fn of(counters: &PlanCounters) -> Phase {
+        match (counters.deep_checked(), counters.transfer()) {
+            (1.., _) => Phase::Deep,
+            (0, Some(_)) => Phase::Copying,
+            (0, None) => Phase::Planning,
+        }
+    }
+
+    fn next(self) -> Phase {
+        match self {
+            Phase::Planning => Phase::Copying,
+            Phase::Copying | Phase::Deep => Phase::Deep,
+        }
+    }
+
+    /// The line of this phase (a terminal line is short); `None` for a
+    /// transfer that did not happen.
+    fn line(self, counters: &PlanCounters) -> Option<String> {
+        let (_, _, _, compared) = counters.read();
+        match self {
+            Phase::Planning => {
+                // Once copying started, what the planning before it found.
+                let (listed, total, found, compared) = counters.planned().unwrap_or_else(|| counters.read());
+                Some(format!("repositories listed {listed}/{total} · tags found {found} · compared {compared}"))
+            }
+            Phase::Copying => counters.transfer().map(|s| {
+                format!("copying: {}/{} tags · {} copied, {} failed · {} uploaded", s.tags_done(), s.tags_total, s.tags_copied, s.tags_failed, human_bytes(s.bytes_uploaded))
+            }),
+            Phase::Deep => Some(format!("deep: {} manifests and blobs checked ({compared} tags compared)", counters.deep_checked())),
+        }
+    }
+}
+
+/// The line of the phase running now.
 fn planning_line(counters: &PlanCounters) -> String {
-    // The phase running now (a terminal line is short).
-    if let Some(s) = counters.transfer() {
-        return format!("copying: {}/{} tags · {} copied, {} failed · {} uploaded", s.tags_done(), s.tags_total, s.tags_copied, s.tags_failed, human_bytes(s.bytes_uploaded));
-    }
-    let (listed, total, found, compared) = counters.read();
-    match counters.deep_checked() {
-        0 => format!("repositories listed {listed}/{total} · tags found {found} · compared {compared}"),
-        deep => format!("deep: {deep} manifests and blobs checked ({compared} tags compared)"),
-    }
+    Phase::of(counters).line(counters).unwrap_or_default()
 }
 
 impl Planning {
@@ -120,8 +157,22 @@ impl Planning {
         bar.set_prefix(what.to_string());
         logging::set_bar(bar.clone());
         let token = stop.clone();
+        let what = what.to_string();
         let handle = tokio::spawn(async move {
+            // (Phases that ended before this display began are not its business.)
+            let mut shown = Phase::of(&counters);
+            // Each phase that ended leaves its last state on the terminal
+            // (however quickly it went by between two redraws).
+            let passed = |shown: &mut Phase| {
+                while *shown < Phase::of(&counters) {
+                    if let Some(line) = shown.line(&counters) {
+                        bar.println(format!("{what}: {line}"));
+                    }
+                    *shown = shown.next();
+                }
+            };
             loop {
+                passed(&mut shown);
                 bar.set_message(planning_line(&counters));
                 bar.tick();
                 tokio::select! {
@@ -129,6 +180,7 @@ impl Planning {
                     _ = tokio::time::sleep(Duration::from_millis(150)) => {}
                 }
             }
+            passed(&mut shown);
             logging::clear_bar();
             // Leave the last state on the terminal: it says what planning found.
             bar.finish_with_message(planning_line(&counters));

@@ -9,7 +9,7 @@
 use serde::Deserialize;
 
 use crate::policy::Policy;
-use crate::registry::{RegistryUrl, RepoName};
+use crate::registry::{RegistryUrl, RepoName, Tag};
 use crate::registry::manifest::kind_of;
 
 /// One change at a registry.
@@ -190,10 +190,17 @@ pub fn relative_in_scope(policy: &Policy, reversed: bool, event: &RepoEvent) -> 
     if !reversed && !policy.source_repositories.is_empty() && !policy.source_repositories.iter().any(|r| r == relative.as_str()) {
         return None;
     }
-    if let Some(tag) = &event.tag
-        && !policy.tags.covers(tag) {
+    if let Some(tag) = &event.tag {
+        // The rules name the policy's source's tags: a renamed DR tag by the
+        // name it maps back to (`tags.rename`); one not fitting is not ours.
+        let named = match (reversed, tag.parse::<Tag>()) {
+            (true, Ok(t)) => policy.reverse(policy.destinations.first()?).scope.mapping.scope_tag(&t)?.to_string(),
+            _ => tag.clone(),
+        };
+        if !policy.tags.covers(&named) {
             return None;
         }
+    }
     Some(relative.to_string())
 }
 
@@ -281,6 +288,23 @@ mod tests {
         let back = policy.reverse(&policy.destinations[0]);
         let name: crate::registry::RepoName = "mirror/team-a-b".parse().unwrap();
         assert_eq!(back.scope.mapping.map(&name).map(|n| n.to_string()).as_deref(), Some("team/a/b"));
+    }
+
+    #[test]
+    fn a_failed_over_policy_matches_renamed_tags_by_the_primary_s_tag_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "name: p\nsource: { registry: 'https://prod.example.com' }\ndestinations:\n  - { registry: 'https://dr.example.com' }\n\
+                    tags:\n  include: ['v.*']\n  rename: '{tag}-dr'\n";
+        std::fs::write(dir.path().join("p.yaml"), text).unwrap();
+        let set = crate::policy::load(dir.path(), &|_| None).unwrap();
+        let policy = set.get("p").unwrap();
+        let event = |host: &str, tag: &str| RepoEvent { host: Some(host.into()), repository: "app".into(), tag: Some(tag.into()), delete: false };
+        assert_eq!(relative_in_scope(policy, false, &event("prod.example.com", "v1")).as_deref(), Some("app"));
+        assert_eq!(relative_in_scope(policy, false, &event("prod.example.com", "dev")), None);
+        // After a failover DR's `v1-dr` is the primary's v1; DR's own tags are not the policy's.
+        assert_eq!(relative_in_scope(policy, true, &event("dr.example.com", "v1-dr")).as_deref(), Some("app"));
+        assert_eq!(relative_in_scope(policy, true, &event("dr.example.com", "v1")), None, "does not fit the template");
+        assert_eq!(relative_in_scope(policy, true, &event("dr.example.com", "dev-dr")), None, "dev is outside the tag rules");
     }
 
     #[test]

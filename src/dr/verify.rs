@@ -230,9 +230,12 @@ pub async fn verify(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, options: 
         narrowing: false,
         literal_companions: false,
         pin: None,
+        tag_mapping: scope.mapping.clone(),
     };
     for mut r in found.repos {
-        source_tags.insert(r.dest.clone(), r.tags.iter().cloned().collect());
+        // By their destination names (`tags.rename`).
+        let named = r.tags.iter().filter_map(|t| scope.mapping.dest_tag(t).and_then(Result::ok));
+        source_tags.insert(r.dest.clone(), named.collect());
         r.tags = scope.select(&r.source, r.tags);
         selected.repos.push(r);
     }
@@ -557,7 +560,9 @@ async fn only_at_destination(
         };
         let have = source_tags.get(&dest).unwrap_or(&empty);
         for tag in tags.iter().filter_map(|t| t.parse::<Tag>().ok()) {
-            if have.contains(&tag) || !covered(options, &tag) {
+            // A tag not fitting the policy's `tags.rename` template is not its business.
+            let Some(named) = scope.mapping.scope_tag_of_dest(&tag) else { continue };
+            if have.contains(&tag) || !covered(options, &named) {
                 continue;
             }
             let mut t = TagProblem::new(ProblemKind::OnlyAtDestination);

@@ -25,7 +25,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use super::discover::Discovered;
-use super::plan::{Action, CopyReason, Plan, PlanItem, Problem, SkipReason};
+use super::plan::{Action, CopyReason, Plan, PlanItem, Problem, SkipReason, UncheckedTag};
 use crate::registry::manifest;
 use crate::registry::{ManifestBody, ManifestHead, Reference, RegistryError, RepoName, Scopes, Tag};
 use crate::scheme::Scheme;
@@ -177,21 +177,29 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
     // exist for another manifest are: cosign appends to a `.sig`, a
     // fallback index grows).
     let unchecked = &AtomicUsize::new(0);
-    let unchecked_tags: &std::sync::Mutex<Vec<(RepoName, RepoName, Tag)>> = &std::sync::Mutex::default();
+    let unchecked_tags: &std::sync::Mutex<Vec<UncheckedTag>> = &std::sync::Mutex::default();
     let keep_unchecked = referrers.enabled;
     let literal_repos: HashSet<RepoName> = discovered.repos.iter().filter(|r| r.literal).map(|r| r.source.clone()).collect();
     let literal_repos = &literal_repos;
+    // Each source tag with its destination name (`tags.rename`); running
+    // backwards, a tag not fitting the template is not the policy's.
+    let tag_mapping = discovered.tag_mapping.clone();
     let pairs = discovered
         .repos
         .into_iter()
-        .flat_map(|r| r.tags.into_iter().map(move |t| (r.source.clone(), r.dest.clone(), t)))
-        .filter(|(source, dest, tag)| {
+        .flat_map(move |r| {
+            let mapping = tag_mapping.clone();
+            r.tags.into_iter().filter_map(move |t| mapping.dest_tag(&t).map(|d| (r.source.clone(), r.dest.clone(), t, d)))
+        })
+        .filter(|(source, dest, source_tag, tag)| {
+            let Ok(tag) = tag else { return true };
             let listed = || matches!(dest_listings.get(dest), Some(DestTags::Listed(tags)) if tags.contains(tag.as_str()));
             let skip = immutable && crate::registry::referrers::subject_of_tag(tag).is_none() && listed();
             if skip {
                 unchecked.fetch_add(1, Ordering::Relaxed);
                 if keep_unchecked {
-                    unchecked_tags.lock().unwrap_or_else(|p| p.into_inner()).push((source.clone(), dest.clone(), tag.clone()));
+                    let renamed = (source_tag != tag).then(|| source_tag.clone());
+                    unchecked_tags.lock().unwrap_or_else(|p| p.into_inner()).push((source.clone(), dest.clone(), tag.clone(), renamed));
                 }
             }
             !skip
@@ -207,17 +215,24 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
     // item costs is what a no-op pass over many tags holds in memory.
     plan.items.reserve_exact(tags);
     let plan = futures::stream::iter(pairs)
-        .map(|(source_repo, dest_repo, tag)| async move {
+        .map(|(source_repo, dest_repo, source_tag, tag)| async move {
             super::stats::Stats::add(&counters.tags_compared, 1);
-            let problem = |error: String| Problem {
+            let problem = |tag: &Tag, error: String| Problem {
                 source_repo: source_repo.to_string(),
                 dest_repo: Some(dest_repo.to_string()),
                 tag: Some(tag.to_string()),
                 error,
             };
+            let tag = tag.map_err(|e| problem(&source_tag, e))?;
+            let problem = |error: String| problem(&tag, error);
             let literal = literal_repos.contains(&source_repo);
-            // A named tag the source has under another reference (`copy`).
-            let from = pin.as_ref().filter(|p| literal && p.tag == tag).map(|p| p.from.clone());
+            // A named tag the source has under another reference (`copy`),
+            // or under its own name when the destination's differs (`tags.rename`).
+            let from = pin
+                .as_ref()
+                .filter(|p| literal && p.tag == tag)
+                .map(|p| p.from.clone())
+                .or_else(|| (source_tag != tag).then(|| Reference::Tag(source_tag.clone())));
             let unknown = || {
                 problem(if let Some(from) = &from {
                     format!("{source_repo}{}{from} does not exist at {}", if matches!(from, Reference::Digest(_)) { "@" } else { ":" }, src.name())
@@ -243,7 +258,7 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
                     let reference = from.clone().unwrap_or_else(|| Reference::Tag(tag.clone()));
                     src.head_manifest(&source_repo, &reference, &Scopes::pull(&source_repo)).await
                 } else {
-                    head_source(src, &source_repo, &tag).await
+                    head_source(src, &source_repo, &source_tag).await
                 };
                 match head {
                     Ok(Some(h)) => (h, None),
@@ -253,7 +268,7 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
             } else {
                 // Certainly missing at the destination: the copy will need
                 // the body, so fetch it now instead of a HEAD now and a GET later.
-                match get_source(src, &source_repo, &tag).await {
+                match get_source(src, &source_repo, &source_tag).await {
                     Ok(Some(body)) => {
                         if body.ignored_header.is_some() {
                             mismatches.fetch_add(1, Ordering::Relaxed);
@@ -265,7 +280,7 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
                     Ok(None) => return Err(unknown()),
                     // No pulls left: a HEAD (free) still plans the tag, which
                     // then waits for the quota.
-                    Err(RegistryError::QuotaLow { .. }) => match head_source(src, &source_repo, &tag).await {
+                    Err(RegistryError::QuotaLow { .. }) => match head_source(src, &source_repo, &source_tag).await {
                         Ok(Some(h)) => (h, None),
                         Ok(None) => return Err(unknown()),
                         Err(e) => return Err(problem(e.to_string())),

@@ -174,7 +174,15 @@ impl Scope {
     pub fn select(&self, repo: &RepoName, tags: Vec<Tag>) -> Vec<Tag> {
         let (fallback, tags): (Vec<Tag>, Vec<Tag>) =
             tags.into_iter().partition(|t| crate::registry::referrers::fallback_subject(t).is_some());
-        let mut out = self.tags.select(repo, tags);
+        let mut out = match self.mapping.tags.is_some() && self.mapping.backwards {
+            // The tag rules name the tags of the policy's own source: those
+            // of a renamed DR site are selected by the names they map back to.
+            true => {
+                let named: Vec<Tag> = tags.iter().filter_map(|t| self.mapping.scope_tag(t)).collect();
+                self.tags.select(repo, named).iter().filter_map(|t| self.mapping.source_tag_of_scope(t)).collect()
+            }
+            false => self.tags.select(repo, tags),
+        };
         if self.referrers.enabled {
             out.extend(fallback);
         }
@@ -215,6 +223,8 @@ pub struct Discovered {
     pub literal_companions: bool,
     /// A named tag read at the source under another reference (see [`Scope::pin`]).
     pub pin: Option<super::plan::Pin>,
+    /// How source tags are named at the destination (`tags.rename`).
+    pub tag_mapping: RepoMapping,
 }
 
 fn repo_problem(source: &str, error: String) -> Problem {
@@ -337,8 +347,10 @@ pub async fn discover(src: &dyn Scheme, dest: &RegistryUrl, scope: &Scope, concu
     super::stats::Stats::add(&counters.repos_total, repos.len() as u64);
 
     // Tags named exactly: no listing (a listing can be many pages).
-    if let Some(named) = scope.tags.literal() {
-        let repos = repos.into_iter().map(|(source, dest)| RepoTags { source, dest, tags: named.tags.clone(), literal: true }).collect();
+    if let Some(literal) = scope.tags.literal() {
+        // The rules name the policy's source's tags; this source may call them otherwise (`tags.rename`).
+        let named: Vec<Tag> = literal.tags.iter().filter_map(|t| scope.mapping.source_tag_of_scope(t)).collect();
+        let repos = repos.into_iter().map(|(source, dest)| RepoTags { source, dest, tags: named.clone(), literal: true }).collect();
         return Ok(Discovered {
             repos,
             problems,
@@ -346,9 +358,10 @@ pub async fn discover(src: &dyn Scheme, dest: &RegistryUrl, scope: &Scope, concu
             referrers: scope.referrers.clone(),
             immutable: scope.immutable,
             narrowing: scope.platforms.is_some(),
-            literal_companions: named.companions,
+            literal_companions: literal.companions,
             counters: scope.counters.clone(),
             pin: scope.pin.clone(),
+            tag_mapping: scope.mapping.clone(),
         });
     }
 
@@ -373,6 +386,7 @@ pub async fn discover(src: &dyn Scheme, dest: &RegistryUrl, scope: &Scope, concu
         narrowing: scope.platforms.is_some(),
         literal_companions: false,
         pin: None,
+        tag_mapping: scope.mapping.clone(),
     };
     for (source, dest, listing) in listings {
         let raw = match listing {

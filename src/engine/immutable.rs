@@ -52,13 +52,13 @@ pub async fn bring_back(
     if tags.is_empty() {
         return Vec::new();
     }
-    let found: Vec<(RepoName, RepoName, Tag, ManifestHead, bool)> = futures::stream::iter(tags)
-        .map(|(source_repo, dest_repo, tag)| async move {
+    let found: Vec<(RepoName, RepoName, Tag, Option<Tag>, ManifestHead, bool)> = futures::stream::iter(tags)
+        .map(|(source_repo, dest_repo, tag, source_tag)| async move {
             if let Some(head) = remembered(seen, &source_repo, &tag) {
-                return Some((source_repo, dest_repo, tag, head, false));
+                return Some((source_repo, dest_repo, tag, source_tag, head, false));
             }
             match dst.head_manifest(&dest_repo, &Reference::Tag(tag.clone()), &Scopes::push(&dest_repo)).await {
-                Ok(Some(head)) => Some((source_repo, dest_repo, tag, head, true)),
+                Ok(Some(head)) => Some((source_repo, dest_repo, tag, source_tag, head, true)),
                 Ok(None) => None,
                 Err(e) => {
                     tracing::debug!(repository = %dest_repo, tag = %tag, error = %e, "cannot read an immutable tag at the destination; its referrers are checked next pass");
@@ -71,7 +71,7 @@ pub async fn bring_back(
         .collect()
         .await;
     let mut record = Vec::new();
-    for (source_repo, dest_repo, tag, head, read) in found {
+    for (source_repo, dest_repo, tag, source_tag, head, read) in found {
         let index = manifest::kind_of(&manifest::normalise_media_type(&head.media_type)) == Some(manifest::Kind::Index);
         if narrowing && index {
             continue;
@@ -86,7 +86,7 @@ pub async fn bring_back(
             dest_repo,
             tag,
             source: head,
-            from: None,
+            from: source_tag.map(|t| Box::new(Reference::Tag(t))),
             source_body: None,
             dest: None,
             action: Action::Skip(SkipReason::UpToDate),

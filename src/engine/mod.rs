@@ -25,7 +25,9 @@ pub mod plan;
 pub mod platforms;
 pub mod referrers;
 pub mod rename;
+pub mod rename_collisions;
 pub mod stats;
+pub mod tag_rename;
 pub mod verify_stream;
 
 use crate::registry::RegistryError;

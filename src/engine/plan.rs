@@ -7,6 +7,7 @@
 use std::fmt;
 
 use super::rename::Rename;
+use super::tag_rename::TagRename;
 use crate::registry::{ManifestHead, Reference, RepoName, Tag};
 
 /// One named tag whose manifest the source serves under another reference
@@ -23,8 +24,9 @@ pub struct Pin {
 
 /// How source repository names become destination names: strip
 /// `source_prefix/`, rename (see [`super::rename`]: ordered rules, first
-/// match wins, none by default), then prepend `dest_prefix/`. Discovery,
-/// verify, prune, the fence's scope and push events all map names here.
+/// match wins, none by default), then prepend `dest_prefix/`; tags keep
+/// their names unless `tags.rename` gives a template. Discovery, verify,
+/// prune, the fence's scope and push events all map names here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RepoMapping {
     pub source_prefix: String,
@@ -40,6 +42,9 @@ pub struct RepoMapping {
     pub must_invert: bool,
     /// Why this (reversed) mapping cannot map names back: every name is refused.
     pub broken: Option<String>,
+    /// `tags.rename`: the policy's template (applied forwards, inverted
+    /// when running backwards; see [`super::tag_rename`]).
+    pub tags: Option<std::sync::Arc<TagRename>>,
 }
 
 impl RepoMapping {
@@ -56,6 +61,52 @@ impl RepoMapping {
         self.rename = std::sync::Arc::new(rename);
         self.must_invert = must_invert;
         self
+    }
+
+    /// This mapping with a tag template.
+    pub fn with_tag_rename(mut self, tags: Option<std::sync::Arc<TagRename>>) -> RepoMapping {
+        self.tags = tags;
+        self
+    }
+
+    /// The destination tag of the source tag `tag`: `None` when it is not
+    /// the policy's (running backwards, a tag not fitting the template),
+    /// an error when the renamed tag is not a valid tag.
+    pub fn dest_tag(&self, tag: &Tag) -> Option<Result<Tag, String>> {
+        match (&self.tags, self.backwards) {
+            (None, _) => Some(Ok(tag.clone())),
+            (Some(t), false) => Some(t.apply(tag)),
+            (Some(t), true) => t.inverse(tag).map(Ok),
+        }
+    }
+
+    /// The source tag whose destination tag is `tag`; `None` when no
+    /// source tag maps there (a destination tag not fitting the template:
+    /// not regferry's, never pruned).
+    pub fn source_tag(&self, tag: &Tag) -> Option<Tag> {
+        match (&self.tags, self.backwards) {
+            (None, _) => Some(tag.clone()),
+            (Some(t), false) => t.inverse(tag),
+            (Some(t), true) => t.apply(tag).ok(),
+        }
+    }
+
+    /// The name the policy's tag rules see for the source tag `tag` (the
+    /// name at the policy's own source); `None` when it is not the policy's.
+    pub fn scope_tag(&self, tag: &Tag) -> Option<Tag> {
+        if self.backwards { self.dest_tag(tag).and_then(Result::ok) } else { Some(tag.clone()) }
+    }
+
+    /// The name the policy's tag rules see for the destination tag `tag`;
+    /// `None` when it is not the policy's.
+    pub fn scope_tag_of_dest(&self, tag: &Tag) -> Option<Tag> {
+        if self.backwards { Some(tag.clone()) } else { self.source_tag(tag) }
+    }
+
+    /// The source tag of a tag named in the policy's tag rules (the inverse
+    /// of [`RepoMapping::scope_tag`]).
+    pub fn source_tag_of_scope(&self, tag: &Tag) -> Option<Tag> {
+        if self.backwards { self.source_tag(tag) } else { Some(tag.clone()) }
     }
 
     /// The name a source repository gets at the destination, or `None` when
@@ -132,6 +183,7 @@ impl RepoMapping {
             backwards: !self.backwards,
             must_invert: self.must_invert,
             broken,
+            tags: self.tags.clone(),
         }
     }
 
@@ -258,6 +310,11 @@ pub struct Problem {
     pub error: String,
 }
 
+/// An immutable tag left unchecked: (source repository, destination
+/// repository, destination tag, the source's tag when `tags.rename` makes it
+/// differ).
+pub type UncheckedTag = (RepoName, RepoName, Tag, Option<Tag>);
+
 /// The outcome of discovery and diffing.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
@@ -279,10 +336,10 @@ pub struct Plan {
     /// Tags left alone unchecked because the destination lists them and
     /// tags are immutable (no item each: they cost nothing but the listing).
     pub unchecked: usize,
-    /// Those tags as (source repository, destination repository, tag), kept
-    /// only when referrers travel: their referrers listed through the
-    /// source's API are still checked each pass (see [`super::immutable`]).
-    pub unchecked_tags: Vec<(RepoName, RepoName, Tag)>,
+    /// Those tags, kept only when referrers travel: their referrers listed
+    /// through the source's API are still checked each pass (see
+    /// [`super::immutable`]).
+    pub unchecked_tags: Vec<UncheckedTag>,
     /// Tags of [`Plan::unchecked_tags`] put back into `items` as up to date
     /// for that check alone: nothing was compared, so nothing is claimed
     /// about them (not recorded as written by regferry).
@@ -342,5 +399,26 @@ mod tests {
         let long = r(&"a".repeat(250));
         assert!(matches!(RepoMapping::new("", "mirror").try_map(&long), Some(Err(_))));
         assert!(RepoMapping::new("x", "mirror").try_map(&long).is_none());
+    }
+
+    #[test]
+    fn tag_template_forwards_and_backwards() {
+        let t = |s: &str| s.parse::<Tag>().unwrap();
+        let template = std::sync::Arc::new(TagRename::parse("{tag}-mirror").unwrap());
+        let m = RepoMapping::new("", "dr").with_tag_rename(Some(template));
+        assert_eq!(m.dest_tag(&t("1.0")), Some(Ok(t("1.0-mirror"))));
+        assert_eq!(m.source_tag(&t("1.0-mirror")), Some(t("1.0")));
+        assert_eq!(m.source_tag(&t("latest")), None, "not fitting the template: not ours");
+        assert_eq!(m.scope_tag_of_dest(&t("1.0-mirror")), Some(t("1.0")));
+        assert_eq!(m.scope_tag(&t("1.0")), Some(t("1.0")));
+        // After a failover: DR's `1.0-mirror` goes home as `1.0`; DR's own `x` stays.
+        let back = m.reversed();
+        assert_eq!(back.dest_tag(&t("1.0-mirror")), Some(Ok(t("1.0"))));
+        assert_eq!(back.dest_tag(&t("x")), None);
+        assert_eq!(back.source_tag(&t("1.0")), Some(t("1.0-mirror")));
+        assert_eq!(back.scope_tag(&t("1.0-mirror")), Some(t("1.0")));
+        assert_eq!(back.scope_tag_of_dest(&t("1.0")), Some(t("1.0")));
+        assert_eq!(back.source_tag_of_scope(&t("1.0")), Some(t("1.0-mirror")));
+        assert_eq!(RepoMapping::new("", "").dest_tag(&t("a")), Some(Ok(t("a"))));
     }
 }

@@ -60,13 +60,13 @@ fn anchored(pattern: &str) -> Result<Regex, regex::Error> {
 
 /// A piece of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
+pub(super) enum Piece {
     Text(String),
     /// A group by number or name.
     Group(String),
 }
 
-fn template_pieces(template: &str) -> Vec<Piece> {
+pub(super) fn template_pieces(template: &str) -> Vec<Piece> {
     let mut out = Vec::new();
     let mut text = String::new();
     let mut chars = template.chars().peekable();
@@ -107,7 +107,7 @@ fn template_pieces(template: &str) -> Vec<Piece> {
 
 /// A top-level part of a pattern made of literals and groups.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
+pub(super) enum Part {
     Text(String),
     /// The group's number and its inner pattern.
     Group(usize, String),
@@ -115,7 +115,7 @@ enum Part {
 
 /// The pattern as literal text and top-level capture groups, or why it is
 /// something else.
-fn pattern_parts(pattern: &str) -> Result<Vec<Part>, String> {
+pub(super) fn pattern_parts(pattern: &str) -> Result<Vec<Part>, String> {
     let body = unanchored(pattern);
     let chars: Vec<char> = body.chars().collect();
     let mut parts = Vec::new();
@@ -228,6 +228,16 @@ impl RenameRule {
         let template = to.replace('$', "$$");
         let regex = Regex::new(&pattern).unwrap_or_else(|_| Regex::new("^$").expect("a valid regex"));
         RenameRule { pattern, template, regex }
+    }
+
+    /// The name this rule gives `name` (`name` itself when it does not match).
+    pub fn apply_name(&self, name: &str) -> String {
+        self.apply(name).unwrap_or_else(|| name.to_string())
+    }
+
+    /// The number of the group a template reference names (`1`, `name`).
+    pub(super) fn group_index(&self, reference: &str) -> Option<usize> {
+        reference.parse::<usize>().ok().or_else(|| self.regex.capture_names().position(|n| n == Some(reference)))
     }
 
     fn apply(&self, name: &str) -> Option<String> {

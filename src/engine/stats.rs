@@ -43,6 +43,9 @@ pub struct PlanCounters {
     pub deep_checked: AtomicU64,
     /// The counters of the transfer running now, once planning is done.
     transfer: std::sync::Mutex<Option<std::sync::Arc<Stats>>>,
+    /// [`PlanCounters::read`] when that transfer started: what its planning
+    /// found (later phases, e.g. a verification, count on).
+    planned: std::sync::Mutex<Option<(u64, u64, u64, u64)>>,
 }
 
 impl PlanCounters {
@@ -59,9 +62,17 @@ impl PlanCounters {
 
     /// Say that `stats` count the transfer that runs now.
     pub fn set_transfer(&self, stats: std::sync::Arc<Stats>) {
+        if let Ok(mut p) = self.planned.lock() {
+            *p = Some(self.read());
+        }
         if let Ok(mut t) = self.transfer.lock() {
             *t = Some(stats);
         }
+    }
+
+    /// What planning found when the latest transfer started; `None` before one.
+    pub fn planned(&self) -> Option<(u64, u64, u64, u64)> {
+        self.planned.lock().ok().and_then(|p| *p)
     }
 
     /// The transfer running now (the latest started), if any.

@@ -33,6 +33,7 @@ use serde::Serialize;
 
 use crate::engine::EngineError;
 use crate::engine::discover::{AllTags, Scope, discover};
+use crate::engine::plan::RepoMapping;
 use crate::policy::{MaxDelete, TagFilter};
 use crate::registry::{Digest, Reference, RegistryError, RepoName, Scopes, Tag};
 use crate::scheme::Scheme;
@@ -120,8 +121,9 @@ pub async fn prune(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, covers: &A
     let sweeps: Vec<RepoSweep> = futures::stream::iter(found.repos)
         .map(|r| async move {
             let (source, dest) = source_of(&r);
-            let have: HashSet<Tag> = r.tags.into_iter().collect();
-            sweep_repo(dst, source, &dest, &have, covers, owned).await
+            // By their destination names (`tags.rename`).
+            let have: HashSet<Tag> = r.tags.iter().filter_map(|t| scope.mapping.dest_tag(t).and_then(Result::ok)).collect();
+            sweep_repo(dst, source, &dest, &have, covers, &scope.mapping, owned).await
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
@@ -178,14 +180,15 @@ pub async fn prune(src: &dyn Scheme, dst: &dyn Scheme, scope: &Scope, covers: &A
                 continue;
             }
             // Right before the delete: is it really gone at the source?
-            match gone_at_source(src, source, t).await {
+            let Some(source_tag) = scope.mapping.source_tag(t) else { continue };
+            match gone_at_source(src, source, &source_tag).await {
                 Ok(true) => {}
                 Ok(false) => {
                     report.kept.push(format!("{repo}:{t} (the source has it again)"));
                     continue;
                 }
                 Err(e) => {
-                    report.errors.push(format!("not deleting {repo}:{t}: cannot confirm at the source that {source}:{t} is gone: {e}"));
+                    report.errors.push(format!("not deleting {repo}:{t}: cannot confirm at the source that {source}:{source_tag} is gone: {e}"));
                     continue;
                 }
             }
@@ -234,7 +237,7 @@ async fn gone_at_source(src: &dyn Scheme, repo: &RepoName, tag: &Tag) -> Result<
 const MAX_DEPTH: usize = 4;
 
 /// Decide what `repo` at `dst` would lose (reads only).
-async fn sweep_repo(dst: &dyn Scheme, source: RepoName, repo: &RepoName, have: &HashSet<Tag>, covers: &TagFilter, owned: &Owned) -> RepoSweep {
+async fn sweep_repo(dst: &dyn Scheme, source: RepoName, repo: &RepoName, have: &HashSet<Tag>, covers: &TagFilter, mapping: &RepoMapping, owned: &Owned) -> RepoSweep {
     let mut sweep = RepoSweep { repo: Some(repo.clone()), source: Some(source), source_empty: have.is_empty(), ..RepoSweep::default() };
     let tags: Vec<Tag> = match dst.tags(repo).await {
         Ok(t) => t.iter().filter_map(|t| t.parse().ok()).collect(),
@@ -244,8 +247,11 @@ async fn sweep_repo(dst: &dyn Scheme, source: RepoName, repo: &RepoName, have: &
             return sweep;
         }
     };
-    sweep.covered = tags.iter().filter(|t| covers.covers(t.as_str())).count();
-    let gone: Vec<&Tag> = tags.iter().filter(|t| !have.contains(*t) && covers.covers(t.as_str())).collect();
+    // Covered: named by the policy's rules (a tag not fitting its
+    // `tags.rename` template is not its business, whatever it is called).
+    let covered = |t: &Tag| mapping.scope_tag_of_dest(t).is_some_and(|named| covers.covers(named.as_str()));
+    sweep.covered = tags.iter().filter(|t| covered(t)).count();
+    let gone: Vec<&Tag> = tags.iter().filter(|t| !have.contains(*t) && covered(t)).collect();
     if gone.is_empty() {
         return sweep;
     }

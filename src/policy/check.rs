@@ -117,12 +117,25 @@ impl Checker<'_> {
         let values = |l: &[At<String>]| l.iter().map(|g| g.value.clone()).collect::<Vec<_>>();
         let repos = RepoFilter::new(&values(include), &values(exclude)).ok();
         // Renames must map back exactly (failover and failback use the inverse).
+        // Two names renamed to one are refused from the rules where they can be
+        // (the catalog check at run time finds the rest).
         let mut rename_rules = Vec::new();
+        let mut rename_at = Vec::new();
         for (i, r) in raw.repositories.iter().flat_map(|r| r.rename.iter()).enumerate() {
-            let ok = RenameRule::new(&r.value.from, &r.value.to).and_then(|rule| rule.inverse().map(|_| rule)).map_err(|e| e.to_string());
+            let ok = RenameRule::new(&r.value.from, &r.value.to).map_err(|e| e.to_string()).and_then(|rule| {
+                match crate::engine::rename_collisions::merges_names(&rule) {
+                    Some(why) => Err(why),
+                    None => rule.inverse().map(|_| rule).map_err(|e| e.to_string()),
+                }
+            });
             if let Some(rule) = self.ok(r, &format!("repositories.rename[{i}]"), ok) {
                 rename_rules.push(rule);
+                rename_at.push((i, r));
             }
+        }
+        for (_, j, why) in crate::engine::rename_collisions::same_form(&rename_rules) {
+            let (i, at) = rename_at[j];
+            self.issue(line(at), &format!("repositories.rename[{i}]"), why);
         }
         let rename_words: Vec<String> = rename_rules.iter().map(|r| format!("rename:{r}")).collect();
         let rename = Rename::new(rename_rules);
@@ -147,6 +160,10 @@ impl Checker<'_> {
                 tags.latest = self.ok(n, "tags.latest", ok);
             }
             tags.immutable = t.immutable.unwrap_or(false);
+            if let Some(r) = &t.rename {
+                let ok = crate::engine::tag_rename::TagRename::parse(&r.value).map_err(|e| e.to_string());
+                tags.rename = self.ok(r, "tags.rename", ok).map(Arc::new);
+            }
         }
 
         let mut referrers = ReferrerOptions { enabled: raw.referrers.unwrap_or(true), types: Vec::new(), untagged_subjects: false };
@@ -239,6 +256,7 @@ impl Checker<'_> {
         scope_words.extend(values(exclude).into_iter().map(|g| format!("-{g}")));
         scope_words.extend(platforms.as_ref().map(|p| p.scope_word()));
         scope_words.extend(rename_words);
+        scope_words.extend(tags.rename.as_ref().map(|t| format!("tag-rename:{t}")));
         Some(Policy {
             name,
             file: self.file.to_path_buf(),

@@ -202,6 +202,9 @@ pub struct RawTags {
     /// A tag the destination already lists is never checked again.
     #[serde(default)]
     pub immutable: Option<bool>,
+    /// The destination tag: a template holding `{tag}` once (`{tag}-mirror`).
+    #[serde(default)]
+    pub rename: Option<At<String>>,
 }
 
 #[derive(Debug, Deserialize)]

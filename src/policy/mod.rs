@@ -228,7 +228,9 @@ impl Policy {
     /// The job that replicates this policy from `source` to `destination`
     /// (normally its own source and one of its destinations; reversed after a failover).
     pub fn job_spec(&self, source: &Endpoint, source_prefix: &str, destination: &Endpoint, dest_prefix: &str) -> JobSpec {
-        let mapping = RepoMapping::new(source_prefix, dest_prefix).with_rename(self.rename.as_ref().clone(), true);
+        let mapping = RepoMapping::new(source_prefix, dest_prefix)
+            .with_rename(self.rename.as_ref().clone(), true)
+            .with_tag_rename(self.tags.rename.clone());
         let mut source = source.clone();
         source.url = source.url.with_prefix(source_prefix);
         let mut destination = destination.clone();
@@ -272,6 +274,7 @@ impl Policy {
         // Names mapped back: strip the DR prefix, undo the renames, add the source's.
         spec.scope.mapping = RepoMapping::new(self.source.url.prefix(), dest_prefix.prefix())
             .with_rename(self.rename.as_ref().clone(), true)
+            .with_tag_rename(self.tags.rename.clone())
             .reversed();
         // The primary keeps every platform; the DR site holds the selection.
         spec.scope.platforms =

@@ -29,6 +29,9 @@ pub struct TagFilter {
     /// Immutable tags: one the destination lists is never checked again
     /// (applied by the diff, not by selection).
     pub immutable: bool,
+    /// `tags.rename`: the destination tag's template (applied by the
+    /// mapping, not by selection: the rules above name source tags).
+    pub rename: Option<std::sync::Arc<crate::engine::tag_rename::TagRename>>,
 }
 
 /// A tag pattern: one without `^` or `$` must match the whole tag (`latest`

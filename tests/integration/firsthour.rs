@@ -10,7 +10,7 @@ use testkit::image::{self, Flavor};
 use testkit::{Access, Registry, TestRegistry, free_port};
 
 use crate::policies::{push_tags, write};
-use crate::support::{Scratch, command, daemon_command, migrate, policy_verb, regferry, stop_daemon, wait_until};
+use crate::support::{Scratch, command, daemon_command, in_terminal, migrate, policy_verb, regferry, stop_daemon, wait_until};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn copy_one_image_and_migrate_by_tag_rules_and_renames() {
@@ -135,6 +135,16 @@ async fn copy_by_digest_and_under_another_tag() {
     run.assert_ok();
     assert_eq!(run.json()["counts"]["tags_copied"].as_u64(), Some(0), "a rerun is a no-op: {}", run.stdout);
 
+    // A dry run names the destination tag and what it would copy there, changing nothing.
+    let dry = regferry(&scratch, &["copy", &format!("{}/team/app:v1", src.url), &format!("{}/mirror/app:release", dst.url), "--dry-run"], &[]).await;
+    dry.assert_ok();
+    let short = &v1.digest[..19];
+    assert!(dry.stdout.contains(&format!("copy  mirror/app:release  (missing)  from team/app:v1 ({short}")), "{}", dry.stdout);
+    let dry = regferry(&scratch, &["copy", &format!("{}/team/app:v1", src.url), &format!("{}/mirror/app:release", dst.url), "--dry-run", "--json"], &[]).await;
+    let item = &dry.json()["items"][0];
+    assert_eq!((&item["tag"], &item["source_reference"], &item["source_digest"]), (&"release".into(), &"v1".into(), &v1.digest.as_str().into()), "{}", dry.stdout);
+    assert!(d.head("mirror/app", "release").await.is_none(), "a dry run copies nothing");
+
     // A tag under another name: a Docker v2 manifest keeps its media type.
     let run = copy(format!("{}/team/app:v1", src.url), format!("{}/mirror/app:release", dst.url)).await;
     run.assert_ok();
@@ -225,6 +235,32 @@ async fn renamed_policy_round_trips_through_failover_and_failback() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn policy_check_refuses_renames_that_merge_names_from_the_rules_alone() {
+    let scratch = Scratch::new();
+    let policy = |rules: &str| {
+        format!(
+            "name: m\nsource: {{ registry: 'http://127.0.0.1:1' }}\ndestinations:\n  - registry: 'http://127.0.0.1:2'\n\
+             repositories:\n  rename:\n{rules}"
+        )
+    };
+    // A template without a group: every name the pattern matches gets one name.
+    let policies = write(&scratch, "one", "p.yaml", &policy("    - { from: '[a-z]+/app', to: 'app' }\n"));
+    let check = regferry(&scratch, &["policy", "check", "--offline", &policies], &[]).await;
+    assert_eq!(check.code, 2, "{}\n{}", check.stdout, check.stderr);
+    assert!(check.stderr.contains("p.yaml:7: repositories.rename[0]") && check.stderr.contains("to the one name \"app\""), "{}", check.stderr);
+    // Two rules giving names of one form: named, with two names that collide.
+    let rules = "    - { from: 'a/(.*)', to: 'x-$1' }\n    - { from: 'b/(.*)', to: 'x-$1' }\n";
+    let policies = write(&scratch, "two", "p.yaml", &policy(rules));
+    let check = regferry(&scratch, &["policy", "check", "--offline", &policies], &[]).await;
+    assert_eq!(check.code, 2, "{}\n{}", check.stdout, check.stderr);
+    assert!(check.stderr.contains("p.yaml:8: repositories.rename[1]") && check.stderr.contains("a/app and b/app would both become x-app"), "{}", check.stderr);
+    // Distinct forms pass.
+    let rules = "    - { from: 'a/(.*)', to: 'x-$1' }\n    - { from: 'b/(.*)', to: 'y-$1' }\n";
+    let policies = write(&scratch, "ok", "p.yaml", &policy(rules));
+    regferry(&scratch, &["policy", "check", "--offline", &policies], &[]).await.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn run_dry_run_shows_copies_deletions_and_the_guard() {
     let src = TestRegistry::start();
     let dst = TestRegistry::start();
@@ -311,17 +347,7 @@ async fn offline_check_state_location_and_progress_on_a_terminal() {
     // Progress on a terminal (a pseudo-terminal from script(1)); none with --json.
     let tty = |args: String| {
         let scratch = &scratch;
-        async move {
-            let env = command(scratch, &[], &[]);
-            let mut script = tokio::process::Command::new("script");
-            script
-                .args(["-qec", &format!("{} {args}", crate::support::binary()), "/dev/null"])
-                .envs(env.as_std().get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
-                .env("TERM", "xterm")
-                .stdin(std::process::Stdio::null());
-            let out = tokio::time::timeout(Duration::from_secs(120), script.output()).await.expect("in time").expect("script");
-            (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
-        }
+        async move { in_terminal(scratch, &args).await }
     };
     let state = scratch.state();
     let (ok, shown) = tty(format!("migrate --from {} --to {}/tty --state {state}", src.url, dst.url)).await;
@@ -343,6 +369,33 @@ async fn offline_check_state_location_and_progress_on_a_terminal() {
     let (ok, shown) = tty(format!("run --policies {policies} --state {state} -q")).await;
     assert!(ok, "{shown}");
     assert!(!shown.contains("repositories listed"), "quiet: no progress: {shown}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_and_failback_show_progress_on_a_terminal_only() {
+    let (primary, dr) = (TestRegistry::start(), TestRegistry::start());
+    let p = Registry::new(&primary.url, Access::Anonymous);
+    push_tags(&p, "team/app", &["v1", "v2"], "app").await;
+    let scratch = Scratch::new();
+    let text = format!("name: dr\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\ntrigger: {{ interval: 1h }}\n", primary.url, dr.url);
+    let policies = write(&scratch, "policies", "p.yaml", &text);
+    let state = scratch.state();
+    policy_verb(&scratch, &policies, &state, "dr", "run", &[]).await.assert_ok();
+    let verb = |verb: &str, extra: &str| format!("{verb} --policy dr --policies {policies} --state {state} {extra}");
+    // With --json on a terminal: no progress.
+    let (ok, shown) = in_terminal(&scratch, &verb("failover", "--dry-run --json")).await;
+    assert!(ok, "{shown}");
+    assert!(!shown.contains("repositories listed") && !shown.contains("manifests and blobs checked"), "JSON output has no progress: {shown}");
+    // On a terminal: the sync pass's planning, then the deep verification of DR.
+    let (ok, shown) = in_terminal(&scratch, &verb("failover", "")).await;
+    assert!(ok, "{shown}");
+    assert!(shown.contains("failover dr: repositories listed 1/1 · tags found 2"), "{shown}");
+    assert!(shown.contains("failover dr: deep: ") && shown.contains("manifests and blobs checked"), "{shown}");
+    // Not a terminal: the report only.
+    let back = policy_verb(&scratch, &policies, &state, "dr", "failback", &[]).await;
+    back.assert_ok();
+    assert!(back.stdout.contains("failback dr: done"), "{}", back.stdout);
+    assert!(!back.stderr.contains("repositories listed") && !back.stderr.contains("manifests and blobs checked"), "{}", back.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]

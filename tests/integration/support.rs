@@ -56,6 +56,21 @@ pub fn binary() -> &'static str {
     BINARY.get_or_init(|| std::env::var("REGFERRY_TEST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_regferry").to_string()))
 }
 
+/// `regferry ARGS` (one string, split by the shell) in a pseudo-terminal
+/// from script(1), with the environment of [`command`]: whether it
+/// succeeded, and what the terminal showed (progress lines included).
+pub async fn in_terminal(scratch: &Scratch, args: &str) -> (bool, String) {
+    let env = command(scratch, &[], &[]);
+    let mut script = tokio::process::Command::new("script");
+    script
+        .args(["-qec", &format!("{} {args}", binary()), "/dev/null"])
+        .envs(env.as_std().get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
+        .env("TERM", "xterm")
+        .stdin(Stdio::null());
+    let out = tokio::time::timeout(Duration::from_secs(120), script.output()).await.expect("in time").expect("script");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// `regferry args…` with `env`, isolated from the user's docker config and
 /// environment, killed if dropped.
 pub fn command(scratch: &Scratch, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
