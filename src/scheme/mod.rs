@@ -18,6 +18,7 @@
 
 pub mod ocidir;
 pub mod reg;
+pub mod shared;
 
 use std::sync::Arc;
 
