@@ -76,6 +76,10 @@ async fn two_destinations_read_each_blob_and_manifest_of_the_source_once() {
     assert_eq!(source_bytes_read(&out), distinct, "source blob bytes read (report) ≠ the distinct bytes once: {out}");
     assert_eq!(sp.counters.kind("GET blob"), distinct_blobs(&pushed), "blob GETs at the source ≠ one per distinct blob");
     assert_eq!(sp.counters.kind("GET manifest"), pushed.len() as u64, "manifest GETs at the source ≠ one per tag");
+    // The pass's spool (beside the state) went with it.
+    let spool = scratch.path("state/spool");
+    assert!(spool.is_dir(), "no spool directory beside the state");
+    assert_eq!(std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(1), 0, "the pass left its spool behind");
 
     // A second pass with nothing new reads no blob and pulls nothing.
     let (blobs, pulls) = (sp.counters.kind("GET blob"), sp.counters.kind("GET manifest"));

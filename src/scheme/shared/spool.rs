@@ -244,11 +244,12 @@ fn follow(entry: Arc<Entry>) -> ByteStream {
     let progress = entry.progress.clone();
     let state = Follower { entry, progress, file: None, pos: 0, failed: false };
     Box::pin(futures::stream::unfold(state, |mut f| async move {
-        if f.failed || f.pos == f.entry.size {
+        if f.failed {
             return None;
         }
         match f.next().await {
-            Ok(bytes) => Some((Ok(bytes), f)),
+            Ok(Some(bytes)) => Some((Ok(bytes), f)),
+            Ok(None) => None,
             Err(e) => {
                 f.failed = true;
                 Some((Err(e), f))
@@ -258,17 +259,20 @@ fn follow(entry: Arc<Entry>) -> ByteStream {
 }
 
 impl Follower {
-    /// The next chunk, once the writer has written it.
-    async fn next(&mut self) -> Result<Bytes, String> {
+    /// The next chunk, once the writer has written it; the end only once
+    /// the writer has checked the whole blob (a blob that fails the check
+    /// ends its readers with an error, never with a clean end).
+    async fn next(&mut self) -> Result<Option<Bytes>, String> {
         loop {
             let state = self.progress.borrow_and_update().clone();
             let available = match state {
                 Progress::Writing(n) => n,
+                Progress::Done if self.pos == self.entry.size => return Ok(None),
                 Progress::Done => self.entry.size,
                 Progress::Failed { message, .. } => return Err(format!("spooled source blob: {message}")),
             };
             if available > self.pos {
-                return self.read(available - self.pos, state == Progress::Done).await;
+                return self.read(available - self.pos, state == Progress::Done).await.map(Some);
             }
             match tokio::time::timeout(FOLLOW_STALL, self.progress.changed()).await {
                 Ok(Ok(())) => {}
@@ -324,4 +328,119 @@ fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     let r = unsafe { libc::kill(pid, 0) };
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::RegistryUrl;
+    use crate::scheme::ocidir::OciDir;
+
+    /// An OCI layout holding `content` as a blob of `repo` (under its own
+    /// digest, or under `name` when given: a corrupt source).
+    async fn source(content: &[u8], name: Option<&Digest>) -> (tempfile::TempDir, Arc<dyn Scheme>, RepoName, Digest) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = RegistryUrl::parse(&format!("oci:{}", dir.path().display())).unwrap();
+        let oci: Arc<dyn Scheme> = Arc::new(OciDir::new(&url, true).unwrap());
+        let repo: RepoName = "team/app".parse().unwrap();
+        let real = Digest::sha256_of(content);
+        let body = futures::stream::iter(vec![Ok(Bytes::copy_from_slice(content))]).boxed();
+        oci.put_blob(&repo, &real, Some(content.len() as u64), body).await.unwrap();
+        let digest = match name {
+            Some(other) => {
+                let blobs = dir.path().join("team/app/blobs/sha256");
+                std::fs::rename(blobs.join(real.hex()), blobs.join(other.hex())).unwrap();
+                other.clone()
+            }
+            None => real,
+        };
+        (dir, oci, repo, digest)
+    }
+
+    /// The bytes of a spooled blob (compared by value, never printed: a mismatch names the lengths).
+    async fn drain(open: Open) -> Result<Vec<u8>, String> {
+        let Open::Spooled(mut stream, _) = open else { return Err("not spooled".into()) };
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    fn content() -> Vec<u8> {
+        (0..700_000u32).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn every_reader_gets_the_blob_from_one_spool_file_which_goes_with_the_pass() {
+        let (_src, oci, repo, digest) = source(&content(), None).await;
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::create(root.path(), 10 << 20).unwrap();
+        let size = Some(content().len() as u64);
+        let (a, b) = tokio::join!(drain(spool.open(&oci, &repo, &digest, size)), drain(spool.open(&oci, &repo, &digest, size)));
+        assert!(a.unwrap() == content() && b.unwrap() == content(), "a reader got other bytes");
+        // Complete: checked, renamed; one writer, one file.
+        let done = spool.dir().join(digest.hex());
+        assert!(std::fs::read(&done).unwrap() == content(), "the spool file holds other bytes");
+        assert_eq!(spool.entries.lock().unwrap().len(), 1);
+        assert!(drain(spool.open(&oci, &repo, &digest, size)).await.unwrap() == content(), "a late reader got other bytes");
+        let dir = spool.dir().to_path_buf();
+        drop(spool);
+        assert!(!dir.exists(), "the pass's spool outlived it");
+    }
+
+    #[tokio::test]
+    async fn over_budget_or_without_a_size_the_source_is_read_directly() {
+        let (_src, oci, repo, digest) = source(&content(), None).await;
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::create(root.path(), 100_000).unwrap();
+        assert!(matches!(spool.open(&oci, &repo, &digest, Some(content().len() as u64)), Open::Direct));
+        assert!(matches!(spool.open(&oci, &repo, &digest, None), Open::Direct));
+        assert_eq!(std::fs::read_dir(spool.dir()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_source_blob_is_never_completed_and_is_tried_again() {
+        let other = Digest::sha256_of(b"something else");
+        let (_src, oci, repo, digest) = source(&content(), Some(&other)).await;
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::create(root.path(), 10 << 20).unwrap();
+        let size = Some(content().len() as u64);
+        let e = drain(spool.open(&oci, &repo, &digest, size)).await.err().unwrap_or_default();
+        assert!(e.contains("digest mismatch"), "{e}");
+        assert_eq!(std::fs::read_dir(spool.dir()).unwrap().count(), 0, "a failed spool file was left");
+        // The next reader starts a new attempt (the source may have been at fault once).
+        assert!(drain(spool.open(&oci, &repo, &digest, size)).await.err().unwrap_or_default().contains("digest mismatch"));
+        assert_eq!(spool.used.load(Ordering::Relaxed), content().len() as u64, "a failed attempt kept its budget");
+    }
+
+    #[tokio::test]
+    async fn a_spool_that_cannot_be_written_sends_every_later_reader_to_the_source() {
+        let (_src, oci, repo, digest) = source(&content(), None).await;
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::create(root.path(), 10 << 20).unwrap();
+        // The directory vanishes under the pass (as on a full or failing disk, the write fails).
+        std::fs::remove_dir_all(spool.dir()).unwrap();
+        let size = Some(content().len() as u64);
+        assert!(drain(spool.open(&oci, &repo, &digest, size)).await.is_err());
+        assert!(matches!(spool.open(&oci, &repo, &digest, size), Open::Direct));
+        let other = Digest::sha256_of(b"another blob");
+        assert!(matches!(spool.open(&oci, &repo, &other, Some(12)), Open::Direct), "spooling went on after a local failure");
+    }
+
+    #[test]
+    fn what_a_crashed_pass_left_is_removed_and_never_read() {
+        let root = tempfile::tempdir().unwrap();
+        // pid_max is at most 2^22 on Linux: this process does not exist.
+        let dead = root.path().join("pass-4194305-0");
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::write(dead.join("abc"), b"complete-looking").unwrap();
+        std::fs::write(dead.join("def.part"), b"half").unwrap();
+        let live = root.path().join(format!("pass-{}-999999", std::process::id()));
+        std::fs::create_dir_all(&live).unwrap();
+        let spool = Spool::create(root.path(), 1).unwrap();
+        assert!(!dead.exists(), "a crashed pass's spool was kept");
+        assert!(live.exists(), "a running pass's spool was removed");
+        assert_eq!(std::fs::read_dir(spool.dir()).unwrap().count(), 0);
+    }
 }
