@@ -18,6 +18,9 @@
 #                                # multi-arch tags, then the no-op pass: its manifest GETs must be 0
 #   bench/run.sh --tags 100000   # only: the scale scenario with 20 repositories × N/20 tags (initial
 #                                # copy, then no-op passes with HEADs and with --missing-only)
+#   bench/run.sh --fanout 2      # only: the main data set by a policy with N destinations (one read of
+#                                # the source for all), against one destination and against N with
+#                                # spool_budget: 0: source bytes read vs distinct bytes, wall times
 #
 # The tls and slow scenarios run regferry single-threaded (--threads 1) and
 # multi-threaded (--threads BENCH_THREADS, default: the cores) against
@@ -69,8 +72,9 @@ while [ $# -gt 0 ]; do
     --workers) shift; WORKERS="$1"; scenarios=(workers) ;;
     --quota) shift; QUOTA="$1"; scenarios=(quota) ;;
     --platforms) scenarios=(platforms) ;;
+    --fanout) shift; FANOUT="$1"; scenarios=(fanout) ;;
     --tags) shift; BENCH_SCALE_REPOS=20; BENCH_SCALE_TAGS=$(( $1 / 20 )); scenarios=(scale) ;;
-    -h|--help) sed -n '2,54p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,57p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -463,9 +467,55 @@ run_platforms() {
   } | tee "$out/platforms.txt" >&2
   stop_registries
 }
+# policy_run JSON-FILE NAME SPOOL_BUDGET DESTINATION…: one pass of a policy
+# from fsrc to the destinations (run --json), prints "exit wall_s".
+policy_run() {
+  local json=$1 name=$2 budget=$3 dir="$work/policies-$2" t0 t1 code=0 d
+  shift 3
+  mkdir -p "$dir"
+  {
+    echo "name: $name"; echo "source: { registry: '${fsrc_url[0]}' }"; echo "destinations:"
+    for d in "$@"; do echo "  - registry: '$d'"; done
+    echo "concurrency: $CONCURRENCY"; echo "spool_budget: '$budget'"
+  } >"$dir/p.yaml"
+  t0=$(date +%s.%N)
+  "$regferry" -q run --policies "$dir" --state "$work/$name.db" --json >"$json" 2>"$json.log" || code=$?
+  t1=$(date +%s.%N)
+  echo "$code $(awk "BEGIN { printf \"%.2f\", $t1 - $t0 }")"
+}
+# Blob bytes the pass's reports say were read from the source (all destinations).
+source_bytes() { jq '[.[0].destinations[].report.registries[]? | select(.role == "source") | .blob_bytes_read] | add // 0' "$1"; }
+source_pulls() { jq '[.[0].destinations[].report.registries[]? | select(.role == "source") | .pulls] | add // 0' "$1"; }
+run_fanout() {
+  local n=$FANOUT i r1 rn r0 distinct one=() many=() unspooled=()
+  echo "== fanout: $REPOS × $TAGS tags to 1 and to $n destinations of one policy ==" >&2
+  start_registries fsrc 1
+  start_registries fdst $((1 + 2 * n))
+  "$kit" fill --registry "${fsrc_url[0]}" --prefix bench --repos "$REPOS" --tags "$TAGS" --base-layers "$BASE_LAYERS" \
+    --base-size "$BASE_SIZE" --repo-size "$REPO_SIZE" --tag-size "$TAG_SIZE" --multi-arch-every "$MULTI_ARCH_EVERY" >&2
+  "$kit" rawcopy-plan --from "${fsrc_url[0]}" >"$out/fanout.blobs.tsv"
+  distinct=$(awk -F'\t' '{s += $3} END {print s + 0}' "$out/fanout.blobs.tsv")
+  one=("${fdst_url[0]}")
+  for i in $(seq 1 "$n"); do many+=("${fdst_url[$i]}"); unspooled+=("${fdst_url[$((n + i))]}"); done
+  {
+    echo "fanout: $REPOS × $TAGS tags, $distinct distinct blob bytes at the source"
+    r1=$(policy_run "$out/fanout-1.json" one 2GiB "${one[@]}")
+    echo "  1 destination:                 exit ${r1%% *} in ${r1#* }s, source blob bytes read $(source_bytes "$out/fanout-1.json") ($(awk "BEGIN { printf \"%.2f\", $(source_bytes "$out/fanout-1.json") / $distinct }")× distinct), $(source_pulls "$out/fanout-1.json") pulls"
+    rn=$(policy_run "$out/fanout-$n.json" many 2GiB "${many[@]}")
+    echo "  $n destinations (spool 2GiB):   exit ${rn%% *} in ${rn#* }s, source blob bytes read $(source_bytes "$out/fanout-$n.json") ($(awk "BEGIN { printf \"%.2f\", $(source_bytes "$out/fanout-$n.json") / $distinct }")× distinct), $(source_pulls "$out/fanout-$n.json") pulls; wall $(awk "BEGIN { printf \"%.2f\", ${rn#* } / ${r1#* } }")× one destination"
+    r0=$(policy_run "$out/fanout-$n-nospool.json" nospool 0 "${unspooled[@]}")
+    echo "  $n destinations (spool_budget 0): exit ${r0%% *} in ${r0#* }s, source blob bytes read $(source_bytes "$out/fanout-$n-nospool.json") ($(awk "BEGIN { printf \"%.2f\", $(source_bytes "$out/fanout-$n-nospool.json") / $distinct }")× distinct), $(source_pulls "$out/fanout-$n-nospool.json") pulls; wall $(awk "BEGIN { printf \"%.2f\", ${r0#* } / ${r1#* } }")× one destination"
+    for i in $(seq 0 $((2 * n))); do
+      "$kit" compare --from "${fsrc_url[0]}" --to "${fdst_url[$i]}" >"$out/fanout-compare-$i" 2>&1 \
+        || echo "  destination $i differs from the source (see fanout-compare-$i)"
+    done
+  } | tee "$out/fanout.txt" >&2
+  stop_registries
+}
 
 for scenario in "${scenarios[@]}"; do
   case "$scenario" in
+  fanout) run_fanout ;;
   quota) run_quota ;;
   platforms) run_platforms ;;
   main)
@@ -578,7 +628,7 @@ for scenario in "${scenarios[@]}"; do
 done
 echo "loadavg_after=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$params"
 
-if [ "${scenarios[*]}" = workers ] || [ "${scenarios[*]}" = quota ] || [ "${scenarios[*]}" = platforms ]; then
+if [ "${scenarios[*]}" = workers ] || [ "${scenarios[*]}" = quota ] || [ "${scenarios[*]}" = platforms ] || [ "${scenarios[*]}" = fanout ]; then
   cp "$out/${scenarios[0]}.txt" "$out/report.txt"
 else
   "$kit" bench-report --dir "$out" | tee "$out/report.txt"
