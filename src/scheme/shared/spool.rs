@@ -25,7 +25,8 @@
 //!
 //! This module must never decide what to copy, never hold a lock across a
 //! read or write, and never let a reader wait without bound (a writer
-//! without progress for [`FOLLOW_STALL`] fails the readers).
+//! without progress for [`FOLLOW_STALL`], or longer when the source's stall
+//! timeout allows, fails the readers).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -45,8 +46,18 @@ use crate::scheme::{ByteStream, Scheme};
 /// The spool budget when none is configured.
 pub const DEFAULT_BUDGET: u64 = 2 * 1024 * 1024 * 1024;
 
-/// How long a reader waits for the writer to make progress before failing.
+/// How long a reader waits for the writer to make progress before failing,
+/// at least: longer when the source's own stall timeout and resumes allow
+/// its download to go quiet for longer (see [`follow_stall`]).
 pub const FOLLOW_STALL: Duration = Duration::from_secs(120);
+
+/// How long a reader of `source`'s blobs waits for the writer's next
+/// bytes: as long as the source's download may stay quiet while still
+/// alive (its stall timeout, once per resume), at least [`FOLLOW_STALL`].
+fn follow_stall(source: &dyn Scheme) -> Duration {
+    let stall = source.registry().map_or(Duration::ZERO, |c| c.stall_timeout());
+    FOLLOW_STALL.max(stall.saturating_mul(crate::scheme::reg::blob::MAX_RESUMES + 1))
+}
 
 /// The most a reader reads from the file at once.
 const READ_CHUNK: u64 = 256 * 1024;
@@ -69,6 +80,8 @@ struct Entry {
     done: PathBuf,
     progress: watch::Receiver<Progress>,
     writer: tokio::task::AbortHandle,
+    /// How long a reader waits for progress.
+    stall: Duration,
 }
 
 /// What [`Spool::open`] decided for one request.
@@ -157,6 +170,7 @@ impl Spool {
         let part = self.dir.join(format!("{}.part", digest.hex()));
         let done = self.dir.join(digest.hex());
         let (tx, rx) = watch::channel(Progress::Writing(0));
+        let stall = follow_stall(&*source);
         let (p, d, broken) = (part.clone(), done.clone(), self.broken.clone());
         let writer = tokio::spawn(async move {
             let end = write(source, &repo, &digest, size, &p, &d, &tx).await;
@@ -172,7 +186,7 @@ impl Spool {
             }
         })
         .abort_handle();
-        Entry { size, part, done, progress: rx, writer }
+        Entry { size, part, done, progress: rx, writer, stall }
     }
 }
 
@@ -274,11 +288,11 @@ impl Follower {
             if available > self.pos {
                 return self.read(available - self.pos, state == Progress::Done).await.map(Some);
             }
-            match tokio::time::timeout(FOLLOW_STALL, self.progress.changed()).await {
+            match tokio::time::timeout(self.entry.stall, self.progress.changed()).await {
                 Ok(Ok(())) => {}
                 // The writer ended without a last word (aborted): the pass is ending.
                 Ok(Err(_)) => return Err("the spool writer stopped".into()),
-                Err(_) => return Err(format!("the source blob's spool writer made no progress for {}s", FOLLOW_STALL.as_secs())),
+                Err(_) => return Err(format!("the source blob's spool writer made no progress for {}s", self.entry.stall.as_secs())),
             }
         }
     }
