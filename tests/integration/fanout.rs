@@ -48,33 +48,62 @@ fn data() -> testkit::dataset::Spec {
     testkit::dataset::Spec { base_layer_size: 256 * 1024, repo_layer_size: 128 * 1024, tag_layer_size: 64 * 1024, ..plain_images(3, 3) }
 }
 
+/// A source filled with [`data`] behind a counting fault proxy (`sp`), two
+/// empty destination registries and a scratch directory.
+struct Fan {
+    _src: TestRegistry,
+    d1: TestRegistry,
+    d2: TestRegistry,
+    s: Registry,
+    pushed: Vec<Pushed>,
+    sp: FaultProxy,
+    scratch: Scratch,
+}
+
+impl Fan {
+    async fn start() -> Fan {
+        let src = TestRegistry::start();
+        let (d1, d2) = (TestRegistry::start(), TestRegistry::start());
+        let s = Registry::new(&src.url, Access::Anonymous);
+        let pushed = dataset::fill(&s, &data()).await;
+        let sp = FaultProxy::start(&src.url, Faults::default());
+        Fan { _src: src, d1, d2, s, pushed, sp, scratch: Scratch::new() }
+    }
+
+    /// `regferry run` of `policies` with this scratch's state, `--json`.
+    fn command(&self, policies: &str) -> tokio::process::Command {
+        crate::support::command(&self.scratch, &["run", "--policies", policies, "--state", &self.scratch.state(), "--json"], &[])
+    }
+
+    /// One pass of `policies`, to its end.
+    async fn pass(&self, policies: &str) -> crate::support::Run {
+        crate::support::regferry(&self.scratch, &["run", "--policies", policies, "--state", &self.scratch.state(), "--json"], &[]).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_destinations_read_each_blob_and_manifest_of_the_source_once() {
-    let src = TestRegistry::start();
-    let (d1, d2) = (TestRegistry::start(), TestRegistry::start());
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let pushed = dataset::fill(&s, &data()).await;
-    let sp = FaultProxy::start(&src.url, Faults::default());
-    let scratch = Scratch::new();
-    let policies = policy(&scratch, &sp.url, &[&d1.url, &d2.url]);
-    let run = crate::support::regferry(&scratch, &["run", "--policies", &policies, "--state", &scratch.state(), "--json"], &[]).await;
+    let f = Fan::start().await;
+    let (d1, d2, s, pushed, sp, scratch) = (&f.d1, &f.d2, &f.s, &f.pushed, &f.sp, &f.scratch);
+    let policies = policy(scratch, &sp.url, &[&d1.url, &d2.url]);
+    let run = f.pass(&policies).await;
     run.assert_ok();
     let out = run.json();
-    for d in [&d1, &d2] {
+    for d in [d1, d2] {
         let d = Registry::new(&d.url, Access::Anonymous);
-        assert_mirrored(&s, &d, &repos_of(&pushed), "").await;
+        assert_mirrored(s, &d, &repos_of(pushed), "").await;
     }
-    let distinct = dataset::distinct_blob_bytes(&pushed);
+    let distinct = dataset::distinct_blob_bytes(pushed);
     eprintln!(
         "source: {} blob GETs for {} distinct blobs, {} manifest GETs for {} tags; report: {} bytes read, distinct {distinct}",
         sp.counters.kind("GET blob"),
-        distinct_blobs(&pushed),
+        distinct_blobs(pushed),
         sp.counters.kind("GET manifest"),
         pushed.len(),
         source_bytes_read(&out)
     );
     assert_eq!(source_bytes_read(&out), distinct, "source blob bytes read (report) ≠ the distinct bytes once: {out}");
-    assert_eq!(sp.counters.kind("GET blob"), distinct_blobs(&pushed), "blob GETs at the source ≠ one per distinct blob");
+    assert_eq!(sp.counters.kind("GET blob"), distinct_blobs(pushed), "blob GETs at the source ≠ one per distinct blob");
     assert_eq!(sp.counters.kind("GET manifest"), pushed.len() as u64, "manifest GETs at the source ≠ one per tag");
     // The pass's spool (beside the state) went with it.
     let spool = scratch.path("state/spool");
@@ -83,22 +112,18 @@ async fn two_destinations_read_each_blob_and_manifest_of_the_source_once() {
 
     // A second pass with nothing new reads no blob and pulls nothing.
     let (blobs, pulls) = (sp.counters.kind("GET blob"), sp.counters.kind("GET manifest"));
-    crate::support::regferry(&scratch, &["run", "--policies", &policies, "--state", &scratch.state(), "--json"], &[]).await.assert_ok();
+    f.pass(&policies).await.assert_ok();
     assert_eq!((sp.counters.kind("GET blob"), sp.counters.kind("GET manifest")), (blobs, pulls));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_destination_refusing_uploads_fails_alone_and_the_source_is_still_read_once() {
-    let src = TestRegistry::start();
-    let (d1, d2) = (TestRegistry::start(), TestRegistry::start());
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let pushed = dataset::fill(&s, &data()).await;
-    let sp = FaultProxy::start(&src.url, Faults::default());
+    let f = Fan::start().await;
+    let (d1, s, pushed, sp) = (&f.d1, &f.s, &f.pushed, &f.sp);
     // The second destination refuses every blob upload (400 BLOB_UPLOAD_INVALID).
-    let refusing = FaultProxy::start(&d2.url, Faults { upload_invalid: 1.0, ..Faults::default() });
-    let scratch = Scratch::new();
-    let policies = policy(&scratch, &sp.url, &[&d1.url, &refusing.url]);
-    let run = crate::support::regferry(&scratch, &["run", "--policies", &policies, "--state", &scratch.state(), "--json"], &[]).await;
+    let refusing = FaultProxy::start(&f.d2.url, Faults { upload_invalid: 1.0, ..Faults::default() });
+    let policies = policy(&f.scratch, &sp.url, &[&d1.url, &refusing.url]);
+    let run = f.pass(&policies).await;
     assert_eq!(run.code, 1, "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
     let out = run.json();
     let dests = out[0]["destinations"].as_array().cloned().unwrap_or_default();
@@ -106,31 +131,24 @@ async fn a_destination_refusing_uploads_fails_alone_and_the_source_is_still_read
     assert_eq!(at(&d1.url)["report"]["status"], "succeeded", "{out}");
     assert!(!at(&refusing.url)["report"]["failures"].as_array().cloned().unwrap_or_default().is_empty(), "{out}");
     assert!(refusing.counters.injected("upload_invalid") > 0);
-    assert_mirrored(&s, &Registry::new(&d1.url, Access::Anonymous), &repos_of(&pushed), "").await;
+    assert_mirrored(s, &Registry::new(&d1.url, Access::Anonymous), &repos_of(pushed), "").await;
     // Every blob crossed from the source once, however often the refused
     // destination tried it again.
-    assert_eq!(sp.counters.kind("GET blob"), distinct_blobs(&pushed), "blob GETs at the source ≠ one per distinct blob");
-    assert_eq!(source_bytes_read(&out), dataset::distinct_blob_bytes(&pushed), "{out}");
+    assert_eq!(sp.counters.kind("GET blob"), distinct_blobs(pushed), "blob GETs at the source ≠ one per distinct blob");
+    assert_eq!(source_bytes_read(&out), dataset::distinct_blob_bytes(pushed), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_destination_does_not_hold_back_the_fast_one() {
-    let src = TestRegistry::start();
-    let (d1, d2) = (TestRegistry::start(), TestRegistry::start());
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let pushed = dataset::fill(&s, &data()).await;
-    let distinct = dataset::distinct_blob_bytes(&pushed);
-    let sp = FaultProxy::start(&src.url, Faults::default());
+    let f = Fan::start().await;
+    let (d1, d2, s, pushed, sp) = (&f.d1, &f.d2, &f.s, &f.pushed, &f.sp);
+    let distinct = dataset::distinct_blob_bytes(pushed);
     // The slow destination's link takes ~8 s for the data set.
     let slow = FaultProxy::start(&d2.url, Faults { bandwidth: distinct / 8, ..Faults::default() });
-    let scratch = Scratch::new();
-    let policies = policy(&scratch, &sp.url, &[&d1.url, &slow.url]);
-    let mut child = crate::support::command(&scratch, &["run", "--policies", &policies, "--state", &scratch.state(), "--json"], &[])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start regferry");
+    let policies = policy(&f.scratch, &sp.url, &[&d1.url, &slow.url]);
+    let mut child = f.command(&policies).stdout(std::process::Stdio::piped()).spawn().expect("start regferry");
     let fast = Registry::new(&d1.url, Access::Anonymous);
-    let repos = repos_of(&pushed);
+    let repos = repos_of(pushed);
     let tags = pushed.len();
     // The fast destination holds every tag while the slow one is still
     // being written (the run has not ended).
@@ -145,7 +163,7 @@ async fn a_slow_destination_does_not_hold_back_the_fast_one() {
     assert!(child.try_wait().expect("wait").is_none(), "the run ended before the fast destination was checked: the slow link was not slow");
     let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await.expect("run ends").expect("output");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
-    assert_mirrored(&s, &fast, &repos, "").await;
-    assert_mirrored(&s, &Registry::new(&d2.url, Access::Anonymous), &repos, "").await;
-    assert_eq!(sp.counters.kind("GET blob"), distinct_blobs(&pushed), "blob GETs at the source ≠ one per distinct blob");
+    assert_mirrored(s, &fast, &repos, "").await;
+    assert_mirrored(s, &Registry::new(&d2.url, Access::Anonymous), &repos, "").await;
+    assert_eq!(sp.counters.kind("GET blob"), distinct_blobs(pushed), "blob GETs at the source ≠ one per distinct blob");
 }
