@@ -18,10 +18,11 @@
 //! them (every reader checks the digest itself, as for a source stream);
 //! the writer checks size and digest, `fsync`s and renames `<hex>.part` to
 //! `<hex>` only when complete. Nothing on disk outlives its pass: the
-//! pass's directory (`pass-<pid>-<n>`) is removed when the spool is
-//! dropped (its writers aborted first), and directories of passes whose
-//! process is gone (a crash) are removed when the next spool starts; no
-//! spool ever reads another pass's files.
+//! pass's directory (`pass-<pid>-<process start>-<n>`) is removed when the
+//! spool is dropped (its writers aborted first), and directories of passes
+//! whose process is gone (a crash; also an earlier process with the same
+//! pid, as a container's pid 1 is every time) are removed when the next
+//! spool starts; no spool ever reads another pass's files.
 //!
 //! This module must never decide what to copy, never hold a lock across a
 //! read or write, and never let a reader wait without bound (a writer
@@ -110,11 +111,7 @@ impl Spool {
         std::fs::create_dir_all(root)?;
         sweep_dead(root);
         static PASSES: AtomicU64 = AtomicU64::new(0);
-        let dir = root.join(format!("pass-{}-{}", std::process::id(), PASSES.fetch_add(1, Ordering::Relaxed)));
-        // A leftover of a process with our pid (pids are reused): not ours to trust.
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
+        let dir = root.join(format!("{}-{}", own_prefix(), PASSES.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir(&dir)?;
         Ok(Spool { dir, budget, used: AtomicU64::new(0), broken: Arc::new(AtomicBool::new(false)), entries: Mutex::new(HashMap::new()) })
     }
@@ -322,16 +319,28 @@ impl Follower {
     }
 }
 
+/// `pass-<pid>-<start>`: what the names of this process's spool
+/// directories begin with (`start`: when this process first made one, in
+/// milliseconds since the epoch, which tells it apart from an earlier
+/// process that had the same pid).
+fn own_prefix() -> &'static str {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        format!("pass-{}-{start}", std::process::id())
+    })
+}
+
 /// Remove the spool directories under `root` of processes that are gone.
 fn sweep_dead(root: &Path) {
     let Ok(dir) = std::fs::read_dir(root) else { return };
+    let own = format!("{}-", own_prefix());
     for d in dir.flatten() {
         let name = d.file_name().to_string_lossy().into_owned();
         let Some(pid) = name.strip_prefix("pass-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if pid != std::process::id() && !alive(pid) {
-            if let Err(e) = std::fs::remove_dir_all(d.path()) {
-                tracing::warn!(dir = %d.path().display(), error = %e, "cannot remove a crashed pass's spool directory");
-            }
+        let gone = if pid == std::process::id() { !name.starts_with(&own) } else { !alive(pid) };
+        if gone && let Err(e) = std::fs::remove_dir_all(d.path()) {
+            tracing::warn!(dir = %d.path().display(), error = %e, "cannot remove a crashed pass's spool directory");
         }
     }
 }
@@ -446,15 +455,19 @@ mod tests {
     fn what_a_crashed_pass_left_is_removed_and_never_read() {
         let root = tempfile::tempdir().unwrap();
         // pid_max is at most 2^22 on Linux: this process does not exist.
-        let dead = root.path().join("pass-4194305-0");
+        let dead = root.path().join("pass-4194305-1-0");
         std::fs::create_dir_all(&dead).unwrap();
         std::fs::write(dead.join("abc"), b"complete-looking").unwrap();
         std::fs::write(dead.join("def.part"), b"half").unwrap();
-        let live = root.path().join(format!("pass-{}-999999", std::process::id()));
+        let live = root.path().join(format!("{}-999999", own_prefix()));
         std::fs::create_dir_all(&live).unwrap();
+        // Our pid, another process (a container's pid 1 after a restart).
+        let earlier = root.path().join(format!("pass-{}-1-0", std::process::id()));
+        std::fs::create_dir_all(&earlier).unwrap();
         let spool = Spool::create(root.path(), 1).unwrap();
         assert!(!dead.exists(), "a crashed pass's spool was kept");
         assert!(live.exists(), "a running pass's spool was removed");
+        assert!(!earlier.exists(), "an earlier process's spool with our pid was kept");
         assert_eq!(std::fs::read_dir(spool.dir()).unwrap().count(), 0);
     }
 }
