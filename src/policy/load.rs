@@ -139,6 +139,8 @@ mod tests {
         assert_eq!(budget("").unwrap(), crate::scheme::shared::spool::DEFAULT_BUDGET);
         assert_eq!(budget("spool_budget: 500MiB\n").unwrap(), 500 << 20);
         assert_eq!(budget("spool_budget: '0'\n").unwrap(), 0);
+        assert_eq!(budget("spool_budget: 0\n").unwrap(), 0);
+        assert_eq!(budget("spool_budget: 1048576\n").unwrap(), 1 << 20);
         match budget("spool_budget: lots\n") {
             Err(PolicyError::Invalid(issues)) => assert_eq!(issues[0].field, "spool_budget", "{issues:?}"),
             other => panic!("{other:?}"),

@@ -66,11 +66,6 @@ impl SourceShare {
     pub fn wrap(self: &Arc<Self>, source: Arc<dyn Scheme>) -> Arc<dyn Scheme> {
         Arc::new(SharedSource { inner: source, share: self.clone() })
     }
-
-    /// The spool's directory of this pass, if it has one.
-    pub fn spool_dir(&self) -> Option<&Path> {
-        self.spool.as_ref().map(Spool::dir)
-    }
 }
 
 /// One destination's view of the source through a [`SourceShare`].
