@@ -3,7 +3,8 @@
 //! blob and each tag's manifest from the source once per pass, counted by
 //! the fault proxy in front of the source and by the run's report; one
 //! destination refusing uploads, or slowed by a bandwidth limit, neither
-//! fails the other nor makes it wait for the slow one.
+//! fails the other nor makes it wait for the slow one; what a killed pass
+//! spooled is removed by the next.
 
 use std::time::Duration;
 
@@ -166,4 +167,33 @@ async fn a_slow_destination_does_not_hold_back_the_fast_one() {
     assert_mirrored(s, &fast, &repos, "").await;
     assert_mirrored(s, &Registry::new(&d2.url, Access::Anonymous), &repos, "").await;
     assert_eq!(sp.counters.kind("GET blob"), distinct_blobs(pushed), "blob GETs at the source ≠ one per distinct blob");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_killed_mid_way_leaves_a_spool_that_the_next_pass_removes() {
+    let f = Fan::start().await;
+    let (d1, d2, s, pushed, sp) = (&f.d1, &f.d2, &f.s, &f.pushed, &f.sp);
+    // A slow source: the pass is still reading it when it is killed.
+    sp.set_faults(Faults { bandwidth: dataset::distinct_blob_bytes(pushed) / 6, ..Faults::default() });
+    let policies = policy(&f.scratch, &sp.url, &[&d1.url, &d2.url]);
+    let mut child = f.command(&policies).stdout(std::process::Stdio::null()).spawn().expect("start regferry");
+    let spool = f.scratch.path("state/spool");
+    let files = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir).into_iter().flatten().flatten().flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten().map(|f| f.path())).collect()
+    };
+    wait_until(Duration::from_secs(30), "the pass to spool a blob", async || !files(&spool).is_empty()).await;
+    child.start_kill().expect("kill -9");
+    child.wait().await.expect("wait");
+    let left = files(&spool);
+    assert!(!left.is_empty(), "the killed pass left nothing to clean up");
+
+    sp.set_faults(Faults::default());
+    f.pass(&policies).await.assert_ok();
+    for p in &left {
+        assert!(!p.exists(), "{} of the killed pass is still there", p.display());
+    }
+    assert_eq!(std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(1), 0, "a spool directory is left");
+    for d in [d1, d2] {
+        assert_mirrored(s, &Registry::new(&d.url, Access::Anonymous), &repos_of(pushed), "").await;
+    }
 }
