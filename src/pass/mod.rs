@@ -249,6 +249,9 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
             return outcome;
         }
     };
+    // Deletions ask the source afresh (a tag gone is proof only from a
+    // request of its own), never through what the pass shares.
+    let fresh_src = job.src.clone();
     if let Some(share) = share {
         job.src = share.wrap(job.src.clone());
     }
@@ -422,7 +425,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     // Deletions only after a pass that ran to its end, inside the job's
     // lease, and only while the direction is still the one this pass ran.
     if policy.delete && report.status.as_str() != "canceled" && !cancel.stop.is_cancelled() {
-        let p = match prune_leased(policy, &job, state, &scope_key, direction, &destination).await {
+        let p = match prune_leased(policy, &job, &*fresh_src, state, &scope_key, direction, &destination).await {
             Ok(p) => p,
             Err(e) => PruneReport { errors: vec![format!("deletions not mirrored: {e}")], ..PruneReport::default() },
         };
@@ -469,7 +472,16 @@ async fn watch_direction(state: StateDb, policy: String, direction: crate::state
 /// The deletion sweep of a pass, under the job's lease (taken again: the
 /// run gave it up) and only while the direction and its generation are the
 /// ones the pass ran with. Returns a report that says why when it did not run.
-async fn prune_leased(policy: &Policy, job: &Job, state: &StateDb, scope_key: &str, direction: crate::state::Direction, destination: &str) -> Result<PruneReport, String> {
+/// `src` is the source as the job's own client reaches it (not shared).
+async fn prune_leased(
+    policy: &Policy,
+    job: &Job,
+    src: &dyn crate::scheme::Scheme,
+    state: &StateDb,
+    scope_key: &str,
+    direction: crate::state::Direction,
+    destination: &str,
+) -> Result<PruneReport, String> {
     let lease = match state.hold_lease(scope_key).await.map_err(|e| e.to_string())? {
         Ok(lease) => lease,
         Err(holder) => {
@@ -487,7 +499,7 @@ async fn prune_leased(policy: &Policy, job: &Job, state: &StateDb, scope_key: &s
         let owned = state.owned(&policy.name, destination).await.map_err(|e| e.to_string())?;
         let concurrency = policy.concurrency.max(4) * 2;
         let guard = Guard { max_delete: policy.max_delete, force: policy.force_delete, dry_run: false };
-        let p = prune(&*job.src, &*job.dst, &job.spec.scope, &policy.tags, concurrency, guard, &owned).await.map_err(|e| e.to_string())?;
+        let p = prune(src, &*job.dst, &job.spec.scope, &policy.tags, concurrency, guard, &owned).await.map_err(|e| e.to_string())?;
         for (repo, tag) in &p.forget {
             if let Err(e) = state.forget_owned(&policy.name, destination, repo, tag).await {
                 tracing::error!(policy = %policy.name, error = %e, "cannot forget a deleted tag");

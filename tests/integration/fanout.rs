@@ -197,3 +197,27 @@ async fn a_pass_killed_mid_way_leaves_a_spool_that_the_next_pass_removes() {
         assert_mirrored(s, &Registry::new(&d.url, Access::Anonymous), &repos_of(pushed), "").await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dr_site_and_an_air_gap_export_read_the_source_once_indexes_and_signatures_included() {
+    let src = TestRegistry::start();
+    let dr = TestRegistry::start();
+    let s = Registry::new(&src.url, Access::Anonymous);
+    let pushed = dataset::fill(&s, &testkit::dataset::Spec { repos: 2, tags_per_repo: 3, multi_arch_every: 2, signatures: true, ..data() }).await;
+    let sp = FaultProxy::start(&src.url, Faults::default());
+    let scratch = Scratch::new();
+    let layout = format!("oci:{}", scratch.path("export").display());
+    let policies = policy(&scratch, &sp.url, &[&dr.url, &layout]);
+    let run = crate::support::regferry(&scratch, &["run", "--policies", &policies, "--state", &scratch.state(), "--json"], &[]).await;
+    run.assert_ok();
+    let out = run.json();
+    assert_mirrored(&s, &Registry::new(&dr.url, Access::Anonymous), &repos_of(&pushed), "").await;
+    let verify = crate::support::regferry(&scratch, &["verify", "--from", &src.url, "--to", &layout, "--deep", "--json"], &[]).await;
+    assert_eq!(verify.code, 0, "verify of the export: {}\n{}", verify.stdout, verify.stderr);
+    assert_eq!(sp.counters.kind("GET blob"), distinct_blobs(&pushed), "blob GETs at the source ≠ one per distinct blob");
+    assert_eq!(source_bytes_read(&out), dataset::distinct_blob_bytes(&pushed), "{out}");
+    // Each manifest (tags, index children, signatures) once: no GET of one path twice.
+    let gets: Vec<String> = sp.counters.seen().iter().filter(|r| r.method == "GET" && r.target.contains("/manifests/")).map(|r| r.target.clone()).collect();
+    let distinct: std::collections::HashSet<&String> = gets.iter().collect();
+    assert_eq!(gets.len(), distinct.len(), "a source manifest was fetched more than once: {gets:?}");
+}
