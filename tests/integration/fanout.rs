@@ -221,3 +221,27 @@ async fn a_dr_site_and_an_air_gap_export_read_the_source_once_indexes_and_signat
     let distinct: std::collections::HashSet<&String> = gets.iter().collect();
     assert_eq!(gets.len(), distinct.len(), "a source manifest was fetched more than once: {gets:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deletions_are_mirrored_at_both_destinations_of_a_shared_pass() {
+    let f = Fan::start().await;
+    let (d1, d2, s, sp) = (&f.d1, &f.d2, &f.s, &f.sp);
+    crate::policies::push_tags(s, "team/app", &["v1", "v2", "v3"], "app").await;
+    let text = format!(
+        "name: del\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n  - registry: '{}'\n\
+         repositories: {{ include: ['team/**'] }}\ndelete: true\nmax_delete: 5\n",
+        sp.url, d1.url, d2.url
+    );
+    let policies = crate::policies::write(&f.scratch, "policies", "p.yaml", &text);
+    f.pass(&policies).await.assert_ok();
+    let v2 = s.head("team/app", "v2").await.expect("v2").0;
+    s.delete_manifest("team/app", &v2).await;
+    let run = f.pass(&policies).await;
+    run.assert_ok();
+    for (i, d) in [d1, d2].into_iter().enumerate() {
+        assert_eq!(run.json()[0]["destinations"][i]["deleted"], serde_json::json!(["team/app:v2"]), "{}", run.stdout);
+        let mut tags = Registry::new(&d.url, Access::Anonymous).tags("team/app").await;
+        tags.sort();
+        assert_eq!(tags, ["v1", "v3"]);
+    }
+}
