@@ -63,6 +63,9 @@ fn follow_stall(source: &dyn Scheme) -> Duration {
 /// The most a reader reads from the file at once.
 const READ_CHUNK: u64 = 256 * 1024;
 
+/// How many bytes the writer gathers before it writes them to the file.
+const WRITE_BATCH: usize = 256 * 1024;
+
 /// How far a writer got.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Progress {
@@ -218,15 +221,28 @@ async fn write(
     let (stream, _) = source.clone().open_blob(repo, digest, Some(size)).await.map_err(|e: RegistryError| (e.to_string(), false))?;
     let mut stream = crate::registry::throttle::limit(stream, [pacer]);
     let mut verifier = Verifier::new(digest);
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| (format!("reading blob {repo}@{digest} from {}: {e}", source.name()), false))?;
-        if verifier.len() + chunk.len() as u64 > size {
-            return Err((format!("blob {repo}@{digest} at {}: more than the {size} bytes its manifest gives", source.name()), false));
+    // Chunks are gathered up to WRITE_BATCH before they are written and
+    // announced: fewer trips to the blocking pool for the small pieces a
+    // download arrives in, and never more than one batch in memory.
+    let mut batch = BytesMut::new();
+    loop {
+        let chunk = stream.next().await.transpose().map_err(|e| (format!("reading blob {repo}@{digest} from {}: {e}", source.name()), false))?;
+        if let Some(chunk) = &chunk {
+            if verifier.len() + chunk.len() as u64 > size {
+                return Err((format!("blob {repo}@{digest} at {}: more than the {size} bytes its manifest gives", source.name()), false));
+            }
+            verifier.update(chunk);
+            batch.extend_from_slice(chunk);
         }
-        verifier.update(&chunk);
-        file.write_all(&chunk).await.map_err(|e| local("write", e))?;
-        file.flush().await.map_err(|e| local("write", e))?;
-        tx.send_replace(Progress::Writing(verifier.len()));
+        if !batch.is_empty() && (chunk.is_none() || batch.len() >= WRITE_BATCH) {
+            file.write_all(&batch).await.map_err(|e| local("write", e))?;
+            file.flush().await.map_err(|e| local("write", e))?;
+            batch.clear();
+            tx.send_replace(Progress::Writing(verifier.len()));
+        }
+        if chunk.is_none() {
+            break;
+        }
     }
     if verifier.len() != size {
         return Err((format!("blob {repo}@{digest} at {}: {} bytes, its manifest gives {size}", source.name(), verifier.len()), false));
