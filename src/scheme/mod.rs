@@ -68,6 +68,12 @@ pub trait Scheme: Send + Sync {
     fn registry(&self) -> Option<&RegistryClient> {
         None
     }
+    /// Until work this store started in the background for the caller is
+    /// over (reads shared by a pass's destinations, see [`shared`]), so its
+    /// counters are final; at once for a store that starts none.
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 
     /// Reachable, and the credentials accepted (a layout: the directory is usable).
     fn ping(&self) -> BoxFuture<'_, Result<(), RegistryError>>;

@@ -24,7 +24,7 @@ pub mod manifests;
 pub mod spool;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::FutureExt;
@@ -35,7 +35,7 @@ use crate::registry::gate::Pacer;
 use crate::registry::referrers::ApiAnswer;
 use crate::registry::{Digest, ManifestBody, ManifestHead, Reference, RegistryClient, RegistryError, RegistryUrl, RepoName, Scopes};
 use manifests::Manifests;
-use spool::{Open, Spool};
+use spool::{Open, Spool, Writer};
 
 /// What the destinations of one pass share about its source.
 pub struct SourceShare {
@@ -64,7 +64,7 @@ impl SourceShare {
 
     /// `source` (one destination's client of the source), reading through this share.
     pub fn wrap(self: &Arc<Self>, source: Arc<dyn Scheme>) -> Arc<dyn Scheme> {
-        Arc::new(SharedSource { inner: source, share: self.clone() })
+        Arc::new(SharedSource { inner: source, share: self.clone(), writers: Mutex::new(Vec::new()) })
     }
 }
 
@@ -72,6 +72,8 @@ impl SourceShare {
 pub struct SharedSource {
     inner: Arc<dyn Scheme>,
     share: Arc<SourceShare>,
+    /// The spool writers this view started (they read through `inner`).
+    writers: Mutex<Vec<Writer>>,
 }
 
 impl Scheme for SharedSource {
@@ -97,6 +99,16 @@ impl Scheme for SharedSource {
     }
     fn registry(&self) -> Option<&RegistryClient> {
         self.inner.registry()
+    }
+    /// Until the spool writers this view started have finished (each
+    /// bounded by its progress), so that its client's counters hold the
+    /// bytes they read.
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        let writers = std::mem::take(&mut *self.writers.lock().unwrap_or_else(|e| e.into_inner()));
+        async move {
+            futures::future::join_all(writers.into_iter().map(Writer::finished)).await;
+        }
+        .boxed()
     }
     fn ping(&self) -> BoxFuture<'_, Result<(), RegistryError>> {
         self.inner.ping()
@@ -157,7 +169,12 @@ impl Scheme for SharedSource {
             None => Open::Direct,
         };
         match open {
-            Open::Spooled(stream, size) => futures::future::ready(Ok((stream, Some(size)))).boxed(),
+            Open::Spooled(stream, size, writer) => {
+                if let Some(w) = writer {
+                    self.writers.lock().unwrap_or_else(|e| e.into_inner()).push(w);
+                }
+                futures::future::ready(Ok((stream, Some(size)))).boxed()
+            }
             Open::Direct => {
                 let pacer = self.inner.bandwidth();
                 let opened = self.inner.clone().open_blob(repo, digest, expected);

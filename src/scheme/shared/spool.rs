@@ -90,8 +90,8 @@ struct Entry {
 
 /// What [`Spool::open`] decided for one request.
 pub enum Open {
-    /// Follow the spool file.
-    Spooled(ByteStream, u64),
+    /// Follow the spool file; with the writer when this request started it.
+    Spooled(ByteStream, u64, Option<Writer>),
     /// Read the source directly (not spooled: no size, over budget, or
     /// spooling failed on this machine).
     Direct,
@@ -145,7 +145,7 @@ impl Spool {
                 },
             };
             match entries.get(digest) {
-                Some(e) if !retry => e.clone(),
+                Some(e) if !retry => (e.clone(), None),
                 _ => {
                     // A failed earlier attempt (its file removed) gives its budget back.
                     if let Some(old) = entries.remove(digest) {
@@ -158,11 +158,13 @@ impl Spool {
                     self.used.fetch_add(size, Ordering::Relaxed);
                     let entry = Arc::new(self.start(source.clone(), repo.clone(), digest.clone(), size));
                     entries.insert(digest.clone(), entry.clone());
-                    entry
+                    let writer = Writer { progress: entry.progress.clone(), stall: entry.stall };
+                    (entry, Some(writer))
                 }
             }
         };
-        Open::Spooled(follow(entry), size)
+        let (entry, writer) = entry;
+        Open::Spooled(follow(entry), size, writer)
     }
 
     /// Start the writer of one blob.
@@ -255,6 +257,30 @@ async fn write(
     tokio::fs::rename(part, done).await.map_err(|e| local("rename", e))?;
     tx.send_replace(Progress::Done);
     Ok(())
+}
+
+/// The writer of one spool entry, to wait for (see [`Writer::finished`]).
+pub struct Writer {
+    progress: watch::Receiver<Progress>,
+    stall: Duration,
+}
+
+impl Writer {
+    /// Until the writer is done or failed, or makes no progress for as
+    /// long as a reader would wait: the source bytes it reads are counted
+    /// by the client of the destination that started it, whose report
+    /// should hold them.
+    pub async fn finished(mut self) {
+        loop {
+            if matches!(*self.progress.borrow_and_update(), Progress::Done | Progress::Failed { .. }) {
+                return;
+            }
+            match tokio::time::timeout(self.stall, self.progress.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
+    }
 }
 
 /// A reader of one spool entry.
@@ -398,7 +424,7 @@ mod tests {
 
     /// The bytes of a spooled blob (compared by value, never printed: a mismatch names the lengths).
     async fn drain(open: Open) -> Result<Vec<u8>, String> {
-        let Open::Spooled(mut stream, _) = open else { return Err("not spooled".into()) };
+        let Open::Spooled(mut stream, _, _) = open else { return Err("not spooled".into()) };
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
             out.extend_from_slice(&chunk?);
