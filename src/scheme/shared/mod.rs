@@ -4,7 +4,9 @@
 //! wrapped in a [`SharedSource`] over one per-pass [`SourceShare`]:
 //!
 //! - a source manifest `GET` of `repo:reference` is sent once per pass
-//!   ([`manifests`]), whichever destination asks first;
+//!   ([`manifests`]), whichever destination asks first (a `404` is kept
+//!   too; deletions never read through the share: a tag gone is proof only
+//!   from a request of its own, see `pass::prune_leased`);
 //! - a source blob is read once per pass into the pass's spool
 //!   ([`spool`]: a file per blob, written at the source's speed and
 //!   followed by each destination at its own), within a disk budget;
@@ -15,7 +17,9 @@
 //! `HEAD`s are each destination's, and so is its request count and usage
 //! report: the bytes a destination's client read from the source are the
 //! ones it fetched for everyone, so the reports of a pass add up to the
-//! bytes read once). A pass with one destination is not wrapped at all.
+//! bytes read once; [`Scheme::settle`] lets a job's report wait for the
+//! spool writers its view started). A pass with one destination is not
+//! wrapped at all.
 //!
 //! This module must never decide what to copy and never change a request
 //! the client sends; it only decides who sends it.
