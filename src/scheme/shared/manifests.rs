@@ -32,10 +32,13 @@ enum Answer {
     Absent { registry: String, method: String, path: String, errors: Vec<ApiError> },
 }
 
+/// One manifest's answer, filled by the first to ask.
+type Cell = Arc<OnceCell<Answer>>;
+
 /// See the module documentation.
 #[derive(Default)]
 pub struct Manifests {
-    cells: Mutex<HashMap<(RepoName, Reference), Arc<OnceCell<Answer>>>>,
+    cells: Mutex<HashMap<(RepoName, Reference), Cell>>,
     held: AtomicU64,
 }
 
