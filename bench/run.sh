@@ -18,6 +18,10 @@
 #                                # multi-arch tags, then the no-op pass: its manifest GETs must be 0
 #   bench/run.sh --tags 100000   # only: the scale scenario with 20 repositories × N/20 tags (initial
 #                                # copy, then no-op passes with HEADs and with --missing-only)
+#   bench/run.sh --fanout 2      # only: the main data set by a policy with N destinations (one read of
+#                                # the source for all), against one destination and against N with
+#                                # spool_budget: 0: source bytes read vs distinct bytes, wall times;
+#                                # with the source on loopback, then behind a link (BENCH_FANOUT_SOURCE_BPS)
 #
 # The tls and slow scenarios run regferry single-threaded (--threads 1) and
 # multi-threaded (--threads BENCH_THREADS, default: the cores) against
@@ -51,6 +55,7 @@
 #   BENCH_WORKER_BPS=2MiB                    each worker's bytes_per_second to the destination (workers)
 #   BENCH_WORKER_REPOS=8 BENCH_WORKER_TAGS=12 BENCH_WORKER_TAG_SIZE=1048576  the workers scenario's data set
 #   BENCH_LEASE=3s                           the workers' --lease-time (workers)
+#   BENCH_FANOUT_SOURCE_BPS=10000000         the fanout scenario's second source link, bytes/s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -69,8 +74,9 @@ while [ $# -gt 0 ]; do
     --workers) shift; WORKERS="$1"; scenarios=(workers) ;;
     --quota) shift; QUOTA="$1"; scenarios=(quota) ;;
     --platforms) scenarios=(platforms) ;;
+    --fanout) shift; FANOUT="$1"; scenarios=(fanout) ;;
     --tags) shift; BENCH_SCALE_REPOS=20; BENCH_SCALE_TAGS=$(( $1 / 20 )); scenarios=(scale) ;;
-    -h|--help) sed -n '2,54p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,58p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -106,6 +112,7 @@ SLOW_TAGS=${BENCH_SLOW_TAGS:-4}
 SLOW_BASE_SIZE=${BENCH_SLOW_BASE_SIZE:-33554432}
 SLOW_REPO_SIZE=${BENCH_SLOW_REPO_SIZE:-16777216}
 SLOW_TAG_SIZE=${BENCH_SLOW_TAG_SIZE:-8388608}
+FANOUT_SOURCE_BPS=${BENCH_FANOUT_SOURCE_BPS:-10000000}
 
 scripts/deps.sh --bench
 if [ -z "${BENCH_NO_BUILD:-}" ]; then
@@ -463,9 +470,74 @@ run_platforms() {
   } | tee "$out/platforms.txt" >&2
   stop_registries
 }
+# policy_run JSON-FILE NAME SOURCE SPOOL_BUDGET DESTINATION…: one pass of a
+# policy from SOURCE to the destinations (run --json), prints "exit wall_s".
+policy_run() {
+  local json=$1 name=$2 source=$3 budget=$4 dir="$work/policies-$2" t0 t1 code=0 d
+  shift 4
+  mkdir -p "$dir"
+  {
+    echo "name: $name"; echo "source: { registry: '$source' }"; echo "destinations:"
+    for d in "$@"; do echo "  - registry: '$d'"; done
+    echo "concurrency: $CONCURRENCY"; echo "spool_budget: '$budget'"
+  } >"$dir/p.yaml"
+  t0=$(date +%s.%N)
+  "$regferry" -q run --policies "$dir" --state "$work/$name.db" --json >"$json" 2>"$json.log" || code=$?
+  t1=$(date +%s.%N)
+  echo "$code $(awk "BEGIN { printf \"%.2f\", $t1 - $t0 }")"
+}
+# Blob bytes / manifest GETs the pass's reports say were asked of the source (all destinations).
+source_bytes() { jq '[.[0].destinations[].report.registries[]? | select(.role == "source") | .blob_bytes_read] | add // 0' "$1"; }
+source_pulls() { jq '[.[0].destinations[].report.registries[]? | select(.role == "source") | .pulls] | add // 0' "$1"; }
+# fanout_line LABEL JSON "EXIT WALL" DISTINCT [ONE_WALL]: one line of the fanout report.
+fanout_line() {
+  local bytes
+  bytes=$(source_bytes "$2")
+  printf '  %-34s exit %s in %ss, source blob bytes read %s (%s× distinct), %s pulls%s\n' "$1" "${3%% *}" "${3#* }" "$bytes" \
+    "$(awk "BEGIN { printf \"%.2f\", $bytes / $4 }")" "$(source_pulls "$2")" \
+    "${5:+; wall $(awk "BEGIN { printf \"%.2f\", ${3#* } / $5 }")× one destination}"
+}
+# fanout_set TAG SOURCE DISTINCT: 1 destination, N with the spool, N with
+# spool_budget 0, each on fresh registries, then compared with the source.
+fanout_set() {
+  local tag=$1 source=$2 distinct=$3 n=$FANOUT i r1 r many=() unspooled=()
+  start_registries "fdst_$tag" $((1 + 2 * n))
+  local -n urls="fdst_${tag}_url"
+  for i in $(seq 1 "$n"); do many+=("${urls[$i]}"); unspooled+=("${urls[$((n + i))]}"); done
+  r1=$(policy_run "$out/fanout-$tag-1.json" "$tag-one" "$source" 2GiB "${urls[0]}")
+  fanout_line "1 destination:" "$out/fanout-$tag-1.json" "$r1" "$distinct"
+  r=$(policy_run "$out/fanout-$tag-$n.json" "$tag-many" "$source" 2GiB "${many[@]}")
+  fanout_line "$n destinations (spool 2GiB):" "$out/fanout-$tag-$n.json" "$r" "$distinct" "${r1#* }"
+  r=$(policy_run "$out/fanout-$tag-$n-nospool.json" "$tag-nospool" "$source" 0 "${unspooled[@]}")
+  fanout_line "$n destinations (spool_budget 0):" "$out/fanout-$tag-$n-nospool.json" "$r" "$distinct" "${r1#* }"
+  for i in $(seq 0 $((2 * n))); do
+    "$kit" compare --from "${fsrc_url[0]}" --to "${urls[$i]}" >"$out/fanout-$tag-compare-$i" 2>&1 \
+      || echo "  destination $i differs from the source (see fanout-$tag-compare-$i)"
+  done
+  kill -TERM "${serve_pids[-1]}"; wait "${serve_pids[-1]}" 2>/dev/null || true; unset 'serve_pids[-1]'
+}
+run_fanout() {
+  local distinct slow
+  echo "== fanout: $REPOS × $TAGS tags to 1 and to $FANOUT destinations of one policy ==" >&2
+  start_registries fsrc 1
+  "$kit" fill --registry "${fsrc_url[0]}" --prefix bench --repos "$REPOS" --tags "$TAGS" --base-layers "$BASE_LAYERS" \
+    --base-size "$BASE_SIZE" --repo-size "$REPO_SIZE" --tag-size "$TAG_SIZE" --multi-arch-every "$MULTI_ARCH_EVERY" >&2
+  "$kit" rawcopy-plan --from "${fsrc_url[0]}" >"$out/fanout.blobs.tsv"
+  distinct=$(awk -F'\t' '{s += $3} END {print s + 0}' "$out/fanout.blobs.tsv")
+  slow=$(start_proxy fanout --upstream "${fsrc_url[0]}" --bandwidth "$FANOUT_SOURCE_BPS")
+  {
+    echo "fanout: $REPOS × $TAGS tags, $distinct distinct blob bytes at the source"
+    echo " source on loopback:"
+    fanout_set local "${fsrc_url[0]}" "$distinct"
+    echo " source behind a link of $FANOUT_SOURCE_BPS B/s:"
+    fanout_set slow "$slow" "$distinct"
+  } | tee "$out/fanout.txt" >&2
+  stop_registries
+}
 
 for scenario in "${scenarios[@]}"; do
   case "$scenario" in
+  fanout) run_fanout ;;
   quota) run_quota ;;
   platforms) run_platforms ;;
   main)
@@ -578,7 +650,7 @@ for scenario in "${scenarios[@]}"; do
 done
 echo "loadavg_after=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$params"
 
-if [ "${scenarios[*]}" = workers ] || [ "${scenarios[*]}" = quota ] || [ "${scenarios[*]}" = platforms ]; then
+if [ "${scenarios[*]}" = workers ] || [ "${scenarios[*]}" = quota ] || [ "${scenarios[*]}" = platforms ] || [ "${scenarios[*]}" = fanout ]; then
   cp "$out/${scenarios[0]}.txt" "$out/report.txt"
 else
   "$kit" bench-report --dir "$out" | tee "$out/report.txt"

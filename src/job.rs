@@ -259,6 +259,7 @@ impl Job {
                 execute(&copier, plan, &self.spec.execute, stats, &EventSink::discard(), cancel).await
             };
             let ends = ends.into_iter().map(|(i, e)| Ended::Task(i, e)).collect();
+            self.src.settle().await;
             return Ok(self.report(plan, None, false, ends, 0, stats, started));
         };
         let scope_key = self.spec.scope_key();
@@ -316,6 +317,7 @@ impl Job {
             .collect();
         let done = stats.snapshot().repos_done;
         Stats::add(&stats.repos_done, (plan.repositories as u64).saturating_sub(done));
+        self.src.settle().await;
         let report = self.report(plan, Some(id), start.resumed, ends, canceled, stats, started);
         let error = (!report.failures.is_empty()).then(|| {
             let mut error = format!("{} tag(s) failed", report.failures.len());
@@ -405,6 +407,7 @@ impl Job {
         watcher.abort();
         let share = share?;
         tracing::info!(execution, tasks = share.ends.len(), "helped with an execution another worker holds");
+        self.src.settle().await;
         let mut report = self.report(&Plan::default(), Some(execution), true, Vec::new(), 0, stats, started);
         report.status = ExecutionStatus::Running;
         Ok(report)

@@ -58,6 +58,21 @@ pub struct RunArgs {
     /// again. Fails when something is still not pullable.
     #[arg(long, conflicts_with = "dry_run")]
     pub repair: bool,
+
+    /// Local disk a policy with several destinations may use in this pass to read each
+    /// source blob once for all of them (files beside the state, removed when the pass
+    /// ends); over it, each destination reads the source itself. Overrides every policy's
+    /// spool_budget (default 2GiB); 0 turns the spool off.
+    #[arg(long, value_parser = parse_spool_budget, value_name = "SIZE")]
+    pub spool_budget: Option<u64>,
+}
+
+/// `--spool-budget`: a size (`500MiB`, `2GiB`) or 0.
+fn parse_spool_budget(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    regferry::registry::endpoint::parse_size(s)
 }
 
 /// `run --dry-run`, human form.
@@ -189,6 +204,9 @@ pub async fn run(args: RunArgs, quiet: bool) -> Result<u8, CliError> {
     for p in &mut policies {
         p.force_delete = args.force_delete;
         p.ignore_unreadable_fence = args.ignore_unreadable_fence;
+        if let Some(budget) = args.spool_budget {
+            p.spool_budget = budget;
+        }
     }
     let state = super::open_state(&args.state, 8).await?;
     if args.dry_run {

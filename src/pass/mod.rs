@@ -1,7 +1,10 @@
 //! One pass of one policy: check the failover fence at the DR site, then for
 //! each destination on its own, connect, plan, hold back tags that are
 //! backing off, execute, mirror deletions within the deletion guard, and file
-//! the outcomes.
+//! the outcomes. The destinations run concurrently; with two or more, their
+//! source clients read through one [`SourceShare`] of the pass, so each
+//! source manifest and blob is read once for all (see
+//! [`crate::scheme::shared`]); its spool is removed when the pass ends.
 //!
 //! A destination that fails (unreachable, wrong password) never stops the
 //! others; a fence that contradicts the state stops the whole pass. This module is shared by `regferry run`, the daemon and
@@ -22,6 +25,7 @@ use crate::engine::{left_behind, referrers};
 use crate::engine::stats::Stats;
 use crate::job::{Job, JobSpec, Report};
 use crate::policy::Policy;
+use crate::scheme::shared::SourceShare;
 use crate::state::backoff::Outcome;
 use crate::state::{StateDb, now_ms};
 
@@ -130,6 +134,9 @@ pub async fn run_pass(policy: &Policy, state: &StateDb, cancel: &Cancel, metrics
     // The fence at the DR site: a contradiction stops every job of the
     // pass; a fence that cannot be read stops the DR job only.
     let fence = check_fence(policy, reversed).await;
+    // Several destinations: one read of the source for all of them.
+    let share = (specs.len() > 1).then(|| Arc::new(SourceShare::new(&spool_root(state), policy.spool_budget)));
+    let share = share.as_ref();
     let mut runs: Vec<BoxFuture<'_, DestinationOutcome>> = Vec::new();
     for (i, mut spec) in specs.into_iter().enumerate() {
         if let Some(only) = only {
@@ -157,7 +164,7 @@ pub async fn run_pass(policy: &Policy, state: &StateDb, cancel: &Cancel, metrics
                         d
                     }
                     None => {
-                        let mut d = run_destination(policy, spec, state, cancel).await;
+                        let mut d = run_destination(policy, spec, state, cancel, share).await;
                         if events {
                             // A pass of pushed repositories only: the globs were not matched against the catalog.
                             d.unmatched.clear();
@@ -219,20 +226,35 @@ pub(crate) async fn check_fence(policy: &Policy, reversed: bool) -> FenceCheck {
     }
 }
 
-async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel: &Cancel) -> DestinationOutcome {
+/// Where passes spool source blobs: `spool/` beside a SQLite state, else
+/// under the temporary directory.
+fn spool_root(state: &StateDb) -> std::path::PathBuf {
+    match state.location().path().and_then(std::path::Path::parent) {
+        Some(dir) => dir.join("spool"),
+        None => std::env::temp_dir().join("regferry-spool"),
+    }
+}
+
+async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel: &Cancel, share: Option<&Arc<SourceShare>>) -> DestinationOutcome {
     // This execution's own tokens: stopping the process stops it, but an
     // operator canceling the execution (`jobs cancel`, the API) stops only
     // it — not the daemon, nor the other destinations and policies.
     let cancel = &Cancel { stop: cancel.stop.child_token(), abort: cancel.abort.child_token() };
     let mut outcome = DestinationOutcome::new(spec.source.url.to_string(), spec.destination.url.to_string(), spec.reversed);
     let scope_key = spec.scope_key();
-    let job = match Job::connect(spec).await {
+    let mut job = match Job::connect(spec).await {
         Ok(job) => job,
         Err(e) => {
             outcome.error = Some(e.to_string());
             return outcome;
         }
     };
+    // Deletions ask the source afresh (a tag gone is proof only from a
+    // request of its own), never through what the pass shares.
+    let fresh_src = job.src.clone();
+    if let Some(share) = share {
+        job.src = share.wrap(job.src.clone());
+    }
     // One worker plans and closes a pass; the daemon's other workers help
     // with it, `run` waits for it to end.
     let mut told = false;
@@ -415,7 +437,7 @@ async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel
     // Deletions only after a pass that ran to its end, inside the job's
     // lease, and only while the direction is still the one this pass ran.
     if policy.delete && report.status.as_str() != "canceled" && !cancel.stop.is_cancelled() {
-        let p = match prune_leased(policy, &job, state, &scope_key, direction, &destination).await {
+        let p = match prune_leased(policy, &job, &*fresh_src, state, &scope_key, direction, &destination).await {
             Ok(p) => p,
             Err(e) => PruneReport { errors: vec![format!("deletions not mirrored: {e}")], ..PruneReport::default() },
         };
@@ -462,7 +484,16 @@ async fn watch_direction(state: StateDb, policy: String, direction: crate::state
 /// The deletion sweep of a pass, under the job's lease (taken again: the
 /// run gave it up) and only while the direction and its generation are the
 /// ones the pass ran with. Returns a report that says why when it did not run.
-async fn prune_leased(policy: &Policy, job: &Job, state: &StateDb, scope_key: &str, direction: crate::state::Direction, destination: &str) -> Result<PruneReport, String> {
+/// `src` is the source as the job's own client reaches it (not shared).
+async fn prune_leased(
+    policy: &Policy,
+    job: &Job,
+    src: &dyn crate::scheme::Scheme,
+    state: &StateDb,
+    scope_key: &str,
+    direction: crate::state::Direction,
+    destination: &str,
+) -> Result<PruneReport, String> {
     let lease = match state.hold_lease(scope_key).await.map_err(|e| e.to_string())? {
         Ok(lease) => lease,
         Err(holder) => {
@@ -480,7 +511,7 @@ async fn prune_leased(policy: &Policy, job: &Job, state: &StateDb, scope_key: &s
         let owned = state.owned(&policy.name, destination).await.map_err(|e| e.to_string())?;
         let concurrency = policy.concurrency.max(4) * 2;
         let guard = Guard { max_delete: policy.max_delete, force: policy.force_delete, dry_run: false };
-        let p = prune(&*job.src, &*job.dst, &job.spec.scope, &policy.tags, concurrency, guard, &owned).await.map_err(|e| e.to_string())?;
+        let p = prune(src, &*job.dst, &job.spec.scope, &policy.tags, concurrency, guard, &owned).await.map_err(|e| e.to_string())?;
         for (repo, tag) in &p.forget {
             if let Err(e) = state.forget_owned(&policy.name, destination, repo, tag).await {
                 tracing::error!(policy = %policy.name, error = %e, "cannot forget a deleted tag");

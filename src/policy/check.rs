@@ -249,6 +249,12 @@ impl Checker<'_> {
             client.commit_timeout = commit.max(client.stall_timeout);
         }
 
+        let spool_budget = match &raw.spool_budget {
+            Some(b) if b.value.trim() == "0" => 0,
+            Some(b) => self.ok(b, "spool_budget", crate::registry::endpoint::parse_size(&b.value)).unwrap_or(0),
+            None => crate::scheme::shared::spool::DEFAULT_BUDGET,
+        };
+
         if self.issues.len() > before {
             return None;
         }
@@ -281,6 +287,7 @@ impl Checker<'_> {
             concurrency,
             notify: receivers,
             client,
+            spool_budget,
             scope_words,
         })
     }

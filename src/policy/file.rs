@@ -57,6 +57,10 @@ pub struct RawPolicy {
     /// How long a registry may take to answer after an upload's last byte.
     #[serde(default)]
     pub commit_timeout: Option<At<String>>,
+    /// Local disk a pass with several destinations may use to read each
+    /// source blob once for all of them (`0`: no spool).
+    #[serde(default)]
+    pub spool_budget: Option<At<String>>,
     /// Webhook receivers of this policy's notifications.
     #[serde(default)]
     pub notify: Option<Vec<At<super::notify::RawReceiver>>>,

@@ -133,6 +133,21 @@ mod tests {
     }
 
     #[test]
+    fn the_spool_budget_has_a_default_a_size_or_zero_and_nothing_else() {
+        let base = "name: p\nsource: { registry: https://src.example.com }\ndestinations: [{ registry: https://a.example.com }, { registry: https://b.example.com }]\n";
+        let budget = |extra: &str| load_text(&[("p.yaml", &format!("{base}{extra}"))], &[]).map(|s| s.get("p").unwrap().spool_budget);
+        assert_eq!(budget("").unwrap(), crate::scheme::shared::spool::DEFAULT_BUDGET);
+        assert_eq!(budget("spool_budget: 500MiB\n").unwrap(), 500 << 20);
+        assert_eq!(budget("spool_budget: '0'\n").unwrap(), 0);
+        assert_eq!(budget("spool_budget: 0\n").unwrap(), 0);
+        assert_eq!(budget("spool_budget: 1048576\n").unwrap(), 1 << 20);
+        match budget("spool_budget: lots\n") {
+            Err(PolicyError::Invalid(issues)) => assert_eq!(issues[0].field, "spool_budget", "{issues:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn require_reads_each_key_file_and_points_at_each_mistake() {
         use p256::pkcs8::{EncodePublicKey as _, LineEnding};
         let key = p256::ecdsa::SigningKey::from_bytes(&[5u8; 32].into()).unwrap();

@@ -214,6 +214,9 @@ pub struct Policy {
     pub notify: Vec<notify::Receiver>,
     /// Transport settings (the stall and commit timeouts).
     pub client: ClientOptions,
+    /// Disk bytes a pass with several destinations may spool source blobs
+    /// in, to read each once for all (`spool_budget:`; 0: no spool).
+    pub spool_budget: u64,
     /// The words that make up the policy's scope (for the resume key).
     scope_words: Vec<String>,
 }

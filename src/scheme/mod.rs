@@ -18,6 +18,7 @@
 
 pub mod ocidir;
 pub mod reg;
+pub mod shared;
 
 use std::sync::Arc;
 
@@ -66,6 +67,12 @@ pub trait Scheme: Send + Sync {
     /// uploads): `Some` when the store is a registry.
     fn registry(&self) -> Option<&RegistryClient> {
         None
+    }
+    /// Until work this store started in the background for the caller is
+    /// over (reads shared by a pass's destinations, see [`shared`]), so its
+    /// counters are final; at once for a store that starts none.
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
     }
 
     /// Reachable, and the credentials accepted (a layout: the directory is usable).

@@ -14,6 +14,7 @@ mod dr_ownership;
 mod dr_soak;
 mod firsthour;
 mod identities;
+mod fanout;
 mod install;
 mod faults;
 mod memory;
