@@ -37,8 +37,9 @@ fn claimed(r: &sqlx::any::AnyRow) -> Result<ClaimedTask, sqlx::Error> {
 }
 
 impl StateDb {
-    /// Claim one task of `execution` that nobody works: a pending one, or one
-    /// whose claim expired (its worker died or stalled). `None`: nothing to
+    /// Claim one task of `execution` that nobody works: a pending one (the
+    /// first by id), else one whose claim expired (its worker died or
+    /// stalled). `None`: nothing to
     /// claim (or the execution is no longer running, or being canceled).
     ///
     /// The claim counts as the task's next attempt, recorded with it (a
