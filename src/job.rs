@@ -307,12 +307,15 @@ impl Job {
             canceled += db.cancel_pending(id).await?;
         }
         // Every worker's outcome of this plan's tasks, as recorded.
-        let wanted: std::collections::HashSet<i64> = ids.into_iter().collect();
+        // (Sorted ids rather than a set: a pass over many tags holds one
+        // id per tag here.)
+        let mut wanted = ids;
+        wanted.sort_unstable();
         let ends: Vec<Ended> = db
-            .tasks(id)
+            .failed_tasks(id)
             .await?
             .into_iter()
-            .filter(|t| wanted.contains(&t.id) && t.status == "failed")
+            .filter(|t| wanted.binary_search(&t.id).is_ok())
             .map(|t| Ended::Failed(Failure { repository: t.source_repo, tag: t.tag, error: t.last_error.unwrap_or_default() }))
             .collect();
         let done = stats.snapshot().repos_done;

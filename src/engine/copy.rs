@@ -126,6 +126,21 @@ impl Copier {
         src.or_else(|| self.dst.halted(true))
     }
 
+    /// Whether this run made sure `digest` is in `repo` (pushed it there,
+    /// or found it there): a tag that exists for that manifest (a cosign
+    /// companion) then needs no `HEAD` to learn that its subject is there.
+    pub(super) fn known_present(&self, repo: &RepoName, digest: &Digest) -> bool {
+        let map = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(repo.clone(), digest.clone())).is_some_and(|slot| slot.try_lock().is_ok_and(|done| *done))
+    }
+
+    /// Note that the destination accepted `digest` in `repo` (see [`Copier::known_present`]).
+    fn pushed(&self, repo: &RepoName, digest: &Digest) {
+        if let Ok(mut done) = self.child_slot(repo, digest).try_lock() {
+            *done = true;
+        }
+    }
+
     fn child_slot(&self, repo: &RepoName, digest: &Digest) -> ChildSlot {
         let mut map = self.children.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((repo.clone(), digest.clone())).or_default().clone()
@@ -195,6 +210,7 @@ impl Copier {
         let put = || self.dst.put_manifest(&item.dest_repo, &reference, bytes.clone(), &parsed.media_type);
         let digest = self.converge.put(&*self.dst, &item.dest_repo, &parsed, put).await?;
         Stats::add(&self.stats.manifests_pushed, 1);
+        self.pushed(&item.dest_repo, &digest);
         referrers::sync_subject(self, &item.source_repo, &item.dest_repo, &digest, 0, None).await
     }
 

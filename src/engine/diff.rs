@@ -253,48 +253,56 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
             // A tag the destination may have: a HEAD. So too a tag to be
             // narrowed (what the state remembers may spare the pull) and a
             // named tag (it may not exist; one HEAD, its 404 is the answer).
-            let (source, source_body) = if at_destination || narrowing || literal {
-                let head = if literal {
-                    let reference = from.clone().unwrap_or_else(|| Reference::Tag(tag.clone()));
-                    src.head_manifest(&source_repo, &reference, &Scopes::pull(&source_repo)).await
-                } else {
-                    head_source(src, &source_repo, &source_tag).await
-                };
-                match head {
-                    Ok(Some(h)) => (h, None),
-                    Ok(None) => return Err(unknown()),
-                    Err(e) => return Err(problem(e.to_string())),
-                }
-            } else {
-                // Certainly missing at the destination: the copy will need
-                // the body, so fetch it now instead of a HEAD now and a GET later.
-                match get_source(src, &source_repo, &source_tag).await {
-                    Ok(Some(body)) => {
-                        if body.ignored_header.is_some() {
-                            mismatches.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let len = body.bytes.len();
-                        let kept = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(len)).is_ok();
-                        (head_of(&body), kept.then(|| Box::new(body.bytes)))
+            // Both sides at once: a no-op pass over many tags waits for
+            // one round trip per tag, not two.
+            let source = async {
+                if at_destination || narrowing || literal {
+                    let head = if literal {
+                        let reference = from.clone().unwrap_or_else(|| Reference::Tag(tag.clone()));
+                        src.head_manifest(&source_repo, &reference, &Scopes::pull(&source_repo)).await
+                    } else {
+                        head_source(src, &source_repo, &source_tag).await
+                    };
+                    match head {
+                        Ok(Some(h)) => Ok((h, None)),
+                        Ok(None) => Err(unknown()),
+                        Err(e) => Err(problem(e.to_string())),
                     }
-                    Ok(None) => return Err(unknown()),
-                    // No pulls left: a HEAD (free) still plans the tag, which
-                    // then waits for the quota.
-                    Err(RegistryError::QuotaLow { .. }) => match head_source(src, &source_repo, &source_tag).await {
-                        Ok(Some(h)) => (h, None),
-                        Ok(None) => return Err(unknown()),
-                        Err(e) => return Err(problem(e.to_string())),
-                    },
-                    Err(e) => return Err(problem(e.to_string())),
+                } else {
+                    // Certainly missing at the destination: the copy will need
+                    // the body, so fetch it now instead of a HEAD now and a GET later.
+                    match get_source(src, &source_repo, &source_tag).await {
+                        Ok(Some(body)) => {
+                            if body.ignored_header.is_some() {
+                                mismatches.fetch_add(1, Ordering::Relaxed);
+                            }
+                            let len = body.bytes.len();
+                            let kept = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(len)).is_ok();
+                            Ok((head_of(&body), kept.then(|| Box::new(body.bytes))))
+                        }
+                        Ok(None) => Err(unknown()),
+                        // No pulls left: a HEAD (free) still plans the tag, which
+                        // then waits for the quota.
+                        Err(RegistryError::QuotaLow { .. }) => match head_source(src, &source_repo, &source_tag).await {
+                            Ok(Some(h)) => Ok((h, None)),
+                            Ok(None) => Err(unknown()),
+                            Err(e) => Err(problem(e.to_string())),
+                        },
+                        Err(e) => Err(problem(e.to_string())),
+                    }
                 }
             };
-            let dest = if at_destination {
-                dst.head_listed_manifest(&dest_repo, &Reference::Tag(tag.clone()), &dest_scopes(&dest_repo, options.writes))
-                    .await
-                    .map_err(|e| problem(e.to_string()))?
-            } else {
-                None
+            let dest = async {
+                if at_destination {
+                    dst.head_listed_manifest(&dest_repo, &Reference::Tag(tag.clone()), &dest_scopes(&dest_repo, options.writes))
+                        .await
+                        .map_err(|e| problem(e.to_string()))
+                } else {
+                    Ok(None)
+                }
             };
+            let (source, dest) = tokio::join!(source, dest);
+            let ((source, source_body), dest) = (source?, dest?);
             let action = decide(&source, dest.as_ref(), options.overwrite);
             if let Some(d) = dest.as_ref().filter(|d| media_type_note(&source, d)) {
                 // Once per tag and run: the diff sees each tag once.

@@ -322,7 +322,10 @@ pub(super) async fn present(client: &dyn Scheme, repo: &RepoName, digest: &Diges
 /// tag or a cosign companion): nothing happens unless that manifest is at
 /// the destination. Returns `false` when it is not (nothing to copy).
 pub async fn copy_subject_bound(copier: &Copier, item: &PlanItem, subject: &Digest) -> Result<bool, RegistryError> {
-    if !present(copier.destination(), &item.dest_repo, subject, &Scopes::push(&item.dest_repo)).await? {
+    // (Pushed by this run: known there without asking.)
+    let there = copier.known_present(&item.dest_repo, subject)
+        || present(copier.destination(), &item.dest_repo, subject, &Scopes::push(&item.dest_repo)).await?;
+    if !there {
         let untagged = copier.referrers().is_some_and(|r| r.untagged.contains(&(item.source_repo.clone(), subject.clone())));
         if !untagged {
             tracing::debug!(repository = %item.dest_repo, tag = %item.tag, "its subject is not at the destination; not copied");

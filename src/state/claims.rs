@@ -37,8 +37,9 @@ fn claimed(r: &sqlx::any::AnyRow) -> Result<ClaimedTask, sqlx::Error> {
 }
 
 impl StateDb {
-    /// Claim one task of `execution` that nobody works: a pending one, or one
-    /// whose claim expired (its worker died or stalled). `None`: nothing to
+    /// Claim one task of `execution` that nobody works: a pending one (the
+    /// first by id), else one whose claim expired (its worker died or
+    /// stalled). `None`: nothing to
     /// claim (or the execution is no longer running, or being canceled).
     ///
     /// The claim counts as the task's next attempt, recorded with it (a
@@ -59,20 +60,27 @@ impl StateDb {
             super::Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             super::Backend::Sqlite => "",
         };
-        let sql = format!(
-            "UPDATE tasks SET status = 'running', attempts = attempts + 1, worker = $1, lease_expires_at = $2, updated_at = $3 \
-             WHERE id = (SELECT t.id FROM tasks t WHERE t.execution_id = $4 \
-                           AND (t.status = 'pending' OR (t.status IN ('running', 'retrying') AND COALESCE(t.lease_expires_at, 0) < $3)) \
-                           AND ($5 = 1 OR (t.platforms IS NULL AND COALESCE(t.reason, '') <> 'referrers changed')) \
-                           AND (t.tag NOT LIKE 'sha256-%' OR NOT EXISTS (SELECT 1 FROM tasks p WHERE p.execution_id = $4 \
-                                AND p.tag NOT LIKE 'sha256-%' AND p.status IN ('pending', 'running', 'retrying'))) \
-                         ORDER BY t.id LIMIT 1 {lock}) \
-               AND (status = 'pending' OR (status IN ('running', 'retrying') AND COALESCE(lease_expires_at, 0) < $3)) \
-               AND EXISTS (SELECT 1 FROM executions e WHERE e.id = $4 AND e.status = 'running' AND e.cancel_requested = 0) \
-             RETURNING id, source_repo, dest_repo, tag, source_digest, media_type, reason"
-        );
+        // Pending tasks first, then those whose claim expired: each kind one
+        // lookup along the index (execution_id, status, id). One query for
+        // both (`status = 'pending' OR …`) made SQLite read and sort every
+        // task of the execution per claim: quadratic, 53 claims/s at 15,000
+        // of 100,000 tasks.
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&w.id).bind(now + w.lease_ms()).bind(now).bind(execution).bind(i64::from(coordinator)).fetch_optional(&mut *tx).await?;
+        let mut row = None;
+        for kind in [CLAIMABLE_PENDING, CLAIMABLE_EXPIRED] {
+            let sql = claim_sql(kind, lock);
+            row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&w.id)
+                .bind(now + w.lease_ms())
+                .bind(now)
+                .bind(execution)
+                .bind(i64::from(coordinator))
+                .fetch_optional(&mut *tx)
+                .await?;
+            if row.is_some() {
+                break;
+            }
+        }
         let Some(row) = row else {
             tx.commit().await?;
             return Ok(None);
@@ -178,6 +186,27 @@ impl StateDb {
     }
 }
 
+/// Which tasks a claim looks for (see [`claim_sql`]).
+const CLAIMABLE_PENDING: &str = "t.status = 'pending'";
+const CLAIMABLE_EXPIRED: &str = "t.status IN ('running', 'retrying') AND COALESCE(t.lease_expires_at, 0) < $3";
+
+/// The claim of the first task of `$4` that `kind` selects, for worker `$1`
+/// with a lease until `$2` at time `$3` (`$5`: the coordinator). The outer
+/// condition checks again that the task is still claimable.
+fn claim_sql(kind: &str, lock: &str) -> String {
+    format!(
+        "UPDATE tasks SET status = 'running', attempts = attempts + 1, worker = $1, lease_expires_at = $2, updated_at = $3 \
+         WHERE id = (SELECT t.id FROM tasks t WHERE t.execution_id = $4 AND {kind} \
+                       AND ($5 = 1 OR (t.platforms IS NULL AND COALESCE(t.reason, '') <> 'referrers changed')) \
+                       AND (t.tag NOT LIKE 'sha256-%' OR NOT EXISTS (SELECT 1 FROM tasks p WHERE p.execution_id = $4 \
+                            AND p.tag NOT LIKE 'sha256-%' AND p.status IN ('pending', 'running', 'retrying'))) \
+                     ORDER BY t.id LIMIT 1 {lock}) \
+           AND (status = 'pending' OR (status IN ('running', 'retrying') AND COALESCE(lease_expires_at, 0) < $3)) \
+           AND EXISTS (SELECT 1 FROM executions e WHERE e.id = $4 AND e.status = 'running' AND e.cancel_requested = 0) \
+         RETURNING id, source_repo, dest_repo, tag, source_digest, media_type, reason"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use crate::engine::plan::{Action, CopyReason, Plan, PlanItem};
@@ -208,6 +237,45 @@ mod tests {
         db.end_claim(first.id, super::super::TaskStatus::Succeeded, None).await.unwrap();
         db.end_claim(narrowed.id, super::super::TaskStatus::Succeeded, None).await.unwrap();
         assert_eq!(db.claim_task(id, false).await.unwrap().expect("now the signature").tag, sig);
+    }
+
+    /// A claim walks the index (execution_id, status, id) to the first
+    /// pending task: it does not read and sort every task of the execution
+    /// (which made the claims of a pass over many tags quadratic).
+    #[tokio::test]
+    async fn a_claim_does_not_sort_the_tasks_of_its_execution() {
+        use sqlx::Row;
+        let (_dir, db) = crate::state::testing::temp_state().await;
+        let sql = format!("EXPLAIN QUERY PLAN {}", super::claim_sql(super::CLAIMABLE_PENDING, ""));
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind("w")
+            .bind(1i64)
+            .bind(1i64)
+            .bind(1i64)
+            .bind(0i64)
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        let plan: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>("detail").unwrap()).collect();
+        assert!(!plan.iter().any(|d| d.contains("TEMP B-TREE")), "{plan:#?}");
+        assert!(plan.iter().any(|d| d.contains("tasks_claimable (execution_id=? AND status=?)")), "{plan:#?}");
+    }
+
+    /// Pending tasks are claimed first; a task whose claim expired (its
+    /// worker died) is claimed after them, not lost.
+    #[tokio::test]
+    async fn pending_tasks_go_first_then_those_whose_claim_expired() {
+        let (_dir, db) = crate::state::testing::temp_state().await;
+        let id = db.begin_execution(&crate::state::testing::spec("migrate")).await.unwrap().id;
+        let plan = Plan { items: vec![item("v1"), item("v2")], repositories: 1, ..Plan::default() };
+        db.record_plan(id, &plan).await.unwrap();
+        let first = db.claim_task(id, true).await.unwrap().expect("v1");
+        assert_eq!(first.tag, "v1");
+        sqlx::query("UPDATE tasks SET lease_expires_at = 1 WHERE id = $1").bind(first.id).execute(db.pool()).await.unwrap();
+        assert_eq!(db.claim_task(id, true).await.unwrap().expect("the pending one").tag, "v2");
+        let again = db.claim_task(id, true).await.unwrap().expect("the expired claim, taken over");
+        assert_eq!((again.id, again.tag.as_str()), (first.id, "v1"));
+        assert!(db.claim_task(id, true).await.unwrap().is_none());
     }
 
     /// An execution whose process died (its lease expired) is not left

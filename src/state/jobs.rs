@@ -163,13 +163,25 @@ impl StateDb {
 
     /// Every task of an execution: failures first, then by repository and tag.
     pub async fn tasks(&self, execution: i64) -> Result<Vec<TaskRow>, StateError> {
+        self.task_rows(execution, false).await
+    }
+
+    /// The failed tasks of an execution, by repository and tag: what a run
+    /// reports at its end (without reading the rows of every up-to-date tag
+    /// of a pass over many tags).
+    pub async fn failed_tasks(&self, execution: i64) -> Result<Vec<TaskRow>, StateError> {
+        self.task_rows(execution, true).await
+    }
+
+    async fn task_rows(&self, execution: i64, failed_only: bool) -> Result<Vec<TaskRow>, StateError> {
         let rows = sqlx::query(
             "SELECT id, source_repo, dest_repo, tag, source_digest, dest_digest, platforms, media_type, reason, status, attempts, last_error, updated_at, worker \
-             FROM tasks WHERE execution_id = $1 \
+             FROM tasks WHERE execution_id = $1 AND ($2 = 0 OR status = 'failed') \
              ORDER BY CASE status WHEN 'failed' THEN 0 WHEN 'running' THEN 1 WHEN 'retrying' THEN 1 WHEN 'pending' THEN 2 ELSE 3 END, \
                       source_repo, tag",
         )
         .bind(execution)
+        .bind(i64::from(failed_only))
         .fetch_all(self.pool())
         .await?;
         rows.iter()

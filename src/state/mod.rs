@@ -559,4 +559,28 @@ mod tests {
         db.record_plan(id, &plan(Action::Skip(SkipReason::UpToDate), &one)).await.unwrap();
         assert_eq!(db.tasks(id).await.unwrap()[0].status, "skipped", "planned with another digest");
     }
+
+    /// `failed_tasks` is `tasks` narrowed to the failed ones (what a run
+    /// reports), not every up-to-date tag of the execution.
+    #[tokio::test]
+    async fn failed_tasks_are_the_failed_ones_only() {
+        let (_dir, db) = crate::state::testing::temp_state().await;
+        let id = db.begin_execution(&crate::state::testing::spec("migrate")).await.unwrap().id;
+        let d = Digest::sha256_of(b"one");
+        let mut plan = Plan { repositories: 1, ..Plan::default() };
+        for (tag, action) in [("v1", Action::Skip(SkipReason::UpToDate)), ("v2", Action::Copy(CopyReason::Missing)), ("v3", Action::Skip(SkipReason::UpToDate))] {
+            plan.items.push(item(tag, &d, action));
+        }
+        plan.problems.push(crate::engine::plan::Problem {
+            source_repo: "a/b".into(),
+            dest_repo: Some("a/b".into()),
+            tag: Some("v4".into()),
+            error: "gone".into(),
+        });
+        db.record_plan(id, &plan).await.unwrap();
+        assert_eq!(db.tasks(id).await.unwrap().len(), 4);
+        let failed = db.failed_tasks(id).await.unwrap();
+        assert_eq!(failed.iter().map(|t| (t.tag.as_str(), t.status.as_str())).collect::<Vec<_>>(), [("v4", "failed")]);
+        assert_eq!(failed[0].last_error.as_deref(), Some("gone"));
+    }
 }

@@ -375,6 +375,22 @@ pub fn report(dir: &Path) -> String {
                 total - listings
             ),
         );
+        // ocync (2026) publishes a warm sync of 51 tags with 147 requests, regsync 170: all requests counted.
+        t.note(format!(
+            "{scenario} warm sync: {:.2} requests per tag, listings included ({total} for {tags:.0} tags); published: ocync 2.9, regsync 3.3",
+            total as f64 / tags
+        ));
+    }
+    if let Some(first) = groups.get(&("scale".to_string(), "regferry".to_string(), "noop-immutable".to_string())).and_then(|g| g.first()) {
+        let id = first.id();
+        let tags = regferry_json(dir, &id).and_then(|j| j["counts"]["tags_total"].as_f64()).unwrap_or(f64::NAN);
+        let total: u64 = [".src.log", ".dst.log"].iter().flat_map(|s| breakdown(&dir.join(format!("{id}{s}"))).into_values()).sum();
+        t.note(format!(
+            "scale warm sync, immutable tags (--missing-only): {total} requests for {tags:.0} tags = {:.3} per tag in {:.2} s, peak RSS {:.1} MiB",
+            total as f64 / tags,
+            first.wall,
+            first.rss_kib / 1024.0
+        ));
     }
     if let Some(rf) = get("main", "regferry", "initial") {
         let distinct = pn("main_distinct_bytes");
@@ -416,7 +432,12 @@ pub fn report(dir: &Path) -> String {
     if let Some(noop) = get("scale", "regferry", "noop") {
         let first = &groups[&("scale".to_string(), "regferry".to_string(), "noop".to_string())][0];
         let tags = regferry_json(dir, &first.id()).and_then(|j| j["counts"]["tags_total"].as_f64()).unwrap_or(f64::NAN);
-        t.check(noop.wall < 60.0, format!("scale: no-op pass over {tags:.0} tags took {:.2} s (target < 60 s)", noop.wall));
+        // Issue #21's goal for 100,000 tags: ≤ 120 s (≤ 15 s with immutable tags); below that, the older < 60 s.
+        let limit = if tags >= 100_000.0 { 120.0 } else { 60.0 };
+        t.check(noop.wall <= limit, format!("scale: no-op pass over {tags:.0} tags took {:.2} s (target ≤ {limit:.0} s)", noop.wall));
+        if let (true, Some(immutable)) = (tags >= 100_000.0, get("scale", "regferry", "noop-immutable")) {
+            t.check(immutable.wall <= 15.0, format!("scale: immutable no-op over {tags:.0} tags took {:.2} s (target ≤ 15 s)", immutable.wall));
+        }
         if let Some(part) = get("scale", "regferry", "noop-part") {
             let part_first = &groups[&("scale".to_string(), "regferry".to_string(), "noop-part".to_string())][0];
             let part_tags =

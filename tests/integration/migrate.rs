@@ -199,6 +199,10 @@ async fn content_already_at_the_destination_is_neither_uploaded_nor_asked_for_tw
     s.push("app/a-web", "v2", &web2).await;
     s.push("app/b-api", "v1", &api).await;
     s.push("app/b-api", "latest", &api).await;
+    // Signed: its cosign companion goes after the subject, which this run
+    // pushed, so it needs no HEAD to learn that the subject is there.
+    let sig = image::signature(&api);
+    s.push("app/b-api", &image::signature_tag(&api.digest), &sig).await;
     // The destination already has app/a-web:v1 (from an earlier copy by any tool).
     d.push("app/a-web", "v1", &web1).await;
 
@@ -209,7 +213,7 @@ async fn content_already_at_the_destination_is_neither_uploaded_nor_asked_for_tw
     let run = migrate(&scratch, &src.url, &dst.url, &["--concurrency", "1"]).await;
     run.assert_ok();
     let report = run.json();
-    assert_eq!(report["counts"]["tags_copied"], 3, "app/a-web:v1 is up to date");
+    assert_eq!(report["counts"]["tags_copied"], 4, "app/a-web:v1 is up to date");
     assert_eq!(report["counts"]["tags_skipped"], 1);
     assert_mirrored(&s, &d, &["app/a-web".into(), "app/b-api".into()], "").await;
 
@@ -218,6 +222,7 @@ async fn content_already_at_the_destination_is_neither_uploaded_nor_asked_for_tw
     // app/a-web (which existed) and mounted into app/b-api (which did not).
     let mut lacked: Vec<&image::Blob> = web2.all_blobs().into_iter().filter(|b| b.digest != base.digest).collect();
     lacked.extend(api.all_blobs().into_iter().filter(|b| b.digest != base.digest));
+    lacked.extend(sig.all_blobs());
     lacked.sort_by(|a, b| a.digest.cmp(&b.digest));
     lacked.dedup_by(|a, b| a.digest == b.digest);
     let lacked_bytes: u64 = lacked.iter().map(|b| b.bytes.len() as u64).sum();

@@ -73,6 +73,10 @@ enum Cmd {
         /// Instead of a data set: one image whose single layer has this many bytes.
         #[arg(long)]
         big_layer: Option<u64>,
+        /// Instead of a data set: --repos × --tags tags, all of one small image per
+        /// repository (pushed once, then tagged concurrently; layer options ignored).
+        #[arg(long)]
+        same_image: bool,
     },
     /// List every distinct blob reachable from the tags of a registry (repo, digest, size; tab-separated).
     RawcopyPlan {
@@ -224,8 +228,14 @@ async fn main() {
             multi_arch_every,
             no_signatures,
             big_layer,
+            same_image,
         } => {
             let reg = Registry::new(&registry, Access::Anonymous);
+            if same_image {
+                let n = dataset::fill_retagged(&reg, &prefix, repos, tags, 32).await;
+                println!("pushed {n} tags in {repos} repositories (one small image per repository, tagged {tags} times)");
+                return;
+            }
             if let Some(size) = big_layer {
                 let repo = format!("{prefix}/big");
                 let digest = reg.push_random_blob(&repo, "big-layer", size).await;
