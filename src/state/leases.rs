@@ -93,13 +93,16 @@ fn unique_part() -> String {
 }
 
 /// The host and PID of a default worker id (`host:pid:unique`, or
-/// `host:pid` as older versions wrote it).
+/// `host:pid` as older versions wrote it). Told apart by the number of
+/// colons (a host name has none), never by whether the last part reads as a
+/// number: a unique part of digits only is still not the PID.
 fn host_and_pid(worker: &str) -> Option<(&str, libc::pid_t)> {
-    let (rest, last) = worker.rsplit_once(':')?;
-    if let Ok(pid) = last.parse::<libc::pid_t>() {
-        return Some((rest, pid));
+    let mut parts = worker.split(':');
+    let (host, pid) = (parts.next()?, parts.next()?);
+    let _unique = parts.next();
+    if parts.next().is_some() || host.is_empty() {
+        return None;
     }
-    let (host, pid) = rest.rsplit_once(':')?;
     Some((host, pid.parse().ok()?))
 }
 
@@ -363,6 +366,9 @@ mod tests {
         assert_eq!(host_and_pid(&a), Some(("pod", 1)));
         assert_eq!(host_and_pid("pod:7"), Some(("pod", 7)), "the ids older versions wrote");
         assert_eq!(host_and_pid("by-hand"), None);
+        // A unique part of digits only (one id in 17: six hex digits) is
+        // still the unique part, not the PID.
+        assert_eq!(host_and_pid("pod:1:123456"), Some(("pod", 1)));
         assert_eq!(default_id(), default_id(), "one id per process");
         assert!(default_id().starts_with(&format!("{}:{}:", hostname(), std::process::id())), "{}", default_id());
     }
