@@ -14,6 +14,7 @@ pub mod engine;
 pub mod job;
 pub mod pass;
 pub mod policy;
+pub mod process;
 pub mod registry;
 pub mod scheme;
 pub mod state;

@@ -114,8 +114,7 @@ fn dead_here(worker: &str) -> bool {
     if worker == default_id() || host != hostname() || pid <= 0 || pid == std::process::id() as libc::pid_t {
         return false;
     }
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) }
+    crate::process::gone(pid)
 }
 
 /// Who holds a job when this worker could not take it.

@@ -6,7 +6,7 @@
 //! - a source manifest `GET` of `repo:reference` is sent once per pass
 //!   ([`manifests`]), whichever destination asks first (a `404` is kept
 //!   too; deletions never read through the share: a tag gone is proof only
-//!   from a request of its own, see `pass::prune_leased`);
+//!   from a request of its own, see `pass::destination`);
 //! - a source blob is read once per pass into the pass's spool
 //!   ([`spool`]: a file per blob, written at the source's speed and
 //!   followed by each destination at its own), within a disk budget;

@@ -380,19 +380,11 @@ fn sweep_dead(root: &Path) {
     for d in dir.flatten() {
         let name = d.file_name().to_string_lossy().into_owned();
         let Some(pid) = name.strip_prefix("pass-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else { continue };
-        let gone = if pid == std::process::id() { !name.starts_with(&own) } else { !alive(pid) };
+        let gone = if pid == std::process::id() { !name.starts_with(&own) } else { libc::pid_t::try_from(pid).map_or(true, crate::process::gone) };
         if gone && let Err(e) = std::fs::remove_dir_all(d.path()) {
             tracing::warn!(dir = %d.path().display(), error = %e, "cannot remove a crashed pass's spool directory");
         }
     }
-}
-
-/// Whether process `pid` exists on this machine.
-fn alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
-    // SAFETY: signal 0 only checks that the process exists.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 #[cfg(test)]
