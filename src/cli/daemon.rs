@@ -69,6 +69,14 @@ pub struct DaemonArgs {
     /// Serve the status page (/) without a token even when API tokens are set.
     #[arg(long, env = "REGFERRY_PUBLIC_STATUS")]
     pub public_status: bool,
+
+    /// Local disk all passes running at once may use together to read each source blob
+    /// once for the several destinations of a policy (files beside the state, removed
+    /// when each pass ends); each pass also stays within its policy's spool_budget
+    /// (default 2GiB). Over it, each destination reads the source itself. Default: no
+    /// limit beyond the policies'; 0 turns the spool off.
+    #[arg(long, env = "REGFERRY_SPOOL_BUDGET", value_parser = super::run::parse_spool_budget, value_name = "SIZE")]
+    pub spool_budget: Option<u64>,
 }
 
 /// A token from its flag (or variable) or its file; empty means none.
@@ -101,6 +109,9 @@ pub async fn run(args: DaemonArgs) -> Result<u8, CliError> {
         && a == r
     {
         return Err(CliError::usage("the read-only and the admin API token must differ"));
+    }
+    if let Some(budget) = args.spool_budget {
+        regferry::scheme::shared::spool::DiskBudget::process().set_limit(budget);
     }
     let state = StateDb::open_for(&args.state.state, 16).await?.with_worker(args.state.worker(true));
     tracing::info!(state = %state.location(), backend = state.backend().name(), worker = %state.worker().id, "state database ready");

@@ -68,7 +68,7 @@ pub struct RunArgs {
 }
 
 /// `--spool-budget`: a size (`500MiB`, `2GiB`) or 0.
-fn parse_spool_budget(s: &str) -> Result<u64, String> {
+pub(super) fn parse_spool_budget(s: &str) -> Result<u64, String> {
     if s.trim() == "0" {
         return Ok(0);
     }

@@ -25,6 +25,7 @@ mod refused;
 pub mod pass_errors;
 mod narrowed;
 mod referrers;
+mod plan_record;
 mod recorder;
 pub mod status;
 
@@ -42,7 +43,6 @@ pub use recorder::Recorder;
 pub use status::{ExecutionStatus, TaskStatus};
 
 use crate::engine::blobs::MountHints;
-use crate::engine::plan::{Action, Plan, SkipReason};
 use crate::engine::stats::Snapshot;
 use crate::registry::{Digest, RepoName};
 
@@ -288,102 +288,6 @@ impl StateDb {
             out.insert((r.try_get("source_repo")?, r.try_get("tag")?, digest.unwrap_or_default()));
         }
         Ok(out)
-    }
-
-    /// Write the plan's tasks (and its problems, as failed tasks) into
-    /// `execution`, in one transaction. Returns the task id of each plan
-    /// item, in order. A task that already succeeded and is still up to
-    /// date keeps its `succeeded` status.
-    pub async fn record_plan(&self, execution: i64, plan: &Plan) -> Result<Vec<i64>, StateError> {
-        let now = self.clock().await?;
-        let mut tx = self.begin_write().await?;
-        let mut ids = Vec::with_capacity(plan.items.len());
-        for item in &plan.items {
-            let status = match item.action {
-                Action::Copy(_) => TaskStatus::Pending,
-                Action::Skip(SkipReason::Unsigned) => TaskStatus::Unsigned,
-                Action::Skip(_) => TaskStatus::Skipped,
-            };
-            // A resumed task found up to date with the digest it was
-            // planned with was copied by this execution before the process
-            // died (only its record was lost): it succeeded.
-            let resumed_done = item.action == Action::Skip(SkipReason::UpToDate);
-            let id: i64 = sqlx::query(
-                "INSERT INTO tasks (execution_id, source_repo, dest_repo, tag, source_digest, media_type, reason, status, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                 ON CONFLICT (execution_id, source_repo, dest_repo, tag) DO UPDATE SET \
-                   status = CASE WHEN $11 AND tasks.status IN ('succeeded', 'running', 'retrying', 'pending') \
-                                  AND tasks.source_digest = excluded.source_digest THEN 'succeeded' \
-                                 WHEN tasks.status IN ('running', 'retrying') AND tasks.lease_expires_at >= excluded.updated_at \
-                                  AND tasks.source_digest = excluded.source_digest THEN tasks.status \
-                                 ELSE excluded.status END, \
-                   reason = CASE WHEN $12 AND tasks.status IN ('succeeded', 'running', 'retrying', 'pending') \
-                                  AND tasks.source_digest = excluded.source_digest THEN tasks.reason ELSE excluded.reason END, \
-                   finished_at = CASE WHEN $13 AND tasks.status IN ('running', 'retrying', 'pending') \
-                                  AND tasks.source_digest = excluded.source_digest THEN excluded.updated_at ELSE tasks.finished_at END, \
-                   source_digest = excluded.source_digest, media_type = excluded.media_type, updated_at = excluded.updated_at \
-                 RETURNING id",
-            )
-            .bind(execution)
-            .bind(item.source_repo.as_str())
-            .bind(item.dest_repo.as_str())
-            .bind(item.tag.as_str())
-            .bind(item.source.digest.as_str())
-            .bind(&item.source.media_type)
-            .bind(item.action.to_string())
-            .bind(status.as_str())
-            .bind(now)
-            .bind(now)
-            .bind(resumed_done)
-            .bind(resumed_done)
-            .bind(resumed_done)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("id")?;
-            if let Some(why) = plan.refused.get(&(item.source_repo.clone(), item.tag.clone())) {
-                sqlx::query("UPDATE tasks SET last_error = $1 WHERE id = $2").bind(why).bind(id).execute(&mut *tx).await?;
-            }
-            if let Some(n) = &item.platforms {
-                sqlx::query("UPDATE tasks SET dest_digest = $1, platforms = $2 WHERE id = $3")
-                    .bind(n.destination_digest().as_str())
-                    .bind(format!("{} ({})", n.label, n.mode))
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            ids.push(id);
-        }
-        for p in &plan.problems {
-            sqlx::query(
-                "INSERT INTO tasks (execution_id, source_repo, dest_repo, tag, reason, status, attempts, last_error, created_at, updated_at, finished_at) \
-                 VALUES ($1, $2, $3, $4, 'could not be planned', 'failed', 1, $5, $6, $7, $8) \
-                 ON CONFLICT (execution_id, source_repo, dest_repo, tag) DO UPDATE SET \
-                   status = 'failed', attempts = tasks.attempts + 1, last_error = excluded.last_error, \
-                   updated_at = excluded.updated_at, finished_at = excluded.finished_at",
-            )
-            .bind(execution)
-            .bind(&p.source_repo)
-            .bind(p.dest_repo.as_deref().unwrap_or(""))
-            .bind(p.tag.as_deref().unwrap_or(""))
-            .bind(&p.error)
-            .bind(now)
-            .bind(now)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        // Tasks of an earlier plan of this execution that this plan no longer
-        // has are not for any worker to claim.
-        sqlx::query(
-            "UPDATE tasks SET status = 'canceled', last_error = 'no longer at the source or in scope', updated_at = $1 \
-             WHERE execution_id = $2 AND status = 'pending' AND updated_at <> $1",
-        )
-        .bind(now)
-        .bind(execution)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(ids)
     }
 
     /// Close an execution. Tasks the run never reached (no longer in scope)

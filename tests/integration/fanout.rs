@@ -111,10 +111,12 @@ async fn two_destinations_read_each_blob_and_manifest_of_the_source_once() {
     assert!(spool.is_dir(), "no spool directory beside the state");
     assert_eq!(std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(1), 0, "the pass left its spool behind");
 
-    // A second pass with nothing new reads no blob and pulls nothing.
-    let (blobs, pulls) = (sp.counters.kind("GET blob"), sp.counters.kind("GET manifest"));
+    // A second pass with nothing new reads no blob, pulls nothing, and
+    // asks the source about each tag once for both destinations.
+    let (blobs, pulls, heads) = (sp.counters.kind("GET blob"), sp.counters.kind("GET manifest"), sp.counters.kind("HEAD manifest"));
     f.pass(&policies).await.assert_ok();
     assert_eq!((sp.counters.kind("GET blob"), sp.counters.kind("GET manifest")), (blobs, pulls));
+    assert_eq!(sp.counters.kind("HEAD manifest") - heads, pushed.len() as u64, "source manifest HEADs of a no-op pass ≠ one per tag");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -244,4 +246,35 @@ async fn deletions_are_mirrored_at_both_destinations_of_a_shared_pass() {
         tags.sort();
         assert_eq!(tags, ["v1", "v3"]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_spool_budget_caps_every_pass_and_zero_turns_the_spool_off() {
+    let f = Fan::start().await;
+    let (d1, d2, s, pushed, sp) = (&f.d1, &f.d2, &f.s, &f.pushed, &f.sp);
+    let text = format!(
+        "name: fan\nsource: {{ registry: '{}' }}\ndestinations:\n  - registry: '{}'\n  - registry: '{}'\ntrigger: {{ interval: 1h }}\n",
+        sp.url, d1.url, d2.url
+    );
+    let policies = crate::policies::write(&f.scratch, "policies", "p.yaml", &text);
+    // The policy's own spool_budget (the default, 2 GiB) would take every blob.
+    let port = testkit::free_port();
+    let daemon = crate::support::daemon_command(&f.scratch, &policies, port).arg("--spool-budget").arg("0").spawn().expect("start daemon");
+    let repos = repos_of(pushed);
+    for d in [d1, d2] {
+        let d = Registry::new(&d.url, Access::Anonymous);
+        wait_until(Duration::from_secs(60), "both destinations to hold every tag", async || {
+            let mut n = 0;
+            for r in &repos {
+                n += d.tag_map(r).await.len();
+            }
+            n == pushed.len()
+        })
+        .await;
+        assert_mirrored(s, &d, &repos, "").await;
+    }
+    crate::support::stop_daemon(daemon, &f.scratch.path("daemon.log")).await;
+    assert_eq!(sp.counters.kind("GET blob"), 2 * distinct_blobs(pushed), "with the daemon's spool budget at 0, each destination reads each blob itself");
+    // Manifests are still fetched once for both (they are not spooled).
+    assert_eq!(sp.counters.kind("GET manifest"), pushed.len() as u64);
 }

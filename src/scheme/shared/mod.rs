@@ -6,15 +6,16 @@
 //! - a source manifest `GET` of `repo:reference` is sent once per pass
 //!   ([`manifests`]), whichever destination asks first (a `404` is kept
 //!   too; deletions never read through the share: a tag gone is proof only
-//!   from a request of its own, see `pass::destination`);
+//!   from a request of its own, see `pass::destination`); a `HEAD` that
+//!   found the manifest likewise (one that did not is asked again);
 //! - a source blob is read once per pass into the pass's spool
 //!   ([`spool`]: a file per blob, written at the source's speed and
 //!   followed by each destination at its own), within a disk budget;
 //!   over budget, without a known size, or after a local failure (disk
 //!   full) a destination reads the source itself, as it would alone.
 //!
-//! Every other verb goes to the job's own client unchanged (listings and
-//! `HEAD`s are each destination's, and so is its request count and usage
+//! Every other verb goes to the job's own client unchanged (listings are
+//! each destination's, and so is its request count and usage
 //! report: the bytes a destination's client read from the source are the
 //! ones it fetched for everyone, so the reports of a pass add up to the
 //! bytes read once; [`Scheme::settle`] lets a job's report wait for the
@@ -38,7 +39,7 @@ use super::{ByteStream, Scheme, UploadStream};
 use crate::registry::gate::Pacer;
 use crate::registry::referrers::ApiAnswer;
 use crate::registry::{Digest, ManifestBody, ManifestHead, Reference, RegistryClient, RegistryError, RegistryUrl, RepoName, Scopes};
-use manifests::Manifests;
+use manifests::{HeadKind, Manifests};
 use spool::{Open, Spool, Writer};
 
 /// What the destinations of one pass share about its source.
@@ -128,11 +129,11 @@ impl Scheme for SharedSource {
     }
     fn head_manifest<'a>(&'a self, repo: &'a RepoName, reference: &'a Reference, scopes: &'a Scopes)
     -> BoxFuture<'a, Result<Option<ManifestHead>, RegistryError>> {
-        self.inner.head_manifest(repo, reference, scopes)
+        self.share.manifests.head(&*self.inner, repo, reference, scopes, HeadKind::Plain).boxed()
     }
     fn head_listed_manifest<'a>(&'a self, repo: &'a RepoName, reference: &'a Reference, scopes: &'a Scopes)
     -> BoxFuture<'a, Result<Option<ManifestHead>, RegistryError>> {
-        self.inner.head_listed_manifest(repo, reference, scopes)
+        self.share.manifests.head(&*self.inner, repo, reference, scopes, HeadKind::Listed).boxed()
     }
     fn get_manifest<'a>(&'a self, repo: &'a RepoName, reference: &'a Reference, scopes: &'a Scopes)
     -> BoxFuture<'a, Result<ManifestBody, RegistryError>> {

@@ -47,6 +47,41 @@ use crate::scheme::{ByteStream, Scheme};
 /// The spool budget when none is configured.
 pub const DEFAULT_BUDGET: u64 = 2 * 1024 * 1024 * 1024;
 
+/// The spool disk that passes running at once may use together (the
+/// daemon's `--spool-budget`): each pass spools within its policy's own
+/// budget and within what is left of this one.
+#[derive(Debug)]
+pub struct DiskBudget {
+    limit: AtomicU64,
+    used: AtomicU64,
+}
+
+impl DiskBudget {
+    pub const fn new(limit: u64) -> DiskBudget {
+        DiskBudget { limit: AtomicU64::new(limit), used: AtomicU64::new(0) }
+    }
+
+    /// The one of this process (unlimited until [`DiskBudget::set_limit`]).
+    pub fn process() -> &'static DiskBudget {
+        static PROCESS: DiskBudget = DiskBudget::new(u64::MAX);
+        &PROCESS
+    }
+
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Take `size` bytes if they fit.
+    fn take(&self, size: u64) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        self.used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| used.checked_add(size).filter(|&n| n <= limit)).is_ok()
+    }
+
+    fn give_back(&self, size: u64) {
+        let _ = self.used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| Some(used.saturating_sub(size)));
+    }
+}
+
 /// How long a reader waits for the writer to make progress before failing,
 /// at least: longer when the source's own stall timeout and resumes allow
 /// its download to go quiet for longer (see [`follow_stall`]).
@@ -102,6 +137,8 @@ pub struct Spool {
     dir: PathBuf,
     budget: u64,
     used: AtomicU64,
+    /// Shared with the other passes of the process.
+    shared: &'static DiskBudget,
     /// Set once writing to the spool failed locally: nothing more is spooled.
     broken: Arc<AtomicBool>,
     entries: Mutex<HashMap<Digest, Arc<Entry>>>,
@@ -111,12 +148,17 @@ impl Spool {
     /// A spool for one pass under `root` (created when missing), holding
     /// at most `budget` bytes; removes what crashed passes left there.
     pub fn create(root: &Path, budget: u64) -> std::io::Result<Spool> {
+        Spool::create_within(root, budget, DiskBudget::process())
+    }
+
+    /// [`Spool::create`] within `shared` instead of the process's budget.
+    pub fn create_within(root: &Path, budget: u64, shared: &'static DiskBudget) -> std::io::Result<Spool> {
         std::fs::create_dir_all(root)?;
         sweep_dead(root);
         static PASSES: AtomicU64 = AtomicU64::new(0);
         let dir = root.join(format!("{}-{}", own_prefix(), PASSES.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir(&dir)?;
-        Ok(Spool { dir, budget, used: AtomicU64::new(0), broken: Arc::new(AtomicBool::new(false)), entries: Mutex::new(HashMap::new()) })
+        Ok(Spool { dir, budget, used: AtomicU64::new(0), shared, broken: Arc::new(AtomicBool::new(false)), entries: Mutex::new(HashMap::new()) })
     }
 
     /// This pass's directory.
@@ -150,8 +192,9 @@ impl Spool {
                     // A failed earlier attempt (its file removed) gives its budget back.
                     if let Some(old) = entries.remove(digest) {
                         self.used.fetch_sub(old.size, Ordering::Relaxed);
+                        self.shared.give_back(old.size);
                     }
-                    if self.used.load(Ordering::Relaxed).saturating_add(size) > self.budget {
+                    if self.used.load(Ordering::Relaxed).saturating_add(size) > self.budget || !self.shared.take(size) {
                         tracing::debug!(blob = %digest.short(), size, budget = self.budget, "spool budget used up: the blob is read from the source by each destination");
                         return Open::Direct;
                     }
@@ -194,6 +237,7 @@ impl Spool {
 
 impl Drop for Spool {
     fn drop(&mut self) {
+        self.shared.give_back(*self.used.get_mut());
         let entries = self.entries.get_mut().unwrap_or_else(|e| e.into_inner());
         for e in entries.values() {
             e.writer.abort();
@@ -454,6 +498,23 @@ mod tests {
         assert!(matches!(spool.open(&oci, &repo, &digest, Some(content().len() as u64)), Open::Direct));
         assert!(matches!(spool.open(&oci, &repo, &digest, None), Open::Direct));
         assert_eq!(std::fs::read_dir(spool.dir()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn passes_at_once_spool_within_the_process_budget_and_give_it_back() {
+        let (_src, oci, repo, digest) = source(&content(), None).await;
+        let size = content().len() as u64;
+        static SHARED: DiskBudget = DiskBudget::new(0);
+        SHARED.set_limit(size + size / 2);
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (Spool::create_within(root.path(), 10 << 20, &SHARED).unwrap(), Spool::create_within(root.path(), 10 << 20, &SHARED).unwrap());
+        assert!(drain(a.open(&oci, &repo, &digest, Some(size))).await.unwrap() == content());
+        assert_eq!(a.used.load(Ordering::Relaxed), size, "the first pass did not spool the blob");
+        // The other pass has room in its own budget but not in the process's.
+        assert!(matches!(b.open(&oci, &repo, &digest, Some(size)), Open::Direct), "the process budget was exceeded");
+        drop(a);
+        assert_eq!(SHARED.used.load(Ordering::Relaxed), 0, "a finished pass kept its share of the process budget");
+        assert!(matches!(b.open(&oci, &repo, &digest, Some(size)), Open::Spooled(..)), "the budget given back was not used");
     }
 
     #[tokio::test]
