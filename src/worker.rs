@@ -105,6 +105,12 @@ pub async fn work(
                 unrecorded.push((id, status, error));
             }
             share.ends.push((id, end));
+            // A task decided may make others claimable at once (the
+            // signatures of its manifest wait for it): look again now,
+            // not after the next poll — a run whose tasks keep ending more
+            // often than that would never look again, and the wait between
+            // a pass's images and their signatures left both registries idle.
+            exhausted = false;
             continue;
         }
         while inflight.len() < concurrency && !exhausted && !orphaned && !cancel.stop.is_cancelled() {

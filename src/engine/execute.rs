@@ -97,11 +97,9 @@ pub async fn execute(
     // companions) go after every other tag, so that manifest — a tag, a
     // child of an index, a referrer — is at the destination by then.
     let (bound, plain): (Vec<usize>, Vec<usize>) = plan
-        .items
-        .iter()
-        .enumerate()
-        .filter(|(_, i)| matches!(i.action, Action::Copy(_)))
-        .map(|(n, _)| n)
+        .execution_order()
+        .into_iter()
+        .filter(|&n| matches!(plan.items[n].action, Action::Copy(_)))
         .partition(|&n| crate::registry::referrers::subject_of_tag(&plan.items[n].tag).is_some());
     let mut ends = run_phase(copier, plan, plain, options, stats, events, cancel, &remaining).await;
     ends.extend(run_phase(copier, plan, bound, options, stats, events, cancel, &remaining).await);
