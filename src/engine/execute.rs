@@ -97,9 +97,11 @@ pub async fn execute(
     // companions) go after every other tag, so that manifest — a tag, a
     // child of an index, a referrer — is at the destination by then.
     let (bound, plain): (Vec<usize>, Vec<usize>) = plan
-        .execution_order()
-        .into_iter()
-        .filter(|&n| matches!(plan.items[n].action, Action::Copy(_)))
+        .items
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| matches!(i.action, Action::Copy(_)))
+        .map(|(n, _)| n)
         .partition(|&n| crate::registry::referrers::subject_of_tag(&plan.items[n].tag).is_some());
     let mut ends = run_phase(copier, plan, plain, options, stats, events, cancel, &remaining).await;
     ends.extend(run_phase(copier, plan, bound, options, stats, events, cancel, &remaining).await);

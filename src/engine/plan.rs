@@ -360,59 +360,11 @@ impl Plan {
     pub fn count_copy(&self) -> usize {
         self.to_copy().count()
     }
-
-    /// The order to copy the items in (indices into `items`): the
-    /// repositories in turn — the first item of each, then the second of
-    /// each, and so on — each repository's own order kept. Tags copied at
-    /// once then come from different repositories and need different
-    /// repository-level layers, instead of all waiting for one upload of
-    /// the layer their repository shares (the plan lists items by
-    /// repository).
-    pub fn execution_order(&self) -> Vec<usize> {
-        let mut repos: Vec<(&RepoName, Vec<usize>)> = Vec::new();
-        let mut slot: std::collections::HashMap<&RepoName, usize> = std::collections::HashMap::new();
-        for (n, item) in self.items.iter().enumerate() {
-            let at = *slot.entry(&item.source_repo).or_insert_with(|| {
-                repos.push((&item.source_repo, Vec::new()));
-                repos.len() - 1
-            });
-            repos[at].1.push(n);
-        }
-        let mut order = Vec::with_capacity(self.items.len());
-        let mut round = 0;
-        while order.len() < self.items.len() {
-            order.extend(repos.iter().filter_map(|(_, items)| items.get(round).copied()));
-            round += 1;
-        }
-        order
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn items_are_copied_one_repository_after_another_in_turn() {
-        let d = crate::registry::Digest::sha256_of(b"x");
-        let item = |repo: &str, tag: &str| PlanItem {
-            source_repo: repo.parse().unwrap(),
-            dest_repo: repo.parse().unwrap(),
-            tag: tag.parse().unwrap(),
-            source: ManifestHead { digest: d.clone(), media_type: "m".into() },
-            from: None,
-            source_body: None,
-            dest: None,
-            action: Action::Copy(CopyReason::Missing),
-            platforms: None,
-        };
-        let plan = Plan {
-            items: vec![item("a/x", "1"), item("a/x", "2"), item("a/x", "3"), item("b/y", "1"), item("c/z", "1"), item("c/z", "2")],
-            ..Plan::default()
-        };
-        assert_eq!(plan.execution_order(), [0, 3, 4, 1, 5, 2]);
-        assert!(Plan::default().execution_order().is_empty());
-    }
 
     #[test]
     fn mapping_strips_and_prepends() {

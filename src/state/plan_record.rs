@@ -3,8 +3,7 @@
 //! statement — a no-op pass over 100,000 tags writes 100,000 rows, and one
 //! statement each made that a serial phase of seconds while the registries
 //! sat idle. Rows of an earlier plan of the same execution (a resumed run)
-//! are updated in place by the rules below. Rows are written in the
-//! order the items are to be copied ([`Plan::execution_order`]). Only bookkeeping, portable SQL;
+//! are updated in place by the rules below. Only bookkeeping, portable SQL;
 //! it never decides what to copy and never talks to a registry.
 
 use std::collections::{HashMap, HashSet};
@@ -26,22 +25,20 @@ impl StateDb {
     pub async fn record_plan(&self, execution: i64, plan: &Plan) -> Result<Vec<i64>, StateError> {
         let now = self.clock().await?;
         let mut tx = self.begin_write().await?;
-        // Written in the order they are to be copied: workers claim the
-        // pending task with the lowest id first.
-        let order = plan.execution_order();
-        let mut ids = vec![0; plan.items.len()];
-        let mut rest = &order[..];
+        let mut ids = Vec::with_capacity(plan.items.len());
+        let mut rest = &plan.items[..];
         while !rest.is_empty() {
             // A statement may touch a row once (PostgreSQL's ON CONFLICT):
             // a key seen again starts the next batch.
             let mut keys = HashSet::new();
-            let n = rest.iter().take(ROWS_PER_STATEMENT).take_while(|&&i| keys.insert(key(&plan.items[i]))).count().max(1);
+            let n = rest.iter().take(ROWS_PER_STATEMENT).take_while(|i| keys.insert(key(i))).count().max(1);
             let (batch, after) = rest.split_at(n);
-            let batch: Vec<(usize, &PlanItem)> = batch.iter().map(|&i| (i, &plan.items[i])).collect();
+            // Rows go in in the plan's order (ids ascending with it: workers
+            // claim the lowest pending id first, so the copy keeps that order).
             // Built from placeholders and constants only: every value is bound.
             let sql = sqlx::AssertSqlSafe(insert_items(batch.len()));
             let mut query = sqlx::query(sql).bind(execution).bind(now);
-            for (_, item) in &batch {
+            for item in batch {
                 let status = match item.action {
                     Action::Copy(_) => TaskStatus::Pending,
                     Action::Skip(SkipReason::Unsigned) => TaskStatus::Unsigned,
@@ -60,10 +57,10 @@ impl StateDb {
             for row in query.fetch_all(&mut *tx).await? {
                 written.insert((row.try_get("source_repo")?, row.try_get("dest_repo")?, row.try_get("tag")?), row.try_get("id")?);
             }
-            for (n, item) in &batch {
+            for item in batch {
                 let (s, d, t) = key(item);
                 let id = written.get(&(s.to_string(), d.to_string(), t.to_string())).copied();
-                ids[*n] = id.ok_or_else(|| StateError::Query(sqlx::Error::RowNotFound))?;
+                ids.push(id.ok_or_else(|| StateError::Query(sqlx::Error::RowNotFound))?);
             }
             rest = after;
         }
