@@ -8,7 +8,8 @@
 //! at all is recorded in [`Plan::new_repos`], so the copy can skip asking
 //! that repository for blobs and manifests only this run can have put there.
 //! For a tag the destination certainly lacks, the source manifest is fetched
-//! with `GET` instead of `HEAD` and kept for the copy (within a memory budget)
+//! with `GET` instead of `HEAD` and kept for the copy (within a memory budget;
+//! once that is spent, the rest get a `HEAD` and one `GET` by the copy)
 //! — unless its index is to be narrowed or the tag was named rather than
 //! listed (then a `HEAD`: `GET`s are what quota-counting registries count),
 //! or the source's pull quota is spent (a `HEAD` plans the tag, which waits).
@@ -97,6 +98,35 @@ fn head_of(body: &ManifestBody) -> ManifestHead {
 /// that the copy fetches them again): a bound on the memory a large first
 /// copy spends to save one request per tag.
 const KEPT_BODIES_BUDGET: usize = 8 * 1024 * 1024;
+
+/// Room in `budget` for one more kept body, sized as the largest body seen
+/// so far (at least 4 KiB): the bytes set aside, or `None` when the budget
+/// cannot take another.
+fn reserve_body(budget: &AtomicUsize, largest: &AtomicUsize) -> Option<usize> {
+    let want = largest.load(Ordering::Relaxed).max(4096);
+    budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(want)).ok().map(|_| want)
+}
+
+/// Settle a body of `len` bytes (`None`: none was fetched) fetched with
+/// `reserved` bytes of `budget` set aside: true when it is kept (what it
+/// did not need goes back; a bigger one takes the rest if there is room),
+/// false when it is not (all of `reserved` goes back).
+fn keep_body(budget: &AtomicUsize, largest: &AtomicUsize, reserved: usize, len: Option<usize>) -> bool {
+    let Some(len) = len else {
+        budget.fetch_add(reserved, Ordering::Relaxed);
+        return false;
+    };
+    largest.fetch_max(len, Ordering::Relaxed);
+    if len <= reserved {
+        budget.fetch_add(reserved - len, Ordering::Relaxed);
+        return true;
+    }
+    if budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(len - reserved)).is_ok() {
+        return true;
+    }
+    budget.fetch_add(reserved, Ordering::Relaxed);
+    false
+}
 
 /// Same digest means same bytes, hence the same manifest: a destination
 /// that reports another media type for it (a front rewriting
@@ -208,6 +238,7 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
     let dest_listings = &dest_listings;
     let referrers = &referrers;
     let budget = &AtomicUsize::new(KEPT_BODIES_BUDGET);
+    let largest = &AtomicUsize::new(0);
     let mismatches = &AtomicU64::new(0);
     let counters = &discovered.counters.clone();
     let mut plan = Plan { repositories, problems: discovered.problems, new_repos, unmatched: discovered.unmatched, ..Plan::default() };
@@ -256,28 +287,21 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
             // Both sides at once: a no-op pass over many tags waits for
             // one round trip per tag, not two.
             let source = async {
-                if at_destination || narrowing || literal {
-                    let head = if literal {
-                        let reference = from.clone().unwrap_or_else(|| Reference::Tag(tag.clone()));
-                        src.head_manifest(&source_repo, &reference, &Scopes::pull(&source_repo)).await
-                    } else {
-                        head_source(src, &source_repo, &source_tag).await
-                    };
-                    match head {
-                        Ok(Some(h)) => Ok((h, None)),
-                        Ok(None) => Err(unknown()),
-                        Err(e) => Err(problem(e.to_string())),
-                    }
-                } else {
+                // Room to keep the body, set aside before the GET; none
+                // left: a HEAD now and one GET by the copy (a body fetched
+                // and then dropped would be pulled twice).
+                let room = if at_destination || narrowing || literal { None } else { reserve_body(budget, largest) };
+                if let Some(reserved) = room {
                     // Certainly missing at the destination: the copy will need
                     // the body, so fetch it now instead of a HEAD now and a GET later.
-                    match get_source(src, &source_repo, &source_tag).await {
+                    let fetched = get_source(src, &source_repo, &source_tag).await;
+                    let len = fetched.as_ref().ok().and_then(Option::as_ref).map(|body| body.bytes.len());
+                    let kept = keep_body(budget, largest, reserved, len);
+                    match fetched {
                         Ok(Some(body)) => {
                             if body.ignored_header.is_some() {
                                 mismatches.fetch_add(1, Ordering::Relaxed);
                             }
-                            let len = body.bytes.len();
-                            let kept = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(len)).is_ok();
                             Ok((head_of(&body), kept.then(|| Box::new(body.bytes))))
                         }
                         Ok(None) => Err(unknown()),
@@ -288,6 +312,18 @@ pub async fn diff(src: &dyn Scheme, dst: &dyn Scheme, discovered: Discovered, op
                             Ok(None) => Err(unknown()),
                             Err(e) => Err(problem(e.to_string())),
                         },
+                        Err(e) => Err(problem(e.to_string())),
+                    }
+                } else {
+                    let head = if literal {
+                        let reference = from.clone().unwrap_or_else(|| Reference::Tag(tag.clone()));
+                        src.head_manifest(&source_repo, &reference, &Scopes::pull(&source_repo)).await
+                    } else {
+                        head_source(src, &source_repo, &source_tag).await
+                    };
+                    match head {
+                        Ok(Some(h)) => Ok((h, None)),
+                        Ok(None) => Err(unknown()),
                         Err(e) => Err(problem(e.to_string())),
                     }
                 }
@@ -435,6 +471,29 @@ mod tests {
 
     fn head(d: &str, mt: &str) -> ManifestHead {
         ManifestHead { digest: crate::registry::Digest::sha256_of(d.as_bytes()), media_type: mt.into() }
+    }
+
+    #[test]
+    fn kept_bodies_set_room_aside_before_the_fetch_and_give_back_what_they_did_not_need() {
+        let (budget, largest) = (AtomicUsize::new(10_000), AtomicUsize::new(0));
+        let r = reserve_body(&budget, &largest).unwrap();
+        assert_eq!((r, budget.load(Ordering::Relaxed)), (4096, 5904));
+        assert!(keep_body(&budget, &largest, r, Some(1000)));
+        assert_eq!(budget.load(Ordering::Relaxed), 9000);
+        // Bigger than set aside: takes the rest while there is room.
+        let r = reserve_body(&budget, &largest).unwrap();
+        assert!(keep_body(&budget, &largest, r, Some(6000)));
+        assert_eq!(budget.load(Ordering::Relaxed), 3000);
+        // Now sized as the largest seen (6000): no room, plan with a HEAD.
+        assert_eq!(reserve_body(&budget, &largest), None);
+        assert_eq!(budget.load(Ordering::Relaxed), 3000);
+        // A fetch that brought nothing gives all back; so does one too big to keep.
+        let (budget, largest) = (AtomicUsize::new(5000), AtomicUsize::new(0));
+        let r = reserve_body(&budget, &largest).unwrap();
+        assert!(!keep_body(&budget, &largest, r, None));
+        let r = reserve_body(&budget, &largest).unwrap();
+        assert!(!keep_body(&budget, &largest, r, Some(9000)));
+        assert_eq!(budget.load(Ordering::Relaxed), 5000);
     }
 
     #[test]

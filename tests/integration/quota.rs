@@ -169,3 +169,44 @@ async fn the_daemon_tries_again_when_the_quota_resets_not_at_its_next_trigger() 
     assert_eq!(text.matches("its rate limit allows only").count(), 1, "announced once:\n{text}");
     assert_mirrored(&s, &d, &repos_of(&pushed), "").await;
 }
+
+/// Planning keeps the manifests it fetched for tags the destination lacks
+/// within a memory budget (8 MiB); once that is spent, the rest are planned
+/// with a `HEAD` (free where pulls are counted) and fetched once by the
+/// copy — never pulled twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_copy_beyond_the_kept_manifests_budget_pulls_each_manifest_once() {
+    use testkit::image::{self, Flavor};
+
+    let (src, dst, s, d) = registries();
+    // One image whose manifest is ~128 KiB (annotations), under 100 tags:
+    // 12.5 MiB of manifests to plan.
+    let layer = image::layer(Flavor::Oci, "big-manifest", 1000);
+    let config = image::Blob::new("application/vnd.oci.image.config.v1+json", b"{\"architecture\":\"amd64\",\"os\":\"linux\"}".to_vec());
+    s.push_blob("team/wide", &layer).await;
+    s.push_blob("team/wide", &config).await;
+    let filler: serde_json::Map<String, serde_json::Value> =
+        (0..1000).map(|i| (format!("org.example.note.{i:04}"), serde_json::Value::String("x".repeat(110)))).collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config.descriptor(),
+        "layers": [layer.descriptor()],
+        "annotations": filler,
+    });
+    let bytes = serde_json::to_vec(&manifest).expect("manifest");
+    assert!(bytes.len() > 120 * 1024, "{}", bytes.len());
+    let tags: Vec<String> = (0..100).map(|i| format!("v{i}")).collect();
+    for tag in &tags {
+        let r = s.put_manifest("team/wide", tag, "application/vnd.oci.image.manifest.v1+json", &bytes).await;
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let sp = FaultProxy::start(&src.url, Faults::default());
+    let run = migrate(&Scratch::new(), &sp.url, &dst.url, &[]).await;
+    run.assert_ok();
+    assert_mirrored(&s, &d, &["team/wide".to_string()], "").await;
+    let (pulls, heads) = (sp.counters.kind("GET manifest"), sp.counters.kind("HEAD manifest"));
+    eprintln!("100 tags of a {}-byte manifest: {pulls} manifest GETs, {heads} HEADs at the source", bytes.len());
+    assert_eq!(pulls, tags.len() as u64, "a manifest was pulled twice (planning dropped it over the budget, the copy fetched it again)");
+    assert!(heads < tags.len() as u64, "{heads} HEADs: the budget was never used");
+}
