@@ -14,7 +14,7 @@ use testkit::referrers::{self as refs, artifact, fallback_tag};
 use testkit::{Access, FaultProxy, Faults, Registry, TestRegistry};
 
 use crate::policies::{push_tags, write};
-use crate::support::{Scratch, migrate, regferry};
+use crate::support::{Scratch, migrate, regferry, registries};
 
 const SPDX: &str = "application/spdx+json";
 const SIG: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
@@ -86,10 +86,7 @@ fn counts(run: &Value) -> (u64, u64, u64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn referrers_travel_merge_and_cost_nothing_when_unchanged() {
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
+    let (src, dst, s, d) = registries();
     let source = fill(&s).await;
     // Someone attached their own referrer to the image at the destination.
     let theirs = artifact(&source.image, VEX, "their vex statement");
@@ -207,10 +204,7 @@ async fn referrer_types_filter_and_referrers_can_be_left_out() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fallback_tags_survive_tag_rules_and_immutable_tags_cost_only_listings() {
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
+    let (src, dst, s, d) = registries();
     let source = fill(&s).await;
     let versions: Vec<String> = (0..12).map(|i| format!("1.{i}.0")).collect();
     push_tags(&s, REPO, &versions.iter().map(String::as_str).collect::<Vec<_>>(), "many").await;
@@ -275,10 +269,7 @@ async fn fallback_tags_survive_tag_rules_and_immutable_tags_cost_only_listings()
 /// of it, as a registry serving the API answers (no fallback tag exists).
 #[tokio::test(flavor = "multi_thread")]
 async fn referrers_found_through_the_api_travel_too() {
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
+    let (src, dst, s, d) = registries();
     let image = image::image(Flavor::Oci, "api-app", vec![image::layer(Flavor::Oci, "api-app", 400)]);
     s.push(REPO, "stable", &image).await;
     let sbom = artifact(&image, SPDX, r#"{"spdxVersion":"SPDX-2.3"}"#);
@@ -338,10 +329,7 @@ async fn referrers_found_through_the_api_travel_too() {
 /// again); one added later to a child travels on the next pass.
 #[tokio::test(flavor = "multi_thread")]
 async fn referrers_of_index_children_listed_by_the_api_are_checked_each_pass() {
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
+    let (src, dst, s, d) = registries();
     let children: Vec<(Manifest, &str)> = ["amd64", "arm64"]
         .iter()
         .map(|arch| (image::image(Flavor::Oci, &format!("kids-{arch}"), vec![image::layer(Flavor::Oci, &format!("kids-{arch}"), 300)]), *arch))
@@ -406,10 +394,7 @@ async fn referrers_of_index_children_listed_by_the_api_are_checked_each_pass() {
 /// SBOM attached later to the immutable image travels on the next pass.
 #[tokio::test(flavor = "multi_thread")]
 async fn referrers_of_immutable_tags_listed_by_the_api_are_checked_each_pass() {
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
+    let (src, dst, s, d) = registries();
     let images: Vec<Manifest> =
         ["1.0", "1.1"].iter().map(|v| image::image(Flavor::Oci, &format!("frozen-{v}"), vec![image::layer(Flavor::Oci, &format!("frozen-{v}"), 300)])).collect();
     for (v, m) in ["1.0", "1.1"].iter().zip(&images) {

@@ -10,7 +10,7 @@ use testkit::referrers::{self as refs, artifact, fallback_tag};
 use testkit::{Access, Registry, TestRegistry};
 
 use crate::policies::write;
-use crate::support::{Scratch, regferry};
+use crate::support::{Scratch, policy_verb, regferry, registries};
 
 const SPDX: &str = "application/spdx+json";
 const SIG: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
@@ -54,10 +54,7 @@ async fn three_passes(scratch: &Scratch, policies: &str, state: &str) -> String 
 /// pass writes nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_platform_filter_keeps_every_referrer_of_what_it_copies() {
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
+    let (src, dst, s, d) = registries();
     let single = child("supply-single");
     s.push(REPO, "single", &single).await;
     let sbom = artifact(&single, SPDX, r#"{"spdxVersion":"SPDX-2.3","name":"single"}"#);
@@ -145,10 +142,7 @@ async fn a_platform_filter_keeps_every_referrer_of_what_it_copies() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_signature_gate_copies_only_what_a_trusted_key_signed() {
     use testkit::cosign::{self, CosignKey};
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
+    let (src, dst, s, d) = registries();
     let trusted = CosignKey::generate();
     let stranger = CosignKey::generate();
     let img = |name: &str| child(&format!("gate-{name}"));
@@ -267,10 +261,7 @@ async fn the_signature_gate_copies_only_what_a_trusted_key_signed() {
 /// tags with an SBOM attached are copied.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_required_referrer_type_holds_back_what_lacks_it() {
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
+    let (src, dst, s, d) = registries();
     let with = child("sbom-with");
     s.push(REPO, "with", &with).await;
     let sbom = artifact(&with, SPDX, r#"{"spdxVersion":"SPDX-2.3"}"#);
@@ -344,10 +335,7 @@ async fn deep_verify_and_failover_accept_narrowed_indexes() {
 /// agrees. A policy keeps "a signature never travels alone".
 #[tokio::test(flavor = "multi_thread")]
 async fn migrate_copies_signatures_of_untagged_manifests() {
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
+    let (src, dst, s, d) = registries();
     let old = child("orphan-old");
     s.push(REPO, "app", &old).await;
     let sig = image::signature(&old);
@@ -386,10 +374,7 @@ async fn migrate_copies_signatures_of_untagged_manifests() {
 #[tokio::test(flavor = "multi_thread")]
 async fn failover_refuses_a_dr_site_the_signature_gate_would_refuse() {
     use testkit::cosign::{self, CosignKey};
-    let mut primary = TestRegistry::start();
-    let dr_site = TestRegistry::start();
-    let s = Registry::new(&primary.url, Access::Anonymous);
-    let d = Registry::new(&dr_site.url, Access::Anonymous);
+    let (mut primary, dr_site, s, d) = registries();
     let trusted = CosignKey::generate();
     let stranger = CosignKey::generate();
     let reference = |tag: &str| format!("{}/{REPO}:{tag}", primary.host());
@@ -421,7 +406,7 @@ async fn failover_refuses_a_dr_site_the_signature_gate_would_refuse() {
     d.push(dr, &image::signature_tag(&good.digest), &cosign::sign_image(&stranger, &reference("good"), &good)).await;
     primary.stop();
 
-    let failover = regferry(&scratch, &["failover", "--policies", &policies, "--state", &state, "--policy", "gated"], &[]).await;
+    let failover = policy_verb(&scratch, &policies, &state, "gated", "failover", &[]).await;
     assert_ne!(failover.code, 0, "{}\n{}", failover.stdout, failover.stderr);
     let said = format!("{}\n{}", failover.stdout, failover.stderr);
     let refusal = said.lines().find(|l| l.contains("not switched")).unwrap_or_else(|| panic!("{said}"));
@@ -433,7 +418,7 @@ async fn failover_refuses_a_dr_site_the_signature_gate_would_refuse() {
     // Signed validly at the DR site again: failover promotes it.
     let resp = d.put_manifest(dr, &image::signature_tag(&good.digest), &valid_there.1, &valid_there.0).await;
     assert!(resp.status().is_success(), "{}", resp.status());
-    let failover = regferry(&scratch, &["failover", "--policies", &policies, "--state", &state, "--policy", "gated"], &[]).await;
+    let failover = policy_verb(&scratch, &policies, &state, "gated", "failover", &[]).await;
     assert_eq!(failover.code, 0, "{}\n{}", failover.stdout, failover.stderr);
 }
 
@@ -443,10 +428,7 @@ async fn failover_refuses_a_dr_site_the_signature_gate_would_refuse() {
 /// warning per referrer over several passes, not one every pass.
 #[tokio::test(flavor = "multi_thread")]
 async fn referrers_whose_subject_will_not_exist_are_named_once() {
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
+    let (src, dst, s, d) = registries();
     let multi = image::platform_index(Flavor::Oci, vec![(child("orphan-amd64"), "linux/amd64"), (child("orphan-arm64"), "linux/arm64")]);
     s.push(REPO, "multi", &multi).await;
     let arm64 = multi.children.iter().find(|c| c.digest == child_of(&multi, "linux/arm64")).expect("arm64 child").clone();
@@ -490,10 +472,7 @@ async fn referrers_whose_subject_will_not_exist_are_named_once() {
 /// does not serve the API: the proxy in front of it answers it.)
 #[tokio::test(flavor = "multi_thread")]
 async fn referrers_of_a_rewritten_index_are_named_once() {
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
+    let (src, dst, s, d) = registries();
     let multi = image::platform_index(Flavor::Oci, vec![(child("rewritten-amd64"), "linux/amd64"), (child("rewritten-arm64"), "linux/arm64")]);
     s.push(REPO, "multi", &multi).await;
     let sbom = artifact(&multi, SPDX, r#"{"spdxVersion":"SPDX-2.3","name":"multi"}"#);

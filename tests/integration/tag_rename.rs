@@ -3,17 +3,13 @@
 //! maps back exactly through failover and failback — against real registries.
 
 use testkit::image::{self, Flavor};
-use testkit::{Access, Registry, TestRegistry};
 
 use crate::policies::{push_tags, write};
-use crate::support::{Scratch, policy_verb, regferry};
+use crate::support::{Scratch, policy_verb, regferry, registries};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tags_rename_copies_verifies_and_prunes_only_its_own_tags() {
-    let src = TestRegistry::start();
-    let dst = TestRegistry::start();
-    let s = Registry::new(&src.url, Access::Anonymous);
-    let d = Registry::new(&dst.url, Access::Anonymous);
+    let (src, dst, s, d) = registries();
     let one = image::image(Flavor::Oci, "app-1.0", vec![image::layer(Flavor::Oci, "app-1.0", 300)]);
     s.push("team/app", "1.0", &one).await;
     push_tags(&s, "team/app", &["x"], "app").await;
@@ -69,10 +65,7 @@ async fn tags_rename_copies_verifies_and_prunes_only_its_own_tags() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tag_and_repository_renames_round_trip_through_failover_and_failback() {
-    let primary = TestRegistry::start();
-    let dr = TestRegistry::start();
-    let p = Registry::new(&primary.url, Access::Anonymous);
-    let d = Registry::new(&dr.url, Access::Anonymous);
+    let (primary, dr, p, d) = registries();
     push_tags(&p, "team/a/web", &["1.0"], "web").await;
     let scratch = Scratch::new();
     let text = format!(
