@@ -249,23 +249,15 @@ pub async fn run_job(
     let (from, to) = (spec.source.url.to_string(), spec.destination.url.to_string());
     let concurrency = spec.execute.concurrency;
     let job = Job::connect(spec).await?;
-    let state = if out.dry_run { None } else { Some(super::open_state(state_args, concurrency).await?) };
 
     tracing::info!("planning: listing repositories and tags at {from}");
     let planning = super::progress::Planning::start(job.spec.scope.counters.clone(), out.quiet || out.json, "planning");
-    let plan = if out.dry_run { job.plan_read_only().await } else { job.plan_remembering(state.as_ref()).await };
-    planning.finish().await;
-    let plan = plan?;
-    tracing::info!(
-        repositories = plan.repositories,
-        tags = plan.items.len(),
-        to_copy = plan.count_copy(),
-        problems = plan.problems.len(),
-        "plan ready"
-    );
-    check_plan(&plan)?;
-
     if out.dry_run {
+        let plan = job.plan_read_only().await;
+        planning.finish().await;
+        let plan = plan?;
+        log_plan(&plan);
+        check_plan(&plan)?;
         if out.json {
             println!("{}", output::plan_json(&plan));
         } else {
@@ -274,11 +266,48 @@ pub async fn run_job(
         return Ok(if plan.problems.is_empty() { exit::OK } else { exit::FAILED });
     }
 
+    // Planned and run in parts of whole repositories (see `job::parts`):
+    // one part unless the scope holds more tags than a part.
+    let state = super::open_state(state_args, concurrency).await?;
+    let first = match job.parts(Some(&state)).await {
+        // (The first part is always given, even with no repository.)
+        Ok(mut parts) => parts.next().await.unwrap_or_else(|| Ok(Default::default())).map(|plan| (parts, plan)),
+        Err(e) => Err(e),
+    };
+    planning.finish().await;
+    let (mut parts, mut plan) = first?;
+    log_plan(&plan);
+    check_plan(&plan)?;
+
     let stats = Arc::new(Stats::default());
     let cancel = Cancel::default();
     signals::watch(cancel.clone(), Duration::from_secs(30));
     let progress = Progress::start(stats.clone(), out.quiet || out.json);
-    let report = job.run(&plan, state.as_ref(), &stats, &cancel).await;
+    let report = async {
+        let lease = job.wait_for_lease(&state, &cancel).await?;
+        let mut session = job.session(&state, lease);
+        let ran = loop {
+            match session.run_part(&plan, &stats, &cancel).await {
+                Err(e) => break Err(e),
+                Ok(end) if end.canceled || cancel.stop.is_cancelled() => break Ok(()),
+                Ok(_) => {}
+            }
+            plan = match parts.next().await {
+                None => break Ok(()),
+                Some(Ok(next)) => next,
+                Some(Err(e)) => break Err(e),
+            };
+            log_plan(&plan);
+        };
+        match ran {
+            Ok(()) => session.close(&stats).await,
+            Err(e) => {
+                session.release().await;
+                Err(e)
+            }
+        }
+    }
+    .await;
     progress.finish().await;
     let report = report?;
 
@@ -292,4 +321,15 @@ pub async fn run_job(
         ExecutionStatus::Canceled => exit::INTERRUPTED,
         _ => exit::FAILED,
     })
+}
+
+/// Say what a plan (or a part of one) holds.
+fn log_plan(plan: &regferry::engine::plan::Plan) {
+    tracing::info!(
+        repositories = plan.repositories,
+        tags = plan.items.len(),
+        to_copy = plan.count_copy(),
+        problems = plan.problems.len(),
+        "plan ready"
+    );
 }

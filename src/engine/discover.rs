@@ -340,84 +340,123 @@ async fn repositories(
 /// time, for replication to the registry at `dest` (only compared with the
 /// source's address, never contacted).
 pub async fn discover(src: &dyn Scheme, dest: &RegistryUrl, scope: &Scope, concurrency: usize) -> Result<Discovered, EngineError> {
-    let mut problems = Vec::new();
-    let mut unmatched = Vec::new();
-    let repos = repositories(src, dest, scope, &mut problems, &mut unmatched).await?;
-    let counters = &scope.counters;
-    super::stats::Stats::add(&counters.repos_total, repos.len() as u64);
+    let mut discovery = Discovery::start(src, dest, scope).await?;
+    Ok(discovery.next_part(src, scope, concurrency, usize::MAX).await.unwrap_or_default())
+}
 
-    // Tags named exactly: no listing (a listing can be many pages).
-    if let Some(literal) = scope.tags.literal() {
-        // The rules name the policy's source's tags; this source may call them otherwise (`tags.rename`).
-        let named: Vec<Tag> = literal.tags.iter().filter_map(|t| scope.mapping.source_tag_of_scope(t)).collect();
-        let repos = repos.into_iter().map(|(source, dest)| RepoTags { source, dest, tags: named.clone(), literal: true }).collect();
-        return Ok(Discovered {
-            repos,
-            problems,
-            unmatched,
+/// Discovery in parts: the repositories in scope are read from the catalog
+/// at once, their tags listed part by part ([`Discovery::next_part`]), so a
+/// pass over a registry of any size holds one part's listings at a time.
+/// A repository is never split between parts (its signature and fallback
+/// tags wait on its images).
+pub struct Discovery {
+    repos: std::collections::VecDeque<(RepoName, RepoName)>,
+    /// The catalog's problems and unmatched globs: given with the first part.
+    problems: Vec<Problem>,
+    unmatched: Vec<String>,
+    first: bool,
+    /// Tags listed so far and the repositories they came from (the size of
+    /// the next batch of listings is estimated from them).
+    listed: (usize, usize),
+}
+
+impl Discovery {
+    /// Read the repositories in scope (the catalog, or the names given).
+    pub async fn start(src: &dyn Scheme, dest: &RegistryUrl, scope: &Scope) -> Result<Discovery, EngineError> {
+        let mut problems = Vec::new();
+        let mut unmatched = Vec::new();
+        let repos = repositories(src, dest, scope, &mut problems, &mut unmatched).await?;
+        super::stats::Stats::add(&scope.counters.repos_total, repos.len() as u64);
+        Ok(Discovery { repos: repos.into(), problems, unmatched, first: true, listed: (0, 0) })
+    }
+
+    /// The next whole repositories, listed until they hold at least
+    /// `max_tags` tags (or none are left); `None` once every repository was
+    /// given. The first part carries the catalog's problems, even with no
+    /// repository.
+    pub async fn next_part(&mut self, src: &dyn Scheme, scope: &Scope, concurrency: usize, max_tags: usize) -> Option<Discovered> {
+        if self.repos.is_empty() && !std::mem::take(&mut self.first) {
+            return None;
+        }
+        self.first = false;
+        let mut out = Discovered {
+            repos: Vec::new(),
+            problems: std::mem::take(&mut self.problems),
+            unmatched: std::mem::take(&mut self.unmatched),
             referrers: scope.referrers.clone(),
             immutable: scope.immutable,
-            narrowing: scope.platforms.is_some(),
-            literal_companions: literal.companions,
             counters: scope.counters.clone(),
-            pin: scope.pin.clone(),
+            narrowing: scope.platforms.is_some(),
+            literal_companions: false,
+            pin: None,
             tag_mapping: scope.mapping.clone(),
-        });
-    }
-
-    let listings: Vec<_> = futures::stream::iter(repos)
-        .map(|(repo, dest)| async move {
-            let tags = src.tags(&repo).await;
-            super::stats::Stats::add(&counters.repos_listed, 1);
-            super::stats::Stats::add(&counters.tags_found, tags.as_ref().map_or(0, |t| t.len() as u64));
-            (repo, dest, tags)
-        })
-        .buffered(concurrency.max(1))
-        .collect()
-        .await;
-
-    let mut out = Discovered {
-        repos: Vec::new(),
-        problems,
-        unmatched,
-        referrers: scope.referrers.clone(),
-        immutable: scope.immutable,
-        counters: scope.counters.clone(),
-        narrowing: scope.platforms.is_some(),
-        literal_companions: false,
-        pin: None,
-        tag_mapping: scope.mapping.clone(),
-    };
-    for (source, dest, listing) in listings {
-        let raw = match listing {
-            Ok(raw) => raw,
-            Err(e) if e.has_code("NAME_UNKNOWN") || e.status() == Some(404) => {
-                out.problems.push(repo_problem(source.as_str(), format!("repository {source} does not exist at {}: {e}", src.name())));
-                continue;
-            }
-            Err(e) => {
-                out.problems.push(repo_problem(source.as_str(), format!("cannot list tags of {source}: {e}")));
-                continue;
-            }
         };
-        let mut tags = Vec::with_capacity(raw.len());
-        for t in raw {
-            match t.parse::<Tag>() {
-                Ok(tag) => tags.push(tag),
-                Err(e) => out.problems.push(Problem {
-                    source_repo: source.to_string(),
-                    dest_repo: Some(dest.to_string()),
-                    tag: Some(t.chars().take(128).collect()),
-                    error: e.to_string(),
-                }),
+        // Tags named exactly: no listing (a listing can be many pages).
+        if let Some(literal) = scope.tags.literal() {
+            // The rules name the policy's source's tags; this source may call them otherwise (`tags.rename`).
+            let named: Vec<Tag> = literal.tags.iter().filter_map(|t| scope.mapping.source_tag_of_scope(t)).collect();
+            let take = (max_tags / named.len().max(1)).clamp(1, self.repos.len().max(1));
+            out.repos = self.repos.drain(..take.min(self.repos.len())).map(|(source, dest)| RepoTags { source, dest, tags: named.clone(), literal: true }).collect();
+            out.literal_companions = literal.companions;
+            out.pin = scope.pin.clone();
+            return Some(out);
+        }
+        let mut tags_in_part = 0usize;
+        while tags_in_part < max_tags && !self.repos.is_empty() {
+            // As many listings at once as the tags still wanted are likely
+            // to need (one at first: a repository may hold any number).
+            let batch = match self.listed {
+                _ if max_tags == usize::MAX => concurrency,
+                (_, 0) => 1,
+                (tags, repos) => (max_tags - tags_in_part).div_ceil((tags / repos).max(1)),
+            }
+            .clamp(1, concurrency.max(1))
+            .min(self.repos.len());
+            let counters = &scope.counters;
+            let listings: Vec<_> = futures::stream::iter(self.repos.drain(..batch))
+                .map(|(repo, dest)| async move {
+                    let tags = src.tags(&repo).await;
+                    super::stats::Stats::add(&counters.repos_listed, 1);
+                    super::stats::Stats::add(&counters.tags_found, tags.as_ref().map_or(0, |t| t.len() as u64));
+                    (repo, dest, tags)
+                })
+                .buffered(concurrency.max(1))
+                .collect()
+                .await;
+            for (source, dest, listing) in listings {
+                let raw = match listing {
+                    Ok(raw) => raw,
+                    Err(e) if e.has_code("NAME_UNKNOWN") || e.status() == Some(404) => {
+                        out.problems.push(repo_problem(source.as_str(), format!("repository {source} does not exist at {}: {e}", src.name())));
+                        continue;
+                    }
+                    Err(e) => {
+                        out.problems.push(repo_problem(source.as_str(), format!("cannot list tags of {source}: {e}")));
+                        continue;
+                    }
+                };
+                self.listed = (self.listed.0 + raw.len(), self.listed.1 + 1);
+                tags_in_part += raw.len();
+                let mut tags = Vec::with_capacity(raw.len());
+                for t in raw {
+                    match t.parse::<Tag>() {
+                        Ok(tag) => tags.push(tag),
+                        Err(e) => out.problems.push(Problem {
+                            source_repo: source.to_string(),
+                            dest_repo: Some(dest.to_string()),
+                            tag: Some(t.chars().take(128).collect()),
+                            error: e.to_string(),
+                        }),
+                    }
+                }
+                tags.sort();
+                tags.dedup();
+                let tags = scope.select(&source, tags);
+                out.repos.push(RepoTags { source, dest, tags, literal: false });
             }
         }
-        tags.sort();
-        tags.dedup();
-        let tags = scope.select(&source, tags);
-        out.repos.push(RepoTags { source, dest, tags, literal: false });
+        Some(out)
     }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! job, and never run a deletion without a lease and a fresh source read.
 
 use super::*;
+use crate::job::{Failure, PartEnd};
 
 pub(super) async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel: &Cancel, share: Option<&Arc<SourceShare>>) -> DestinationOutcome {
     // This execution's own tokens: stopping the process stops it, but an
@@ -104,54 +105,21 @@ pub(super) async fn run_destination(policy: &Policy, spec: JobSpec, state: &Stat
         outcome.fenced = true;
         return outcome;
     }
-    let mut plan = match job.plan_remembering(Some(state)).await {
-        Ok(plan) => plan,
+    // Planned and run in parts (whole repositories, see `job::parts`): a
+    // pass over a registry of any size holds one part's plan at a time.
+    let mut parts = match job.parts(Some(state)).await {
+        Ok(parts) => parts,
         Err(e) => {
             lease.release().await;
             outcome.error = Some(e.to_string());
             return outcome;
         }
     };
-    outcome.unmatched = std::mem::take(&mut plan.unmatched);
-    for pattern in &outcome.unmatched {
-        tracing::warn!(policy = %policy.name, source = %outcome.source, pattern = %pattern, "repository pattern matches no repository at the source");
-    }
-    match hold_back(&mut plan, state, &scope_key, policy.retry.give_up_after).await {
-        Ok(n) => outcome.deferred = n,
-        Err(e) => {
-            lease.release().await;
-            outcome.error = Some(e.to_string());
-            return outcome;
-        }
-    }
     // Referrers listed by a source's API: synced for unchanged tags only when the list changed.
     // A source known to lack the API is not asked again for a day.
     let seen = state.referrer_lists(&scope_key).await.unwrap_or_default();
+    let mut api_unsupported = referrers::api_known_unsupported(&seen, now_ms());
     let concurrency = policy.concurrency.max(4) * 2;
-    let api = if referrers::api_known_unsupported(&seen, now_ms()) {
-        referrers::ApiCheck::default()
-    } else {
-        // Immutable tags the destination lists are not compared, but their
-        // referrers are asked about like any other tag's.
-        let narrowing = job.spec.scope.platforms.is_some();
-        let back = crate::engine::immutable::bring_back(&*job.dst, &mut plan, &seen, narrowing, concurrency).await;
-        let mut api = referrers::check_api_referrers(&*job.src, &mut plan, &job.spec.scope.referrers, &seen, concurrency).await;
-        api.lists.extend(back);
-        if !api.unsupported {
-            api.lists.extend(left_behind::name_rewritten(&*job.src, &plan, &job.spec.scope.referrers.types, &seen, concurrency).await);
-        }
-        api
-    };
-    // Referrers whose subject will not be at the destination: named once.
-    let left_rows = left_behind::name_tags(&plan.left_behind, &seen);
-    tracing::info!(
-        policy = %policy.name,
-        destination = %outcome.destination,
-        tags = plan.items.len(),
-        to_copy = plan.count_copy(),
-        deferred = outcome.deferred,
-        "pass planned"
-    );
     let stats = Arc::new(Stats::default());
     // Fencing while it writes: a switch recorded meanwhile (a failover that
     // could not reach the primary does not wait for this pass) stops it
@@ -159,12 +127,74 @@ pub(super) async fn run_destination(policy: &Policy, spec: JobSpec, state: &Stat
     let switched = tokio_util::sync::CancellationToken::new();
     let watch = tokio::spawn(watch_direction(state.clone(), policy.name.clone(), direction, cancel.stop.clone(), switched.clone()));
     job.spec.scope.counters.set_transfer(stats.clone());
-    let report = job.run_leased(&plan, Some(state), &stats, cancel, Some(lease)).await;
+    let destination = job.spec.destination.url.base().as_str().trim_end_matches('/').to_string();
+    let mut session = job.session(state, lease);
+    let mut part = 0;
+    let ran = loop {
+        let mut plan = match parts.next().await {
+            None => break Ok(()),
+            Some(Ok(plan)) => plan,
+            Some(Err(e)) => break Err(e.to_string()),
+        };
+        part += 1;
+        for pattern in &plan.unmatched {
+            tracing::warn!(policy = %policy.name, source = %outcome.source, pattern = %pattern, "repository pattern matches no repository at the source");
+        }
+        outcome.unmatched.append(&mut plan.unmatched);
+        match hold_back(&mut plan, state, &scope_key, policy.retry.give_up_after).await {
+            Ok(n) => outcome.deferred += n,
+            Err(e) => break Err(e.to_string()),
+        }
+        let api = if api_unsupported {
+            referrers::ApiCheck::default()
+        } else {
+            // Immutable tags the destination lists are not compared, but their
+            // referrers are asked about like any other tag's.
+            let narrowing = job.spec.scope.platforms.is_some();
+            let back = crate::engine::immutable::bring_back(&*job.dst, &mut plan, &seen, narrowing, concurrency).await;
+            let mut api = referrers::check_api_referrers(&*job.src, &mut plan, &job.spec.scope.referrers, &seen, concurrency).await;
+            api.lists.extend(back);
+            if !api.unsupported {
+                api.lists.extend(left_behind::name_rewritten(&*job.src, &plan, &job.spec.scope.referrers.types, &seen, concurrency).await);
+            }
+            api
+        };
+        // Referrers whose subject will not be at the destination: named once.
+        let left_rows = left_behind::name_tags(&plan.left_behind, &seen);
+        tracing::info!(
+            policy = %policy.name,
+            destination = %outcome.destination,
+            part,
+            tags = plan.items.len(),
+            to_copy = plan.count_copy(),
+            deferred = outcome.deferred,
+            "pass planned"
+        );
+        let end = match session.run_part(&plan, &stats, cancel).await {
+            Ok(end) => end,
+            Err(e) => break Err(e.to_string()),
+        };
+        if switched.is_cancelled() {
+            break Ok(());
+        }
+        api_unsupported |= api.unsupported;
+        record_part(policy, state, &scope_key, (&destination, direction), &plan, &end, api, left_rows).await;
+        if end.canceled || cancel.stop.is_cancelled() {
+            break Ok(());
+        }
+    };
     watch.abort();
+    let report = match ran {
+        Ok(()) => session.close(&stats).await.map_err(|e| e.to_string()),
+        Err(e) => {
+            session.release().await;
+            Err(e)
+        }
+    };
     let report = match report {
         Ok(report) => report,
         Err(e) => {
-            outcome.error = Some(e.to_string());
+            outcome.error = Some(e);
             return outcome;
         }
     };
@@ -173,38 +203,6 @@ pub(super) async fn run_destination(policy: &Policy, spec: JobSpec, state: &Stat
         outcome.fenced = true;
         outcome.report = Some(report);
         return outcome;
-    }
-    let retry = policy.retry;
-    let delay = move |failures: u32| -> Duration { retry.delay(failures) };
-    let outcomes = outcomes_of(&plan, &report);
-    let failed: HashSet<(&str, &str)> = report.failures.iter().map(|f| (f.repository.as_str(), f.tag.as_str())).collect();
-    let mut lists: Vec<(String, String, String)> = api
-        .lists
-        .into_iter()
-        .map(|(n, subject, list)| (&plan.items[n], subject, list))
-        .filter(|(i, _, _)| !matches!(i.action, Action::Skip(SkipReason::RetryDeferred)) && !failed.contains(&(i.source_repo.as_str(), i.tag.as_str())))
-        .map(|(i, subject, list)| (i.source_repo.to_string(), subject, list))
-        .collect();
-    lists.extend(left_rows);
-    if api.unsupported {
-        let (repo, subject) = referrers::API_SENTINEL;
-        lists.push((repo.to_string(), subject.to_string(), referrers::api_unsupported_mark(now_ms())));
-    }
-    if report.status.as_str() != "canceled"
-        && let Err(e) = state.record_referrer_lists(&scope_key, &lists).await
-    {
-        tracing::error!(policy = %policy.name, error = %e, "cannot record referrer lists");
-    }
-    if let Err(e) = state.record_outcomes(&scope_key, &outcomes, &delay).await {
-        tracing::error!(policy = %policy.name, error = %e, "cannot record retry state");
-    }
-    // What this pass wrote (or found identical to what it would write) is
-    // regferry's at the destination: the only tags deletion sync may delete.
-    let destination = job.spec.destination.url.base().as_str().trim_end_matches('/').to_string();
-    if report.status.as_str() != "canceled"
-        && let Err(e) = state.record_owned(&policy.name, &destination, direction, &owned_by(&plan, &report)).await
-    {
-        tracing::error!(policy = %policy.name, error = %e, "cannot record what the pass wrote");
     }
     // Deletions only after a pass that ran to its end, inside the job's
     // lease, and only while the direction is still the one this pass ran.
@@ -232,6 +230,52 @@ pub(super) async fn run_destination(policy: &Policy, spec: JobSpec, state: &Stat
     }
     outcome.report = Some(report);
     outcome
+}
+
+/// Record what one part of a pass found: how each tag fared (its retry
+/// state), and unless the part was canceled, the referrer lists it read and
+/// what it wrote at `destination` (or found there identical to what it
+/// would write: the only tags deletion sync may delete).
+#[allow(clippy::too_many_arguments)]
+async fn record_part(
+    policy: &Policy,
+    state: &StateDb,
+    scope_key: &str,
+    (destination, direction): (&str, crate::state::Direction),
+    plan: &Plan,
+    end: &PartEnd,
+    api: referrers::ApiCheck,
+    left_rows: Vec<(String, String, String)>,
+) {
+    let retry = policy.retry;
+    let delay = move |failures: u32| -> Duration { retry.delay(failures) };
+    let outcomes = outcomes_of(plan, &end.failures);
+    let failed: HashSet<(&str, &str)> = end.failures.iter().map(|f| (f.repository.as_str(), f.tag.as_str())).collect();
+    let mut lists: Vec<(String, String, String)> = api
+        .lists
+        .into_iter()
+        .map(|(n, subject, list)| (&plan.items[n], subject, list))
+        .filter(|(i, _, _)| !matches!(i.action, Action::Skip(SkipReason::RetryDeferred)) && !failed.contains(&(i.source_repo.as_str(), i.tag.as_str())))
+        .map(|(i, subject, list)| (i.source_repo.to_string(), subject, list))
+        .collect();
+    lists.extend(left_rows);
+    if api.unsupported {
+        let (repo, subject) = referrers::API_SENTINEL;
+        lists.push((repo.to_string(), subject.to_string(), referrers::api_unsupported_mark(now_ms())));
+    }
+    if !end.canceled
+        && let Err(e) = state.record_referrer_lists(scope_key, &lists).await
+    {
+        tracing::error!(policy = %policy.name, error = %e, "cannot record referrer lists");
+    }
+    if let Err(e) = state.record_outcomes(scope_key, &outcomes, &delay).await {
+        tracing::error!(policy = %policy.name, error = %e, "cannot record retry state");
+    }
+    if !end.canceled
+        && let Err(e) = state.record_owned(&policy.name, destination, direction, &owned_by(plan, &end.failures)).await
+    {
+        tracing::error!(policy = %policy.name, error = %e, "cannot record what the pass wrote");
+    }
 }
 
 /// Stop a pass (`stop`) and say so (`switched`) once the direction or its
@@ -298,8 +342,8 @@ async fn prune_leased(
 
 /// The tags a pass wrote at the destination, or found there identical to
 /// what it would write: (destination repository, tag, digest).
-fn owned_by(plan: &Plan, report: &Report) -> Vec<crate::state::Owned> {
-    let failed: HashSet<(&str, &str)> = report.failures.iter().map(|f| (f.repository.as_str(), f.tag.as_str())).collect();
+fn owned_by(plan: &Plan, failures: &[Failure]) -> Vec<crate::state::Owned> {
+    let failed: HashSet<(&str, &str)> = failures.iter().map(|f| (f.repository.as_str(), f.tag.as_str())).collect();
     plan.items
         .iter()
         .filter(|i| matches!(i.action, Action::Copy(_) | Action::Skip(SkipReason::UpToDate)))
@@ -354,15 +398,15 @@ pub(crate) async fn hold_back(plan: &mut Plan, state: &StateDb, scope_key: &str,
 
 /// Successes clear a tag's failure count; failures add to it. Given-up tags
 /// (plan problems) are left as they are.
-fn outcomes_of<'a>(plan: &'a Plan, report: &'a Report) -> Vec<Outcome<'a>> {
-    let failed: HashSet<(&str, &str)> = report.failures.iter().map(|f| (f.repository.as_str(), f.tag.as_str())).collect();
+fn outcomes_of<'a>(plan: &'a Plan, failures: &'a [Failure]) -> Vec<Outcome<'a>> {
+    let failed: HashSet<(&str, &str)> = failures.iter().map(|f| (f.repository.as_str(), f.tag.as_str())).collect();
     let mut out = Vec::new();
     for item in &plan.items {
         let (repo, tag) = (item.source_repo.as_str(), item.tag.as_str());
         match item.action {
             Action::Skip(SkipReason::RetryDeferred) => {}
             _ if failed.contains(&(repo, tag)) => {
-                let error = report.failures.iter().find(|f| f.repository == repo && f.tag == tag).map_or("", |f| f.error.as_str());
+                let error = failures.iter().find(|f| f.repository == repo && f.tag == tag).map_or("", |f| f.error.as_str());
                 // Waiting for a registry's quota is not the tag's failure:
                 // no backoff, no count towards giving up.
                 if error.contains(crate::registry::error::QUOTA_WAIT) {

@@ -19,6 +19,7 @@ mod install;
 mod faults;
 mod memory;
 mod migrate;
+mod parts;
 mod ocidir;
 mod operations;
 mod platforms;

@@ -21,7 +21,13 @@ use crate::engine::EngineError;
 use crate::registry::{ClientOptions, Endpoint, RegistryError};
 use crate::scheme::{self, Scheme};
 use crate::state::leases::{Holder, LeaseGuard, StateFence};
-use crate::state::{ExecutionSpec, ExecutionStatus, Recorder, StateDb, StateError};
+
+mod parts;
+mod session;
+
+pub use parts::{Parts, part_tags};
+pub use session::{PartEnd, Session};
+use crate::state::{ExecutionStatus, Recorder, StateDb, StateError};
 
 /// Why a job could not run at all.
 #[derive(Debug, thiserror::Error)]
@@ -149,25 +155,17 @@ impl Job {
         self.plan_for(false).await
     }
 
-    /// [`Job::plan`], with what narrowing to platforms produced on earlier
-    /// passes read from `state` before and what it learned saved after
-    /// (an unchanged platform-filtered pass then costs `HEAD`s only).
-    pub async fn plan_remembering(&self, state: Option<&StateDb>) -> Result<Plan, JobError> {
-        let selection = self.spec.scope.platforms.as_deref().filter(|f| f.mode == crate::engine::platforms::FilterMode::Rewrite).map(|f| f.scope_word());
-        if let (Some(db), Some(selection)) = (state, &selection) {
-            self.spec.scope.narrowed.load(db.narrowed_indexes(selection).await?);
-        }
-        let plan = self.plan_for(true).await?;
-        if let (Some(db), Some(selection)) = (state, &selection) {
-            db.record_narrowed_indexes(selection, &self.spec.scope.narrowed.take_learned()).await?;
-        }
-        Ok(plan)
-    }
-
     async fn plan_for(&self, writes: bool) -> Result<Plan, JobError> {
         let started = Instant::now();
         let concurrency = self.spec.execute.concurrency.max(4) * 2;
         let found = discover(&*self.src, self.dst.url(), &self.spec.scope, concurrency).await?;
+        Ok(self.plan_found(found, writes, started).await)
+    }
+
+    /// Diff what discovery found, narrow it to the policy's platforms, hold
+    /// back what the signature gate refuses and settle subject-bound tags.
+    async fn plan_found(&self, found: crate::engine::discover::Discovered, writes: bool, started: Instant) -> Plan {
+        let concurrency = self.spec.execute.concurrency.max(4) * 2;
         let options = DiffOptions { concurrency, overwrite: self.spec.overwrite, writes };
         let mut plan = diff(&*self.src, &*self.dst, found, options).await;
         if let Some(filter) = &self.spec.scope.platforms {
@@ -182,7 +180,7 @@ impl Job {
         plan.left_behind =
             crate::engine::left_behind::settle_subject_bound(&*self.dst, &mut plan, writes, concurrency, self.spec.scope.referrers.untagged_subjects).await;
         plan.planning_time = started.elapsed();
-        Ok(plan)
+        plan
     }
 
     /// Execute `plan`, recording into `state` when given. `stats` is shared
@@ -202,51 +200,9 @@ impl Job {
         cancel: &Cancel,
         lease: Option<LeaseGuard>,
     ) -> Result<Report, JobError> {
-        let started = Instant::now();
-        let skipped = plan.items.iter().filter(|i| matches!(i.action, Action::Skip(_))).count();
-        Stats::add(&stats.repos_total, plan.repositories as u64);
-        Stats::add(&stats.tags_total, (plan.items.len() + plan.problems.len() + plan.unchecked) as u64);
-        Stats::add(&stats.tags_skipped, (skipped + plan.unchecked) as u64);
-        Stats::add(&stats.tags_failed, plan.problems.len() as u64);
-        Stats::add(&stats.digest_mismatches, plan.digest_mismatches);
-
-        // A policy pass that finds nothing to do does not pile up executions:
-        // the last successful one is marked as checked again.
-        // (Tags held back by `require:` are news only when the last execution
-        // did not already record them so.)
-        let refused_known = match state {
-            Some(db) if !plan.refused.is_empty() => {
-                let known = db.latest_unsigned(&self.spec.scope_key()).await?;
-                plan.items
-                    .iter()
-                    .filter(|i| i.action == Action::Skip(crate::engine::plan::SkipReason::Unsigned))
-                    .all(|i| known.contains(&(i.source_repo.to_string(), i.tag.to_string(), i.source.digest.to_string())))
-            }
-            _ => true,
-        };
-        if let (Some(db), "policy", 0, true) = (state, self.spec.kind.as_str(), plan.count_copy(), plan.problems.is_empty() && refused_known)
-            && let Some(id) = db.touch_if_succeeded(&self.spec.scope_key()).await? {
-                if let Some(lease) = lease {
-                    lease.release().await;
-                }
-                return Ok(Report {
-                    execution: Some(id),
-                    resumed: false,
-                    status: ExecutionStatus::Succeeded,
-                    counts: stats.snapshot(),
-                    failures: Vec::new(),
-                    elapsed: plan.planning_time + started.elapsed(),
-                    source_requests: self.src.request_count(),
-                    destination_requests: self.dst.request_count(),
-                    conditions: Vec::new(),
-                    not_attempted: 0,
-                    unsigned: unsigned_of(plan),
-                    usage: self.usage(),
-                    quota_resets_in: None,
-                });
-            }
-
         let Some(db) = state else {
+            let started = Instant::now();
+            count_plan(plan, stats);
             let ends = {
                 let streams = self.spec.execute.concurrency.max(1);
                 let new_repos = Arc::new(plan.new_repos.clone());
@@ -258,87 +214,33 @@ impl Job {
                     .with_referrers(referrers);
                 execute(&copier, plan, &self.spec.execute, stats, &EventSink::discard(), cancel).await
             };
-            let ends = ends.into_iter().map(|(i, e)| Ended::Task(i, e)).collect();
+            let mut failures = problems_of(plan);
+            let mut canceled = 0;
+            for (index, end) in ends {
+                match end {
+                    TaskEnd::Failed(error) => {
+                        let item = &plan.items[index];
+                        failures.push(Failure { repository: item.source_repo.to_string(), tag: item.tag.to_string(), error });
+                    }
+                    TaskEnd::Canceled => canceled += 1,
+                    TaskEnd::Succeeded => {}
+                }
+            }
             self.src.settle().await;
-            return Ok(self.report(plan, None, false, ends, 0, stats, started));
+            let elapsed = plan.planning_time + started.elapsed();
+            return Ok(self.report(None, false, failures, canceled, unsigned_of(plan), stats, elapsed));
         };
-        let scope_key = self.spec.scope_key();
         let lease = match lease {
             Some(l) => l,
             None => self.wait_for_lease(db, cancel).await?,
         };
-        let spec = ExecutionSpec {
-            kind: self.spec.kind.clone(),
-            policy: self.spec.policy.clone(),
-            scope_key: scope_key.clone(),
-            source: self.spec.source.url.to_string(),
-            destination: self.spec.destination.url.to_string(),
-            direction: if self.spec.reversed { "reversed" } else { "forward" }.into(),
-            resume_failed: self.spec.kind == "migrate",
-        };
-        let start = db.begin_execution(&spec).await?;
-        let id = start.id;
-        db.set_lease_execution(&scope_key, id).await?;
-        let ids = db.record_plan(id, plan).await?;
-        // The lease lost (this worker stalled past it): stop at once.
-        let cancel = &Cancel { stop: cancel.stop.child_token(), abort: cancel.abort.child_token() };
-        let linked = {
-            let (lost, c) = (lease.lost.clone(), cancel.clone());
-            tokio::spawn(async move {
-                lost.cancelled().await;
-                c.stop.cancel();
-                c.abort.cancel();
-            })
-        };
-        // `regferry jobs cancel ID` from another process: checked every 2 s.
-        let watcher = tokio::spawn(watch_cancel_request(db.clone(), id, cancel.clone()));
-        let known: std::collections::HashMap<i64, &crate::engine::plan::PlanItem> =
-            ids.iter().copied().zip(plan.items.iter()).filter(|(_, i)| matches!(i.action, Action::Copy(_))).collect();
-        let referrers = Referrers::new(self.spec.scope.referrers.as_ref().clone()).with_plan(plan);
-        let share = self.work(db, id, Arc::new(plan.new_repos.clone()), stats, cancel, true, &known, referrers).await;
-        watcher.abort();
-        linked.abort();
-        let share = share?;
-        if lease.lost.is_cancelled() {
-            return Err(JobError::LeaseLost(id));
-        }
-        let mut canceled = share.ends.iter().filter(|(_, e)| *e == TaskEnd::Canceled).count() as u64;
-        if cancel.stop.is_cancelled() {
-            canceled += db.cancel_pending(id).await?;
-        }
-        // Every worker's outcome of this plan's tasks, as recorded.
-        // (Sorted ids rather than a set: a pass over many tags holds one
-        // id per tag here.)
-        let mut wanted = ids;
-        wanted.sort_unstable();
-        let ends: Vec<Ended> = db
-            .failed_tasks(id)
-            .await?
-            .into_iter()
-            .filter(|t| wanted.binary_search(&t.id).is_ok())
-            .map(|t| Ended::Failed(Failure { repository: t.source_repo, tag: t.tag, error: t.last_error.unwrap_or_default() }))
-            .collect();
-        let done = stats.snapshot().repos_done;
-        Stats::add(&stats.repos_done, (plan.repositories as u64).saturating_sub(done));
-        self.src.settle().await;
-        let report = self.report(plan, Some(id), start.resumed, ends, canceled, stats, started);
-        let error = (!report.failures.is_empty()).then(|| {
-            let mut error = format!("{} tag(s) failed", report.failures.len());
-            for c in &report.conditions {
-                error.push_str(&format!("; {c}"));
-            }
-            if report.not_attempted > 0 {
-                error.push_str(&format!("; {} tag(s) not attempted", report.not_attempted));
-            }
-            error
-        });
-        db.finish_execution(id, report.status, &report.counts, error.as_deref()).await?;
-        lease.release().await;
-        Ok(report)
+        let mut session = self.session(db, lease);
+        session.run_part(plan, stats, cancel).await?;
+        session.close(stats).await
     }
 
     /// The lease of this job, waiting while another worker holds it.
-    async fn wait_for_lease(&self, db: &StateDb, cancel: &Cancel) -> Result<LeaseGuard, JobError> {
+    pub async fn wait_for_lease(&self, db: &StateDb, cancel: &Cancel) -> Result<LeaseGuard, JobError> {
         let key = self.spec.scope_key();
         let mut told = false;
         loop {
@@ -411,7 +313,7 @@ impl Job {
         let share = share?;
         tracing::info!(execution, tasks = share.ends.len(), "helped with an execution another worker holds");
         self.src.settle().await;
-        let mut report = self.report(&Plan::default(), Some(execution), true, Vec::new(), 0, stats, started);
+        let mut report = self.report(Some(execution), true, Vec::new(), 0, Vec::new(), stats, started.elapsed());
         report.status = ExecutionStatus::Running;
         Ok(report)
     }
@@ -419,35 +321,14 @@ impl Job {
     #[allow(clippy::too_many_arguments)]
     fn report(
         &self,
-        plan: &Plan,
         execution: Option<i64>,
         resumed: bool,
-        ends: Vec<Ended>,
+        failures: Vec<Failure>,
         canceled: u64,
+        unsigned: Vec<Failure>,
         stats: &Arc<Stats>,
-        started: Instant,
+        elapsed: Duration,
     ) -> Report {
-        let mut failures: Vec<Failure> = plan
-            .problems
-            .iter()
-            .map(|p| Failure {
-                repository: p.source_repo.clone(),
-                tag: p.tag.clone().unwrap_or_default(),
-                error: p.error.clone(),
-            })
-            .collect();
-        let mut canceled = canceled;
-        for end in ends {
-            match end {
-                Ended::Task(index, TaskEnd::Failed(error)) => {
-                    let item = &plan.items[index];
-                    failures.push(Failure { repository: item.source_repo.to_string(), tag: item.tag.to_string(), error });
-                }
-                Ended::Failed(f) => failures.push(f),
-                Ended::Task(_, TaskEnd::Canceled) => canceled += 1,
-                Ended::Task(_, TaskEnd::Succeeded) => {}
-            }
-        }
         let status = if canceled > 0 {
             ExecutionStatus::Canceled
         } else if failures.is_empty() {
@@ -465,12 +346,12 @@ impl Job {
             status,
             counts,
             failures,
-            elapsed: plan.planning_time + started.elapsed(),
+            elapsed,
             source_requests: self.src.request_count(),
             destination_requests: self.dst.request_count(),
             conditions,
             not_attempted,
-            unsigned: unsigned_of(plan),
+            unsigned,
             usage: self.usage(),
             quota_resets_in: [self.src.quota_resets_in(), self.dst.quota_resets_in()].into_iter().flatten().max(),
         }
@@ -500,11 +381,22 @@ fn unsigned_of(plan: &Plan) -> Vec<Failure> {
     out
 }
 
-/// How a task of a run ended: by plan index (this process ran it), or as
-/// recorded (any worker did).
-enum Ended {
-    Task(usize, TaskEnd),
-    Failed(Failure),
+/// The plan's problems (found while planning), as failures of the run.
+fn problems_of(plan: &Plan) -> Vec<Failure> {
+    plan.problems
+        .iter()
+        .map(|p| Failure { repository: p.source_repo.clone(), tag: p.tag.clone().unwrap_or_default(), error: p.error.clone() })
+        .collect()
+}
+
+/// Count a plan (or a part of one) into the run's progress.
+fn count_plan(plan: &Plan, stats: &Stats) {
+    let skipped = plan.items.iter().filter(|i| matches!(i.action, Action::Skip(_))).count();
+    Stats::add(&stats.repos_total, plan.repositories as u64);
+    Stats::add(&stats.tags_total, (plan.items.len() + plan.problems.len() + plan.unchecked) as u64);
+    Stats::add(&stats.tags_skipped, (skipped + plan.unchecked) as u64);
+    Stats::add(&stats.tags_failed, plan.problems.len() as u64);
+    Stats::add(&stats.digest_mismatches, plan.digest_mismatches);
 }
 
 /// Stop `cancel` when an operator asks (via the state database) to cancel

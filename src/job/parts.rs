@@ -1,0 +1,74 @@
+//! A job planned in parts: whole repositories at a time, each part holding
+//! at least [`part_tags`] tags (unless it is the last), so a pass over a
+//! registry of any size holds one part's listings and plan in memory, not
+//! one item per tag of the registry. A scope under that size is one part,
+//! planned exactly as a whole plan.
+//!
+//! It must never split a repository between parts (a repository's
+//! signature and fallback tags wait on its images), and it only plans: the
+//! caller runs each part (see [`super::Session`]) before asking for the next.
+
+use std::time::Instant;
+
+use super::{Job, JobError};
+use crate::engine::discover::Discovery;
+use crate::engine::plan::Plan;
+use crate::state::StateDb;
+
+/// Tags per part unless `REGFERRY_PART_TAGS` says otherwise.
+pub const PART_TAGS: usize = 10_000;
+
+/// How many tags a part holds at least (`REGFERRY_PART_TAGS`, for
+/// measuring and tests; [`PART_TAGS`] by default).
+pub fn part_tags() -> usize {
+    std::env::var("REGFERRY_PART_TAGS").ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or(PART_TAGS)
+}
+
+/// The parts of a job's plan, in turn (see the module comment).
+pub struct Parts<'a> {
+    job: &'a Job,
+    state: Option<&'a StateDb>,
+    discovery: Discovery,
+    /// The platform selection whose narrowing is remembered in `state`.
+    selection: Option<String>,
+    /// When the catalog was asked (the first part's planning time includes it).
+    started: Option<Instant>,
+    max_tags: usize,
+}
+
+impl Job {
+    /// Read the repositories in scope and get ready to plan them part by
+    /// part. With a `state`, what narrowing to platforms produced on
+    /// earlier passes is read first and what each part learns is saved
+    /// (an unchanged platform-filtered pass then costs `HEAD`s only).
+    pub async fn parts<'a>(&'a self, state: Option<&'a StateDb>) -> Result<Parts<'a>, JobError> {
+        let started = Instant::now();
+        let selection = self.spec.scope.platforms.as_deref().filter(|f| f.mode == crate::engine::platforms::FilterMode::Rewrite).map(|f| f.scope_word());
+        let selection = selection.filter(|_| state.is_some());
+        if let (Some(db), Some(selection)) = (state, &selection) {
+            self.spec.scope.narrowed.load(db.narrowed_indexes(selection).await?);
+        }
+        let discovery = Discovery::start(&*self.src, self.dst.url(), &self.spec.scope).await?;
+        Ok(Parts { job: self, state, discovery, selection, started: Some(started), max_tags: part_tags() })
+    }
+}
+
+impl Parts<'_> {
+    /// Plan the next part (for a run that writes); `None` once every
+    /// repository in scope was planned. The first part carries the
+    /// catalog's problems and unmatched globs, even when it holds no
+    /// repository.
+    pub async fn next(&mut self) -> Option<Result<Plan, JobError>> {
+        let job = self.job;
+        let started = self.started.take().unwrap_or_else(Instant::now);
+        let concurrency = job.spec.execute.concurrency.max(4) * 2;
+        let found = self.discovery.next_part(&*job.src, &job.spec.scope, concurrency, self.max_tags).await?;
+        let plan = job.plan_found(found, true, started).await;
+        if let (Some(db), Some(selection)) = (self.state, &self.selection)
+            && let Err(e) = db.record_narrowed_indexes(selection, &job.spec.scope.narrowed.take_learned()).await
+        {
+            return Some(Err(e.into()));
+        }
+        Some(Ok(plan))
+    }
+}
