@@ -249,10 +249,11 @@ pub async fn run_job(
     let (from, to) = (spec.source.url.to_string(), spec.destination.url.to_string());
     let concurrency = spec.execute.concurrency;
     let job = Job::connect(spec).await?;
+    let state = if out.dry_run { None } else { Some(super::open_state(state_args, concurrency).await?) };
 
     tracing::info!("planning: listing repositories and tags at {from}");
     let planning = super::progress::Planning::start(job.spec.scope.counters.clone(), out.quiet || out.json, "planning");
-    if out.dry_run {
+    let Some(state) = state else {
         let plan = job.plan_read_only().await;
         planning.finish().await;
         let plan = plan?;
@@ -264,11 +265,10 @@ pub async fn run_job(
             print!("{}", output::plan_text(&plan, &from, &to));
         }
         return Ok(if plan.problems.is_empty() { exit::OK } else { exit::FAILED });
-    }
+    };
 
     // Planned and run in parts of whole repositories (see `job::parts`):
     // one part unless the scope holds more tags than a part.
-    let state = super::open_state(state_args, concurrency).await?;
     let first = match job.parts(Some(&state)).await {
         // (The first part is always given, even with no repository.)
         Ok(mut parts) => parts.next().await.unwrap_or_else(|| Ok(Default::default())).map(|plan| (parts, plan)),

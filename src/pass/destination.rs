@@ -126,7 +126,6 @@ pub(super) async fn run_destination(policy: &Policy, spec: JobSpec, state: &Stat
     // before its next writes.
     let switched = tokio_util::sync::CancellationToken::new();
     let watch = tokio::spawn(watch_direction(state.clone(), policy.name.clone(), direction, cancel.stop.clone(), switched.clone()));
-    job.spec.scope.counters.set_transfer(stats.clone());
     let destination = job.spec.destination.url.base().as_str().trim_end_matches('/').to_string();
     let mut session = job.session(state, lease);
     let mut part = 0;
@@ -137,6 +136,10 @@ pub(super) async fn run_destination(policy: &Policy, spec: JobSpec, state: &Stat
             Some(Err(e)) => break Err(e.to_string()),
         };
         part += 1;
+        if part == 1 {
+            // (A progress display shows planning until then.)
+            job.spec.scope.counters.set_transfer(stats.clone());
+        }
         for pattern in &plan.unmatched {
             tracing::warn!(policy = %policy.name, source = %outcome.source, pattern = %pattern, "repository pattern matches no repository at the source");
         }
