@@ -13,7 +13,7 @@ use regferry::policy::TagFilter;
 use regferry::engine::platforms::{FilterMode, PlatformFilter};
 use regferry::engine::referrers::ReferrerOptions;
 use regferry::engine::stats::Stats;
-use regferry::job::{Job, JobSpec};
+use regferry::job::{Job, JobSpec, Next};
 use regferry::registry::Limits;
 use regferry::state::ExecutionStatus;
 
@@ -287,15 +287,21 @@ pub async fn run_job(
         let lease = job.wait_for_lease(&state, &cancel).await?;
         let mut session = job.session(&state, lease);
         let ran = loop {
-            match session.run_part(&plan, &stats, &cancel).await {
+            // The next part is planned while this one runs.
+            let (end, next) = parts.next_while(session.run_part(&plan, &stats, &cancel), &cancel.stop).await;
+            match end {
                 Err(e) => break Err(e),
-                Ok(end) if end.canceled || cancel.stop.is_cancelled() => break Ok(()),
+                Ok(end) if end.canceled => break Ok(()),
                 Ok(_) => {}
             }
-            plan = match parts.next().await {
-                None => break Ok(()),
-                Some(Ok(next)) => next,
-                Some(Err(e)) => break Err(e),
+            plan = match next {
+                Next::Done => break Ok(()),
+                Next::Part(Ok(next)) if !cancel.stop.is_cancelled() => next,
+                Next::Part(Err(e)) => break Err(e),
+                Next::Part(Ok(_)) | Next::Stopped => {
+                    session.stopped();
+                    break Ok(());
+                }
             };
             log_plan(&plan);
         };

@@ -25,7 +25,7 @@ use crate::state::leases::{Holder, LeaseGuard, StateFence};
 mod parts;
 mod session;
 
-pub use parts::{Parts, part_tags};
+pub use parts::{Next, Parts, part_tags};
 pub use session::{PartEnd, Session};
 use crate::state::{ExecutionStatus, Recorder, StateDb, StateError};
 

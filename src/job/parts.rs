@@ -5,10 +5,15 @@
 //! planned exactly as a whole plan.
 //!
 //! It must never split a repository between parts (a repository's
-//! signature and fallback tags wait on its images), and it only plans: the
-//! caller runs each part (see [`super::Session`]) before asking for the next.
+//! signature and fallback tags wait on its images), and it only plans (reads):
+//! the caller runs each part (see [`super::Session`]), and the next part is
+//! planned while it runs ([`Parts::next_while`]), so the registries are
+//! not left idle while a part is recorded. At most two parts are held at once.
 
+use std::future::Future;
 use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
 
 use super::{Job, JobError};
 use crate::engine::discover::Discovery;
@@ -70,5 +75,35 @@ impl Parts<'_> {
             return Some(Err(e.into()));
         }
         Some(Ok(plan))
+    }
+
+    /// [`Parts::next`] while `work` (the run of the part before) goes on:
+    /// both results once both are done. Planning gives up once `stop` is
+    /// cancelled ([`Next::Stopped`]): a stopped run does not wait for a plan
+    /// it will not run.
+    pub async fn next_while<T>(&mut self, work: impl Future<Output = T>, stop: &CancellationToken) -> (T, Next) {
+        let planning = async {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => Next::Stopped,
+                next = self.next() => Next::from(next),
+            }
+        };
+        tokio::join!(work, planning)
+    }
+}
+
+/// What planning the next part gave.
+pub enum Next {
+    Part(Result<Plan, JobError>),
+    /// Every repository in scope was planned.
+    Done,
+    /// The run was stopped before the next part was planned.
+    Stopped,
+}
+
+impl From<Option<Result<Plan, JobError>>> for Next {
+    fn from(next: Option<Result<Plan, JobError>>) -> Next {
+        next.map_or(Next::Done, Next::Part)
     }
 }

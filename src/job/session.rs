@@ -41,6 +41,8 @@ pub struct Session<'a> {
     failures: Vec<Failure>,
     unsigned: Vec<Failure>,
     canceled: u64,
+    /// The run was stopped before every part ran.
+    stopped: bool,
     /// Planning and working time of the parts so far.
     elapsed: Duration,
 }
@@ -48,7 +50,7 @@ pub struct Session<'a> {
 impl Job {
     /// A recorded run of this job, holding its `lease` until closed.
     pub fn session<'a>(&'a self, db: &'a StateDb, lease: LeaseGuard) -> Session<'a> {
-        Session { job: self, db, lease, execution: None, touched: None, failures: Vec::new(), unsigned: Vec::new(), canceled: 0, elapsed: Duration::ZERO }
+        Session { job: self, db, lease, execution: None, touched: None, failures: Vec::new(), unsigned: Vec::new(), canceled: 0, stopped: false, elapsed: Duration::ZERO }
     }
 }
 
@@ -149,6 +151,12 @@ impl Session<'_> {
         Ok(PartEnd { failures, canceled: canceled > 0 })
     }
 
+    /// Say that the run was stopped with parts not run: it closes as
+    /// canceled (and the next run of the job resumes its execution).
+    pub fn stopped(&mut self) {
+        self.stopped = true;
+    }
+
     /// Give the lease back without closing the execution (a run that could
     /// not go on: the next run of the job resumes what it left).
     pub async fn release(self) {
@@ -160,12 +168,13 @@ impl Session<'_> {
         let Some((id, resumed)) = self.execution else {
             // Every part had nothing to do: the earlier execution stands.
             self.lease.release().await;
-            let mut report = self.job.report(self.touched, false, Vec::new(), 0, self.unsigned, stats, self.elapsed);
+            let mut report = self.job.report(self.touched, false, Vec::new(), u64::from(self.stopped), self.unsigned, stats, self.elapsed);
             report.conditions.clear();
             report.quota_resets_in = None;
             return Ok(report);
         };
-        let report = self.job.report(Some(id), resumed, self.failures, self.canceled, self.unsigned, stats, self.elapsed);
+        let canceled = self.canceled + u64::from(self.stopped);
+        let report = self.job.report(Some(id), resumed, self.failures, canceled, self.unsigned, stats, self.elapsed);
         let error = (!report.failures.is_empty()).then(|| {
             let mut error = format!("{} tag(s) failed", report.failures.len());
             for c in &report.conditions {

@@ -6,7 +6,7 @@
 //! job, and never run a deletion without a lease and a fresh source read.
 
 use super::*;
-use crate::job::{Failure, PartEnd};
+use crate::job::{Failure, Next, PartEnd};
 
 pub(super) async fn run_destination(policy: &Policy, spec: JobSpec, state: &StateDb, cancel: &Cancel, share: Option<&Arc<SourceShare>>) -> DestinationOutcome {
     // This execution's own tokens: stopping the process stops it, but an
@@ -129,11 +129,16 @@ pub(super) async fn run_destination(policy: &Policy, spec: JobSpec, state: &Stat
     let destination = job.spec.destination.url.base().as_str().trim_end_matches('/').to_string();
     let mut session = job.session(state, lease);
     let mut part = 0;
+    let mut next = Next::from(parts.next().await);
     let ran = loop {
-        let mut plan = match parts.next().await {
-            None => break Ok(()),
-            Some(Ok(plan)) => plan,
-            Some(Err(e)) => break Err(e.to_string()),
+        let mut plan = match std::mem::replace(&mut next, Next::Done) {
+            Next::Done => break Ok(()),
+            Next::Stopped => {
+                session.stopped();
+                break Ok(());
+            }
+            Next::Part(Ok(plan)) => plan,
+            Next::Part(Err(e)) => break Err(e.to_string()),
         };
         part += 1;
         if part == 1 {
@@ -173,7 +178,10 @@ pub(super) async fn run_destination(policy: &Policy, spec: JobSpec, state: &Stat
             deferred = outcome.deferred,
             "pass planned"
         );
-        let end = match session.run_part(&plan, &stats, cancel).await {
+        // The next part is planned while this one runs.
+        let (end, upcoming) = parts.next_while(session.run_part(&plan, &stats, cancel), &cancel.stop).await;
+        next = upcoming;
+        let end = match end {
             Ok(end) => end,
             Err(e) => break Err(e.to_string()),
         };
@@ -182,7 +190,11 @@ pub(super) async fn run_destination(policy: &Policy, spec: JobSpec, state: &Stat
         }
         api_unsupported |= api.unsupported;
         record_part(policy, state, &scope_key, (&destination, direction), &plan, &end, api, left_rows).await;
-        if end.canceled || cancel.stop.is_cancelled() {
+        if end.canceled {
+            break Ok(());
+        }
+        if cancel.stop.is_cancelled() && !matches!(next, Next::Done) {
+            session.stopped();
             break Ok(());
         }
     };

@@ -4,11 +4,14 @@
 //! every part wrote is remembered, so deletions after the last part cover
 //! them all.
 
+use std::time::Duration;
+
 use testkit::dataset::{self, Spec};
 use testkit::image::{self, Flavor};
+use testkit::{FaultProxy, Faults};
 
 use crate::policies::{push_tags, write};
-use crate::support::{Run, Scratch, assert_mirrored, migrate_args, regferry, registries, repos_of};
+use crate::support::{Run, Scratch, assert_mirrored, command, migrate_args, regferry, registries, repos_of, wait_until};
 
 const SMALL_PARTS: (&str, &str) = ("REGFERRY_PART_TAGS", "3");
 
@@ -123,4 +126,53 @@ async fn a_policy_pass_in_parts_goes_on_past_a_failed_tag_and_deletes_across_all
     assert_eq!(d.tags("team/a").await, ["1", "3"]);
     assert_eq!(d.tags("team/d").await, ["1", "2"]);
     assert_eq!(d.tags("team/b").await, ["1", "2", "3"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_while_the_next_part_is_planned_ends_the_run_and_the_next_run_finishes_it() {
+    let (src, dst, s, d) = registries();
+    push_tags(&s, "team/a", &["1", "2"], "a").await;
+    push_tags(&s, "team/b", &["1", "2"], "b").await;
+    // The second part's planning waits: team/b's tag list is held at the source.
+    let sp = FaultProxy::start(&src.url, Faults { hold: 1.0, only: vec!["GET /v2/team/b/tags/list".into()], ..Faults::default() });
+    let scratch = Scratch::new();
+    let state = scratch.state();
+    let args = migrate_args(&scratch, &sp.url, &dst.url, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = command(&scratch, &args, &[("REGFERRY_PART_TAGS", "1")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start regferry");
+    wait_until(Duration::from_secs(60), "the first part copied while the second is planned", async || {
+        sp.counters.injected("hold") >= 1 && d.tags("team/a").await.len() == 2
+    })
+    .await;
+    let pid = child.id().expect("regferry's pid") as libc::pid_t;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("a stopped run does not wait for the part it is planning")
+        .expect("reap regferry");
+    let run = Run { code: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() };
+    assert_eq!(run.code, 130, "interrupted: {}", text(&run));
+    assert_eq!(run.json()["status"], "canceled", "parts were left: not a success: {}", run.stdout);
+    assert!(d.tags("team/b").await.is_empty());
+    let listed = executions(&scratch, &state, None).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["status"], "canceled", "{listed:?}");
+
+    // The same command again, the source answering: it resumes that
+    // execution and finishes every part.
+    sp.release();
+    let again = regferry(&scratch, &args, &[("REGFERRY_PART_TAGS", "1")]).await;
+    assert_eq!(again.code, 0, "{}", text(&again));
+    let report = again.json();
+    assert_eq!(report["resumed"], true, "{report}");
+    assert_eq!(report["counts"]["tags_copied"], 2, "team/b's tags: {report}");
+    assert_eq!(d.tags("team/b").await, ["1", "2"]);
+    let listed = executions(&scratch, &state, None).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["status"], "succeeded", "{listed:?}");
 }
