@@ -463,6 +463,63 @@ impl Discovery {
 mod tests {
     use super::*;
 
+    /// A directory of OCI layouts, `repos` as (name, number of tags).
+    fn layouts(repos: &[(&str, usize)]) -> (tempfile::TempDir, crate::scheme::ocidir::OciDir) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, tags) in repos {
+            let layout = dir.path().join(name);
+            std::fs::create_dir_all(&layout).unwrap();
+            std::fs::write(layout.join("oci-layout"), crate::scheme::ocidir::LAYOUT_FILE).unwrap();
+            let manifests: Vec<serde_json::Value> = (0..*tags)
+                .map(|t| {
+                    let digest = crate::registry::Digest::sha256_of(format!("{name}:{t}").as_bytes());
+                    serde_json::json!({ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest.as_str(), "size": 2,
+                        "annotations": { crate::scheme::ocidir::REF_NAME: format!("t{t}") } })
+                })
+                .collect();
+            std::fs::write(layout.join("index.json"), serde_json::json!({ "schemaVersion": 2, "manifests": manifests }).to_string()).unwrap();
+        }
+        let url = RegistryUrl::parse(&format!("oci:{}", dir.path().display())).unwrap();
+        let oci = crate::scheme::ocidir::OciDir::new(&url, false).unwrap();
+        (dir, oci)
+    }
+
+    #[tokio::test]
+    async fn parts_hold_whole_repositories_of_at_least_the_tags_asked() {
+        let (_dir, oci) = layouts(&[("r1", 5), ("r2", 1), ("r3", 3), ("r4", 2)]);
+        let dest = RegistryUrl::parse("http://127.0.0.1:1").unwrap();
+        let repos = RepoFilter::new(&["r*".into(), "missing".into()], &[]).unwrap();
+        let scope = Scope::new(RepoMapping::new("", ""), repos, Arc::new(AllTags));
+        let mut discovery = Discovery::start(&oci, &dest, &scope).await.unwrap();
+        let mut parts = Vec::new();
+        while let Some(part) = discovery.next_part(&oci, &scope, 4, 3).await {
+            let repos: Vec<(String, usize)> = part.repos.iter().map(|r| (r.source.to_string(), r.tags.len())).collect();
+            parts.push((repos, part.problems.len()));
+        }
+        let want = |repos: &[(&str, usize)], problems: usize| (repos.iter().map(|(r, n)| (r.to_string(), *n)).collect::<Vec<_>>(), problems);
+        assert_eq!(
+            parts,
+            [
+                // The catalog's problem (a plain name not there) comes with the first part.
+                want(&[("r1", 5)], 1),
+                // Listed until the part holds at least 3 tags; no repository split.
+                want(&[("r2", 1), ("r3", 3)], 0),
+                want(&[("r4", 2)], 0),
+            ]
+        );
+        // The whole of it at once, as before parts.
+        let all = discover(&oci, &dest, &scope, 4).await.unwrap();
+        assert_eq!(all.repos.iter().map(|r| r.tags.len()).sum::<usize>(), 11);
+        assert_eq!(all.problems.len(), 1);
+        // An empty scope still gives one (empty) first part, then none.
+        let none = Scope::new(RepoMapping::new("", ""), RepoFilter::new(&["nothing-*".into()], &[]).unwrap(), Arc::new(AllTags));
+        let mut discovery = Discovery::start(&oci, &dest, &none).await.unwrap();
+        let first = discovery.next_part(&oci, &none, 4, 3).await.expect("a first part");
+        assert!(first.repos.is_empty());
+        assert_eq!(first.unmatched, ["nothing-*"]);
+        assert!(discovery.next_part(&oci, &none, 4, 3).await.is_none());
+    }
+
     #[test]
     fn globs() {
         let f = RepoFilter::new(&["frontend/**".into(), "library/*".into()], &["**/tmp-*".into()]).unwrap();

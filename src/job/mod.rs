@@ -1,5 +1,6 @@
 //! One replication job end to end: connect → plan → record → execute →
-//! close the execution. `migrate`, policy runs and the daemon all go
+//! close the execution (a big scope planned and run in parts, see
+//! [`parts`] and [`session`]). `migrate`, policy runs and the daemon all go
 //! through here, so they resume, record and summarise the same way.
 //!
 //! This module wires the engine to the state database; it never parses CLI
@@ -21,13 +22,13 @@ use crate::engine::EngineError;
 use crate::registry::{ClientOptions, Endpoint, RegistryError};
 use crate::scheme::{self, Scheme};
 use crate::state::leases::{Holder, LeaseGuard, StateFence};
+use crate::state::{ExecutionStatus, Recorder, StateDb, StateError};
 
 mod parts;
 mod session;
 
 pub use parts::{Next, Parts, part_tags};
 pub use session::{PartEnd, Session};
-use crate::state::{ExecutionStatus, Recorder, StateDb, StateError};
 
 /// Why a job could not run at all.
 #[derive(Debug, thiserror::Error)]
@@ -183,23 +184,13 @@ impl Job {
         plan
     }
 
-    /// Execute `plan`, recording into `state` when given. `stats` is shared
-    /// with whoever shows progress. With a state, the job's lease is taken
-    /// first (waiting while another worker holds it), and the tasks are
-    /// claimed one by one, so other workers may help (see [`Job::help`]).
+    /// Execute `plan` as one part, recording into `state` when given.
+    /// `stats` is shared with whoever shows progress. With a state, the
+    /// job's lease is taken first (waiting while another worker holds it),
+    /// and the tasks are claimed one by one, so other workers may help (see
+    /// [`Job::help`]). A pass planned in parts runs them through a
+    /// [`Session`] instead.
     pub async fn run(&self, plan: &Plan, state: Option<&StateDb>, stats: &Arc<Stats>, cancel: &Cancel) -> Result<Report, JobError> {
-        self.run_leased(plan, state, stats, cancel, None).await
-    }
-
-    /// [`Job::run`] with the job's lease already held (taken before planning).
-    pub async fn run_leased(
-        &self,
-        plan: &Plan,
-        state: Option<&StateDb>,
-        stats: &Arc<Stats>,
-        cancel: &Cancel,
-        lease: Option<LeaseGuard>,
-    ) -> Result<Report, JobError> {
         let Some(db) = state else {
             let started = Instant::now();
             count_plan(plan, stats);
@@ -230,10 +221,7 @@ impl Job {
             let elapsed = plan.planning_time + started.elapsed();
             return Ok(self.report(None, false, failures, canceled, unsigned_of(plan), stats, elapsed));
         };
-        let lease = match lease {
-            Some(l) => l,
-            None => self.wait_for_lease(db, cancel).await?,
-        };
+        let lease = self.wait_for_lease(db, cancel).await?;
         let mut session = self.session(db, lease);
         session.run_part(plan, stats, cancel).await?;
         session.close(stats).await
