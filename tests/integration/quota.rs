@@ -207,6 +207,11 @@ async fn a_first_copy_beyond_the_kept_manifests_budget_pulls_each_manifest_once(
     assert_mirrored(&s, &d, &["team/wide".to_string()], "").await;
     let (pulls, heads) = (sp.counters.kind("GET manifest"), sp.counters.kind("HEAD manifest"));
     eprintln!("100 tags of a {}-byte manifest: {pulls} manifest GETs, {heads} HEADs at the source", bytes.len());
-    assert_eq!(pulls, tags.len() as u64, "a manifest was pulled twice (planning dropped it over the budget, the copy fetched it again)");
+    assert_eq!(
+        pulls,
+        tags.len() as u64,
+        "a manifest was pulled twice (planning dropped it over the budget, the copy fetched it again); the run's report (retries, per registry): {}",
+        run.stdout
+    );
     assert!(heads < tags.len() as u64, "{heads} HEADs: the budget was never used");
 }
