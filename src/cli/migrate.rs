@@ -296,9 +296,9 @@ pub async fn run_job(
             }
             plan = match next {
                 Next::Done => break Ok(()),
-                Next::Part(Ok(next)) if !cancel.stop.is_cancelled() => next,
+                Next::Part(Ok(next)) => next,
                 Next::Part(Err(e)) => break Err(e),
-                Next::Part(Ok(_)) | Next::Stopped => {
+                Next::Stopped => {
                     session.stopped();
                     break Ok(());
                 }

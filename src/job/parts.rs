@@ -78,9 +78,10 @@ impl Parts<'_> {
     }
 
     /// [`Parts::next`] while `work` (the run of the part before) goes on:
-    /// both results once both are done. Planning gives up once `stop` is
-    /// cancelled ([`Next::Stopped`]): a stopped run does not wait for a plan
-    /// it will not run.
+    /// both results once both are done. Once `stop` is cancelled there is
+    /// no next part to run ([`Next::Stopped`], unless every part was
+    /// planned already): planning gives up at once, and a part planned
+    /// before the stop is not given.
     pub async fn next_while<T>(&mut self, work: impl Future<Output = T>, stop: &CancellationToken) -> (T, Next) {
         let planning = async {
             tokio::select! {
@@ -89,7 +90,12 @@ impl Parts<'_> {
                 next = self.next() => Next::from(next),
             }
         };
-        tokio::join!(work, planning)
+        let (out, next) = tokio::join!(work, planning);
+        let next = match next {
+            Next::Part(Ok(_)) if stop.is_cancelled() => Next::Stopped,
+            next => next,
+        };
+        (out, next)
     }
 }
 

@@ -193,10 +193,6 @@ pub(super) async fn run_destination(policy: &Policy, spec: JobSpec, state: &Stat
         if end.canceled {
             break Ok(());
         }
-        if cancel.stop.is_cancelled() && !matches!(next, Next::Done) {
-            session.stopped();
-            break Ok(());
-        }
     };
     watch.abort();
     let report = match ran {
