@@ -34,11 +34,6 @@ impl EventSink {
         (EventSink(Some(tx)), rx)
     }
 
-    /// A sink that drops everything (dry runs, verification).
-    pub fn discard() -> EventSink {
-        EventSink(None)
-    }
-
     pub async fn send(&self, event: Event) {
         if let Some(tx) = &self.0 {
             let _ = tx.send(event).await;

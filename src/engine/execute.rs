@@ -1,24 +1,20 @@
-//! Executing a plan: the tags to copy, `concurrency` at a time, each retried
-//! with exponential backoff, every state change reported as an [`Event`].
+//! Executing a plan's tasks: one tag copied with retries and exponential
+//! backoff ([`run_task`]), every state change reported as an [`Event`]
+//! (the worker, [`crate::worker`], runs them `concurrency` at a time).
 //!
 //! Cancellation comes in two steps: `stop` lets in-flight tasks finish but
 //! starts nothing new; `abort` drops in-flight tasks (they are reported as
 //! canceled, and nothing half-done is ever pushed as a tag — see
 //! [`super::copy`]).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::copy::Copier;
 use super::events::{Event, EventSink};
-use super::plan::{Action, Plan};
 use super::stats::Stats;
-use crate::registry::{RegistryError, RepoName};
+use crate::registry::RegistryError;
 
 /// Knobs of an execution.
 #[derive(Debug, Clone)]
@@ -70,70 +66,6 @@ pub enum TaskEnd {
     Succeeded,
     Failed(String),
     Canceled,
-}
-
-/// Run every `Copy` item of `plan`. Returns when all are decided (or
-/// canceled), with the end of each task by plan index. Counters go to
-/// `stats`, state changes to `events`.
-pub async fn execute(
-    copier: &Copier,
-    plan: &Plan,
-    options: &ExecuteOptions,
-    stats: &Arc<Stats>,
-    events: &EventSink,
-    cancel: &Cancel,
-) -> Vec<(usize, TaskEnd)> {
-    // Per-repository countdown, for the "repositories done" display.
-    let mut remaining: HashMap<&RepoName, AtomicUsize> = HashMap::new();
-    for item in plan.to_copy() {
-        remaining.entry(&item.source_repo).or_insert_with(|| AtomicUsize::new(0)).fetch_add(1, Ordering::Relaxed);
-    }
-    let untouched = plan.repositories.saturating_sub(remaining.len());
-    Stats::add(&stats.repos_done, untouched as u64);
-
-    // Collected first: a lazy iterator of borrowing closures would keep the
-    // returned future from being `Send` for callers that spawn it. Tags that
-    // exist for another manifest (referrers fallback tags, cosign
-    // companions) go after every other tag, so that manifest — a tag, a
-    // child of an index, a referrer — is at the destination by then.
-    let (bound, plain): (Vec<usize>, Vec<usize>) = plan
-        .items
-        .iter()
-        .enumerate()
-        .filter(|(_, i)| matches!(i.action, Action::Copy(_)))
-        .map(|(n, _)| n)
-        .partition(|&n| crate::registry::referrers::subject_of_tag(&plan.items[n].tag).is_some());
-    let mut ends = run_phase(copier, plan, plain, options, stats, events, cancel, &remaining).await;
-    ends.extend(run_phase(copier, plan, bound, options, stats, events, cancel, &remaining).await);
-    ends
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_phase(
-    copier: &Copier,
-    plan: &Plan,
-    indices: Vec<usize>,
-    options: &ExecuteOptions,
-    stats: &Arc<Stats>,
-    events: &EventSink,
-    cancel: &Cancel,
-    remaining: &HashMap<&RepoName, AtomicUsize>,
-) -> Vec<(usize, TaskEnd)> {
-    futures::stream::iter(indices)
-        .map(|index| {
-            async move {
-                let end = run_task(copier, &plan.items[index], index, options, stats, events, cancel).await;
-                let item = &plan.items[index];
-                if let Some(left) = remaining.get(&item.source_repo)
-                    && left.fetch_sub(1, Ordering::Relaxed) == 1 {
-                        Stats::add(&stats.repos_done, 1);
-                    }
-                (index, end)
-            }
-        })
-        .buffer_unordered(options.concurrency.max(1))
-        .collect()
-        .await
 }
 
 /// Copy one item with retries, reporting its state changes under `index`

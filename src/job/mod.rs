@@ -13,8 +13,7 @@ use crate::engine::blobs::{BlobMover, MountHints};
 use crate::engine::copy::Copier;
 use crate::engine::diff::{DiffOptions, diff};
 use crate::engine::discover::{Scope, discover};
-use crate::engine::events::EventSink;
-use crate::engine::execute::{Cancel, ExecuteOptions, NOT_ATTEMPTED, TaskEnd, execute};
+use crate::engine::execute::{Cancel, ExecuteOptions, NOT_ATTEMPTED};
 use crate::engine::plan::{Action, Plan};
 use crate::engine::referrers::Referrers;
 use crate::engine::stats::{Snapshot, Stats};
@@ -182,49 +181,6 @@ impl Job {
             crate::engine::left_behind::settle_subject_bound(&*self.dst, &mut plan, writes, concurrency, self.spec.scope.referrers.untagged_subjects).await;
         plan.planning_time = started.elapsed();
         plan
-    }
-
-    /// Execute `plan` as one part, recording into `state` when given.
-    /// `stats` is shared with whoever shows progress. With a state, the
-    /// job's lease is taken first (waiting while another worker holds it),
-    /// and the tasks are claimed one by one, so other workers may help (see
-    /// [`Job::help`]). A pass planned in parts runs them through a
-    /// [`Session`] instead.
-    pub async fn run(&self, plan: &Plan, state: Option<&StateDb>, stats: &Arc<Stats>, cancel: &Cancel) -> Result<Report, JobError> {
-        let Some(db) = state else {
-            let started = Instant::now();
-            count_plan(plan, stats);
-            let ends = {
-                let streams = self.spec.execute.concurrency.max(1);
-                let new_repos = Arc::new(plan.new_repos.clone());
-                let blobs = BlobMover::new(self.src.clone(), self.dst.clone(), None, stats.clone(), EventSink::discard(), streams)
-                    .with_new_repos(new_repos.clone());
-                let referrers = Referrers::new(self.spec.scope.referrers.as_ref().clone()).with_plan(plan);
-                let copier = Copier::new(self.src.clone(), self.dst.clone(), blobs, stats.clone(), 4)
-                    .with_new_repos(new_repos)
-                    .with_referrers(referrers);
-                execute(&copier, plan, &self.spec.execute, stats, &EventSink::discard(), cancel).await
-            };
-            let mut failures = problems_of(plan);
-            let mut canceled = 0;
-            for (index, end) in ends {
-                match end {
-                    TaskEnd::Failed(error) => {
-                        let item = &plan.items[index];
-                        failures.push(Failure { repository: item.source_repo.to_string(), tag: item.tag.to_string(), error });
-                    }
-                    TaskEnd::Canceled => canceled += 1,
-                    TaskEnd::Succeeded => {}
-                }
-            }
-            self.src.settle().await;
-            let elapsed = plan.planning_time + started.elapsed();
-            return Ok(self.report(None, false, failures, canceled, unsigned_of(plan), stats, elapsed));
-        };
-        let lease = self.wait_for_lease(db, cancel).await?;
-        let mut session = self.session(db, lease);
-        session.run_part(plan, stats, cancel).await?;
-        session.close(stats).await
     }
 
     /// The lease of this job, waiting while another worker holds it.
