@@ -142,8 +142,8 @@ impl Session<'_> {
                 .filter(|t| wanted.binary_search(&t.id).is_ok())
                 .map(|t| Failure { repository: t.source_repo, tag: t.tag, error: t.last_error.unwrap_or_default() }),
         );
-        let done = stats.snapshot().repos_done;
-        Stats::add(&stats.repos_done, (stats.snapshot().repos_total).saturating_sub(done));
+        let counted = stats.snapshot();
+        Stats::add(&stats.repos_done, counted.repos_total.saturating_sub(counted.repos_done));
         job.src.settle().await;
         self.canceled += canceled;
         self.failures.extend(failures.iter().cloned());
