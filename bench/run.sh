@@ -42,13 +42,16 @@
 #   BENCH_BIG_SIZE=1073741824               the big layer
 #   BENCH_SCALE_REPOS=100 BENCH_SCALE_TAGS=100    the scale scenario's data set
 #   BENCH_SCALE_SKOPEO=0                    1: also sync the scale set with skopeo (slow)
-#   BENCH_SCALE_CHECK=1                     0: skip the untimed tag-by-tag comparison of the scale copy (2 HEADs a tag)
+#   BENCH_SCALE_CHECK=1                     0: skip the tag-by-tag comparison of the scale copy (2 HEADs a tag,
+#                                           timed as the no-op's floor: rawheads)
 #   BENCH_SCALE_SAME_IMAGE=0                1 (the default with --tags): every tag of a scale repository is
 #                                           one small image (pushed once, then tagged concurrently: fast to make)
 #   BENCH_PROFILE=release                   cargo profile the binaries are built with
 #   BENCH_NO_BUILD=1                        use the binaries already built
 #   BENCH_REGFERRY=PATH                     the regferry binary to run (e.g. a saved build, for before/after)
-#   BENCH_TOOLS="raw regferry skopeo"       which contenders run (for quick iterations)
+#   BENCH_TOOLS="raw rawimages regferry skopeo"   which contenders run (for quick iterations);
+#                                           rawimages (main only): the raw copy plus listings, mounts
+#                                           and each manifest GET and PUT once, the floor of a whole copy
 #   BENCH_STORAGE=tmpfs                     where the registries keep their data: tmpfs
 #                                           (/dev/shm) or disk ($TMPDIR); see docs/performance.md
 #   BENCH_THREADS=$(nproc)                  regferry --threads of the multi-threaded runs (tls, slow)
@@ -108,7 +111,7 @@ SCALE_SKOPEO=${BENCH_SCALE_SKOPEO:-0}
 SCALE_SAME_IMAGE=${BENCH_SCALE_SAME_IMAGE:-0}
 SCALE_CHECK=${BENCH_SCALE_CHECK:-1}
 PROFILE=${BENCH_PROFILE:-release}
-TOOLS=" ${BENCH_TOOLS:-raw regferry skopeo} "
+TOOLS=" ${BENCH_TOOLS:-raw rawimages regferry skopeo} "
 STORAGE=${BENCH_STORAGE:-tmpfs}
 THREADS=${BENCH_THREADS:-$(nproc)}
 LINK_LATENCY_MS=${BENCH_LINK_LATENCY_MS:-40}
@@ -240,7 +243,8 @@ skopeo_yaml() {
 }
 
 # run_set SCENARIO REP SRC DSTS NOOP: raw, regferry and skopeo onto the
-# fresh destinations ${DSTS}_*[0..2]; NOOP=1 adds the no-op resyncs.
+# fresh destinations ${DSTS}_*[0..2], rawimages onto ${DSTS}_*[3] when
+# started; NOOP=1 adds the no-op resyncs.
 run_set() {
   local scenario=$1 rep=$2 s=$3 d=$4 noop=$5
   local surl slog spid
@@ -249,6 +253,8 @@ run_set() {
   eval "rurl=\${${d}_url[0]}; rlog=\${${d}_log[0]}; rpid=\${${d}_pid[0]}"
   eval "kurl=\${${d}_url[1]}; klog=\${${d}_log[1]}; kpid=\${${d}_pid[1]}"
   eval "aurl=\${${d}_url[2]}; alog=\${${d}_log[2]}; apid=\${${d}_pid[2]}"
+  local iurl ilog ipid
+  eval "iurl=\${${d}_url[3]:-}; ilog=\${${d}_log[3]:-}; ipid=\${${d}_pid[3]:-}"
   local state="$work/$scenario-$rep.db" yaml="$work/$scenario.skopeo.yaml"
   skopeo_yaml "$surl" "$yaml"
   local skopeo_cmd=(skopeo sync --all --preserve-digests --src yaml --dest docker --dest-tls-verify=false "$yaml" "$(hostport "$kurl")/mirror")
@@ -257,6 +263,10 @@ run_set() {
   if [[ $TOOLS == *" raw "* ]]; then
     measure "$scenario" "$rep" raw initial "$slog" "$spid" "$alog" "$apid" -- \
       "$kit" rawcopy --from "$surl" --to "$aurl" --list "$out/$scenario.blobs.tsv" --concurrency "$CONCURRENCY"
+  fi
+  if [[ $TOOLS == *" rawimages "* ]] && [ -n "$iurl" ]; then
+    measure "$scenario" "$rep" rawimages initial "$slog" "$spid" "$ilog" "$ipid" -- \
+      "$kit" rawimages --from "$surl" --to "$iurl" --dest-prefix mirror --list "$out/$scenario.blobs.tsv" --concurrency "$CONCURRENCY"
   fi
   if [[ $TOOLS == *" regferry "* ]]; then
     measure "$scenario" "$rep" regferry initial "$slog" "$spid" "$rlog" "$rpid" -- "${regferry_cmd[@]}"
@@ -274,6 +284,10 @@ run_set() {
   if [[ $TOOLS == *" regferry "* ]]; then
     "$kit" compare --from "$surl" --to "$rurl" --dest-prefix mirror >"$out/$scenario-$rep-regferry.compare" 2>&1 \
       || { echo "regferry's copy differs from the source:" >&2; cat "$out/$scenario-$rep-regferry.compare" >&2; }
+  fi
+  if [[ $TOOLS == *" rawimages "* ]] && [ -n "$iurl" ]; then
+    "$kit" compare --from "$surl" --to "$iurl" --dest-prefix mirror >"$out/$scenario-$rep-rawimages.compare" 2>&1 \
+      || { echo "the rawimages copy differs from the source:" >&2; cat "$out/$scenario-$rep-rawimages.compare" >&2; }
   fi
   if [[ $TOOLS == *" skopeo "* ]]; then
     "$kit" compare --from "$surl" --to "$kurl" --dest-prefix mirror --basename >"$out/$scenario-$rep-skopeo.compare" 2>&1 \
@@ -562,7 +576,7 @@ for scenario in "${scenarios[@]}"; do
       echo "main_distinct_bytes=$(awk -F'\t' '{s += $3} END {print s + 0}' "$out/main.blobs.tsv")"
     } >>"$params"
     for rep in $(seq 1 "$REPEAT"); do
-      start_registries "mdst" 3
+      start_registries "mdst" 4
       run_set main "$rep" msrc mdst 1
       # stop this repetition's destinations (the source stays)
       kill -TERM "${serve_pids[-1]}"; wait "${serve_pids[-1]}" 2>/dev/null || true; unset 'serve_pids[-1]'
@@ -613,8 +627,11 @@ for scenario in "${scenarios[@]}"; do
       measure scale 1 skopeo noop "${ssrc_log[0]}" "${ssrc_pid[0]}" "${sdst_log[1]}" "${sdst_pid[1]}" -- "${sk[@]}"
     fi
     if [ "$SCALE_CHECK" = 1 ]; then
-      "$kit" compare --from "$src" --to "$dst" --dest-prefix mirror >"$out/scale-1-regferry.compare" 2>&1 \
-        || { echo "regferry's copy differs from the source:" >&2; cat "$out/scale-1-regferry.compare" >&2; }
+      # Timed, as the no-op's floor (listings and two HEADs per tag, nothing
+      # else), and the proof that regferry's copy is complete.
+      measure scale 1 rawheads noop "${ssrc_log[0]}" "${ssrc_pid[0]}" "${sdst_log[0]}" "${sdst_pid[0]}" -- \
+        "$kit" compare --from "$src" --to "$dst" --dest-prefix mirror
+      cp "$out/scale-1-rawheads-noop.stdout" "$out/scale-1-regferry.compare"
     fi
     stop_registries
     ;;

@@ -15,6 +15,7 @@ pub mod postgres;
 pub mod proxy;
 pub mod pulp;
 pub mod rawcopy;
+pub mod rawimages;
 pub mod referrers;
 pub mod s3;
 pub mod registry;

@@ -39,7 +39,7 @@ impl BlobRef {
     }
 }
 
-fn descriptors(v: &Value) -> Vec<(String, u64)> {
+pub(crate) fn descriptors(v: &Value) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     let one = |d: &Value| Some((d["digest"].as_str()?.to_string(), d["size"].as_u64()?));
     if let Some(c) = one(&v["config"]) {
@@ -106,13 +106,7 @@ pub struct RawStats {
 /// under `dest_prefix`), `concurrency` at a time. Panics on any failure:
 /// a yardstick that silently skips work would flatter itself.
 pub async fn copy(from: &str, to: &str, dest_prefix: &str, list: &[BlobRef], concurrency: usize) -> RawStats {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
-        .user_agent("regferry-rawcopy")
-        .pool_max_idle_per_host(256)
-        .tcp_nodelay(true)
-        .build()
-        .expect("http client");
+    let http = raw_client();
     let from = from.trim_end_matches('/').to_string();
     let to = to.trim_end_matches('/').to_string();
     let base = reqwest::Url::parse(&to).expect("destination URL");
@@ -120,30 +114,9 @@ pub async fn copy(from: &str, to: &str, dest_prefix: &str, list: &[BlobRef], con
     let started = Instant::now();
     futures::stream::iter(list)
         .for_each_concurrent(concurrency.max(1), |b| {
+            let dest_repo = if dest_prefix.is_empty() { b.repo.clone() } else { format!("{dest_prefix}/{}", b.repo) };
             let (http, from, to, base, bytes) = (&http, &from, &to, &base, bytes.clone());
-            async move {
-                let dest_repo = if dest_prefix.is_empty() { b.repo.clone() } else { format!("{dest_prefix}/{}", b.repo) };
-                let resp = http.post(format!("{to}/v2/{dest_repo}/blobs/uploads/")).send().await.expect("POST upload");
-                assert_eq!(resp.status().as_u16(), 202, "POST upload to {dest_repo}");
-                let location = resp.headers()["location"].to_str().expect("location").to_string();
-                let mut url = base.join(&location).expect("location URL");
-                url.query_pairs_mut().append_pair("digest", &b.digest);
-                let get = http.get(format!("{from}/v2/{}/blobs/{}", b.repo, b.digest)).send().await.expect("GET blob");
-                assert!(get.status().is_success(), "GET {}@{}: {}", b.repo, b.digest, get.status());
-                let counter = bytes.clone();
-                let body = get.bytes_stream().inspect_ok(move |c| {
-                    counter.fetch_add(c.len() as u64, Ordering::Relaxed);
-                });
-                let put = http
-                    .put(url)
-                    .header("content-type", "application/octet-stream")
-                    .header("content-length", b.size)
-                    .body(reqwest::Body::wrap_stream(body))
-                    .send()
-                    .await
-                    .expect("PUT blob");
-                assert_eq!(put.status().as_u16(), 201, "PUT {}@{}", dest_repo, b.digest);
-            }
+            async move { copy_blob(http, from, to, base, &dest_repo, b, &bytes).await }
         })
         .await;
     RawStats {
@@ -153,6 +126,50 @@ pub async fn copy(from: &str, to: &str, dest_prefix: &str, list: &[BlobRef], con
         requests_destination: 2 * list.len() as u64,
         seconds: started.elapsed().as_secs_f64(),
     }
+}
+
+/// The HTTP client both yardsticks use (no checks, a large idle pool).
+pub(crate) fn raw_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .user_agent("regferry-rawcopy")
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .build()
+        .expect("http client")
+}
+
+/// One blob: source `GET` streamed into a destination `POST` + monolithic
+/// `PUT` in `dest_repo`. Panics on any failure.
+pub(crate) async fn copy_blob(
+    http: &reqwest::Client,
+    from: &str,
+    to: &str,
+    base: &reqwest::Url,
+    dest_repo: &str,
+    b: &BlobRef,
+    bytes: &Arc<AtomicU64>,
+) {
+    let resp = http.post(format!("{to}/v2/{dest_repo}/blobs/uploads/")).send().await.expect("POST upload");
+    assert_eq!(resp.status().as_u16(), 202, "POST upload to {dest_repo}");
+    let location = resp.headers()["location"].to_str().expect("location").to_string();
+    let mut url = base.join(&location).expect("location URL");
+    url.query_pairs_mut().append_pair("digest", &b.digest);
+    let get = http.get(format!("{from}/v2/{}/blobs/{}", b.repo, b.digest)).send().await.expect("GET blob");
+    assert!(get.status().is_success(), "GET {}@{}: {}", b.repo, b.digest, get.status());
+    let counter = bytes.clone();
+    let body = get.bytes_stream().inspect_ok(move |c| {
+        counter.fetch_add(c.len() as u64, Ordering::Relaxed);
+    });
+    let put = http
+        .put(url)
+        .header("content-type", "application/octet-stream")
+        .header("content-length", b.size)
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .expect("PUT blob");
+    assert_eq!(put.status().as_u16(), 201, "PUT {}@{}", dest_repo, b.digest);
 }
 
 /// How the destination names a source repository.

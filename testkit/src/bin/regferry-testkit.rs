@@ -7,6 +7,7 @@
 //!   regferry-testkit fill --registry http://127.0.0.1:5001 --repos 20 --tags 10
 //!   regferry-testkit rawcopy-plan --from URL > blobs.tsv      # untimed: the distinct blobs
 //!   regferry-testkit rawcopy --from URL --to URL --list blobs.tsv   # the raw limit
+//!   regferry-testkit rawimages --from URL --to URL --list blobs.tsv # … plus mounts and manifests
 //!   regferry-testkit compare --from URL --to URL --dest-prefix mirror [--basename]
 //!   regferry-testkit pulp --front [--token]   # Pulp's container registry: PULP_URL=…, PULP_CREDS=…
 //!   regferry-testkit proxy --upstream URL --bandwidth 1500000 --latency-ms 20   # a slow link
@@ -85,6 +86,22 @@ enum Cmd {
     },
     /// The raw limit: copy each blob of --list once (GET streamed into POST + PUT), nothing else.
     Rawcopy {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// The output of rawcopy-plan.
+        #[arg(long)]
+        list: std::path::PathBuf,
+        /// Destination repositories are PREFIX/<source repository>.
+        #[arg(long, default_value = "raw")]
+        dest_prefix: String,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// The floor of a whole copy: rawcopy's blobs, then one listing per repository, one mount per further
+    /// repository a blob is in, each manifest GET once and PUT once; no HEADs, checks, retries or state.
+    Rawimages {
         #[arg(long)]
         from: String,
         #[arg(long)]
@@ -270,12 +287,17 @@ async fn main() {
             }
         }
         Cmd::Rawcopy { from, to, list, dest_prefix, concurrency } => {
-            let text = std::fs::read_to_string(&list).unwrap_or_else(|e| panic!("cannot read {}: {e}", list.display()));
-            let blobs: Vec<BlobRef> = text.lines().filter_map(BlobRef::from_line).collect();
-            let s = rawcopy::copy(&from, &to, &dest_prefix, &blobs, concurrency).await;
+            let s = rawcopy::copy(&from, &to, &dest_prefix, &read_blob_list(&list), concurrency).await;
             println!(
                 "{{\"blobs\":{},\"bytes\":{},\"requests\":{{\"source\":{},\"destination\":{}}},\"elapsed_seconds\":{:.3}}}",
                 s.blobs, s.bytes, s.requests_source, s.requests_destination, s.seconds
+            );
+        }
+        Cmd::Rawimages { from, to, list, dest_prefix, concurrency } => {
+            let s = testkit::rawimages::copy(&from, &to, &dest_prefix, &read_blob_list(&list), concurrency).await;
+            println!(
+                "{{\"blobs\":{},\"bytes\":{},\"tags\":{},\"elapsed_seconds\":{:.3}}}",
+                s.blobs, s.bytes, s.tags, s.seconds
             );
         }
         Cmd::Proxy { upstream, bandwidth, latency_ms, pull_quota, quota_window_secs } => {
@@ -304,4 +326,10 @@ async fn main() {
             }
         }
     }
+}
+
+/// The blobs of a `rawcopy-plan` output file.
+fn read_blob_list(path: &std::path::Path) -> Vec<BlobRef> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines().filter_map(BlobRef::from_line).collect()
 }
