@@ -13,6 +13,7 @@ use cli::{Cli, Command};
 fn main() -> ExitCode {
     let args = Cli::parse();
     cli::logging::init(args.verbose, args.quiet, args.log_format);
+    regferry::job::set_part_tags(args.part_tags as usize);
     // --threads 1: one thread runs everything (SQLite keeps its own), the
     // cheapest in CPU when the registries need the machine's cores. More:
     // TLS on both sides and the sha256 of every streamed blob spread over

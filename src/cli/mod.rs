@@ -105,6 +105,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "REGFERRY_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024), value_name = "N")]
     pub threads: Option<u16>,
 
+    /// Tags per part of a large run: a scope of more tags is listed, planned and copied whole
+    /// repositories at a time, at least this many tags per part, so memory stays flat on a
+    /// registry of any size. Lower it on a small machine; a part never splits a repository.
+    #[arg(long, global = true, env = "REGFERRY_PART_TAGS", value_parser = clap::value_parser!(u32).range(1..), value_name = "N",
+          default_value_t = regferry::job::PART_TAGS as u32, hide_short_help = true)]
+    pub part_tags: u32,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -26,7 +26,7 @@ use crate::state::{ExecutionStatus, Recorder, StateDb, StateError};
 mod parts;
 mod session;
 
-pub use parts::{Next, Parts, part_tags};
+pub use parts::{Next, PART_TAGS, Parts, part_tags, set_part_tags};
 pub use session::{PartEnd, Session};
 
 /// Why a job could not run at all.

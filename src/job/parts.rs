@@ -11,6 +11,7 @@
 //! not left idle while a part is recorded. At most two parts are held at once.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -20,13 +21,21 @@ use crate::engine::discover::Discovery;
 use crate::engine::plan::Plan;
 use crate::state::StateDb;
 
-/// Tags per part unless `REGFERRY_PART_TAGS` says otherwise.
+/// Tags per part unless the binary sets another size ([`set_part_tags`]).
 pub const PART_TAGS: usize = 10_000;
 
-/// How many tags a part holds at least (`REGFERRY_PART_TAGS`, for
-/// measuring and tests; [`PART_TAGS`] by default).
+static PART_SIZE: AtomicUsize = AtomicUsize::new(PART_TAGS);
+
+/// Set how many tags a part holds at least, for the whole process: the
+/// binary's `--part-tags` (`REGFERRY_PART_TAGS`), read once at start-up.
+/// Zero is taken as one.
+pub fn set_part_tags(tags: usize) {
+    PART_SIZE.store(tags.max(1), Ordering::Relaxed);
+}
+
+/// How many tags a part holds at least ([`PART_TAGS`] unless set).
 pub fn part_tags() -> usize {
-    std::env::var("REGFERRY_PART_TAGS").ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or(PART_TAGS)
+    PART_SIZE.load(Ordering::Relaxed)
 }
 
 /// The parts of a job's plan, in turn (see the module comment).
