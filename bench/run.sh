@@ -43,7 +43,7 @@
 #   BENCH_SCALE_REPOS=100 BENCH_SCALE_TAGS=100    the scale scenario's data set
 #   BENCH_SCALE_SKOPEO=0                    1: also sync the scale set with skopeo (slow)
 #   BENCH_SCALE_CHECK=1                     0: skip the tag-by-tag comparison of the scale copy (2 HEADs a tag,
-#                                           timed as the no-op's floor: rawheads)
+#                                           timed as a minimal client's no-op: rawheads)
 #   BENCH_SCALE_SAME_IMAGE=0                1 (the default with --tags): every tag of a scale repository is
 #                                           one small image (pushed once, then tagged concurrently: fast to make)
 #   BENCH_PROFILE=release                   cargo profile the binaries are built with
@@ -627,8 +627,8 @@ for scenario in "${scenarios[@]}"; do
       measure scale 1 skopeo noop "${ssrc_log[0]}" "${ssrc_pid[0]}" "${sdst_log[1]}" "${sdst_pid[1]}" -- "${sk[@]}"
     fi
     if [ "$SCALE_CHECK" = 1 ]; then
-      # Timed, as the no-op's floor (listings and two HEADs per tag, nothing
-      # else), and the proof that regferry's copy is complete.
+      # Timed, as a minimal client's no-op (listings and two HEADs per tag,
+      # nothing else), and the proof that regferry's copy is complete.
       measure scale 1 rawheads noop "${ssrc_log[0]}" "${ssrc_pid[0]}" "${sdst_log[0]}" "${sdst_pid[0]}" -- \
         "$kit" compare --from "$src" --to "$dst" --dest-prefix mirror
       cp "$out/scale-1-rawheads-noop.stdout" "$out/scale-1-regferry.compare"
