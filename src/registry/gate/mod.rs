@@ -11,6 +11,9 @@
 //! while the others wait for its answer, so a storm of `429`s costs about
 //! one answer per task in flight, not one per task × retry × level.
 //!
+//! The request and byte rates are [`Pacer`]s (`pacer.rs`); the announced
+//! quota is read and kept in `quota.rs`; admission and the breaker are here.
+//!
 //! This module never sends a request itself (the client runs the `/v2/`
 //! probe the breaker asks for), never logs a header value, and announces
 //! each condition and each pause once, not once per task.
@@ -24,6 +27,12 @@ use tokio::time::Instant;
 
 use super::error::RegistryError;
 
+mod pacer;
+mod quota;
+
+pub use pacer::Pacer;
+pub use quota::{QUOTA_RESERVE, rate_limit_remaining};
+
 /// Consecutive connection failures (across tasks, no answer in between)
 /// after which the registry is probed once with `/v2/`. More than one
 /// request's retries, so a single request (the first `/v2/` ping) fails
@@ -35,9 +44,6 @@ const SCOUT_WAIT: Duration = Duration::from_secs(5);
 /// Consecutive refused writes (across tasks, no accepted write in between)
 /// after which the registry is taken as read-only or out of space.
 const REFUSED_AFTER: u32 = 2;
-/// With this many requests left in the registry's quota window, no new
-/// work is started on it (in-flight tasks may use the rest).
-pub const QUOTA_RESERVE: u64 = 10;
 
 /// Optional per-registry limits (policy `requests_per_second` /
 /// `bytes_per_second`, flags `--from-rps`, `--to-bandwidth`…).
@@ -97,40 +103,6 @@ struct State {
     pulls_left: Option<u64>,
     /// The window the registry announced (`w=`), in seconds.
     quota_window: Option<u64>,
-}
-
-/// Spaces out units (requests, bytes) to at most `per_sec` per second.
-#[derive(Debug)]
-pub struct Pacer {
-    per_sec: f64,
-    next: Mutex<Option<Instant>>,
-}
-
-impl Pacer {
-    pub fn new(per_sec: f64) -> Pacer {
-        Pacer { per_sec: per_sec.max(f64::MIN_POSITIVE), next: Mutex::new(None) }
-    }
-
-    /// Book `amount` units; returns when they may start (`pay_first`:
-    /// when they are paid for, i.e. after their share of time).
-    fn book(&self, amount: f64, pay_first: bool) -> Instant {
-        let now = Instant::now();
-        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-        let start = next.map_or(now, |n| n.max(now));
-        let end = start + Duration::from_secs_f64(amount / self.per_sec);
-        *next = Some(end);
-        if pay_first { end } else { start }
-    }
-
-    /// Wait for a slot for one request (the first one goes at once).
-    pub async fn request(&self) {
-        tokio::time::sleep_until(self.book(1.0, false)).await;
-    }
-
-    /// Wait until `bytes` are paid for at the rate.
-    pub async fn bytes(&self, bytes: usize) {
-        tokio::time::sleep_until(self.book(bytes as f64, true)).await;
-    }
 }
 
 enum Wait {
@@ -279,84 +251,6 @@ impl Gate {
         self.refusal(c, writes)
     }
 
-    /// Whether a pull (manifest `GET`) may be sent: not while the quota
-    /// is at or below the reserve (`HEAD`s and blobs are not pulls and
-    /// always may). A window that has passed its reset time lets pulls go
-    /// again (the next answer tells the new count).
-    pub fn pull_refused(&self) -> Option<RegistryError> {
-        let mut s = self.lock();
-        if let Some(reset) = s.quota_reset
-            && reset <= Instant::now()
-            && matches!(s.condition, Some(Condition::QuotaLow { .. }))
-        {
-            s.condition = None;
-            s.quota_reset = None;
-            s.pulls_left = None;
-            return None;
-        }
-        if s.condition.is_none()
-            && let Some(left) = s.pulls_left
-        {
-            if left > QUOTA_RESERVE {
-                // This pull is on its way: one less.
-                s.pulls_left = Some(left - 1);
-                return None;
-            }
-            if s.quota_reset.is_none() {
-                s.quota_reset = s.quota_window.map(|w| Instant::now() + Duration::from_secs(w));
-            }
-            self.quota_low(&mut s, left, None);
-        }
-        drop(s);
-        self.halted(false).filter(|e| matches!(e, RegistryError::QuotaLow { .. }))
-    }
-
-    /// Whether the registry's quota (or that it announces none) is known.
-    pub fn quota_known(&self) -> bool {
-        self.lock().quota_known
-    }
-
-    /// The quota was probed (announced or not).
-    pub fn note_quota_known(&self) {
-        self.lock().quota_known = true;
-    }
-
-    /// How long until the quota that stopped work resets, if it did.
-    pub fn quota_resets_in(&self) -> Option<Duration> {
-        let s = self.lock();
-        if !matches!(s.condition, Some(Condition::QuotaLow { .. })) {
-            return None;
-        }
-        s.quota_reset.map(|t| t.saturating_duration_since(Instant::now()))
-    }
-
-    /// Read the quota headers of an answer that was an error (`429` and
-    /// others carry `RateLimit-Remaining` too). A `429` that says no
-    /// request is left (`RateLimit-Remaining: 0`), or arrives while the
-    /// quota is known to be low, spends the quota: returns true, and the
-    /// caller does not retry it.
-    pub fn note_refusal(&self, status: u16, headers: &HeaderMap) -> bool {
-        let mut s = self.lock();
-        let quota = rate_limit_remaining(headers);
-        if let Some(q) = quota {
-            self.note_quota(&mut s, q, headers);
-        }
-        let spent = status == 429
-            && (quota.is_some_and(|(r, _)| r == 0) || matches!(s.condition, Some(Condition::QuotaLow { .. })));
-        if spent {
-            let window = quota.and_then(|(_, w)| w).or(match &s.condition {
-                Some(Condition::QuotaLow { window, .. }) => *window,
-                _ => None,
-            });
-            self.note_quota(&mut s, (0, window), headers);
-            if let Some(reset) = reset_after(headers) {
-                s.quota_reset = Some(Instant::now() + reset);
-            }
-        }
-        drop(s);
-        self.changed.notify_waiters();
-        spent
-    }
 
     /// The registry's condition, if one was found.
     pub fn condition(&self) -> Option<Condition> {
@@ -480,75 +374,6 @@ impl Gate {
         s.half_open = true;
         s.scout_out = None;
     }
-
-    fn note_quota(&self, s: &mut State, (remaining, window): (u64, Option<u64>), headers: &HeaderMap) {
-        s.quota_known = true;
-        s.pulls_left = Some(s.pulls_left.map_or(remaining, |left| left.min(remaining)));
-        s.quota_window = window.or(s.quota_window);
-        if remaining > QUOTA_RESERVE {
-            // Answers overtake each other: a higher count after a low one
-            // may be older. With a reset time known, the quota stays low
-            // until then ([`Gate::pull_refused`] lifts it).
-            if matches!(s.condition, Some(Condition::QuotaLow { .. }))
-                && s.quota_reset.is_none()
-                && s.pulls_left.is_none_or(|left| left > QUOTA_RESERVE)
-            {
-                s.condition = None;
-            }
-            return;
-        }
-        // The registry's word on the reset, else one window from now at
-        // the latest (a sliding window frees a pull at most that late).
-        if let Some(reset) = quota_reset(headers).or_else(|| window.map(Duration::from_secs)) {
-            let at = Instant::now() + reset;
-            if quota_reset(headers).is_some() || s.quota_reset.is_none() {
-                s.quota_reset = Some(at);
-            }
-        }
-        self.quota_low(s, remaining, window);
-    }
-
-    /// The quota is at or below the reserve: say so once, stop new work.
-    fn quota_low(&self, s: &mut State, remaining: u64, window: Option<u64>) {
-        match &mut s.condition {
-            Some(Condition::QuotaLow { remaining: r, window: w }) => {
-                *r = remaining.min(*r);
-                *w = window.or(*w);
-            }
-            Some(_) => {}
-            None => {
-                let window = window.or(s.quota_window);
-                let span = window.map(|w| format!(" (the window is {w}s)")).unwrap_or_default();
-                tracing::warn!(
-                    "{}: its rate limit allows only {remaining} more requests{span}; no new work is started on it, \
-                     the rest waits for a later run",
-                    self.label
-                );
-                s.condition = Some(Condition::QuotaLow { remaining, window });
-            }
-        }
-    }
-}
-
-/// `RateLimit-Remaining: N;w=SECONDS` (Docker Hub), or plain `N`.
-pub fn rate_limit_remaining(headers: &HeaderMap) -> Option<(u64, Option<u64>)> {
-    let v = headers.get("ratelimit-remaining")?.to_str().ok()?;
-    let mut parts = v.split(';');
-    let remaining = parts.next()?.trim().parse().ok()?;
-    let window = parts.find_map(|p| p.trim().strip_prefix("w=").and_then(|w| w.trim().parse().ok()));
-    Some((remaining, window))
-}
-
-/// `RateLimit-Reset: SECONDS` (the IETF draft's header), if sent.
-fn quota_reset(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("ratelimit-reset")?.to_str().ok()?;
-    v.split(';').next()?.trim().parse().ok().map(Duration::from_secs)
-}
-
-/// When a spent quota comes back: `RateLimit-Reset`, else `Retry-After`
-/// in seconds.
-fn reset_after(headers: &HeaderMap) -> Option<Duration> {
-    quota_reset(headers).or_else(|| headers.get("retry-after")?.to_str().ok()?.trim().parse().ok().map(Duration::from_secs))
 }
 
 /// Opening an upload session (a mount too) or pushing a manifest: the
@@ -569,7 +394,6 @@ fn upload_path(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
 
     fn status(status: u16, retry_after: Option<u64>, code: &str) -> RegistryError {
         RegistryError::Status {
@@ -596,16 +420,6 @@ mod tests {
         assert!(parse_size("fast").is_err());
         assert!(parse_size("5 parsecs").is_err());
         assert!(parse_size("0").is_err());
-    }
-
-    #[test]
-    fn rate_limit_remaining_reads_docker_hub_headers() {
-        let mut h = HeaderMap::new();
-        h.insert("ratelimit-remaining", HeaderValue::from_static("76;w=21600"));
-        assert_eq!(rate_limit_remaining(&h), Some((76, Some(21600))));
-        h.insert("ratelimit-remaining", HeaderValue::from_static("3"));
-        assert_eq!(rate_limit_remaining(&h), Some((3, None)));
-        assert_eq!(rate_limit_remaining(&HeaderMap::new()), None);
     }
 
     #[tokio::test]
@@ -681,76 +495,5 @@ mod tests {
         gate.probe_result(Some("connection refused".into()));
         let e = gate.admit("GET").await.err().expect("down");
         assert!(matches!(e, RegistryError::Down { .. }), "{e}");
-    }
-
-    #[tokio::test]
-    async fn a_low_quota_halts_new_work() {
-        let gate = Gate::new("source https://hub".into(), &Limits::default());
-        let mut h = HeaderMap::new();
-        h.insert("ratelimit-remaining", HeaderValue::from_static("5;w=21600"));
-        gate.admit("GET").await.unwrap().observe("GET", "/v2/a/manifests/1", Some(&h), None);
-        let e = gate.halted(false).expect("halted");
-        assert!(e.to_string().contains("5"), "{e}");
-        assert!(gate.admit("GET").await.is_ok(), "in-flight work may finish");
-    }
-
-    #[tokio::test]
-    async fn a_429_that_spends_the_quota_stops_pulls_until_the_reset() {
-        let spent = |extra: &[(&'static str, &'static str)]| {
-            let mut h = HeaderMap::new();
-            h.insert("ratelimit-remaining", HeaderValue::from_static("0;w=21600"));
-            for (k, v) in extra {
-                h.insert(*k, HeaderValue::from_static(v));
-            }
-            h
-        };
-        let gate = Gate::new("source https://hub".into(), &Limits::default());
-        assert!(gate.pull_refused().is_none());
-        assert!(gate.note_refusal(429, &spent(&[])), "a 429 with nothing left spends the quota");
-        let e = gate.pull_refused().expect("no more pulls");
-        assert!(matches!(e, RegistryError::QuotaLow { remaining: 0, .. }) && !e.is_transient(), "{e}");
-        assert!(e.to_string().contains("waiting for the registry's quota (resets in 5h 59m"), "{e}");
-        assert!(gate.quota_resets_in().is_some_and(|d| d > Duration::from_secs(21500)));
-        // An older answer with more left does not lift it before the reset.
-        let mut more = HeaderMap::new();
-        more.insert("ratelimit-remaining", HeaderValue::from_static("50;w=21600"));
-        gate.admit("HEAD").await.unwrap().observe("HEAD", "/v2/a/manifests/1", Some(&more), None);
-        assert!(gate.pull_refused().is_some());
-
-        // The registry's own word on the reset wins; once it passed, pulls go again.
-        let gate = Gate::new("source https://hub".into(), &Limits::default());
-        assert!(gate.note_refusal(429, &spent(&[("ratelimit-reset", "1")])));
-        assert!(gate.quota_resets_in().is_some_and(|d| d <= Duration::from_secs(1)));
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert!(gate.pull_refused().is_none(), "the window reset");
-
-        // A 429 from a registry that announces no quota is an ordinary pause.
-        let gate = Gate::new("source http://r".into(), &Limits::default());
-        assert!(!gate.note_refusal(429, &HeaderMap::new()));
-        assert!(gate.pull_refused().is_none() && gate.halted(false).is_none());
-    }
-
-    #[test]
-    fn pulls_are_counted_as_they_are_sent_down_to_the_reserve() {
-        let gate = Gate::new("source https://hub".into(), &Limits::default());
-        let mut h = HeaderMap::new();
-        h.insert("ratelimit-remaining", HeaderValue::from_static("16;w=3600"));
-        gate.note_refusal(404, &h);
-        let sent = (0..20).take_while(|_| gate.pull_refused().is_none()).count();
-        assert_eq!(sent, 6, "16 left, 10 kept in reserve");
-        // A late answer announcing more does not give pulls back.
-        gate.note_refusal(404, &h);
-        let e = gate.pull_refused().expect("at the reserve");
-        assert!(e.to_string().contains("resets in 59m"), "{e}");
-    }
-
-    #[tokio::test]
-    async fn the_request_rate_spaces_requests() {
-        let gate = Gate::new("r".into(), &Limits { requests_per_second: Some(20.0), bytes_per_second: None });
-        let start = Instant::now();
-        for _ in 0..9 {
-            let _ = gate.admit("GET").await.unwrap();
-        }
-        assert!(start.elapsed() >= Duration::from_millis(400), "{:?}", start.elapsed());
     }
 }
