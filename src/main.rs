@@ -34,7 +34,11 @@ fn main() -> ExitCode {
         }
     };
     let quiet = args.quiet;
-    let result = runtime.block_on(async move {
+    // The command runs as a task on the runtime, not in `block_on` on the
+    // main thread: the connection tasks it spawns then start on the worker
+    // that is running it, instead of every request and answer crossing
+    // between the main thread and a worker (a thread wake-up each way).
+    let command = async move {
         match args.command {
             Command::Migrate(a) => cli::migrate::run(a, quiet).await,
             Command::Copy(a) => cli::copy::run(a, quiet).await,
@@ -47,6 +51,13 @@ fn main() -> ExitCode {
             Command::Failback(a) => cli::failover::run(a, regferry::dr::failover::Switch::Failback, quiet).await,
             Command::Completions(a) => cli::docs::completions(a),
             Command::Man(a) => cli::docs::man(a),
+        }
+    };
+    let result = runtime.block_on(async move {
+        match tokio::spawn(command).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(cli::CliError::failed(format!("the command's task ended early: {e}"))),
         }
     });
     // Do not wait for stray background tasks (signal watchers) on the way out.
