@@ -94,9 +94,12 @@ fn head_of(body: &ManifestBody) -> ManifestHead {
     ManifestHead { digest: body.digest.clone(), media_type }
 }
 
-/// Manifest bodies a plan keeps for the copy, in bytes at most (beyond
-/// that the copy fetches them again): a bound on the memory a large first
-/// copy spends to save one request per tag.
+/// Manifest bodies a plan keeps for the copy, in bytes (beyond that, tags
+/// are planned with a `HEAD` and the copy pulls them): a bound on the
+/// memory a large first copy spends to save one request per tag. A body
+/// already pulled is never dropped (that would pull it twice), so the
+/// bound is this plus what the fetches in flight when it ran out brought:
+/// at most the plan's concurrency × `MAX_MANIFEST_BYTES`.
 const KEPT_BODIES_BUDGET: usize = 8 * 1024 * 1024;
 
 /// Room in `budget` for one more kept body, sized as the largest body seen
@@ -108,9 +111,10 @@ fn reserve_body(budget: &AtomicUsize, largest: &AtomicUsize) -> Option<usize> {
 }
 
 /// Settle a body of `len` bytes (`None`: none was fetched) fetched with
-/// `reserved` bytes of `budget` set aside: true when it is kept (what it
-/// did not need goes back; a bigger one takes the rest if there is room),
-/// false when it is not (all of `reserved` goes back).
+/// `reserved` bytes of `budget` set aside: true when it is kept — always,
+/// once pulled (what it did not need goes back; a bigger one takes what it
+/// needs more, or all that is left: later tags are then planned with a
+/// `HEAD`) — false when none was fetched (all of `reserved` goes back).
 fn keep_body(budget: &AtomicUsize, largest: &AtomicUsize, reserved: usize, len: Option<usize>) -> bool {
     let Some(len) = len else {
         budget.fetch_add(reserved, Ordering::Relaxed);
@@ -119,13 +123,11 @@ fn keep_body(budget: &AtomicUsize, largest: &AtomicUsize, reserved: usize, len: 
     largest.fetch_max(len, Ordering::Relaxed);
     if len <= reserved {
         budget.fetch_add(reserved - len, Ordering::Relaxed);
-        return true;
+    } else {
+        let more = len - reserved;
+        let _ = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| Some(left.saturating_sub(more)));
     }
-    if budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(len - reserved)).is_ok() {
-        return true;
-    }
-    budget.fetch_add(reserved, Ordering::Relaxed);
-    false
+    true
 }
 
 /// Same digest means same bytes, hence the same manifest: a destination
@@ -487,13 +489,33 @@ mod tests {
         // Now sized as the largest seen (6000): no room, plan with a HEAD.
         assert_eq!(reserve_body(&budget, &largest), None);
         assert_eq!(budget.load(Ordering::Relaxed), 3000);
-        // A fetch that brought nothing gives all back; so does one too big to keep.
+        // A fetch that brought nothing gives all back.
         let (budget, largest) = (AtomicUsize::new(5000), AtomicUsize::new(0));
         let r = reserve_body(&budget, &largest).unwrap();
         assert!(!keep_body(&budget, &largest, r, None));
-        let r = reserve_body(&budget, &largest).unwrap();
-        assert!(!keep_body(&budget, &largest, r, Some(9000)));
         assert_eq!(budget.load(Ordering::Relaxed), 5000);
+    }
+
+    #[test]
+    fn a_body_already_pulled_is_kept_even_when_later_reservations_took_the_room() {
+        // Two fetches start before any size is known (4 KiB set aside each);
+        // the first brings 5,000 bytes, a third fetch sets aside 5,000, and
+        // the second's 5,000 bytes then find 903 left of the 904 they need.
+        let (budget, largest) = (AtomicUsize::new(14_999), AtomicUsize::new(0));
+        let (r1, r2) = (reserve_body(&budget, &largest).unwrap(), reserve_body(&budget, &largest).unwrap());
+        assert!(keep_body(&budget, &largest, r1, Some(5000)));
+        let r3 = reserve_body(&budget, &largest).unwrap();
+        assert_eq!((r3, budget.load(Ordering::Relaxed)), (5000, 903));
+        // Dropping it would pull the same manifest again in the copy (a
+        // second pull against a quota): it is kept, and the budget is spent.
+        assert!(keep_body(&budget, &largest, r2, Some(5000)), "a pulled body was dropped");
+        assert_eq!(budget.load(Ordering::Relaxed), 0);
+        assert_eq!(reserve_body(&budget, &largest), None);
+        // So is a body bigger than the whole budget (one per fetch in flight at most).
+        let (budget, largest) = (AtomicUsize::new(5000), AtomicUsize::new(0));
+        let r = reserve_body(&budget, &largest).unwrap();
+        assert!(keep_body(&budget, &largest, r, Some(9000)));
+        assert_eq!(budget.load(Ordering::Relaxed), 0);
     }
 
     #[test]
