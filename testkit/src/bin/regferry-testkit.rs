@@ -28,6 +28,23 @@ struct Cli {
     command: Cmd,
 }
 
+/// What both raw copies take.
+#[derive(clap::Args)]
+struct RawArgs {
+    #[arg(long)]
+    from: String,
+    #[arg(long)]
+    to: String,
+    /// The output of rawcopy-plan.
+    #[arg(long)]
+    list: std::path::PathBuf,
+    /// Destination repositories are PREFIX/<source repository>.
+    #[arg(long, default_value = "raw")]
+    dest_prefix: String,
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Start COUNT docker-registry processes on free loopback ports; print their URLs; stop them on SIGINT/SIGTERM.
@@ -85,36 +102,10 @@ enum Cmd {
         from: String,
     },
     /// The raw limit: copy each blob of --list once (GET streamed into POST + PUT), nothing else.
-    Rawcopy {
-        #[arg(long)]
-        from: String,
-        #[arg(long)]
-        to: String,
-        /// The output of rawcopy-plan.
-        #[arg(long)]
-        list: std::path::PathBuf,
-        /// Destination repositories are PREFIX/<source repository>.
-        #[arg(long, default_value = "raw")]
-        dest_prefix: String,
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-    },
+    Rawcopy(RawArgs),
     /// The floor of a whole copy: rawcopy's blobs, then one listing per repository, one mount per further
     /// repository a blob is in, each manifest GET once and PUT once; no HEADs, checks, retries or state.
-    Rawimages {
-        #[arg(long)]
-        from: String,
-        #[arg(long)]
-        to: String,
-        /// The output of rawcopy-plan.
-        #[arg(long)]
-        list: std::path::PathBuf,
-        /// Destination repositories are PREFIX/<source repository>.
-        #[arg(long, default_value = "raw")]
-        dest_prefix: String,
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-    },
+    Rawimages(RawArgs),
     /// A slow link in front of a registry: the fault proxy with only bandwidth and latency;
     /// prints PROXY=URL and runs until SIGINT/SIGTERM.
     Proxy {
@@ -286,14 +277,14 @@ async fn main() {
                 println!("{}", b.to_line());
             }
         }
-        Cmd::Rawcopy { from, to, list, dest_prefix, concurrency } => {
+        Cmd::Rawcopy(RawArgs { from, to, list, dest_prefix, concurrency }) => {
             let s = rawcopy::copy(&from, &to, &dest_prefix, &read_blob_list(&list), concurrency).await;
             println!(
                 "{{\"blobs\":{},\"bytes\":{},\"requests\":{{\"source\":{},\"destination\":{}}},\"elapsed_seconds\":{:.3}}}",
                 s.blobs, s.bytes, s.requests_source, s.requests_destination, s.seconds
             );
         }
-        Cmd::Rawimages { from, to, list, dest_prefix, concurrency } => {
+        Cmd::Rawimages(RawArgs { from, to, list, dest_prefix, concurrency }) => {
             let s = testkit::rawimages::copy(&from, &to, &dest_prefix, &read_blob_list(&list), concurrency).await;
             println!(
                 "{{\"blobs\":{},\"bytes\":{},\"tags\":{},\"elapsed_seconds\":{:.3}}}",
