@@ -71,6 +71,9 @@ pub struct Faults {
     pub refuse_chunked: f64,
     /// Manifest GET/HEAD by tag: answer 404 MANIFEST_UNKNOWN (not forwarded).
     pub manifest_unknown: f64,
+    /// Manifest HEAD: answer 403 DENIED, as a front that forbids HEAD does
+    /// (not forwarded; the GET still is).
+    pub refuse_manifest_head: f64,
     /// Mount POST: answer as if the mount was refused (drop `mount`/`from`,
     /// so the registry opens an ordinary session: 202).
     pub refuse_mount: f64,
@@ -670,6 +673,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         let by_tag = kind == "manifest" && !path.contains("/manifests/sha256:");
         if by_tag && (method == Method::GET || method == Method::HEAD) && roll("manifest_unknown", faults.manifest_unknown) {
             break 'inject Some(registry_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown"));
+        }
+        if kind == "manifest" && method == Method::HEAD && roll("refuse_manifest_head", faults.refuse_manifest_head) {
+            break 'inject Some(registry_error(StatusCode::FORBIDDEN, "DENIED", "HEAD is not allowed here"));
         }
         if kind == "blob" && method == Method::GET && shared.storage_url.is_some() && roll("redirect", faults.redirect_blobs) {
             let digest = path.rsplit('/').next().unwrap_or_default();

@@ -215,3 +215,25 @@ async fn a_first_copy_beyond_the_kept_manifests_budget_pulls_each_manifest_once(
     );
     assert!(heads < tags.len() as u64, "{heads} HEADs: the budget was never used");
 }
+
+/// A front that forbids manifest `HEAD`s (403) while serving `GET`s: a
+/// refused `HEAD` is asked again with `GET` to read the registry's reason,
+/// and that `GET` is a pull like any other, counted in the run's report.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_get_sent_to_read_why_a_head_was_refused_is_a_counted_pull() {
+    let (src, dst, s, _d) = registries();
+    dataset::fill(&s, &plain_images(1, 4)).await;
+    let scratch = Scratch::new();
+    migrate(&scratch, &src.url, &dst.url, &[]).await.assert_ok();
+
+    // The no-op pass HEADs every tag; each HEAD is refused.
+    let sp = FaultProxy::start(&src.url, Faults { refuse_manifest_head: 1.0, ..Faults::default() });
+    let run = migrate(&scratch, &sp.url, &dst.url, &[]).await;
+    assert_eq!(run.code, 1, "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    let usage = source_usage(&run.json());
+    let pulls = sp.counters.kind("GET manifest");
+    eprintln!("HEADs refused: {pulls} manifest GETs at the source, report {usage}");
+    assert!(pulls > 0, "no GET was sent to read the refusal");
+    assert_eq!(usage["pulls"].as_u64(), Some(pulls), "a manifest GET the report does not count: {usage}");
+
+}

@@ -261,8 +261,17 @@ impl RegistryClient {
         // A HEAD has no body: for a lasting refusal, ask again with GET to
         // read the registry's reason. Not for 408/429, which will be retried
         // anyway (and whose Retry-After the HEAD already carries).
+        // On a manifest that GET is a pull where pulls are counted: it is
+        // counted in the usage like any other, and not sent at all once the
+        // registry's quota refuses pulls (the HEAD's status is reason enough).
         let transient = matches!(status.as_u16(), 408 | 425 | 429);
-        if req.method == Method::HEAD && status.is_client_error() && status != StatusCode::NOT_FOUND && !transient {
+        let pull = req.url.path().contains("/manifests/");
+        if req.method == Method::HEAD
+            && status.is_client_error()
+            && status != StatusCode::NOT_FOUND
+            && !transient
+            && !(pull && self.gate.pull_refused().is_some())
+        {
             let get = Request {
                 method: Method::GET,
                 url: req.url.clone(),
@@ -273,7 +282,14 @@ impl RegistryClient {
                 download: false,
             };
             let auth = self.authorization(&req.scopes, false).await?;
-            let resp = self.send_raw(&get, auth).await?;
+            let started = std::time::Instant::now();
+            let result = self.send_raw(&get, auth).await;
+            let answered = match &result {
+                Ok(r) => Some(r.status().as_u16()),
+                Err(e) => e.status(),
+            };
+            self.usage.record(&self.name, Method::GET.as_str(), req.url.path(), answered, 0, started.elapsed());
+            let resp = result?;
             if !resp.status().is_success() {
                 return Err(self.status_error(&Method::HEAD, &req.url, resp).await);
             }
