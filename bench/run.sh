@@ -281,18 +281,19 @@ run_set() {
     measure "$scenario" "$rep" skopeo noop "$slog" "$spid" "$klog" "$kpid" -- "${skopeo_cmd[@]}"
   fi
   # Untimed: prove each copy complete (every tag, same digest and media type).
-  if [[ $TOOLS == *" regferry "* ]]; then
-    "$kit" compare --from "$surl" --to "$rurl" --dest-prefix mirror >"$out/$scenario-$rep-regferry.compare" 2>&1 \
-      || { echo "regferry's copy differs from the source:" >&2; cat "$out/$scenario-$rep-regferry.compare" >&2; }
-  fi
-  if [[ $TOOLS == *" rawimages "* ]] && [ -n "$iurl" ]; then
-    "$kit" compare --from "$surl" --to "$iurl" --dest-prefix mirror >"$out/$scenario-$rep-rawimages.compare" 2>&1 \
-      || { echo "the rawimages copy differs from the source:" >&2; cat "$out/$scenario-$rep-rawimages.compare" >&2; }
-  fi
-  if [[ $TOOLS == *" skopeo "* ]]; then
-    "$kit" compare --from "$surl" --to "$kurl" --dest-prefix mirror --basename >"$out/$scenario-$rep-skopeo.compare" 2>&1 \
-      || { echo "skopeo's copy differs from the source:" >&2; cat "$out/$scenario-$rep-skopeo.compare" >&2; }
-  fi
+  [[ $TOOLS == *" regferry "* ]] && check_copy "$scenario-$rep-regferry" "$surl" "$rurl"
+  [[ $TOOLS == *" rawimages "* ]] && [ -n "$iurl" ] && check_copy "$scenario-$rep-rawimages" "$surl" "$iurl"
+  [[ $TOOLS == *" skopeo "* ]] && check_copy "$scenario-$rep-skopeo" "$surl" "$kurl" --basename
+  return 0
+}
+
+# check_copy ID SRC_URL DST_URL [--basename]: compare the copy under mirror/
+# with the source tag by tag into $out/ID.compare; a difference is printed.
+check_copy() {
+  local id=$1 src=$2 dst=$3
+  shift 3
+  "$kit" compare --from "$src" --to "$dst" --dest-prefix mirror "$@" >"$out/$id.compare" 2>&1 \
+    || { echo "$id: the copy differs from the source:" >&2; cat "$out/$id.compare" >&2; }
 }
 
 # run_threads_set SCENARIO REP SRC DSTS: regferry --threads 1, regferry

@@ -106,26 +106,36 @@ pub struct RawStats {
 /// under `dest_prefix`), `concurrency` at a time. Panics on any failure:
 /// a yardstick that silently skips work would flatter itself.
 pub async fn copy(from: &str, to: &str, dest_prefix: &str, list: &[BlobRef], concurrency: usize) -> RawStats {
-    let http = raw_client();
-    let from = from.trim_end_matches('/').to_string();
-    let to = to.trim_end_matches('/').to_string();
-    let base = reqwest::Url::parse(&to).expect("destination URL");
-    let bytes = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    futures::stream::iter(list)
-        .for_each_concurrent(concurrency.max(1), |b| {
-            let dest_repo = if dest_prefix.is_empty() { b.repo.clone() } else { format!("{dest_prefix}/{}", b.repo) };
-            let (http, from, to, base, bytes) = (&http, &from, &to, &base, bytes.clone());
-            async move { copy_blob(http, from, to, base, &dest_repo, b, &bytes).await }
-        })
-        .await;
+    let bytes = copy_blobs(&raw_client(), from, to, dest_prefix, list, concurrency).await;
     RawStats {
         blobs: list.len() as u64,
-        bytes: bytes.load(Ordering::Relaxed),
+        bytes,
         requests_source: list.len() as u64,
         requests_destination: 2 * list.len() as u64,
         seconds: started.elapsed().as_secs_f64(),
     }
+}
+
+/// The destination repository of source repository `repo`.
+pub(crate) fn dest_repo(dest_prefix: &str, repo: &str) -> String {
+    if dest_prefix.is_empty() { repo.to_string() } else { format!("{dest_prefix}/{repo}") }
+}
+
+/// Each blob of `list` once, source `GET` into destination `POST` + `PUT`,
+/// `concurrency` at a time: the bytes read from the source.
+pub(crate) async fn copy_blobs(http: &reqwest::Client, from: &str, to: &str, dest_prefix: &str, list: &[BlobRef], concurrency: usize) -> u64 {
+    let from = from.trim_end_matches('/');
+    let to = to.trim_end_matches('/');
+    let base = reqwest::Url::parse(to).expect("destination URL");
+    let bytes = Arc::new(AtomicU64::new(0));
+    futures::stream::iter(list)
+        .for_each_concurrent(concurrency.max(1), |b| {
+            let (base, bytes) = (&base, &bytes);
+            async move { copy_blob(http, from, to, base, &dest_repo(dest_prefix, &b.repo), b, bytes).await }
+        })
+        .await;
+    bytes.load(Ordering::Relaxed)
 }
 
 /// The HTTP client both yardsticks use (no checks, a large idle pool).
@@ -141,7 +151,7 @@ pub(crate) fn raw_client() -> reqwest::Client {
 
 /// One blob: source `GET` streamed into a destination `POST` + monolithic
 /// `PUT` in `dest_repo`. Panics on any failure.
-pub(crate) async fn copy_blob(
+async fn copy_blob(
     http: &reqwest::Client,
     from: &str,
     to: &str,

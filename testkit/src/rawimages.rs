@@ -12,7 +12,6 @@
 //! failure panics, so a flattering yardstick cannot pass unnoticed.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,7 +20,7 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::client::{ACCEPT, Access, Registry};
-use crate::rawcopy::{BlobRef, copy_blob, descriptors, raw_client};
+use crate::rawcopy::{BlobRef, copy_blobs, descriptors, dest_repo, raw_client};
 
 /// Mounts already made or under way: (destination repository, digest).
 type Placed = Mutex<HashMap<(String, String), Arc<OnceCell<()>>>>;
@@ -38,7 +37,7 @@ struct Ctx {
 
 impl Ctx {
     fn dest(&self, repo: &str) -> String {
-        if self.dest_prefix.is_empty() { repo.to_string() } else { format!("{}/{repo}", self.dest_prefix) }
+        dest_repo(&self.dest_prefix, repo)
     }
 
     /// Make `digest` present in the destination's `repo`: nothing when its
@@ -105,23 +104,12 @@ pub struct ImageStats {
 pub async fn copy(from: &str, to: &str, dest_prefix: &str, list: &[BlobRef], concurrency: usize) -> ImageStats {
     let started = Instant::now();
     let http = raw_client();
-    let from = from.trim_end_matches('/').to_string();
-    let to = to.trim_end_matches('/').to_string();
-    let base = reqwest::Url::parse(&to).expect("destination URL");
-    let bytes = Arc::new(AtomicU64::new(0));
-    futures::stream::iter(list)
-        .for_each_concurrent(concurrency.max(1), |b| {
-            let dest_repo = if dest_prefix.is_empty() { b.repo.clone() } else { format!("{dest_prefix}/{}", b.repo) };
-            let (http, from, to, base, bytes) = (&http, &from, &to, &base, &bytes);
-            async move { copy_blob(http, from, to, base, &dest_repo, b, bytes).await }
-        })
-        .await;
-
+    let bytes = copy_blobs(&http, from, to, dest_prefix, list, concurrency).await;
     let ctx = Ctx {
         http,
         home: list.iter().map(|b| (b.digest.clone(), b.repo.clone())).collect(),
-        from,
-        to,
+        from: from.trim_end_matches('/').to_string(),
+        to: to.trim_end_matches('/').to_string(),
         dest_prefix: dest_prefix.to_string(),
         placed: Mutex::default(),
     };
@@ -141,7 +129,7 @@ pub async fn copy(from: &str, to: &str, dest_prefix: &str, list: &[BlobRef], con
         .await;
     ImageStats {
         blobs: list.len() as u64,
-        bytes: bytes.load(std::sync::atomic::Ordering::Relaxed),
+        bytes,
         tags: tags.len() as u64,
         seconds: started.elapsed().as_secs_f64(),
     }
